@@ -1,0 +1,51 @@
+# The two commands of the README: `make run` (set up + run the pipeline on the default data) and
+# `make test` (set up + run the tests). Both create .venv in the repo; nothing else needs installing.
+SHELL := /bin/bash
+PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do command -v $$p >/dev/null 2>&1 && { echo $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH := torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export GX_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup run repro test lint ui clean
+
+setup: $(STAMP)
+
+# torch goes in first and on its own: with no GPU, the CPU build (a local wheel where the machine has one,
+# else PyTorch's CPU index); with a GPU, PyPI's CUDA build. Everything after that finds torch satisfied.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	if ! $(BIN)/python -c "import torch" 2>/dev/null; then \
+	  if nvidia-smi -L >/dev/null 2>&1; then $(BIN)/pip install -q $(TORCH); \
+	  else $(BIN)/pip install -q --no-index $(TORCH) 2>/dev/null || $(BIN)/pip install -q --index-url $(TORCH_CPU_INDEX) $(TORCH); fi; \
+	fi
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+run: setup
+	$(BIN)/medflow run
+
+repro: setup
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+ui: setup
+	$(BIN)/medflow ui
+
+clean:
+	rm -rf artifacts .prefect

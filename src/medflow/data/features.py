@@ -1,0 +1,126 @@
+"""The feature schema and the preprocessing fitted on the training split only.
+
+The same code runs in the `clean`/`train` steps and inside the registered model, so a raw table scored by
+the registry goes through exactly the transforms the model was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+MISSING = "<missing>"
+
+
+@dataclass(frozen=True)
+class Schema:
+    target: str
+    classes: list[str]  # index = label id; for binary, classes[1] is the positive class
+    numeric: list[str]
+    categorical: list[str]
+    patient_id: str | None = None
+    positive_class: str | None = None
+    dropped: dict[str, str] = field(default_factory=dict)  # column -> why it is not a feature
+
+    @property
+    def task(self) -> str:
+        return "binary" if len(self.classes) == 2 else "multiclass"
+
+    @property
+    def features(self) -> list[str]:
+        return self.numeric + self.categorical
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Schema:
+        return cls(**json.loads(path.read_text()))
+
+
+def coerce_features(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """Raw text columns -> typed feature columns; a column the model needs but the table lacks is an error."""
+    missing = [c for c in schema.features if c not in df.columns]
+    if missing:
+        raise KeyError(f"input lacks feature column(s) {missing}")
+    out = pd.DataFrame(index=df.index)
+    for col in schema.numeric:
+        out[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    for col in schema.categorical:
+        values = df[col].astype(object)
+        out[col] = values.where(values.notna(), MISSING).astype(str).str.strip()
+    return out
+
+
+@dataclass
+class Preprocessor:
+    """Median imputation with missing-value indicators, standardisation, one-hot encoding.
+
+    Fitted on the training split alone so that no statistic of validation or test rows leaks into training.
+    """
+
+    numeric: list[str]
+    categorical: list[str]
+    medians: dict[str, float] = field(default_factory=dict)
+    means: dict[str, float] = field(default_factory=dict)
+    stds: dict[str, float] = field(default_factory=dict)
+    indicators: list[str] = field(default_factory=list)
+    categories: dict[str, list[str]] = field(default_factory=dict)
+
+    def fit(self, df: pd.DataFrame) -> Preprocessor:
+        for col in self.numeric:
+            x = df[col].to_numpy(dtype="float64")
+            med = float(np.nanmedian(x)) if np.isfinite(x).any() else 0.0
+            filled = np.where(np.isnan(x), med, x)
+            self.medians[col] = med
+            self.means[col] = float(filled.mean())
+            self.stds[col] = float(filled.std()) or 1.0
+            if np.isnan(x).any():
+                self.indicators.append(col)
+        for col in self.categorical:
+            self.categories[col] = sorted(df[col].astype(str).unique().tolist())
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        names = list(self.numeric) + [f"{c}__missing" for c in self.indicators]
+        for col in self.categorical:
+            names += [f"{col}={v}" for v in self.categories[col]]
+        return names
+
+    def transform(self, df: pd.DataFrame) -> np.ndarray:
+        blocks = []
+        if self.numeric:
+            x = df[self.numeric].to_numpy(dtype="float64")
+            nan = np.isnan(x)
+            med = np.array([self.medians[c] for c in self.numeric])
+            x = np.where(nan, med, x)
+            x = (x - np.array([self.means[c] for c in self.numeric])) / np.array(
+                [self.stds[c] for c in self.numeric]
+            )
+            blocks.append(x)
+            if self.indicators:
+                idx = [self.numeric.index(c) for c in self.indicators]
+                blocks.append(nan[:, idx].astype("float64"))
+        for col in self.categorical:
+            cats = self.categories[col]
+            # Unseen categories encode as all zeros rather than failing at scoring time.
+            codes = pd.Categorical(df[col].astype(str), categories=cats).codes
+            onehot = np.zeros((len(df), len(cats)))
+            known = codes >= 0
+            onehot[np.nonzero(known)[0], codes[known]] = 1.0
+            blocks.append(onehot)
+        if not blocks:
+            raise ValueError("no feature columns to transform")
+        return np.hstack(blocks).astype("float32")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessor:
+        return cls(**d)

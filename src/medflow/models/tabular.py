@@ -1,0 +1,34 @@
+"""Models chosen by name in params; each builder takes the input width and the number of classes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+class TabularMLP(nn.Module):
+    def __init__(self, n_in: int, n_classes: int, hidden: list[int], dropout: float = 0.1):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = n_in
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        layers.append(nn.Linear(width, n_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "tabular_mlp": lambda n_in, n_classes, hidden, dropout: TabularMLP(n_in, n_classes, hidden, dropout),
+}
+
+
+def build(name: str, **kwargs) -> nn.Module:
+    if name not in BUILDERS:
+        raise KeyError(f"unknown model {name!r}; known: {sorted(BUILDERS)}")
+    return BUILDERS[name](**kwargs)

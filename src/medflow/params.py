@@ -1,0 +1,158 @@
+"""Typed, strict models of params.yaml: the single source of parameters.
+
+A misspelt key fails at load with the path of the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    # A CSV/Parquet path (relative to the project root) or a built-in demo name (see medflow.data.sources).
+    source: str = "data/breast_cancer.csv"
+    target: str = "diagnosis"
+    patient_id: str | None = None
+    # Direct identifiers: never features, never logged, dropped by `clean`.
+    identifiers: list[str] = Field(default_factory=list)
+    # Makes a binary target out of a multi-valued column: this value is 1, every other value 0.
+    positive_class: str | int | None = None
+
+
+class ValidateParams(_Section):
+    # Width added on each side of the inferred numeric range, as a fraction of the robust (p0.5..p99.5) range.
+    range_margin: float = Field(0.5, ge=0)
+    # Allowed rise of a column's null rate above the reference rate before the batch is rejected.
+    null_rate_slack: float = Field(0.1, ge=0, le=1)
+    # Row count band of later batches, as factors of the reference row count.
+    row_count_band: tuple[float, float] = (0.1, 10.0)
+    # A category needs this many reference rows to enter the allowed set; rarer values are quarantined.
+    category_min_count: int = Field(2, ge=1)
+    # A string column whose distinct values exceed this fraction of rows is free text: checked for presence only.
+    free_text_ratio: float = Field(0.5, gt=0, le=1)
+    # Share of non-null values that must parse as numbers before a numeric column counts as the wrong type.
+    type_mostly: float = Field(0.9, gt=0, le=1)
+    # A single feature whose univariate ROC-AUC reaches this is flagged as suspected target leakage.
+    leakage_auc: float = Field(0.995, gt=0.5, le=1)
+    # Profile counts below this are shown as "<k" so that no small group can be singled out.
+    small_count: int = Field(5, ge=1)
+
+
+class CleanParams(_Section):
+    # Environment variable holding the salt for the patient-id hash; demos fall back to a fixed demo salt.
+    salt_env: str = "MEDFLOW_SALT"
+
+
+class SplitParams(_Section):
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> SplitParams:
+        if self.val + self.test >= 0.9:
+            raise ValueError(f"split.val + split.test = {self.val + self.test:.2f} leaves too little to train on")
+        return self
+
+
+class TrainParams(_Section):
+    model: Literal["tabular_mlp"] = "tabular_mlp"
+    hidden: list[int] = Field(default_factory=lambda: [64, 32])
+    dropout: float = Field(0.1, ge=0, lt=1)
+    lr: float = Field(1e-3, gt=0)  # Adam learning rate
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(64, ge=1)
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(20, ge=1)  # epochs without a better validation loss before stopping
+    class_weights: Literal["none", "balanced"] = "balanced"
+    device: str = "auto"  # "auto" picks CUDA when present, else CPU
+    deterministic: bool = True
+
+
+class EvaluateParams(_Section):
+    primary_metric: Literal["roc_auc", "pr_auc", "accuracy", "balanced_accuracy", "f1"] = "roc_auc"
+
+
+class RegisterParams(_Section):
+    model_name: str = "medflow-breast-cancer"
+    # A version becomes champion only when its test primary metric reaches this floor...
+    min_primary: float = Field(0.9, ge=0, le=1)
+    # ...and is not worse than the current champion's by more than this.
+    tolerance: float = Field(0.0, ge=0)
+    experiment: str = "medflow"
+
+
+# `register` shadows ABCMeta.register on the class, which pydantic warns about; nothing here calls that.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "register"')
+
+    class Params(_Section):
+        seed: int = 42
+        data: DataParams = Field(default_factory=DataParams)
+        validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
+        clean: CleanParams = Field(default_factory=CleanParams)
+        split: SplitParams = Field(default_factory=SplitParams)
+        train: TrainParams = Field(default_factory=TrainParams)
+        evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+        register: RegisterParams = Field(default_factory=RegisterParams)
+
+        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+        def as_dict(self) -> dict[str, Any]:
+            return self.model_dump(mode="json", by_alias=True)
+
+        def digest(self) -> str:
+            return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ParamsError(ValueError):
+    pass
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` with the value read as YAML, so lists and numbers keep their types."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"override {text!r} is not of the form section.key=value")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    merged = json.loads(json.dumps(raw))
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = merged
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ParamsError(f"override {text!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    return merged
+
+
+def from_dict(raw: dict[str, Any], origin: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as exc:
+        lines = [f"{origin}: {len(exc.errors())} invalid parameter(s)"]
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {where}: {err['msg']}")
+        raise ParamsError("\n".join(lines)) from None
+
+
+def load(path: Path, overrides: list[str] | None = None) -> Params:
+    if not path.exists():
+        raise ParamsError(f"{path}: params file not found")
+    raw = yaml.safe_load(path.read_text()) or {}
+    return from_dict(apply_overrides(raw, overrides or []), origin=str(path))

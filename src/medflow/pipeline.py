@@ -1,0 +1,104 @@
+"""The wiring shared by both entry points: which steps exist, which are stale, and the DVC record.
+
+Steps know nothing of Prefect or DVC; the Prefect flow (flows/pipeline.py) and `medflow step` (called by
+dvc.yaml) both run steps through `run_step`, so the two paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import yaml
+
+from medflow.data import sources
+from medflow.params import Params
+from medflow.paths import STEPS, Paths
+
+log = logging.getLogger(__name__)
+
+
+class DataVersionError(RuntimeError):
+    pass
+
+
+def run_step(name: str, params: Params, paths: Paths) -> dict:
+    if name not in STEPS:
+        raise KeyError(f"unknown step {name!r}; steps: {', '.join(STEPS)}")
+    module = importlib.import_module(f"medflow.steps.{name}")
+    # As `dvc repro` does: a step starts from an empty folder, so nothing stale outlives a rerun.
+    shutil.rmtree(paths.step_dir(name), ignore_errors=True)
+    paths.step_dir(name).mkdir(parents=True)
+    return module.run(params, paths)
+
+
+def is_dvc_project(paths: Paths) -> bool:
+    return (paths.root / ".dvc").is_dir() and (paths.root / "dvc.yaml").is_file()
+
+
+def dir_md5(folder: Path) -> str:
+    """DVC's hash of a directory output: md5 of the sorted (md5, relpath) listing, with a .dir suffix."""
+    ignored = {".gitignore", ".DS_Store"}
+    entries = [
+        {"md5": hashlib.md5(p.read_bytes()).hexdigest(), "relpath": p.relative_to(folder).as_posix()}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in ignored
+    ]
+    entries.sort(key=lambda e: e["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def ensure_data(params: Params, paths: Paths) -> Path:
+    """Materialises a demo source and keeps data.dvc true to data/.
+
+    A fresh clone has no DVC remote, so the demo file is rebuilt from scikit-learn and must hash to what
+    data.dvc records; a changed data/ (the user's own table) is recorded as a new data version.
+    """
+    source = sources.resolve(params.data.source, paths)
+    record = paths.root / "data.dvc"
+    if not (is_dvc_project(paths) and record.exists()):
+        return source
+    expected = yaml.safe_load(record.read_text())["outs"][0]["md5"]
+    actual = dir_md5(paths.data_dir)
+    from dvc.repo import Repo
+
+    with Repo(str(paths.root)) as repo:
+        if actual == expected:
+            repo.commit("data.dvc", force=True)  # fills the local cache so `dvc status` is clean
+        elif {p.name for p in paths.data_dir.iterdir()} <= {f"{d}.csv" for d in sources.DEMOS} | {".gitignore"}:
+            raise DataVersionError(
+                f"{paths.data_dir}: the materialised demo data hash to {actual}, but data.dvc records {expected}; "
+                "the demo is no longer reproducible with these package versions (see constraints.txt)"
+            )
+        else:
+            log.warning("data/ differs from data.dvc: recording the new data version (dvc add data)")
+            print("data/ changed since data.dvc: recording the new version (as `dvc add data` would)")
+            repo.add("data")
+    return source
+
+
+def stale_steps(paths: Paths) -> list[str]:
+    """Steps to run: from the first stage DVC reports changed (or never run) to the end of the pipeline."""
+    if not is_dvc_project(paths):
+        return list(STEPS)
+    from dvc.repo import Repo
+
+    with Repo(str(paths.root)) as repo:
+        changed = repo.status(targets=list(STEPS))
+    first = next((i for i, s in enumerate(STEPS) if s in changed), len(STEPS))
+    return list(STEPS[first:])
+
+
+def record_in_dvc(paths: Paths, steps: list[str]) -> None:
+    """Writes what the flow ran into dvc.lock, as `dvc repro` would have, so `dvc status` stays clean."""
+    if not steps or not is_dvc_project(paths):
+        return
+    from dvc.repo import Repo
+
+    with Repo(str(paths.root)) as repo:
+        for step in steps:
+            repo.commit(step, force=True)

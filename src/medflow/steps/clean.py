@@ -1,0 +1,145 @@
+"""clean: reads artifacts/validate/{valid.parquet,columns.json}; writes artifacts/clean/ (cleaned.parquet,
+schema.json, quarantine.csv, summary.json). Fails when the patient id needs a salt and none is set, or no
+feature column is left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medflow.data.features import Schema, coerce_features
+from medflow.data.sources import DEMOS
+from medflow.params import DataParams, Params
+from medflow.paths import Paths
+from medflow.privacy.phi import undeclared_identifiers
+
+log = logging.getLogger(__name__)
+
+# Only for the built-in demos, whose "patients" are public or synthetic: real data must bring its own salt.
+DEMO_SALT = "medflow-demo-salt"
+ROW_ID, PATIENT_KEY, LABEL = "_row_id", "_patient_key", "_label"
+
+
+class CleanError(ValueError):
+    pass
+
+
+def build_schema(kinds: dict[str, str], data: DataParams, labels: pd.Series) -> Schema:
+    dropped: dict[str, str] = {}
+    for col, kind in kinds.items():
+        if kind == "identifier":
+            dropped[col] = "declared identifier"
+        elif kind == "text":
+            dropped[col] = "free text or date: not used as a feature"
+    candidates = [c for c, k in kinds.items() if k in ("numeric", "categorical")]
+    for col in undeclared_identifiers(candidates, data.identifiers, [data.target, data.patient_id or ""]):
+        dropped[col] = "named like an identifier: declare it in data.identifiers"
+        log.warning("column %r looks like an identifier and is not used as a feature", col)
+    numeric = [c for c in candidates if kinds[c] == "numeric" and c not in dropped]
+    categorical = [c for c in candidates if kinds[c] == "categorical" and c not in dropped]
+    if not numeric + categorical:
+        raise CleanError(f"no feature column left after dropping identifiers and text columns: {dropped}")
+    values = labels.dropna().astype(str).str.strip()
+    if data.positive_class is not None:
+        pos = str(data.positive_class)
+        if pos not in set(values):
+            raise CleanError(
+                f"data.positive_class={pos!r} never occurs in target column {data.target!r} "
+                f"(values: {sorted(set(values))[:10]})"
+            )
+        classes = [f"not_{pos}", pos]
+    else:
+        classes = sorted(set(values))
+        if len(classes) < 2:
+            raise CleanError(f"target column {data.target!r} has {len(classes)} distinct value(s); need 2 or more")
+    return Schema(
+        target=data.target,
+        classes=classes,
+        numeric=numeric,
+        categorical=categorical,
+        patient_id=data.patient_id,
+        positive_class=None if data.positive_class is None else str(data.positive_class),
+        dropped=dropped,
+    )
+
+
+def encode_labels(labels: pd.Series, schema: Schema) -> np.ndarray:
+    values = labels.astype(str).str.strip()
+    if schema.positive_class is not None:
+        return (values == schema.positive_class).to_numpy().astype("int64")
+    index = {c: i for i, c in enumerate(schema.classes)}
+    return values.map(index).to_numpy().astype("int64")
+
+
+def pseudonymise(ids: pd.Series, salt: str) -> pd.Series:
+    """Salted SHA-256: stable within a project (same salt), unlinkable to the record number without the salt."""
+    return ids.astype(str).str.strip().map(lambda v: hashlib.sha256(f"{salt}\x1f{v}".encode()).hexdigest()[:20])
+
+
+def split_duplicates(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Exact repeats of a row (every column but the row id) go to quarantine, naming the row they repeat."""
+    cols = [c for c in df.columns if c != ROW_ID]
+    first = df.groupby(cols, dropna=False, sort=False)[ROW_ID].transform("min")
+    dup = df[ROW_ID] != first
+    quarantined = df[dup].copy()
+    quarantined.insert(1, "reason", [f"duplicate: exact repeat of row {r}" for r in first[dup]])
+    return df[~dup], quarantined
+
+
+def clean_table(df: pd.DataFrame, schema: Schema, salt: str | None) -> pd.DataFrame:
+    out = coerce_features(df, schema)
+    out.insert(0, ROW_ID, df[ROW_ID].astype("int64").to_numpy())
+    if schema.patient_id:
+        out.insert(1, PATIENT_KEY, pseudonymise(df[schema.patient_id], salt or ""))
+    out[LABEL] = encode_labels(df[schema.target], schema)
+    return out.reset_index(drop=True)
+
+
+def resolve_salt(params: Params) -> str | None:
+    if not params.data.patient_id:
+        return None
+    salt = os.environ.get(params.clean.salt_env)
+    if salt:
+        return salt
+    if params.data.source in DEMOS or Path(params.data.source).stem in DEMOS:
+        return DEMO_SALT
+    raise CleanError(
+        f"environment variable {params.clean.salt_env} is not set: it salts the hash that replaces "
+        f"{params.data.patient_id!r}. Set it to a long random secret kept outside the repository, and keep it "
+        f"the same across runs so patient keys stay stable (e.g. export {params.clean.salt_env}=$(openssl rand -hex 32))."
+    )
+
+
+def run(params: Params, paths: Paths) -> dict:
+    kinds = json.loads((paths.step_dir("validate") / "columns.json").read_text())
+    df = pd.read_parquet(paths.valid_rows)
+    salt = resolve_salt(params)
+    schema = build_schema(kinds, params.data, df[params.data.target])
+    kept, duplicates = split_duplicates(df)
+    cleaned = clean_table(kept, schema, salt)
+
+    out = paths.step_dir("clean")
+    out.mkdir(parents=True, exist_ok=True)
+    cleaned.to_parquet(paths.cleaned, index=False)
+    schema.save(paths.schema)
+    duplicates.to_csv(out / "quarantine.csv", index=False)
+    summary = {
+        "rows_in": len(df),
+        "rows_out": len(cleaned),
+        "rows_quarantined": len(duplicates),
+        "numeric_features": len(schema.numeric),
+        "categorical_features": len(schema.categorical),
+        "dropped_columns": sorted(schema.dropped),
+        "classes": schema.classes,
+        "class_counts": np.bincount(cleaned[LABEL], minlength=len(schema.classes)).tolist(),
+    }
+    assert summary["rows_in"] == summary["rows_out"] + summary["rows_quarantined"]
+    paths.summary("clean").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,115 @@
+"""split: reads artifacts/clean/{cleaned.parquet,schema.json}; writes artifacts/split/ (manifest.csv with
+row_id, patient_key, split; summary.json). Fails when a patient or an identical feature row would sit in two
+splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from medflow.data.features import Schema
+from medflow.params import Params, SplitParams
+from medflow.paths import Paths
+from medflow.steps.clean import LABEL, PATIENT_KEY, ROW_ID
+
+SPLITS = ("train", "val", "test")
+
+
+class LeakageError(ValueError):
+    pass
+
+
+def feature_hashes(df: pd.DataFrame, features: list[str]) -> pd.Series:
+    return pd.util.hash_pandas_object(df[features], index=False).astype("uint64")
+
+
+def leakage_groups(df: pd.DataFrame, features: list[str]) -> np.ndarray:
+    """Rows linked by a shared patient or an identical feature row form one group (union-find over both)."""
+    parent = np.arange(len(df))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    keys = [feature_hashes(df, features).to_numpy()]
+    if PATIENT_KEY in df:
+        keys.append(df[PATIENT_KEY].to_numpy())
+    for key in keys:
+        first: dict = {}
+        for i, k in enumerate(key):
+            j = first.setdefault(k, i)
+            if j != i:
+                parent[find(i)] = find(j)
+    return np.array([find(i) for i in range(len(df))])
+
+
+def assign_splits(groups: np.ndarray, labels: np.ndarray, params: SplitParams, seed: int) -> np.ndarray:
+    """Whole groups go to one split; groups are stratified by their majority label."""
+    frame = pd.DataFrame({"g": groups, "y": labels})
+    group_label = frame.groupby("g")["y"].agg(lambda s: s.value_counts().idxmax())
+    ids, y = group_label.index.to_numpy(), group_label.to_numpy()
+
+    def stratify(v: np.ndarray, test_size: float):
+        counts = np.bincount(v)
+        # Stratifying needs every present class in both parts; tiny classes fall back to a plain shuffle.
+        return v if (counts[counts > 0] >= 2).all() and min(test_size, 1 - test_size) * len(v) >= len(counts) else None
+
+    rest, test = train_test_split(ids, test_size=params.test, random_state=seed, stratify=stratify(y, params.test))
+    y_rest = group_label.loc[rest].to_numpy()
+    val_frac = params.val / (1 - params.test)
+    train, val = train_test_split(rest, test_size=val_frac, random_state=seed, stratify=stratify(y_rest, val_frac))
+    where = {**dict.fromkeys(train, "train"), **dict.fromkeys(val, "val"), **dict.fromkeys(test, "test")}
+    return np.array([where[g] for g in groups])
+
+
+def check_no_leakage(df: pd.DataFrame, split: np.ndarray, features: list[str]) -> None:
+    problems = []
+    for name, key in (
+        ("patient", df[PATIENT_KEY] if PATIENT_KEY in df else None),
+        ("identical feature row", feature_hashes(df, features)),
+    ):
+        if key is None:
+            continue
+        spread = pd.Series(split).groupby(key.to_numpy()).nunique()
+        if (spread > 1).any():
+            problems.append(f"{int((spread > 1).sum())} {name}(s) appear in more than one split")
+    if problems:
+        raise LeakageError("split would leak between train/val/test: " + "; ".join(problems))
+
+
+def run(params: Params, paths: Paths) -> dict:
+    df = pd.read_parquet(paths.cleaned)
+    schema = Schema.load(paths.schema)
+    labels = df[LABEL].to_numpy()
+    split = assign_splits(leakage_groups(df, schema.features), labels, params.split, params.seed)
+    check_no_leakage(df, split, schema.features)
+
+    out = paths.step_dir("split")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = pd.DataFrame(
+        {
+            "row_id": df[ROW_ID],
+            "patient_key": df[PATIENT_KEY] if PATIENT_KEY in df else "",
+            "split": split,
+        }
+    )
+    manifest.to_csv(paths.manifest, index=False)
+    summary = {
+        "rows": {s: int((split == s).sum()) for s in SPLITS},
+        "class_counts": {
+            s: np.bincount(labels[split == s], minlength=len(schema.classes)).tolist() for s in SPLITS
+        },
+        "patients": {s: int(manifest.loc[split == s, "patient_key"].nunique()) for s in SPLITS}
+        if schema.patient_id
+        else None,
+        "manifest_sha256": hashlib.sha256(paths.manifest.read_bytes()).hexdigest(),
+    }
+    paths.summary("split").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,45 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+# No tool may phone home from a test; set before any of them is imported.
+os.environ.update(
+    MLFLOW_DISABLE_TELEMETRY="true",
+    DO_NOT_TRACK="1",
+    PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    GX_ANALYTICS_ENABLED="false",
+    DVC_NO_ANALYTICS="1",
+    OMP_NUM_THREADS="1",
+)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    # 2 threads on a shared 2-core box run 6-7x slower than 1 when anything else is busy.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory) -> Path:
+    """A fresh MLflow SQLite store costs ~9 s of migrations: pay it once and copy the file per test."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def project(tmp_path, migrated_mlflow_db):
+    """A project root in tmp_path with a migrated MLflow store, as medflow.paths.Paths."""
+    from medflow.paths import Paths
+
+    paths = Paths(root=tmp_path)
+    paths.mlruns.mkdir(parents=True)
+    shutil.copy(migrated_mlflow_db, paths.mlflow_db)
+    return paths
