@@ -32,7 +32,7 @@ class DataParams(_Section):
 
 class ValidateParams(_Section):
     # Width added on each side of the inferred numeric range, as a fraction of the robust (p0.5..p99.5) range.
-    range_margin: float = Field(0.5, ge=0)
+    range_margin: float = Field(2.0, ge=0)
     # Allowed rise of a column's null rate above the reference rate before the batch is rejected.
     null_rate_slack: float = Field(0.1, ge=0, le=1)
     # Row count band of later batches, as factors of the reference row count.

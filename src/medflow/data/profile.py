@@ -1,0 +1,187 @@
+"""A data profile made of aggregates only: read by people, it may be attached to reviews and model cards.
+
+Counts below `small_count` are shown as "<k" so that no small group can be singled out; identifier, patient id
+and free-text/date columns show only their name, kind and missingness.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from medflow.params import ValidateParams
+
+_QUANTILES = {"p1": 0.01, "p25": 0.25, "median": 0.5, "p75": 0.75, "p99": 0.99}
+
+
+def shown(count: int, small: int) -> str:
+    # Zero is shown: it singles nobody out.
+    return f"<{small}" if 0 < count < small else str(count)
+
+
+def univariate_auc(y: np.ndarray, score: np.ndarray) -> float | None:
+    """ROC-AUC of one score against a boolean label, as max(AUC, 1 - AUC): direction does not matter here."""
+    pos = int(y.sum())
+    neg = len(y) - pos
+    if not pos or not neg:
+        return None
+    ranks = pd.Series(score).rank().to_numpy()
+    auc = (ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg)
+    return float(max(auc, 1 - auc))
+
+
+def _association(x: pd.Series, kind: str, labels: pd.Series, positives: list[str]) -> float | None:
+    if kind == "categorical":
+        # The target rate of each category is the score: the AUC of the best single-column lookup table.
+        x = x.fillna("<missing>")
+    keep = x.notna()
+    x, labels = x[keep], labels[keep]
+    aucs = []
+    for p in positives:
+        y = (labels == p).to_numpy()
+        score = pd.Series(y, index=x.index).groupby(x).transform("mean") if kind == "categorical" else x
+        aucs.append(univariate_auc(y, score.to_numpy(dtype=float)))
+    aucs = [a for a in aucs if a is not None]
+    return round(max(aucs), 4) if aucs else None
+
+
+def build_profile(
+    df: pd.DataFrame, kinds: dict[str, str], target: str, positive_class: str | int | None, vp: ValidateParams
+) -> dict:
+    """df with numeric columns parsed to floats (see suite.typed) -> a JSON-able dict of aggregates."""
+    k = vp.small_count
+    n = len(df)
+    labels = df[target].astype("string")
+    classes = sorted(labels.dropna().unique())
+    if positive_class is not None:
+        positives = [str(positive_class)]
+    else:
+        positives = classes[1:] if len(classes) == 2 else classes
+    columns = []
+    for col, kind in kinds.items():
+        missing = int(df[col].isna().sum())
+        entry: dict = {"name": col, "kind": kind, "missing": shown(missing, k)}
+        entry["missing_rate"] = round(missing / n, 4) if n and not 0 < missing < k else None
+        if kind == "numeric":
+            q = df[col].quantile(list(_QUANTILES.values()))
+            entry["quantiles"] = {name: float(f"{v:.4g}") for name, v in zip(_QUANTILES, q, strict=True)}
+        if kind == "categorical":
+            counts = df[col].value_counts()
+            entry["counts"] = {str(v): shown(int(c), k) for v, c in counts.items()}
+        if kind in ("numeric", "categorical"):
+            entry["association"] = _association(df[col], kind, labels, positives)
+        columns.append(entry)
+    counts = labels.value_counts()
+    leaks = [c["name"] for c in columns if (c.get("association") or 0) >= vp.leakage_auc]
+    return {
+        "rows": n,
+        "small_count": k,
+        "leakage_auc": vp.leakage_auc,
+        "columns": columns,
+        "target": {
+            "name": target,
+            "positive_class": None if positive_class is None else str(positive_class),
+            "counts": {str(v): shown(int(c), k) for v, c in counts.items()},
+        },
+        "leakage_suspects": leaks,
+    }
+
+
+def _cell(x: object) -> str:
+    return "" if x is None else str(x).replace("|", "\\|")
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_cell(x) for x in row) + " |" for row in rows] + [""]
+
+
+def _scored(cols: list[dict]) -> list[dict]:
+    return sorted((c for c in cols if c.get("association") is not None), key=lambda c: -c["association"])
+
+
+def to_markdown(profile: dict, title: str) -> str:
+    k, cols, tgt = profile["small_count"], profile["columns"], profile["target"]
+    out = [
+        f"# Data profile: {title}",
+        "",
+        f"{profile['rows']} rows, {len(cols)} columns. Aggregates only: counts below {k} are shown as <{k}; "
+        "identifier, patient id and text/date columns show their missingness only.",
+        "",
+        "## Columns",
+        "",
+    ]
+    rate = [None if c["missing_rate"] is None else f"{c['missing_rate']:.1%}" for c in cols]
+    out += _table(
+        ["column", "kind", "missing", "missing %"],
+        [[c["name"], c["kind"], c["missing"], r] for c, r in zip(cols, rate, strict=True)],
+    )
+    numeric = [c for c in cols if "quantiles" in c]
+    if numeric:
+        out += ["## Numeric columns", ""]
+        out += _table(["column", *_QUANTILES], [[c["name"], *c["quantiles"].values()] for c in numeric])
+    for c in (c for c in cols if "counts" in c):
+        out += [f"## Categories of {c['name']}", ""]
+        out += _table(["value", "rows"], list(c["counts"].items()))
+    out += [f"## Target: {tgt['name']}", ""]
+    if tgt["positive_class"] is not None:
+        out += [f"Positive class: {tgt['positive_class']}.", ""]
+    out += _table(["value", "rows"], list(tgt["counts"].items())) + ["![target](target.png)", ""]
+    scored = _scored(cols)
+    out += [
+        "## Association with the target",
+        "",
+        "ROC-AUC of each feature alone, max(AUC, 1 - AUC); a category scores its rows' target rate.",
+        "",
+    ]
+    out += _table(["feature", "AUC"], [[c["name"], f"{c['association']:.3f}"] for c in scored])
+    out += ["![association](association.png)", "", "## Suspected leakage", ""]
+    if profile["leakage_suspects"]:
+        out += [
+            f"- {c['name']}: AUC {c['association']:.3f} >= {profile['leakage_auc']}"
+            for c in scored
+            if c["name"] in profile["leakage_suspects"]
+        ]
+        out += ["", "One feature this predictive is usually a copy of the label, or recorded after it."]
+    else:
+        out.append(f"None: no feature reaches AUC {profile['leakage_auc']}.")
+    out += ["", "![missingness](missingness.png)", ""]
+    return "\n".join(out)
+
+
+def figures(profile: dict) -> dict:
+    """{file name: matplotlib Figure}; Figure objects need no pyplot and no global backend."""
+    from matplotlib.figure import Figure
+
+    cols = profile["columns"]
+    figs = {}
+
+    fig = Figure(figsize=(6, 0.25 * len(cols) + 1.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.barh([c["name"] for c in cols], [c["missing_rate"] or 0 for c in cols])
+    ax.invert_yaxis()
+    ax.set_xlabel("missing share (suppressed small counts drawn as 0)")
+    figs["missingness.png"] = fig
+
+    tgt = profile["target"]
+    fig = Figure(figsize=(4, 3), layout="constrained")
+    ax = fig.add_subplot()
+    names = list(tgt["counts"])
+    heights = [int(v) if v.isdigit() else 0 for v in tgt["counts"].values()]
+    ax.bar(names, heights)
+    ax.bar_label(ax.containers[0], labels=list(tgt["counts"].values()))
+    ax.margins(y=0.12)
+    ax.set_title(f"{tgt['name']} (rows)")
+    figs["target.png"] = fig
+
+    scored = _scored(cols)[:25]
+    fig = Figure(figsize=(6, 0.25 * len(scored) + 1.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.barh([c["name"] for c in scored], [c["association"] for c in scored])
+    ax.axvline(profile["leakage_auc"], color="red", linestyle="--", label="leakage threshold")
+    ax.set_xlim(0.5, 1.0)
+    ax.invert_yaxis()
+    ax.set_xlabel("univariate ROC-AUC")
+    ax.legend(loc="lower right")
+    figs["association.png"] = fig
+    return figs

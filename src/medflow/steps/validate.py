@@ -1,0 +1,145 @@
+"""validate: reads the raw table (data.source) and expectations/<dataset>.json, inferring that suite on first
+use; writes artifacts/validate/ (valid.parquet, quarantine.csv, columns.json, report.json, summary.json,
+profile/). Fails (ValidationFailed) when a batch-level expectation fails, after writing report.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medflow.data import sources
+from medflow.data.profile import build_profile, figures, to_markdown
+from medflow.data.suite import (
+    ROW_ID,
+    Check,
+    ValidationFailed,
+    infer_suite,
+    role_mismatches,
+    run_suite,
+    suite_kinds,
+    typed,
+)
+from medflow.params import Params
+from medflow.paths import Paths
+
+__all__ = ["ValidationFailed", "batch_failures", "quarantine", "report", "run"]
+
+log = logging.getLogger(__name__)
+
+
+def batch_failures(checks: list[Check]) -> list[str]:
+    return [f"{c.type}: {c.column + ': ' if c.column else ''}{c.detail}" for c in checks if c.stops]
+
+
+def quarantine(df: pd.DataFrame, checks: list[Check]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Splits df into valid rows and quarantined rows (ROW_ID, reason, original columns), one per row."""
+    reasons: dict[int, list[str]] = {}
+    for c in checks:
+        if c.level == "row":
+            for rid in c.row_ids:
+                reasons.setdefault(rid, []).append(c.reason)
+    bad = df[ROW_ID].isin(reasons)
+    held = df[bad].copy()
+    held.insert(0, "reason", ["; ".join(reasons[r]) for r in held[ROW_ID]])
+    cols = [ROW_ID, "reason", *(c for c in df.columns if c != ROW_ID)]
+    return df[~bad], held[cols]
+
+
+def report(checks: list[Check], failures: list[str]) -> dict:
+    return {
+        "success": not failures,
+        "batch_failures": failures,
+        "expectations": [
+            {
+                "type": c.type,
+                "column": c.column,
+                "level": c.level,
+                "success": c.success,
+                "unexpected_count": c.unexpected_count,
+            }
+            for c in checks
+        ],
+    }
+
+
+def _write_json(path: Path, obj: object, sort_keys: bool = False) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n")
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
+def run(params: Params, paths: Paths) -> dict:
+    out = paths.step_dir("validate")
+    # A failed run must not leave the previous run's valid rows behind for `clean`.
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    path = sources.resolve(params.data.source, paths)
+    where = _relative(path, paths.root)
+    df = sources.read_table(path)
+    df[ROW_ID] = np.arange(len(df), dtype="int64")
+    dataset = sources.dataset_name(params.data.source)
+
+    suite_path = paths.suite(dataset)
+    created = not suite_path.exists()
+    if created:
+        suite = infer_suite(df, params.data, params.validate_, name=dataset, source=where)
+        suite_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(suite_path, suite, sort_keys=True)
+        log.info("inferred %s from %s: review it and commit it", suite_path, where)
+    else:
+        suite = json.loads(suite_path.read_text())
+    mismatches = role_mismatches(suite, params.data)
+    if mismatches:
+        raise ValidationFailed(
+            f"{_relative(suite_path, paths.root)}: column roles differ from params.data: "
+            f"{'; '.join(mismatches)}. Fix params or the suite's meta.medflow.columns, or delete the suite "
+            "to infer it again."
+        )
+
+    checks = run_suite(df, suite)
+    failures = batch_failures(checks)
+    _write_json(out / "report.json", {"dataset": dataset, "source": where, **report(checks, failures)})
+    if failures:
+        raise ValidationFailed(
+            f"{where}: {len(failures)} batch-level expectation(s) failed:\n  " + "\n  ".join(failures)
+        )
+
+    valid, held = quarantine(df, checks)
+    known = suite_kinds(suite)
+    kinds = {c: known[c] for c in df.columns if c in known}  # in file order, for people reading the profile
+    valid.reset_index(drop=True).to_parquet(paths.valid_rows, index=False)
+    held.to_csv(out / "quarantine.csv", index=False, lineterminator="\n")
+    _write_json(out / "columns.json", kinds)
+
+    profile = build_profile(
+        typed(valid, kinds), kinds, params.data.target, params.data.positive_class, params.validate_
+    )
+    (out / "profile").mkdir()
+    (out / "profile" / "profile.md").write_text(to_markdown(profile, dataset))
+    for name, fig in figures(profile).items():
+        fig.savefig(out / "profile" / name, dpi=80)
+
+    rules = {c.rule: len(c.row_ids) for c in checks if c.level == "row" and c.row_ids}
+    summary = {
+        "dataset": dataset,
+        "source": where,
+        "suite": _relative(suite_path, paths.root),
+        "suite_created": created,
+        "rows_in": len(df),
+        "rows_valid": len(valid),
+        "rows_quarantined": len(held),
+        "quarantine_reasons": dict(sorted(rules.items())),
+        "leakage_suspects": profile["leakage_suspects"],
+    }
+    assert summary["rows_in"] == summary["rows_valid"] + summary["rows_quarantined"]
+    _write_json(paths.summary("validate"), summary)
+    log.info("validate %s: %d rows, %d valid, %d quarantined", dataset, len(df), len(valid), len(held))
+    return summary

@@ -1,0 +1,116 @@
+"""End to end: the Prefect flow and `dvc repro` run the same steps and leave the same results."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from medflow.data.synthetic import synthetic_cohort
+from medflow.paths import STEPS
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_dvc_yaml_the_step_list_and_the_flow_agree():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == list(STEPS)
+    for name, stage in stages.items():
+        assert stage["cmd"] == f"medflow step {name}"
+        outs = [o if isinstance(o, str) else next(iter(o)) for o in stage["outs"]]
+        assert all(o.startswith(f"artifacts/{name}") for o in outs), (name, outs)
+        assert name in stage["params"]
+        assert (REPO / "src/medflow/steps" / f"{name}.py").exists()
+    flow_src = (REPO / "flows/pipeline.py").read_text()
+    assert "run_step" in flow_src and "STEPS" in flow_src
+
+
+def medflow_env(root: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "PREFECT_API"))}
+    env.update(PATH=f"{BIN}:{env['PATH']}", PREFECT_HOME=str(root / ".prefect"), MEDFLOW_SALT="test-salt")
+    return env
+
+
+def sh(args: list[str], root: Path) -> str:
+    done = subprocess.run(args, cwd=root, env=medflow_env(root), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_project(tmp_path_factory, migrated_mlflow_db) -> Path:
+    """A copy of the project (dvc.yaml, flow, code) on a small synthetic cohort, as its own DVC repo."""
+    root = tmp_path_factory.mktemp("proj")
+    for item in ("dvc.yaml", "flows", ".dvcignore"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item)
+    shutil.copytree(REPO / "src/medflow", root / "src/medflow", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "data").mkdir()
+    synthetic_cohort(n_patients=150, seed=3).to_csv(root / "data/visits.csv", index=False)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"] = {
+        "source": "data/visits.csv",
+        "target": "outcome",
+        "patient_id": "mrn",
+        "identifiers": ["name", "dob", "phone"],
+        "positive_class": "disease",
+    }
+    params["train"].update(max_epochs=15, patience=5, hidden=[16])
+    params["register"].update(model_name="visits", min_primary=0.5)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "mlruns").mkdir()
+    shutil.copy(migrated_mlflow_db, root / "mlruns/mlflow.db")
+    sh(["dvc", "init", "--no-scm", "-q"], root)
+    sh(["dvc", "config", "core.analytics", "false"], root)
+    sh(["dvc", "add", "data", "-q"], root)
+    return root
+
+
+def results(root: Path) -> tuple[pd.DataFrame, dict]:
+    metrics = json.loads((root / "artifacts/evaluate/metrics.json").read_text())
+    return pd.read_csv(root / "artifacts/split/manifest.csv"), metrics
+
+
+def test_flow_and_dvc_repro_agree_and_dvc_status_is_clean(tiny_project):
+    root = tiny_project
+    out = sh(["medflow", "run"], root)
+    assert "registered visits v1 (champion" in out
+    assert "epoch" in out
+    status = sh(["dvc", "status"], root)
+    assert "up to date" in status, status
+    manifest_flow, metrics_flow = results(root)
+    assert manifest_flow.groupby("patient_key")["split"].nunique().max() == 1
+
+    # Nothing changed: the flow runs no step and registers nothing.
+    again = sh(["medflow", "run"], root)
+    assert "registered" not in again
+
+    shutil.rmtree(root / "artifacts")
+    sh(["dvc", "repro", "--force"], root)
+    manifest_dvc, metrics_dvc = results(root)
+    pd.testing.assert_frame_equal(manifest_flow, manifest_dvc)
+    assert metrics_flow == metrics_dvc
+    assert "up to date" in sh(["dvc", "status"], root)
+
+
+def test_param_override_is_recorded_and_reruns_only_from_the_changed_step(tiny_project):
+    root = tiny_project
+    out = sh(["medflow", "run", "-P", "evaluate.primary_metric=pr_auc"], root)
+    assert "steps to run: evaluate, register" in out
+    assert yaml.safe_load((root / "params.yaml").read_text())["evaluate"]["primary_metric"] == "pr_auc"
+    assert "up to date" in sh(["dvc", "status"], root)
+
+
+def test_a_misspelt_parameter_fails_before_anything_runs(tiny_project):
+    done = subprocess.run(
+        ["medflow", "run", "-P", "train.lrr=0.1"], cwd=tiny_project, env=medflow_env(tiny_project),
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 2
+    assert "train.lrr" in done.stderr and "Extra inputs are not permitted" in done.stderr

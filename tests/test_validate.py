@@ -1,0 +1,290 @@
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medflow.data import sources
+from medflow.data.profile import build_profile, shown, univariate_auc
+from medflow.data.suite import Check, infer_suite
+from medflow.data.synthetic import synthetic_cohort
+from medflow.params import ValidateParams, from_dict
+from medflow.paths import Paths
+from medflow.steps import validate
+
+COHORT = {
+    "data": {
+        "source": "data/cohort.csv",
+        "target": "outcome",
+        "patient_id": "mrn",
+        "identifiers": ["name", "dob", "phone"],
+        "positive_class": "disease",
+    }
+}
+PHI = ["mrn", "name", "dob", "phone", "visit_date"]
+
+
+@pytest.fixture(autouse=True)
+def _no_gx_analytics(monkeypatch):
+    monkeypatch.setenv("GX_ANALYTICS_ENABLED", "false")
+
+
+def _project(root, df: pd.DataFrame, suite_from: Paths | None = None) -> Paths:
+    paths = Paths(root=root)
+    paths.data_dir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(paths.data_dir / "cohort.csv", index=False)
+    if suite_from is not None:
+        paths.expectations_dir.mkdir(exist_ok=True)
+        shutil.copy(suite_from.suite("cohort"), paths.suite("cohort"))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return synthetic_cohort()
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, cohort):
+    paths = _project(tmp_path_factory.mktemp("cohort"), cohort)
+    return paths, validate.run(from_dict(COHORT), paths)
+
+
+def _outputs(paths: Paths) -> tuple[pd.DataFrame, pd.DataFrame]:
+    held = pd.read_csv(paths.step_dir("validate") / "quarantine.csv", dtype=str, keep_default_na=False)
+    return pd.read_parquet(paths.valid_rows), held
+
+
+def _phi_values(df: pd.DataFrame) -> set[str]:
+    return {v for c in PHI for v in df[c].dropna().astype(str)}
+
+
+def test_first_run_infers_the_suite_and_quarantines_the_bad_rows(first_run, cohort):
+    paths, summary = first_run
+    assert summary["suite_created"] and paths.suite("cohort").exists()
+    assert summary["suite"] == "expectations/cohort.json"
+    assert summary["rows_in"] == len(cohort) == summary["rows_valid"] + summary["rows_quarantined"]
+    _, held = _outputs(paths)
+    by_value = {
+        ("age", "999.0"): "age: expect_column_values_to_be_between [0, ",
+        ("age", "-4.0"): "age: expect_column_values_to_be_between [0, ",
+        ("bmi", "abc"): "bmi: expect_column_values_to_match_regex (not a number)",
+        ("glucose", "n.d."): "glucose: expect_column_values_to_match_regex (not a number)",
+        ("sex", "unknown?"): "sex: expect_column_values_to_be_in_set ['F', 'M']",
+        ("outcome", ""): "outcome: expect_column_values_to_not_be_null",
+    }
+    for (col, value), reason in by_value.items():
+        rows = held[held[col] == value]
+        assert len(rows) >= 1 and rows["reason"].str.startswith(reason).all(), (col, value)
+    assert set(summary["quarantine_reasons"]) == {
+        "age: expect_column_values_to_be_between",
+        "bmi: expect_column_values_to_match_regex",
+        "glucose: expect_column_values_to_match_regex",
+        "sex: expect_column_values_to_be_in_set",
+        "outcome: expect_column_values_to_not_be_null",
+    }
+    assert sum(summary["quarantine_reasons"].values()) == summary["rows_quarantined"] == len(held)
+    kinds = json.loads((paths.step_dir("validate") / "columns.json").read_text())
+    assert kinds == {
+        "mrn": "patient_id", "name": "identifier", "dob": "identifier", "phone": "identifier",
+        "visit_date": "text", "age": "numeric", "sex": "categorical", "smoker": "categorical",
+        "site": "categorical", "bmi": "numeric", "glucose": "numeric", "systolic_bp": "numeric",
+        "outcome": "target",
+    }  # fmt: skip
+    assert json.loads(paths.summary("validate").read_text()) == summary
+
+
+def test_every_input_row_lands_in_exactly_one_output(first_run, cohort):
+    paths, _ = first_run
+    valid, held = _outputs(paths)
+    ids_valid, ids_held = set(valid["_row_id"]), set(held["_row_id"].astype(int))
+    assert not ids_valid & ids_held
+    assert sorted(ids_valid | ids_held) == list(range(len(cohort))) == sorted([*valid["_row_id"], *ids_held])
+    assert list(valid.columns) == [*cohort.columns, "_row_id"]
+    # Rows keep their text exactly as read, for `clean` to parse.
+    source = sources.read_table(paths.data_dir / "cohort.csv")
+    assert valid.drop(columns="_row_id").equals(source.iloc[valid["_row_id"]].reset_index(drop=True))
+
+
+def test_suite_is_reinferred_byte_identical_and_holds_no_patient_values(first_run, cohort, tmp_path):
+    paths, _ = first_run
+    text = paths.suite("cohort").read_text()
+    again = _project(tmp_path, cohort)
+    validate.run(from_dict(COHORT), again)
+    assert again.suite("cohort").read_text() == text
+    assert not {v for v in _phi_values(cohort) if v in text}
+    suite = json.loads(text)
+    assert suite["meta"]["medflow"]["columns"]["visit_date"]["kind"] == "text"
+    assert validate.run(from_dict(COHORT), again)["suite_created"] is False
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda d: d.rename(columns={"age": "agee"}), "missing columns ['age']; unexpected ['agee']"),
+        (lambda d: d.drop(columns="bmi"), "missing columns ['bmi']; unexpected []"),
+        (lambda d: d.assign(glucose=np.where(np.arange(len(d)) % 5, "high", "90")), "glucose: "),
+        (lambda d: d.assign(outcome=d["outcome"].where(d.index % 50 > 0, "maybe")), "outcome: "),
+        (lambda d: d.assign(bmi=d["bmi"].where(d.index % 2 > 0)), "not_be_null: bmi: "),
+        (lambda d: d.head(40), "expect_table_row_count_to_be_between: 40 rows, expected ["),
+    ],
+    ids=["renamed", "dropped", "numeric-became-text", "unseen-target", "null-rate-rose", "too-few-rows"],
+)
+def test_batch_level_failures_stop_the_run_with_a_message_naming_them(
+    first_run, cohort, tmp_path, change, named
+):
+    paths = _project(tmp_path, change(cohort), suite_from=first_run[0])
+    with pytest.raises(validate.ValidationFailed) as err:
+        validate.run(from_dict(COHORT), paths)
+    message = str(err.value)
+    assert message.startswith("data/cohort.csv: 1 batch-level expectation(s) failed:")
+    assert named in message
+    report = json.loads((paths.step_dir("validate") / "report.json").read_text())
+    assert not report["success"] and len(report["batch_failures"]) == 1
+    assert not paths.valid_rows.exists()
+    assert not {v for v in _phi_values(cohort) if v in message or v in json.dumps(report)}
+
+
+def test_numeric_and_target_failures_name_the_rule(first_run, cohort, tmp_path):
+    changed = cohort.assign(glucose="high", outcome=cohort["outcome"].replace("healthy", "well"))
+    paths = _project(tmp_path, changed, suite_from=first_run[0])
+    with pytest.raises(validate.ValidationFailed, match="2 batch-level") as err:
+        validate.run(from_dict(COHORT), paths)
+    n = len(cohort)
+    assert f"match_regex: glucose: {n} of {n} non-null values do not parse as numbers" in str(err.value)
+    assert "expect_column_values_to_be_in_set: outcome: " in str(err.value)
+
+
+def test_editing_a_range_in_the_suite_quarantines_more_rows(first_run, cohort, tmp_path):
+    paths = _project(tmp_path, cohort, suite_from=first_run[0])
+    suite = json.loads(paths.suite("cohort").read_text())
+    (between,) = [
+        e for e in suite["expectations"]
+        if e["type"] == "expect_column_values_to_be_between" and e["kwargs"]["column"] == "age"
+    ]  # fmt: skip
+    between["kwargs"]["max_value"] = 60
+    paths.suite("cohort").write_text(json.dumps(suite))
+    summary = validate.run(from_dict(COHORT), paths)
+    age = pd.to_numeric(cohort["age"], errors="coerce")
+    rule = "age: expect_column_values_to_be_between"
+    assert summary["quarantine_reasons"][rule] == int(((age > 60) | (age < 0)).sum())
+    assert summary["rows_quarantined"] > first_run[1]["rows_quarantined"]
+    _, held = _outputs(paths)
+    assert held["reason"].str.contains(rf"{rule} \[0, 60\]").sum() == summary["quarantine_reasons"][rule]
+
+
+def test_profile_holds_aggregates_only_and_suppresses_small_counts(first_run, cohort):
+    paths, _ = first_run
+    md = (paths.step_dir("validate") / "profile" / "profile.md").read_text()
+    assert not {v for v in _phi_values(cohort) if v in md}
+    assert "## Suspected leakage" in md
+    for png in ("missingness.png", "target.png", "association.png"):
+        assert (paths.step_dir("validate") / "profile" / png).stat().st_size > 1000
+
+    df = pd.DataFrame(
+        {"site": ["a"] * 20 + ["b"] * 3, "y": ["p", "n"] * 11 + ["p"], "mrn": [f"M{i}" for i in range(23)]}
+    )
+    kinds = {"site": "categorical", "y": "target", "mrn": "patient_id"}
+    prof = build_profile(df, kinds, "y", "p", ValidateParams())
+    site, mrn = prof["columns"][0], prof["columns"][2]
+    assert site["counts"] == {"a": "20", "b": "<5"}
+    assert mrn == {"name": "mrn", "kind": "patient_id", "missing": "0", "missing_rate": 0.0}
+    assert shown(0, 5) == "0" and shown(4, 5) == "<5" and shown(5, 5) == "5"
+
+
+def test_a_copy_of_the_label_is_flagged_as_leakage(cohort, tmp_path):
+    leaky = cohort.assign(lab_flag=(cohort["outcome"] == "disease").astype(int))
+    summary = validate.run(from_dict(COHORT), _project(tmp_path, leaky))
+    assert summary["leakage_suspects"] == ["lab_flag"]
+    md = (tmp_path / "artifacts" / "validate" / "profile" / "profile.md").read_text()
+    assert "- lab_flag: AUC 1.000 >= 0.995" in md.split("## Suspected leakage")[1]
+
+
+def test_association_is_against_the_positive_class():
+    y = ["disease", "healthy", "inconclusive", "healthy"] * 10
+    df = pd.DataFrame({"f": [float(v == "inconclusive") for v in y], "y": y})
+    kinds = {"f": "numeric", "y": "target"}
+    against_disease = build_profile(df, kinds, "y", "disease", ValidateParams())
+    one_vs_rest = build_profile(df, kinds, "y", None, ValidateParams())
+    assert against_disease["columns"][0]["association"] < 0.8 and not against_disease["leakage_suspects"]
+    assert one_vs_rest["leakage_suspects"] == ["f"]
+
+
+def test_a_row_failing_several_checks_is_quarantined_once_with_every_reason():
+    df = pd.DataFrame({"a": ["1", "x", "3"], "_row_id": [0, 1, 2]})
+    checks = [
+        Check("expect_column_values_to_be_between", "a", "row", False, False, 1, (1,), "[0, 2]", ""),
+        Check("expect_column_values_to_be_in_set", "a", "row", False, False, 2, (1, 2), "['1']", ""),
+        Check("expect_column_values_to_not_be_null", "a", "batch", False, True, 1, (0,), "", ""),
+    ]
+    valid, held = validate.quarantine(df, checks)
+    assert valid["_row_id"].tolist() == [0]
+    assert held["_row_id"].tolist() == [1, 2] and list(held.columns) == ["_row_id", "reason", "a"]
+    assert held["reason"].tolist() == [
+        "a: expect_column_values_to_be_between [0, 2]; a: expect_column_values_to_be_in_set ['1']",
+        "a: expect_column_values_to_be_in_set ['1']",
+    ]
+
+
+def test_univariate_auc():
+    y = np.array([False, False, True, True])
+    assert univariate_auc(y, np.array([1.0, 2.0, 3.0, 4.0])) == 1.0
+    assert univariate_auc(y, np.array([4.0, 3.0, 2.0, 1.0])) == 1.0  # direction does not matter
+    assert univariate_auc(y, np.array([1.0, 1.0, 1.0, 1.0])) == 0.5
+    assert univariate_auc(np.array([True, True]), np.array([1.0, 2.0])) is None
+
+
+def test_inferred_range_is_robust_widened_and_clipped_at_zero():
+    df = pd.DataFrame({"x": [str(v) for v in range(1, 201)] + ["5000"], "y": ["a", "b"] * 100 + ["a"]})
+    data = from_dict({"data": {"target": "y"}}).data
+    suite = infer_suite(df, data, ValidateParams(range_margin=0.5), name="t", source="t.csv")
+    (between,) = [e for e in suite["expectations"] if e["type"] == "expect_column_values_to_be_between"]
+    lo, hi = pd.Series(range(1, 201)).quantile([0.005, 0.995])  # the lone 5000 moves neither quantile much
+    assert between["kwargs"]["min_value"] == 0.0
+    assert between["kwargs"]["max_value"] == pytest.approx(hi + 0.5 * (hi - lo), rel=0.02)
+    assert between["kwargs"]["max_value"] < 5000
+
+
+def test_column_kinds_keep_free_text_and_dates_out_of_the_suite():
+    n = 40
+    df = pd.DataFrame(
+        {
+            "note": [f"patient reports pain level {i}" for i in range(n)],
+            "seen": [
+                f"2024-03-{1 + i % 4:02d}" for i in range(n)
+            ],  # few distinct dates: still not a category
+            "ward": ["A", "B"] * (n // 2),
+            "dose": [str(i) for i in range(n - 2)] + ["n.d.", "high"],
+            "y": ["p", "n"] * (n // 2),
+        }
+    )
+    data = from_dict({"data": {"target": "y"}}).data
+    suite = infer_suite(df, data, ValidateParams(), name="t", source="t.csv")
+    kinds = {c: s["kind"] for c, s in suite["meta"]["medflow"]["columns"].items()}
+    assert kinds == {"note": "text", "seen": "text", "ward": "categorical", "dose": "numeric", "y": "target"}
+    text = json.dumps(suite)
+    assert "pain" not in text and "2024-03" not in text and '["A", "B"]' in text
+
+
+def test_an_expectation_gx_cannot_evaluate_stops_the_run(first_run, cohort, tmp_path):
+    paths = _project(tmp_path, cohort, suite_from=first_run[0])
+    suite = json.loads(paths.suite("cohort").read_text())
+    between = {"column": "sex", "min_value": 0, "max_value": 1}  # a hand edit that compares text with numbers
+    suite["expectations"].append(
+        {"type": "expect_column_values_to_be_between", "kwargs": between, "meta": {}}
+    )
+    paths.suite("cohort").write_text(json.dumps(suite))
+    with pytest.raises(validate.ValidationFailed, match="be_between: sex: could not be evaluated"):
+        validate.run(from_dict(COHORT), paths)
+
+
+def test_breast_cancer_demo_validates_with_nothing_quarantined(tmp_path):
+    # The demo's heavy-tailed "error" columns reach ~1.7 robust ranges beyond p99.5 (real tumours, not
+    # typos): the default range_margin must let them through.
+    params = from_dict({"data": {"source": "breast_cancer", "target": "diagnosis", "positive_class": "malignant"}})
+    paths = Paths(root=tmp_path)
+    summary = validate.run(params, paths)
+    assert sources.resolve("breast_cancer", paths) == paths.data_dir / "breast_cancer.csv"
+    assert summary["rows_in"] == summary["rows_valid"] == 569
+    assert summary["rows_quarantined"] == 0 and summary["leakage_suspects"] == []
