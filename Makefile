@@ -35,6 +35,7 @@ run: setup
 	$(BIN)/medflow run
 
 repro: setup
+	$(BIN)/medflow data
 	$(BIN)/dvc repro
 
 test: setup

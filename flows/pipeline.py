@@ -14,8 +14,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from medflow import params as params_mod
-from medflow.pipeline import ensure_data, record_in_dvc, run_step, stale_steps
 from medflow.paths import STEPS, Paths
+from medflow.pipeline import ensure_data, record_in_dvc, run_step, stale_steps
 
 
 # Results hold counts and metrics only, never rows; not persisting them keeps even those off Prefect's disk.

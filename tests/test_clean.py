@@ -2,8 +2,8 @@ import json
 
 import pandas as pd
 import pytest
-
 from cohort import KINDS, cohort_params, valid_rows
+
 from medflow.steps import clean
 
 

@@ -109,8 +109,11 @@ def test_param_override_is_recorded_and_reruns_only_from_the_changed_step(tiny_p
 
 def test_a_misspelt_parameter_fails_before_anything_runs(tiny_project):
     done = subprocess.run(
-        ["medflow", "run", "-P", "train.lrr=0.1"], cwd=tiny_project, env=medflow_env(tiny_project),
-        capture_output=True, text=True,
+        ["medflow", "run", "-P", "train.lrr=0.1"],
+        cwd=tiny_project,
+        env=medflow_env(tiny_project),
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 2
     assert "train.lrr" in done.stderr and "Extra inputs are not permitted" in done.stderr

@@ -3,11 +3,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from cohort import cohort_params, valid_rows
+from test_clean import write_validated
+
 from medflow.params import SplitParams
 from medflow.steps import clean, split
-from test_clean import write_validated
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ def test_learns_a_separable_rule_and_is_deterministic_on_cpu():
     model_a, res_a = train_once()
     model_b, res_b = train_once()
     assert res_a.history[-1]["val_accuracy"] > 0.9
+
     def strip(history):  # throughput is wall-clock, the rest must match exactly
         return [{k: v for k, v in row.items() if k != "rows_per_s"} for row in history]
 
@@ -59,6 +60,10 @@ def test_preprocessor_uses_training_statistics_and_handles_unseen_values():
     assert pre.feature_names == ["v", "v__missing", "c=x", "c=y"]
     test = coerce_features(pd.DataFrame({"v": ["oops", "100"], "c": ["z", "y"]}), schema)
     out = pre.transform(test)
-    assert out[0].tolist()[1:] == [1.0, 0.0, 0.0]  # unparseable -> missing indicator, unseen category -> zeros
+    assert out[0].tolist()[1:] == [
+        1.0,
+        0.0,
+        0.0,
+    ]  # unparseable -> missing indicator, unseen category -> zeros
     assert out[1, 0] > 10  # standardised with the training mean/std, not refitted
     assert np.isfinite(out).all()

@@ -131,9 +131,7 @@ def test_suite_is_reinferred_byte_identical_and_holds_no_patient_values(first_ru
     ],
     ids=["renamed", "dropped", "numeric-became-text", "unseen-target", "null-rate-rose", "too-few-rows"],
 )
-def test_batch_level_failures_stop_the_run_with_a_message_naming_them(
-    first_run, cohort, tmp_path, change, named
-):
+def test_batch_level_failures_stop_the_run_with_a_message_naming_them(first_run, cohort, tmp_path, change, named):
     paths = _project(tmp_path, change(cohort), suite_from=first_run[0])
     with pytest.raises(validate.ValidationFailed) as err:
         validate.run(from_dict(COHORT), paths)
@@ -251,9 +249,7 @@ def test_column_kinds_keep_free_text_and_dates_out_of_the_suite():
     df = pd.DataFrame(
         {
             "note": [f"patient reports pain level {i}" for i in range(n)],
-            "seen": [
-                f"2024-03-{1 + i % 4:02d}" for i in range(n)
-            ],  # few distinct dates: still not a category
+            "seen": [f"2024-03-{1 + i % 4:02d}" for i in range(n)],  # few distinct dates: still not a category
             "ward": ["A", "B"] * (n // 2),
             "dose": [str(i) for i in range(n - 2)] + ["n.d.", "high"],
             "y": ["p", "n"] * (n // 2),
@@ -271,9 +267,7 @@ def test_an_expectation_gx_cannot_evaluate_stops_the_run(first_run, cohort, tmp_
     paths = _project(tmp_path, cohort, suite_from=first_run[0])
     suite = json.loads(paths.suite("cohort").read_text())
     between = {"column": "sex", "min_value": 0, "max_value": 1}  # a hand edit that compares text with numbers
-    suite["expectations"].append(
-        {"type": "expect_column_values_to_be_between", "kwargs": between, "meta": {}}
-    )
+    suite["expectations"].append({"type": "expect_column_values_to_be_between", "kwargs": between, "meta": {}})
     paths.suite("cohort").write_text(json.dumps(suite))
     with pytest.raises(validate.ValidationFailed, match="be_between: sex: could not be evaluated"):
         validate.run(from_dict(COHORT), paths)

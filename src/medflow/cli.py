@@ -81,11 +81,10 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_step(args: argparse.Namespace, paths: Paths) -> int:
-    from medflow.pipeline import ensure_data, run_step
+    from medflow.pipeline import run_step
 
+    # No DVC calls here: under `dvc repro` the repository lock is held by the caller.
     params = params_mod.load(Path(args.params) if args.params else paths.params_file, args.override)
-    if args.name == "validate":
-        ensure_data(params, paths)
     summary = run_step(args.name, params, paths)
     print(f"{args.name}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list)))
     return 0
@@ -105,16 +104,26 @@ def cmd_ui(args: argparse.Namespace, paths: Paths) -> int:
     uri = tracking_uri(paths)
     print(f"MLflow UI on http://{args.host}:{args.port} (store: {uri})")
     return subprocess.call(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-         "--port", str(args.port), "--workers", "1"]
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            args.host,
+            "--port",
+            str(args.port),
+            "--workers",
+            "1",
+        ]
     )
 
 
 def cmd_serve(args: argparse.Namespace, paths: Paths) -> int:
     flows = load_flow(paths)
-    flows.pipeline.serve(
-        name="medflow-scheduled", cron=args.cron, parameters={"root": str(paths.root)}
-    )
+    flows.pipeline.serve(name="medflow-scheduled", cron=args.cron, parameters={"root": str(paths.root)})
     return 0
 
 
@@ -126,7 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     def with_params(p: argparse.ArgumentParser) -> None:
         p.add_argument("--params", help="params file (default: params.yaml in the root)")
         p.add_argument(
-            "-P", dest="override", action="append", default=[], metavar="SECTION.KEY=VALUE",
+            "-P",
+            dest="override",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
             help="override a parameter; the value is read as YAML, e.g. -P 'data.identifiers=[name, mrn]'",
         )
 

@@ -99,9 +99,7 @@ class Preprocessor:
             nan = np.isnan(x)
             med = np.array([self.medians[c] for c in self.numeric])
             x = np.where(nan, med, x)
-            x = (x - np.array([self.means[c] for c in self.numeric])) / np.array(
-                [self.stds[c] for c in self.numeric]
-            )
+            x = (x - np.array([self.means[c] for c in self.numeric])) / np.array([self.stds[c] for c in self.numeric])
             blocks.append(x)
             if self.indicators:
                 idx = [self.numeric.index(c) for c in self.indicators]

@@ -162,11 +162,7 @@ def role_mismatches(suite: dict, data: DataParams) -> list[str]:
     """Params and suite must agree on which columns are labels or identifiers, or PHI may become a feature."""
     kinds, want = suite_kinds(suite), roles(data)
     cols = sorted({c for c, k in kinds.items() if k in ROLE_KINDS} | set(want))
-    return [
-        f"{c}: suite says {kinds.get(c)}, params say {want.get(c)}"
-        for c in cols
-        if kinds.get(c) != want.get(c)
-    ]
+    return [f"{c}: suite says {kinds.get(c)}, params say {want.get(c)}" for c in cols if kinds.get(c) != want.get(c)]
 
 
 @dataclass(frozen=True)
@@ -226,9 +222,7 @@ def _detail(type_: str, kw: dict, res: dict, bound: str) -> str:
 def _errors(info: dict) -> list[str]:
     # GX reports an expectation's error flat, or nested per metric when a metric failed to compute.
     infos = [info] if "raised_exception" in info else list(info.values())
-    return sorted(
-        {str(i.get("exception_message")) for i in infos if isinstance(i, dict) and i.get("raised_exception")}
-    )
+    return sorted({str(i.get("exception_message")) for i in infos if isinstance(i, dict) and i.get("raised_exception")})
 
 
 def run_suite(df: pd.DataFrame, suite: dict) -> list[Check]:

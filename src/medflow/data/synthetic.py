@@ -9,7 +9,22 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-_FIRST = ["Ana", "Ben", "Chloe", "Dev", "Ella", "Femi", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lea", "Mo", "Nia"]
+_FIRST = [
+    "Ana",
+    "Ben",
+    "Chloe",
+    "Dev",
+    "Ella",
+    "Femi",
+    "Gus",
+    "Hana",
+    "Ivo",
+    "Jun",
+    "Kai",
+    "Lea",
+    "Mo",
+    "Nia",
+]
 _LAST = ["Smith", "Okafor", "Nguyen", "Garcia", "Kowalski", "Haddad", "Silva", "Tanaka", "Müller", "Brown"]
 
 

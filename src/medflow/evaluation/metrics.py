@@ -38,6 +38,4 @@ def bootstrap_ci(
         idx = rng.integers(0, len(y), len(y))
         for k, v in point_metrics(y[idx], proba[idx]).items():
             draws.setdefault(k, []).append(v)
-    return {
-        k: (float(np.quantile(v, alpha / 2)), float(np.quantile(v, 1 - alpha / 2))) for k, v in draws.items()
-    }
+    return {k: (float(np.quantile(v, alpha / 2)), float(np.quantile(v, 1 - alpha / 2))) for k, v in draws.items()}

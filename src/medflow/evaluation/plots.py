@@ -19,9 +19,11 @@ def _pyplot():
 
 def roc_points(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> list[dict]:
     """One curve for binary (positive class), one per class (one-vs-rest) for multiclass."""
-    curves = [(classes[1], y == 1, proba[:, 1])] if len(classes) == 2 else [
-        (c, y == i, proba[:, i]) for i, c in enumerate(classes)
-    ]
+    curves = (
+        [(classes[1], y == 1, proba[:, 1])]
+        if len(classes) == 2
+        else [(c, y == i, proba[:, i]) for i, c in enumerate(classes)]
+    )
     rows = []
     for name, truth, score in curves:
         if truth.all() or not truth.any():

@@ -112,8 +112,8 @@ def resolve_salt(params: Params) -> str | None:
         return DEMO_SALT
     raise CleanError(
         f"environment variable {params.clean.salt_env} is not set: it salts the hash that replaces "
-        f"{params.data.patient_id!r}. Set it to a long random secret kept outside the repository, and keep it "
-        f"the same across runs so patient keys stay stable (e.g. export {params.clean.salt_env}=$(openssl rand -hex 32))."
+        f"{params.data.patient_id!r}. Set it to a long random secret kept outside the repository, and keep it the "
+        f"same across runs so patient keys stay stable (export {params.clean.salt_env}=$(openssl rand -hex 32))."
     )
 
 

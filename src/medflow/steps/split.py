@@ -72,7 +72,7 @@ def assign_splits(groups: np.ndarray, labels: np.ndarray, params: SplitParams, s
 def check_no_leakage(df: pd.DataFrame, split: np.ndarray, features: list[str]) -> None:
     problems = []
     for name, key in (
-        ("patient", df[PATIENT_KEY] if PATIENT_KEY in df else None),
+        ("patient", df.get(PATIENT_KEY)),
         ("identical feature row", feature_hashes(df, features)),
     ):
         if key is None:
@@ -96,16 +96,14 @@ def run(params: Params, paths: Paths) -> dict:
     manifest = pd.DataFrame(
         {
             "row_id": df[ROW_ID],
-            "patient_key": df[PATIENT_KEY] if PATIENT_KEY in df else "",
+            "patient_key": df.get(PATIENT_KEY, ""),
             "split": split,
         }
     )
     manifest.to_csv(paths.manifest, index=False)
     summary = {
         "rows": {s: int((split == s).sum()) for s in SPLITS},
-        "class_counts": {
-            s: np.bincount(labels[split == s], minlength=len(schema.classes)).tolist() for s in SPLITS
-        },
+        "class_counts": {s: np.bincount(labels[split == s], minlength=len(schema.classes)).tolist() for s in SPLITS},
         "patients": {s: int(manifest.loc[split == s, "patient_key"].nunique()) for s in SPLITS}
         if schema.patient_id
         else None,

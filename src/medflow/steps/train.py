@@ -97,12 +97,18 @@ def run(params: Params, paths: Paths) -> dict:
             flush=True,
         )
 
-    result = fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch)
+    try:
+        result = fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch)
+    except BaseException:
+        tracking.end_run(run_id, "FAILED")
+        raise
     model.cpu()
     save_bundle(paths.model_bundle, model, config, pre, schema)
     tracking.log_metrics(
-        run_id, {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss, "epochs": result.epochs_run}
+        run_id,
+        {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss, "epochs": result.epochs_run},
     )
+    tracking.end_run(run_id)
     paths.train_run.write_text(json.dumps({"run_id": run_id}) + "\n")
     summary = {
         "run_id": run_id,

@@ -1,0 +1,71 @@
+"""Lineage tags put on every run and model version: which code, data and params produced it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from medflow.paths import Paths
+
+if TYPE_CHECKING:
+    from medflow.params import Params
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_commit(root: Path) -> str:
+    sha = _git(root, "rev-parse", "HEAD")
+    if sha is None:
+        return "unknown"
+    return f"{sha}-dirty" if _git(root, "status", "--porcelain") else sha
+
+
+def file_md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dvc_md5(dvc_file: Path) -> str:
+    if not dvc_file.exists():
+        return "none"
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+    return str(outs[0].get("md5", "none"))
+
+
+def lineage(params: Params, paths: Paths) -> dict[str, str]:
+    from medflow.data.sources import SourceError, resolve
+
+    try:
+        data_md5 = file_md5(resolve(params.data.source, paths))
+    except SourceError:
+        # Registering an already trained model must not fail because the raw file has since moved.
+        data_md5 = "missing"
+    return {
+        "medflow.git_commit": git_commit(paths.root),
+        "medflow.data_md5": data_md5,
+        "medflow.data_dvc_md5": dvc_md5(paths.root / "data.dvc"),
+        "medflow.params_hash": params.digest(),
+        "medflow.flow_run_id": os.environ.get("MEDFLOW_FLOW_RUN_ID") or "none",
+    }
+
+
+def lineage_of_run(run_id: str, params: Params, paths: Paths) -> dict[str, str]:
+    """What the run recorded when it started wins: code, data or params may have moved on since training."""
+    from medflow.tracking.store import client
+
+    recorded = client().get_run(run_id).data.tags
+    return {k: recorded.get(k, v) for k, v in lineage(params, paths).items()}

@@ -1,0 +1,261 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import medflow
+from medflow import tracking
+from medflow.data.features import Preprocessor, Schema, coerce_features
+from medflow.data.sources import read_table
+from medflow.models.bundle import Predictor, save_bundle
+from medflow.models.tabular import build
+from medflow.params import Params
+from medflow.paths import Paths
+from medflow.privacy.scanner import PhiLeak, scan_text
+from medflow.steps import register
+
+SCHEMA = Schema(
+    target="y",
+    classes=["no", "yes"],
+    numeric=["a", "b"],
+    categorical=["c"],
+    patient_id="pid",
+    dropped={"pid": "patient identifier", "email": "direct identifier"},
+)
+
+
+def cohort(n: int = 40) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        {
+            "pid": [f"MRN{7000000 + i}" for i in range(n)],
+            "email": [f"patient{i}@example.org" for i in range(n)],
+            "a": rng.normal(50, 10, n).round(2).astype(str),
+            "b": rng.normal(size=n).round(3).astype(str),
+            "c": rng.choice(["x", "z"], n),
+            "y": rng.choice(["no", "yes"], n),
+        }
+    )
+
+
+def make_project(root: Path, db: Path, df: pd.DataFrame) -> Paths:
+    paths = Paths(root=root)
+    paths.mlruns.mkdir(parents=True)
+    shutil.copy(db, paths.mlflow_db)
+    paths.data_dir.mkdir()
+    df.to_csv(paths.data_dir / "cohort.csv", index=False)
+    pre = Preprocessor(SCHEMA.numeric, SCHEMA.categorical).fit(coerce_features(df, SCHEMA))
+    torch.manual_seed(0)
+    config = {
+        "name": "tabular_mlp",
+        "n_in": len(pre.feature_names),
+        "n_classes": 2,
+        "hidden": [8],
+        "dropout": 0.0,
+    }
+    save_bundle(paths.model_bundle, build(**config), config, pre, SCHEMA)
+    paths.step_dir("split").mkdir(parents=True)
+    paths.summary("split").write_text(json.dumps({"rows": {"train": 28, "val": 6, "test": 6}}))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def proj(tmp_path_factory, migrated_mlflow_db) -> Paths:
+    """One store and bundle for the module: every test registers under its own model name."""
+    return make_project(tmp_path_factory.mktemp("register"), migrated_mlflow_db, cohort())
+
+
+def params_for(name: str, floor: float = 0.9) -> Params:
+    return Params.model_validate(
+        {
+            "data": {"source": "data/cohort.csv", "target": "y"},
+            "register": {"model_name": name, "min_primary": floor},
+        }
+    )
+
+
+def train(paths: Paths, name: str, auc: float, floor: float = 0.9) -> Params:
+    """Stands in for train + evaluate: a run, run.json and metrics.json."""
+    params = params_for(name, floor)
+    run_id = tracking.start_run(params, paths, "train")
+    paths.train_run.write_text(json.dumps({"run_id": run_id}))
+    paths.metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        "test_roc_auc": auc,
+        "test_roc_auc_ci_low": auc - 0.02,
+        "test_roc_auc_ci_high": min(auc + 0.01, 1.0),
+    }
+    paths.metrics.write_text(json.dumps({**metrics, "test_accuracy": 0.9, "test_f1": 0.88, "n_test": 6}))
+    return params
+
+
+def train_and_register(paths: Paths, name: str, auc: float, floor: float = 0.9) -> dict:
+    return register.run(train(paths, name, auc, floor), paths)
+
+
+def aliases(name: str) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    return {alias: str(v) for alias, v in MlflowClient().get_registered_model(name).aliases.items()}
+
+
+def test_first_version_becomes_champion_with_lineage_and_metrics(proj):
+    from mlflow import MlflowClient
+
+    summary = train_and_register(proj, "first", 0.95)
+    assert summary == {
+        "model_name": "first",
+        "version": "1",
+        "promoted": True,
+        "reason": summary["reason"],
+        "champion_version": "1",
+        "primary_metric": "test_roc_auc",
+        "primary_value": 0.95,
+        "run_id": summary["run_id"],
+    }
+    assert "no champion" in summary["reason"]
+    assert json.loads(proj.summary("register").read_text()) == summary
+    assert aliases("first") == {"champion": "1"}
+
+    client = MlflowClient()
+    version = client.get_model_version("first", "1")
+    run = client.get_run(summary["run_id"])
+    lineage = tracking.lineage(params_for("first"), proj)
+    for tags in (version.tags, run.data.tags):
+        assert lineage.items() <= tags.items()
+        assert tags["medflow.gate"].startswith("promoted: ")
+    assert float(version.tags["test_roc_auc"]) == 0.95 and version.tags["n_test"] == "6"
+    assert version.run_id == summary["run_id"]
+    assert version.description == (proj.step_dir("register") / "model_card.md").read_text()
+    assert "model_card.md" in [a.path for a in client.list_artifacts(summary["run_id"])]
+
+
+def test_version_keeps_the_lineage_recorded_at_training(proj, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MEDFLOW_FLOW_RUN_ID", "flow-that-trained")
+    params = train(proj, "lineage", 0.95)
+    monkeypatch.setenv("MEDFLOW_FLOW_RUN_ID", "flow-that-registered")
+    summary = register.run(params, proj)
+    client = MlflowClient()
+    assert client.get_model_version("lineage", summary["version"]).tags["medflow.flow_run_id"] == "flow-that-trained"
+    assert client.get_run(summary["run_id"]).data.tags["medflow.flow_run_id"] == "flow-that-trained"
+
+
+def test_worse_version_is_challenger_and_champion_stays(proj):
+    train_and_register(proj, "worse", 0.97)
+    summary = train_and_register(proj, "worse", 0.95)
+    assert (summary["promoted"], summary["version"], summary["champion_version"]) == (False, "2", "1")
+    assert "worse than champion v1" in summary["reason"]
+    assert aliases("worse") == {"champion": "1", "challenger": "2"}
+
+
+def test_equal_metrics_are_not_worse(proj):
+    train_and_register(proj, "equal", 0.96)
+    summary = train_and_register(proj, "equal", 0.96)
+    assert summary["promoted"] and summary["champion_version"] == "2"
+    assert aliases("equal")["champion"] == "2"
+
+
+def test_below_the_floor_is_not_champion_even_when_first(proj):
+    summary = train_and_register(proj, "floor", 0.85)
+    assert (summary["promoted"], summary["champion_version"]) == (False, None)
+    assert "below the floor" in summary["reason"]
+    assert aliases("floor") == {"challenger": "1"}
+
+
+def test_model_card_has_names_and_counts_but_no_patient_values(proj):
+    train_and_register(proj, "card", 0.95)
+    card = (proj.step_dir("register") / "model_card.md").read_text()
+    for expected in (
+        "`a`",
+        "`b`",
+        "`c`",
+        "Dataset: `cohort`",
+        "| train | 28 |",
+        "0.9500 [0.9300, 0.9600]",
+        "Promoted to `champion`",
+        "medflow.params_hash",
+        "## Limitations",
+        "`pid` (patient identifier)",
+    ):
+        assert expected in card
+    raw = cohort()
+    assert not any(v in card for v in [*raw["pid"], *raw["email"]])
+    assert scan_text(card, forbidden=raw["pid"]) == []
+
+
+def test_registry_model_scores_raw_rows_in_a_fresh_process(proj, tmp_path):
+    """models:/NAME@champion loads with medflow's shipped code only (the installed package is hidden)."""
+    train_and_register(proj, "roundtrip", 0.95)
+    csv = tmp_path / "incoming.csv"
+    rows = cohort(8)
+    rows.loc[0, "a"], rows.loc[1, "c"], rows.loc[2, "b"] = "n/a", "unseen", ""
+    rows.to_csv(csv, index=False)
+    out = tmp_path / "pred.json"
+    script = f"""
+import sys
+sys.path = [p for p in sys.path if p != {str(Path(medflow.__file__).parents[1])!r}]
+import json, pathlib, mlflow, pandas as pd
+model = mlflow.pyfunc.load_model("models:/roundtrip@champion")
+from medflow.data.sources import read_table  # importable only from the model's shipped code
+raw = read_table(pathlib.Path({str(csv)!r}))
+typed = raw.assign(a=pd.to_numeric(raw["a"], errors="coerce"), b=pd.to_numeric(raw["b"], errors="coerce"))
+frames = [model.predict(raw).to_dict("list"), model.predict(typed).to_dict("list")]
+import medflow
+json.dump({{"medflow": medflow.__file__, "frames": frames}}, open({str(out)!r}, "w"))
+"""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{proj.mlflow_db}"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert "/artifacts/code/medflow/" in result["medflow"]
+    raw = read_table(csv)
+    assert raw["a"].map(type).eq(str).sum() == 7  # string-typed, as every raw CSV arrives
+    expected = Predictor(proj.model_bundle).predict(raw)
+    for frame in result["frames"]:
+        got = pd.DataFrame(frame, index=raw.index)
+        pd.testing.assert_frame_equal(got, expected, check_dtype=False, atol=1e-6)
+
+
+def test_missing_inputs_say_which_step_to_run(project):
+    params = params_for("missing")
+    with pytest.raises(FileNotFoundError, match=r"^artifacts/train/run.json not found: run the train step first$"):
+        register.run(params, project)
+    project.train_run.parent.mkdir(parents=True)
+    project.train_run.write_text('{"run_id": "0123"}')
+    with pytest.raises(FileNotFoundError, match="artifacts/evaluate/metrics.json not found: run the evaluate step"):
+        register.run(params, project)
+    project.metrics.parent.mkdir(parents=True)
+    project.metrics.write_text('{"test_accuracy": 0.9}')
+    with pytest.raises(FileNotFoundError, match="artifacts/train/model/schema.json not found: run the train step"):
+        register.run(params, project)
+    project.model_bundle.mkdir(parents=True)
+    SCHEMA.save(project.model_bundle / "schema.json")
+    with pytest.raises(ValueError, match="metrics.json has no test_roc_auc: rerun the evaluate step"):
+        register.run(params, project)
+
+
+def test_bundle_with_identifier_values_is_refused(tmp_path, migrated_mlflow_db):
+    leaky = cohort().assign(c=lambda d: d["email"])  # an e-mail column that slipped in as a category
+    paths = make_project(tmp_path, migrated_mlflow_db, leaky)
+    with pytest.raises(PhiLeak, match="model bundle.*email") as err:
+        train_and_register(paths, "leaky", 0.95)
+    assert "@example.org" not in str(err.value)
+    assert aliases_or_none("leaky") is None
+
+
+def aliases_or_none(name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return aliases(name)
+    except MlflowException:
+        return None

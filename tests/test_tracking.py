@@ -1,0 +1,148 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from medflow import tracking
+from medflow.params import Params
+from medflow.paths import Paths
+from medflow.privacy.scanner import PhiLeak
+from medflow.tracking import store
+
+
+@pytest.fixture
+def params(project):
+    (project.data_dir).mkdir()
+    (project.data_dir / "t.csv").write_text("a,y\n1,no\n2,yes\n")
+    return Params.model_validate({"data": {"source": "data/t.csv", "target": "y"}, "train": {"lr": 3e-4}})
+
+
+def git(root, *args):
+    cmd = ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args]
+    return subprocess.run(cmd, cwd=root, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_import_configures_nothing():
+    probe = "import os, sys, medflow.tracking\nprint('mlflow' in sys.modules, os.getenv('MLFLOW_TRACKING_URI'))"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["False", "None"]
+
+
+def test_configure_uses_the_project_store_unless_overridden(project, tmp_path, monkeypatch):
+    other = Paths(root=tmp_path / "other")
+    assert tracking.configure(project) == f"sqlite:///{project.mlflow_db}"
+    # MLflow exports the URI it is given; that export must not pin later projects to this one.
+    assert tracking.configure(other) == f"sqlite:///{other.mlflow_db}"
+    assert other.mlruns.is_dir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    assert tracking.configure(project) == "http://mlflow.internal:5000"
+    assert tracking.configure(other) == "http://mlflow.internal:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking.configure(project) == f"sqlite:///{project.mlflow_db}"
+
+
+def test_client_refuses_to_guess_a_store(monkeypatch):
+    monkeypatch.setattr(store, "_exported", None)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(RuntimeError, match="configure"):
+        store.client()
+
+
+def test_start_run_logs_flat_params_and_lineage(project, params, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MEDFLOW_FLOW_RUN_ID", "flow-123")
+    run_id = tracking.start_run(params, project, "train")
+    assert mlflow.active_run() is None
+    run = mlflow.MlflowClient().get_run(run_id)
+    assert run.info.run_name == "train"
+    assert run.data.params["train.lr"] == "0.0003"
+    assert run.data.params["validate.range_margin"] == str(params.validate_.range_margin)  # by alias
+    tags = run.data.tags
+    assert tags["medflow.params_hash"] == params.digest()
+    assert tags["medflow.git_commit"] == "unknown"  # tmp_path is not a repository
+    assert tags["medflow.data_dvc_md5"] == "none"
+    assert tags["medflow.flow_run_id"] == "flow-123"
+    experiment = mlflow.MlflowClient().get_experiment(run.info.experiment_id)
+    assert experiment.name == params.register.experiment
+    assert experiment.artifact_location == (project.mlruns / "artifacts").as_uri()
+
+
+def test_lineage_reads_git_and_dvc(project, params, monkeypatch):
+    import hashlib
+
+    monkeypatch.delenv("MEDFLOW_FLOW_RUN_ID", raising=False)
+    (project.root / ".gitignore").write_text("mlruns/\n")
+    (project.root / "data.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: data\n")
+    git(project.root, "init", "-q")
+    git(project.root, "add", ".")
+    git(project.root, "commit", "-qm", "init")
+    sha = git(project.root, "rev-parse", "HEAD")
+    tags = tracking.lineage(params, project)
+    assert tags == {
+        "medflow.git_commit": sha,
+        "medflow.data_md5": hashlib.md5((project.data_dir / "t.csv").read_bytes()).hexdigest(),
+        "medflow.data_dvc_md5": "0123456789abcdef0123456789abcdef.dir",
+        "medflow.params_hash": params.digest(),
+        "medflow.flow_run_id": "none",
+    }
+    (project.root / "params.yaml").write_text("seed: 1\n")
+    assert tracking.lineage(params, project)["medflow.git_commit"] == f"{sha}-dirty"
+
+
+def test_log_epoch_and_metrics(project, params):
+    import mlflow
+
+    run_id = tracking.start_run(params, project, "train")
+    for epoch in range(3):
+        tracking.log_epoch(run_id, {"train_loss": 1.0 / (epoch + 1), "val_accuracy": 0.5 + epoch / 10}, epoch)
+    tracking.log_metrics(run_id, {"test_roc_auc": 0.97})
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5), (2, 1 / 3)]
+    assert client.get_run(run_id).data.metrics["test_roc_auc"] == 0.97
+    tracking.end_run(run_id)
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_writes_pass_the_scanner_first(project, params, tmp_path):
+    import mlflow
+
+    run_id = tracking.start_run(params, project, "train")
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "summary.json").write_text('{"rows": 12, "auc": 0.97}\n')
+    tracking.log_artifacts(run_id, report, "report")
+    tracking.log_artifacts(run_id, report / "summary.json")
+    (report / "notes.md").write_text("worst case: patient MRN0001234\n")
+    with pytest.raises(PhiLeak, match="mrn"):
+        tracking.log_artifacts(run_id, report, "leaky")
+    with pytest.raises(PhiLeak, match="email"):
+        tracking.set_tags(run_id, {"owner": "jane.doe@example.org"})
+    tracking.set_tags(run_id, {"stage": "smoke"})
+    client = mlflow.MlflowClient()
+    assert sorted(a.path for a in client.list_artifacts(run_id)) == ["report", "summary.json"]
+    assert "owner" not in client.get_run(run_id).data.tags
+    leaky = Params.model_validate({**params.as_dict(), "data": {"source": "data/t.csv", "identifiers": ["MRN0001234"]}})
+    with pytest.raises(PhiLeak, match="params of run 'x'"):
+        tracking.start_run(leaky, project, "x")
+
+
+@pytest.mark.parametrize(
+    ("value", "tolerance", "champion", "promoted", "says"),
+    [
+        (0.95, 0.0, None, True, "no champion"),
+        (0.85, 0.0, None, False, "below the floor"),
+        (0.97, 0.0, ("1", 0.97), True, "within tolerance"),
+        (0.96, 0.0, ("1", 0.97), False, "worse than champion v1"),
+        (0.965, 0.01, ("1", 0.97), True, "within tolerance"),
+        (0.99, 0.0, ("1", None), False, "no recorded"),
+        (float("nan"), 0.0, None, False, "not a number"),
+    ],
+)
+def test_gate(value, tolerance, champion, promoted, says):
+    version, champion_value = champion or (None, None)
+    decision = tracking.decide("test_roc_auc", value, 0.9, tolerance, version, champion_value)
+    assert decision.promoted is promoted and says in decision.reason
