@@ -99,6 +99,8 @@ def record_in_dvc(paths: Paths, steps: list[str]) -> None:
         return
     from dvc.repo import Repo
 
+    # DVC logs each lock update at INFO, which Prefect would print a second time.
+    logging.getLogger("dvc").setLevel(logging.WARNING)
     with Repo(str(paths.root)) as repo:
         for step in steps:
             repo.commit(step, force=True)
