@@ -19,14 +19,14 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 setup: $(STAMP)
 
-# torch goes in first and on its own: with no GPU, the CPU build (a local wheel where the machine has one,
-# else PyTorch's CPU index); with a GPU, PyPI's CUDA build. Everything after that finds torch satisfied.
+# torch goes in first and on its own: with a GPU, PyPI's CUDA build; without one, the CPU build (`+cpu`: a
+# local wheel where the machine has one, else PyTorch's CPU index). Everything after finds torch satisfied.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	if ! $(BIN)/python -c "import torch" 2>/dev/null; then \
 	  if nvidia-smi -L >/dev/null 2>&1; then $(BIN)/pip install -q $(TORCH); \
-	  else $(BIN)/pip install -q --no-index $(TORCH) 2>/dev/null || $(BIN)/pip install -q --index-url $(TORCH_CPU_INDEX) $(TORCH); fi; \
+	  else $(BIN)/pip install -q $(TORCH)+cpu || $(BIN)/pip install -q --extra-index-url $(TORCH_CPU_INDEX) $(TORCH)+cpu; fi; \
 	fi
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
