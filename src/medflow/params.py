@@ -20,7 +20,10 @@ class _Section(BaseModel):
 
 
 class DataParams(_Section):
-    # A CSV/Parquet path (relative to the project root) or a built-in demo name (see medflow.data.sources).
+    kind: Literal["tabular", "image"] = "tabular"
+    # tabular: a CSV/Parquet path (relative to the project root) or a built-in demo name (medflow.data.sources).
+    # image: a manifest CSV (file path, label, optional patient id), an MNIST-format idx folder, a CIFAR-10
+    # "python version" batch folder, or a built-in image demo (digits, fashion_mnist).
     source: str = "data/breast_cancer.csv"
     target: str = "diagnosis"
     patient_id: str | None = None
@@ -28,6 +31,10 @@ class DataParams(_Section):
     identifiers: list[str] = Field(default_factory=list)
     # Makes a binary target out of a multi-valued column: this value is 1, every other value 0.
     positive_class: str | int | None = None
+    # image manifests: the column holding file paths (relative paths are relative to the manifest's folder).
+    image_column: str = "path"
+    # Keep only the first N rows of the source (quick runs on large image sets); null keeps all.
+    max_rows: int | None = Field(None, ge=1)
 
 
 class ValidateParams(_Section):
@@ -66,7 +73,7 @@ class SplitParams(_Section):
 
 
 class TrainParams(_Section):
-    model: Literal["tabular_mlp"] = "tabular_mlp"
+    model: Literal["tabular_mlp", "mnist_mlp", "cifar_convnet", "resnet_small"] = "tabular_mlp"
     hidden: list[int] = Field(default_factory=lambda: [64, 32])
     dropout: float = Field(0.1, ge=0, lt=1)
     lr: float = Field(1e-3, gt=0)  # Adam learning rate
@@ -77,6 +84,16 @@ class TrainParams(_Section):
     class_weights: Literal["none", "balanced"] = "balanced"
     device: str = "auto"  # "auto" picks CUDA when present, else CPU
     deterministic: bool = True
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment_flip: bool = False  # random horizontal flips, batched on the device (images)
+    augment_translate: int = Field(0, ge=0)  # random shifts of up to this many pixels (images)
+    amp: bool = True  # mixed precision on CUDA: bf16 where supported, else fp16 with a grad scaler
+    channels_last: bool = True  # memory format for conv nets on CUDA
+    compile: bool = False  # torch.compile the model
+    checkpoint_every: int = Field(1, ge=1)  # epochs between resumable checkpoints
+    resume: bool = True  # continue from artifacts/train/checkpoint.pt when it matches this configuration
 
 
 class EvaluateParams(_Section):

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 MISSING = "<missing>"
+CONTENT_HASH = "_content_hash"  # sha256 of an image's decoded pixels
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class Schema:
     patient_id: str | None = None
     positive_class: str | None = None
     dropped: dict[str, str] = field(default_factory=dict)  # column -> why it is not a feature
+    kind: str = "tabular"  # or "image"
+    image_shape: list[int] | None = None  # [H, W, C] of every image (images are stored uint8, HWC)
 
     @property
     def task(self) -> str:
@@ -33,6 +36,11 @@ class Schema:
     @property
     def features(self) -> list[str]:
         return self.numeric + self.categorical
+
+    @property
+    def identity_columns(self) -> list[str]:
+        """Columns whose equality makes two rows the same example (for leakage checks across splits)."""
+        return [CONTENT_HASH] if self.kind == "image" else self.features
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
@@ -121,4 +129,26 @@ class Preprocessor:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessor:
+        return cls(**d)
+
+
+@dataclass
+class ImageNormaliser:
+    """Per-channel mean/std of the training split's pixels (0-255 scale); applied on the device in float."""
+
+    mean: list[float]
+    std: list[float]
+    kind: str = "image"
+
+    @classmethod
+    def fit(cls, images: np.ndarray) -> ImageNormaliser:
+        """images: uint8 [N, H, W, C]; statistics over N, H, W in float64 to avoid overflow."""
+        flat = images.reshape(-1, images.shape[-1]).astype("float64")
+        return cls(mean=flat.mean(0).tolist(), std=(flat.std(0) + 1e-6).tolist())
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ImageNormaliser:
         return cls(**d)
