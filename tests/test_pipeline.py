@@ -53,17 +53,10 @@ def tiny_project(tmp_path_factory, migrated_mlflow_db) -> Path:
     shutil.copytree(REPO / "src/medflow", root / "src/medflow", ignore=shutil.ignore_patterns("__pycache__"))
     (root / "data").mkdir()
     synthetic_cohort(n_patients=150, seed=3).to_csv(root / "data/visits.csv", index=False)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"] = {
-        "source": "data/visits.csv",
-        "target": "outcome",
-        "patient_id": "mrn",
-        "identifiers": ["name", "dob", "phone"],
-        "positive_class": "disease",
-    }
-    params["train"].update(max_epochs=15, patience=5, hidden=[16])
-    params["register"].update(model_name="visits", min_primary=0.5)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # The project's own params.yaml (breast cancer): the test points it at the cohort with -P, as a user would.
+    params = (REPO / "params.yaml").read_text()
+    params = params.replace("max_epochs: 200", "max_epochs: 15").replace("patience: 20", "patience: 5")
+    (root / "params.yaml").write_text(params)
     (root / "mlruns").mkdir()
     shutil.copy(migrated_mlflow_db, root / "mlruns/mlflow.db")
     sh(["dvc", "init", "--no-scm", "-q"], root)
@@ -77,10 +70,20 @@ def results(root: Path) -> tuple[pd.DataFrame, dict]:
     return pd.read_csv(root / "artifacts/split/manifest.csv"), metrics
 
 
+BRING_YOUR_OWN = [
+    "-P", "data.source=data/visits.csv", "-P", "data.target=outcome", "-P", "data.patient_id=mrn",
+    "-P", "data.identifiers=[name, dob, phone]", "-P", "data.positive_class=disease",
+    "-P", "register.model_name=visits", "-P", "register.min_primary=0.5",
+]  # fmt: skip
+
+
 def test_flow_and_dvc_repro_agree_and_dvc_status_is_clean(tiny_project):
     root = tiny_project
-    out = sh(["medflow", "run"], root)
+    out = sh(["medflow", "run", *BRING_YOUR_OWN], root)
     assert "registered visits v1 (champion" in out
+    written = yaml.safe_load((root / "params.yaml").read_text())
+    assert written["data"]["identifiers"] == ["name", "dob", "phone"]
+    assert "# The single source of parameters" in (root / "params.yaml").read_text()  # comments kept
     assert "epoch" in out
     status = sh(["dvc", "status"], root)
     assert "up to date" in status, status
@@ -117,3 +120,18 @@ def test_a_misspelt_parameter_fails_before_anything_runs(tiny_project):
     )
     assert done.returncode == 2
     assert "train.lrr" in done.stderr and "Extra inputs are not permitted" in done.stderr
+
+
+def test_no_patient_value_reaches_mlflow_prefect_or_dvc_records(tiny_project):
+    """Raw identifiers may sit in data/ and artifacts/ (local, git-ignored), nowhere else."""
+    root = tiny_project
+    raw = pd.read_csv(root / "data/visits.csv", dtype=str)
+    phi = {v for col in ("mrn", "name", "phone", "dob") for v in raw[col].dropna().unique()}
+    stores = [root / "mlruns", root / ".prefect", root / "dvc.lock", root / "expectations"]
+    files = [f for s in stores for f in ([s] if s.is_file() else s.rglob("*")) if f.is_file()]
+    assert any(f.name == "mlflow.db" for f in files) and any(f.suffix == ".md" for f in files)
+    leaks = []
+    for f in files:
+        blob = f.read_bytes()
+        leaks += [(f.relative_to(root), v) for v in phi if v.encode() in blob]
+    assert not leaks, leaks[:5]
