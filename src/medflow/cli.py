@@ -94,7 +94,8 @@ def cmd_data(args: argparse.Namespace, paths: Paths) -> int:
     from medflow.pipeline import ensure_data
 
     params = params_mod.load(paths.params_file)
-    print(f"data ready: {ensure_data(params, paths).relative_to(paths.root)}")
+    source = ensure_data(params, paths)
+    print(f"data ready: {source or params.data.source}")
     return 0
 
 

@@ -61,6 +61,11 @@ class Paths:
         return self.step_dir("clean") / "cleaned.parquet"
 
     @property
+    def images(self) -> Path:
+        """uint8 [N, H, W, C], row i belonging to row i of cleaned.parquet."""
+        return self.step_dir("clean") / "images.npy"
+
+    @property
     def schema(self) -> Path:
         return self.step_dir("clean") / "schema.json"
 

@@ -52,15 +52,16 @@ def dir_md5(folder: Path) -> str:
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
-def ensure_data(params: Params, paths: Paths) -> Path:
+def ensure_data(params: Params, paths: Paths) -> Path | None:
     """Materialises a demo source and keeps data.dvc true to data/.
 
     A fresh clone has no DVC remote, so the demo file is rebuilt from scikit-learn and must hash to what
     data.dvc records; a changed data/ (the user's own table) is recorded as a new data version.
     """
-    source = sources.resolve(params.data.source, paths)
+    # Image sources (folders, manifests, built-in sets) are resolved by the image loader in `validate`.
+    source = sources.resolve(params.data.source, paths) if params.data.kind == "tabular" else None
     record = paths.root / "data.dvc"
-    if not (is_dvc_project(paths) and record.exists()):
+    if not (is_dvc_project(paths) and record.exists() and paths.data_dir.exists()):
         return source
     expected = yaml.safe_load(record.read_text())["outs"][0]["md5"]
     actual = dir_md5(paths.data_dir)

@@ -12,14 +12,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medflow.data.features import Preprocessor, Schema, coerce_features
+from medflow.data.features import ImageNormaliser, Preprocessor, Schema, coerce_features
 from medflow.models.tabular import build
 
 FILES = ("weights.pt", "model.json", "preprocessor.json", "schema.json")
 
 
 def save_bundle(
-    out: Path, model: torch.nn.Module, model_config: dict, preprocessor: Preprocessor, schema: Schema
+    out: Path,
+    model: torch.nn.Module,
+    model_config: dict,
+    preprocessor: Preprocessor | ImageNormaliser,
+    schema: Schema,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "weights.pt")
@@ -32,7 +36,8 @@ class Predictor:
     def __init__(self, bundle: Path):
         bundle = Path(bundle)
         self.schema = Schema.load(bundle / "schema.json")
-        self.preprocessor = Preprocessor.from_dict(json.loads((bundle / "preprocessor.json").read_text()))
+        kind = ImageNormaliser if self.schema.kind == "image" else Preprocessor
+        self.preprocessor = kind.from_dict(json.loads((bundle / "preprocessor.json").read_text()))
         config = json.loads((bundle / "model.json").read_text())
         self.model = build(config.pop("name"), **config)
         self.model.load_state_dict(torch.load(bundle / "weights.pt", map_location="cpu", weights_only=True))
@@ -42,13 +47,46 @@ class Predictor:
     def classes(self) -> list[str]:
         return self.schema.classes
 
-    def predict_proba(self, raw: pd.DataFrame) -> np.ndarray:
+    def images(self, raw) -> np.ndarray:
+        """Raw image input -> [N, H, W, C]: an array (one image or a batch, channel axis optional), a list of
+        arrays or file paths, or a DataFrame whose one column (or "path" column) holds either."""
+        if isinstance(raw, pd.DataFrame):
+            raw = (raw["path"] if "path" in raw.columns else raw.iloc[:, 0]).tolist()
+        if isinstance(raw, list | tuple):
+            from medflow.data.images import read_image
+
+            raw = [read_image(Path(v)) if isinstance(v, str | Path) else np.asarray(v) for v in raw]
+            raw = np.stack([v[..., None] if v.ndim == 2 else v for v in raw]) if raw else np.empty((0,))
+        arr = np.asarray(raw)
+        h, w, c = self.schema.image_shape
+        if arr.ndim == 2 or (arr.ndim == 3 and arr.shape == (h, w, c)):
+            arr = arr[None]
+        if arr.ndim == 3:
+            arr = arr[..., None]
+        if arr.shape[1:] != (h, w, c):
+            raise ValueError(f"images of shape {list(arr.shape[1:])} given; this model takes [H, W, C] = {[h, w, c]}")
+        return arr
+
+    def predict_proba(self, raw) -> np.ndarray:
+        if self.schema.kind == "image":
+            return self._predict_images(self.images(raw))
         x = torch.from_numpy(self.preprocessor.transform(coerce_features(raw, self.schema)))
         with torch.inference_mode():
             return torch.softmax(self.model(x).float(), dim=1).numpy()
 
-    def predict(self, raw: pd.DataFrame) -> pd.DataFrame:
+    def _predict_images(self, images: np.ndarray, batch: int = 1024) -> np.ndarray:
+        mean = torch.tensor(self.preprocessor.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.preprocessor.std).view(1, -1, 1, 1)
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(images), batch):
+                x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch])).float().permute(0, 3, 1, 2)
+                out.append(torch.softmax(self.model((x - mean) / std).float(), dim=1))
+        return torch.cat(out).numpy() if out else np.empty((0, len(self.classes)), dtype="float32")
+
+    def predict(self, raw) -> pd.DataFrame:
         proba = self.predict_proba(raw)
-        out = pd.DataFrame(proba, columns=[f"proba_{c}" for c in self.classes], index=raw.index)
+        index = raw.index if isinstance(raw, pd.DataFrame) else None
+        out = pd.DataFrame(proba, columns=[f"proba_{c}" for c in self.classes], index=index)
         out.insert(0, "prediction", np.asarray(self.classes, dtype=object)[proba.argmax(axis=1)])
         return out

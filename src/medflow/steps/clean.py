@@ -1,6 +1,6 @@
-"""clean: reads artifacts/validate/{valid.parquet,columns.json}; writes artifacts/clean/ (cleaned.parquet,
-schema.json, quarantine.csv, summary.json). Fails when the patient id needs a salt and none is set, or no
-feature column is left.
+"""clean: reads artifacts/validate/{valid.parquet,columns.json} (+ images.npy for images); writes artifacts/clean/
+(cleaned.parquet, schema.json, quarantine.csv, summary.json, images.npy for images). Fails when the patient id
+needs a salt and none is set, or no feature column is left.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medflow.data.features import Schema, coerce_features
+from medflow.data.features import CONTENT_HASH, Schema, coerce_features
 from medflow.data.sources import DEMOS
 from medflow.params import DataParams, Params
 from medflow.paths import Paths
@@ -29,6 +29,37 @@ ROW_ID, PATIENT_KEY, LABEL = "_row_id", "_patient_key", "_label"
 
 class CleanError(ValueError):
     pass
+
+
+def label_classes(labels: pd.Series, data: DataParams) -> list[str]:
+    values = labels.dropna().astype(str).str.strip()
+    if data.positive_class is not None:
+        pos = str(data.positive_class)
+        if pos not in set(values):
+            raise CleanError(
+                f"data.positive_class={pos!r} never occurs in target column {data.target!r} "
+                f"(values: {sorted(set(values))[:10]})"
+            )
+        return [f"not_{pos}", pos]
+    classes = sorted(set(values))
+    if len(classes) < 2:
+        raise CleanError(f"target column {data.target!r} has {len(classes)} distinct value(s); need 2 or more")
+    return classes
+
+
+def build_image_schema(kinds: dict[str, str], data: DataParams, labels: pd.Series, shape: list[int]) -> Schema:
+    dropped = {c: "not used by image models" for c, k in kinds.items() if k not in ("target", "patient_id")}
+    return Schema(
+        target=data.target,
+        classes=label_classes(labels, data),
+        numeric=[],
+        categorical=[],
+        patient_id=data.patient_id,
+        positive_class=None if data.positive_class is None else str(data.positive_class),
+        dropped=dropped,
+        kind="image",
+        image_shape=list(shape),
+    )
 
 
 def build_schema(kinds: dict[str, str], data: DataParams, labels: pd.Series) -> Schema:
@@ -46,19 +77,7 @@ def build_schema(kinds: dict[str, str], data: DataParams, labels: pd.Series) -> 
     categorical = [c for c in candidates if kinds[c] == "categorical" and c not in dropped]
     if not numeric + categorical:
         raise CleanError(f"no feature column left after dropping identifiers and text columns: {dropped}")
-    values = labels.dropna().astype(str).str.strip()
-    if data.positive_class is not None:
-        pos = str(data.positive_class)
-        if pos not in set(values):
-            raise CleanError(
-                f"data.positive_class={pos!r} never occurs in target column {data.target!r} "
-                f"(values: {sorted(set(values))[:10]})"
-            )
-        classes = [f"not_{pos}", pos]
-    else:
-        classes = sorted(set(values))
-        if len(classes) < 2:
-            raise CleanError(f"target column {data.target!r} has {len(classes)} distinct value(s); need 2 or more")
+    classes = label_classes(labels, data)
     return Schema(
         target=data.target,
         classes=classes,
@@ -83,9 +102,10 @@ def pseudonymise(ids: pd.Series, salt: str) -> pd.Series:
     return ids.astype(str).str.strip().map(lambda v: hashlib.sha256(f"{salt}\x1f{v}".encode()).hexdigest()[:20])
 
 
-def split_duplicates(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Exact repeats of a row (every column but the row id) go to quarantine, naming the row they repeat."""
-    cols = [c for c in df.columns if c != ROW_ID]
+def split_duplicates(df: pd.DataFrame, cols: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Exact repeats of a row (on cols; default every column but the row id) go to quarantine, naming the row
+    they repeat."""
+    cols = cols or [c for c in df.columns if c != ROW_ID]
     first = df.groupby(cols, dropna=False, sort=False)[ROW_ID].transform("min")
     dup = df[ROW_ID] != first
     quarantined = df[dup].copy()
@@ -95,6 +115,8 @@ def split_duplicates(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def clean_table(df: pd.DataFrame, schema: Schema, salt: str | None) -> pd.DataFrame:
     out = coerce_features(df, schema)
+    if schema.kind == "image":
+        out[CONTENT_HASH] = df[CONTENT_HASH].to_numpy()
     out.insert(0, ROW_ID, df[ROW_ID].astype("int64").to_numpy())
     if schema.patient_id:
         out.insert(1, PATIENT_KEY, pseudonymise(df[schema.patient_id], salt or ""))
@@ -121,12 +143,19 @@ def run(params: Params, paths: Paths) -> dict:
     kinds = json.loads((paths.step_dir("validate") / "columns.json").read_text())
     df = pd.read_parquet(paths.valid_rows)
     salt = resolve_salt(params)
-    schema = build_schema(kinds, params.data, df[params.data.target])
-    kept, duplicates = split_duplicates(df)
-    cleaned = clean_table(kept, schema, salt)
-
     out = paths.step_dir("clean")
     out.mkdir(parents=True, exist_ok=True)
+    if params.data.kind == "image":
+        images = np.load(paths.step_dir("validate") / "images.npy", mmap_mode="r")
+        shape = json.loads(paths.summary("validate").read_text())["image_shape"]
+        schema = build_image_schema(kinds, params.data, df[params.data.target], shape)
+        # The same picture with the same label is one example, whoever it was filed under.
+        kept, duplicates = split_duplicates(df, [CONTENT_HASH, params.data.target])
+        np.save(paths.images, np.ascontiguousarray(images[kept.index.to_numpy()]))
+    else:
+        schema = build_schema(kinds, params.data, df[params.data.target])
+        kept, duplicates = split_duplicates(df)
+    cleaned = clean_table(kept, schema, salt)
     cleaned.to_parquet(paths.cleaned, index=False)
     schema.save(paths.schema)
     duplicates.to_csv(out / "quarantine.csv", index=False)
@@ -134,6 +163,7 @@ def run(params: Params, paths: Paths) -> dict:
         "rows_in": len(df),
         "rows_out": len(cleaned),
         "rows_quarantined": len(duplicates),
+        "kind": schema.kind,
         "numeric_features": len(schema.numeric),
         "categorical_features": len(schema.categorical),
         "dropped_columns": sorted(schema.dropped),

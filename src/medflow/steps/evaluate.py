@@ -26,7 +26,11 @@ def run(params: Params, paths: Paths) -> dict:
     if test.empty:
         raise ValueError(f"{paths.manifest}: the test split is empty; enlarge the data or split.test")
     # Scoring goes through the same Predictor the registered model uses.
-    proba = Predictor(paths.model_bundle).predict_proba(test)
+    predictor = Predictor(paths.model_bundle)
+    if schema.kind == "image":
+        proba = predictor.predict_proba(np.load(paths.images, mmap_mode="r")[test.index.to_numpy()])
+    else:
+        proba = predictor.predict_proba(test)
     y = test[LABEL].to_numpy()
 
     point = point_metrics(y, proba)

@@ -88,8 +88,8 @@ def run(params: Params, paths: Paths) -> dict:
     df = pd.read_parquet(paths.cleaned)
     schema = Schema.load(paths.schema)
     labels = df[LABEL].to_numpy()
-    split = assign_splits(leakage_groups(df, schema.features), labels, params.split, params.seed)
-    check_no_leakage(df, split, schema.features)
+    split = assign_splits(leakage_groups(df, schema.identity_columns), labels, params.split, params.seed)
+    check_no_leakage(df, split, schema.identity_columns)
 
     out = paths.step_dir("split")
     out.mkdir(parents=True, exist_ok=True)

@@ -27,13 +27,15 @@ class BundleModel(mlflow.pyfunc.PythonModel):
 
         self.predictor = Predictor(Path(context.artifacts["bundle"]))
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
         return self.predictor.predict(model_input)
 
 
-def signature(schema: Schema) -> ModelSignature:
+def signature(schema: Schema) -> ModelSignature | None:
     # Raw exports carry numbers as text ("12.5", "n/a") and categories as numbers or text; the bundle's
     # coerce_features does the typing, so the signature only requires the columns to be present.
+    if schema.kind == "image":
+        return None  # arrays, lists of paths or a DataFrame of paths: the Predictor checks the shape itself
     return ModelSignature(
         inputs=ColumnSchema([ColSpec(AnyType(), c) for c in schema.features]),
         outputs=ColumnSchema(
