@@ -1,6 +1,7 @@
-"""validate: reads the raw table (data.source) and expectations/<dataset>.json, inferring that suite on first
-use; writes artifacts/validate/ (valid.parquet, quarantine.csv, columns.json, report.json, summary.json,
-profile/). Fails (ValidationFailed) when a batch-level expectation fails, after writing report.json.
+"""validate: reads the raw table or image set (data.source) and expectations/<dataset>.json, inferring that suite
+on first use; writes artifacts/validate/ (valid.parquet, quarantine.csv, columns.json, report.json, summary.json,
+profile/; images.npy for images). Fails (ValidationFailed) when a batch-level expectation fails, after writing
+report.json.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medflow.data import sources
+from medflow.data import image_validation, images, sources
+from medflow.data.features import CONTENT_HASH
 from medflow.data.profile import build_profile, figures, to_markdown
 from medflow.data.suite import (
     ROW_ID,
@@ -81,6 +83,8 @@ def run(params: Params, paths: Paths) -> dict:
     # A failed run must not leave the previous run's valid rows behind for `clean`.
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    if params.data.kind == "image":
+        return _run_images(params, paths)
     path = sources.resolve(params.data.source, paths)
     where = _relative(path, paths.root)
     df = sources.read_table(path)
@@ -142,4 +146,82 @@ def run(params: Params, paths: Paths) -> dict:
     assert summary["rows_in"] == summary["rows_valid"] + summary["rows_quarantined"]
     _write_json(paths.summary("validate"), summary)
     log.info("validate %s: %d rows, %d valid, %d quarantined", dataset, len(df), len(valid), len(held))
+    return summary
+
+
+def _run_images(params: Params, paths: Paths) -> dict:
+    """The image path of run(): one valid.parquet row per valid image, row i <-> images.npy[i]."""
+    data, out = params.data, paths.step_dir("validate")
+    dataset = images.dataset_name(data.source)
+    suite_path = paths.suite(dataset)
+    suite_name = _relative(suite_path, paths.root)
+    suite = json.loads(suite_path.read_text()) if suite_path.exists() else None
+    if suite is not None:
+        if suite.get("kind") != "image":
+            raise ValidationFailed(f"{suite_name}: not an image suite (data.kind is image); delete it to infer one")
+        mismatches = role_mismatches(suite, data)
+        if mismatches:
+            raise ValidationFailed(
+                f"{suite_name}: column roles differ from params.data: {'; '.join(mismatches)}. Fix params or the "
+                "suite's meta.medflow.columns, or delete the suite to infer it again."
+            )
+    try:
+        src = images.load_image_source(data, paths, required=suite["required_columns"] if suite else ())
+    except ValidationFailed as exc:
+        _write_json(out / "report.json", {"dataset": dataset, "source": data.source, **report([], [str(exc)])})
+        raise
+    created = suite is None
+    if created:
+        suite = image_validation.infer_image_suite(src, data, params.validate_, name=dataset)
+
+    checks, reasons = image_validation.check_images(src, data, suite)
+    failures = batch_failures(checks)
+    _write_json(out / "report.json", {"dataset": dataset, "source": src.where, **report(checks, failures)})
+    if failures:
+        raise ValidationFailed(
+            f"{src.where}: {len(failures)} batch-level expectation(s) failed:\n  " + "\n  ".join(failures)
+        )
+    if created:
+        # Written only once the batch passes: a suite inferred from a broken batch would bless it.
+        suite_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(suite_path, suite)
+        log.info("inferred %s from %s: review it and commit it", suite_path, src.where)
+
+    table = src.table
+    bad = table[ROW_ID].isin(reasons).to_numpy()
+    keep = np.flatnonzero(~bad)
+    pixels = src.images[keep] if isinstance(src.images, np.ndarray) else np.stack([src.images[i] for i in keep])
+    valid = table.iloc[keep].reset_index(drop=True)
+    valid[data.target] = valid[data.target].astype(str)
+    valid[CONTENT_HASH] = [image_validation.content_hash(im) for im in pixels]
+    held = table[bad].copy()
+    held.insert(1, "reason", [reasons[r] for r in held[ROW_ID]])
+    known = image_validation.column_kinds(table, data, params.validate_) | suite_kinds(suite)
+    kinds = {c: known[c] for c in table.columns if c in known}
+
+    valid.to_parquet(paths.valid_rows, index=False)
+    np.save(out / "images.npy", pixels)
+    held.to_csv(out / "quarantine.csv", index=False, lineterminator="\n")
+    _write_json(out / "columns.json", kinds)
+    profile = image_validation.image_profile(valid[data.target], pixels, data.target, params.validate_)
+    (out / "profile").mkdir()
+    (out / "profile" / "profile.md").write_text(image_validation.profile_markdown(profile, dataset))
+    for name, fig in image_validation.profile_figures(profile).items():
+        fig.savefig(out / "profile" / name, dpi=80)
+
+    summary = {
+        "dataset": dataset,
+        "source": src.where,
+        "suite": suite_name,
+        "suite_created": created,
+        "image_shape": suite["image_shape"],
+        "rows_in": len(table),
+        "rows_valid": len(valid),
+        "rows_quarantined": len(held),
+        "quarantine_reasons": dict(sorted((c.rule, len(c.row_ids)) for c in checks if c.row_ids)),
+        "leakage_suspects": [],
+    }
+    assert summary["rows_in"] == summary["rows_valid"] + summary["rows_quarantined"]
+    _write_json(paths.summary("validate"), summary)
+    log.info("validate %s: %d images, %d valid, %d quarantined", dataset, len(table), len(valid), len(held))
     return summary
