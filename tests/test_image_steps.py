@@ -1,0 +1,71 @@
+"""Images through clean and split: duplicates by content, patients and identical images kept in one split."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medflow.data.features import CONTENT_HASH, Schema
+from medflow.params import from_dict
+from medflow.steps import clean, split, validate
+
+
+@pytest.fixture
+def image_project(project, monkeypatch):
+    """40 patients x 3 images of 12x12; patient 0's first image is filed twice (a duplicate), and one image
+    is filed for two different patients with different labels (must not straddle splits)."""
+    monkeypatch.setenv("MEDFLOW_SALT", "s")
+    rng = np.random.default_rng(0)
+    folder = project.data_dir / "scans"
+    folder.mkdir(parents=True)
+    rows = []
+    for p in range(40):
+        for k in range(3):
+            label = "lesion" if (p + k) % 3 == 0 else "clear"
+            name = f"p{p}_{k}.png"
+            Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(folder / name)
+            rows.append((name, label, f"PT{p:04d}"))
+    (folder / "copy.png").write_bytes((folder / "p0_0.png").read_bytes())
+    rows.append(("copy.png", rows[0][1], "PT0000"))  # exact duplicate: same pixels, same label
+    (folder / "shared.png").write_bytes((folder / "p5_1.png").read_bytes())
+    rows.append(("shared.png", "lesion" if rows[16][1] == "clear" else "clear", "PT0039"))  # same pixels, other label
+    pd.DataFrame(rows, columns=["path", "label", "patient"]).to_csv(folder / "manifest.csv", index=False)
+    params = from_dict(
+        {"data": {"kind": "image", "source": "data/scans/manifest.csv", "target": "label", "patient_id": "patient"}}
+    )
+    validate.run(params, project)
+    return project, params
+
+
+def test_clean_quarantines_duplicate_images_and_keeps_images_aligned(image_project):
+    paths, params = image_project
+    summary = clean.run(params, paths)
+    assert summary == {**summary, "rows_in": 122, "rows_out": 121, "rows_quarantined": 1, "kind": "image"}
+    q = pd.read_csv(paths.step_dir("clean") / "quarantine.csv")
+    assert q["path"].tolist() == ["copy.png"] and q["reason"].str.startswith("duplicate").all()
+    cleaned = pd.read_parquet(paths.cleaned)
+    images = np.load(paths.images)
+    assert images.shape == (121, 12, 12, 1)
+    source = pd.read_csv(paths.data_dir / "scans/manifest.csv")
+    row = cleaned.iloc[50]
+    pixels = np.asarray(Image.open(paths.data_dir / "scans" / source.loc[row["_row_id"], "path"]))
+    assert np.array_equal(images[50, :, :, 0], pixels)
+    schema = Schema.load(paths.schema)
+    assert schema.kind == "image" and schema.image_shape == [12, 12, 1] and schema.classes == ["clear", "lesion"]
+    assert "path" in schema.dropped  # file paths can carry patient names: never a feature
+    assert "PT0001" not in set(cleaned["_patient_key"])
+
+
+def test_split_keeps_patients_and_identical_images_in_one_split(image_project):
+    paths, params = image_project
+    clean.run(params, paths)
+    split.run(params, paths)
+    cleaned = pd.read_parquet(paths.cleaned)
+    manifest = pd.read_csv(paths.manifest)
+    where = cleaned.assign(split=manifest["split"].to_numpy())
+    assert where.groupby("_patient_key")["split"].nunique().max() == 1
+    assert where.groupby(CONTENT_HASH)["split"].nunique().max() == 1
+    summary = json.loads(paths.summary("split").read_text())
+    assert all(summary["rows"][s] > 0 for s in ("train", "val", "test"))
