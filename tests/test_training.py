@@ -1,9 +1,17 @@
+"""The training loop (tables and images), batched augmentation, and the train step on both kinds of data."""
+
+import json
+import os
+import warnings
+
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
-from medflow.data.features import Preprocessor, Schema, coerce_features
+from medflow.data.features import ImageNormaliser, Preprocessor, Schema, coerce_features
 from medflow.models.tabular import build
+from medflow.training.data import Split, random_flip, random_translate
 from medflow.training.loop import FitConfig, fit, seed_everything
 
 
@@ -14,7 +22,27 @@ def toy(n=400, seed=0):
     return x, y
 
 
+def toy_images(n=240, seed=0, size=8, channels=1):
+    """uint8 NHWC; class 0 has a bright top half, class 1 a bright bottom half, class 2 neither (flip-invariant)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.integers(0, 60, (n, size, size, channels))
+    x[y == 0, : size // 2] += 150
+    x[y == 1, size // 2 :] += 150
+    return x.astype(np.uint8), y
+
+
 CFG = FitConfig(lr=1e-2, weight_decay=0.0, batch_size=32, max_epochs=40, patience=5, seed=0)
+
+
+def image_cfg(x: np.ndarray, **kw) -> FitConfig:
+    norm = ImageNormaliser.fit(x)
+    base = {"lr": 3e-3, "weight_decay": 0.0, "batch_size": 32, "max_epochs": 6, "patience": 6, "seed": 0}
+    return FitConfig(**{**base, "mean": tuple(norm.mean), "std": tuple(norm.std), **kw})
+
+
+def strip(history):  # throughput is wall-clock, the rest must match exactly
+    return [{k: v for k, v in row.items() if k != "rows_per_s"} for row in history]
 
 
 def train_once():
@@ -29,10 +57,6 @@ def test_learns_a_separable_rule_and_is_deterministic_on_cpu():
     model_a, res_a = train_once()
     model_b, res_b = train_once()
     assert res_a.history[-1]["val_accuracy"] > 0.9
-
-    def strip(history):  # throughput is wall-clock, the rest must match exactly
-        return [{k: v for k, v in row.items() if k != "rows_per_s"} for row in history]
-
     assert strip(res_a.history) == strip(res_b.history)
     for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -52,6 +76,97 @@ def test_early_stopping_keeps_the_best_epoch():
     assert abs(res.best_val_loss - best) < 1e-9
 
 
+def test_sgd_label_smoothing_and_class_weights_still_learn():
+    seed_everything(0, True)
+    x, y = toy()
+    model = build("tabular_mlp", n_in=5, n_classes=2, hidden=[16], dropout=0.1)
+    cfg = FitConfig(
+        lr=0.05,
+        weight_decay=1e-4,
+        batch_size=32,
+        max_epochs=15,
+        patience=15,
+        seed=0,
+        optimizer="sgd",
+        label_smoothing=0.1,
+        class_weights=[1.0, 2.0],
+    )
+    res = fit(model, x[:300], y[:300], x[300:], y[300:], cfg)
+    assert res.history[res.best_epoch - 1]["val_accuracy"] > 0.9
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        fit(model, x, y, x, y, FitConfig(**{**cfg.__dict__, "optimizer": "lion"}))
+
+
+def test_flip_mirrors_a_random_half_and_translate_shifts_with_zero_fill():
+    x = torch.arange(64 * 2 * 5 * 5).remainder(251).add(1).to(torch.uint8).view(64, 2, 5, 5)  # NCHW, no zeros
+    flipped = random_flip(x, torch.Generator().manual_seed(0))
+    same = (flipped == x).flatten(1).all(1)
+    mirrored = (flipped == x.flip(3)).flatten(1).all(1)
+    assert bool((same | mirrored).all()) and 10 < int(mirrored.sum()) < 54
+
+    k = 2
+    moved = random_translate(x, k, torch.Generator().manual_seed(0))
+    assert moved.shape == x.shape and moved.dtype == torch.uint8
+    padded = torch.nn.functional.pad(x, (k, k, k, k))
+    shifts = set()
+    for i in range(len(x)):  # every output is one (dy, dx) window of the zero-padded input
+        found = [
+            (dy, dx)
+            for dy in range(2 * k + 1)
+            for dx in range(2 * k + 1)
+            if torch.equal(moved[i], padded[i, :, dy : dy + 5, dx : dx + 5])
+        ]
+        assert found, i
+        shifts.add(found[0])
+    assert len(shifts) > 10  # the shifts vary per image
+    assert torch.equal(random_translate(x, k, torch.Generator().manual_seed(0)), moved)
+
+
+def test_nhwc_storage_gives_channels_last_batches_equal_to_nchw_storage():
+    """The CUDA layout (images kept NHWC, batches channels_last) computes what the CPU layout (NCHW) does."""
+    x, y = toy_images(32, channels=3)
+    nhwc = torch.from_numpy(x)
+    norm = {
+        "mean": torch.tensor([50.0, 60, 70]).view(1, -1, 1, 1),
+        "std": torch.tensor([20.0, 30, 40]).view(1, -1, 1, 1),
+    }
+    a = Split(nhwc, torch.from_numpy(y), torch.device("cpu"), **norm, nhwc=True)
+    b = Split(nhwc.permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y), torch.device("cpu"), **norm)
+    idx = torch.randperm(32)[:16]
+    xa, ya = a.batch(idx, flip=True, translate=2, gen=torch.Generator().manual_seed(0))
+    xb, yb = b.batch(idx, flip=True, translate=2, gen=torch.Generator().manual_seed(0))
+    assert xa.is_contiguous(memory_format=torch.channels_last) and xb.is_contiguous()
+    assert torch.equal(xa, xb) and torch.equal(ya, yb) and xa.dtype == torch.float32
+    assert torch.equal(a.batch(slice(3, 9))[0], b.batch(slice(3, 9))[0])
+
+
+@pytest.mark.parametrize("name", ["cifar_convnet", "resnet_small"])
+def test_image_models_learn_on_uint8_images_with_augmentation(name):
+    x, y = toy_images()
+    seed_everything(0, True)
+    model = build(name, in_shape=[1, 8, 8], n_classes=3)
+    cfg = image_cfg(x[:180], augment_flip=True, augment_translate=1)
+    seen = []
+    res = fit(
+        model,
+        torch.from_numpy(x[:180]),
+        torch.from_numpy(y[:180]),
+        torch.from_numpy(x[180:]),
+        torch.from_numpy(y[180:]),
+        cfg,
+        on_epoch=lambda e, r: seen.append(r),
+    )
+    assert max(r["val_accuracy"] for r in seen) > 0.9
+    assert seen == res.history and res.history[0]["rows_per_s"] > 0
+
+
+def test_images_need_the_normaliser():
+    x, y = toy_images(40)
+    model = build("mnist_mlp", in_shape=[1, 8, 8], n_classes=3)
+    with pytest.raises(ValueError, match="ImageNormaliser"):
+        fit(model, torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(x), torch.from_numpy(y), CFG)
+
+
 def test_preprocessor_uses_training_statistics_and_handles_unseen_values():
     schema = Schema(target="y", classes=["a", "b"], numeric=["v"], categorical=["c"])
     train = coerce_features(pd.DataFrame({"v": ["1", "3", None], "c": ["x", "y", "x"]}), schema)
@@ -67,3 +182,154 @@ def test_preprocessor_uses_training_statistics_and_handles_unseen_values():
     ]  # unparseable -> missing indicator, unseen category -> zeros
     assert out[1, 0] > 10  # standardised with the training mean/std, not refitted
     assert np.isfinite(out).all()
+
+
+# --- the train step, on hand-written artifacts of validate/clean/split --------------------------------------
+
+
+def write_upstream(paths, kind: str = "tabular", n: int = 200, seed: int = 0) -> None:
+    """What validate, clean and split leave for train: cleaned rows, schema, (images,) manifest, summaries."""
+    rng = np.random.default_rng(seed)
+    for step in ("validate", "clean", "split"):
+        paths.step_dir(step).mkdir(parents=True, exist_ok=True)
+    if kind == "image":
+        images, labels = toy_images(n, seed)
+        np.save(paths.images, images)
+        df = pd.DataFrame({"_row_id": np.arange(n), "_label": labels})
+        schema = Schema(
+            target="digit",
+            classes=["a", "b", "c"],
+            numeric=[],
+            categorical=[],
+            kind="image",
+            image_shape=list(images.shape[1:]),
+        )
+    else:
+        a, b = rng.normal(size=n), rng.normal(size=n)
+        c = rng.choice(["x", "y"], n)
+        df = pd.DataFrame({"_row_id": np.arange(n), "a": a, "b": b, "c": c, "_label": (a + b > 0).astype("int64")})
+        schema = Schema(target="y", classes=["no", "yes"], numeric=["a", "b"], categorical=["c"])
+    df.to_parquet(paths.cleaned, index=False)
+    schema.save(paths.schema)
+    split = np.where(np.arange(n) < 0.7 * n, "train", np.where(np.arange(n) < 0.85 * n, "val", "test"))
+    pd.DataFrame({"row_id": np.arange(n), "split": split}).to_csv(paths.manifest, index=False)
+    for step in ("validate", "clean"):
+        paths.summary(step).write_text(json.dumps({"rows_in": n, "rows_quarantined": 0}))
+    counts = pd.Series(split).value_counts().to_dict()
+    paths.summary("split").write_text(json.dumps({"rows": {k: int(v) for k, v in counts.items()}}))
+
+
+def step_params(**train):
+    from medflow.params import Params
+
+    return Params.model_validate({"data": {"source": "data/x.csv", "target": "y"}, "train": train})
+
+
+def test_train_step_on_a_table_writes_bundle_run_and_summary(project, capsys):
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # an earlier test may leave another project's store
+    from mlflow import MlflowClient
+
+    from medflow.steps import train
+
+    write_upstream(project)
+    summary = train.run(step_params(max_epochs=6, patience=6, hidden=[8]), project)
+    assert summary["epochs_run"] == 6 and summary["features"] == 4 and summary["world_size"] == 1
+    assert {p.name for p in project.model_bundle.iterdir()} == {
+        "weights.pt",
+        "model.json",
+        "preprocessor.json",
+        "schema.json",
+    }
+    assert not (project.step_dir("train") / "checkpoint.pt").exists()
+    run_id = json.loads(project.train_run.read_text())["run_id"]
+    assert json.loads(project.summary("train").read_text()) == summary
+    run = MlflowClient(f"sqlite:///{project.mlflow_db}").get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["train_rows"] == 140
+    assert "rows/s" in capsys.readouterr().out
+
+
+def test_train_step_on_images_trains_a_vision_model_and_bundles_the_normaliser(project):
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # an earlier test may leave another project's store
+    from medflow.steps import train
+
+    write_upstream(project, kind="image", n=240)
+    summary = train.run(step_params(model="cifar_convnet", max_epochs=5, patience=5, batch_size=32), project)
+    assert summary["image_shape"] == [8, 8, 1] and summary["train_rows"] == 168
+    config = json.loads((project.model_bundle / "model.json").read_text())
+    assert config == {"name": "cifar_convnet", "in_shape": [1, 8, 8], "n_classes": 3}
+    images = np.load(project.images)
+    norm = json.loads((project.model_bundle / "preprocessor.json").read_text())
+    assert norm == ImageNormaliser.fit(images[:168]).to_dict()
+
+    # What a Predictor does: rebuild from model.json, normalise uint8 NHWC with the bundled statistics.
+    model = build(**config).eval()
+    model.load_state_dict(torch.load(project.model_bundle / "weights.pt", weights_only=True))
+    x = (torch.from_numpy(images[168:204]).permute(0, 3, 1, 2).float() - norm["mean"][0]) / norm["std"][0]
+    labels = pd.read_parquet(project.cleaned)["_label"].to_numpy()[168:204]
+    with torch.no_grad():
+        accuracy = float((model(x).argmax(1).numpy() == labels).mean())
+    assert accuracy == pytest.approx(summary["best_val_accuracy"]) and accuracy > 0.9
+
+
+def test_train_step_refuses_a_model_of_the_other_kind(project):
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # an earlier test may leave another project's store
+    from medflow.steps import train
+
+    write_upstream(project, kind="image", n=60)
+    with pytest.raises(ValueError, match="is for tables"):
+        train.run(step_params(model="tabular_mlp"), project)
+
+
+# --- GPU: run with `pytest -m gpu` (bench/gpu.sh) on a machine with CUDA ------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def count_syncs(run) -> int:
+    """Host-device synchronisations while run() runs, as CUDA's sync debug mode reports them."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
+def gpu_fit(n: int, epochs: int = 3, deterministic: bool = False, **kw):
+    x, y = toy_images(n + 512, size=32, channels=3)
+    seed_everything(0, deterministic)
+    model = build("resnet_small", in_shape=[3, 32, 32], n_classes=3)
+    cfg = image_cfg(x[:n], device="cuda", max_epochs=epochs, patience=epochs, batch_size=256, **kw)
+    t = {k: torch.from_numpy(v) for k, v in {"x": x[:n], "y": y[:n], "xv": x[n:], "yv": y[n:]}.items()}
+    return model, fit(model, t["x"], t["y"], t["xv"], t["yv"], cfg)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_resident_amp_channels_last_learns_without_per_step_syncs():
+    model, res = gpu_fit(4096, augment_flip=True, augment_translate=2)
+    assert res.history[-1]["val_accuracy"] > 0.95
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    # 4x the steps per epoch, the same number of host syncs: none of them is per step.
+    small = count_syncs(lambda: gpu_fit(1024, epochs=2, augment_flip=True, augment_translate=2))
+    large = count_syncs(lambda: gpu_fit(4096, epochs=2, augment_flip=True, augment_translate=2))
+    assert small == large, (small, large)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_streaming_from_host_memory_matches_the_resident_path():
+    _, resident = gpu_fit(2048, deterministic=True, stream=False)
+    _, streamed = gpu_fit(2048, deterministic=True, stream=True)
+    assert strip(resident.history) == strip(streamed.history)  # the same kernels on the same batches
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_compiled_model_trains_like_eager():
+    _, eager = gpu_fit(2048, epochs=2)
+    _, compiled = gpu_fit(2048, epochs=2, compile=True)
+    assert compiled.history[-1]["val_accuracy"] == pytest.approx(eager.history[-1]["val_accuracy"], abs=0.05)

@@ -1,4 +1,8 @@
-"""Models chosen by name in params; each builder takes the input width and the number of classes."""
+"""Models chosen by name in params: the name -> builder registry for tables and images.
+
+Tabular builders take the input width `n_in`; image builders (medflow.models.vision) take `in_shape` (C, H, W).
+Both take `n_classes`. The bundle's model.json holds the name plus these keyword arguments.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from medflow.models import vision
 
 
 class TabularMLP(nn.Module):
@@ -23,8 +29,10 @@ class TabularMLP(nn.Module):
         return self.net(x)
 
 
+IMAGE_MODELS = frozenset(vision.BUILDERS)
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "tabular_mlp": lambda n_in, n_classes, hidden, dropout: TabularMLP(n_in, n_classes, hidden, dropout),
+    **vision.BUILDERS,
 }
 
 

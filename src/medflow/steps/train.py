@@ -1,24 +1,60 @@
-"""train: reads artifacts/clean/ and artifacts/split/manifest.csv; writes artifacts/train/ (model bundle with
-the best weights and the preprocessing fitted on the training split, run.json, summary.json) and an MLflow
-run. Fails when the training or validation split is empty.
+"""train: reads artifacts/clean/ (cleaned.parquet, schema.json; images.npy for image data) and
+artifacts/split/manifest.csv; writes artifacts/train/ (model bundle with the best weights and the preprocessing
+fitted on the training split, run.json, summary.json; checkpoint.pt while a run is unfinished) and an MLflow
+run. Fails when the training or validation split is empty, or train.model does not suit the data's kind.
+
+Several processes or nodes (DistributedDataParallel, NCCL on GPUs, gloo on CPUs), through this module's own
+entry point:
+
+    torchrun --standalone --nproc_per_node 4 -m medflow.steps.train [--root DIR] [-P train.lr=3e-4 ...]
+    torchrun --nnodes 2 --node_rank R --nproc_per_node 8 --rdzv-endpoint HOST:29500 -m medflow.steps.train
+
+Every rank reads the data (artifacts/ must be visible on every node) and trains its shard; rank 0 alone logs
+to MLflow, prints, checkpoints and writes the bundle. `train.batch_size` is the global batch, split over the
+ranks. Unlike `medflow step train` and `dvc repro`, which empty artifacts/train first, this entry keeps
+artifacts/train/checkpoint.pt, so a job restarted (by hand or by `torchrun --max-restarts`) continues where it
+stopped. `python -m medflow.steps.train` runs one process the same way.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from medflow import tracking
-from medflow.data.features import Preprocessor, Schema
+from medflow.data.features import ImageNormaliser, Preprocessor, Schema
 from medflow.models.bundle import save_bundle
-from medflow.models.tabular import build
+from medflow.models.tabular import IMAGE_MODELS, build
 from medflow.params import Params
+from medflow.params import load as load_params
 from medflow.paths import Paths
 from medflow.steps.clean import LABEL, ROW_ID
+from medflow.training import distributed
 from medflow.training.loop import FitConfig, fit, pick_device, seed_everything
+
+# TrainParams settings that the loop takes as they are.
+LOOP_SETTINGS = {
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "max_epochs",
+    "patience",
+    "optimizer",
+    "momentum",
+    "label_smoothing",
+    "augment_flip",
+    "augment_translate",
+    "amp",
+    "channels_last",
+    "compile",
+    "checkpoint_every",
+    "resume",
+}
 
 
 def load_split(paths: Paths) -> tuple[pd.DataFrame, Schema]:
@@ -50,75 +86,140 @@ def log_upstream(run_id: str, paths: Paths) -> None:
         tracking.log_artifacts(run_id, profile, "data_profile")
 
 
+def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
+    """Tensors of the train/val splits, the fitted preprocessing and the model config, for either kind of data."""
+    model = params.train.model
+    positions = {s: np.flatnonzero(df["_split"].to_numpy() == s) for s in ("train", "val")}
+    y = {s: torch.from_numpy(df[LABEL].to_numpy()[pos]) for s, pos in positions.items()}
+    if schema.kind == "image":
+        if model not in IMAGE_MODELS:
+            raise ValueError(f"train.model={model!r} is for tables; image data needs one of {sorted(IMAGE_MODELS)}")
+        images = np.load(paths.images, mmap_mode="r")
+        if len(images) != len(df) or list(images.shape[1:]) != schema.image_shape:
+            raise ValueError(
+                f"images.npy holds {images.shape}; cleaned.parquet and schema.json expect "
+                f"{[len(df), *schema.image_shape]}"
+            )
+        x = {s: torch.from_numpy(np.ascontiguousarray(images[pos])) for s, pos in positions.items()}
+        pre = ImageNormaliser.fit(x["train"].numpy())
+        h, w, c = schema.image_shape
+        config = {"name": model, "in_shape": [c, h, w], "n_classes": len(schema.classes)}
+    else:
+        if model in IMAGE_MODELS:
+            raise ValueError(f"train.model={model!r} is for images; tables need tabular_mlp")
+        pre = Preprocessor(schema.numeric, schema.categorical).fit(df.iloc[positions["train"]])
+        x = {s: torch.from_numpy(pre.transform(df.iloc[pos])) for s, pos in positions.items()}
+        config = {
+            "name": model,
+            "n_in": len(pre.feature_names),
+            "n_classes": len(schema.classes),
+            "hidden": params.train.hidden,
+            "dropout": params.train.dropout,
+        }
+    return x, y, pre, config
+
+
 def run(params: Params, paths: Paths) -> dict:
     p = params.train
-    df, schema = load_split(paths)
-    parts = {s: df[df["_split"] == s] for s in ("train", "val")}
-    for name, part in parts.items():
-        if part.empty:
-            raise ValueError(f"{paths.manifest}: the {name} split is empty; enlarge the data or split.{name}")
-    pre = Preprocessor(schema.numeric, schema.categorical).fit(parts["train"])
-    x = {s: torch.from_numpy(pre.transform(part)) for s, part in parts.items()}
-    y = {s: torch.from_numpy(part[LABEL].to_numpy()) for s, part in parts.items()}
+    # Before anything is read or written: under torchrun every rank must join the group first.
+    device = distributed.setup(pick_device(p.device))
+    try:
+        return train(params, paths, device)
+    finally:
+        distributed.teardown()
 
+
+def train(params: Params, paths: Paths, device: torch.device) -> dict:
+    p = params.train
+    rank, world = distributed.rank_world()
+    df, schema = load_split(paths)
+    for name in ("train", "val"):
+        if not (df["_split"] == name).any():
+            raise ValueError(f"{paths.manifest}: the {name} split is empty; enlarge the data or split.{name}")
+    x, y, pre, config = features(params, paths, df, schema)
     seed_everything(params.seed, p.deterministic)
-    config = {
-        "name": p.model,
-        "n_in": len(pre.feature_names),
-        "n_classes": len(schema.classes),
-        "hidden": p.hidden,
-        "dropout": p.dropout,
-    }
     model = build(**config)
-    device = pick_device(p.device)
+    ckpt = paths.step_dir("train") / "checkpoint.pt"
+    balanced = p.class_weights == "balanced"
     cfg = FitConfig(
-        lr=p.lr,
-        weight_decay=p.weight_decay,
-        batch_size=p.batch_size,
-        max_epochs=p.max_epochs,
-        patience=p.patience,
+        **p.model_dump(include=LOOP_SETTINGS),
         seed=params.seed,
         device=str(device),
-        class_weights=balanced_weights(y["train"].numpy(), len(schema.classes))
-        if p.class_weights == "balanced"
-        else None,
-        deterministic=p.deterministic,
+        class_weights=balanced_weights(y["train"].numpy(), len(schema.classes)) if balanced else None,
+        mean=tuple(pre.mean) if schema.kind == "image" else None,
+        std=tuple(pre.std) if schema.kind == "image" else None,
+        checkpoint=ckpt,
     )
+    unit = "img/s" if schema.kind == "image" else "rows/s"
 
-    tracking.configure(paths)
-    run_id = tracking.start_run(params, paths, run_name="pipeline")
-    log_upstream(run_id, paths)
+    run_id = None
+    if rank == 0:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        tracking.configure(paths)
+        run_id = tracking.start_run(params, paths, run_name="pipeline")
+        log_upstream(run_id, paths)
 
     def on_epoch(epoch: int, row: dict[str, float]) -> None:
         tracking.log_epoch(run_id, row, step=epoch)
         print(
             f"epoch {epoch:4d}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-            f"val_acc {row['val_accuracy']:.4f}  {row['rows_per_s']:,.0f} rows/s",
+            f"val_acc {row['val_accuracy']:.4f}  {row['rows_per_s']:,.0f} {unit}",
             flush=True,
         )
 
     try:
         result = fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch)
     except BaseException:
-        tracking.end_run(run_id, "FAILED")
+        if run_id:
+            tracking.end_run(run_id, "FAILED")
         raise
+    best_acc = result.history[result.best_epoch - 1]["val_accuracy"] if result.best_epoch else None
+    summary = {
+        "run_id": run_id,
+        "device": str(device),
+        "world_size": world,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "resumed_from": result.resumed_from,
+        "best_val_loss": round(result.best_val_loss, 6),
+        "best_val_accuracy": best_acc,
+        "train_rows": len(x["train"]),
+        "val_rows": len(x["val"]),
+    }
+    if schema.kind == "image":
+        summary["image_shape"] = schema.image_shape
+    else:
+        summary["features"] = len(pre.feature_names)
+    if rank != 0:
+        return summary
+    # The epochs before a restart were logged to the failed run; the run that owns the model gets them too.
+    for epoch, row in enumerate(result.history[: result.resumed_from], start=1):
+        tracking.log_epoch(run_id, row, step=epoch)
     model.cpu()
     save_bundle(paths.model_bundle, model, config, pre, schema)
+    ckpt.unlink(missing_ok=True)  # the bundle is the result: a finished run leaves nothing to resume
     tracking.log_metrics(
         run_id,
         {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss, "epochs": result.epochs_run},
     )
     tracking.end_run(run_id)
     paths.train_run.write_text(json.dumps({"run_id": run_id}) + "\n")
-    summary = {
-        "run_id": run_id,
-        "device": str(device),
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "best_val_loss": round(result.best_val_loss, 6),
-        "features": len(pre.feature_names),
-        "train_rows": len(parts["train"]),
-        "val_rows": len(parts["val"]),
-    }
     paths.summary("train").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m medflow.steps.train", description="the train step, torchrun-ready")
+    ap.add_argument("--root", default=".", help="project root (holds params.yaml)")
+    ap.add_argument("--params", help="params file (default: params.yaml in the root)")
+    ap.add_argument("-P", dest="override", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = ap.parse_args(argv)
+    paths = Paths(root=Path(args.root))
+    summary = run(load_params(Path(args.params) if args.params else paths.params_file, args.override), paths)
+    if summary["run_id"]:  # rank 0's
+        print("train: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

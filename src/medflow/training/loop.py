@@ -1,31 +1,59 @@
-"""The training loop: data held on the device, batches by index slicing, no host sync inside an epoch.
+"""One flat training loop for tables and images, in the airbench style.
 
-Loss and accuracy accumulate on the device and are read once per epoch; early stopping keeps the weights
-of the epoch with the lowest validation loss.
+Data is held on the device when it fits and batches are gathered along slices of a permutation there (data.py);
+augmentation runs batched on the device; mixed precision (bf16, else fp16 with a grad scaler) and
+channels_last on CUDA; torch.compile on request. Nothing in the step loop waits for the device: loss and
+accuracy accumulate on it and are read once per epoch. Early stopping keeps the weights of the epoch with the
+lowest validation loss. Every `checkpoint_every` epochs the whole state is written (checkpoint.py), so a
+killed run restarted with `resume` ends with exactly the weights of an uninterrupted one. Under torchrun the
+same loop runs DistributedDataParallel (distributed.py): each rank takes its shard of every epoch's
+permutation, metrics are all-reduced once per epoch, and only rank 0 reports and writes checkpoints.
 """
 
 from __future__ import annotations
 
-import copy
+import functools
+import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from medflow.training import checkpoint, distributed
+from medflow.training.data import Split, fits
 
 
 @dataclass(frozen=True)
 class FitConfig:
-    lr: float
+    lr: float  # AdamW learning rate, or SGD's
     weight_decay: float
-    batch_size: int
+    batch_size: int  # rows per optimizer step, summed over all ranks
     max_epochs: int
-    patience: int
+    patience: int  # epochs without a lower validation loss before stopping
     seed: int
     device: str = "cpu"
-    class_weights: list[float] | None = None
-    deterministic: bool = True
+    class_weights: list[float] | None = None  # per class, for the training loss only
+    optimizer: str = "adamw"  # adamw | sgd (nesterov when momentum > 0)
+    momentum: float = 0.9
+    label_smoothing: float = 0.0
+    # Images (uint8 NHWC inputs): the training split's per-channel pixel mean/std on the 0-255 scale.
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    augment_flip: bool = False
+    augment_translate: int = 0  # pixels
+    amp: bool = True  # CUDA only
+    channels_last: bool = True  # CUDA only
+    compile: bool = False
+    stream: bool | None = None  # None: stream from host memory only when the data does not fit on the device
+    checkpoint: Path | None = None  # None: no checkpoints
+    checkpoint_every: int = 1  # epochs
+    resume: bool = True
 
 
 @dataclass
@@ -34,6 +62,7 @@ class FitResult:
     best_val_loss: float
     epochs_run: int
     history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int = 0  # the epoch of the checkpoint this run continued from; 0 for a fresh run
 
 
 def pick_device(name: str) -> torch.device:
@@ -45,21 +74,39 @@ def pick_device(name: str) -> torch.device:
 def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+        # cuBLAS is reproducible only with a fixed workspace; it reads this when first used.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # Autotuned convolution kernels are fastest but chosen by timing, so they may differ between runs.
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, batch: int) -> tuple[float, float]:
+def evaluate(model: nn.Module, data: Split, batch: int, autocast: Callable) -> torch.Tensor:
+    """[summed loss, correct] over data, on the device. Unweighted: early stopping tracks the real class mix."""
     model.eval()
-    total = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device)
-    for i in range(0, len(x), batch):
-        logits = model(x[i : i + batch]).float()
-        total += loss_fn(logits, y[i : i + batch]) * len(logits)
-        correct += (logits.argmax(1) == y[i : i + batch]).sum()
-    loss, acc = (torch.stack([total, correct]) / max(len(x), 1)).tolist()
-    return loss, acc
+    sums = torch.zeros(2, device=data.device)
+    for i in range(0, len(data), batch):
+        xb, yb = data.batch(slice(i, i + batch))
+        with autocast():
+            logits = model(xb).float()
+        sums += torch.stack([F.cross_entropy(logits, yb, reduction="sum"), (logits.argmax(1) == yb).sum().float()])
+    return sums
+
+
+def make_optimizer(model: nn.Module, cfg: FitConfig, fused: bool | None) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+            fused=fused,
+        )
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; known: adamw, sgd")
 
 
 def fit(
@@ -71,59 +118,135 @@ def fit(
     cfg: FitConfig,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FitResult:
-    device = torch.device(cfg.device)
-    model.to(device)
-    x_train, y_train, x_val, y_val = (t.to(device) for t in (x_train, y_train, x_val, y_val))
-    weight = None if cfg.class_weights is None else torch.tensor(cfg.class_weights, device=device)
-    loss_fn = nn.CrossEntropyLoss(weight=weight)
-    # Unweighted validation loss: early stopping should track calibration on the real class mix.
-    val_loss_fn = nn.CrossEntropyLoss()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    """Trains model in place on float [N, F] rows or uint8 [N, H, W, C] images; returns with the best weights.
 
-    best_state, best_loss, best_epoch, stale = None, float("inf"), 0, 0
-    history: list[dict[str, float]] = []
-    n = len(x_train)
-    epoch = 0
-    for epoch in range(1, cfg.max_epochs + 1):
-        model.train()
+    on_epoch(epoch, metrics) runs on rank 0 after each epoch, after that epoch's checkpoint is written.
+    """
+    device = torch.device(cfg.device)
+    rank, world = distributed.rank_world()
+    images = x_train.dtype == torch.uint8
+    if images and (cfg.mean is None or cfg.std is None):
+        raise ValueError("uint8 images need cfg.mean and cfg.std (the training split's ImageNormaliser)")
+    fmt = torch.channels_last if images and cfg.channels_last and device.type == "cuda" else torch.contiguous_format
+    fingerprint = checkpoint.fingerprint(cfg, model, world, (x_train, y_train, x_val, y_val)) if cfg.checkpoint else ""
+    model.to(device, memory_format=fmt)
+
+    nbytes = sum(t.nbytes for t in (x_train, y_train, x_val, y_val))
+    stream = not fits(device, nbytes) if cfg.stream is None else cfg.stream
+    home = torch.device("cpu") if stream else device
+    nhwc = fmt == torch.channels_last
+    norm = {}
+    if images:
+        norm = {
+            "mean": torch.tensor(cfg.mean, device=device).view(1, -1, 1, 1),
+            "std": torch.tensor(cfg.std, device=device).view(1, -1, 1, 1),
+            "nhwc": nhwc,
+        }
+
+    def place(x: torch.Tensor) -> torch.Tensor:
+        # Images are stored in the layout the model runs in, so that no batch pays for a transposing copy:
+        # NHWC as given for channels_last, else NCHW once.
+        return x.to(home).permute(0, 3, 1, 2).contiguous() if images and not nhwc else x.to(home)
+
+    train = Split(place(x_train), y_train.to(home), device, **norm)
+    # Each rank scores its own slice of the validation set; the sums are all-reduced.
+    val = Split(place(x_val[rank::world]), y_val[rank::world].to(home), device, **norm)
+
+    weight = None if cfg.class_weights is None else torch.tensor(cfg.class_weights, device=device)
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    # Fused on CUDA: one kernel for all parameters. None elsewhere: torch's default (False would force its
+    # slowest for-loop implementation).
+    opt = make_optimizer(model, cfg, fused=True if device.type == "cuda" else None)
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if not use_amp or torch.cuda.is_bf16_supported() else torch.float16
+    autocast = functools.partial(torch.autocast, device.type, dtype=amp_dtype, enabled=use_amp)
+    # fp16 needs loss scaling against underflow, and the scaler reads an inf flag per step (a host sync);
+    # bf16 has float32's range and needs neither.
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+    # One data order for all ranks (each takes a shard of it), drawn on the CPU so that it is the same on every
+    # device and in both data paths (one small copy an epoch); augmentation draws differ per rank.
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + rank)
+
+    epoch, stale, best_epoch, best_loss, best_state, history, resumed_from = 0, 0, 0, math.inf, None, [], 0
+    saved = checkpoint.load(cfg.checkpoint, fingerprint) if cfg.checkpoint and cfg.resume and rank == 0 else None
+    saved = distributed.broadcast(saved)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
+        checkpoint.set_rng_state(saved["rng"][rank], order_gen, aug_gen)
+        epoch, stale, best_epoch, best_loss = saved["epoch"], saved["stale"], saved["best_epoch"], saved["best_loss"]
+        best_state = {k: v.to(device) for k, v in saved["best_state"].items()} if saved["best_state"] else None
+        history, resumed_from = saved["history"], saved["epoch"]
+        if rank == 0:
+            print(f"{cfg.checkpoint}: resuming after epoch {epoch}", flush=True)
+
+    net = model
+    if world > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    n = len(train)
+    per_rank, batch = n // world, max(1, cfg.batch_size // world)  # world * batch rows per optimizer step
+    n_seen, n_val = per_rank * world, max(len(x_val), 1)
+    eval_batch = 2 * cfg.batch_size if images else max(cfg.batch_size, 1024)
+
+    while epoch < cfg.max_epochs and stale < cfg.patience:
+        epoch += 1
+        net.train()
         t0 = time.perf_counter()
-        order = torch.randperm(n, generator=gen).to(device)
-        total = torch.zeros((), device=device)
+        order = torch.randperm(n, generator=order_gen)[rank:n_seen:world].to(home)
+        loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
-        for i in range(0, n, cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            xb, yb = x_train[idx], y_train[idx]
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                logits = model(xb)
-                loss = loss_fn(logits.float(), yb)
+        for i in range(0, per_rank, batch):
+            xb, yb = train.batch(order[i : i + batch], cfg.augment_flip, cfg.augment_translate, aug_gen)
+            with autocast():
+                logits = net(xb)
+            loss = loss_fn(logits.float(), yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach() * len(idx)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            loss_sum += loss.detach() * len(yb)
             correct += (logits.detach().argmax(1) == yb).sum()
-        train_loss, train_acc = (torch.stack([total, correct]) / n).tolist()
-        val_loss, val_acc = evaluate_loss(model, x_val, y_val, val_loss_fn, max(cfg.batch_size, 1024))
+        sums = torch.cat([torch.stack([loss_sum, correct]), evaluate(model, val, eval_batch, autocast)])
+        train_loss, train_correct, val_loss, val_correct = distributed.all_reduce(sums).tolist()  # the one sync
         seconds = time.perf_counter() - t0
         row = {
-            "train_loss": train_loss,
-            "train_accuracy": train_acc,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "rows_per_s": n / seconds if seconds > 0 else 0.0,
+            "train_loss": train_loss / n_seen,
+            "train_accuracy": train_correct / n_seen,
+            "val_loss": val_loss / n_val,
+            "val_accuracy": val_correct / n_val,
+            "rows_per_s": n_seen / seconds if seconds > 0 else 0.0,
         }
         history.append(row)
-        if val_loss < best_loss - 1e-6:
-            best_loss, best_epoch, stale = val_loss, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+        if row["val_loss"] < best_loss - 1e-6:
+            best_loss, best_epoch, stale = row["val_loss"], epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
-        if on_epoch:
+        if cfg.checkpoint and epoch % cfg.checkpoint_every == 0:
+            rng = distributed.gather(checkpoint.rng_state(order_gen, aug_gen))  # every rank's streams
+            if rank == 0:
+                checkpoint.save(
+                    cfg.checkpoint,
+                    {
+                        "fingerprint": fingerprint,
+                        "epoch": epoch,
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "rng": rng,
+                        "stale": stale,
+                        "best_epoch": best_epoch,
+                        "best_loss": best_loss,
+                        "best_state": best_state,
+                        "history": history,
+                    },
+                )
+        if on_epoch and rank == 0:
             on_epoch(epoch, row)
-        if stale >= cfg.patience:
-            break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return FitResult(best_epoch=best_epoch, best_val_loss=best_loss, epochs_run=epoch, history=history)
+    return FitResult(best_epoch, best_loss, epoch, history, resumed_from)
