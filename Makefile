@@ -15,7 +15,7 @@ export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run repro test lint ui clean
+.PHONY: setup run repro test lint ui bench clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,9 @@ lint: setup
 
 ui: setup
 	$(BIN)/medflow ui
+
+bench: setup
+	$(BIN)/python bench/train_vs_bare.py && $(BIN)/python bench/train_vs_seed.py
 
 clean:
 	rm -rf artifacts .prefect

@@ -43,3 +43,13 @@ def project(tmp_path, migrated_mlflow_db):
     paths.mlruns.mkdir(parents=True)
     shutil.copy(migrated_mlflow_db, paths.mlflow_db)
     return paths
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_leaks_between_tests():
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: one test's store must not become the next one's."""
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    from medflow.tracking import store
+
+    store._exported = None

@@ -86,11 +86,11 @@ def test_a_checkpoint_of_another_configuration_or_data_is_not_resumed(tmp_path, 
 
 
 def test_the_train_step_resumes_after_a_crash_and_clears_its_checkpoint(tmp_path, project, monkeypatch):
-    os.environ.pop("MLFLOW_TRACKING_URI", None)  # an earlier test may leave another project's store
     from mlflow import MlflowClient
 
     from medflow import tracking
     from medflow.paths import Paths
+    from medflow.pipeline import run_step
     from medflow.steps import train as step
 
     params = step_params(max_epochs=6, patience=6, hidden=[8], dropout=0.2)
@@ -109,13 +109,14 @@ def test_the_train_step_resumes_after_a_crash_and_clears_its_checkpoint(tmp_path
         log_epoch(run_id, row, step)
 
     monkeypatch.setattr(tracking, "log_epoch", crash_at_epoch_4)
+    # Through run_step, as the flow and `medflow step` (dvc repro) run it: it empties artifacts/train first.
     with pytest.raises(Killed):
-        step.run(params, project)
+        run_step("train", params, project)
     monkeypatch.setattr(tracking, "log_epoch", log_epoch)
-    assert (project.step_dir("train") / "checkpoint.pt").exists()
-    summary = step.run(params, project)
+    assert project.checkpoint.exists()
+    summary = run_step("train", params, project)
     assert summary["resumed_from"] == 4 and summary["epochs_run"] == 6
-    assert not (project.step_dir("train") / "checkpoint.pt").exists()
+    assert not project.checkpoint.exists()
     expected = torch.load(reference.model_bundle / "weights.pt", weights_only=True)
     got = torch.load(project.model_bundle / "weights.pt", weights_only=True)
     assert all(torch.equal(expected[k], got[k]) for k in expected)

@@ -1,7 +1,6 @@
 """The training loop (tables and images), batched augmentation, and the train step on both kinds of data."""
 
 import json
-import os
 import warnings
 
 import numpy as np
@@ -226,7 +225,6 @@ def step_params(**train):
 
 
 def test_train_step_on_a_table_writes_bundle_run_and_summary(project, capsys):
-    os.environ.pop("MLFLOW_TRACKING_URI", None)  # an earlier test may leave another project's store
     from mlflow import MlflowClient
 
     from medflow.steps import train
@@ -240,7 +238,7 @@ def test_train_step_on_a_table_writes_bundle_run_and_summary(project, capsys):
         "preprocessor.json",
         "schema.json",
     }
-    assert not (project.step_dir("train") / "checkpoint.pt").exists()
+    assert not project.checkpoint.exists()
     run_id = json.loads(project.train_run.read_text())["run_id"]
     assert json.loads(project.summary("train").read_text()) == summary
     run = MlflowClient(f"sqlite:///{project.mlflow_db}").get_run(run_id)
@@ -249,7 +247,6 @@ def test_train_step_on_a_table_writes_bundle_run_and_summary(project, capsys):
 
 
 def test_train_step_on_images_trains_a_vision_model_and_bundles_the_normaliser(project):
-    os.environ.pop("MLFLOW_TRACKING_URI", None)  # an earlier test may leave another project's store
     from medflow.steps import train
 
     write_upstream(project, kind="image", n=240)
@@ -272,7 +269,6 @@ def test_train_step_on_images_trains_a_vision_model_and_bundles_the_normaliser(p
 
 
 def test_train_step_refuses_a_model_of_the_other_kind(project):
-    os.environ.pop("MLFLOW_TRACKING_URI", None)  # an earlier test may leave another project's store
     from medflow.steps import train
 
     write_upstream(project, kind="image", n=60)
@@ -333,3 +329,12 @@ def test_gpu_compiled_model_trains_like_eager():
     _, eager = gpu_fit(2048, epochs=2)
     _, compiled = gpu_fit(2048, epochs=2, compile=True)
     assert compiled.history[-1]["val_accuracy"] == pytest.approx(eager.history[-1]["val_accuracy"], abs=0.05)
+
+
+def test_image_normaliser_matches_per_channel_statistics_over_chunks():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5000, 4, 4, 3), dtype=np.uint8)  # more than one 4096-image chunk
+    norm = ImageNormaliser.fit(images)
+    flat = images.reshape(-1, 3).astype("float64")
+    np.testing.assert_allclose(norm.mean, flat.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(norm.std, flat.std(0) + 1e-6, rtol=1e-6)

@@ -93,7 +93,7 @@ class TrainParams(_Section):
     channels_last: bool = True  # memory format for conv nets on CUDA
     compile: bool = False  # torch.compile the model
     checkpoint_every: int = Field(1, ge=1)  # epochs between resumable checkpoints
-    resume: bool = True  # continue from artifacts/train/checkpoint.pt when it matches this configuration
+    resume: bool = True  # continue from artifacts/.checkpoints/train.pt when it matches this configuration
 
 
 class EvaluateParams(_Section):

@@ -78,6 +78,11 @@ class Paths:
         return self.step_dir("train") / "model"
 
     @property
+    def checkpoint(self) -> Path:
+        """Outside artifacts/train, which a rerun empties (run_step, dvc repro): a killed run resumes from it."""
+        return self.artifacts / ".checkpoints" / "train.pt"
+
+    @property
     def train_run(self) -> Path:
         return self.step_dir("train") / "run.json"
 

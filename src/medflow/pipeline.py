@@ -32,7 +32,7 @@ def run_step(name: str, params: Params, paths: Paths) -> dict:
     module = importlib.import_module(f"medflow.steps.{name}")
     # As `dvc repro` does: a step starts from an empty folder, so nothing stale outlives a rerun.
     shutil.rmtree(paths.step_dir(name), ignore_errors=True)
-    paths.step_dir(name).mkdir(parents=True)
+    paths.step_dir(name).mkdir(parents=True, exist_ok=True)
     return module.run(params, paths)
 
 

@@ -142,9 +142,17 @@ class ImageNormaliser:
 
     @classmethod
     def fit(cls, images: np.ndarray) -> ImageNormaliser:
-        """images: uint8 [N, H, W, C]; statistics over N, H, W in float64 to avoid overflow."""
-        flat = images.reshape(-1, images.shape[-1]).astype("float64")
-        return cls(mean=flat.mean(0).tolist(), std=(flat.std(0) + 1e-6).tolist())
+        """images: uint8 [N, H, W, C]; sums in float64 chunk by chunk (a float copy of CIFAR-10 is 1.2 GB)."""
+        c = images.shape[-1]
+        total, squares, count = np.zeros(c), np.zeros(c), 0
+        for i in range(0, len(images), 4096):
+            chunk = np.asarray(images[i : i + 4096], dtype="float64").reshape(-1, c)
+            total += chunk.sum(0)
+            squares += (chunk**2).sum(0)
+            count += len(chunk)
+        mean = total / max(count, 1)
+        std = np.sqrt(np.maximum(squares / max(count, 1) - mean**2, 0.0))
+        return cls(mean=mean.tolist(), std=(std + 1e-6).tolist())
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,7 +1,7 @@
 """train: reads artifacts/clean/ (cleaned.parquet, schema.json; images.npy for image data) and
 artifacts/split/manifest.csv; writes artifacts/train/ (model bundle with the best weights and the preprocessing
-fitted on the training split, run.json, summary.json; checkpoint.pt while a run is unfinished) and an MLflow
-run. Fails when the training or validation split is empty, or train.model does not suit the data's kind.
+fitted on the training split, run.json, summary.json), artifacts/.checkpoints/train.pt while a run is unfinished,
+and an MLflow run. Fails when the training or validation split is empty, or train.model does not suit the data's kind.
 
 Several processes or nodes (DistributedDataParallel, NCCL on GPUs, gloo on CPUs), through this module's own
 entry point:
@@ -12,7 +12,7 @@ entry point:
 Every rank reads the data (artifacts/ must be visible on every node) and trains its shard; rank 0 alone logs
 to MLflow, prints, checkpoints and writes the bundle. `train.batch_size` is the global batch, split over the
 ranks. Unlike `medflow step train` and `dvc repro`, which empty artifacts/train first, this entry keeps
-artifacts/train/checkpoint.pt, so a job restarted (by hand or by `torchrun --max-restarts`) continues where it
+artifacts/.checkpoints/train.pt, so a job restarted (by hand or by `torchrun --max-restarts`) continues where it
 stopped. `python -m medflow.steps.train` runs one process the same way.
 """
 
@@ -139,7 +139,7 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
     x, y, pre, config = features(params, paths, df, schema)
     seed_everything(params.seed, p.deterministic)
     model = build(**config)
-    ckpt = paths.step_dir("train") / "checkpoint.pt"
+    ckpt = paths.checkpoint
     balanced = p.class_weights == "balanced"
     cfg = FitConfig(
         **p.model_dump(include=LOOP_SETTINGS),
