@@ -33,7 +33,10 @@ def pipeline(
     params = params_mod.load(Path(params_file) if params_file else paths.params_file, overrides or [])
     os.environ["MEDFLOW_FLOW_RUN_ID"] = str(flow_run.id or "none")
     ensure_data(params, paths)
-    todo = list(STEPS) if force else stale_steps(paths)
+    # Only a run of the committed params file is the pipeline's record; DVC's view of staleness is about that
+    # file too, so an ad-hoc params file or override runs every step and leaves dvc.lock alone.
+    recorded = params_file is None or (Path(params_file).resolve() == paths.params_file and not overrides)
+    todo = stale_steps(paths) if recorded and not force else list(STEPS)
     if not todo:
         logger.info("every step is up to date (dvc status is clean); use --force to rerun")
         return {}
@@ -41,7 +44,6 @@ def pipeline(
     summaries = {}
     for name in todo:
         summaries[name] = step.with_options(name=name)(name, params.as_dict(), str(paths.root))
-    # Only a run of the committed params file is the pipeline's record; an ad-hoc params file is not.
-    if params_file is None or (Path(params_file).resolve() == paths.params_file and not overrides):
+    if recorded:
         record_in_dvc(paths, todo)
     return summaries

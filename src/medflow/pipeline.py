@@ -58,6 +58,9 @@ def ensure_data(params: Params, paths: Paths) -> Path | None:
     A fresh clone has no DVC remote, so the demo file is rebuilt from scikit-learn and must hash to what
     data.dvc records; a changed data/ (the user's own table) is recorded as a new data version.
     """
+    if not paths.data_dir.exists():
+        # A fresh clone has no DVC remote: rebuild the demo table that data.dvc records, whatever the source.
+        sources.materialise_demo(sources.RECORDED_DEMO, paths.data_dir)
     # Image sources (folders, manifests, built-in sets) are resolved by the image loader in `validate`.
     source = sources.resolve(params.data.source, paths) if params.data.kind == "tabular" else None
     record = paths.root / "data.dvc"

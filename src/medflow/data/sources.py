@@ -36,6 +36,9 @@ def _synthetic_cohort() -> pd.DataFrame:
     return synthetic_cohort()
 
 
+# The table data.dvc records in a fresh clone (written on first use, as the clone has no DVC remote).
+RECORDED_DEMO = "breast_cancer"
+
 DEMOS: dict[str, Callable[[], pd.DataFrame]] = {
     "breast_cancer": _breast_cancer,
     "synthetic_cohort": _synthetic_cohort,
