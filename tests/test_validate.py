@@ -4,6 +4,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from cohort import cohort_params
 
 from medflow.data import sources
 from medflow.data.profile import build_profile, shown, univariate_auc
@@ -13,15 +14,6 @@ from medflow.params import ValidateParams, from_dict
 from medflow.paths import Paths
 from medflow.steps import validate
 
-COHORT = {
-    "data": {
-        "source": "data/cohort.csv",
-        "target": "outcome",
-        "patient_id": "mrn",
-        "identifiers": ["name", "dob", "phone"],
-        "positive_class": "disease",
-    }
-}
 PHI = ["mrn", "name", "dob", "phone", "visit_date"]
 
 
@@ -48,7 +40,7 @@ def cohort():
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, cohort):
     paths = _project(tmp_path_factory.mktemp("cohort"), cohort)
-    return paths, validate.run(from_dict(COHORT), paths)
+    return paths, validate.run(cohort_params(), paths)
 
 
 def _outputs(paths: Paths) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -111,12 +103,12 @@ def test_suite_is_reinferred_byte_identical_and_holds_no_patient_values(first_ru
     paths, _ = first_run
     text = paths.suite("cohort").read_text()
     again = _project(tmp_path, cohort)
-    validate.run(from_dict(COHORT), again)
+    validate.run(cohort_params(), again)
     assert again.suite("cohort").read_text() == text
     assert not {v for v in _phi_values(cohort) if v in text}
     suite = json.loads(text)
     assert suite["meta"]["medflow"]["columns"]["visit_date"]["kind"] == "text"
-    assert validate.run(from_dict(COHORT), again)["suite_created"] is False
+    assert validate.run(cohort_params(), again)["suite_created"] is False
 
 
 @pytest.mark.parametrize(
@@ -134,7 +126,7 @@ def test_suite_is_reinferred_byte_identical_and_holds_no_patient_values(first_ru
 def test_batch_level_failures_stop_the_run_with_a_message_naming_them(first_run, cohort, tmp_path, change, named):
     paths = _project(tmp_path, change(cohort), suite_from=first_run[0])
     with pytest.raises(validate.ValidationFailed) as err:
-        validate.run(from_dict(COHORT), paths)
+        validate.run(cohort_params(), paths)
     message = str(err.value)
     assert message.startswith("data/cohort.csv: 1 batch-level expectation(s) failed:")
     assert named in message
@@ -148,7 +140,7 @@ def test_numeric_and_target_failures_name_the_rule(first_run, cohort, tmp_path):
     changed = cohort.assign(glucose="high", outcome=cohort["outcome"].replace("healthy", "well"))
     paths = _project(tmp_path, changed, suite_from=first_run[0])
     with pytest.raises(validate.ValidationFailed, match="2 batch-level") as err:
-        validate.run(from_dict(COHORT), paths)
+        validate.run(cohort_params(), paths)
     n = len(cohort)
     assert f"match_regex: glucose: {n} of {n} non-null values do not parse as numbers" in str(err.value)
     assert "expect_column_values_to_be_in_set: outcome: " in str(err.value)
@@ -163,7 +155,7 @@ def test_editing_a_range_in_the_suite_quarantines_more_rows(first_run, cohort, t
     ]  # fmt: skip
     between["kwargs"]["max_value"] = 60
     paths.suite("cohort").write_text(json.dumps(suite))
-    summary = validate.run(from_dict(COHORT), paths)
+    summary = validate.run(cohort_params(), paths)
     age = pd.to_numeric(cohort["age"], errors="coerce")
     rule = "age: expect_column_values_to_be_between"
     assert summary["quarantine_reasons"][rule] == int(((age > 60) | (age < 0)).sum())
@@ -193,7 +185,7 @@ def test_profile_holds_aggregates_only_and_suppresses_small_counts(first_run, co
 
 def test_a_copy_of_the_label_is_flagged_as_leakage(cohort, tmp_path):
     leaky = cohort.assign(lab_flag=(cohort["outcome"] == "disease").astype(int))
-    summary = validate.run(from_dict(COHORT), _project(tmp_path, leaky))
+    summary = validate.run(cohort_params(), _project(tmp_path, leaky))
     assert summary["leakage_suspects"] == ["lab_flag"]
     md = (tmp_path / "artifacts" / "validate" / "profile" / "profile.md").read_text()
     assert "- lab_flag: AUC 1.000 >= 0.995" in md.split("## Suspected leakage")[1]
@@ -270,7 +262,7 @@ def test_an_expectation_gx_cannot_evaluate_stops_the_run(first_run, cohort, tmp_
     suite["expectations"].append({"type": "expect_column_values_to_be_between", "kwargs": between, "meta": {}})
     paths.suite("cohort").write_text(json.dumps(suite))
     with pytest.raises(validate.ValidationFailed, match="be_between: sex: could not be evaluated"):
-        validate.run(from_dict(COHORT), paths)
+        validate.run(cohort_params(), paths)
 
 
 def test_breast_cancer_demo_validates_with_nothing_quarantined(tmp_path):
