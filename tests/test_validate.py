@@ -274,3 +274,10 @@ def test_breast_cancer_demo_validates_with_nothing_quarantined(tmp_path):
     assert sources.resolve("breast_cancer", paths) == paths.data_dir / "breast_cancer.csv"
     assert summary["rows_in"] == summary["rows_valid"] == 569
     assert summary["rows_quarantined"] == 0 and summary["leakage_suspects"] == []
+
+
+def test_max_rows_keeps_the_first_rows_of_a_table(tmp_path):
+    params = from_dict({"data": {"source": "breast_cancer", "target": "diagnosis", "max_rows": 100}})
+    summary = validate.run(params, Paths(root=tmp_path))
+    assert summary["rows_in"] == 100
+    assert pd.read_parquet(Paths(root=tmp_path).valid_rows)["_row_id"].max() == 99

@@ -88,6 +88,8 @@ def run(params: Params, paths: Paths) -> dict:
     path = sources.resolve(params.data.source, paths)
     where = _relative(path, paths.root)
     df = sources.read_table(path)
+    if params.data.max_rows is not None:
+        df = df.iloc[: params.data.max_rows].copy()
     df[ROW_ID] = np.arange(len(df), dtype="int64")
     dataset = sources.dataset_name(params.data.source)
 
