@@ -135,3 +135,28 @@ def test_no_patient_value_reaches_mlflow_prefect_or_dvc_records(tiny_project):
         blob = f.read_bytes()
         leaks += [(f.relative_to(root), v) for v in phi if v.encode() in blob]
     assert not leaks, leaks[:5]
+
+
+def test_data_dvc_is_checked_for_the_demo_and_updated_for_new_tables(tmp_path):
+    from dvc.repo import Repo
+
+    from medflow.params import from_dict
+    from medflow.paths import Paths
+    from medflow.pipeline import DataVersionError, dir_md5, ensure_data
+
+    paths = Paths(root=tmp_path)
+    Repo.init(str(tmp_path), no_scm=True).close()
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copy(REPO / "data.dvc", tmp_path / "data.dvc")
+    ensure_data(from_dict({}), paths)  # a fresh clone: the recorded demo is rebuilt and matches data.dvc
+    recorded = yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"]
+    assert dir_md5(paths.data_dir) == recorded
+
+    ensure_data(from_dict({"data": {"source": "synthetic_cohort", "target": "outcome"}}), paths)
+    assert yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"] == dir_md5(paths.data_dir) != recorded
+
+    (paths.data_dir / "synthetic_cohort.csv").unlink()
+    (paths.data_dir / "breast_cancer.csv").write_text("tampered\n")
+    shutil.copy(REPO / "data.dvc", tmp_path / "data.dvc")
+    with pytest.raises(DataVersionError, match="no longer reproducible"):
+        ensure_data(from_dict({}), paths)

@@ -72,8 +72,8 @@ def ensure_data(params: Params, paths: Paths) -> Path | None:
 
     with Repo(str(paths.root)) as repo:
         if actual == expected:
-            repo.commit("data.dvc", force=True)  # fills the local cache so `dvc status` is clean
-        elif {p.name for p in paths.data_dir.iterdir()} <= {f"{d}.csv" for d in sources.DEMOS} | {".gitignore"}:
+            repo.commit(str(record), force=True)  # fills the local cache so `dvc status` is clean
+        elif {p.name for p in paths.data_dir.iterdir()} - {".gitignore"} == {f"{sources.RECORDED_DEMO}.csv"}:
             raise DataVersionError(
                 f"{paths.data_dir}: the materialised demo data hash to {actual}, but data.dvc records {expected}; "
                 "the demo is no longer reproducible with these package versions (see constraints.txt)"
@@ -81,8 +81,13 @@ def ensure_data(params: Params, paths: Paths) -> Path | None:
         else:
             log.warning("data/ differs from data.dvc: recording the new data version (dvc add data)")
             print("data/ changed since data.dvc: recording the new version (as `dvc add data` would)")
-            repo.add("data")
+            repo.add(str(paths.data_dir))
     return source
+
+
+def stage_address(paths: Paths, step: str) -> str:
+    # DVC resolves bare targets against the working directory; `medflow --root DIR` may run from elsewhere.
+    return f"{paths.root / 'dvc.yaml'}:{step}"
 
 
 def stale_steps(paths: Paths) -> list[str]:
@@ -92,8 +97,8 @@ def stale_steps(paths: Paths) -> list[str]:
     from dvc.repo import Repo
 
     with Repo(str(paths.root)) as repo:
-        changed = repo.status(targets=list(STEPS))
-    first = next((i for i, s in enumerate(STEPS) if s in changed), len(STEPS))
+        changed = repo.status(targets=[stage_address(paths, s) for s in STEPS])
+    first = next((i for i, s in enumerate(STEPS) if any(k.split(":")[-1] == s for k in changed)), len(STEPS))
     return list(STEPS[first:])
 
 
@@ -107,4 +112,4 @@ def record_in_dvc(paths: Paths, steps: list[str]) -> None:
     logging.getLogger("dvc").setLevel(logging.WARNING)
     with Repo(str(paths.root)) as repo:
         for step in steps:
-            repo.commit(step, force=True)
+            repo.commit(stage_address(paths, step), force=True)
