@@ -19,8 +19,6 @@ from medflow.data import sources
 from medflow.params import Params
 from medflow.paths import STEPS, Paths
 
-log = logging.getLogger(__name__)
-
 
 class DataVersionError(RuntimeError):
     pass
@@ -79,7 +77,6 @@ def ensure_data(params: Params, paths: Paths) -> Path | None:
                 "the demo is no longer reproducible with these package versions (see constraints.txt)"
             )
         else:
-            log.warning("data/ differs from data.dvc: recording the new data version (dvc add data)")
             print("data/ changed since data.dvc: recording the new version (as `dvc add data` would)")
             repo.add(str(paths.data_dir))
     return source
