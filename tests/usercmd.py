@@ -1,0 +1,84 @@
+"""Commands as a user types them: a scratch clone of the project and a shell where the venv is NOT activated.
+
+The README's commands are run through bash exactly as printed (`.venv/bin/medflow run ...`, `make ui`), in a
+copy of the tracked and untracked-but-not-ignored files, which is what a fresh clone holds. `.venv` in the copy
+is a link to the venv running the tests, so nothing is installed twice.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+GIT_ID = {
+    "GIT_AUTHOR_NAME": "medflow-test",
+    "GIT_AUTHOR_EMAIL": "test@medflow.invalid",
+    "GIT_COMMITTER_NAME": "medflow-test",
+    "GIT_COMMITTER_EMAIL": "test@medflow.invalid",
+}
+
+
+def project_files() -> list[str]:
+    done = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [f for f in done.stdout.split("\0") if f and (REPO / f).is_file()]
+
+
+def scratch_clone(dest: Path, mlflow_db: Path | None = None) -> Path:
+    """A fresh-clone-like copy of the project at dest, committed to its own git repo."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in project_files():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # copy2 keeps mtimes: a newer pyproject.toml would make `make` reinstall into the shared venv.
+        shutil.copy2(REPO / rel, target)
+    (dest / ".venv").symlink_to(VENV_BIN.parent, target_is_directory=True)
+    if mlflow_db is not None:
+        (dest / "mlruns").mkdir(exist_ok=True)
+        shutil.copy(mlflow_db, dest / "mlruns" / "mlflow.db")
+    env = user_env(dest)
+    for args in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "clone"]):
+        subprocess.run(args, cwd=dest, env=env, check=True, capture_output=True)
+    return dest
+
+
+def user_env(root: Path, **extra: str) -> dict[str, str]:
+    """The environment of a new user's shell: venv not activated, no server URIs, telemetry off."""
+    venv_bins = {str(VENV_BIN), str(REPO / ".venv" / "bin"), str(root / ".venv" / "bin")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "PREFECT_", "PYTEST_", "MEDFLOW_")) and k not in ("VIRTUAL_ENV", "PYTHONPATH")
+    }
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p not in venv_bins)
+    env.update(GIT_ID, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1")
+    env.update(extra)
+    return env
+
+
+def sh(
+    command: str, root: Path, *, timeout: float = 900, check: bool = True, **env: str
+) -> subprocess.CompletedProcess:
+    """Runs one command line through bash in root, as typed; on failure shows its output's tail."""
+    done = subprocess.run(
+        ["bash", "-c", command],
+        cwd=root,
+        env=user_env(root, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"`{command}` exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
