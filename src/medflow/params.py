@@ -11,7 +11,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
@@ -35,6 +34,13 @@ class DataParams(_Section):
     image_column: str = "path"
     # Keep only the first N rows of the source (quick runs on large image sets); null keeps all.
     max_rows: int | None = Field(None, ge=1)
+    # Columns dropped as the table is read, before anything looks at them: never validated, profiled or logged.
+    exclude: list[str] = Field(default_factory=list)
+    # CSV field delimiter and text encoding; null sniffs them from the file.
+    delimiter: str | None = Field(None, min_length=1, max_length=1)
+    encoding: str | None = None
+    # Folders besides the project's data/ that data.source and image manifest paths may point into.
+    allowed_roots: list[str] = Field(default_factory=list)
 
 
 class ValidateParams(_Section):
@@ -52,6 +58,12 @@ class ValidateParams(_Section):
     type_mostly: float = Field(0.9, gt=0, le=1)
     # A single feature whose univariate ROC-AUC reaches this is flagged as suspected target leakage.
     leakage_auc: float = Field(0.995, gt=0.5, le=1)
+    # Columns whose suspected leakage is accepted: they stay features, and the decision is recorded in the summary.
+    accept_leakage: list[str] = Field(default_factory=list)
+    # A suite is inferred only from a batch of at least this many rows.
+    min_rows: int = Field(30, ge=1)
+    # Numbers of at least this magnitude (and inf) are quarantined: no measurement is that large.
+    max_abs: float = Field(1e15, gt=0)
     # Profile counts below this are shown as "<k" so that no small group can be singled out.
     small_count: int = Field(5, ge=1)
 
@@ -109,6 +121,17 @@ class RegisterParams(_Section):
     experiment: str = "medflow"
 
 
+class FlowParams(_Section):
+    """How `medflow run` orchestrates the steps (Prefect); no DVC stage reads this section."""
+
+    # Extra attempts of a task that failed on a transient error (MLflow and DVC writes: train, register, the DVC
+    # record); bad input or params never retry.
+    retries: int = Field(2, ge=0)
+    retry_delay_s: float = Field(5.0, ge=0)  # seconds before the first retry; doubled before each next one
+    timeout_s: float = Field(3600.0, gt=0)  # seconds a step other than train may run before it is failed
+    train_timeout_s: float = Field(86400.0, gt=0)  # seconds the train step may run before it is failed
+
+
 # `register` shadows ABCMeta.register on the class, which pydantic warns about; nothing here calls that.
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message='Field name "register"')
@@ -122,6 +145,7 @@ with warnings.catch_warnings():
         train: TrainParams = Field(default_factory=TrainParams)
         evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
         register: RegisterParams = Field(default_factory=RegisterParams)
+        flow: FlowParams = Field(default_factory=FlowParams)
 
         model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -136,12 +160,19 @@ class ParamsError(ValueError):
     pass
 
 
+def read_yaml(text: str) -> Any:
+    """YAML 1.2, as DVC reads and writes params.yaml (PyYAML's 1.1 reads `3e-4` as a string and `no` as False)."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load(text)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`section.key=value` with the value read as YAML, so lists and numbers keep their types."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ParamsError(f"override {text!r} is not of the form section.key=value")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    return key.strip().split("."), read_yaml(raw) if raw.strip() else None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -171,5 +202,5 @@ def from_dict(raw: dict[str, Any], origin: str = "params") -> Params:
 def load(path: Path, overrides: list[str] | None = None) -> Params:
     if not path.exists():
         raise ParamsError(f"{path}: params file not found")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path.read_text()) or {}
     return from_dict(apply_overrides(raw, overrides or []), origin=str(path))
