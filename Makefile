@@ -15,9 +15,15 @@ export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run repro test lint ui bench clean
+.PHONY: setup test-debs run repro test lint ui bench clean
 
+# A linked .venv (a scratch clone or worktree borrowing another checkout's venv) is that checkout's to install:
+# installing from here would repoint its editable medflow at this folder.
+ifeq ($(shell test -L $(VENV) && echo linked),linked)
+setup: ;
+else
 setup: $(STAMP)
+endif
 
 # torch goes in first and on its own: with a GPU, PyPI's CUDA build; without one, the CPU build (`+cpu`: a
 # local wheel where the machine has one, else PyTorch's CPU index). Everything after finds torch satisfied.
@@ -38,15 +44,26 @@ repro: setup
 	$(BIN)/medflow data
 	$(BIN)/dvc repro
 
-test: setup
+# Debian packages the tests drive: Chromium for the registry UI test. apt-get update only when one is missing.
+TEST_DEBS := chromium chromium-driver
+test-debs:
+	@missing=$$(for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  echo "installing $$missing (apt-get)"; \
+	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q $$missing; \
+	fi
+
+test: setup test-debs
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
+UI_PORT ?= 5000
 ui: setup
-	$(BIN)/medflow ui
+	$(BIN)/medflow ui --port $(UI_PORT)
 
 bench: setup
 	$(BIN)/python bench/train_vs_bare.py && $(BIN)/python bench/train_vs_seed.py
