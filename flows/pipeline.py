@@ -20,8 +20,8 @@ from medflow.pipeline import ensure_data, record_in_dvc, run_step, stale_steps
 
 # Results hold counts and metrics only, never rows; not persisting them keeps even those off Prefect's disk.
 @task(cache_policy=NO_CACHE, persist_result=False, retries=0)
-def step(name: str, params: dict, root: str) -> dict:
-    return run_step(name, params_mod.from_dict(params), Paths(root=Path(root)))
+def step(name: str, params: dict, root: str, pipeline: str = "") -> dict:
+    return run_step(name, params_mod.from_dict(params), Paths(root=Path(root), pipeline=pipeline))
 
 
 @flow(name="medflow-pipeline", log_prints=True, persist_result=False)
@@ -29,7 +29,8 @@ def pipeline(
     root: str = ".", params_file: str | None = None, overrides: list[str] | None = None, force: bool = False
 ) -> dict:
     logger = get_run_logger()
-    paths = Paths(root=Path(root))
+    # Another params file than the project's writes its own artifacts/<name>/: it never clobbers the recorded one.
+    paths = Paths.for_params(root, params_file)
     params = params_mod.load(Path(params_file) if params_file else paths.params_file, overrides or [])
     os.environ["MEDFLOW_FLOW_RUN_ID"] = str(flow_run.id or "none")
     ensure_data(params, paths)
@@ -43,7 +44,7 @@ def pipeline(
     logger.info("steps to run: %s", ", ".join(todo))
     summaries = {}
     for name in todo:
-        summaries[name] = step.with_options(name=name)(name, params.as_dict(), str(paths.root))
+        summaries[name] = step.with_options(name=name)(name, params.as_dict(), str(paths.root), paths.pipeline)
     if recorded:
         record_in_dvc(paths, todo)
     return summaries

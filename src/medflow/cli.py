@@ -85,7 +85,7 @@ def cmd_step(args: argparse.Namespace, paths: Paths) -> int:
 
     # No DVC calls here: under `dvc repro` the repository lock is held by the caller.
     params = params_mod.load(Path(args.params) if args.params else paths.params_file, args.override)
-    summary = run_step(args.name, params, paths)
+    summary = run_step(args.name, params, Paths.for_params(paths.root, args.params))
     print(f"{args.name}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list)))
     return 0
 

@@ -6,14 +6,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STEPS = ("validate", "clean", "split", "train", "evaluate", "register")
+# Folders of artifacts/ that are not a pipeline's: its steps' own, run logs, the run lock, UI screenshots.
+RESERVED = {*STEPS, "logs", "ui"}
 
 
 @dataclass(frozen=True)
 class Paths:
     root: Path
+    # "" is the project's pipeline (params.yaml, recorded by dvc.yaml/dvc.lock), writing artifacts/<step>/.
+    # Another params file is a pipeline of its own, writing artifacts/<pipeline>/<step>/: it never touches what
+    # DVC records for the project's pipeline.
+    pipeline: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).resolve())
+        name = self.pipeline
+        if name and (name in RESERVED or name.startswith(".") or Path(name).name != name):
+            raise ValueError(
+                f"a params file named {name!r} would write into artifacts/{name}/, which is not a pipeline's "
+                f"folder; rename the file (names taken: {', '.join(sorted(RESERVED))})"
+            )
+
+    @classmethod
+    def for_params(cls, root: Path | str, params_file: Path | str | None = None) -> Paths:
+        """The pipeline a params file defines: the project's own for params.yaml, else one named after the file."""
+        paths = cls(root=Path(root))
+        if params_file is None or Path(params_file).resolve() == paths.params_file:
+            return paths
+        return cls(root=paths.root, pipeline=Path(params_file).stem)
 
     @property
     def params_file(self) -> Path:
@@ -28,8 +48,13 @@ class Paths:
         return self.root / "expectations"
 
     @property
-    def artifacts(self) -> Path:
+    def artifacts_root(self) -> Path:
+        """Shared by every pipeline of the project: run logs and the run lock live here."""
         return self.root / "artifacts"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.artifacts_root / self.pipeline if self.pipeline else self.artifacts_root
 
     @property
     def mlruns(self) -> Path:

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", help="params file (default: params.yaml in the root)")
     ap.add_argument("-P", dest="override", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = ap.parse_args(argv)
-    paths = Paths(root=Path(args.root))
+    paths = Paths.for_params(args.root, args.params)
     summary = run(load_params(Path(args.params) if args.params else paths.params_file, args.override), paths)
     if summary["run_id"]:  # rank 0's
         print("train: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list)))
