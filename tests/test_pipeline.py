@@ -22,7 +22,7 @@ def test_dvc_yaml_the_step_list_and_the_flow_agree():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert list(stages) == list(STEPS)
     for name, stage in stages.items():
-        assert stage["cmd"] == f"medflow step {name}"
+        assert stage["cmd"] == f"PATH=.venv/bin:$PATH medflow step {name}"
         outs = [o if isinstance(o, str) else next(iter(o)) for o in stage["outs"]]
         assert all(o.startswith(f"artifacts/{name}") for o in outs), (name, outs)
         assert name in stage["params"]
