@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
+import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from medflow import params as params_mod
@@ -30,15 +33,117 @@ def quiet_tools(paths: Paths) -> None:
     os.environ.setdefault("PREFECT_HOME", str(paths.root / ".prefect"))
 
 
-def load_flow(paths: Paths):
-    """flows/ lives beside src/ (Prefect deployments name it by file path), so it is loaded by path too."""
+def load_flow(paths: Paths, log: Path | None = None):
+    """flows/ is a package beside src/, imported as a real module: Prefect can serve and deploy only those."""
     file = paths.root / "flows" / "pipeline.py"
     if not file.exists():
-        raise SystemExit(f"{file}: flow file not found; run medflow from the project root or pass --root")
-    spec = importlib.util.spec_from_file_location("medflow_flows_pipeline", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+        raise FileNotFoundError(f"{file}: flow file not found; run medflow from the project root or pass --root")
+    sys.path.insert(0, str(paths.root))
+    module = importlib.import_module("flows.pipeline")
+    hide_prefect_tracebacks()
+    if log:
+        log_to(log)
     return module
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every step's cleanup (MLflow run status, temporary server) runs."""
+
+
+def on_signal(signum: int, frame) -> None:
+    # A second signal while the first one's cleanup runs must not cut that cleanup short.
+    signal.signal(signum, signal.SIG_IGN)
+    raise Interrupted(signal.Signals(signum).name)
+
+
+class OnlyOurErrors(logging.Filter):
+    """Keeps Prefect's error records and tracebacks off the terminal; the log file still receives them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            return False
+        if not record.name.startswith("prefect"):
+            return True
+        # A failed run's final state repeats the exception that medflow's own one-line message explains.
+        return record.levelno < logging.ERROR and "in state Failed" not in str(record.msg)
+
+
+def stop_temporary_server() -> None:
+    """Prefect stops its temporary server at exit; stopping it here puts medflow's message last and leaves no
+    server listening even when the interpreter's exit is cut short."""
+    server = sys.modules.get("prefect.server.api.server")
+    if server is not None:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)  # the run's last log records, while the server can still take them
+        for instance in list(server.SubprocessASGIServer._instances.values()):
+            instance.stop()
+
+
+def hide_prefect_tracebacks() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [
+        logging.getLogger(),
+        *(lg for lg in logging.Logger.manager.loggerDict.values() if hasattr(lg, "handlers")),
+    ]
+    for handler in {h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}:
+        if not any(isinstance(f, OnlyOurErrors) for f in handler.filters):
+            handler.addFilter(OnlyOurErrors())
+
+
+def log_file(paths: Paths, command: str) -> Path:
+    return paths.artifacts / "logs" / f"medflow-{command}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+
+
+def log_to(file: Path) -> None:
+    """Sends every record to file (created on the first one). After Prefect's own logging setup: a root handler
+    that exists before it makes Prefect leave the terminal without its console handler."""
+    root = logging.getLogger()
+    if any(getattr(h, "baseFilename", None) == str(file) for h in root.handlers):
+        return
+    file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(file, delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+
+
+def explain(exc: BaseException) -> tuple[str, str, int]:
+    """(what failed, what to do, exit code): 2 for bad input or params, 1 otherwise."""
+    from medflow.pipeline import Busy, StepFailed
+
+    step = "setup"
+    if isinstance(exc, StepFailed):
+        step, exc = exc.step, exc.cause
+    step = getattr(exc, "medflow_step", step)
+    cause = " ".join(str(exc).split()) or type(exc).__name__
+    cause = cause if len(cause) <= 400 else cause[:400] + "..."
+    kind = f"{type(exc).__module__}.{type(exc).__name__}"
+    if isinstance(exc, KeyboardInterrupt):
+        return f"{step} interrupted ({cause})", "run the same command again: finished steps are not repeated", 130
+    if isinstance(exc, Busy):
+        return cause, "wait for it to finish, or pass --wait SECONDS", 1
+    if isinstance(exc, params_mod.ParamsError):
+        return f"{step}: {cause}", "fix the parameter named above in the params file or the -P value", 2
+    if isinstance(exc, TimeoutError):
+        return f"{step} timed out: {cause}", "raise flow.timeout_s (flow.train_timeout_s for train) in params", 1
+    if "ephemeral Prefect API server" in cause:
+        return (
+            f"{step}: Prefect's temporary server did not start in time",
+            "start one with `prefect server start` and set PREFECT_API_URL, or raise "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+            1,
+        )
+    if kind.startswith(("mlflow.", "sqlite3.", "sqlalchemy.")) or "database is locked" in cause:
+        return (
+            f"{step}: MLflow store error: {cause}",
+            "check MLFLOW_TRACKING_URI and retry; for several concurrent writers use an MLflow server "
+            "(README: Scaling out)",
+            1,
+        )
+    if isinstance(exc, ValueError | KeyError | FileNotFoundError):
+        return f"{step}: {cause}", "fix the input or parameter named above and run again", 2
+    return f"{step}: {type(exc).__name__}: {cause}", "see the log for the traceback", 1
 
 
 def write_overrides(path: Path, overrides: list[str]) -> None:
@@ -61,18 +166,22 @@ def write_overrides(path: Path, overrides: list[str]) -> None:
 
 
 def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
+    from medflow.pipeline import run_lock
+
     params_file = Path(args.params) if args.params else paths.params_file
     # Fail on a bad key before anything is written or started.
     params_mod.load(params_file, args.override)
-    if args.override and not args.params:
-        write_overrides(paths.params_file, args.override)
-    flows = load_flow(paths)
-    result = flows.pipeline(
-        root=str(paths.root),
-        params_file=str(params_file),
-        overrides=args.override if args.params else [],
-        force=args.force,
-    )
+    # Before anything is written (params.yaml included) and before Prefect's server starts.
+    with run_lock(paths, args.wait):
+        if args.override and not args.params:
+            write_overrides(paths.params_file, args.override)
+        flows = load_flow(paths, args.log)
+        result = flows.pipeline(
+            root=str(paths.root),
+            params_file=str(params_file),
+            overrides=args.override if args.params else [],
+            force=args.force,
+        )
     reg = result.get("register")
     if reg:
         state = "champion" if reg["promoted"] else "not promoted"
@@ -117,7 +226,7 @@ def cmd_ui(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, paths: Paths) -> int:
-    flows = load_flow(paths)
+    flows = load_flow(paths, args.log)
     flows.pipeline.serve(name="medflow-scheduled", cron=args.cron, parameters={"root": str(paths.root)})
     return 0
 
@@ -141,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline as a Prefect flow")
     with_params(run)
     run.add_argument("--force", action="store_true", help="rerun every step, even those DVC reports unchanged")
+    run.add_argument(
+        "--wait", type=float, default=0.0, metavar="SECONDS", help="wait this long for another run in the project"
+    )
     step = sub.add_parser("step", help="run one step (what dvc.yaml calls)")
     step.add_argument("name", choices=STEPS)
     with_params(step)
@@ -160,11 +272,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     paths = Paths(root=Path(args.root))
     quiet_tools(paths)
+    args.log = log = log_file(paths, args.command)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
         return COMMANDS[args.command](args, paths)
-    except (params_mod.ParamsError, ValueError, KeyError, FileNotFoundError) as exc:
-        print(f"medflow {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as exc:
+        log_to(log)
+        logging.getLogger("medflow").error("medflow %s failed", args.command, exc_info=exc)
+        stop_temporary_server()
+        what, todo, code = explain(exc)
+        print(f"medflow {args.command}: error: {what}; {todo} (log: {log})", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -6,11 +6,16 @@ dvc.yaml) both run steps through `run_step`, so the two paths cannot drift apart
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib
 import json
 import logging
+import os
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -22,6 +27,56 @@ from medflow.paths import STEPS, Paths
 
 class DataVersionError(RuntimeError):
     pass
+
+
+class Busy(RuntimeError):
+    """Another `medflow run` holds the project's run lock."""
+
+
+class StepFailed(RuntimeError):
+    """A step's exception, with the step's name: what the one-line error message names."""
+
+    def __init__(self, step: str, cause: BaseException):
+        super().__init__(f"{step}: {type(cause).__name__}: {cause}")
+        self.step, self.cause = step, cause
+
+
+# Roots whose run lock this process holds: the flow takes the lock that `medflow run` already took.
+_held: dict[Path, int] = {}
+
+
+@contextlib.contextmanager
+def run_lock(paths: Paths, wait_s: float = 0.0) -> Iterator[None]:
+    """One pipeline run per project at a time; a second waits up to wait_s, then raises Busy with the holder's PID.
+
+    flock is released by the kernel when the holder dies, however it dies, so a killed run never leaves a stale lock.
+    """
+    if paths.root in _held:
+        yield
+        return
+    lock = paths.artifacts_root / ".run.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise Busy(f"{paths.root} is busy: another medflow run (PID {holder}) holds {lock}") from None
+            time.sleep(0.5)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[paths.root] = fd
+    try:
+        yield
+    finally:
+        del _held[paths.root]
+        os.ftruncate(fd, 0)
+        os.close(fd)
 
 
 def run_step(name: str, params: Params, paths: Paths) -> dict:
