@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -65,9 +66,23 @@ def test_start_run_logs_flat_params_and_lineage(project, params, monkeypatch):
     assert tags["medflow.git_commit"] == "unknown"  # tmp_path is not a repository
     assert tags["medflow.data_dvc_md5"] == "none"
     assert tags["medflow.flow_run_id"] == "flow-123"
+    assert tags["mlflow.user"] and tags["mlflow.source.type"] == "JOB"  # under a flow run
+    assert "mlflow.source.git.commit" not in tags  # no repository, no commit to show
     experiment = mlflow.MlflowClient().get_experiment(run.info.experiment_id)
-    assert experiment.name == params.register.experiment
+    assert experiment.name == params.register.model_name  # one experiment per pipeline
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert experiment.artifact_location == (project.mlruns / "artifacts").as_uri()
+
+
+def test_default_run_name_tells_model_data_and_time_apart(project, params, monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MEDFLOW_FLOW_RUN_ID", raising=False)
+    run_id = tracking.start_run(params, project)
+    run = mlflow.MlflowClient().get_run(run_id)
+    data = tracking.lineage(params, project)["medflow.data_md5"][:8]
+    assert re.fullmatch(rf"medflow-breast-cancer-data\.{data}-\d{{8}}-\d{{6}}", run.info.run_name)
+    assert run.data.tags["mlflow.source.type"] == "LOCAL"
 
 
 def test_lineage_reads_git_and_dvc(project, params, monkeypatch):
@@ -135,9 +150,11 @@ def test_writes_pass_the_scanner_first(project, params, tmp_path):
     [
         (0.95, 0.0, None, True, "no champion"),
         (0.85, 0.0, None, False, "below the floor"),
-        (0.97, 0.0, ("1", 0.97), True, "within tolerance"),
+        (0.97, 0.0, ("1", 0.97), False, "a tie does not promote"),
+        (0.971, 0.0, ("1", 0.97), True, "better than champion v1"),
         (0.96, 0.0, ("1", 0.97), False, "worse than champion v1"),
         (0.965, 0.01, ("1", 0.97), True, "within tolerance"),
+        (0.96, 0.01, ("1", 0.97), False, "worse than champion v1"),
         (0.99, 0.0, ("1", None), False, "no recorded"),
         (float("nan"), 0.0, None, False, "not a number"),
     ],

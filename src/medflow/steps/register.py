@@ -1,11 +1,16 @@
 """register: reads artifacts/train/ (run.json, model bundle) and artifacts/evaluate/metrics.json; writes a
 pyfunc model into the train run, a registry version aliased `champion` or `challenger` by the gate, and
 artifacts/register/ (model_card.md, summary.json). Fails when an input is missing or lacks the primary metric.
+
+One training run is one version: a rerun finds the run's version and reports it (finishing it first if a kill
+interrupted it) without moving any alias.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 from medflow import tracking
@@ -32,6 +37,48 @@ def _card_metrics(metrics: dict) -> dict[str, object]:
     return out
 
 
+def schema_hash(schema: Schema) -> str:
+    """What a caller must send and gets back: two versions with different hashes take different inputs."""
+    keys = ("kind", "target", "classes", "numeric", "categorical", "image_shape")
+    text = json.dumps({k: getattr(schema, k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def exploratory(params: Params) -> str | None:
+    # DVC sets DVC_EXP_NAME in every stage of `dvc exp run` (and not under `dvc repro`).
+    if os.environ.get("DVC_EXP_NAME"):
+        return "run from a DVC experiment (dvc exp run)"
+    if params.register.promote == "never":
+        return "register.promote is never (exploratory run)"
+    return None
+
+
+def mismatch(champion: tracking.Version, identity: dict[str, str]) -> str | None:
+    """How the candidate's inputs differ from the champion's; a champion that records none is not comparable."""
+    what = {"medflow.dataset": f"dataset `{identity['medflow.dataset']}`", "medflow.schema_hash": "input schema"}
+    differ = [what[k] for k, v in identity.items() if champion.tags.get(k) != v]
+    if not differ:
+        return None
+    return " and ".join(differ) + (" differ" if len(differ) > 1 else " differs")
+
+
+def model_description(schema: Schema, dataset: str, metric: str) -> str:
+    return (
+        f"{schema.task.capitalize()} classification of `{schema.target}` ({', '.join(schema.classes)}), trained "
+        f"by medflow on `{dataset}`. Alias `champion` is the version in use, `challenger` the latest one that was "
+        f"not promoted; each version's description is its model card and its tags hold lineage and the gate "
+        f"decision on `{metric}`. Load with `mlflow.pyfunc.load_model('models:/<name>@champion')`."
+    )
+
+
+def _write(paths: Paths, card: str, summary: dict) -> dict:
+    out = paths.step_dir("register")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "model_card.md").write_text(card)
+    paths.summary("register").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def run(params: Params, paths: Paths) -> dict:
     run_id = json.loads(_require(paths.train_run, paths, "train").read_text())["run_id"]
     metrics = json.loads(_require(paths.metrics, paths, "evaluate").read_text())
@@ -42,23 +89,55 @@ def run(params: Params, paths: Paths) -> dict:
     primary = float(metrics[key])
     rp = params.register
     name = rp.model_name
+    dataset = dataset_name(params.data.source)
+    identity = {"medflow.dataset": dataset, "medflow.schema_hash": schema_hash(schema)}
 
     tracking.configure(paths)
-    lineage = tracking.lineage_of_run(run_id, params, paths)
-    model_uri = tracking.log_model(run_id, paths.model_bundle)
+    summary = {"model_name": name, "primary_metric": key, "primary_value": primary, "run_id": run_id}
+    earlier = tracking.versions_of_run(name, run_id)
+    done = next((v for v in earlier if v.complete), None)
     champion = tracking.version_by_alias(name, "champion")
-    decision = tracking.decide(
-        key,
-        primary,
-        rp.min_primary,
-        rp.tolerance,
-        champion.version if champion else None,
-        tracking.metric_of(champion, key) if champion else None,
-    )
+    if done is not None:
+        gate = done.tags.get("medflow.gate", "")
+        promoted, _, reason = gate.partition(": ")
+        card = tracking.get_description(name, done.version)
+        return _write(
+            paths,
+            card,
+            {
+                **summary,
+                "version": done.version,
+                "promoted": promoted == "promoted",
+                "reason": f"run already registered as v{done.version} ({reason})",
+                "champion_version": champion.version if champion else None,
+            },
+        )
+    pending = earlier[-1] if earlier else None  # a registration of this run that a kill interrupted
+
+    lineage = tracking.lineage_of_run(run_id, params, paths)
+    if pending is not None and champion is not None and champion.version == pending.version:
+        # Killed after its alias moved: the gate had promoted it, and nothing since has replaced it.
+        decision = tracking.Decision(True, pending.tags.get("medflow.gate", "").partition(": ")[2])
+    else:
+        decision = tracking.decide(
+            key,
+            primary,
+            rp.min_primary,
+            rp.tolerance,
+            champion.version if champion else None,
+            tracking.metric_of(champion, key) if champion else None,
+            mismatch=mismatch(champion, identity) if champion else None,
+            exploratory=exploratory(params),
+        )
     gate = f"{'promoted' if decision.promoted else 'not promoted'}: {decision.reason}"
-    # repr() round-trips floats exactly, so an equal score read back from a tag compares equal.
-    metric_tags = {k: repr(v) for k, v in metrics.items() if isinstance(v, int | float)}
-    version = tracking.register_version(name, model_uri, {**lineage, **metric_tags, "medflow.gate": gate})
+    tags = {**lineage, **identity, "medflow.gate": gate}
+    if pending is None:
+        model_uri = tracking.logged_model_of_run(run_id) or tracking.log_model(run_id, paths.model_bundle)
+        tracking.ensure_model(name, model_description(schema, dataset, key), {"medflow.primary_metric": key})
+        version = tracking.register_version(name, model_uri, tags)
+    else:
+        version = pending.version
+        tracking.set_version_tags(name, version, tags)
 
     split = paths.summary("split")
     rows = json.loads(split.read_text())["rows"] if split.exists() else {"test": metrics.get("n_test")}
@@ -66,7 +145,7 @@ def run(params: Params, paths: Paths) -> dict:
         name=name,
         version=version,
         schema=schema,
-        dataset=dataset_name(params.data.source),
+        dataset=dataset,
         rows=rows,
         metrics=_card_metrics(metrics),
         primary_metric=key,
@@ -80,16 +159,16 @@ def run(params: Params, paths: Paths) -> dict:
     tracking.describe_version(name, version, card)
     tracking.set_alias(name, "champion" if decision.promoted else "challenger", version)
     tracking.set_tags(run_id, {**lineage, "medflow.gate": gate, "medflow.model_version": f"{name}/{version}"})
+    tracking.mark_complete(name, version)  # last: only now is the version a candidate
 
-    summary = {
-        "model_name": name,
-        "version": version,
-        "promoted": decision.promoted,
-        "reason": decision.reason,
-        "champion_version": version if decision.promoted else (champion.version if champion else None),
-        "primary_metric": key,
-        "primary_value": primary,
-        "run_id": run_id,
-    }
-    paths.summary("register").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return _write(
+        paths,
+        card,
+        {
+            **summary,
+            "version": version,
+            "promoted": decision.promoted,
+            "reason": decision.reason,
+            "champion_version": version if decision.promoted else (champion.version if champion else None),
+        },
+    )

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.models import ModelSignature
-from mlflow.types.schema import AnyType, ColSpec
+from mlflow.types.schema import ColSpec
 from mlflow.types.schema import Schema as ColumnSchema
 
 import medflow
@@ -27,17 +27,24 @@ class BundleModel(mlflow.pyfunc.PythonModel):
 
         self.predictor = Predictor(Path(context.artifacts["bundle"]))
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    # A DataFrame hint is one MLflow infers nothing from: the signature below types the columns.
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return self.predictor.predict(model_input)
 
 
 def signature(schema: Schema) -> ModelSignature | None:
-    # Raw exports carry numbers as text ("12.5", "n/a") and categories as numbers or text; the bundle's
-    # coerce_features does the typing, so the signature only requires the columns to be present.
+    """Numeric features as double and categoricals as string, each optional (the bundle imputes missing values).
+
+    MLflow enforces it before predict: `text/csv` is parsed with these types, and a DataFrame must carry numbers
+    as floats (text or int64 in a double column is refused by MLflow). Medflow's own Predictor still reads raw text.
+    """
     if schema.kind == "image":
         return None  # arrays, lists of paths or a DataFrame of paths: the Predictor checks the shape itself
     return ModelSignature(
-        inputs=ColumnSchema([ColSpec(AnyType(), c) for c in schema.features]),
+        inputs=ColumnSchema(
+            [ColSpec("double", c, required=False) for c in schema.numeric]
+            + [ColSpec("string", c, required=False) for c in schema.categorical]
+        ),
         outputs=ColumnSchema(
             [ColSpec("string", "prediction")] + [ColSpec("float", f"proba_{c}") for c in schema.classes]
         ),

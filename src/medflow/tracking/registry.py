@@ -1,12 +1,22 @@
-"""Model registry: log the pyfunc into a run, register versions, read and move aliases (no stages)."""
+"""Model registry: log the pyfunc into a run, register versions, read and move aliases (no stages).
+
+A version is made in steps (version with tags, card, alias) that a kill can interrupt; its last write is the tag
+`medflow.state=complete`. Until then it is no candidate, and the next `register` of the same training run finishes
+that version instead of adding another, so one run is one version.
+"""
 
 from __future__ import annotations
 
+import getpass
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from medflow.privacy.scanner import assert_clean
-from medflow.tracking.store import client
+from medflow.tracking.store import client, retry_locked
+
+STATE = "medflow.state"
+COMPLETE = "complete"
 
 
 @dataclass(frozen=True)
@@ -14,6 +24,15 @@ class Version:
     version: str
     run_id: str | None
     tags: dict[str, str]
+    source: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.tags.get(STATE) == COMPLETE
+
+
+def _version(mv) -> Version:
+    return Version(str(mv.version), mv.run_id, dict(mv.tags), mv.source or "")
 
 
 def log_model(run_id: str, bundle: Path) -> str:
@@ -27,38 +46,133 @@ def log_model(run_id: str, bundle: Path) -> str:
         return pyfunc.log_model(Path(bundle))
 
 
+def logged_model_of_run(run_id: str) -> str | None:
+    """The model a killed register already logged into the run, so a rerun does not log a second one."""
+    c = client()
+    experiment = c.get_run(run_id).info.experiment_id
+    found = c.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'", max_results=1)
+    return f"models:/{found[0].model_id}" if found else None
+
+
+def ensure_model(name: str, description: str, tags: dict[str, str]) -> None:
+    """The registered model itself carries what it is for, so the UI's model page is not blank."""
+    from mlflow.exceptions import MlflowException
+
+    assert_clean({"description": description, **tags}, f"registered model {name}")
+    c = client()
+    try:
+        c.create_registered_model(name, tags=tags, description=description)
+        return
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    current = c.get_registered_model(name)
+    if current.description != description:
+        c.update_registered_model(name, description=description)
+    for k, v in tags.items():
+        if current.tags.get(k) != v:
+            c.set_registered_model_tag(name, k, v)
+
+
 def register_version(name: str, model_uri: str, tags: dict[str, str]) -> str:
     import mlflow
 
     assert_clean(tags, f"tags of a new version of {name}")
-    return str(mlflow.register_model(model_uri, name, tags=tags).version)
+    return str(retry_locked(mlflow.register_model, model_uri, name, tags={**tags, STATE: "registering"}).version)
 
 
-def version_by_alias(name: str, alias: str) -> Version | None:
+def versions_of_run(name: str, run_id: str) -> list[Version]:
     from mlflow.exceptions import MlflowException
 
     try:
-        mv = client().get_model_version_by_alias(name, alias)
+        found = client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    return sorted((_version(mv) for mv in found), key=lambda v: int(v.version))
+
+
+def get_version(name: str, version: str) -> Version:
+    return _version(client().get_model_version(name, version))
+
+
+def version_by_alias(name: str, alias: str) -> Version | None:
+    """None when the model or the alias does not exist, whichever error code this MLflow version uses for it."""
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    try:
+        model = c.get_registered_model(name)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
-    return Version(str(mv.version), mv.run_id, dict(mv.tags))
+    # Read from the model's alias map rather than trusting the error of a by-alias lookup: MLflow 3.17 reports
+    # a missing alias as INVALID_PARAMETER_VALUE, other versions as RESOURCE_DOES_NOT_EXIST.
+    version = model.aliases.get(alias)
+    if version is None:
+        return None
+    return get_version(name, str(version))
 
 
 def metric_of(v: Version, key: str) -> float | None:
-    """From the version's tags, else from its run: versions registered outside medflow carry no tags."""
-    if key in v.tags:
-        return float(v.tags[key])
+    """From the version's run (where evaluate logs it); versions registered before 0.2 carried it as a tag."""
     if v.run_id:
-        return client().get_run(v.run_id).data.metrics.get(key)
-    return None
+        value = client().get_run(v.run_id).data.metrics.get(key)
+        if value is not None:
+            return value
+    return float(v.tags[key]) if key in v.tags else None
 
 
 def set_alias(name: str, alias: str, version: str) -> None:
     client().set_registered_model_alias(name, alias, version)
 
 
+def set_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
+    assert_clean(tags, f"tags of {name} v{version}")
+    c = client()
+    for k, v in tags.items():
+        c.set_model_version_tag(name, version, k, v)
+
+
+def mark_complete(name: str, version: str) -> None:
+    client().set_model_version_tag(name, version, STATE, COMPLETE)
+
+
+def get_description(name: str, version: str) -> str:
+    return client().get_model_version(name, version).description or ""
+
+
 def describe_version(name: str, version: str, description: str) -> None:
     assert_clean(description, f"description of {name} v{version}")
     client().update_model_version(name, version, description=description)
+
+
+def promote(name: str, version: str, reason: str) -> Version | None:
+    """Moves `champion` by hand and records on the version who moved it, when, why and from which version.
+
+    Returns the previous champion. Refuses versions whose registration never completed."""
+    if not reason.strip():
+        raise ValueError("promote needs --reason: why this version replaces the champion")
+    target = get_version(name, version)
+    if not target.complete:
+        raise ValueError(
+            f"{name} v{version} is not a complete registration (state {target.tags.get(STATE, 'unknown')}): "
+            "rerun `medflow step register` for its training run first"
+        )
+    previous = version_by_alias(name, "champion")
+    if previous and previous.version == target.version:
+        raise ValueError(f"{name} v{version} is already the champion")
+    tags = {
+        "medflow.promoted_by": getpass.getuser(),
+        "medflow.promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "medflow.promoted_reason": reason.strip(),
+        "medflow.previous_champion": previous.version if previous else "none",
+    }
+    set_version_tags(name, version, tags)
+    set_alias(name, "champion", version)
+    challenger = version_by_alias(name, "challenger")
+    if challenger and challenger.version == version:  # one version, one role
+        client().delete_registered_model_alias(name, "challenger")
+    return previous

@@ -2,12 +2,22 @@
 
 mlflow is imported inside the functions: importing it costs seconds, and importing medflow must not
 configure anything. Every param, tag and artifact passes the PHI scanner before it is written.
+
+A local SQLite store is shared by every process of a project (and often by several projects): it is created
+and migrated once under a file lock, and a write that finds it locked is retried with backoff.
 """
 
 from __future__ import annotations
 
+import functools
+import getpass
+import json
+import logging
 import os
+import random
+import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +32,78 @@ if TYPE_CHECKING:
 # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; remembering what we exported keeps a later
 # configure() for another project from mistaking our own value for a user's override.
 _exported: str | None = None
+# Stores this process has already opened under the init lock.
+_initialised: set[str] = set()
+
+LOCKED = ("database is locked", "database table is locked")
+LOCK_RETRIES = 6  # each try already waits up to MLflow's 20 s SQLite busy timeout
+
+
+class StoreBusy(RuntimeError):
+    pass
+
+
+def _is_locked(exc: BaseException) -> bool:
+    return any(s in str(exc) for s in LOCKED)
+
+
+class _QuietLocked(logging.Filter):
+    """MLflow logs a full traceback for every locked write before raising; the retry below handles it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _is_locked(record.getMessage())
+
+
+def retry_locked(fn, *args, **kwargs):
+    delay = 0.5
+    for attempt in range(LOCK_RETRIES):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not _is_locked(exc):
+                raise
+            if attempt == LOCK_RETRIES - 1:
+                raise StoreBusy(
+                    f"the MLflow store stayed locked through {LOCK_RETRIES} tries: another process holds it; "
+                    "retry later, or point several writers at one MLflow server (MLFLOW_TRACKING_URI)"
+                ) from None
+            time.sleep(delay * (1 + random.random()))  # jitter keeps waiting writers from colliding again
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+class _RetryingClient:
+    """An MlflowClient whose every call is retried while SQLite reports the database locked."""
+
+    def __init__(self, inner: MlflowClient) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._inner, name)
+        return functools.partial(retry_locked, attr) if callable(attr) else attr
+
+
+def _initialise(uri: str) -> None:
+    """Creates or migrates a SQLite store once, under a lock: concurrent first opens race Alembic and brick it."""
+    if uri in _initialised:
+        return
+    if uri.startswith("sqlite:///"):
+        from filelock import FileLock
+        from mlflow import MlflowClient
+
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{db}.init.lock"):
+            fresh = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            retry_locked(fresh.search_experiments, max_results=1)
+            retry_locked(fresh.search_registered_models, max_results=1)
+    _initialised.add(uri)
+
+
+def tracking_uri(paths: Paths) -> str:
+    """The store medflow uses for this project: MLFLOW_TRACKING_URI when the user set one, else the project's."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env if env and env != _exported else f"sqlite:///{paths.mlflow_db}"
 
 
 def configure(paths: Paths) -> str:
@@ -30,13 +112,14 @@ def configure(paths: Paths) -> str:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # pipeline logs, not a terminal
     import mlflow
 
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    override = bool(env) and env != _exported
-    uri = env if override else f"sqlite:///{paths.mlflow_db}"
+    logging.getLogger("mlflow.store.db.utils").addFilter(_QuietLocked())
+    uri = tracking_uri(paths)
+    override = uri != f"sqlite:///{paths.mlflow_db}"
     paths.mlruns.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     _exported = None if override else uri
+    _initialise(uri)
     return uri
 
 
@@ -46,23 +129,37 @@ def client() -> MlflowClient:
     if _exported is None and not os.environ.get("MLFLOW_TRACKING_URI"):
         # Without it MLflow would quietly create ./mlflow.db wherever the process happens to run.
         raise RuntimeError("medflow.tracking.configure(paths) must be called first")
-    return MlflowClient()
+    return _RetryingClient(MlflowClient())
 
 
 def is_local(uri: str) -> bool:
     return uri.split(":", 1)[0] in ("sqlite", "file") or "://" not in uri
 
 
+# MLflow 3 opens an experiment in its GenAI view unless told it holds model training.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(name: str, paths: Paths) -> str:
+    """One experiment per pipeline, named after the registered model it trains."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     c = client()
     found = c.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    # A local store gets its artifact folder next to the DB; a server decides its own artifact root.
-    location = (paths.mlruns / "artifacts").as_uri() if is_local(mlflow.get_tracking_uri()) else None
-    return c.create_experiment(name, artifact_location=location)
+    if found is None:
+        # A local store gets its artifact folder next to the DB; a server decides its own artifact root.
+        location = (paths.mlruns / "artifacts").as_uri() if is_local(mlflow.get_tracking_uri()) else None
+        try:
+            return c.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            found = c.get_experiment_by_name(name)  # another process created it first
+    for k, v in EXPERIMENT_TAGS.items():
+        if found.tags.get(k) != v:
+            c.set_experiment_tag(found.experiment_id, k, v)
+    return found.experiment_id
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -75,7 +172,30 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def start_run(params: Params, paths: Paths, run_name: str) -> str:
+def standard_tags(lineage: dict[str, str]) -> dict[str, str]:
+    """The mlflow.* tags the UI shows as a run's source, user and commit (MLflow's fluent API sets them itself)."""
+    from mlflow.entities import SourceType
+
+    commit = lineage.get("medflow.git_commit", "unknown").removesuffix("-dirty")
+    under_flow = lineage.get("medflow.flow_run_id", "none") != "none"
+    tags = {
+        # Program and subcommand words only: later arguments may be paths or override values.
+        "mlflow.source.name": " ".join([Path(sys.argv[0]).name, *[a for a in sys.argv[1:] if a.isidentifier()][:2]]),
+        "mlflow.source.type": SourceType.to_string(SourceType.JOB if under_flow else SourceType.LOCAL),
+        "mlflow.user": getpass.getuser(),
+    }
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def default_run_name(params: Params, lineage: dict[str, str]) -> str:
+    """Model, data version and start time: runs of one experiment told apart at a glance."""
+    data = lineage.get("medflow.data_md5", "missing")[:8]
+    return f"{params.register.model_name}-data.{data}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+
+
+def start_run(params: Params, paths: Paths, run_name: str | None = None) -> str:
     """Creates a run without making it the process-wide active run, so steps can log from anywhere by id."""
     from mlflow.entities import Param, RunTag
 
@@ -84,10 +204,12 @@ def start_run(params: Params, paths: Paths, run_name: str) -> str:
     configure(paths)
     flat = {k: str(v) for k, v in flatten(params.as_dict()).items()}
     tags = lineage(params, paths)
+    run_name = run_name or default_run_name(params, tags)
+    tags = {**standard_tags(tags), **tags}
     assert_clean(flat, f"params of run {run_name!r}")
     assert_clean(tags, f"tags of run {run_name!r}")
     c = client()
-    run = c.create_run(experiment_id(params.register.experiment, paths), run_name=run_name)
+    run = c.create_run(experiment_id(params.register.model_name, paths), run_name=run_name)
     c.log_batch(
         run.info.run_id,
         params=[Param(k, v) for k, v in flat.items()],
@@ -117,6 +239,23 @@ def set_tags(run_id: str, tags: dict[str, Any]) -> None:
 
     assert_clean(tags, "run tags")
     client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_dataset(run_id: str, *, name: str, digest: str, source: dict[str, str], schema: str, profile: dict) -> None:
+    """The training data as MLflow shows it under a run's inputs: name, digest, source and counts, never rows."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    record = {"name": name, "digest": digest, "source": source, "profile": profile}
+    assert_clean(record, f"dataset of run {run_id}")
+    dataset = Dataset(
+        name=name,
+        digest=digest,
+        source_type="local",
+        source=json.dumps(source),
+        schema=schema,
+        profile=json.dumps(profile),
+    )
+    client().log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
 
 
 def log_artifacts(run_id: str, local_path: Path, artifact_path: str | None = None) -> None:
