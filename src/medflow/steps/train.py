@@ -169,9 +169,10 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
 
     try:
         result = fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch)
-    except BaseException:
+    except BaseException as exc:
         if run_id:
-            tracking.end_run(run_id, "FAILED")
+            # An interrupt (Ctrl-C, SIGTERM via `medflow run`) is a kill, not a failure of the model or the data.
+            tracking.end_run(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     best_acc = result.history[result.best_epoch - 1]["val_accuracy"] if result.best_epoch else None
     summary = {
