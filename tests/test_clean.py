@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 from cohort import KINDS, cohort_params, valid_rows
 
+from medflow.privacy.keys import SaltMissing
 from medflow.steps import clean
 
 
@@ -33,7 +34,7 @@ def test_salt_changes_keys_and_missing_salt_is_a_clear_error(project, monkeypatc
     assert clean.pseudonymise(ids, "a").tolist() != clean.pseudonymise(ids, "b").tolist()
     monkeypatch.delenv("MEDFLOW_SALT", raising=False)
     write_validated(project, valid_rows(20))
-    with pytest.raises(clean.CleanError, match="MEDFLOW_SALT is not set"):
+    with pytest.raises(SaltMissing, match="MEDFLOW_SALT is not set"):
         clean.run(cohort_params(), project)
 
 

@@ -1,6 +1,7 @@
 import gzip
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +55,14 @@ def write_manifest(root, extra_rows=(), drop=None):
     (folder / "x.gif").write_bytes(b"GIF89a")
     from pydicom.data import get_testdata_file
 
+    # Copied in: a manifest may only reach files under data/ (an absolute path is quarantined).
+    shutil.copy(get_testdata_file("MR_small.dcm"), folder / "mr.dcm")
     rows = [  # path, label, patient, view
         ("imgs/a.png", "normal", "p1", "PA"),
         ("b.jpg", "pneumonia", "p1", "PA"),
         ("c.npy", "normal", "p2", "AP"),
         ("d.npy", "pneumonia", "p2", "AP"),
-        (get_testdata_file("MR_small.dcm"), "normal", "p3", "PA"),  # absolute path, 64x64 int16
+        ("mr.dcm", "normal", "p3", "PA"),  # 64x64 int16
         ("corrupt.png", "normal", "p3", "PA"),
         ("truncated.png", "pneumonia", "p4", "AP"),
         ("missing.png", "normal", "p4", "AP"),

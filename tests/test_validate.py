@@ -17,9 +17,13 @@ from medflow.steps import validate
 PHI = ["mrn", "name", "dob", "phone", "visit_date"]
 
 
-@pytest.fixture(autouse=True)
-def _no_gx_analytics(monkeypatch):
-    monkeypatch.setenv("GX_ANALYTICS_ENABLED", "false")
+@pytest.fixture(autouse=True, scope="module")
+def _env():
+    # validate replaces the patient id by its salted key, so it needs the salt.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GX_ANALYTICS_ENABLED", "false")
+        mp.setenv("MEDFLOW_SALT", "test-salt")
+        yield
 
 
 def _project(root, df: pd.DataFrame, suite_from: Paths | None = None) -> Paths:
@@ -93,10 +97,14 @@ def test_every_input_row_lands_in_exactly_one_output(first_run, cohort):
     ids_valid, ids_held = set(valid["_row_id"]), set(held["_row_id"].astype(int))
     assert not ids_valid & ids_held
     assert sorted(ids_valid | ids_held) == list(range(len(cohort))) == sorted([*valid["_row_id"], *ids_held])
-    assert list(valid.columns) == [*cohort.columns, "_row_id"]
+    # Identifiers, dates and free text never leave validate; the patient id leaves as its salted key only.
+    features = ["age", "sex", "smoker", "site", "bmi", "glucose", "systolic_bp", "outcome"]
+    assert list(valid.columns) == ["_row_id", "_patient_key", *features]
+    assert set(valid["_patient_key"]).isdisjoint(set(cohort["mrn"]))
+    assert list(held.columns) == ["_row_id", "reason", "_patient_key", *features]
     # Rows keep their text exactly as read, for `clean` to parse.
     source = sources.read_table(paths.data_dir / "cohort.csv")
-    assert valid.drop(columns="_row_id").equals(source.iloc[valid["_row_id"]].reset_index(drop=True))
+    assert valid[features].equals(source.iloc[valid["_row_id"]][features].reset_index(drop=True))
 
 
 def test_suite_is_reinferred_byte_identical_and_holds_no_patient_values(first_run, cohort, tmp_path):
@@ -183,9 +191,20 @@ def test_profile_holds_aggregates_only_and_suppresses_small_counts(first_run, co
     assert shown(0, 5) == "0" and shown(4, 5) == "<5" and shown(5, 5) == "5"
 
 
-def test_a_copy_of_the_label_is_flagged_as_leakage(cohort, tmp_path):
+def test_a_copy_of_the_label_stops_the_run_unless_accepted(cohort, tmp_path):
     leaky = cohort.assign(lab_flag=(cohort["outcome"] == "disease").astype(int))
-    summary = validate.run(cohort_params(), _project(tmp_path, leaky))
+    paths = _project(tmp_path, leaky)
+    with pytest.raises(validate.ValidationFailed) as err:
+        validate.run(cohort_params(), paths)
+    assert "'lab_flag' alone predicts 'outcome' with ROC-AUC 1.000" in str(err.value)
+    assert "data.exclude=[lab_flag]" in str(err.value) and "validate.accept_leakage=[lab_flag]" in str(err.value)
+    assert not paths.suite("cohort").exists() and not paths.valid_rows.exists()
+    excluded = validate.run(cohort_params(exclude=["lab_flag"]), paths)
+    assert excluded["columns"]["excluded"] == ["lab_flag"] and not excluded["leakage"]["accepted"]
+    shutil.rmtree(paths.expectations_dir)
+    accepted = from_dict({**cohort_params().as_dict(), "validate": {"accept_leakage": ["lab_flag"]}})
+    summary = validate.run(accepted, paths)
+    assert summary["leakage"]["accepted"] == {"lab_flag": {"auc": 1.0, "rule": "single-feature ROC-AUC"}}
     assert summary["leakage_suspects"] == ["lab_flag"]
     md = (tmp_path / "artifacts" / "validate" / "profile" / "profile.md").read_text()
     assert "- lab_flag: AUC 1.000 >= 0.995" in md.split("## Suspected leakage")[1]

@@ -92,6 +92,7 @@ def check_images(src: ImageSet, data: DataParams, suite: dict) -> tuple[list[Che
     problems: dict[int, list[str]] = {}
     by_rule: dict[tuple[str, str], list[int]] = {
         (col, "file_missing"): [],
+        (col, "path_outside_data"): [],
         (col, "decode_failed"): [],
         (col, "wrong_shape"): [],
         (target, "label_missing"): [],

@@ -226,7 +226,17 @@ def dataset_name(source: str) -> str:
     return source if source in DEMOS else Path(source).stem
 
 
-def _manifest(path: Path, data: DataParams, required: set[str], where: str) -> ImageSet:
+def _outside(cell: str, folder: Path, roots: list[Path]) -> str | None:
+    """Why a manifest path may not be read, or None: a manifest must not reach files the project does not own."""
+    if Path(cell).is_absolute():
+        return "absolute path"
+    real = (folder / cell).resolve()
+    if any(real.is_relative_to(r) for r in roots):
+        return None
+    return "a link out of the data folder" if ".." not in Path(cell).parts else "'..' leads out of the data folder"
+
+
+def _manifest(path: Path, data: DataParams, required: set[str], where: str, roots: list[Path]) -> ImageSet:
     table = read_table(path)
     missing = sorted(required - set(table.columns))
     if missing:
@@ -241,6 +251,8 @@ def _manifest(path: Path, data: DataParams, required: set[str], where: str) -> I
         image, problem = None, None
         if not isinstance(cell, str) or not cell.strip():
             problem = ("file_missing", "no path given")
+        elif why := _outside(cell.strip(), path.parent, roots):
+            problem = ("path_outside_data", why)
         else:
             try:
                 image = read_image(path.parent / cell.strip())
@@ -264,7 +276,8 @@ def load_image_source(data: DataParams, paths: Paths, required: Iterable[str] = 
         path = paths.source(data.source)
         where = path.relative_to(paths.root).as_posix() if path.is_relative_to(paths.root) else str(path)
         if path.is_file() and path.suffix.lower() == ".csv":
-            return _manifest(path, data, required, where)
+            roots = [r.resolve() for r in (paths.data_dir, *(paths.source(a) for a in data.allowed_roots))]
+            return _manifest(path, data, required, where, roots)
         if (path / "batches.meta").is_file():
             arrays = read_cifar_folder(path)
         elif path.is_dir() and _idx_pairs(path):

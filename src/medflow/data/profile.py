@@ -30,7 +30,7 @@ def univariate_auc(y: np.ndarray, score: np.ndarray) -> float | None:
     return float(max(auc, 1 - auc))
 
 
-def _association(x: pd.Series, kind: str, labels: pd.Series, positives: list[str]) -> float | None:
+def association(x: pd.Series, kind: str, labels: pd.Series, positives: list[str]) -> float | None:
     if kind == "categorical":
         # The target rate of each category is the score: the AUC of the best single-column lookup table.
         x = x.fillna("<missing>")
@@ -69,7 +69,7 @@ def build_profile(
             counts = df[col].value_counts()
             entry["counts"] = {str(v): shown(int(c), k) for v, c in counts.items()}
         if kind in ("numeric", "categorical"):
-            entry["association"] = _association(df[col], kind, labels, positives)
+            entry["association"] = association(df[col], kind, labels, positives)
         columns.append(entry)
     counts = labels.value_counts()
     leaks = [c["name"] for c in columns if (c.get("association") or 0) >= vp.leakage_auc]

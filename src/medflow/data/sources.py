@@ -6,7 +6,10 @@ Tables are read with every column as text so that nothing is lost before validat
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import codecs
+import csv
+import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -59,8 +62,16 @@ def materialise_demo(name: str, data_dir: Path) -> Path:
     return out
 
 
-def resolve(source: str, paths: Paths) -> Path:
-    """A demo name becomes its file under data/ (written if missing); anything else is a path."""
+def inside(path: Path, paths: Paths, allowed_roots: Iterable[str] = ()) -> bool:
+    """Whether path, links followed, lies in the project's data folder or one of the allowed roots."""
+    real = path.resolve()
+    roots = [paths.data_dir, *(paths.source(r) for r in allowed_roots)]
+    return any(real.is_relative_to(r.resolve()) for r in roots)
+
+
+def resolve(source: str, paths: Paths, allowed_roots: Iterable[str] = ()) -> Path:
+    """A demo name becomes its file under data/ (written if missing); anything else is a path that must stay, links
+    followed, inside data/ or data.allowed_roots: a source is read whole, so it must be one the project owns."""
     if source in DEMOS:
         return materialise_demo(source, paths.data_dir)
     path = paths.source(source)
@@ -69,6 +80,14 @@ def resolve(source: str, paths: Paths) -> Path:
         if stem in DEMOS and path.parent == paths.data_dir:
             return materialise_demo(stem, paths.data_dir)
         raise SourceError(f"{path}: data source not found (data.source={source!r})")
+    if not inside(path, paths, allowed_roots):
+        how = "is a link that leads" if path.is_symlink() or path.resolve() != path.absolute() else "lies"
+        raise SourceError(
+            f"{source}: data.source {how} outside the project's data folder: move the file under data/ "
+            "or add its folder to data.allowed_roots"
+        )
+    if path.is_dir():
+        raise SourceError(f"{source}: data.source is a folder; point it at a .csv, .tsv or .parquet file")
     return path
 
 
@@ -76,23 +95,143 @@ def dataset_name(source: str) -> str:
     return source if source in DEMOS else Path(source).stem
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    suffix = "".join(path.suffixes[-2:]).lower()
+_DELIMITERS = (",", ";", "\t", "|")
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))  # fmt: skip
+
+
+def sniff_encoding(head: bytes) -> str:
+    """A byte-order mark names the encoding; NUL bytes in the first line mean UTF-16 without one; else UTF-8."""
+    for bom, name in _BOMS:
+        if head.startswith(bom):
+            return name
+    first = head.split(b"\n", 1)[0]
+    if first.count(b"\x00") * 3 >= len(first) > 1:
+        return "utf-16-le" if first[1:2] == b"\x00" else "utf-16-be"
+    return "utf-8"
+
+
+def _fields(lines: list[str], delimiter: str) -> list[int]:
+    return [len(row) for row in csv.reader(lines, delimiter=delimiter) if row]
+
+
+def sniff_delimiter(text: str, suffix: str) -> str:
+    """The delimiter that splits the first lines into the same number (> 1) of fields most often."""
+    lines = text.splitlines()[:50]
+    best, score = "\t" if ".tsv" in suffix else ",", (0.0, 0)
+    for d in _DELIMITERS:
+        counts = _fields(lines, d)
+        if not counts or counts[0] < 2:
+            continue
+        s = (sum(c == counts[0] for c in counts) / len(counts), counts[0])
+        if s > score:
+            best, score = d, s
+    return best
+
+
+def _name(d: str) -> str:
+    return {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}.get(d, repr(d))
+
+
+def _read_csv(path: Path, suffix: str, exclude: Iterable[str], delimiter: str | None, encoding: str | None):
+    head = path.read_bytes()[:65536]
+    if not head.strip():
+        raise SourceError(f"{path}: empty file (0 rows, no header)")
+    enc = encoding or sniff_encoding(head)
+    guessed = "data.encoding" if encoding else "sniffed"
     try:
-        if suffix.endswith(".parquet") or suffix.endswith(".pq"):
-            df = pd.read_parquet(path)
-            df = df.astype(object).where(df.notna(), None).astype("string").astype(object)
-        elif suffix.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
-            sep = "\t" if ".tsv" in suffix else ","
-            df = pd.read_csv(
-                path, sep=sep, dtype=str, keep_default_na=False, na_values=NA_VALUES, skipinitialspace=True
+        text = head.decode(enc, errors="strict") if len(head) < 65536 else head.decode(enc, errors="ignore")
+        with path.open(encoding=enc, newline="") as f:
+            for _ in f:
+                pass
+    except UnicodeDecodeError as exc:
+        raise SourceError(
+            f"{path}: not readable as {enc} ({guessed}): byte {exc.start} of a block is invalid; set data.encoding "
+            "to the file's encoding (e.g. latin-1, cp1252, utf-16)"
+        ) from None
+    except LookupError:
+        raise SourceError(f"{path}: unknown encoding {enc!r} (data.encoding)") from None
+    sep = delimiter or sniff_delimiter(text, suffix)
+    header = next(csv.reader(text.splitlines()[:1], delimiter=sep), [])
+    others = {d: len(next(csv.reader(text.splitlines()[:1], delimiter=d), [])) for d in _DELIMITERS if d != sep}
+    wider = max(others, key=others.get)
+    if len(header) < 2 and others[wider] >= 2:
+        how = "data.delimiter" if delimiter else "the sniffed delimiter"
+        raise SourceError(
+            f"{path}: {how} {_name(sep)} splits the header into 1 column, {_name(wider)} into {others[wider]}: "
+            f"set data.delimiter to the file's delimiter"
+        )
+    names = [h.strip() for h in header]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise SourceError(
+            f"{path}: duplicated column name(s) {dup} in the header ({len(names) - len(set(names))} repeat(s)); "
+            "rename them in the file"
+        )
+    drop = set(exclude)
+    try:
+        df = pd.read_csv(
+            path,
+            sep=sep,
+            encoding=enc,
+            dtype=str,
+            keep_default_na=False,
+            na_values=NA_VALUES,
+            skipinitialspace=True,
+            usecols=lambda c: c.strip() not in drop,
+        )
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        # The parser's message can quote a line of the file: keep only its location.
+        where = re.findall(r"(line \d+|row \d+|Expected \d+ fields|saw \d+)", str(exc))
+        raise SourceError(
+            f"{path}: cannot be parsed as {_name(sep)}-delimited text ({', '.join(where) or type(exc).__name__}); "
+            "check data.delimiter and quoting"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise SourceError(f"{path}: empty file (0 rows, no header)") from None
+    return df
+
+
+def _read_parquet(path: Path, exclude: Iterable[str]) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+        keep = [f.name for f in schema if f.name not in set(exclude)]
+        nested = [f.name for f in schema if f.name in keep and pa.types.is_nested(f.type)]
+        if nested:
+            raise SourceError(
+                f"{path}: column(s) {nested} hold nested values (lists/structs/maps), which no suite can check: "
+                "flatten them into plain columns or list them in data.exclude"
             )
+        dup = sorted({n for n in keep if keep.count(n) > 1})
+        if dup:
+            raise SourceError(f"{path}: duplicated column name(s) {dup}; rename them in the file")
+        df = pq.read_table(path, columns=keep).to_pandas()
+    except (pa.ArrowException, OSError) as exc:
+        raise SourceError(f"{path}: not a readable Parquet file ({type(exc).__name__}); re-export it") from None
+    return df.astype(object).where(df.notna(), None).astype("string").astype(object)
+
+
+def read_table(
+    path: Path, exclude: Iterable[str] = (), delimiter: str | None = None, encoding: str | None = None
+) -> pd.DataFrame:
+    """Every column as text. CSV delimiter and encoding are sniffed unless given; columns in exclude are never
+    read. Fails (SourceError) naming the file and the rule: duplicated or nested columns, a wrong delimiter or
+    encoding, an unsupported file type."""
+    suffix = "".join(path.suffixes[-2:]).lower()
+    if path.is_dir():
+        raise SourceError(f"{path}: is a folder, not a table")
+    if suffix.endswith((".parquet", ".pq")):
+        df = _read_parquet(path, exclude)
+    elif suffix.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
+        if suffix.endswith(".gz"):
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=NA_VALUES, skipinitialspace=True)
+            df = df.drop(columns=[c for c in df.columns if c in set(exclude)])
         else:
-            raise SourceError(f"{path}: unsupported file type {suffix or '(none)'}; use .csv, .tsv or .parquet")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise SourceError(f"{path}: cannot be read as a table: {exc}") from None
-    if df.columns.duplicated().any():
-        dup = sorted(set(df.columns[df.columns.duplicated()]))
-        raise SourceError(f"{path}: duplicated column names {dup}")
+            df = _read_csv(path, suffix, exclude, delimiter, encoding)
+    else:
+        raise SourceError(f"{path}: unsupported file type {suffix or '(none)'}; use .csv, .tsv or .parquet")
     df.columns = [str(c).strip() for c in df.columns]
     return df

@@ -5,26 +5,21 @@ needs a salt and none is set, or no feature column is left.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from medflow.data.features import CONTENT_HASH, Schema, coerce_features
-from medflow.data.sources import DEMOS
 from medflow.params import DataParams, Params
 from medflow.paths import Paths
+from medflow.privacy.keys import PATIENT_KEY, pseudonymise, resolve_salt
 from medflow.privacy.phi import undeclared_identifiers
 
 log = logging.getLogger(__name__)
 
-# Only for the built-in demos, whose "patients" are public or synthetic: real data must bring its own salt.
-DEMO_SALT = "medflow-demo-salt"
-ROW_ID, PATIENT_KEY, LABEL = "_row_id", "_patient_key", "_label"
+ROW_ID, LABEL = "_row_id", "_label"
 
 
 class CleanError(ValueError):
@@ -97,11 +92,6 @@ def encode_labels(labels: pd.Series, schema: Schema) -> np.ndarray:
     return values.map(index).to_numpy().astype("int64")
 
 
-def pseudonymise(ids: pd.Series, salt: str) -> pd.Series:
-    """Salted SHA-256: stable within a project (same salt), unlinkable to the record number without the salt."""
-    return ids.astype(str).str.strip().map(lambda v: hashlib.sha256(f"{salt}\x1f{v}".encode()).hexdigest()[:20])
-
-
 def split_duplicates(df: pd.DataFrame, cols: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Exact repeats of a row (on cols; default every column but the row id) go to quarantine, naming the row
     they repeat."""
@@ -118,31 +108,19 @@ def clean_table(df: pd.DataFrame, schema: Schema, salt: str | None) -> pd.DataFr
     if schema.kind == "image":
         out[CONTENT_HASH] = df[CONTENT_HASH].to_numpy()
     out.insert(0, ROW_ID, df[ROW_ID].astype("int64").to_numpy())
-    if schema.patient_id:
+    if PATIENT_KEY in df:
+        out.insert(1, PATIENT_KEY, df[PATIENT_KEY].to_numpy())
+    elif schema.patient_id:
+        # Image manifests reach clean with the patient id; tables arrive already keyed by validate.
         out.insert(1, PATIENT_KEY, pseudonymise(df[schema.patient_id], salt or ""))
     out[LABEL] = encode_labels(df[schema.target], schema)
     return out.reset_index(drop=True)
 
 
-def resolve_salt(params: Params) -> str | None:
-    if not params.data.patient_id:
-        return None
-    salt = os.environ.get(params.clean.salt_env)
-    if salt:
-        return salt
-    if params.data.source in DEMOS or Path(params.data.source).stem in DEMOS:
-        return DEMO_SALT
-    raise CleanError(
-        f"environment variable {params.clean.salt_env} is not set: it salts the hash that replaces "
-        f"{params.data.patient_id!r}. Set it to a long random secret kept outside the repository, and keep it the "
-        f"same across runs so patient keys stay stable (export {params.clean.salt_env}=$(openssl rand -hex 32))."
-    )
-
-
 def run(params: Params, paths: Paths) -> dict:
     kinds = json.loads((paths.step_dir("validate") / "columns.json").read_text())
     df = pd.read_parquet(paths.valid_rows)
-    salt = resolve_salt(params)
+    salt = None if PATIENT_KEY in df else resolve_salt(params)
     out = paths.step_dir("clean")
     out.mkdir(parents=True, exist_ok=True)
     if params.data.kind == "image":

@@ -16,19 +16,25 @@ import pandas as pd
 
 from medflow.data import image_validation, images, sources
 from medflow.data.features import CONTENT_HASH
-from medflow.data.profile import build_profile, figures, to_markdown
+from medflow.data.profile import association, build_profile, figures, to_markdown
 from medflow.data.suite import (
     ROW_ID,
     Check,
     ValidationFailed,
+    column_kinds,
     infer_suite,
+    magnitude_checks,
+    normalise_numbers,
     role_mismatches,
+    roles,
     run_suite,
     suite_kinds,
     typed,
 )
-from medflow.params import Params
+from medflow.params import DataParams, Params, ValidateParams
 from medflow.paths import Paths
+from medflow.privacy import classify
+from medflow.privacy.keys import PATIENT_KEY, pseudonymise, resolve_salt
 
 __all__ = ["ValidationFailed", "batch_failures", "quarantine", "report", "run"]
 
@@ -78,6 +84,81 @@ def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
+def _yaml_list(cols: list[str]) -> str:
+    return "[" + ", ".join(cols) + "]"
+
+
+def _declared(df: pd.DataFrame, data: DataParams, where: str) -> None:
+    """Every column params.data names must be in the table, and none may be both excluded and used."""
+    named = {"data.target": [data.target], "data.patient_id": [data.patient_id] if data.patient_id else [],
+             "data.identifiers": data.identifiers}  # fmt: skip
+    both = sorted(set(data.exclude) & {c for cols in named.values() for c in cols})
+    if both:
+        raise ValidationFailed(f"{where}: column(s) {both} are in data.exclude and also named in params.data")
+    for key, cols in named.items():
+        absent = [c for c in cols if c not in df.columns]
+        if absent:
+            raise ValidationFailed(
+                f"{where}: {key} names column(s) {absent} that are not in the table ({len(df.columns)} columns)"
+            )
+
+
+def _refuse_suspects(df: pd.DataFrame, data: DataParams, kinds: dict[str, str], where: str) -> None:
+    found = classify.suspects(df.drop(columns=ROW_ID), set(roles(data)), {c for c, k in kinds.items() if k == "text"})
+    if found:
+        cols = [s.column for s in found]
+        declare = _yaml_list([*data.identifiers, *cols])
+        drop = _yaml_list([*data.exclude, *cols])
+        raise ValidationFailed(
+            f"{where}: {len(found)} undeclared column(s) look like patient identifiers (nothing was written): "
+            + "; ".join(map(str, found))
+            + f". Declare them (-P 'data.identifiers={declare}') to keep them out of every output, or drop them "
+            f"as the table is read (-P 'data.exclude={drop}')"
+        )
+
+
+def leakage(df: pd.DataFrame, kinds: dict[str, str], data: DataParams, vp: ValidateParams) -> dict[str, dict]:
+    """{column: {"auc", "rule"}} for features that alone predict the target at leakage_auc or better."""
+    df = df[df[data.target].notna()]
+    labels = df[data.target].astype("string")
+    classes = sorted(labels.dropna().unique())
+    if data.positive_class is not None:
+        positives = [str(data.positive_class)]
+    else:
+        positives = classes[1:] if len(classes) == 2 else classes
+    found = {}
+    for col, kind in kinds.items():
+        if kind not in ("numeric", "categorical"):
+            continue
+        auc = association(df[col], kind, labels, positives)
+        if auc is not None and auc >= vp.leakage_auc:
+            pairs = df[[col, data.target]].dropna().drop_duplicates()
+            recoded = pairs[col].is_unique and pairs[data.target].is_unique
+            found[col] = {"auc": auc, "rule": "a 1:1 recoding of the target" if recoded else "single-feature ROC-AUC"}
+    return found
+
+
+def _refuse_leaks(leaks: dict[str, dict], data: DataParams, vp: ValidateParams, where: str) -> None:
+    stopped = {c: v for c, v in leaks.items() if c not in vp.accept_leakage}
+    if stopped:
+        raise ValidationFailed(
+            f"{where}: suspected target leakage in {len(stopped)} column(s): "
+            + "; ".join(
+                f"{c!r} alone predicts {data.target!r} with ROC-AUC {v['auc']:.3f} ({v['rule']})"
+                for c, v in stopped.items()
+            )  # fmt: skip
+            + f" (validate.leakage_auc={vp.leakage_auc}). If it is recorded after the outcome, drop it "
+            f"(-P 'data.exclude={_yaml_list([*data.exclude, *stopped])}'); if it is a legitimate predictor, accept it "
+            f"(-P 'validate.accept_leakage={_yaml_list([*vp.accept_leakage, *stopped])}')"
+        )
+
+
+def _written_columns(kinds: dict[str, str]) -> list[str]:
+    """What may leave validate: features and the target. Identifiers, free text and dates never do; the patient
+    id leaves only as its salted key."""
+    return [c for c, k in kinds.items() if k in ("numeric", "categorical", "target")]
+
+
 def run(params: Params, paths: Paths) -> dict:
     out = paths.step_dir("validate")
     # A failed run must not leave the previous run's valid rows behind for `clean`.
@@ -85,49 +166,65 @@ def run(params: Params, paths: Paths) -> dict:
     out.mkdir(parents=True)
     if params.data.kind == "image":
         return _run_images(params, paths)
-    path = sources.resolve(params.data.source, paths)
+    data, vp = params.data, params.validate_
+    path = sources.resolve(data.source, paths, data.allowed_roots)
     where = _relative(path, paths.root)
-    df = sources.read_table(path)
-    if params.data.max_rows is not None:
-        df = df.iloc[: params.data.max_rows].copy()
+    df = sources.read_table(path, data.exclude, data.delimiter, data.encoding)
+    if data.max_rows is not None:
+        df = df.iloc[: data.max_rows].copy()
+    _declared(df, data, where)
+    if not len(df):
+        raise ValidationFailed(f"{where}: no data rows (a header with {len(df.columns)} columns only)")
+    df, conversions = normalise_numbers(df, data, vp, where)
     df[ROW_ID] = np.arange(len(df), dtype="int64")
-    dataset = sources.dataset_name(params.data.source)
+    dataset = sources.dataset_name(data.source)
+    salt = resolve_salt(params)
 
     suite_path = paths.suite(dataset)
     created = not suite_path.exists()
-    if created:
-        suite = infer_suite(df, params.data, params.validate_, name=dataset, source=where)
-        suite_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json(suite_path, suite, sort_keys=True)
-        log.info("inferred %s from %s: review it and commit it", suite_path, where)
-    else:
-        suite = json.loads(suite_path.read_text())
-    mismatches = role_mismatches(suite, params.data)
-    if mismatches:
-        raise ValidationFailed(
-            f"{_relative(suite_path, paths.root)}: column roles differ from params.data: "
-            f"{'; '.join(mismatches)}. Fix params or the suite's meta.medflow.columns, or delete the suite "
-            "to infer it again."
-        )
+    suite = None if created else json.loads(suite_path.read_text())
+    if suite is not None:
+        mismatches = role_mismatches(suite, data)
+        if mismatches:
+            raise ValidationFailed(
+                f"{_relative(suite_path, paths.root)}: column roles differ from params.data: "
+                f"{'; '.join(mismatches)}. Fix params or the suite's meta.medflow.columns, or delete the suite "
+                "to infer it again."
+            )
+    # Privacy and leakage come first: until every column has a role, nothing is written.
+    inferred = column_kinds(df, data, vp)
+    _refuse_suspects(df, data, inferred, where)
+    kinds_now = inferred if suite is None else {c: k for c, k in suite_kinds(suite).items() if c in df.columns}
+    leaks = leakage(typed(df, kinds_now), kinds_now, data, vp)
+    _refuse_leaks(leaks, data, vp, where)
+    if suite is None:
+        suite = infer_suite(df, data, vp, name=dataset, source=where)
 
-    checks = run_suite(df, suite)
+    checks = run_suite(df, suite) + magnitude_checks(df, suite_kinds(suite), vp.max_abs)
     failures = batch_failures(checks)
     _write_json(out / "report.json", {"dataset": dataset, "source": where, **report(checks, failures)})
     if failures:
         raise ValidationFailed(
             f"{where}: {len(failures)} batch-level expectation(s) failed:\n  " + "\n  ".join(failures)
         )
+    if created:
+        # Written only once the batch passes: a suite inferred from a broken batch would bless it.
+        suite_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(suite_path, suite, sort_keys=True)
+        log.info("inferred %s from %s: review it and commit it", suite_path, where)
 
-    valid, held = quarantine(df, checks)
     known = suite_kinds(suite)
     kinds = {c: known[c] for c in df.columns if c in known}  # in file order, for people reading the profile
-    valid.reset_index(drop=True).to_parquet(paths.valid_rows, index=False)
-    held.to_csv(out / "quarantine.csv", index=False, lineterminator="\n")
+    keep = [ROW_ID, *_written_columns(kinds)]
+    if data.patient_id:
+        df.insert(1, PATIENT_KEY, pseudonymise(df[data.patient_id], salt or ""))
+        keep.insert(1, PATIENT_KEY)
+    valid, held = quarantine(df, checks)
+    valid[keep].reset_index(drop=True).to_parquet(paths.valid_rows, index=False)
+    held[[ROW_ID, "reason", *keep[1:]]].to_csv(out / "quarantine.csv", index=False, lineterminator="\n")
     _write_json(out / "columns.json", kinds)
 
-    profile = build_profile(
-        typed(valid, kinds), kinds, params.data.target, params.data.positive_class, params.validate_
-    )
+    profile = build_profile(typed(valid, kinds), kinds, data.target, data.positive_class, vp)
     (out / "profile").mkdir()
     (out / "profile" / "profile.md").write_text(to_markdown(profile, dataset))
     for name, fig in figures(profile).items():
@@ -144,6 +241,17 @@ def run(params: Params, paths: Paths) -> dict:
         "rows_quarantined": len(held),
         "quarantine_reasons": dict(sorted(rules.items())),
         "leakage_suspects": profile["leakage_suspects"],
+        # What the model card reports: which columns were judged, and what was decided about them.
+        "columns": {
+            "identifiers": [c for c, k in kinds.items() if k in ("identifier", "patient_id")],
+            "not_features": [c for c, k in kinds.items() if k == "text"],
+            "excluded": list(data.exclude),
+            "converted": conversions,
+        },
+        "leakage": {
+            "threshold": vp.leakage_auc,
+            "accepted": {c: v for c, v in leaks.items() if c in vp.accept_leakage},
+        },
     }
     assert summary["rows_in"] == summary["rows_valid"] + summary["rows_quarantined"]
     _write_json(paths.summary("validate"), summary)

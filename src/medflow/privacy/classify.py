@@ -1,0 +1,123 @@
+"""Suspected identifiers found by their values, before any suite, profile or quarantine file is written.
+
+A column the user did not declare is judged by what it holds: person names, record numbers, e-mail addresses,
+phone and social security numbers, street addresses and dates of birth. A finding names the column, the kind
+and a count, never a value. The rules are deliberately conservative: a false alarm costs one line in
+params.yaml (`data.identifiers` or `data.exclude`), a miss puts a patient's name in a committed file.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pandas as pd
+
+from medflow.privacy.phi import looks_like_identifier
+from medflow.privacy.scanner import PATTERNS
+
+# Values inspected per column: enough for shares, cheap on 2,000 columns.
+SAMPLE = 2000
+# Share of a column's values that must look like one kind of identifier for the column to be suspected.
+SHARE = 0.3
+
+_ANY = {kind: PATTERNS[kind] for kind in ("email", "phone", "ssn", "mrn")}
+# "Ana Smith", "O'Neil Brown", "Smith, John", "Dr. Jane van Dyke": two to four capitalised words.
+_NAME = re.compile(
+    r"^(?:(?:Dr|Mr|Mrs|Ms|Prof)\.?\s+)?[A-ZÀ-Þ][a-zß-ÿ'’-]+,?(?:\s+(?:(?:van|von|de|da|del|der|le|la)\s+)?"
+    r"[A-ZÀ-Þ][a-zß-ÿ'’.-]*){1,3}$"
+)
+# Record numbers: a short letter prefix glued to 4+ digits (MRN0012345, P-000123), or 6+ digits with a leading 0.
+_RECORD = re.compile(r"^(?:[A-Za-z]{1,5}[-_#:]?\d{4,}|0\d{5,})$")
+_STREET = re.compile(
+    r"^\d{1,6}\s+(?:[A-Za-z0-9.'-]+\s+){1,5}(?:street|st|avenue|ave|road|rd|lane|ln|drive|dr|boulevard|blvd|way"
+    r"|court|ct|place|pl|terrace|close|square|sq|crescent|highway|hwy)\b\.?",
+    re.IGNORECASE,
+)
+_DATE = re.compile(r"^\s*(\d{4})[-/.]\d{1,2}[-/.]\d{1,2}|^\s*\d{1,2}[-/.]\d{1,2}[-/.](\d{4})")
+_PLAIN_NUMBER = r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*"
+# Dates spread over this many years (5th to 95th percentile) belong to people's lives, not to visits.
+BIRTH_SPAN_YEARS = 15
+
+
+@dataclass(frozen=True)
+class Suspect:
+    column: str
+    kind: str  # what the column looks like: "name" (by its header), "person name", "e-mail", ...
+    count: int  # values that look like it (0 for a header match)
+    of: int
+
+    def __str__(self) -> str:
+        if self.kind == "name":
+            return f"column {self.column!r} is named like an identifier"
+        return f"column {self.column!r}: {self.count} of {self.of} sampled values look like {self.kind}"
+
+
+def _sample(values: pd.Series) -> pd.Series:
+    values = values.dropna().astype(str)
+    return values.sample(SAMPLE, random_state=0) if len(values) > SAMPLE else values
+
+
+def _share(values: pd.Series, pattern: re.Pattern[str], anywhere: bool = False) -> int:
+    test = (lambda v: pattern.search(v) is not None) if anywhere else (lambda v: pattern.match(v.strip()) is not None)
+    return sum(map(test, values))
+
+
+def _birth_dates(values: pd.Series) -> int:
+    """How many values are dates, when the dates spread over decades (else 0)."""
+    years = values.str.extract(_DATE).bfill(axis=1).iloc[:, 0].dropna().astype(int)
+    if len(years) < 2:
+        return 0
+    lo, hi = years.quantile([0.05, 0.95])
+    return len(years) if hi - lo >= BIRTH_SPAN_YEARS else 0
+
+
+def suspect_by_values(column: str, values: pd.Series, free_text: bool = False) -> Suspect | None:
+    """The first kind of identifier that a share of the column's values looks like, or None.
+
+    In free text one e-mail, phone, SSN or record number is enough: a note names one patient at a time.
+    """
+    sample = _sample(values)
+    n = len(sample)
+    if not n:
+        return None
+    if sample.str.fullmatch(_PLAIN_NUMBER).all():
+        # Measurements: only a record number with its leading zeros kept can hide among plain numbers.
+        hits = int(sample.str.fullmatch(r"\s*0\d{5,}\s*").sum())
+        return Suspect(column, "record numbers", hits, n) if hits >= SHARE * n and sample.nunique() >= 10 else None
+    for kind, pattern in _ANY.items():
+        hits = _share(sample, pattern, anywhere=True)
+        if hits and (free_text or hits >= SHARE * n):
+            return Suspect(column, {"email": "e-mail addresses", "phone": "phone numbers", "ssn": "SSNs",
+                                    "mrn": "record numbers"}[kind], hits, n)  # fmt: skip
+    if free_text:
+        return None
+    distinct = sample.nunique()
+    checks = (
+        ("record numbers", _RECORD, distinct >= 10),
+        ("person names", _NAME, distinct >= 10),
+        ("street addresses", _STREET, True),
+    )
+    for kind, pattern, plausible in checks:
+        hits = _share(sample, pattern)
+        if plausible and hits >= SHARE * n:
+            return Suspect(column, kind, hits, n)
+    hits = _birth_dates(sample)
+    if hits >= SHARE * n:
+        return Suspect(column, "dates of birth", hits, n)
+    return None
+
+
+def suspects(df: pd.DataFrame, declared: set[str], text_columns: set[str]) -> list[Suspect]:
+    """Undeclared columns that look like identifiers by name or by values, in column order."""
+    found = []
+    for col in df.columns:
+        if col in declared:
+            continue
+        if looks_like_identifier(str(col)):
+            found.append(Suspect(col, "name", 0, 0))
+            continue
+        hit = suspect_by_values(col, df[col], free_text=col in text_columns)
+        if hit:
+            found.append(hit)
+    return found
