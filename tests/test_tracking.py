@@ -163,3 +163,32 @@ def test_gate(value, tolerance, champion, promoted, says):
     version, champion_value = champion or (None, None)
     decision = tracking.decide("test_roc_auc", value, 0.9, tolerance, version, champion_value)
     assert decision.promoted is promoted and says in decision.reason
+
+
+def test_training_data_is_logged_as_a_dataset_input_without_rows(project, params):
+    import json
+
+    import mlflow
+
+    from medflow.data.features import Schema
+
+    for step, summary in (("split", {"rows": {"train": 7, "val": 2, "test": 1}}), ("validate", {"rows_in": 11})):
+        project.step_dir(step).mkdir(parents=True)
+        project.summary(step).write_text(json.dumps(summary))
+    schema = Schema(target="y", classes=["no", "yes"], numeric=["a"], categorical=["c"])
+    run_id = tracking.start_run(params, project)
+    tracking.log_training_data(run_id, params, project, schema)
+    (logged,) = mlflow.MlflowClient().get_run(run_id).inputs.dataset_inputs
+    ds = logged.dataset
+    assert (ds.name, ds.digest) == ("t", tracking.lineage(params, project)["medflow.data_md5"][:16])
+    assert json.loads(ds.source)["uri"] == "data/t.csv"
+    assert json.loads(ds.profile) == {
+        "num_rows": 10,
+        "train_rows": 7,
+        "val_rows": 2,
+        "test_rows": 1,
+        "rows_in": 11,
+        "num_features": 2,
+    }
+    assert [c["type"] for c in json.loads(ds.schema)["mlflow_colspec"]] == ["double", "string"]
+    assert [t.value for t in logged.tags if t.key == "mlflow.data.context"] == ["training"]

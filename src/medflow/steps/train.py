@@ -35,7 +35,7 @@ from medflow.params import load as load_params
 from medflow.paths import Paths
 from medflow.steps.clean import LABEL, ROW_ID
 from medflow.training import distributed
-from medflow.training.loop import FitConfig, fit, pick_device, seed_everything
+from medflow.training.loop import FitConfig, Progress, fit, pick_device, seed_everything
 
 # TrainParams settings that the loop takes as they are.
 LOOP_SETTINGS = {
@@ -156,19 +156,15 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
     if rank == 0:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         tracking.configure(paths)
-        run_id = tracking.start_run(params, paths, run_name="pipeline")
+        run_id = tracking.start_run(params, paths)
         log_upstream(run_id, paths)
+        tracking.log_training_data(run_id, params, paths, schema)
 
     def on_epoch(epoch: int, row: dict[str, float]) -> None:
         tracking.log_epoch(run_id, row, step=epoch)
-        print(
-            f"epoch {epoch:4d}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-            f"val_acc {row['val_accuracy']:.4f}  {row['rows_per_s']:,.0f} {unit}",
-            flush=True,
-        )
 
     try:
-        result = fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch)
+        result = fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch, Progress(p.max_epochs, unit))
     except BaseException as exc:
         if run_id:
             # An interrupt (Ctrl-C, SIGTERM via `medflow run`) is a kill, not a failure of the model or the data.

@@ -241,7 +241,9 @@ def set_tags(run_id: str, tags: dict[str, Any]) -> None:
     client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
-def log_dataset(run_id: str, *, name: str, digest: str, source: dict[str, str], schema: str, profile: dict) -> None:
+def log_dataset(
+    run_id: str, *, name: str, digest: str, source: dict[str, str], schema: str | None, profile: dict
+) -> None:
     """The training data as MLflow shows it under a run's inputs: name, digest, source and counts, never rows."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
@@ -256,6 +258,30 @@ def log_dataset(run_id: str, *, name: str, digest: str, source: dict[str, str], 
         profile=json.dumps(profile),
     )
     client().log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
+
+
+def log_training_data(run_id: str, params: Params, paths: Paths, schema) -> None:
+    """log_dataset for a pipeline's table: digest from the run's lineage, counts from the step summaries."""
+    from medflow.data.sources import dataset_name
+    from medflow.tracking.pyfunc import signature
+
+    lineage = client().get_run(run_id).data.tags
+    rows = json.loads(paths.summary("split").read_text())["rows"]
+    validated = json.loads(paths.summary("validate").read_text())
+    sig = signature(schema)
+    log_dataset(
+        run_id,
+        name=dataset_name(params.data.source),
+        digest=lineage.get("medflow.data_md5", "missing")[:16],
+        source={"uri": params.data.source, "dvc_md5": lineage.get("medflow.data_dvc_md5", "none")},
+        schema=json.dumps({"mlflow_colspec": sig.inputs.to_dict()}) if sig else None,
+        profile={
+            "num_rows": sum(rows.values()),
+            **{f"{split}_rows": n for split, n in rows.items()},
+            "rows_in": validated["rows_in"],
+            "num_features": len(schema.features),
+        },
+    )
 
 
 def log_artifacts(run_id: str, local_path: Path, artifact_path: str | None = None) -> None:
