@@ -15,10 +15,12 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +65,82 @@ class FitResult:
     epochs_run: int
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int = 0  # the epoch of the checkpoint this run continued from; 0 for a fresh run
+
+
+def clock_text(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+class Progress:
+    """Training progress a person can follow: epoch n/N, elapsed, ETA (at max_epochs) and throughput.
+
+    On a terminal, a live tqdm bar. On a pipe or a log, a line when `every_s` seconds have passed since the last
+    one or every `every_k` epochs (default: a tenth of the epochs), and always for the first and the last epoch,
+    the best epoch so far marked with `*`: a log of a 200-epoch run reads in a dozen lines, not 200.
+    Fed with what the loop already read once per epoch: it adds no device sync.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        unit: str = "rows/s",
+        stream: TextIO | None = None,
+        every_s: float = 10.0,
+        every_k: int | None = None,
+        live: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.total, self.unit, self.every_s, self.clock = total, unit, every_s, clock
+        self.stream = stream or sys.stdout
+        self.every_k = every_k or max(1, math.ceil(total / 10))
+        self.live = self.stream.isatty() if live is None else live
+        self.bar = None
+        self.first = self.last_shown = self.t0 = self.last_t = 0.0
+
+    def start(self, resumed_from: int = 0) -> None:
+        self.first, self.last_shown = resumed_from, resumed_from
+        self.t0 = self.last_t = self.clock()
+        if self.live:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, initial=resumed_from, unit="epoch", file=self.stream, dynamic_ncols=True)
+
+    def line(self, epoch: int, row: dict[str, float], best_epoch: int) -> str:
+        elapsed = self.clock() - self.t0
+        done = epoch - self.first
+        eta = elapsed / done * (self.total - epoch) if done else 0.0
+        best = " *best" if epoch == best_epoch else f" (best {best_epoch})"
+        return (
+            f"epoch {epoch}/{self.total}  elapsed {clock_text(elapsed)}  eta {clock_text(eta)}  "
+            f"train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}{best}  "
+            f"val_acc {row['val_accuracy']:.4f}  {row['rows_per_s']:,.0f} {self.unit}"
+        )
+
+    def update(self, epoch: int, row: dict[str, float], best_epoch: int) -> None:
+        if self.bar is not None:
+            self.bar.update(epoch - self.bar.n)
+            self.bar.set_postfix_str(
+                f"val_loss {row['val_loss']:.4f} best@{best_epoch} {row['rows_per_s']:,.0f} {self.unit}", refresh=True
+            )
+            return
+        now = self.clock()
+        if epoch == self.first + 1 or epoch % self.every_k == 0 or now - self.last_t >= self.every_s:
+            self.show(epoch, row, best_epoch)
+
+    def show(self, epoch: int, row: dict[str, float], best_epoch: int) -> None:
+        print(self.line(epoch, row, best_epoch), file=self.stream, flush=True)
+        self.last_shown, self.last_t = epoch, self.clock()
+
+    def close(self, epoch: int, row: dict[str, float] | None, best_epoch: int, stopped_early: bool) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if row is not None and (self.live or self.last_shown != epoch):
+            self.show(epoch, row, best_epoch)
+        if stopped_early:
+            print(f"stopped early after epoch {epoch}: no better val_loss since epoch {best_epoch}", file=self.stream)
 
 
 def pick_device(name: str) -> torch.device:
@@ -117,10 +195,12 @@ def fit(
     y_val: torch.Tensor,
     cfg: FitConfig,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    progress: Progress | None = None,
 ) -> FitResult:
     """Trains model in place on float [N, F] rows or uint8 [N, H, W, C] images; returns with the best weights.
 
-    on_epoch(epoch, metrics) runs on rank 0 after each epoch, after that epoch's checkpoint is written.
+    on_epoch(epoch, metrics) runs on rank 0 after each epoch, after that epoch's checkpoint is written; progress
+    (rank 0's) is shown after it.
     """
     device = torch.device(cfg.device)
     rank, world = distributed.rank_world()
@@ -191,6 +271,10 @@ def fit(
     per_rank, batch = n // world, max(1, cfg.batch_size // world)  # world * batch rows per optimizer step
     n_seen, n_val = per_rank * world, max(len(x_val), 1)
     eval_batch = 2 * cfg.batch_size if images else max(cfg.batch_size, 1024)
+    if rank != 0:
+        progress = None
+    if progress:
+        progress.start(resumed_from)
 
     while epoch < cfg.max_epochs and stale < cfg.patience:
         epoch += 1
@@ -247,6 +331,10 @@ def fit(
                 )
         if on_epoch and rank == 0:
             on_epoch(epoch, row)
+        if progress:
+            progress.update(epoch, row, best_epoch)
+    if progress:
+        progress.close(epoch, history[-1] if history else None, best_epoch, stale >= cfg.patience)
     if best_state is not None:
         model.load_state_dict(best_state)
     return FitResult(best_epoch, best_loss, epoch, history, resumed_from)
