@@ -231,6 +231,16 @@ def cmd_serve(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+def cmd_promote(args: argparse.Namespace, paths: Paths) -> int:
+    from medflow import tracking
+
+    tracking.configure(paths)
+    previous = tracking.promote(args.name, args.version, args.reason)
+    was = f"v{previous.version}" if previous else "none"
+    print(f"{args.name} v{args.version} is now champion (was {was}); who, when and why are in the version's tags")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="medflow", description=__doc__)
     ap.add_argument("--root", default=".", help="project root (holds params.yaml, dvc.yaml)")
@@ -262,10 +272,21 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     serve = sub.add_parser("serve", help="run the pipeline on a cron schedule (needs a Prefect server)")
     serve.add_argument("--cron", default="0 2 * * *")
+    promote = sub.add_parser("promote", help="move the `champion` alias to a registered version, by hand")
+    promote.add_argument("name", help="registered model name (register.model_name)")
+    promote.add_argument("version", help="version number to make champion")
+    promote.add_argument("--reason", required=True, help="why: recorded on the version with who and when")
     return ap
 
 
-COMMANDS = {"run": cmd_run, "step": cmd_step, "data": cmd_data, "ui": cmd_ui, "serve": cmd_serve}
+COMMANDS = {
+    "run": cmd_run,
+    "step": cmd_step,
+    "data": cmd_data,
+    "ui": cmd_ui,
+    "serve": cmd_serve,
+    "promote": cmd_promote,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

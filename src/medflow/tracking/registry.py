@@ -155,7 +155,14 @@ def promote(name: str, version: str, reason: str) -> Version | None:
     Returns the previous champion. Refuses versions whose registration never completed."""
     if not reason.strip():
         raise ValueError("promote needs --reason: why this version replaces the champion")
-    target = get_version(name, version)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        target = get_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ValueError(f"model {name} has no version {version}: see the registry (medflow ui)") from None
     if not target.complete:
         raise ValueError(
             f"{name} v{version} is not a complete registration (state {target.tags.get(STATE, 'unknown')}): "

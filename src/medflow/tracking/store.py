@@ -64,8 +64,8 @@ def retry_locked(fn, *args, **kwargs):
                 raise
             if attempt == LOCK_RETRIES - 1:
                 raise StoreBusy(
-                    f"the MLflow store stayed locked through {LOCK_RETRIES} tries: another process holds it; "
-                    "retry later, or point several writers at one MLflow server (MLFLOW_TRACKING_URI)"
+                    f"the MLflow store answered `database is locked` {LOCK_RETRIES} times over about a minute: "
+                    "another process holds it"
                 ) from None
             time.sleep(delay * (1 + random.random()))  # jitter keeps waiting writers from colliding again
             delay *= 2
