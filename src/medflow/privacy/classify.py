@@ -75,7 +75,8 @@ def _birth_dates(values: pd.Series) -> int:
 def suspect_by_values(column: str, values: pd.Series, free_text: bool = False) -> Suspect | None:
     """The first kind of identifier that a share of the column's values looks like, or None.
 
-    In free text one e-mail, phone, SSN or record number is enough: a note names one patient at a time.
+    In free text one e-mail, phone, SSN or record number is enough: a note names one patient at a time. A column
+    of names or dates with every value distinct looks like free text, so the shape rules apply to it as well.
     """
     sample = _sample(values)
     n = len(sample)
@@ -90,8 +91,6 @@ def suspect_by_values(column: str, values: pd.Series, free_text: bool = False) -
         if hits and (free_text or hits >= SHARE * n):
             return Suspect(column, {"email": "e-mail addresses", "phone": "phone numbers", "ssn": "SSNs",
                                     "mrn": "record numbers"}[kind], hits, n)  # fmt: skip
-    if free_text:
-        return None
     distinct = sample.nunique()
     checks = (
         ("record numbers", _RECORD, distinct >= 10),
