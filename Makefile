@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml constraints.txt
 	  if nvidia-smi -L >/dev/null 2>&1; then $(BIN)/pip install -q $(TORCH); \
 	  else $(BIN)/pip install -q $(TORCH)+cpu || $(BIN)/pip install -q --extra-index-url $(TORCH_CPU_INDEX) $(TORCH)+cpu; fi; \
 	fi
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,server]'
 	touch $@
 
 run: setup
