@@ -86,13 +86,19 @@ def run(params: Params, paths: Paths) -> dict:
     key = f"test_{params.evaluate.primary_metric}"
     if key not in metrics:
         raise ValueError(f"{paths.metrics.relative_to(paths.root)} has no {key}: rerun the evaluate step")
-    primary = float(metrics[key])
-    rp = params.register
-    name = rp.model_name
-    dataset = dataset_name(params.data.source)
-    identity = {"medflow.dataset": dataset, "medflow.schema_hash": schema_hash(schema)}
+    identity = {"medflow.dataset": dataset_name(params.data.source), "medflow.schema_hash": schema_hash(schema)}
 
     tracking.configure(paths)
+    with tracking.model_lock(params.register.model_name):
+        return _register(params, paths, run_id, metrics, schema, identity)
+
+
+def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: Schema, identity: dict) -> dict:
+    rp = params.register
+    name = rp.model_name
+    key = f"test_{params.evaluate.primary_metric}"
+    primary = float(metrics[key])
+    dataset = identity["medflow.dataset"]
     summary = {"model_name": name, "primary_metric": key, "primary_value": primary, "run_id": run_id}
     earlier = tracking.versions_of_run(name, run_id)
     done = next((v for v in earlier if v.complete), None)

@@ -8,6 +8,7 @@ that version instead of adding another, so one run is one version.
 from __future__ import annotations
 
 import getpass
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +34,20 @@ class Version:
 
 def _version(mv) -> Version:
     return Version(str(mv.version), mv.run_id, dict(mv.tags), mv.source or "")
+
+
+def model_lock(name: str):
+    """Serialises gate decisions and alias moves for one model among this machine's processes.
+
+    Without it two registrations read the same champion, both promote, and the worse one can win last.
+    """
+    import tempfile
+
+    import mlflow
+    from filelock import FileLock
+
+    key = hashlib.sha256(f"{mlflow.get_registry_uri()}\0{name}".encode()).hexdigest()[:24]
+    return FileLock(Path(tempfile.gettempdir()) / f"medflow-registry-{key}.lock")
 
 
 def log_model(run_id: str, bundle: Path) -> str:
