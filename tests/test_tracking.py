@@ -192,3 +192,35 @@ def test_training_data_is_logged_as_a_dataset_input_without_rows(project, params
     }
     assert [c["type"] for c in json.loads(ds.schema)["mlflow_colspec"]] == ["double", "string"]
     assert [t.value for t in logged.tags if t.key == "mlflow.data.context"] == ["training"]
+
+
+def test_a_locked_store_is_retried_with_backoff_then_named(monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    sleeps = []
+    monkeypatch.setattr(store.time, "sleep", sleeps.append)
+    calls = []
+
+    def flaky(x):
+        calls.append(x)
+        if len(calls) < 3:
+            raise MlflowException("(sqlite3.OperationalError) database is locked", "TEMPORARILY_UNAVAILABLE")
+        return x * 2
+
+    assert store.retry_locked(flaky, 21) == 42 and len(calls) == 3
+    assert len(sleeps) == 2 and sleeps[1] > sleeps[0] > 0  # doubling, with jitter
+
+    def locked():
+        raise MlflowException("(sqlite3.OperationalError) database is locked", "TEMPORARILY_UNAVAILABLE")
+
+    with pytest.raises(store.StoreBusy, match=r"`database is locked` 6 times") as err:
+        store.retry_locked(locked)
+    assert err.value.__cause__ is None and "\n" not in str(err.value)
+    assert len(sleeps) == 2 + store.LOCK_RETRIES - 1
+
+    def broken():
+        raise MlflowException("no such table: experiments")
+
+    with pytest.raises(MlflowException, match="no such table"):  # only a lock is worth waiting for
+        store.retry_locked(broken)
+    assert len(sleeps) == 2 + store.LOCK_RETRIES - 1
