@@ -199,28 +199,42 @@ def test_registering_a_run_again_returns_its_version_and_moves_nothing(proj):
     assert (proj.step_dir("register") / "model_card.md").read_text().startswith("# Model card: rerun v1")
 
 
-def test_an_interrupted_registration_is_no_candidate_and_is_finished_by_the_next_run(proj, monkeypatch):
+KILLED_IN_REGISTER = """
+import json, os, signal, sys
+from medflow import tracking
+from medflow.params import Params
+from medflow.paths import Paths
+from medflow.steps import register
+
+# kill -9 at the moment the version has its tags but neither card nor alias
+tracking.describe_version = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+register.run(Params.model_validate(json.loads(sys.argv[2])), Paths(root=sys.argv[1]))
+"""
+
+
+def test_a_registration_killed_midway_is_no_candidate_and_the_next_run_finishes_it(proj):
     from mlflow import MlflowClient
 
     train_and_register(proj, "killed", 0.95)
     params = train(proj, "killed", 0.97)
-
-    def killed(*args):
-        raise KeyboardInterrupt  # what a kill between the version's tags and its alias leaves behind
-
-    with monkeypatch.context() as m:
-        m.setattr(tracking, "set_alias", killed)
-        with pytest.raises(KeyboardInterrupt):
-            register.run(params, proj)
-    half = MlflowClient().get_model_version("killed", "2")
-    assert half.tags["medflow.state"] == "registering" and aliases("killed") == {"champion": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    args = [sys.executable, "-c", KILLED_IN_REGISTER, str(proj.root), json.dumps(params.as_dict())]
+    done = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert done.returncode == -9, done.stderr[-2000:]
+    client = MlflowClient()
+    half = client.get_model_version("killed", "2")
+    assert half.tags["medflow.state"] == "registering" and not half.description
+    assert aliases("killed") == {"champion": "1"}
+    assert tracking.version_by_alias("killed", "champion").version == "1"
 
     summary = register.run(params, proj)
     assert (summary["version"], summary["promoted"]) == ("2", True)
-    assert MlflowClient().get_model_version("killed", "2").tags["medflow.state"] == "complete"
+    finished = client.get_model_version("killed", "2")
+    assert finished.tags["medflow.state"] == "complete" and finished.description.startswith("# Model card: killed v2")
     assert aliases("killed") == {"champion": "2"}
-    runs = MlflowClient().search_logged_models([MlflowClient().get_run(summary["run_id"]).info.experiment_id])
-    assert sum(m.source_run_id == summary["run_id"] for m in runs) == 1  # the model was logged once
+    assert len(client.search_model_versions("name = 'killed'")) == 2
+    models = client.search_logged_models([client.get_run(summary["run_id"]).info.experiment_id])
+    assert sum(m.source_run_id == summary["run_id"] for m in models) == 1  # the model was logged once
 
 
 def test_experiments_register_as_challenger_at_most(proj, monkeypatch):
