@@ -194,7 +194,8 @@ def run(params: Params, paths: Paths) -> dict:
     # Privacy and leakage come first: until every column has a role, nothing is written.
     inferred = column_kinds(df, data, vp)
     _refuse_suspects(df, data, inferred, where)
-    kinds_now = inferred if suite is None else {c: k for c, k in suite_kinds(suite).items() if c in df.columns}
+    # Columns the suite does not know yet (a new export field) are judged by their inferred kind.
+    kinds_now = inferred if suite is None else inferred | {c: k for c, k in suite_kinds(suite).items() if c in df}
     leaks = leakage(typed(df, kinds_now), kinds_now, data, vp)
     _refuse_leaks(leaks, data, vp, where)
     if suite is None:
