@@ -121,6 +121,8 @@ def explain(exc: BaseException) -> tuple[str, str, int]:
     kind = f"{type(exc).__module__}.{type(exc).__name__}"
     if isinstance(exc, KeyboardInterrupt):
         return f"{step} interrupted ({cause})", "run the same command again: finished steps are not repeated", 130
+    if isinstance(exc, NoServer):
+        return f"{step}: {cause}", "then run medflow serve again", 2
     if isinstance(exc, Busy):
         return cause, "wait for it to finish, or pass --wait SECONDS", 1
     if isinstance(exc, params_mod.ParamsError):
@@ -225,9 +227,21 @@ def cmd_ui(args: argparse.Namespace, paths: Paths) -> int:
     return subprocess.call(command, env=env)
 
 
+class NoServer(RuntimeError):
+    pass
+
+
 def cmd_serve(args: argparse.Namespace, paths: Paths) -> int:
+    if not os.environ.get("PREFECT_API_URL"):
+        # Prefect's temporary server lives as long as this process and cannot hold a schedule.
+        raise NoServer(
+            "no Prefect server: start one (`prefect server start`) and set PREFECT_API_URL, "
+            "e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
     flows = load_flow(paths, args.log)
-    flows.pipeline.serve(name="medflow-scheduled", cron=args.cron, parameters={"root": str(paths.root)})
+    # The served flow's runs import flows.pipeline from the working directory.
+    os.chdir(paths.root)
+    flows.pipeline.serve(name=args.name, cron=args.cron, parameters={"root": str(paths.root)})
     return 0
 
 
@@ -271,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     serve = sub.add_parser("serve", help="run the pipeline on a cron schedule (needs a Prefect server)")
-    serve.add_argument("--cron", default="0 2 * * *")
+    serve.add_argument("--cron", default="0 2 * * *", help="schedule, in cron syntax (UTC)")
+    serve.add_argument("--name", default="medflow-scheduled", help="deployment name")
     promote = sub.add_parser("promote", help="move the `champion` alias to a registered version, by hand")
     promote.add_argument("name", help="registered model name (register.model_name)")
     promote.add_argument("version", help="version number to make champion")
