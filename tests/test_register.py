@@ -237,6 +237,29 @@ def test_a_registration_killed_midway_is_no_candidate_and_the_next_run_finishes_
     assert sum(m.source_run_id == summary["run_id"] for m in models) == 1  # the model was logged once
 
 
+def test_a_version_left_half_made_by_an_older_run_is_removed_or_completed(proj, monkeypatch):
+    from mlflow import MlflowClient
+
+    from medflow.tracking import registry
+
+    train_and_register(proj, "orphan", 0.95)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    for _ in range(2):  # v2 and v3: killed before their card and alias, and their runs never come back
+        params = train(proj, "orphan", 0.97)
+        args = [sys.executable, "-c", KILLED_IN_REGISTER, str(proj.root), json.dumps(params.as_dict())]
+        assert subprocess.run(args, env=env, capture_output=True).returncode == -9
+    client = MlflowClient()
+    client.set_registered_model_alias("orphan", "champion", "3")  # as if killed right after its alias moved
+    fresh = train_and_register(proj, "orphan", 0.80)  # not old enough yet: another process may still be at work
+    assert {int(v.version) for v in client.search_model_versions("name = 'orphan'")} == {1, 2, 3, 4}
+    monkeypatch.setattr(registry, "STALE_S", 0.0)
+    params = train(proj, "orphan", 0.80)
+    summary = register.run(params, proj)
+    assert {int(v.version) for v in client.search_model_versions("name = 'orphan'")} == {1, 3, 4, 5}
+    assert client.get_model_version("orphan", "3").tags["medflow.state"] == "complete"
+    assert (fresh["version"], summary["version"], aliases("orphan")["champion"]) == ("4", "5", "3")
+
+
 def test_experiments_register_as_challenger_at_most(proj, monkeypatch):
     train_and_register(proj, "explore", 0.95)
     monkeypatch.setenv("DVC_EXP_NAME", "armed-vows")  # what `dvc exp run` sets in every stage

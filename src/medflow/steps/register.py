@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from medflow.data.features import Schema
 from medflow.data.sources import dataset_name
 from medflow.params import Params
 from medflow.paths import Paths
+
+log = logging.getLogger(__name__)
 
 
 def _require(path: Path, paths: Paths, step: str) -> Path:
@@ -100,6 +103,8 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
     primary = float(metrics[key])
     dataset = identity["medflow.dataset"]
     summary = {"model_name": name, "primary_metric": key, "primary_value": primary, "run_id": run_id}
+    for what in tracking.finish_interrupted(name, run_id):
+        log.warning("register: %s of %s", what, name)
     earlier = tracking.versions_of_run(name, run_id)
     done = next((v for v in earlier if v.complete), None)
     champion = tracking.version_by_alias(name, "champion")

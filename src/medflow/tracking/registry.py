@@ -18,6 +18,8 @@ from medflow.tracking.store import client, retry_locked
 
 STATE = "medflow.state"
 COMPLETE = "complete"
+# A registration unfinished for this long was cut short; a younger one may still be running in another process.
+STALE_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,29 @@ def versions_of_run(name: str, run_id: str) -> list[Version]:
             return []
         raise
     return sorted((_version(mv) for mv in found), key=lambda v: int(v.version))
+
+
+def finish_interrupted(name: str, keep_run_id: str) -> list[str]:
+    """Versions of other runs whose registration a kill cut short: completed when their alias was already written
+    (the card and tags precede it), else deleted, so no half-made version lingers. Returns what was done."""
+    import time
+
+    c = client()
+    found = c.search_model_versions(f"name = '{name}' and tags.`{STATE}` = 'registering'")
+    now_ms = time.time() * 1000
+    done = []
+    for mv in found:
+        if mv.run_id == keep_run_id or now_ms - mv.creation_timestamp < STALE_S * 1000:
+            continue  # this run's own is finished by its caller; a young one may still be in progress elsewhere
+        # Search results leave ModelVersion.aliases empty: the model's alias map is the record.
+        held = [a for a, v in c.get_registered_model(name).aliases.items() if str(v) == str(mv.version)]
+        if held:
+            mark_complete(name, mv.version)
+            done.append(f"completed v{mv.version} (alias {', '.join(held)} already written)")
+        else:
+            c.delete_model_version(name, mv.version)
+            done.append(f"removed v{mv.version} (registration interrupted before its alias)")
+    return done
 
 
 def get_version(name: str, version: str) -> Version:
