@@ -10,9 +10,16 @@ import time
 import urllib.request
 
 import pytest
-from usercmd import scratch_clone, sh, user_env
+from usercmd import REPO, scratch_clone, sh, user_env
 
 from medflow.paths import STEPS
+
+# README's "Scheduled runs", as printed; the server and PREFECT_API_URL are the session's own (conftest).
+SERVE = '.venv/bin/medflow serve --cron "0 2 * * *"'
+POOL = ".venv/bin/prefect work-pool create medflow --type process"
+DEPLOY = ".venv/bin/prefect deploy --all"
+WORKER = ".venv/bin/prefect worker start --pool medflow &"
+RUN_NOW = ".venv/bin/prefect deployment run medflow-pipeline/medflow-train --watch"
 
 
 def api(url: str, path: str, body: dict | None = None):
@@ -39,10 +46,9 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def trigger(deployment: str, root, env: dict, *params: str) -> str:
+def trigger(command: str, root, env: dict) -> str:
     """`prefect deployment run ... --watch` as a user types it; returns the flow run's id once it has ended."""
-    args = "".join(f" --param {p}" for p in params)
-    out = sh(f".venv/bin/prefect deployment run '{deployment}'{args} --watch --watch-timeout 600", root, **env)
+    out = sh(command, root, **env)
     assert "Flow run finished successfully" in out.stdout + out.stderr, out.stdout[-2000:]
     return re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
 
@@ -86,12 +92,14 @@ def test_medflow_serve_and_a_deployment_on_a_process_work_pool_complete_triggere
     env |= {"PREFECT_RUNNER_POLL_FREQUENCY": "1", "PREFECT_WORKER_QUERY_SECONDS": "1"}
     assert api(url, "/flow_runs/count", {}) == 0
 
-    serve = background('.venv/bin/medflow serve --cron "0 2 * * *"', root, env)
+    readme = (REPO / "README.md").read_text()
+    assert all(f"\n{c}" in readme for c in (SERVE, POOL, DEPLOY, WORKER, RUN_NOW))
+    serve = background(SERVE, root, env)
     try:
         wait_for_deployment(url, "medflow-scheduled", serve)
         deployment = api(url, "/deployments/filter", {"deployments": {"name": {"any_": ["medflow-scheduled"]}}})[0]
         assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
-        served = trigger("medflow-pipeline/medflow-scheduled", root, env)
+        served = trigger(".venv/bin/prefect deployment run medflow-pipeline/medflow-scheduled --watch", root, env)
     finally:
         stop(serve)
     assert task_runs(url, served, 12) == sorted([*STEPS, *(f"record-{s}" for s in STEPS)])
@@ -101,12 +109,12 @@ def test_medflow_serve_and_a_deployment_on_a_process_work_pool_complete_triggere
     assert {row["metric"] for row in table} >= {"test_roc_auc", "n_test", "gate"}
     assert "medflow-breast-cancer/versions/1" in made["model-version"]["data"]
 
-    sh(".venv/bin/prefect work-pool create medflow --type process", root, **env)
-    sh(".venv/bin/prefect deploy --all", root, **env)
-    worker = background(".venv/bin/prefect worker start --pool medflow", root, env)
+    sh(POOL, root, **env)
+    sh(DEPLOY, root, **env)
+    worker = background(WORKER.removesuffix("&"), root, env)
     try:
-        forced = trigger("medflow-pipeline/medflow-train", root, env, "force=true")
-        idle = trigger("medflow-pipeline/medflow-train", root, env)
+        forced = trigger(RUN_NOW.replace(" --watch", " --param force=true --watch"), root, env)
+        idle = trigger(RUN_NOW, root, env)
     finally:
         stop(worker)
     assert task_runs(url, forced, 12) == sorted([*STEPS, *(f"record-{s}" for s in STEPS)])
@@ -118,6 +126,6 @@ def test_medflow_serve_and_a_deployment_on_a_process_work_pool_complete_triggere
 
 
 def test_medflow_serve_without_a_server_says_what_to_do(clone):
-    done = sh('.venv/bin/medflow serve --cron "0 2 * * *"', clone, check=False)
+    done = sh(SERVE, clone, check=False)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "PREFECT_API_URL" in done.stderr and "prefect server start" in done.stderr
