@@ -136,7 +136,8 @@ def test_first_version_becomes_champion_with_lineage_and_metrics(proj):
     assert "test_roc_auc" not in version.tags and run.data.metrics["test_roc_auc"] == 0.95
     assert version.run_id == summary["run_id"]
     model = client.get_registered_model("first")
-    assert "trained by medflow on `cohort`" in model.description and model.tags["medflow.primary_metric"]
+    assert "trained by medflow on `cohort`" in model.description
+    assert model.tags == {"medflow.primary_metric": "test_roc_auc", "medflow.task": "binary"}
     assert version.description == (proj.step_dir("register") / "model_card.md").read_text()
     assert "model_card.md" in [a.path for a in client.list_artifacts(summary["run_id"])]
 

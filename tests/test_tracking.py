@@ -68,6 +68,7 @@ def test_start_run_logs_flat_params_and_lineage(project, params, monkeypatch):
     assert tags["medflow.flow_run_id"] == "flow-123"
     assert tags["mlflow.user"] and tags["mlflow.source.type"] == "JOB"  # under a flow run
     assert "mlflow.source.git.commit" not in tags  # no repository, no commit to show
+    assert "`tabular_mlp` for model `medflow-breast-cancer` on `t`" in tags["mlflow.note.content"]
     experiment = mlflow.MlflowClient().get_experiment(run.info.experiment_id)
     assert experiment.name == params.register.model_name  # one experiment per pipeline
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

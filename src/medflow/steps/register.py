@@ -144,7 +144,9 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
     tags = {**lineage, **identity, "medflow.gate": gate}
     if pending is None:
         model_uri = tracking.logged_model_of_run(run_id) or tracking.log_model(run_id, paths.model_bundle)
-        tracking.ensure_model(name, model_description(schema, dataset, key), {"medflow.primary_metric": key})
+        tracking.ensure_model(
+            name, model_description(schema, dataset, key), {"medflow.primary_metric": key, "medflow.task": schema.task}
+        )
         version = tracking.register_version(name, model_uri, tags)
     else:
         version = pending.version

@@ -199,13 +199,19 @@ def start_run(params: Params, paths: Paths, run_name: str | None = None) -> str:
     """Creates a run without making it the process-wide active run, so steps can log from anywhere by id."""
     from mlflow.entities import Param, RunTag
 
+    from medflow.data.sources import dataset_name
     from medflow.tracking.lineage import lineage
 
     configure(paths)
     flat = {k: str(v) for k, v in flatten(params.as_dict()).items()}
     tags = lineage(params, paths)
     run_name = run_name or default_run_name(params, tags)
-    tags = {**standard_tags(tags), **tags}
+    note = (
+        f"medflow pipeline run: `{params.train.model}` for model `{params.register.model_name}` on "
+        f"`{dataset_name(params.data.source)}`. Parameters hold params.yaml; tags `medflow.*` the code, data and "
+        "params lineage; the register step adds the gate decision and the model version."
+    )
+    tags = {**standard_tags(tags), "mlflow.note.content": note, **tags}
     assert_clean(flat, f"params of run {run_name!r}")
     assert_clean(tags, f"tags of run {run_name!r}")
     c = client()
