@@ -1,0 +1,427 @@
+"""README.md as a newcomer follows it: every command block run as printed, in one scratch clone of the project.
+
+A `make run` costs a minute, so the module shares one clone and its tests run in file order, each taking the
+project as the README's previous commands left it. A README command that no test here runs fails
+test_every_readme_command_is_run; one that cannot run in CI says "not run by CI" in its own comment. Two flow
+runs are marked slow because the default suite already runs the same command shape through the same executable:
+`medflow run -P ...` on a user's table (test_pipeline) and `dvc repro` of the pipeline (test_pipeline, and the
+experiment below).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from usercmd import REPO, sh, user_env
+
+README = REPO / "README.md"
+EXEMPT_MARK = "not run by CI"
+
+# What the tests below run, exactly as README.md prints it (trailing comments aside).
+MAKE_RUN = "make run"
+MAKE_TEST = "make test"
+MAKE_UI = "make ui"
+OVERRIDE_RUN = ".venv/bin/medflow run -P train.lr=3e-4 -P 'train.hidden=[128, 64]'"
+DVC_REPRO = ".venv/bin/dvc repro"
+DVC_EXP_RUN = ".venv/bin/dvc exp run -S train.lr=0.003"
+DVC_EXP_SHOW = ".venv/bin/dvc exp show"
+DVC_METRICS_DIFF = ".venv/bin/dvc metrics diff"
+DVC_PARAMS_DIFF = ".venv/bin/dvc params diff"
+DVC_PLOTS_SHOW = ".venv/bin/dvc plots show"
+DVC_REMOTE_ADD = ".venv/bin/dvc remote add -d storage ../medflow-dvc-remote"
+DVC_PUSH = ".venv/bin/dvc push"
+SALT = "export MEDFLOW_SALT=$(openssl rand -hex 32)"
+OWN_TABLE = (
+    ".venv/bin/medflow run -P data.source=data/visits.csv -P data.target=outcome -P data.patient_id=mrn \\\n"
+    "    -P 'data.identifiers=[name, dob, phone]' -P data.positive_class=disease \\\n"
+    "    -P register.model_name=visits-outcome"
+)
+DIGITS_RUN = ".venv/bin/medflow run --params examples/digits.yaml"
+DIGITS_DVC = "cp examples/digits.yaml params.yaml && .venv/bin/dvc repro"
+BENCH_BARE = ".venv/bin/python bench/train_vs_bare.py"
+BENCH_SEED = ".venv/bin/python bench/train_vs_seed.py"
+SERVE = (
+    "PATH=$PWD/.venv/bin:$PATH MLFLOW_TRACKING_URI=sqlite:///mlruns/mlflow.db \\\n"
+    "    mlflow models serve -m models:/medflow-breast-cancer@champion --env-manager local --port 5001 &"
+)
+SCORE = (
+    "head -4 data/breast_cancer.csv | curl -s http://127.0.0.1:5001/invocations -H 'Content-Type: text/csv' "
+    "--data-binary @-"
+)
+CREATEDB = "createdb -h 127.0.0.1 -U postgres medflow"
+TRACKING_SERVER = (
+    ".venv/bin/mlflow server --workers 1 --host 127.0.0.1 --port 5000 \\\n"
+    "    --backend-store-uri postgresql+psycopg2://postgres@127.0.0.1:5432/medflow \\\n"
+    '    --artifacts-destination "$PWD/mlruns/server-artifacts" &'
+)
+TO_SERVER = "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000"
+RUN_ON_SERVER = ".venv/bin/medflow run --force"
+
+RUN = {
+    MAKE_RUN, MAKE_TEST, MAKE_UI, OVERRIDE_RUN, DVC_REPRO, DVC_EXP_RUN, DVC_EXP_SHOW, DVC_METRICS_DIFF,
+    DVC_PARAMS_DIFF, DVC_PLOTS_SHOW, DVC_REMOTE_ADD, DVC_PUSH, SALT, OWN_TABLE, DIGITS_RUN, DIGITS_DVC, BENCH_BARE,
+    BENCH_SEED, SERVE, SCORE, CREATEDB, TRACKING_SERVER, TO_SERVER, RUN_ON_SERVER,
+}  # fmt: skip
+
+
+def strip_comment(line: str) -> str:
+    """The command without its trailing `# ...` (a # after whitespace, outside quotes), as bash reads it."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i].rstrip()
+    return line.rstrip()
+
+
+def readme_commands() -> list[tuple[str, str]]:
+    """(command, its comment) for each logical line of README's bash blocks, continuation lines kept."""
+    out = []
+    for block in re.findall(r"^```bash\n(.*?)^```", README.read_text(), flags=re.S | re.M):
+        logical = re.split(r"(?<!\\)\n", block.rstrip("\n"))
+        for text in logical:
+            lines = text.split("\n")
+            command = "\n".join([*lines[:-1], strip_comment(lines[-1])])
+            out.append((command, lines[-1][len(strip_comment(lines[-1])) :]))
+    return out
+
+
+def readme_python() -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"no answer from {url} in {timeout:.0f} s")
+
+
+class Background:
+    """A README line ending in `&`: started in its own process group, stopped with everything it started."""
+
+    def __init__(self, command: str, root: Path, log: Path, **env: str) -> None:
+        assert command.endswith("&")
+        self.log = log.open("w")
+        self.proc = subprocess.Popen(
+            ["bash", "-c", command.removesuffix("&").strip()],
+            cwd=root,
+            env=user_env(root, **env),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+def tree_digest(folder: Path, skip: set[str]) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.relative_to(folder).parts[0] not in skip
+    }
+
+
+def champion(root: Path, name: str) -> str:
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=store, registry_uri=store).get_model_version_by_alias(name, "champion").version
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory, migrated_mlflow_db) -> Path:
+    from usercmd import scratch_clone
+
+    return scratch_clone(tmp_path_factory.mktemp("readme") / "medflow", migrated_mlflow_db)
+
+
+@pytest.fixture(scope="module")
+def made(clone) -> Path:
+    """The project after the README's first command."""
+    done = sh(MAKE_RUN, clone, timeout=600)
+    assert "registered medflow-breast-cancer v" in done.stdout, done.stdout[-2000:]
+    return clone
+
+
+def test_every_readme_command_is_run():
+    commands = readme_commands()
+    exempt = {c for c, comment in commands if EXEMPT_MARK in comment}
+    printed = {c for c, _ in commands} - exempt
+    assert printed - RUN == set(), "README commands no test runs (run them here, or mark them 'not run by CI')"
+    assert RUN - printed == set(), "commands this module runs that README no longer prints"
+    assert len(readme_python()) == 1, "each python block of README.md needs a test that runs it"
+    assert all(re.search(rf"{EXEMPT_MARK}: \w", comment) for c, comment in commands if c in exempt), "say why"
+
+
+def test_make_run_leaves_dvc_status_clean(made):
+    assert "up to date" in sh(".venv/bin/dvc status", made).stdout
+    metrics = json.loads((made / "artifacts/evaluate/metrics.json").read_text())
+    assert metrics["test_roc_auc"] >= 0.95
+
+
+def chrome():
+    """Headless Debian Chromium through its chromedriver; `make test` installs both where missing."""
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        if os.environ.get("CI"):
+            pytest.fail("chromium/chromedriver missing: `make test` installs them (Debian chromium, chromium-driver)")
+        pytest.skip("chromium/chromedriver not installed (make test installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1100",
+    ):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+
+
+def test_make_ui_shows_the_champion_and_its_model_card(made):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    summary = json.loads((made / "artifacts/register/summary.json").read_text())
+    name, version = summary["model_name"], summary["champion_version"]
+    port = free_port()
+    shots = made / "artifacts/ui"
+    shots.mkdir(parents=True, exist_ok=True)
+    ui = Background(f"{MAKE_UI} &", made, shots / "make-ui.log", UI_PORT=str(port))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/health", ui.proc)
+        browser = chrome()
+        try:
+            pages = {
+                "model": (f"{base}/#/models/{name}", [name, "champion"]),
+                "champion-version": (
+                    f"{base}/#/models/{name}/versions/{version}",
+                    [name, "champion", f"Model card: {name} v{version}", "Intended use", "Test metrics"],
+                ),
+            }
+            for page, (url, expected) in pages.items():
+                browser.get(url)
+                body = browser.find_element(By.TAG_NAME, "body")
+                WebDriverWait(browser, 60).until(lambda _, e=expected, b=body: all(t in b.text for t in e))
+                # MLflow's assistant side panel covers a third of the page in a screenshot.
+                for button in browser.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
+                    button.click()
+                time.sleep(1)  # the last panels settle after their data arrives
+                browser.save_screenshot(str(shots / f"{page}.png"))
+        finally:
+            browser.quit()
+    finally:
+        ui.stop()
+    # For a person to look at: the repo's artifacts/ui/ (gitignored).
+    (REPO / "artifacts/ui").mkdir(parents=True, exist_ok=True)
+    for png in shots.glob("*.png"):
+        assert png.stat().st_size > 10_000, png
+        shutil.copy(png, REPO / "artifacts/ui" / png.name)
+
+
+def test_scoring_with_pyfunc_as_printed(made):
+    (made / "score.py").write_text(readme_python()[0])
+    out = sh(".venv/bin/python score.py", made).stdout
+    assert "prediction" in out and len(out.strip().splitlines()) >= 6, out
+
+
+def test_mlflow_models_serve_as_printed(made):
+    port = str(free_port())
+    server = Background(SERVE.replace("5001", port), made, made / "serve.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", server.proc, timeout=180)
+        out = sh(SCORE.replace("5001", port), made).stdout
+    finally:
+        server.stop()
+    predictions = json.loads(out)["predictions"]
+    assert len(predictions) == 3 and {"prediction"} <= set(predictions[0]), out
+
+
+def test_dvc_repro_after_make_run_has_nothing_to_do(made):
+    out = sh(DVC_REPRO, made).stdout
+    assert "Running stage" not in out, out
+
+
+def test_dvc_experiment_is_listed_with_its_metrics_and_leaves_the_champion(made):
+    before = champion(made, "medflow-breast-cancer")
+    sh(DVC_EXP_RUN, made, timeout=600)
+    assert "test_roc_auc" in sh(DVC_EXP_SHOW, made).stdout
+    rows = json.loads(sh(".venv/bin/dvc exp show --json", made).stdout)
+    head = next(r for r in rows if r["rev"] != "workspace")
+    experiments = [rev for e in head.get("experiments") or [] for rev in e["revs"]]
+    assert experiments, rows
+    for rev in [head, *experiments]:
+        metrics = rev["data"]["metrics"]["artifacts/evaluate/metrics.json"]["data"]
+        assert metrics["test_roc_auc"] > 0.9, (rev["rev"], rev["data"]["metrics"])
+    assert "train.lr" in sh(DVC_PARAMS_DIFF, made).stdout
+    sh(DVC_METRICS_DIFF, made)
+    sh(DVC_PLOTS_SHOW, made)
+    assert "roc" in (made / "dvc_plots/index.html").read_text()
+    assert champion(made, "medflow-breast-cancer") == before, "an experiment moved the champion"
+
+
+def test_dvc_push_to_a_local_remote(made):
+    sh(DVC_REMOTE_ADD, made)
+    sh(DVC_PUSH, made)
+    stored = [p for p in (made.parent / "medflow-dvc-remote").rglob("*") if p.is_file()]
+    assert len(stored) >= 5, stored
+
+
+def test_override_run_writes_yaml_values_into_params(made):
+    from ruamel.yaml import YAML
+
+    sh(OVERRIDE_RUN, made, timeout=600)
+    train = YAML(typ="safe").load((made / "params.yaml").read_text())["train"]
+    assert train["hidden"] == [128, 64] and train["lr"] == 3e-4  # a number, as `dvc exp run -S` writes it
+    assert "up to date" in sh(".venv/bin/dvc status", made).stdout
+
+
+def test_digits_pipeline_keeps_its_own_outputs_and_scores_arrays_and_files(made, tmp_path):
+    import mlflow
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from medflow import tracking
+    from medflow.paths import Paths
+
+    skip = {"digits", "logs", "ui", ".run.lock"}
+    before = tree_digest(made / "artifacts", skip)
+    sh(DIGITS_RUN, made, timeout=600)
+    assert tree_digest(made / "artifacts", skip) == before, "the digits pipeline changed the default one's outputs"
+    assert "up to date" in sh(".venv/bin/dvc status", made).stdout
+    assert sh("git status --porcelain expectations", made).stdout == ""
+
+    paths = Paths.for_params(made, made / "examples/digits.yaml")
+    metrics = json.loads(paths.metrics.read_text())
+    assert metrics["n_test"] == 270 and metrics["test_accuracy"] >= 0.98, metrics
+    assert json.loads(paths.summary("register").read_text())["promoted"]
+
+    tracking.configure(paths)
+    model = mlflow.pyfunc.load_model("models:/medflow-digits@champion")
+    ds = load_digits()
+    pixels = np.round(ds.images[:40] * 255 / 16).astype(np.uint8)
+    from_arrays = model.predict(pixels)
+    assert (from_arrays["prediction"].astype(int).to_numpy() == ds.target[:40]).mean() >= 0.9
+    files = []
+    for i, img in enumerate(pixels[:5]):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(img).save(files[-1])
+    assert model.predict(files)["prediction"].tolist() == from_arrays["prediction"][:5].tolist()
+    with pytest.raises(ValueError, match="this model takes"):
+        model.predict(np.zeros((2, 28, 28), dtype=np.uint8))
+
+
+@pytest.mark.slow
+def test_bring_your_own_table(made):
+    from medflow.data.synthetic import synthetic_cohort
+
+    synthetic_cohort(n_patients=150, seed=3).to_csv(made / "data/visits.csv", index=False)
+    out = sh(f"{SALT}\n{OWN_TABLE}", made, timeout=600).stdout
+    assert "registered visits-outcome v" in out, out[-2000:]
+    assert (made / "expectations/visits.json").exists()
+
+
+@pytest.mark.slow
+def test_digits_as_the_dvc_pipeline(made):
+    # As printed, on fewer epochs: the full example ran above.
+    example = made / "examples/digits.yaml"
+    example.write_text(re.sub(r"max_epochs: \d+", "max_epochs: 2", example.read_text()))
+    sh(DIGITS_DVC, made, timeout=600)
+    assert "up to date" in sh(".venv/bin/dvc status", made).stdout
+    assert json.loads((made / "artifacts/evaluate/metrics.json").read_text())["n_test"] == 270
+
+
+@pytest.mark.parametrize("command", [BENCH_BARE, BENCH_SEED])
+def test_benchmarks_run_small(clone, command):
+    out = sh(f"{command} --n 64 --repeats 1", clone, timeout=300).stdout
+    assert "ratio" in out.lower(), out
+    assert list((clone / "bench/results").glob("*.json"))
+
+
+def test_make_test_runs_ruff_and_pytest_in_a_clone(clone):
+    # The whole suite inside the suite would recurse: the clone's `make test` runs one test module.
+    done = sh(MAKE_TEST, clone, timeout=600, PYTEST_ADDOPTS="-k every_readme_command")
+    assert "ruff check ." in done.stdout and re.search(r"\b1 passed\b", done.stdout), done.stdout[-2000:]
+
+
+def postgres_up() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_scale_out_on_a_postgres_backed_tracking_server(made):
+    if not postgres_up():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not listening on 127.0.0.1:5432")
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    db, port = f"medflow_readme_{os.getpid()}", str(free_port())
+
+    def mine(command: str) -> str:
+        return command.replace("/medflow", f"/{db}").replace(" medflow", f" {db}").replace("5000", port)
+
+    sh(mine(CREATEDB), made)
+    server = Background(mine(TRACKING_SERVER), made, made / "tracking-server.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", server.proc, timeout=180)
+        sh(f"{mine(TO_SERVER)}\n{RUN_ON_SERVER}", made, timeout=600)
+        query = urllib.parse.urlencode({"filter": f"name='{params_model(made)}'"})
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/model-versions/search?{query}") as answer:
+            assert json.load(answer)["model_versions"], "nothing registered on the server"
+        assert list((made / "mlruns/server-artifacts").rglob("MLmodel"))
+    finally:
+        server.stop()
+        sh(f"dropdb -h 127.0.0.1 -U postgres --if-exists {db}", made, check=False)
+
+
+def params_model(root: Path) -> str:
+    import yaml
+
+    return yaml.safe_load((root / "params.yaml").read_text())["register"]["model_name"]
