@@ -37,7 +37,7 @@ def test_promote_moves_champion_and_records_who_when_why_and_the_previous(tmp_pa
     assert datetime.fromisoformat(tags["medflow.promoted_at"]) >= before
 
     refused = sh(".venv/bin/medflow promote exp 7 --reason x", root, check=False)
-    assert refused.returncode == 2 and "exp has no version 7" in refused.stderr
+    assert refused.returncode == 2 and "promote: model exp has no version 7" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
     with pytest.raises(ValueError, match="already the champion"):
         tracking.promote("exp", "2", "again")

@@ -249,7 +249,11 @@ def cmd_promote(args: argparse.Namespace, paths: Paths) -> int:
     from medflow import tracking
 
     tracking.configure(paths)
-    previous = tracking.promote(args.name, args.version, args.reason)
+    try:
+        previous = tracking.promote(args.name, args.version, args.reason)
+    except ValueError as exc:
+        exc.medflow_step = "promote"  # explain() names the step; there is no pipeline step here
+        raise
     was = f"v{previous.version}" if previous else "none"
     print(f"{args.name} v{args.version} is now champion (was {was}); who, when and why are in the version's tags")
     return 0
