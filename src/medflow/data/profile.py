@@ -156,11 +156,14 @@ def figures(profile: dict) -> dict:
     cols = profile["columns"]
     figs = {}
 
-    fig = Figure(figsize=(6, 0.25 * len(cols) + 1.2), layout="constrained")
+    # The 40 columns missing most: a wide table's full list would be a picture nobody can read (and slow to draw).
+    shown_cols = sorted(cols, key=lambda c: -(c["missing_rate"] or 0))[:40] if len(cols) > 40 else cols
+    fig = Figure(figsize=(6, 0.25 * len(shown_cols) + 1.2), layout="constrained")
     ax = fig.add_subplot()
-    ax.barh([c["name"] for c in cols], [c["missing_rate"] or 0 for c in cols])
+    ax.barh([c["name"] for c in shown_cols], [c["missing_rate"] or 0 for c in shown_cols])
     ax.invert_yaxis()
-    ax.set_xlabel("missing share (suppressed small counts drawn as 0)")
+    more = f", {len(shown_cols)} of {len(cols)} columns" if len(shown_cols) < len(cols) else ""
+    ax.set_xlabel(f"missing share (suppressed small counts drawn as 0{more})")
     figs["missingness.png"] = fig
 
     tgt = profile["target"]

@@ -11,6 +11,7 @@ import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from medflow.params import DataParams, ValidateParams
@@ -49,7 +50,10 @@ def roles(data: DataParams) -> dict[str, str]:
     return out | {data.target: "target"}
 
 
-def column_kinds(df: pd.DataFrame, data: DataParams, vp: ValidateParams) -> dict[str, str]:
+def column_kinds(
+    df: pd.DataFrame, data: DataParams, vp: ValidateParams, parsed: Parsed | None = None
+) -> dict[str, str]:
+    parsed = Parsed(df) if parsed is None else parsed
     role = roles(data)
     kinds = {}
     for col in df.columns.drop(ROW_ID, errors="ignore"):
@@ -58,7 +62,7 @@ def column_kinds(df: pd.DataFrame, data: DataParams, vp: ValidateParams) -> dict
             kinds[col] = role[col]
         elif len(values) and values.astype(str).str.contains("\n", regex=False).any():
             kinds[col] = "text"  # notes spanning lines are prose, whatever their count of distinct values
-        elif len(values) and _share(values, NUMBER_REGEX) >= vp.type_mostly:
+        elif len(values) and parsed[col].notna().sum() >= vp.type_mostly * len(values):
             kinds[col] = "numeric"
         elif (
             len(values)
@@ -125,32 +129,34 @@ def _as_number(values: pd.Series, column: str, source: str, vp: ValidateParams) 
 
 
 def normalise_numbers(
-    df: pd.DataFrame, data: DataParams, vp: ValidateParams, source: str
+    df: pd.DataFrame, data: DataParams, vp: ValidateParams, source: str, parsed: Parsed
 ) -> tuple[pd.DataFrame, dict[str, str]]:
-    """df with text-coded number columns rewritten as plain numbers (in memory: the source is never touched)."""
+    """df with text-coded number columns rewritten as plain numbers (in memory: the source is never touched);
+    parsed follows the new frame."""
     role = roles(data)
     out, done = df, {}
     for col in df.columns:
         if col in role or col == ROW_ID:
             continue
         values = df[col].dropna()
-        if not len(values) or _share(values, NUMBER_REGEX) >= vp.type_mostly:
+        if not len(values) or parsed[col].notna().sum() >= vp.type_mostly * len(values):
             continue
         converted = _as_number(df[col], col, source, vp)
         if converted is not None:
             out = out.copy() if out is df else out
             out[col], done[col] = converted
+    parsed.rebase(out, list(done))
     return out, done
 
 
-def magnitude_checks(df: pd.DataFrame, kinds: dict[str, str], max_abs: float) -> list[Check]:
+def magnitude_checks(df: pd.DataFrame, kinds: dict[str, str], max_abs: float, parsed: Parsed) -> list[Check]:
     """Row checks quarantining numbers no measurement reaches (1e308, overflowed exports), which pass any range
     check widened from a few of them and overflow float32 features."""
     checks = []
     for col, kind in kinds.items():
         if kind != "numeric" or col not in df:
             continue
-        x = numbers(df[col])
+        x = parsed[col]
         bad = x.abs() >= max_abs
         ids = tuple(int(i) for i in df.loc[bad, ROW_ID])
         detail = f"{len(ids)} of {int(x.notna().sum())} values reach |x| >= {max_abs:g}"
@@ -160,18 +166,41 @@ def magnitude_checks(df: pd.DataFrame, kinds: dict[str, str], max_abs: float) ->
 
 
 def numbers(col: pd.Series) -> pd.Series:
-    """Parsed values of a numeric column; text that NUMBER_REGEX rejects is NaN, exactly as GX sees it."""
-    text = col.astype("string")
-    parses = text.str.contains(NUMBER_REGEX, regex=True, na=False)
-    return pd.to_numeric(text.where(parses).str.strip()).astype("float64")
+    """Parsed values of a numeric column: what NUMBER_REGEX accepts, as floats; other text is NaN. Overflow ("1e500")
+    stays infinite, for the magnitude check to quarantine; the words inf and NaN are not numbers."""
+    x = pd.to_numeric(col, errors="coerce").astype("float64")
+    infinite = np.isinf(x.to_numpy())
+    if infinite.any():
+        words = col.astype("string").str.contains("[a-df-zA-DF-Z]", regex=True, na=False).to_numpy()
+        x[infinite & words] = np.nan
+    return x
 
 
-def typed(df: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
-    out = df.copy()
-    for col, kind in kinds.items():
-        if kind == "numeric" and col in out:
-            out[col] = numbers(out[col])
-    return out
+class Parsed(dict):
+    """numbers() of each column of one frame, computed on first use: a 2,000-column table is parsed once per
+    column, not once per check."""
+
+    def __init__(self, df: pd.DataFrame):
+        super().__init__()
+        self.df = df
+
+    def __missing__(self, col: str) -> pd.Series:
+        self[col] = numbers(self.df[col])
+        return self[col]
+
+    def rebase(self, df: pd.DataFrame, changed: list[str]) -> None:
+        self.df = df
+        for col in changed:
+            self.pop(col, None)
+
+
+def typed(df: pd.DataFrame, kinds: dict[str, str], parsed: Parsed | None = None) -> pd.DataFrame:
+    """df (or some of its rows) with numeric columns as floats."""
+    cache = Parsed(df) if parsed is None else parsed
+    parsed = {col: cache[col].loc[df.index] for col, kind in kinds.items() if kind == "numeric" and col in df}
+    # One concat, not a column assignment per column: 2,000 assignments fragment the frame.
+    rest = df.drop(columns=list(parsed))
+    return pd.concat([rest, pd.DataFrame(parsed, index=df.index)], axis=1)[list(df.columns)]
 
 
 def _sig(x: float) -> float:
@@ -182,7 +211,10 @@ def _expect(type_: str, level: str, **kwargs) -> dict:
     return {"type": type_, "kwargs": kwargs, "meta": {"level": level}}
 
 
-def infer_suite(df: pd.DataFrame, data: DataParams, vp: ValidateParams, name: str, source: str) -> dict:
+def infer_suite(
+    df: pd.DataFrame, data: DataParams, vp: ValidateParams, name: str, source: str, parsed: Parsed | None = None
+) -> dict:
+    parsed = Parsed(df) if parsed is None else parsed
     absent = [c for c in roles(data) if c not in df.columns]
     if absent:
         raise ValidationFailed(f"{source}: columns named in params.data are not in the data: {absent}")
@@ -198,7 +230,7 @@ def infer_suite(df: pd.DataFrame, data: DataParams, vp: ValidateParams, name: st
             f"{source}: target column {data.target!r} has {classes} distinct non-null value(s) in "
             f"{n} rows (rule: a target needs 2 or more classes)"
         )
-    kinds = column_kinds(df, data, vp)
+    kinds = column_kinds(df, data, vp, parsed)
     lo, hi = vp.row_count_band
     exps = [
         _expect("expect_table_columns_to_match_set", "batch", column_set=list(kinds), exact_match=True),
@@ -228,8 +260,8 @@ def infer_suite(df: pd.DataFrame, data: DataParams, vp: ValidateParams, name: st
                 )
             )
             # Robust quantiles, so that the impossible values an export carries do not widen the range.
-            parsed = numbers(values)
-            q_lo, q_hi = parsed[parsed.abs() < vp.max_abs].quantile([0.005, 0.995]).tolist()
+            x = parsed[col]
+            q_lo, q_hi = x[x.abs() < vp.max_abs].quantile([0.005, 0.995]).tolist()
             margin = vp.range_margin * (q_hi - q_lo)
             low = max(q_lo - margin, 0.0) if q_lo >= 0 else q_lo - margin
             exps.append(
@@ -328,7 +360,7 @@ def _errors(info: dict) -> list[str]:
     return sorted({str(i.get("exception_message")) for i in infos if isinstance(i, dict) and i.get("raised_exception")})
 
 
-def _native(type_: str, kw: dict, frame: pd.DataFrame) -> dict:
+def _native(type_: str, kw: dict, frame: pd.DataFrame, parsed: Parsed) -> dict:
     """The GX result fields medflow reads (unexpected/element/missing counts, unexpected row ids), computed with
     vectorised pandas: GX costs milliseconds per expectation, minutes on a table of 2,000 columns."""
     col = frame[kw["column"]]
@@ -338,7 +370,9 @@ def _native(type_: str, kw: dict, frame: pd.DataFrame) -> dict:
         bad, base = missing, n
     else:
         values = col[~missing]
-        if type_ == "expect_column_values_to_match_regex":
+        if type_ == "expect_column_values_to_match_regex" and kw["regex"] == NUMBER_REGEX:
+            ok = parsed[kw["column"]][values.index].notna()
+        elif type_ == "expect_column_values_to_match_regex":
             ok = values.astype(str).str.contains(kw["regex"], regex=True)
         elif type_ == "expect_column_values_to_be_in_set":
             ok = values.isin(kw["value_set"])
@@ -363,6 +397,37 @@ def _native(type_: str, kw: dict, frame: pd.DataFrame) -> dict:
     }
 
 
+def _batched(type_: str, kws: list[dict], frame: pd.DataFrame, parsed: Parsed) -> list[dict]:
+    """_native for many columns at once, as matrix operations: the checks every numeric column gets (not null,
+    parses as a number, within range) cost one pass over the table, not one pandas call per column."""
+    cols = [kw["column"] for kw in kws]
+    missing = frame[cols].isna().to_numpy()
+    if type_ == "expect_column_values_to_not_be_null":
+        bad, base = missing, np.full(len(cols), len(frame))
+    elif type_ == "expect_column_values_to_match_regex":  # NUMBER_REGEX only
+        numbers_ = np.column_stack([parsed[c].loc[frame.index].to_numpy() for c in cols])
+        bad, base = ~missing & np.isnan(numbers_), (~missing).sum(axis=0)
+    else:
+        x = frame[cols].to_numpy(dtype="float64")
+        lo = np.array([-np.inf if kw.get("min_value") is None else kw["min_value"] for kw in kws], dtype="float64")
+        hi = np.array([np.inf if kw.get("max_value") is None else kw["max_value"] for kw in kws], dtype="float64")
+        strict_lo = np.array([bool(kw.get("strict_min")) for kw in kws])
+        strict_hi = np.array([bool(kw.get("strict_max")) for kw in kws])
+        below = np.where(strict_lo, x <= lo, x < lo)
+        above = np.where(strict_hi, x >= hi, x > hi)
+        bad, base = ~missing & (below | above), (~missing).sum(axis=0)
+    counts = bad.sum(axis=0)
+    row_id = frame[ROW_ID].to_numpy()
+    out = []
+    for j, kw in enumerate(kws):
+        count, n = int(counts[j]), int(base[j])
+        success = count == 0 if "mostly" not in kw else (not n or 1 - count / n >= kw["mostly"])
+        ids = tuple(int(i) for i in row_id[bad[:, j]]) if count else ()
+        out.append({"success": success, "unexpected_count": count, "element_count": len(frame),
+                    "missing_count": int(missing[:, j].sum()), "row_ids": ids})  # fmt: skip
+    return out
+
+
 def _table_result(type_: str, kw: dict, frame: pd.DataFrame) -> dict:
     if type_ == "expect_table_columns_to_match_set":
         have, want = set(frame.columns), set(kw["column_set"])
@@ -383,6 +448,14 @@ _NATIVE = {
 _TABLE = {"expect_table_columns_to_match_set", "expect_table_row_count_to_be_between"}
 
 
+def _batchable(type_: str, kw: dict, key: str) -> bool:
+    if type_ == "expect_column_values_to_not_be_null":
+        return True
+    if type_ == "expect_column_values_to_match_regex":
+        return kw.get("regex") == NUMBER_REGEX
+    return type_ == "expect_column_values_to_be_between" and key == "number"
+
+
 def _check(type_: str, kw: dict, meta: dict, res: dict, errors: list[str], row_ids: tuple[int, ...]) -> Check:
     kw = {k: v for k, v in kw.items() if v is not None}
     bound = _bound(kw)
@@ -396,12 +469,14 @@ def _check(type_: str, kw: dict, meta: dict, res: dict, errors: list[str], row_i
     return Check(type_, kw.get("column"), level, success, stops, res.get("unexpected_count"), row_ids, bound, detail)
 
 
-def run_suite(df: pd.DataFrame, suite: dict) -> list[Check]:
+def run_suite(df: pd.DataFrame, suite: dict, parsed: Parsed | None = None) -> list[Check]:
     """Validates df (columns as read + ROW_ID); keeps counts and row ids. The expectation types medflow infers
     are evaluated natively, column by column in pandas; any other type a person adds goes to GX."""
     kinds = suite_kinds(suite)
-    frames = {"table": df.drop(columns=ROW_ID), "text": df, "number": typed(df, kinds)}
+    parsed = Parsed(df) if parsed is None else parsed
+    frames = {"table": df.drop(columns=ROW_ID), "text": df, "number": typed(df, kinds, parsed)}
     checks, to_gx = [], {k: [] for k in frames}
+    batch: dict[tuple[str, str], list[dict]] = {}
     for exp in suite["expectations"]:
         type_, kw, meta = exp["type"], exp.get("kwargs", {}), exp.get("meta", {})
         col = kw.get("column")
@@ -411,14 +486,20 @@ def run_suite(df: pd.DataFrame, suite: dict) -> list[Check]:
             continue  # expect_table_columns_to_match_set names it, once
         if type_ in _TABLE:
             checks.append(_check(type_, kw, meta, _table_result(type_, kw, frames["table"]), [], ()))
+        elif _batchable(type_, kw, key):
+            batch.setdefault((type_, key), []).append(exp)
         elif type_ in _NATIVE:
             try:
-                res = _native(type_, kw, frames[key])
+                res = _native(type_, kw, frames[key], parsed)
                 checks.append(_check(type_, kw, meta, res, [], res["row_ids"]))
             except (TypeError, ValueError, KeyError, re.error) as exc:
                 checks.append(_check(type_, kw, meta, {}, [f"{type(exc).__name__}"], ()))
         else:
             to_gx[key].append(exp)
+    for (type_, key), exps in batch.items():
+        results = _batched(type_, [e["kwargs"] for e in exps], frames[key], parsed)
+        for e, res in zip(exps, results, strict=True):
+            checks.append(_check(type_, e["kwargs"], e.get("meta", {}), res, [], res["row_ids"]))
     checks += _run_gx(frames, to_gx, suite["name"])
     order = {(e["type"], e["kwargs"].get("column")): i for i, e in enumerate(suite["expectations"])}
     return sorted(checks, key=lambda c: order.get((c.type, c.column), len(order)))

@@ -35,7 +35,6 @@ _STREET = re.compile(
     re.IGNORECASE,
 )
 _DATE = re.compile(r"^\s*(\d{4})[-/.]\d{1,2}[-/.]\d{1,2}|^\s*\d{1,2}[-/.]\d{1,2}[-/.](\d{4})")
-_PLAIN_NUMBER = r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*"
 # Dates spread over this many years (5th to 95th percentile) belong to people's lives, not to visits.
 BIRTH_SPAN_YEARS = 15
 
@@ -65,14 +64,17 @@ def _share(values: pd.Series, pattern: re.Pattern[str], anywhere: bool = False) 
 
 def _birth_dates(values: pd.Series) -> int:
     """How many values are dates, when the dates spread over decades (else 0)."""
-    years = values.str.extract(_DATE).bfill(axis=1).iloc[:, 0].dropna().astype(int)
+    parts = values.str.extract(_DATE)
+    years = parts[0].fillna(parts[1]).dropna().astype(int)
     if len(years) < 2:
         return 0
     lo, hi = years.quantile([0.05, 0.95])
     return len(years) if hi - lo >= BIRTH_SPAN_YEARS else 0
 
 
-def suspect_by_values(column: str, values: pd.Series, free_text: bool = False) -> Suspect | None:
+def suspect_by_values(
+    column: str, values: pd.Series, free_text: bool = False, numeric: bool | None = None
+) -> Suspect | None:
     """The first kind of identifier that a share of the column's values looks like, or None.
 
     In free text one e-mail, phone, SSN or record number is enough: a note names one patient at a time. A column
@@ -82,7 +84,7 @@ def suspect_by_values(column: str, values: pd.Series, free_text: bool = False) -
     n = len(sample)
     if not n:
         return None
-    if sample.str.fullmatch(_PLAIN_NUMBER).all():
+    if numeric if numeric is not None else pd.to_numeric(sample, errors="coerce").notna().all():
         # Measurements: only a record number with its leading zeros kept can hide among plain numbers.
         hits = int(sample.str.fullmatch(r"\s*0\d{5,}\s*").sum())
         return Suspect(column, "record numbers", hits, n) if hits >= SHARE * n and sample.nunique() >= 10 else None
@@ -107,8 +109,11 @@ def suspect_by_values(column: str, values: pd.Series, free_text: bool = False) -
     return None
 
 
-def suspects(df: pd.DataFrame, declared: set[str], text_columns: set[str]) -> list[Suspect]:
-    """Undeclared columns that look like identifiers by name or by values, in column order."""
+def suspects(
+    df: pd.DataFrame, declared: set[str], text_columns: set[str], numeric_columns: set[str] = frozenset()
+) -> list[Suspect]:
+    """Undeclared columns that look like identifiers by name or by values, in column order. numeric_columns (every
+    value a plain number) are only checked for record numbers."""
     found = []
     for col in df.columns:
         if col in declared:
@@ -116,7 +121,7 @@ def suspects(df: pd.DataFrame, declared: set[str], text_columns: set[str]) -> li
         if looks_like_identifier(str(col)):
             found.append(Suspect(col, "name", 0, 0))
             continue
-        hit = suspect_by_values(col, df[col], free_text=col in text_columns)
+        hit = suspect_by_values(col, df[col], free_text=col in text_columns, numeric=col in numeric_columns or None)
         if hit:
             found.append(hit)
     return found

@@ -20,6 +20,7 @@ from medflow.data.profile import association, build_profile, figures, to_markdow
 from medflow.data.suite import (
     ROW_ID,
     Check,
+    Parsed,
     ValidationFailed,
     column_kinds,
     infer_suite,
@@ -103,8 +104,10 @@ def _declared(df: pd.DataFrame, data: DataParams, where: str) -> None:
             )
 
 
-def _refuse_suspects(df: pd.DataFrame, data: DataParams, kinds: dict[str, str], where: str) -> None:
-    found = classify.suspects(df.drop(columns=ROW_ID), set(roles(data)), {c for c, k in kinds.items() if k == "text"})
+def _refuse_suspects(df: pd.DataFrame, data: DataParams, kinds: dict[str, str], where: str, parsed: Parsed) -> None:
+    numeric = {c for c, k in kinds.items() if k == "numeric" and parsed[c].notna().sum() == df[c].notna().sum()}
+    text = {c for c, k in kinds.items() if k == "text"}
+    found = classify.suspects(df.drop(columns=ROW_ID), set(roles(data)), text, numeric)
     if found:
         cols = [s.column for s in found]
         declare = _yaml_list([*data.identifiers, *cols])
@@ -175,8 +178,9 @@ def run(params: Params, paths: Paths) -> dict:
     _declared(df, data, where)
     if not len(df):
         raise ValidationFailed(f"{where}: no data rows (a header with {len(df.columns)} columns only)")
-    df, conversions = normalise_numbers(df, data, vp, where)
     df[ROW_ID] = np.arange(len(df), dtype="int64")
+    parsed = Parsed(df)
+    df, conversions = normalise_numbers(df, data, vp, where, parsed)
     dataset = sources.dataset_name(data.source)
     salt = resolve_salt(params)
 
@@ -192,16 +196,16 @@ def run(params: Params, paths: Paths) -> dict:
                 "to infer it again."
             )
     # Privacy and leakage come first: until every column has a role, nothing is written.
-    inferred = column_kinds(df, data, vp)
-    _refuse_suspects(df, data, inferred, where)
+    inferred = column_kinds(df, data, vp, parsed)
+    _refuse_suspects(df, data, inferred, where, parsed)
     # Columns the suite does not know yet (a new export field) are judged by their inferred kind.
     kinds_now = inferred if suite is None else inferred | {c: k for c, k in suite_kinds(suite).items() if c in df}
-    leaks = leakage(typed(df, kinds_now), kinds_now, data, vp)
+    leaks = leakage(typed(df, kinds_now, parsed), kinds_now, data, vp)
     _refuse_leaks(leaks, data, vp, where)
     if suite is None:
-        suite = infer_suite(df, data, vp, name=dataset, source=where)
+        suite = infer_suite(df, data, vp, name=dataset, source=where, parsed=parsed)
 
-    checks = run_suite(df, suite) + magnitude_checks(df, suite_kinds(suite), vp.max_abs)
+    checks = run_suite(df, suite, parsed) + magnitude_checks(df, suite_kinds(suite), vp.max_abs, parsed)
     failures = batch_failures(checks)
     _write_json(out / "report.json", {"dataset": dataset, "source": where, **report(checks, failures)})
     if failures:
@@ -225,7 +229,7 @@ def run(params: Params, paths: Paths) -> dict:
     held[[ROW_ID, "reason", *keep[1:]]].to_csv(out / "quarantine.csv", index=False, lineterminator="\n")
     _write_json(out / "columns.json", kinds)
 
-    profile = build_profile(typed(valid, kinds), kinds, data.target, data.positive_class, vp)
+    profile = build_profile(typed(valid, kinds, parsed), kinds, data.target, data.positive_class, vp)
     (out / "profile").mkdir()
     (out / "profile" / "profile.md").write_text(to_markdown(profile, dataset))
     for name, fig in figures(profile).items():
