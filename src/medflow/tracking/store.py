@@ -54,6 +54,9 @@ class _QuietLocked(logging.Filter):
         return not _is_locked(record.getMessage())
 
 
+_QUIET_LOCKED = _QuietLocked()
+
+
 def retry_locked(fn, *args, **kwargs):
     delay = 0.5
     for attempt in range(LOCK_RETRIES):
@@ -112,7 +115,7 @@ def configure(paths: Paths) -> str:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # pipeline logs, not a terminal
     import mlflow
 
-    logging.getLogger("mlflow.store.db.utils").addFilter(_QuietLocked())
+    logging.getLogger("mlflow.store.db.utils").addFilter(_QUIET_LOCKED)  # added once, however often called
     uri = tracking_uri(paths)
     override = uri != f"sqlite:///{paths.mlflow_db}"
     paths.mlruns.mkdir(parents=True, exist_ok=True)
