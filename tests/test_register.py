@@ -269,6 +269,7 @@ def test_experiments_register_as_challenger_at_most(proj, monkeypatch):
     summary = train_and_register(proj, "explore", 0.99)
     assert (summary["promoted"], summary["champion_version"]) == (False, "1")
     assert "run from a DVC experiment" in summary["reason"] and "medflow promote" in summary["reason"]
+    assert tracking.get_version("explore", "2").tags["medflow.dvc_experiment"] == "armed-vows"
     monkeypatch.delenv("DVC_EXP_NAME")
     params = Params.model_validate(
         {

@@ -90,6 +90,7 @@ def test_lineage_reads_git_and_dvc(project, params, monkeypatch):
     import hashlib
 
     monkeypatch.delenv("MEDFLOW_FLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     (project.root / ".gitignore").write_text("mlruns/\n")
     (project.root / "data.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: data\n")
     git(project.root, "init", "-q")
@@ -103,6 +104,7 @@ def test_lineage_reads_git_and_dvc(project, params, monkeypatch):
         "medflow.data_dvc_md5": "0123456789abcdef0123456789abcdef.dir",
         "medflow.params_hash": params.digest(),
         "medflow.flow_run_id": "none",
+        "medflow.dvc_experiment": "none",
     }
     (project.root / "params.yaml").write_text("seed: 1\n")
     assert tracking.lineage(params, project)["medflow.git_commit"] == f"{sha}-dirty"

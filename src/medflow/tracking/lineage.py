@@ -60,6 +60,8 @@ def lineage(params: Params, paths: Paths) -> dict[str, str]:
         "medflow.data_dvc_md5": dvc_md5(paths.root / "data.dvc"),
         "medflow.params_hash": params.digest(),
         "medflow.flow_run_id": os.environ.get("MEDFLOW_FLOW_RUN_ID") or "none",
+        # Set by DVC in every stage of `dvc exp run`: such runs are experiments, challengers at most.
+        "medflow.dvc_experiment": os.environ.get("DVC_EXP_NAME") or "none",
     }
 
 
