@@ -63,7 +63,7 @@ SCORE = (
 )
 CREATEDB = "createdb -h 127.0.0.1 -U postgres medflow"
 TRACKING_SERVER = (
-    ".venv/bin/mlflow server --workers 1 --host 127.0.0.1 --port 5000 \\\n"
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow server --workers 1 --host 127.0.0.1 --port 5000 \\\n"
     "    --backend-store-uri postgresql+psycopg2://postgres@127.0.0.1:5432/medflow \\\n"
     '    --artifacts-destination "$PWD/mlruns/server-artifacts" &'
 )
