@@ -6,6 +6,8 @@ and free-text/date columns show only their name, kind and missingness.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -28,6 +30,31 @@ def univariate_auc(y: np.ndarray, score: np.ndarray) -> float | None:
     ranks = pd.Series(score).rank().to_numpy()
     auc = (ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg)
     return float(max(auc, 1 - auc))
+
+
+def univariate_aucs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """univariate_auc of every column of x at once (missing values left out column by column); NaN where a column
+    has no value of one class. One rank over the matrix: a table of 2,000 columns costs one call, not 2,000."""
+    ok = ~np.isnan(x)
+    ranks = pd.DataFrame(x).rank(axis=0).to_numpy()
+    hit = ok & y[:, None]
+    pos = hit.sum(axis=0).astype(float)
+    neg = ok.sum(axis=0) - pos
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = (np.where(hit, ranks, 0.0).sum(axis=0) - pos * (pos + 1) / 2) / (pos * neg)
+    auc = np.maximum(auc, 1 - auc)
+    auc[(pos == 0) | (neg == 0)] = np.nan
+    return auc
+
+
+def numeric_associations(x: pd.DataFrame, labels: pd.Series, positives: list[str]) -> dict[str, float | None]:
+    """association() of every numeric column of x (floats), vectorised."""
+    if x.shape[1] == 0:
+        return {}
+    best = np.full(x.shape[1], np.nan)
+    for p in positives:
+        best = np.fmax(best, univariate_aucs(x.to_numpy(dtype="float64"), (labels == p).to_numpy(dtype=bool)))
+    return {c: None if np.isnan(a) else round(float(a), 4) for c, a in zip(x.columns, best, strict=True)}
 
 
 def association(x: pd.Series, kind: str, labels: pd.Series, positives: list[str]) -> float | None:
@@ -57,18 +84,25 @@ def build_profile(
         positives = [str(positive_class)]
     else:
         positives = classes[1:] if len(classes) == 2 else classes
+    numeric = [c for c, kind in kinds.items() if kind == "numeric"]
+    x = df[numeric].astype("float64")
+    aucs = numeric_associations(x, labels.fillna(""), positives)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column has no quantiles
+        quantiles = np.nanquantile(x.to_numpy(), list(_QUANTILES.values()), axis=0) if numeric and n else None
+    missing_counts = df[list(kinds)].isna().sum()
     columns = []
     for col, kind in kinds.items():
-        missing = int(df[col].isna().sum())
+        missing = int(missing_counts[col])
         entry: dict = {"name": col, "kind": kind, "missing": shown(missing, k)}
         entry["missing_rate"] = round(missing / n, 4) if n and not 0 < missing < k else None
         if kind == "numeric":
-            q = df[col].quantile(list(_QUANTILES.values()))
+            q = quantiles[:, numeric.index(col)] if quantiles is not None else [np.nan] * len(_QUANTILES)
             entry["quantiles"] = {name: float(f"{v:.4g}") for name, v in zip(_QUANTILES, q, strict=True)}
+            entry["association"] = aucs[col]
         if kind == "categorical":
             counts = df[col].value_counts()
             entry["counts"] = {str(v): shown(int(c), k) for v, c in counts.items()}
-        if kind in ("numeric", "categorical"):
             entry["association"] = association(df[col], kind, labels, positives)
         columns.append(entry)
     counts = labels.value_counts()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,14 +57,18 @@ def column_kinds(
     parsed = Parsed(df) if parsed is None else parsed
     role = roles(data)
     kinds = {}
+    present = parsed.present if parsed.df is df else df.notna().sum()
     for col in df.columns.drop(ROW_ID, errors="ignore"):
-        values = df[col].dropna()
         if col in role:
             kinds[col] = role[col]
-        elif len(values) and values.astype(str).str.contains("\n", regex=False).any():
-            kinds[col] = "text"  # notes spanning lines are prose, whatever their count of distinct values
-        elif len(values) and parsed[col].notna().sum() >= vp.type_mostly * len(values):
+            continue
+        # Counts first, text second: most columns of a wide table are numbers, and strings are slow.
+        if present[col] and parsed.count(col) >= vp.type_mostly * present[col]:
             kinds[col] = "numeric"
+            continue
+        values = df[col].dropna()
+        if len(values) and values.astype(str).str.contains("\n", regex=False).any():
+            kinds[col] = "text"  # notes spanning lines are prose, whatever their count of distinct values
         elif (
             len(values)
             and _share(values, DATE_REGEX) < vp.type_mostly
@@ -87,7 +92,8 @@ def _as_number(values: pd.Series, column: str, source: str, vp: ValidateParams) 
     when the column is not mostly such numbers. Fails when no single reading fits (mixed units, a comma that is a
     thousands separator in some values and a decimal comma in others)."""
     text = values.dropna().astype(str).str.strip()
-    if not len(text):
+    # Category codes ("low", "F") hold no digit: one look at the distinct values settles it.
+    if not len(text) or not any(any(ch.isdigit() for ch in v) for v in text.unique()):
         return None
     plain = text.str.match(_PLAIN)
     grouped = text.str.match(_THOUSANDS)
@@ -138,8 +144,8 @@ def normalise_numbers(
     for col in df.columns:
         if col in role or col == ROW_ID:
             continue
-        values = df[col].dropna()
-        if not len(values) or parsed[col].notna().sum() >= vp.type_mostly * len(values):
+        n = parsed.present[col]
+        if not n or parsed.count(col) >= vp.type_mostly * n:
             continue
         converted = _as_number(df[col], col, source, vp)
         if converted is not None:
@@ -152,14 +158,15 @@ def normalise_numbers(
 def magnitude_checks(df: pd.DataFrame, kinds: dict[str, str], max_abs: float, parsed: Parsed) -> list[Check]:
     """Row checks quarantining numbers no measurement reaches (1e308, overflowed exports), which pass any range
     check widened from a few of them and overflow float32 features."""
+    cols = [c for c, k in kinds.items() if k == "numeric" and c in df]
+    x = parsed.matrix(cols, df.index)
+    with np.errstate(invalid="ignore"):
+        bad = np.abs(x) >= max_abs
+    row_id = df[ROW_ID].to_numpy()
     checks = []
-    for col, kind in kinds.items():
-        if kind != "numeric" or col not in df:
-            continue
-        x = parsed[col]
-        bad = x.abs() >= max_abs
-        ids = tuple(int(i) for i in df.loc[bad, ROW_ID])
-        detail = f"{len(ids)} of {int(x.notna().sum())} values reach |x| >= {max_abs:g}"
+    for j, col in enumerate(cols):
+        ids = tuple(int(i) for i in row_id[bad[:, j]]) if bad[:, j].any() else ()
+        detail = f"{len(ids)} of {int((~np.isnan(x[:, j])).sum())} values reach |x| >= {max_abs:g}"
         checks.append(Check("magnitude_below_max_abs", col, "row", not ids, False, len(ids), ids, f"[{max_abs:g}]",
                             detail))  # fmt: skip
     return checks
@@ -183,24 +190,42 @@ class Parsed(dict):
     def __init__(self, df: pd.DataFrame):
         super().__init__()
         self.df = df
+        self.counts: dict[str, int] = {}
+        self.present = df.notna().sum()
 
     def __missing__(self, col: str) -> pd.Series:
         self[col] = numbers(self.df[col])
+        self.counts[col] = int(np.count_nonzero(~np.isnan(self[col].to_numpy())))
         return self[col]
+
+    def count(self, col: str) -> int:
+        """Values of col that parse as numbers."""
+        if col not in self.counts:
+            self[col]  # noqa: B018 - parses and counts
+        return self.counts[col]
+
+    def matrix(self, cols: list[str], index: pd.Index) -> np.ndarray:
+        """The parsed columns as one float matrix, rows of index (labels of self.df)."""
+        if not cols:
+            return np.empty((len(index), 0))
+        rows = self.df.index.get_indexer(index)
+        return np.column_stack([self[c].to_numpy() for c in cols])[rows]
 
     def rebase(self, df: pd.DataFrame, changed: list[str]) -> None:
         self.df = df
+        self.present = df.notna().sum()
         for col in changed:
             self.pop(col, None)
+            self.counts.pop(col, None)
 
 
 def typed(df: pd.DataFrame, kinds: dict[str, str], parsed: Parsed | None = None) -> pd.DataFrame:
     """df (or some of its rows) with numeric columns as floats."""
     cache = Parsed(df) if parsed is None else parsed
-    parsed = {col: cache[col].loc[df.index] for col, kind in kinds.items() if kind == "numeric" and col in df}
+    cols = [col for col, kind in kinds.items() if kind == "numeric" and col in df]
     # One concat, not a column assignment per column: 2,000 assignments fragment the frame.
-    rest = df.drop(columns=list(parsed))
-    return pd.concat([rest, pd.DataFrame(parsed, index=df.index)], axis=1)[list(df.columns)]
+    parsed = pd.DataFrame(cache.matrix(cols, df.index), index=df.index, columns=cols)
+    return pd.concat([df.drop(columns=cols), parsed], axis=1)[list(df.columns)]
 
 
 def _sig(x: float) -> float:
@@ -242,9 +267,15 @@ def infer_suite(
         ),
     ]
     stats = {}
+    present = df[list(kinds)].notna().sum()
+    numeric = [c for c, k in kinds.items() if k == "numeric"]
+    x = np.column_stack([parsed[c].to_numpy() for c in numeric]) if numeric else np.empty((n, 0))
+    # Robust quantiles, so that the impossible values an export carries do not widen the range.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column has no quantiles
+        q = np.nanquantile(np.where(np.abs(x) < vp.max_abs, x, np.nan), [0.005, 0.995], axis=0)
     for col, kind in kinds.items():
-        values = df[col].dropna()
-        null_rate = round(1 - len(values) / n, 4) if n else 0.0
+        null_rate = round(1 - int(present[col]) / n, 4) if n else 0.0
         stats[col] = {"kind": kind, "null_rate": null_rate}
         mostly = round(max(0.0, 1 - null_rate - vp.null_rate_slack), 4)
         level = "row" if kind in ("target", "patient_id") else "batch"
@@ -259,9 +290,7 @@ def infer_suite(
                     mostly=vp.type_mostly,
                 )
             )
-            # Robust quantiles, so that the impossible values an export carries do not widen the range.
-            x = parsed[col]
-            q_lo, q_hi = x[x.abs() < vp.max_abs].quantile([0.005, 0.995]).tolist()
+            q_lo, q_hi = q[:, numeric.index(col)].tolist()
             margin = vp.range_margin * (q_hi - q_lo)
             low = max(q_lo - margin, 0.0) if q_lo >= 0 else q_lo - margin
             exps.append(
@@ -274,11 +303,11 @@ def infer_suite(
                 )
             )
         elif kind == "categorical":
-            counts = values.value_counts()
+            counts = df[col].value_counts()
             allowed = sorted(counts[counts >= vp.category_min_count].index)
             exps.append(_expect("expect_column_values_to_be_in_set", "row", column=col, value_set=allowed))
         elif kind == "target":
-            labels = sorted(values.unique())
+            labels = sorted(df[col].dropna().unique())
             exps.append(_expect("expect_column_values_to_be_in_set", "batch", column=col, value_set=labels))
     meta = {
         "source": source,

@@ -57,9 +57,10 @@ def _sample(values: pd.Series) -> pd.Series:
     return values.sample(SAMPLE, random_state=0) if len(values) > SAMPLE else values
 
 
-def _share(values: pd.Series, pattern: re.Pattern[str], anywhere: bool = False) -> int:
+def _share(counts: pd.Series, pattern: re.Pattern[str], anywhere: bool = False) -> int:
+    """Values (counts: value -> rows) that match: each distinct value is tested once."""
     test = (lambda v: pattern.search(v) is not None) if anywhere else (lambda v: pattern.match(v.strip()) is not None)
-    return sum(map(test, values))
+    return int(sum(c for v, c in counts.items() if test(v)))
 
 
 def _birth_dates(values: pd.Series) -> int:
@@ -72,9 +73,7 @@ def _birth_dates(values: pd.Series) -> int:
     return len(years) if hi - lo >= BIRTH_SPAN_YEARS else 0
 
 
-def suspect_by_values(
-    column: str, values: pd.Series, free_text: bool = False, numeric: bool | None = None
-) -> Suspect | None:
+def suspect_by_values(column: str, values: pd.Series, free_text: bool = False) -> Suspect | None:
     """The first kind of identifier that a share of the column's values looks like, or None.
 
     In free text one e-mail, phone, SSN or record number is enough: a note names one patient at a time. A column
@@ -84,23 +83,24 @@ def suspect_by_values(
     n = len(sample)
     if not n:
         return None
-    if numeric if numeric is not None else pd.to_numeric(sample, errors="coerce").notna().all():
+    if pd.to_numeric(sample, errors="coerce").notna().all():
         # Measurements: only a record number with its leading zeros kept can hide among plain numbers.
         hits = int(sample.str.fullmatch(r"\s*0\d{5,}\s*").sum())
         return Suspect(column, "record numbers", hits, n) if hits >= SHARE * n and sample.nunique() >= 10 else None
+    counts = sample.value_counts()
     for kind, pattern in _ANY.items():
-        hits = _share(sample, pattern, anywhere=True)
+        hits = _share(counts, pattern, anywhere=True)
         if hits and (free_text or hits >= SHARE * n):
             return Suspect(column, {"email": "e-mail addresses", "phone": "phone numbers", "ssn": "SSNs",
                                     "mrn": "record numbers"}[kind], hits, n)  # fmt: skip
-    distinct = sample.nunique()
+    distinct = len(counts)
     checks = (
         ("record numbers", _RECORD, distinct >= 10),
         ("person names", _NAME, distinct >= 10),
         ("street addresses", _STREET, True),
     )
     for kind, pattern, plausible in checks:
-        hits = _share(sample, pattern)
+        hits = _share(counts, pattern) if plausible else 0
         if plausible and hits >= SHARE * n:
             return Suspect(column, kind, hits, n)
     hits = _birth_dates(sample)
@@ -109,19 +109,36 @@ def suspect_by_values(
     return None
 
 
+def _zero_padded(df: pd.DataFrame) -> dict[str, Suspect]:
+    """Record numbers hiding among plain-number columns (their leading zeros kept), all columns in one pass."""
+    if df.shape[1] == 0:
+        return {}
+    cells = df.stack()
+    cells = cells[cells.astype(str).str.startswith("0")]
+    padded = cells[cells.astype(str).str.fullmatch(r"0\d{5,}")]
+    counts, present = padded.groupby(level=1).agg(["size", "nunique"]), df.notna().sum()
+    return {
+        col: Suspect(col, "record numbers", int(row["size"]), int(present[col]))
+        for col, row in counts.iterrows()
+        if row["size"] >= SHARE * present[col] and row["nunique"] >= 10
+    }
+
+
 def suspects(
     df: pd.DataFrame, declared: set[str], text_columns: set[str], numeric_columns: set[str] = frozenset()
 ) -> list[Suspect]:
     """Undeclared columns that look like identifiers by name or by values, in column order. numeric_columns (every
     value a plain number) are only checked for record numbers."""
+    by_name = {c for c in df.columns if c not in declared and looks_like_identifier(str(c))}
+    padded = _zero_padded(df[[c for c in df.columns if c in numeric_columns and c not in declared | by_name]])
     found = []
     for col in df.columns:
         if col in declared:
             continue
-        if looks_like_identifier(str(col)):
+        if col in by_name:
             found.append(Suspect(col, "name", 0, 0))
-            continue
-        hit = suspect_by_values(col, df[col], free_text=col in text_columns, numeric=col in numeric_columns or None)
-        if hit:
+        elif col in numeric_columns:
+            found += [padded[col]] if col in padded else []
+        elif hit := suspect_by_values(col, df[col], free_text=col in text_columns):
             found.append(hit)
     return found

@@ -16,7 +16,7 @@ import pandas as pd
 
 from medflow.data import image_validation, images, sources
 from medflow.data.features import CONTENT_HASH
-from medflow.data.profile import association, build_profile, figures, to_markdown
+from medflow.data.profile import association, build_profile, figures, numeric_associations, to_markdown
 from medflow.data.suite import (
     ROW_ID,
     Check,
@@ -105,7 +105,7 @@ def _declared(df: pd.DataFrame, data: DataParams, where: str) -> None:
 
 
 def _refuse_suspects(df: pd.DataFrame, data: DataParams, kinds: dict[str, str], where: str, parsed: Parsed) -> None:
-    numeric = {c for c, k in kinds.items() if k == "numeric" and parsed[c].notna().sum() == df[c].notna().sum()}
+    numeric = {c for c, k in kinds.items() if k == "numeric" and parsed.count(c) == parsed.present[c]}
     text = {c for c, k in kinds.items() if k == "text"}
     found = classify.suspects(df.drop(columns=ROW_ID), set(roles(data)), text, numeric)
     if found:
@@ -129,11 +129,13 @@ def leakage(df: pd.DataFrame, kinds: dict[str, str], data: DataParams, vp: Valid
         positives = [str(data.positive_class)]
     else:
         positives = classes[1:] if len(classes) == 2 else classes
-    found = {}
+    numeric = [c for c, k in kinds.items() if k == "numeric"]
+    aucs = numeric_associations(df[numeric].astype("float64"), labels.fillna(""), positives)
     for col, kind in kinds.items():
-        if kind not in ("numeric", "categorical"):
-            continue
-        auc = association(df[col], kind, labels, positives)
+        if kind == "categorical":
+            aucs[col] = association(df[col], kind, labels, positives)
+    found = {}
+    for col, auc in aucs.items():
         if auc is not None and auc >= vp.leakage_auc:
             pairs = df[[col, data.target]].dropna().drop_duplicates()
             recoded = pairs[col].is_unique and pairs[data.target].is_unique
