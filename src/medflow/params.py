@@ -110,6 +110,18 @@ class TrainParams(_Section):
 
 class EvaluateParams(_Section):
     primary_metric: Literal["roc_auc", "pr_auc", "accuracy", "balanced_accuracy", "f1"] = "roc_auc"
+    # Resamples of test patients (rows when there is no patient id) behind every 95% interval.
+    n_boot: int = Field(1000, ge=100)
+    # Binary tasks: the decision threshold is chosen on the validation split, by Youden's J or as the highest
+    # threshold reaching target_sensitivity there.
+    threshold: Literal["youden", "sensitivity"] = "youden"
+    target_sensitivity: float = Field(0.9, gt=0, le=1)
+    calibration_bins: int = Field(10, ge=2)  # equal-width probability bins of the ECE and the reliability diagram
+    # Columns of the cleaned table whose groups get their own metrics; numeric ones need edges in subgroup_bins.
+    subgroups: list[str] = Field(default_factory=list)
+    subgroup_bins: dict[str, list[float]] = Field(default_factory=dict)  # column -> edges, groups are [a, b)
+    # A group with fewer patients than this shows as "<k" only: no metrics, in every report and plot.
+    min_group_patients: int = Field(10, ge=1)
 
 
 class RegisterParams(_Section):

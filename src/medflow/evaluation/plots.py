@@ -1,4 +1,4 @@
-"""ROC and confusion-matrix figures (aggregates of the test split only)."""
+"""Evaluation figures: aggregates of the test split only (curves, counts, group summaries), never a row."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn import metrics as skm
+from sklearn.calibration import CalibrationDisplay
 
 
 def _pyplot():
@@ -17,46 +18,110 @@ def _pyplot():
     return plt
 
 
-def roc_points(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> list[dict]:
-    """One curve for binary (positive class), one per class (one-vs-rest) for multiclass."""
-    curves = (
+def _save(fig, out: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    _pyplot().close(fig)
+
+
+def _curves(y: np.ndarray, proba: np.ndarray, classes: list[str]):
+    """The positive class for binary; one-vs-rest per class for multiclass; classes absent from y are skipped."""
+    pairs = (
         [(classes[1], y == 1, proba[:, 1])]
         if len(classes) == 2
         else [(c, y == i, proba[:, i]) for i, c in enumerate(classes)]
     )
+    return [(name, truth, score) for name, truth, score in pairs if truth.any() and not truth.all()]
+
+
+def roc_points(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> list[dict]:
     rows = []
-    for name, truth, score in curves:
-        if truth.all() or not truth.any():
-            continue
+    for name, truth, score in _curves(y, proba, classes):
         fpr, tpr, _ = skm.roc_curve(truth, score)
         rows += [{"class": name, "fpr": float(f), "tpr": float(t)} for f, t in zip(fpr, tpr, strict=True)]
     return rows
 
 
-def plot_roc(points: list[dict], out: Path) -> None:
+def plot_roc(y: np.ndarray, proba: np.ndarray, classes: list[str], out: Path, operating: tuple | None = None) -> None:
+    """operating: (1 - specificity, sensitivity) at the chosen threshold, marked on the curve."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for name in dict.fromkeys(p["class"] for p in points):
-        xs = [p["fpr"] for p in points if p["class"] == name]
-        ys = [p["tpr"] for p in points if p["class"] == name]
-        ax.plot(xs, ys, label=name)
-    ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test split)")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, truth, score in _curves(y, proba, classes):
+        skm.RocCurveDisplay.from_predictions(truth, score, name=name, ax=ax, plot_chance_level=name == classes[-1])
+    if operating is not None:
+        ax.plot(*operating, "o", color="crimson", label="chosen threshold")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)")
+    ax.set_title("ROC curve (test split)")
+    _save(fig, out)
 
 
-def plot_confusion(cm: np.ndarray, classes: list[str], out: Path) -> None:
+def plot_pr(y: np.ndarray, proba: np.ndarray, classes: list[str], out: Path) -> None:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2.5, 1.2 * len(classes) + 2))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center", color="black")
-    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (test split)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, truth, score in _curves(y, proba, classes):
+        skm.PrecisionRecallDisplay.from_predictions(truth, score, name=name, ax=ax, plot_chance_level=len(classes) == 2)
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", ylim=(0, 1.02))
+    ax.set_title("Precision-recall curve (test split)")
+    _save(fig, out)
+
+
+def plot_confusion(y: np.ndarray, pred: np.ndarray, classes: list[str], out: Path, title: str) -> None:
+    plt = _pyplot()
+    side = 1.0 * len(classes) + 3
+    fig, ax = plt.subplots(figsize=(side, side))
+    skm.ConfusionMatrixDisplay.from_predictions(
+        y, pred, labels=np.arange(len(classes)), display_labels=classes, ax=ax, colorbar=False, cmap="Blues"
+    )
+    ax.set(xlabel="predicted", ylabel="true")
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", labelrotation=30)
+    _save(fig, out)
+
+
+def plot_reliability(conf: np.ndarray, hit: np.ndarray, out: Path, n_bins: int, label: str) -> None:
+    """conf: predicted probability (binary) or top-label confidence (multiclass); hit: the outcome it predicts."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5.5))
+    CalibrationDisplay.from_predictions(hit, conf, n_bins=n_bins, ax=ax, name="model")
+    counts = np.bincount(np.minimum((conf * n_bins).astype(int), n_bins - 1), minlength=n_bins)
+    twin = ax.twinx()
+    twin.bar((np.arange(n_bins) + 0.5) / n_bins, counts, width=1 / n_bins, alpha=0.15, color="grey")
+    twin.set_ylabel("rows per bin")
+    ax.set(xlabel=f"mean predicted {label}", ylabel=f"observed fraction ({label})")
+    ax.set_title("Reliability diagram (test split)")
+    _save(fig, out)
+
+
+def plot_learning_curves(history: dict[str, list[tuple[int, float]]], out: Path, best_epoch: int | None) -> None:
+    """history: metric name -> (epoch, value), as train logged them: losses left, accuracies right."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for ax, kind in zip(axes, ("loss", "accuracy"), strict=True):
+        for split in ("train", "val"):
+            points = history.get(f"{split}_{kind}", [])
+            if points:
+                ax.plot(*zip(*points, strict=True), label=split)
+        if best_epoch:
+            ax.axvline(best_epoch, ls="--", color="grey", lw=0.8, label=f"best epoch ({best_epoch})")
+        ax.set(xlabel="epoch", ylabel=kind, title=f"{kind} per epoch")
+        ax.legend(fontsize=8)
+    _save(fig, out)
+
+
+def plot_forest(report: dict, out: Path) -> None:
+    """One line per group: the primary metric with its 95% CI; suppressed groups show "<k" patients and no value."""
+    plt = _pyplot()
+    primary, rows = report["primary_metric"], report["groups"]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.5))
+    for i, r in enumerate(rows):
+        if primary in r:
+            lo, hi = r[primary] - r[f"{primary}_ci_low"], r[f"{primary}_ci_high"] - r[primary]
+            ax.errorbar(r[primary], i, xerr=[[lo], [hi]], fmt="o", color="navy", capsize=3)
+        else:
+            why = "suppressed (too few patients)" if r["suppressed"] else f"{primary} undefined (one class)"
+            ax.text(0.02, i, why, transform=ax.get_yaxis_transform(), va="center", fontsize=8, color="grey")
+    ax.set_yticks(range(len(rows)), [f"{r['group']} (n={r['patients']})" for r in rows])
+    ax.invert_yaxis()
+    ax.set(xlabel=f"{primary} (95% patient-bootstrap CI)", title="Subgroups (test split)")
+    _save(fig, out)

@@ -1,60 +1,208 @@
 """evaluate: reads the model bundle, artifacts/clean/cleaned.parquet and the split manifest; writes
-artifacts/evaluate/ (metrics.json, roc.json, plots/*.png) and logs test_* metrics to the training run.
-Fails when the test split is empty.
+artifacts/evaluate/ (metrics.json with patient-bootstrap 95% CIs, roc.json, report.json, report.md, plots/*.png) and
+logs test_* metrics, the plots and the report to the training run. Fails when the test split is empty.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
-from sklearn.metrics import confusion_matrix
+import pandas as pd
 
 from medflow import tracking
-from medflow.evaluation.metrics import bootstrap_ci, point_metrics
-from medflow.evaluation.plots import plot_confusion, plot_roc, roc_points
+from medflow.evaluation.metrics import bootstrap_ci, patient_groups, point_metrics, weighted_metrics
+from medflow.evaluation.plots import (
+    plot_confusion,
+    plot_forest,
+    plot_learning_curves,
+    plot_pr,
+    plot_reliability,
+    plot_roc,
+    roc_points,
+)
+from medflow.evaluation.subgroups import group_labels, subgroup_report
+from medflow.evaluation.threshold import choose_threshold
 from medflow.models.bundle import Predictor
 from medflow.params import Params
 from medflow.paths import Paths
-from medflow.steps.clean import LABEL
+from medflow.steps.clean import LABEL, ROW_ID
 from medflow.steps.train import load_split
+
+LEARNING_CURVE_KEYS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+
+
+def _score(predictor: Predictor, paths: Paths, rows: pd.DataFrame, kind: str) -> np.ndarray:
+    if kind == "image":
+        return predictor.predict_proba(np.load(paths.images, mmap_mode="r")[rows.index.to_numpy()])
+    return predictor.predict_proba(rows)
+
+
+def _patient_keys(paths: Paths, row_ids: pd.Series) -> np.ndarray | None:
+    manifest = pd.read_csv(paths.manifest, usecols=["row_id", "patient_key"], dtype={"patient_key": "string"})
+    return patient_groups(row_ids.map(dict(zip(manifest["row_id"], manifest["patient_key"], strict=True))))
+
+
+def _finite(d: dict) -> dict:
+    """DVC metrics and MLflow take numbers only; an undefined metric (one class in the test split) is left out."""
+    return {k: round(float(v), 6) for k, v in d.items() if not math.isnan(v)}
+
+
+def _history(run_id: str) -> dict[str, list[tuple[int, float]]]:
+    client = tracking.store.client()
+    out = {}
+    for key in LEARNING_CURVE_KEYS:
+        points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        if points:
+            out[key] = points
+    return out
+
+
+def _report_md(report: dict, metrics: dict) -> str:
+    lines = ["# Evaluation (test split)", ""]
+    lines += [
+        f"{report['test_rows']} rows, {report['test_patients']} patients; intervals: 95% percentile bootstrap "
+        f"over {report['resampled']} ({report['n_boot']} resamples).",
+        "",
+    ]
+    if report.get("threshold") is not None:
+        t = report["threshold"]
+        lines += [f"Decision threshold {t['value']:.4f}, chosen on the validation split by {t['method']}.", ""]
+    lines += ["| metric | value | 95% CI |", "|---|---|---|"]
+    for k in sorted(k for k in metrics if k.startswith("test_") and not k.endswith(("_ci_low", "_ci_high"))):
+        lo, hi = metrics.get(f"{k}_ci_low"), metrics.get(f"{k}_ci_high")
+        ci = f"[{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else ""
+        lines.append(f"| {k.removeprefix('test_')} | {metrics[k]:.4f} | {ci} |")
+    sub = report.get("subgroups")
+    if sub:
+        p = sub["primary_metric"]
+        lines += [
+            "",
+            f"## Subgroups ({p}; groups under {sub['min_patients']} patients suppressed)",
+            "",
+            "| group | patients | rows | " + p + " | 95% CI |",
+            "|---|---|---|---|---|",
+        ]
+        for r in sub["groups"]:
+            if p in r:
+                lines.append(
+                    f"| {r['group']} | {r['patients']} | {r['rows']} | {r[p]:.4f} | "
+                    f"[{r[p + '_ci_low']:.4f}, {r[p + '_ci_high']:.4f}] |"
+                )
+            else:
+                lines.append(f"| {r['group']} | {r['patients']} | {r.get('rows', '')} | | |")
+        if sub["worst"]:
+            lines += [
+                "",
+                f"Worst group: {sub['worst']['group']} ({sub['worst'][p]:.4f}); "
+                f"largest gap within a column: {sub['largest_gap'] or 0:.4f}.",
+            ]
+    if report.get("learning_curves") is None:
+        lines += ["", "No per-epoch history on the training run: no learning curves."]
+    return "\n".join(lines) + "\n"
 
 
 def run(params: Params, paths: Paths) -> dict:
+    ep = params.evaluate
     df, schema = load_split(paths)
     test = df[df["_split"] == "test"]
     if test.empty:
         raise ValueError(f"{paths.manifest}: the test split is empty; enlarge the data or split.test")
     # Scoring goes through the same Predictor the registered model uses.
     predictor = Predictor(paths.model_bundle)
-    if schema.kind == "image":
-        proba = predictor.predict_proba(np.load(paths.images, mmap_mode="r")[test.index.to_numpy()])
-    else:
-        proba = predictor.predict_proba(test)
+    proba = _score(predictor, paths, test, schema.kind)
     y = test[LABEL].to_numpy()
+    groups = _patient_keys(paths, test[ROW_ID])
+    binary = len(schema.classes) == 2
+
+    threshold = None
+    if binary:
+        val = df[df["_split"] == "val"]
+        method = ep.threshold
+        threshold = choose_threshold(
+            val[LABEL].to_numpy(), _score(predictor, paths, val, schema.kind)[:, 1], method, ep.target_sensitivity
+        )
 
     point = point_metrics(y, proba)
-    ci = bootstrap_ci(y, proba, seed=params.seed)
-    metrics = {f"test_{k}": round(v, 6) for k, v in point.items()}
+    # Brier, ECE and the threshold metrics: the same code as their bootstrap, on all rows at weight 1.
+    extra = weighted_metrics(y, proba, np.ones((1, len(y))), threshold, ep.calibration_bins)
+    point |= {k: float(v[0]) for k, v in extra.items() if k not in point}
+    ci = bootstrap_ci(y, proba, groups, ep.n_boot, params.seed, threshold, ep.calibration_bins)
+    metrics = _finite({f"test_{k}": v for k, v in point.items()})
     for k, (lo, hi) in ci.items():
-        metrics[f"test_{k}_ci_low"], metrics[f"test_{k}_ci_high"] = round(lo, 6), round(hi, 6)
-    metrics["n_test"] = len(test)
-    primary = f"test_{params.evaluate.primary_metric}"
+        if f"test_{k}" in metrics:
+            metrics |= _finite({f"test_{k}_ci_low": lo, f"test_{k}_ci_high": hi})
+    n_patients = len(np.unique(groups)) if groups is not None else len(test)
+    metrics |= {"n_test": len(test), "n_test_patients": n_patients}
+    if threshold is not None:
+        metrics["threshold"] = round(threshold, 6)
+    primary = f"test_{ep.primary_metric}"
     if primary not in metrics:
-        raise ValueError(f"evaluate.primary_metric={params.evaluate.primary_metric!r} is undefined on this test split")
+        raise ValueError(f"evaluate.primary_metric={ep.primary_metric!r} is undefined on this test split")
+
+    report: dict = {
+        "test_rows": len(test),
+        "test_patients": n_patients,
+        "resampled": "rows (no patient id)" if groups is None else "patients",
+        "n_boot": ep.n_boot,
+        "threshold": None
+        if threshold is None
+        else {"value": threshold, "method": ep.threshold, "target_sensitivity": ep.target_sensitivity},
+        "calibration_bins": ep.calibration_bins,
+    }
+    if ep.subgroups:
+        labels = group_labels(test, ep.subgroups, ep.subgroup_bins)
+        sub = subgroup_report(
+            y, proba, groups, labels, ep.primary_metric, ep.min_group_patients, ep.n_boot, params.seed, threshold
+        )
+        report["subgroups"] = sub
+        if sub["worst"]:
+            metrics[f"test_subgroup_worst_{ep.primary_metric}"] = round(sub["worst"][ep.primary_metric], 6)
+        if sub["largest_gap"] is not None:
+            metrics[f"test_subgroup_gap_{ep.primary_metric}"] = round(sub["largest_gap"], 6)
 
     out = paths.step_dir("evaluate")
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    points = roc_points(y, proba, schema.classes)
-    (out / "roc.json").write_text(json.dumps(points) + "\n")
-    plot_roc(points, plots / "roc.png")
-    cm = confusion_matrix(y, proba.argmax(axis=1), labels=np.arange(len(schema.classes)))
-    plot_confusion(cm, schema.classes, plots / "confusion_matrix.png")
-    paths.metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    (out / "roc.json").write_text(json.dumps(roc_points(y, proba, schema.classes)) + "\n")
+    operating = None
+    if threshold is not None and "specificity" in point and "sensitivity" in point:
+        operating = (1 - point["specificity"], point["sensitivity"])
+    plot_roc(y, proba, schema.classes, plots / "roc.png", operating)
+    plot_pr(y, proba, schema.classes, plots / "precision_recall.png")
+    if threshold is not None:
+        pred, title = (proba[:, 1] >= threshold).astype(int), f"Confusion matrix at threshold {threshold:.3f} (test)"
+    else:
+        pred, title = proba.argmax(axis=1), "Confusion matrix, most probable class (test)"
+    plot_confusion(y, pred, schema.classes, plots / "confusion_matrix.png", title)
+    if binary:
+        plot_reliability(
+            proba[:, 1],
+            (y == 1).astype(float),
+            plots / "reliability.png",
+            ep.calibration_bins,
+            f"P({schema.classes[1]})",
+        )
+    else:
+        hit = (proba.argmax(axis=1) == y).astype(float)
+        plot_reliability(proba.max(axis=1), hit, plots / "reliability.png", ep.calibration_bins, "top-class confidence")
+    if "subgroups" in report:
+        plot_forest(report["subgroups"], plots / "subgroups.png")
 
     run_id = json.loads(paths.train_run.read_text())["run_id"]
     tracking.configure(paths)
+    history = _history(run_id)
+    report["learning_curves"] = sorted(history) or None
+    if history:
+        best = json.loads(paths.summary("train").read_text()).get("best_epoch")
+        plot_learning_curves(history, plots / "learning_curves.png", best)
+
+    paths.metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(_report_md(report, metrics))
     tracking.log_metrics(run_id, metrics)
     tracking.log_artifacts(run_id, plots, "evaluation")
+    for name in ("report.json", "report.md"):
+        tracking.log_artifacts(run_id, out / name, "evaluation")
     return {"run_id": run_id, **{k: metrics[k] for k in sorted(metrics) if not k.endswith(("_low", "_high"))}}

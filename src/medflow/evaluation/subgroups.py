@@ -1,0 +1,91 @@
+"""Test metrics per subgroup (a categorical column's values, a numeric column's bins), with patient-bootstrap CIs.
+
+A group with fewer than min_patients patients is suppressed: its size is shown as "<k" and none of its
+metrics are computed, so no report, card or plot can single out a handful of patients.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from medflow.evaluation.metrics import bootstrap_ci, weighted_metrics
+
+MISSING = "missing"
+
+
+def _edge(v: float) -> str:
+    return f"{v:g}"
+
+
+def group_labels(table: pd.DataFrame, columns: list[str], bins: dict[str, list[float]]) -> dict[str, np.ndarray]:
+    """One label per row for each subgroup column; numeric columns need bin edges (bins[col]), cut as [a, b)."""
+    out = {}
+    for col in columns:
+        if col not in table:
+            raise ValueError(
+                f"evaluate.subgroups: {col!r} is not a column of the cleaned table; it has {sorted(table.columns)}"
+            )
+        values = table[col]
+        if col in bins:
+            edges = sorted(bins[col])
+            names = [f"{col}<{_edge(edges[0])}"]
+            names += [f"{_edge(a)}<={col}<{_edge(b)}" for a, b in zip(edges, edges[1:], strict=False)]
+            names.append(f"{col}>={_edge(edges[-1])}")
+            codes = pd.cut(pd.to_numeric(values), [-np.inf, *edges, np.inf], right=False, labels=False)
+            labels = np.array([MISSING if pd.isna(c) else names[int(c)] for c in codes], dtype=object)
+        elif pd.api.types.is_numeric_dtype(values) and values.nunique() > 20:
+            raise ValueError(f"evaluate.subgroups: {col!r} is numeric; give its bin edges in evaluate.subgroup_bins")
+        else:
+            labels = np.array([MISSING if pd.isna(v) else f"{col}={v}" for v in values], dtype=object)
+        out[col] = labels
+    return out
+
+
+def subgroup_report(
+    y: np.ndarray,
+    proba: np.ndarray,
+    groups: np.ndarray | None,
+    labels: dict[str, np.ndarray],
+    primary: str,
+    min_patients: int = 10,
+    n_boot: int = 1000,
+    seed: int = 0,
+    threshold: float | None = None,
+) -> dict:
+    """Rows per group (suppressed ones as "<k"), the worst shown group on the primary metric, the largest gap."""
+    patients = groups if groups is not None else np.arange(len(y)).astype(str)
+    shown_keys = [primary, "sensitivity", "specificity"]
+    rows, gaps = [], {}
+    for col, lab in labels.items():
+        values = []
+        for name in sorted(set(lab)):
+            mask = lab == name
+            n_patients = len(np.unique(patients[mask]))
+            row: dict = {"column": col, "group": name}
+            if n_patients < min_patients:
+                rows.append({**row, "patients": f"<{min_patients}", "suppressed": True})
+                continue
+            ys, ps = y[mask], proba[mask]
+            point = weighted_metrics(ys, ps, np.ones((1, mask.sum())), threshold)
+            ci = bootstrap_ci(ys, ps, None if groups is None else groups[mask], n_boot, seed, threshold)
+            row |= {"patients": n_patients, "rows": int(mask.sum()), "suppressed": False}
+            for k in shown_keys:
+                if k in point and not np.isnan(point[k][0]):
+                    row[k] = float(point[k][0])
+                    row[f"{k}_ci_low"], row[f"{k}_ci_high"] = ci[k]
+            rows.append(row)
+            if primary in row:
+                values.append(row[primary])
+        if len(values) >= 2:
+            gaps[col] = max(values) - min(values)
+    shown = [r for r in rows if primary in r]
+    worst = min(shown, key=lambda r: r[primary]) if shown else None
+    return {
+        "primary_metric": primary,
+        "min_patients": min_patients,
+        "groups": rows,
+        "worst": None if worst is None else {"group": worst["group"], primary: worst[primary]},
+        "gap_by_column": gaps,
+        "largest_gap": max(gaps.values()) if gaps else None,
+    }
