@@ -21,6 +21,12 @@ MANIFEST = {"kind": "image", "source": "data/xray/manifest.csv", "target": "labe
 RNG = np.random.default_rng(0)
 
 
+@pytest.fixture(autouse=True)
+def _salt(monkeypatch):
+    # validate replaces the patient id by its salted key.
+    monkeypatch.setenv("MEDFLOW_SALT", "image-salt")
+
+
 def params(**data):
     return from_dict({"data": {**MANIFEST, **data}})
 
@@ -117,7 +123,10 @@ def test_manifest_rows_quarantined_with_reasons_and_images_aligned(tmp_path):
     assert summary["image_shape"] == [64, 64, 1] and not summary["leakage_suspects"]
 
     assert pixels.shape == (5, 64, 64, 1) and pixels.dtype == np.uint8 and len(valid) == len(pixels)
-    assert list(valid.columns) == ["_row_id", "path", "label", "patient", "view", CONTENT_HASH]
+    # The patient id leaves validate as its salted key; the quarantine holds no file path either.
+    assert list(valid.columns) == ["_row_id", "_patient_key", "path", "label", "view", CONTENT_HASH]
+    assert list(held.columns) == ["_row_id", "reason", "_patient_key", "label", "view"]
+    assert held["_patient_key"].isna().sum() == 1 and not {"p1", "p2"} & set(valid["_patient_key"])
     row = valid.index[valid["path"] == "c.npy"][0]
     np.testing.assert_array_equal(pixels[row, ..., 0], np.load(paths.data_dir / "xray" / "c.npy"))
     np.testing.assert_array_equal(pixels[valid["_row_id"] == 0][0, ..., 0], first)

@@ -158,6 +158,11 @@ def _refuse_leaks(leaks: dict[str, dict], data: DataParams, vp: ValidateParams, 
         )
 
 
+def _key(ids: pd.Series, salt: str | None) -> pd.Series:
+    """The salted patient key; missing where the id is missing (such rows are quarantined)."""
+    return pseudonymise(ids, salt or "").where(ids.notna())
+
+
 def _written_columns(kinds: dict[str, str]) -> list[str]:
     """What may leave validate: features and the target. Identifiers, free text and dates never do; the patient
     id leaves only as its salted key."""
@@ -224,7 +229,7 @@ def run(params: Params, paths: Paths) -> dict:
     kinds = {c: known[c] for c in df.columns if c in known}  # in file order, for people reading the profile
     keep = [ROW_ID, *_written_columns(kinds)]
     if data.patient_id:
-        df.insert(1, PATIENT_KEY, pseudonymise(df[data.patient_id], salt or ""))
+        df.insert(1, PATIENT_KEY, _key(df[data.patient_id], salt))
         keep.insert(1, PATIENT_KEY)
     valid, held = quarantine(df, checks)
     valid[keep].reset_index(drop=True).to_parquet(paths.valid_rows, index=False)
@@ -269,6 +274,7 @@ def run(params: Params, paths: Paths) -> dict:
 def _run_images(params: Params, paths: Paths) -> dict:
     """The image path of run(): one valid.parquet row per valid image, row i <-> images.npy[i]."""
     data, out = params.data, paths.step_dir("validate")
+    salt = resolve_salt(params)
     dataset = images.dataset_name(data.source)
     suite_path = paths.suite(dataset)
     suite_name = _relative(suite_path, paths.root)
@@ -313,6 +319,14 @@ def _run_images(params: Params, paths: Paths) -> dict:
     valid[CONTENT_HASH] = [image_validation.content_hash(im) for im in pixels]
     held = table[bad].copy()
     held.insert(1, "reason", [reasons[r] for r in held[ROW_ID]])
+    # As for tables: the patient id leaves validate as its salted key only; identifiers and (in quarantine, where
+    # the row number finds the row) file paths, which can carry names, not at all.
+    identifiers = [*data.identifiers, *([data.patient_id] if data.patient_id else [])]
+    for frame in (valid, held):
+        if data.patient_id:
+            frame.insert(2 if "reason" in frame else 1, PATIENT_KEY, _key(frame[data.patient_id], salt))
+        frame.drop(columns=identifiers, inplace=True)
+    held = held.drop(columns=[data.image_column])
     known = image_validation.column_kinds(table, data, params.validate_) | suite_kinds(suite)
     kinds = {c: known[c] for c in table.columns if c in known}
 
