@@ -459,3 +459,56 @@ def test_the_medflow_executable_prints_one_line_naming_the_cause(clone, base, ca
     assert "Traceback" not in done.stderr
     assert any(all(f in line for f in fragments) for line in lines), done.stderr
     assert not [v for v in _values(base) if v in done.stdout + done.stderr]
+
+
+def diabetes_export() -> pd.DataFrame:
+    """scikit-learn's diabetes table (442 patients) as a hospital would export it: repeated visits, identifiers,
+    numbers written for people, and a post-outcome column that encodes the label."""
+    from sklearn.datasets import load_diabetes
+
+    ds = load_diabetes(scaled=False, as_frame=True)
+    df = ds.frame.rename(columns={"s1": "tc", "s2": "ldl", "s3": "hdl", "s4": "tch", "s5": "ltg", "s6": "glu"})
+    df["progressed"] = np.where(df.pop("target") > 140, "yes", "no")
+    rng = np.random.default_rng(0)
+    who = rng.choice(len(df), 600)  # some patients twice, their rows exported twice
+    df = df.loc[who].reset_index(drop=True)
+    df.insert(0, "patient_no", [f"H{100000 + i:06d}" for i in who])
+    df.insert(1, "patient", [f"{FIRSTS[i % 8]} {LASTS[i // 8 % 8]}" for i in who])
+    df["sex"] = df["sex"].map({1.0: "F", 2.0: "M"})
+    df["tc"] = [f"{v:,.0f}" if v >= 100 else f"{v:.0f}" for v in df["tc"] * 10]  # "1,234": thousands separators
+    df["bmi"] = [f"{v:.1f} kg/m2" for v in df["bmi"]]
+    df["followup_status"] = np.where(df["progressed"] == "yes", "progressed at 1y", "stable at 1y")
+    return df
+
+
+FIRSTS = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Niklaus"]
+LASTS = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Wirth"]
+
+
+def test_a_public_like_table_with_its_own_quirks(tmp_path):
+    paths = Paths(root=tmp_path)
+    paths.data_dir.mkdir(parents=True)
+    df = diabetes_export()
+    df.to_csv(paths.data_dir / "diabetes.csv", index=False)
+    data = {"source": "data/diabetes.csv", "target": "progressed", "positive_class": "yes"}
+    steps = [  # what a user meets, one fix at a time
+        ({}, "'patient_no': 600 of 600 sampled values look like record numbers"),
+        ({"patient_id": "patient_no"}, "'patient': 600 of 600 sampled values look like person names"),
+        ({"patient_id": "patient_no", "identifiers": ["patient"]}, "'followup_status' alone predicts 'progressed'"),
+    ]
+    for extra, stop in steps:
+        with pytest.raises(ValueError) as err:
+            run_step("validate", from_dict({"data": {**data, **extra}}), paths)
+        assert stop in str(err.value)
+        assert not [v for v in df["patient"].tolist() + df["patient_no"].tolist() if v in str(err.value)]
+    params = from_dict({"data": {**data, "patient_id": "patient_no", "identifiers": ["patient"],
+                                 "exclude": ["followup_status"]}})  # fmt: skip
+    summary = run_step("validate", params, paths)
+    assert summary["rows_in"] == 600 == summary["rows_valid"] + summary["rows_quarantined"]
+    assert set(summary["columns"]["converted"]) == {"tc", "bmi"}
+    kinds = json.loads((paths.step_dir("validate") / "columns.json").read_text())
+    assert kinds["tc"] == kinds["bmi"] == "numeric" and kinds["patient"] == "identifier"
+    cleaned = run_step("clean", params, paths)
+    assert cleaned["numeric_features"] == 9 and cleaned["categorical_features"] == 1
+    assert cleaned["rows_quarantined"] == 600 - len(set(df["patient_no"]))  # exact repeats of a patient's row
+    print(f"\ndiabetes export: {summary['columns']} -> {summary['rows_valid']} valid rows, clean {cleaned}")
