@@ -300,3 +300,18 @@ def test_max_rows_keeps_the_first_rows_of_a_table(tmp_path):
     summary = validate.run(params, Paths(root=tmp_path))
     assert summary["rows_in"] == 100
     assert pd.read_parquet(Paths(root=tmp_path).valid_rows)["_row_id"].max() == 99
+
+
+def test_an_expectation_type_medflow_does_not_infer_is_evaluated_by_gx(first_run, cohort, tmp_path):
+    paths = _project(tmp_path, cohort, suite_from=first_run[0])
+    suite = json.loads(paths.suite("cohort").read_text())
+    lengths = {"column": "sex", "min_value": 1, "max_value": 1}
+    suite["expectations"].append(
+        {"type": "expect_column_value_lengths_to_be_between", "kwargs": lengths, "meta": {"level": "row"}}
+    )
+    paths.suite("cohort").write_text(json.dumps(suite))
+    summary = validate.run(cohort_params(), paths)
+    odd = int((cohort["sex"].str.len() > 1).sum())
+    assert odd and summary["quarantine_reasons"]["sex: expect_column_value_lengths_to_be_between"] == odd
+    _, held = _outputs(paths)
+    assert held["reason"].str.contains("sex: expect_column_value_lengths_to_be_between").sum() == odd
