@@ -115,7 +115,12 @@ def explain(exc: BaseException) -> tuple[str, str, int]:
     step = "setup"
     if isinstance(exc, StepFailed):
         step, exc = exc.step, exc.cause
-    step = getattr(exc, "medflow_step", step)
+    # Prefect turns SIGTERM inside a flow into its own TerminationSignal, which the flow names, then re-sends the
+    # signal once the flow has ended: the step's name is on an exception earlier in the chain.
+    seen = exc
+    while seen is not None and not hasattr(seen, "medflow_step"):
+        seen = seen.__context__
+    step = getattr(seen, "medflow_step", step)
     cause = " ".join(str(exc).split()) or type(exc).__name__
     cause = cause if len(cause) <= 400 else cause[:400] + "..."
     kind = f"{type(exc).__module__}.{type(exc).__name__}"

@@ -167,8 +167,8 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
         result = fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch, Progress(p.max_epochs, unit))
     except BaseException as exc:
         if run_id:
-            # An interrupt (Ctrl-C, SIGTERM via `medflow run`) is a kill, not a failure of the model or the data.
-            tracking.end_run(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            # An interrupt (Ctrl-C, SIGTERM: not an Exception) is a kill, not a failure of the model or the data.
+            tracking.end_run(run_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
         raise
     best_acc = result.history[result.best_epoch - 1]["val_accuracy"] if result.best_epoch else None
     summary = {
