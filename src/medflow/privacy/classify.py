@@ -22,7 +22,7 @@ SAMPLE = 2000
 SHARE = 0.3
 
 _ANY = {kind: PATTERNS[kind] for kind in ("email", "phone", "ssn", "mrn")}
-# "Ana Smith", "O'Neil Brown", "Smith, John", "Dr. Jane van Dyke": two to four capitalised words.
+# Given and family names, "Family, Given", a title, a particle (van, de): two to four capitalised words.
 _NAME = re.compile(
     r"^(?:(?:Dr|Mr|Mrs|Ms|Prof)\.?\s+)?[A-ZÀ-Þ][a-zß-ÿ'’-]+,?(?:\s+(?:(?:van|von|de|da|del|der|le|la)\s+)?"
     r"[A-ZÀ-Þ][a-zß-ÿ'’.-]*){1,3}$"
