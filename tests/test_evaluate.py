@@ -1,0 +1,278 @@
+"""The evaluate step's statistics: vectorised metrics against sklearn, patient-level bootstrap, paired differences,
+the operating point, subgroups with small-group suppression, and the step's files on a synthetic cohort."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn import metrics as skm
+
+from medflow import tracking
+from medflow.data.features import Preprocessor, Schema, coerce_features
+from medflow.data.synthetic import synthetic_cohort
+from medflow.evaluation.metrics import (
+    bootstrap_ci,
+    ece,
+    paired_bootstrap_delta,
+    patient_groups,
+    point_metrics,
+    weighted_metrics,
+)
+from medflow.evaluation.subgroups import group_labels, subgroup_report
+from medflow.evaluation.threshold import choose_threshold
+from medflow.models.bundle import save_bundle
+from medflow.models.tabular import build
+from medflow.params import Params
+from medflow.steps import evaluate
+from medflow.steps.clean import LABEL, PATIENT_KEY, ROW_ID
+
+
+def binary_sample(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    # Rounded scores: ties across classes exercise the half-credit of tied pairs and tied thresholds.
+    p = np.clip(np.round(rng.normal(0.35 + 0.3 * y, 0.2), 2), 0, 1)
+    return y, np.c_[1 - p, p]
+
+
+def multiclass_sample(n=300, k=3, seed=1):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    proba = rng.dirichlet(np.ones(k), n)
+    proba[np.arange(n), y] += 0.4
+    return y, proba / proba.sum(axis=1, keepdims=True)
+
+
+def cohort_scores(n_patients=1000, seed=0):
+    """The synthetic cohort (1-4 visits per patient) scored by a model blind to smoking, a patient-level risk:
+    its errors repeat across a patient's visits, as a real model's do."""
+    df = synthetic_cohort(n_patients=n_patients, seed=seed, bad_rows=False, extra_label=False)
+    num = df[["age", "bmi"]].astype(float)
+    p = 1 / (1 + np.exp(-(0.05 * (num["age"] - 50) + 0.15 * (num["bmi"].fillna(27) - 27)).to_numpy()))
+    return (df["outcome"] == "disease").to_numpy().astype(int), np.c_[1 - p, p], df["mrn"].to_numpy()
+
+
+@pytest.mark.parametrize("sample", [binary_sample, multiclass_sample])
+def test_vectorised_metrics_equal_sklearn_on_a_plain_sample(sample):
+    y, proba = sample()
+    got = weighted_metrics(y, proba, np.ones((1, len(y))))
+    for k, v in point_metrics(y, proba).items():
+        assert got[k][0] == pytest.approx(v, abs=1e-12), k
+    if proba.shape[1] == 2:
+        assert got["brier"][0] == pytest.approx(skm.brier_score_loss(y, proba[:, 1]), abs=1e-12)
+
+
+@pytest.mark.parametrize("sample", [binary_sample, multiclass_sample])
+def test_a_weight_row_equals_sklearn_on_the_sample_it_stands_for(sample):
+    """A bootstrap resample is a weight row: weight c must count as c copies of the row."""
+    y, proba = sample()
+    counts = np.random.default_rng(5).multinomial(len(y), np.full(len(y), 1 / len(y)), size=3)
+    got = weighted_metrics(y, proba, counts.astype(float), threshold=0.5)
+    for b, c in enumerate(counts):
+        idx = np.repeat(np.arange(len(y)), c)
+        for k, v in point_metrics(y[idx], proba[idx]).items():
+            assert got[k][b] == pytest.approx(v, abs=1e-12), (k, b)
+        if proba.shape[1] == 2:
+            called = (proba[idx, 1] >= 0.5).astype(int)
+            assert got["sensitivity"][b] == pytest.approx(skm.recall_score(y[idx], called))
+            assert got["ppv"][b] == pytest.approx(skm.precision_score(y[idx], called))
+            assert got["ece"][b] == pytest.approx(ece(y[idx], proba[idx]))
+
+
+def test_ece_is_zero_when_each_bin_predicts_its_observed_rate():
+    y = np.array([0, 0, 0, 1, 1, 1, 1, 0])
+    p = np.array([0.25, 0.25, 0.25, 0.25, 0.75, 0.75, 0.75, 0.75])
+    assert ece(y, np.c_[1 - p, p]) == pytest.approx(0.0)
+    assert ece(y, np.c_[p, 1 - p]) == pytest.approx(0.5)
+
+
+def test_patient_bootstrap_is_wider_than_row_bootstrap_with_repeated_patients():
+    y, proba, mrn = cohort_scores()
+    assert len(np.unique(mrn)) < len(y) / 2
+    by_patient = bootstrap_ci(y, proba, patient_groups(mrn), n_boot=2000, seed=0)
+    by_row = bootstrap_ci(y, proba, None, n_boot=2000, seed=0)
+    for k in ("roc_auc", "pr_auc", "accuracy", "brier"):
+        width_p, width_r = np.diff(by_patient[k])[0], np.diff(by_row[k])[0]
+        assert width_p > 1.05 * width_r, (k, width_p, width_r)
+
+
+def test_rows_without_a_patient_key_are_their_own_patients():
+    assert patient_groups(pd.Series([None, "", None], dtype="string")) is None
+    keys = patient_groups(pd.Series(["a", None, "a", ""], dtype="string"))
+    assert keys[0] == keys[2] and len(set(keys)) == 3
+
+
+def test_resamples_missing_a_class_are_left_out_of_rank_metric_intervals():
+    # 3 positives in 12 rows: about 3% of resamples draw none, where ROC-AUC and PR-AUC are undefined.
+    y = np.array([0] * 9 + [1] * 3)
+    p = np.linspace(0.05, 0.95, 12)
+    ci = bootstrap_ci(y, np.c_[1 - p, p], None, n_boot=1000, seed=1)
+    for k in ("roc_auc", "pr_auc", "accuracy"):
+        assert 0 <= ci[k][0] <= ci[k][1] <= 1, k
+
+
+def test_paired_delta_of_identical_models_is_exactly_zero():
+    y, proba, mrn = cohort_scores(n_patients=300)
+    d = paired_bootstrap_delta(y, proba, proba.copy(), patient_groups(mrn), "roc_auc", n_boot=500)
+    assert (d.delta, d.ci_low, d.ci_high, d.n_boot) == (0.0, 0.0, 0.0, 500)
+
+
+def test_paired_delta_finds_a_better_model_and_matches_the_point_difference():
+    y, weak, mrn = cohort_scores(n_patients=300)
+    # The better model also knows the patient's smoking: the risk the weak one misses.
+    df = synthetic_cohort(n_patients=300, seed=0, bad_rows=False, extra_label=False)
+    logit = np.log(weak[:, 1] / weak[:, 0]) + 1.2 * (df["smoker"] == "yes").to_numpy()
+    strong = np.c_[1 - 1 / (1 + np.exp(-logit)), 1 / (1 + np.exp(-logit))]
+    d = paired_bootstrap_delta(y, strong, weak, patient_groups(mrn), "roc_auc", n_boot=1000, seed=3)
+    expected = skm.roc_auc_score(y, strong[:, 1]) - skm.roc_auc_score(y, weak[:, 1])
+    assert d.delta == pytest.approx(expected, abs=1e-12)
+    assert 0 < d.ci_low < d.delta < d.ci_high
+    reverse = paired_bootstrap_delta(y, weak, strong, patient_groups(mrn), "roc_auc", n_boot=1000, seed=3)
+    assert reverse.ci_high == pytest.approx(-d.ci_low)
+
+
+def test_paired_delta_refuses_scores_of_different_rows():
+    y, proba = binary_sample()
+    with pytest.raises(ValueError, match="same rows"):
+        paired_bootstrap_delta(y, proba, proba[:-1])
+
+
+def test_threshold_youden_and_target_sensitivity():
+    y = np.array([0, 0, 0, 0, 1, 0, 1, 1, 1, 1])
+    s = np.arange(10) / 10
+    assert choose_threshold(y, s, "youden") == pytest.approx(0.6)
+    t = choose_threshold(y, s, "sensitivity", target=1.0)
+    assert t == pytest.approx(0.4) and (s[y == 1] >= t).all()
+    with pytest.raises(ValueError, match="one class"):
+        choose_threshold(np.zeros(5), s[:5])
+
+
+def test_group_labels_bin_numeric_columns_and_name_missing_values():
+    table = pd.DataFrame({"age": [30.0, 40.0, 64.9, 65.0, np.nan], "sex": ["F", "M", "F", None, "M"]})
+    labels = group_labels(table, ["age", "sex"], {"age": [65, 40]})
+    assert list(labels["age"]) == ["age<40", "40<=age<65", "40<=age<65", "age>=65", "missing"]
+    assert list(labels["sex"]) == ["sex=F", "sex=M", "sex=F", "missing", "sex=M"]
+    with pytest.raises(ValueError, match="not a column"):
+        group_labels(table, ["mrn"], {})
+    with pytest.raises(ValueError, match="subgroup_bins"):
+        group_labels(pd.DataFrame({"x": np.arange(50.0)}), ["x"], {})
+
+
+def test_small_subgroups_are_suppressed_and_the_worst_and_gap_use_shown_groups_only():
+    y, proba, mrn = cohort_scores(n_patients=400)
+    groups = patient_groups(mrn)
+    site = np.where(np.isin(mrn, np.unique(mrn)[:5]), "tiny", "big")
+    half = np.where(np.isin(mrn, np.unique(mrn)[::2]), "even", "odd")
+    rep = subgroup_report(y, proba, groups, {"site": site, "half": half}, "roc_auc", 10, 200, 0, 0.5)
+    tiny = next(r for r in rep["groups"] if r["group"] == "tiny")
+    assert tiny == {"column": "site", "group": "tiny", "patients": "<10", "suppressed": True}
+    shown = [r for r in rep["groups"] if not r["suppressed"]]
+    assert {r["group"] for r in shown} == {"big", "even", "odd"}
+    for r in shown:
+        assert r["roc_auc_ci_low"] <= r["roc_auc"] <= r["roc_auc_ci_high"] and "sensitivity" in r
+    assert rep["worst"]["roc_auc"] == min(r["roc_auc"] for r in shown)
+    # A column left with one shown group has no gap: the suppressed group is never compared.
+    assert set(rep["gap_by_column"]) == {"half"}
+    assert rep["largest_gap"] == pytest.approx(abs(shown[1]["roc_auc"] - shown[2]["roc_auc"]))
+
+
+SCHEMA = Schema(
+    target="outcome",
+    classes=["healthy", "disease"],
+    numeric=["age", "bmi", "glucose", "systolic_bp"],
+    categorical=["sex", "smoker", "site"],
+    patient_id="mrn",
+    positive_class="disease",
+)
+
+
+@pytest.fixture
+def trained(project):
+    """What clean, split and train leave for a synthetic cohort: a tiny bundle fitted for a few steps, a run with a
+    per-epoch history, and a patient-grouped manifest."""
+    df = synthetic_cohort(n_patients=400, seed=2, bad_rows=False, extra_label=False)
+    feats = coerce_features(df, SCHEMA)
+    key = pd.Series(pd.factorize(df["mrn"])[0]).map(lambda i: f"P-{i:06d}")
+    cleaned = pd.concat([pd.DataFrame({ROW_ID: range(len(df)), PATIENT_KEY: key}), feats], axis=1)
+    cleaned[LABEL] = (df["outcome"] == "disease").astype("int64").to_numpy()
+    patients = key.unique()
+    split_of = dict(zip(patients, np.resize(["train", "train", "train", "val", "test"], len(patients)), strict=True))
+    split = key.map(split_of)
+    paths = project
+    paths.step_dir("clean").mkdir(parents=True)
+    cleaned.to_parquet(paths.cleaned)
+    SCHEMA.save(paths.schema)
+    paths.step_dir("split").mkdir(parents=True)
+    pd.DataFrame({"row_id": cleaned[ROW_ID], "patient_key": key, "split": split}).to_csv(paths.manifest, index=False)
+
+    train = (split == "train").to_numpy()
+    pre = Preprocessor(SCHEMA.numeric, SCHEMA.categorical).fit(feats[train])
+    config = {"name": "tabular_mlp", "n_in": len(pre.feature_names), "n_classes": 2, "hidden": [8], "dropout": 0.0}
+    torch.manual_seed(0)
+    model = build(**config)
+    x = torch.as_tensor(pre.transform(feats[train]), dtype=torch.float32)
+    yt = torch.as_tensor(cleaned[LABEL].to_numpy()[train])
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), yt).backward()
+        opt.step()
+    save_bundle(paths.model_bundle, model.eval(), config, pre, SCHEMA)
+
+    tracking.configure(paths)
+    params = Params.model_validate(
+        {
+            "data": {"source": "data/cohort.csv", "target": "outcome", "patient_id": "mrn"},
+            "evaluate": {
+                "subgroups": ["sex", "site", "age"],
+                "subgroup_bins": {"age": [40, 85]},
+                "min_group_patients": 10,
+                "n_boot": 200,
+            },
+        }
+    )
+    run_id = tracking.start_run(params, paths, "train")
+    for epoch in (1, 2, 3):
+        tracking.log_epoch(run_id, {"train_loss": 1 / epoch, "val_loss": 1.2 / epoch, "val_accuracy": 0.6}, epoch)
+    paths.train_run.write_text(json.dumps({"run_id": run_id}))
+    paths.summary("train").write_text(json.dumps({"best_epoch": 3}))
+    return params, paths, set(df["mrn"]) | set(key)
+
+
+def test_the_step_writes_flat_metrics_a_report_with_suppressed_groups_and_every_plot(trained):
+    params, paths, identifiers = trained
+    summary = evaluate.run(params, paths)
+    metrics = json.loads(paths.metrics.read_text())
+    assert all(isinstance(v, int | float) for v in metrics.values())
+    for k in ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "brier", "ece"):
+        assert metrics[f"test_{k}_ci_low"] <= metrics[f"test_{k}"] <= metrics[f"test_{k}_ci_high"], k
+    assert 0 < metrics["threshold"] < 1 and summary["threshold"] == metrics["threshold"]
+    assert metrics["n_test_patients"] < metrics["n_test"]
+    assert {"test_subgroup_worst_roc_auc", "test_subgroup_gap_roc_auc"} <= set(metrics)
+
+    out = paths.step_dir("evaluate")
+    report = json.loads((out / "report.json").read_text())
+    assert report["resampled"] == "patients" and report["threshold"]["method"] == "youden"
+    oldest = next(r for r in report["subgroups"]["groups"] if r["group"] == "age>=85")
+    assert oldest == {"column": "age", "group": "age>=85", "patients": "<10", "suppressed": True}
+    assert "| age>=85 | <10 |  | | |" in (out / "report.md").read_text()
+    pngs = {p.name for p in (out / "plots").glob("*.png")}
+    assert pngs == {
+        "roc.png",
+        "precision_recall.png",
+        "confusion_matrix.png",
+        "reliability.png",
+        "learning_curves.png",
+        "subgroups.png",
+    }
+    written = "".join(p.read_text() for p in (paths.metrics, out / "report.json", out / "report.md", out / "roc.json"))
+    assert not [i for i in identifiers if i in written]
+
+    from mlflow import MlflowClient
+
+    run = MlflowClient().get_run(summary["run_id"])
+    assert run.data.metrics["test_roc_auc_ci_low"] == metrics["test_roc_auc_ci_low"]
+    logged = {a.path for a in MlflowClient().list_artifacts(summary["run_id"], "evaluation")}
+    assert {"evaluation/report.md", "evaluation/subgroups.png", "evaluation/learning_curves.png"} <= logged
