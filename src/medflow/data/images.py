@@ -237,7 +237,7 @@ def _outside(cell: str, folder: Path, roots: list[Path]) -> str | None:
 
 
 def _manifest(path: Path, data: DataParams, required: set[str], where: str, roots: list[Path]) -> ImageSet:
-    table = read_table(path)
+    table = read_table(path, data.exclude, data.delimiter, data.encoding)
     missing = sorted(required - set(table.columns))
     if missing:
         # Checked before decoding anything, so a wrong manifest fails in a moment, not after every file is read.
