@@ -276,3 +276,17 @@ def test_the_step_writes_flat_metrics_a_report_with_suppressed_groups_and_every_
     assert run.data.metrics["test_roc_auc_ci_low"] == metrics["test_roc_auc_ci_low"]
     logged = {a.path for a in MlflowClient().list_artifacts(summary["run_id"], "evaluation")}
     assert {"evaluation/report.md", "evaluation/subgroups.png", "evaluation/learning_curves.png"} <= logged
+
+
+def test_multiclass_figures_draw_one_curve_per_class(tmp_path):
+    from medflow.evaluation import plots
+
+    y, proba = multiclass_sample()
+    classes = ["a", "b", "c"]
+    assert {p["class"] for p in plots.roc_points(y, proba, classes)} == set(classes)
+    plots.plot_roc(y, proba, classes, tmp_path / "roc.png")
+    plots.plot_pr(y, proba, classes, tmp_path / "pr.png")
+    plots.plot_confusion(y, proba.argmax(axis=1), classes, tmp_path / "cm.png", "most probable class")
+    hit = (proba.argmax(axis=1) == y).astype(float)
+    plots.plot_reliability(proba.max(axis=1), hit, tmp_path / "rel.png", 10, "top-class confidence")
+    assert all((tmp_path / f).stat().st_size > 5_000 for f in ("roc.png", "pr.png", "cm.png", "rel.png"))
