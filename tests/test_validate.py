@@ -315,3 +315,16 @@ def test_an_expectation_type_medflow_does_not_infer_is_evaluated_by_gx(first_run
     assert odd and summary["quarantine_reasons"]["sex: expect_column_value_lengths_to_be_between"] == odd
     _, held = _outputs(paths)
     assert held["reason"].str.contains("sex: expect_column_value_lengths_to_be_between").sum() == odd
+
+
+BENCH_WIDE = ".venv/bin/python bench/validate_wide.py"
+
+
+def test_wide_table_benchmark_runs_small(tmp_path):
+    from usercmd import scratch_clone, sh
+
+    clone = scratch_clone(tmp_path / "medflow")
+    out = sh(f"{BENCH_WIDE} --cols 60 --rows 80 --repeats 1", clone, timeout=300).stdout
+    assert "validate on 60 columns x 80 rows" in out and "ratios" in out
+    result = json.loads((clone / "bench/results/validate_wide.json").read_text())
+    assert result["cols"] == 60 and result["first_run_s"] > 0 and result["baseline_s"] > 0
