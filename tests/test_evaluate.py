@@ -188,28 +188,35 @@ SCHEMA = Schema(
 )
 
 
-@pytest.fixture
-def trained(project):
+def make_trained(paths, classes=("healthy", "disease"), one_class_val=False, **evaluate_params):
     """What clean, split and train leave for a synthetic cohort: a tiny bundle fitted for a few steps, a run with a
     per-epoch history, and a patient-grouped manifest."""
-    df = synthetic_cohort(n_patients=400, seed=2, bad_rows=False, extra_label=False)
-    feats = coerce_features(df, SCHEMA)
+    schema = Schema(**{**SCHEMA.__dict__, "classes": list(classes)})
+    df = synthetic_cohort(n_patients=400, seed=2, bad_rows=False, extra_label=len(classes) > 2)
+    feats = coerce_features(df, schema)
     key = pd.Series(pd.factorize(df["mrn"])[0]).map(lambda i: f"P-{i:06d}")
     cleaned = pd.concat([pd.DataFrame({ROW_ID: range(len(df)), PATIENT_KEY: key}), feats], axis=1)
-    cleaned[LABEL] = (df["outcome"] == "disease").astype("int64").to_numpy()
+    cleaned[LABEL] = df["outcome"].map({c: i for i, c in enumerate(classes)}).astype("int64").to_numpy()
     patients = key.unique()
     split_of = dict(zip(patients, np.resize(["train", "train", "train", "val", "test"], len(patients)), strict=True))
     split = key.map(split_of)
-    paths = project
+    if one_class_val:
+        cleaned.loc[(split == "val").to_numpy(), LABEL] = 0
     paths.step_dir("clean").mkdir(parents=True)
     cleaned.to_parquet(paths.cleaned)
-    SCHEMA.save(paths.schema)
+    schema.save(paths.schema)
     paths.step_dir("split").mkdir(parents=True)
     pd.DataFrame({"row_id": cleaned[ROW_ID], "patient_key": key, "split": split}).to_csv(paths.manifest, index=False)
 
     train = (split == "train").to_numpy()
-    pre = Preprocessor(SCHEMA.numeric, SCHEMA.categorical).fit(feats[train])
-    config = {"name": "tabular_mlp", "n_in": len(pre.feature_names), "n_classes": 2, "hidden": [8], "dropout": 0.0}
+    pre = Preprocessor(schema.numeric, schema.categorical).fit(feats[train])
+    config = {
+        "name": "tabular_mlp",
+        "n_in": len(pre.feature_names),
+        "n_classes": len(classes),
+        "hidden": [8],
+        "dropout": 0.0,
+    }
     torch.manual_seed(0)
     model = build(**config)
     x = torch.as_tensor(pre.transform(feats[train]), dtype=torch.float32)
@@ -219,18 +226,13 @@ def trained(project):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), yt).backward()
         opt.step()
-    save_bundle(paths.model_bundle, model.eval(), config, pre, SCHEMA)
+    save_bundle(paths.model_bundle, model.eval(), config, pre, schema)
 
     tracking.configure(paths)
     params = Params.model_validate(
         {
             "data": {"source": "data/cohort.csv", "target": "outcome", "patient_id": "mrn"},
-            "evaluate": {
-                "subgroups": ["sex", "site", "age"],
-                "subgroup_bins": {"age": [40, 85]},
-                "min_group_patients": 10,
-                "n_boot": 200,
-            },
+            "evaluate": {"n_boot": 200, **evaluate_params},
         }
     )
     run_id = tracking.start_run(params, paths, "train")
@@ -241,12 +243,18 @@ def trained(project):
     return params, paths, set(df["mrn"]) | set(key)
 
 
+@pytest.fixture
+def trained(project):
+    return make_trained(project, subgroups=["sex", "site", "age"], subgroup_bins={"age": [40, 85]})
+
+
 def test_the_step_writes_flat_metrics_a_report_with_suppressed_groups_and_every_plot(trained):
     params, paths, identifiers = trained
     summary = evaluate.run(params, paths)
     metrics = json.loads(paths.metrics.read_text())
     assert all(isinstance(v, int | float) for v in metrics.values())
-    for k in ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "brier", "ece"):
+    assert 0 <= metrics["test_ece_ci_low"] < metrics["test_ece_ci_high"]
+    for k in ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "brier"):
         assert metrics[f"test_{k}_ci_low"] <= metrics[f"test_{k}"] <= metrics[f"test_{k}_ci_high"], k
     assert 0 < metrics["threshold"] < 1 and summary["threshold"] == metrics["threshold"]
     assert metrics["n_test_patients"] < metrics["n_test"]
@@ -254,7 +262,7 @@ def test_the_step_writes_flat_metrics_a_report_with_suppressed_groups_and_every_
 
     out = paths.step_dir("evaluate")
     report = json.loads((out / "report.json").read_text())
-    assert report["resampled"] == "patients" and report["threshold"]["method"] == "youden"
+    assert report["resampled"] == "patients" and report["threshold"]["method"].startswith("youden")
     oldest = next(r for r in report["subgroups"]["groups"] if r["group"] == "age>=85")
     assert oldest == {"column": "age", "group": "age>=85", "patients": "<10", "suppressed": True}
     assert "| age>=85 | <10 |  | | |" in (out / "report.md").read_text()
@@ -290,3 +298,24 @@ def test_multiclass_figures_draw_one_curve_per_class(tmp_path):
     hit = (proba.argmax(axis=1) == y).astype(float)
     plots.plot_reliability(proba.max(axis=1), hit, tmp_path / "rel.png", 10, "top-class confidence")
     assert all((tmp_path / f).stat().st_size > 5_000 for f in ("roc.png", "pr.png", "cm.png", "rel.png"))
+
+
+def test_a_multiclass_step_reports_calibration_and_no_threshold(project):
+    params, paths, _ = make_trained(project, classes=("disease", "healthy", "inconclusive"))
+    evaluate.run(params, paths)
+    metrics = json.loads(paths.metrics.read_text())
+    assert "threshold" not in metrics and "test_sensitivity" not in metrics
+    # ECE is biased upwards (|noise| adds up), so its resamples need not bracket the point: only its order is checked.
+    assert 0 <= metrics["test_ece_ci_low"] < metrics["test_ece_ci_high"]
+    assert metrics["test_brier_ci_low"] <= metrics["test_brier"] <= metrics["test_brier_ci_high"]
+    report = json.loads((paths.step_dir("evaluate") / "report.json").read_text())
+    assert report["threshold"] is None and "subgroups" not in report
+    assert (paths.step_dir("evaluate") / "plots/reliability.png").exists()
+
+
+def test_a_one_class_validation_split_falls_back_to_the_most_probable_class(project):
+    params, paths, _ = make_trained(project, one_class_val=True)
+    evaluate.run(params, paths)
+    assert json.loads(paths.metrics.read_text())["threshold"] == 0.5
+    report = json.loads((paths.step_dir("evaluate") / "report.json").read_text())
+    assert "one class" in report["threshold"]["method"]

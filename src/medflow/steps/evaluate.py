@@ -68,7 +68,7 @@ def _report_md(report: dict, metrics: dict) -> str:
     ]
     if report.get("threshold") is not None:
         t = report["threshold"]
-        lines += [f"Decision threshold {t['value']:.4f}, chosen on the validation split by {t['method']}.", ""]
+        lines += [f"Decision threshold {t['value']:.4f}: {t['method']}.", ""]
     lines += ["| metric | value | 95% CI |", "|---|---|---|"]
     for k in sorted(k for k in metrics if k.startswith("test_") and not k.endswith(("_ci_low", "_ci_high"))):
         lo, hi = metrics.get(f"{k}_ci_low"), metrics.get(f"{k}_ci_high")
@@ -116,13 +116,18 @@ def run(params: Params, paths: Paths) -> dict:
     groups = _patient_keys(paths, test[ROW_ID])
     binary = len(schema.classes) == 2
 
-    threshold = None
+    threshold, method = None, None
     if binary:
         val = df[df["_split"] == "val"]
-        method = ep.threshold
-        threshold = choose_threshold(
-            val[LABEL].to_numpy(), _score(predictor, paths, val, schema.kind)[:, 1], method, ep.target_sensitivity
-        )
+        y_val = val[LABEL].to_numpy()
+        if len(np.unique(y_val)) == 2:
+            method = f"{ep.threshold}, chosen on the validation split"
+            threshold = choose_threshold(
+                y_val, _score(predictor, paths, val, schema.kind)[:, 1], ep.threshold, ep.target_sensitivity
+            )
+        else:
+            # Nothing to choose from on a one-class validation split: the most probable class decides, as argmax.
+            threshold, method = 0.5, "0.5 (the validation split holds one class)"
 
     point = point_metrics(y, proba)
     # Brier, ECE and the threshold metrics: the same code as their bootstrap, on all rows at weight 1.
@@ -148,7 +153,7 @@ def run(params: Params, paths: Paths) -> dict:
         "n_boot": ep.n_boot,
         "threshold": None
         if threshold is None
-        else {"value": threshold, "method": ep.threshold, "target_sensitivity": ep.target_sensitivity},
+        else {"value": threshold, "method": method, "target_sensitivity": ep.target_sensitivity},
         "calibration_bins": ep.calibration_bins,
     }
     if ep.subgroups:
