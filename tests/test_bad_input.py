@@ -248,6 +248,11 @@ def _leaky_excluded(p, df):
     return _params(exclude=["ct_result"])
 
 
+def _exclude_misspelt(p, df):
+    _write(p, df)
+    return _params(exclude=["nmae"])
+
+
 def _exclude_and_identifier(p, df):
     _write(p, df)
     return _params(exclude=["name"])
@@ -286,6 +291,7 @@ ERRORS = {
         _leaky,
         ["'ct_result' alone predicts 'outcome' with ROC-AUC 1.000 (a 1:1 recoding"],
     ),
+    "misspelt-exclusion": (_exclude_misspelt, ["data.exclude names column(s) ['nmae'] that are not in the file"]),
     "excluded-identifier": (_exclude_and_identifier, ["column(s) ['name'] are in data.exclude and also named"]),
 }
 

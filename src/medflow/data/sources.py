@@ -169,6 +169,7 @@ def _read_csv(path: Path, suffix: str, exclude: Iterable[str], delimiter: str | 
             "rename them in the file"
         )
     drop = set(exclude)
+    _known(path, drop, names)
     try:
         df = pd.read_csv(
             path,
@@ -192,12 +193,20 @@ def _read_csv(path: Path, suffix: str, exclude: Iterable[str], delimiter: str | 
     return df
 
 
+def _known(path: Path, exclude: set[str], names: list[str]) -> None:
+    # A misspelt exclusion would let the very column it meant to keep out through.
+    unknown = sorted(exclude - set(names))
+    if unknown:
+        raise SourceError(f"{path}: data.exclude names column(s) {unknown} that are not in the file's header")
+
+
 def _read_parquet(path: Path, exclude: Iterable[str]) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         schema = pq.read_schema(path)
+        _known(path, set(exclude), schema.names)
         keep = [f.name for f in schema if f.name not in set(exclude)]
         nested = [f.name for f in schema if f.name in keep and pa.types.is_nested(f.type)]
         if nested:
