@@ -73,6 +73,12 @@ def _utf16(p, df):
     return _params()
 
 
+def _utf16_without_bom(p, df):
+    p.data_dir.mkdir(parents=True)
+    (p.data_dir / "cohort.csv").write_bytes(df.to_csv(index=False).encode("utf-16-le"))
+    return _params()
+
+
 def _latin1(p, df):
     _write(p, df.assign(site=df["site"].replace("north", "Zürich")), encoding="latin-1")
     return _params()
@@ -299,6 +305,7 @@ ERRORS = {
 PASSES = {
     "sniffed-semicolons": (_semicolons, {}),
     "utf-16": (_utf16, {}),
+    "utf-16-without-bom": (_utf16_without_bom, {}),
     "latin-1-declared": (_latin1_declared, {}),
     "utf-8-bom": (_bom, {}),
     "all-null-column": (_all_null_column, {}),
