@@ -1,7 +1,8 @@
 """validate: reads the raw table or image set (data.source) and expectations/<dataset>.json, inferring that suite
 on first use; writes artifacts/validate/ (valid.parquet, quarantine.csv, columns.json, report.json, summary.json,
-profile/; images.npy for images). Fails (ValidationFailed) when a batch-level expectation fails, after writing
-report.json.
+profile/; images.npy for images), holding no identifier and the patient id only as its salted key. Fails, before
+writing anything, when an undeclared column looks like an identifier or a feature leaks the target (SourceError when
+the file is not a table it can read); when a batch-level expectation fails, after writing report.json.
 """
 
 from __future__ import annotations
