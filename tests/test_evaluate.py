@@ -153,6 +153,7 @@ def test_group_labels_bin_numeric_columns_and_name_missing_values():
     table = pd.DataFrame({"age": [30.0, 40.0, 64.9, 65.0, np.nan], "sex": ["F", "M", "F", None, "M"]})
     labels = group_labels(table, ["age", "sex"], {"age": [65, 40]})
     assert list(labels["age"]) == ["age<40", "40<=age<65", "40<=age<65", "age>=65", "missing"]
+    assert list(labels["age"].categories) == ["age<40", "40<=age<65", "age>=65", "missing"]
     assert list(labels["sex"]) == ["sex=F", "sex=M", "sex=F", "missing", "sex=M"]
     with pytest.raises(ValueError, match="not a column"):
         group_labels(table, ["mrn"], {})

@@ -109,8 +109,11 @@ def plot_learning_curves(history: dict[str, list[tuple[int, float]]], out: Path,
     _save(fig, out)
 
 
-def plot_forest(report: dict, out: Path) -> None:
-    """One line per group: the primary metric with its 95% CI; suppressed groups show "<k" patients and no value."""
+def plot_forest(report: dict, out: Path, overall: float | None = None) -> None:
+    """One line per group: the primary metric with its 95% CI; suppressed groups show "<k" patients and no value.
+
+    overall: the whole test split's value, drawn as a reference line.
+    """
     plt = _pyplot()
     primary, rows = report["primary_metric"], report["groups"]
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.5))
@@ -119,9 +122,12 @@ def plot_forest(report: dict, out: Path) -> None:
             lo, hi = r[primary] - r[f"{primary}_ci_low"], r[f"{primary}_ci_high"] - r[primary]
             ax.errorbar(r[primary], i, xerr=[[lo], [hi]], fmt="o", color="navy", capsize=3)
         else:
-            why = "suppressed (too few patients)" if r["suppressed"] else f"{primary} undefined (one class)"
+            why = "suppressed: too few patients" if r["suppressed"] else f"{primary} undefined (one class)"
             ax.text(0.02, i, why, transform=ax.get_yaxis_transform(), va="center", fontsize=8, color="grey")
-    ax.set_yticks(range(len(rows)), [f"{r['group']} (n={r['patients']})" for r in rows])
-    ax.invert_yaxis()
+    if overall is not None:
+        ax.axvline(overall, ls="--", color="grey", lw=0.8, label=f"whole test split ({overall:.3f})")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_yticks(range(len(rows)), [f"{r['group']} ({r['patients']} patients)" for r in rows])
+    ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set(xlabel=f"{primary} (95% patient-bootstrap CI)", title="Subgroups (test split)")
     _save(fig, out)

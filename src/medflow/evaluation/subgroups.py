@@ -18,8 +18,11 @@ def _edge(v: float) -> str:
     return f"{v:g}"
 
 
-def group_labels(table: pd.DataFrame, columns: list[str], bins: dict[str, list[float]]) -> dict[str, np.ndarray]:
-    """One label per row for each subgroup column; numeric columns need bin edges (bins[col]), cut as [a, b)."""
+def group_labels(table: pd.DataFrame, columns: list[str], bins: dict[str, list[float]]) -> dict[str, pd.Categorical]:
+    """One label per row for each subgroup column; numeric columns need bin edges (bins[col]), cut as [a, b).
+
+    Bins keep their numeric order in reports (a plain column's values are sorted); missing values come last.
+    """
     out = {}
     for col in columns:
         if col not in table:
@@ -33,11 +36,12 @@ def group_labels(table: pd.DataFrame, columns: list[str], bins: dict[str, list[f
             names += [f"{_edge(a)}<={col}<{_edge(b)}" for a, b in zip(edges, edges[1:], strict=False)]
             names.append(f"{col}>={_edge(edges[-1])}")
             codes = pd.cut(pd.to_numeric(values), [-np.inf, *edges, np.inf], right=False, labels=False)
-            labels = np.array([MISSING if pd.isna(c) else names[int(c)] for c in codes], dtype=object)
+            labels = pd.Categorical([MISSING if pd.isna(c) else names[int(c)] for c in codes], [*names, MISSING])
         elif pd.api.types.is_numeric_dtype(values) and values.nunique() > 20:
             raise ValueError(f"evaluate.subgroups: {col!r} is numeric; give its bin edges in evaluate.subgroup_bins")
         else:
-            labels = np.array([MISSING if pd.isna(v) else f"{col}={v}" for v in values], dtype=object)
+            named = [MISSING if pd.isna(v) else f"{col}={v}" for v in values]
+            labels = pd.Categorical(named, [*sorted(set(named) - {MISSING}), MISSING])
         out[col] = labels
     return out
 
@@ -46,7 +50,7 @@ def subgroup_report(
     y: np.ndarray,
     proba: np.ndarray,
     groups: np.ndarray | None,
-    labels: dict[str, np.ndarray],
+    labels: dict[str, pd.Categorical | np.ndarray],
     primary: str,
     min_patients: int = 10,
     n_boot: int = 1000,
@@ -59,8 +63,11 @@ def subgroup_report(
     rows, gaps = [], {}
     for col, lab in labels.items():
         values = []
-        for name in sorted(set(lab)):
-            mask = lab == name
+        lab = pd.Categorical(lab)
+        for name in lab.categories:
+            mask = np.asarray(lab == name)
+            if not mask.any():
+                continue
             n_patients = len(np.unique(patients[mask]))
             row: dict = {"column": col, "group": name}
             if n_patients < min_patients:

@@ -193,7 +193,7 @@ def run(params: Params, paths: Paths) -> dict:
         hit = (proba.argmax(axis=1) == y).astype(float)
         plot_reliability(proba.max(axis=1), hit, plots / "reliability.png", ep.calibration_bins, "top-class confidence")
     if "subgroups" in report:
-        plot_forest(report["subgroups"], plots / "subgroups.png")
+        plot_forest(report["subgroups"], plots / "subgroups.png", point[ep.primary_metric])
 
     run_id = json.loads(paths.train_run.read_text())["run_id"]
     tracking.configure(paths)
