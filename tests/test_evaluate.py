@@ -155,7 +155,7 @@ def test_group_labels_bin_numeric_columns_and_name_missing_values():
     assert list(labels["age"]) == ["age<40", "40<=age<65", "40<=age<65", "age>=65", "missing"]
     assert list(labels["age"].categories) == ["age<40", "40<=age<65", "age>=65", "missing"]
     assert list(labels["sex"]) == ["sex=F", "sex=M", "sex=F", "missing", "sex=M"]
-    with pytest.raises(ValueError, match="not a column"):
+    with pytest.raises(ValueError, match="not a feature"):
         group_labels(table, ["mrn"], {})
     with pytest.raises(ValueError, match="subgroup_bins"):
         group_labels(pd.DataFrame({"x": np.arange(50.0)}), ["x"], {})
@@ -320,3 +320,10 @@ def test_a_one_class_validation_split_falls_back_to_the_most_probable_class(proj
     assert json.loads(paths.metrics.read_text())["threshold"] == 0.5
     report = json.loads((paths.step_dir("evaluate") / "report.json").read_text())
     assert "one class" in report["threshold"]["method"]
+
+
+def test_subgroups_by_the_patient_key_are_refused(project):
+    params, paths, _ = make_trained(project, subgroups=["_patient_key"])
+    with pytest.raises(ValueError, match="'_patient_key' is not a feature"):
+        evaluate.run(params, paths)
+    assert not paths.metrics.exists()

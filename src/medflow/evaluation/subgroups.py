@@ -27,7 +27,7 @@ def group_labels(table: pd.DataFrame, columns: list[str], bins: dict[str, list[f
     for col in columns:
         if col not in table:
             raise ValueError(
-                f"evaluate.subgroups: {col!r} is not a column of the cleaned table; it has {sorted(table.columns)}"
+                f"evaluate.subgroups: {col!r} is not a feature of the cleaned table; it has {sorted(table.columns)}"
             )
         values = table[col]
         if col in bins:

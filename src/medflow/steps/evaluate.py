@@ -157,7 +157,8 @@ def run(params: Params, paths: Paths) -> dict:
         "calibration_bins": ep.calibration_bins,
     }
     if ep.subgroups:
-        labels = group_labels(test, ep.subgroups, ep.subgroup_bins)
+        # Features only: the patient key, row id and label are columns too, and no group may be named after them.
+        labels = group_labels(test[schema.features], ep.subgroups, ep.subgroup_bins)
         sub = subgroup_report(
             y, proba, groups, labels, ep.primary_metric, ep.min_group_patients, ep.n_boot, params.seed, threshold
         )
