@@ -137,6 +137,8 @@ def test_paired_delta_refuses_scores_of_different_rows():
     y, proba = binary_sample()
     with pytest.raises(ValueError, match="same rows"):
         paired_bootstrap_delta(y, proba, proba[:-1])
+    with pytest.raises(ValueError, match="need a threshold"):
+        paired_bootstrap_delta(y, proba, proba, metric="sensitivity")
 
 
 def test_threshold_youden_and_target_sensitivity():
