@@ -261,6 +261,7 @@ def test_the_step_writes_flat_metrics_a_report_with_suppressed_groups_and_every_
         assert metrics[f"test_{k}_ci_low"] <= metrics[f"test_{k}"] <= metrics[f"test_{k}_ci_high"], k
     assert 0 < metrics["threshold"] < 1 and summary["threshold"] == metrics["threshold"]
     assert metrics["n_test_patients"] < metrics["n_test"]
+    assert metrics["temperature"] > 0 and metrics["test_brier_scaled"] > 0 and "test_ece_scaled" in metrics
     assert {"test_subgroup_worst_roc_auc", "test_subgroup_gap_roc_auc"} <= set(metrics)
 
     out = paths.step_dir("evaluate")
@@ -329,3 +330,17 @@ def test_subgroups_by_the_patient_key_are_refused(project):
     with pytest.raises(ValueError, match="'_patient_key' is not a feature"):
         evaluate.run(params, paths)
     assert not paths.metrics.exists()
+
+
+def test_temperature_scaling_recovers_the_temperature_that_distorted_calibrated_scores():
+    from medflow.evaluation.calibration import fit_temperature, scale
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.02, 0.98, 5000)
+    y = (rng.random(5000) < p).astype(int)
+    calibrated = np.c_[1 - p, p]
+    overconfident = scale(calibrated, 0.5)
+    t = fit_temperature(y, overconfident)
+    assert t == pytest.approx(2.0, rel=0.1)
+    assert ece(y, scale(overconfident, t)) < ece(y, overconfident) / 3
+    assert np.array_equal(scale(overconfident, t).argmax(axis=1), overconfident.argmax(axis=1))

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from medflow import tracking
+from medflow.evaluation.calibration import fit_temperature, scale
 from medflow.evaluation.metrics import bootstrap_ci, patient_groups, point_metrics, weighted_metrics
 from medflow.evaluation.plots import (
     plot_confusion,
@@ -98,6 +99,12 @@ def _report_md(report: dict, metrics: dict) -> str:
                 f"Worst group: {sub['worst']['group']} ({sub['worst'][p]:.4f}); "
                 f"largest gap within a column: {sub['largest_gap'] or 0:.4f}.",
             ]
+    lines += [
+        "",
+        f"Temperature scaling (T = {metrics['temperature']:.3f}, fitted on the validation split, not applied to the"
+        f" model) would take the test ECE to {metrics['test_ece_scaled']:.4f} and the Brier score to"
+        f" {metrics['test_brier_scaled']:.4f}.",
+    ]
     if report.get("learning_curves") is None:
         lines += ["", "No per-epoch history on the training run: no learning curves."]
     return "\n".join(lines) + "\n"
@@ -116,15 +123,13 @@ def run(params: Params, paths: Paths) -> dict:
     groups = _patient_keys(paths, test[ROW_ID])
     binary = len(schema.classes) == 2
 
+    val = df[df["_split"] == "val"]
+    y_val, proba_val = val[LABEL].to_numpy(), _score(predictor, paths, val, schema.kind)
     threshold, method = None, None
     if binary:
-        val = df[df["_split"] == "val"]
-        y_val = val[LABEL].to_numpy()
         if len(np.unique(y_val)) == 2:
             method = f"{ep.threshold}, chosen on the validation split"
-            threshold = choose_threshold(
-                y_val, _score(predictor, paths, val, schema.kind)[:, 1], ep.threshold, ep.target_sensitivity
-            )
+            threshold = choose_threshold(y_val, proba_val[:, 1], ep.threshold, ep.target_sensitivity)
         else:
             # Nothing to choose from on a one-class validation split: the most probable class decides, as argmax.
             threshold, method = 0.5, "0.5 (the validation split holds one class)"
@@ -142,6 +147,11 @@ def run(params: Params, paths: Paths) -> dict:
     metrics |= {"n_test": len(test), "n_test_patients": n_patients}
     if threshold is not None:
         metrics["threshold"] = round(threshold, 6)
+    temperature = fit_temperature(y_val, proba_val)
+    scaled = weighted_metrics(y, scale(proba, temperature), np.ones((1, len(y))), None, ep.calibration_bins)
+    metrics |= _finite(
+        {"temperature": temperature, "test_ece_scaled": scaled["ece"][0], "test_brier_scaled": scaled["brier"][0]}
+    )
     primary = f"test_{ep.primary_metric}"
     if primary not in metrics:
         raise ValueError(f"evaluate.primary_metric={ep.primary_metric!r} is undefined on this test split")
