@@ -36,9 +36,9 @@ def wait_for(ready, proc: subprocess.Popen, timeout: float = 600) -> None:
 def one_error_line(stderr: str) -> str:
     """stderr's last line, checked to be medflow's one word on the failure: no traceback on the terminal."""
     assert "Traceback" not in stderr, stderr[-3000:]
-    last = stderr.splitlines()[-1]
-    assert last.startswith("medflow run: error: ") and sum(line.startswith("medflow") for line in stderr.splitlines()) == 1
-    return last
+    lines = stderr.splitlines()
+    assert lines[-1].startswith("medflow run: error: ") and sum(line.startswith("medflow") for line in lines) == 1
+    return lines[-1]
 
 
 def mlflow_runs(root) -> list:
@@ -131,6 +131,11 @@ def test_a_failure_is_one_line_naming_step_cause_and_remedy_with_the_traceback_i
     # A store error may be passing (`database is locked`): train is retried as many times as params say.
     assert "Retry 2/2 will start 0.2 second(s) from now" in broken.stderr
     assert "Traceback" in Path(line.rsplit("log: ", 1)[1].rstrip(")")).read_text()
+
+    slow = sh("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=1 .venv/bin/medflow run", clone, check=False)
+    assert slow.returncode == 1
+    line = one_error_line(slow.stderr)
+    assert "Prefect's temporary server did not start in time" in line and "PREFECT_API_URL" in line
 
 
 HOLD_THE_LOCK = """

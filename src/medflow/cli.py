@@ -136,7 +136,7 @@ def explain(exc: BaseException) -> tuple[str, str, int]:
         return f"{step} timed out: {cause}", "raise flow.timeout_s (flow.train_timeout_s for train) in params", 1
     if "ephemeral Prefect API server" in cause:
         return (
-            f"{step}: Prefect's temporary server did not start in time",
+            "Prefect's temporary server did not start in time",
             "start one with `prefect server start` and set PREFECT_API_URL, or raise "
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
             1,
