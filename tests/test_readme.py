@@ -3,10 +3,9 @@
 A `make run` costs a minute, so the module shares one clone and its tests run in file order, each taking the
 project as the README's previous commands left it. A README command that no test runs (here, or verbatim in
 another test module, as the Prefect ones in test_prefect.py) fails test_every_readme_command_is_run; one that
-cannot run in CI says "not run by CI" in its own comment. Two flow
-runs are marked slow because the default suite already runs the same command shape through the same executable:
-`medflow run -P ...` on a user's table (test_pipeline) and `dvc repro` of the pipeline (test_pipeline, and the
-experiment below).
+cannot run in CI says "not run by CI" in its own comment. Three flow runs are marked slow because the default
+suite already runs the same command shape through the same executable: `medflow run -P ...` on the project's and
+on a user's table (test_pipeline) and `dvc repro` of the pipeline (test_pipeline, and the experiment below).
 """
 
 from __future__ import annotations
@@ -323,6 +322,7 @@ def test_dvc_push_to_a_local_remote(made):
     assert len(stored) >= 5, stored
 
 
+@pytest.mark.slow
 def test_override_run_writes_yaml_values_into_params(made):
     from ruamel.yaml import YAML
 
