@@ -128,9 +128,11 @@ class RegisterParams(_Section):
     model_name: str = "medflow-breast-cancer"
     # A version becomes champion only when its test primary metric reaches this floor...
     min_primary: float = Field(0.9, ge=0, le=1)
-    # ...and is not worse than the current champion's by more than this.
+    # ...and beats the current champion's, or trails it by less than this (0: strictly better; a tie never promotes).
     tolerance: float = Field(0.0, ge=0)
-    experiment: str = "medflow"
+    # never: this run is exploratory and registers as `challenger` at most (as does any `dvc exp run`);
+    # `medflow promote NAME VERSION --reason ...` then moves `champion` by hand.
+    promote: Literal["auto", "never"] = "auto"
 
 
 class FlowParams(_Section):
