@@ -36,7 +36,7 @@ MAKE_UI = "make ui"
 OVERRIDE_RUN = ".venv/bin/medflow run -P train.lr=3e-4 -P 'train.hidden=[128, 64]'"
 DVC_REPRO = ".venv/bin/dvc repro"
 DVC_EXP_RUN = ".venv/bin/dvc exp run -S train.lr=0.003"
-DVC_EXP_SHOW = ".venv/bin/dvc exp show"
+DVC_EXP_SHOW = ".venv/bin/dvc exp show --drop '.*' --keep 'Experiment|train.lr|test_roc_auc$|test_accuracy$'"
 DVC_METRICS_DIFF = ".venv/bin/dvc metrics diff"
 DVC_PARAMS_DIFF = ".venv/bin/dvc params diff"
 DVC_PLOTS_SHOW = ".venv/bin/dvc plots show"
@@ -300,7 +300,8 @@ def test_dvc_repro_after_make_run_has_nothing_to_do(made):
 def test_dvc_experiment_is_listed_with_its_metrics_and_leaves_the_champion(made):
     before = champion(made, "medflow-breast-cancer")
     sh(DVC_EXP_RUN, made, timeout=600)
-    assert "test_roc_auc" in sh(DVC_EXP_SHOW, made).stdout
+    shown = sh(DVC_EXP_SHOW, made).stdout
+    assert "test_roc_auc" in shown and "train.lr" in shown and "0.003" in shown, shown
     rows = json.loads(sh(".venv/bin/dvc exp show --json", made).stdout)
     head = next(r for r in rows if r["rev"] != "workspace")
     experiments = [rev for e in head.get("experiments") or [] for rev in e["revs"]]
