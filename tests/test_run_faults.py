@@ -132,6 +132,11 @@ def test_a_failure_is_one_line_naming_step_cause_and_remedy_with_the_traceback_i
     assert "Retry 2/2 will start 0.2 second(s) from now" in broken.stderr
     assert "Traceback" in Path(line.rsplit("log: ", 1)[1].rstrip(")")).read_text()
 
+    endless = "-P train.max_epochs=100000 -P train.patience=100000 -P flow.train_timeout_s=3"
+    late = sh(f".venv/bin/medflow run {endless}", clone, check=False, timeout=300)
+    assert late.returncode == 1
+    assert "train timed out" in one_error_line(late.stderr) and "flow.train_timeout_s" in late.stderr
+
     slow = sh("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=1 .venv/bin/medflow run", clone, check=False)
     assert slow.returncode == 1
     line = one_error_line(slow.stderr)

@@ -51,8 +51,8 @@ class Interrupted(KeyboardInterrupt):
 
 
 def on_signal(signum: int, frame) -> None:
-    # A second signal while the first one's cleanup runs must not cut that cleanup short.
-    signal.signal(signum, signal.SIG_IGN)
+    # The first signal stops the run cleanly; a second one, as a second Ctrl-C, ends the process at once.
+    signal.signal(signum, signal.SIG_DFL)
     raise Interrupted(signal.Signals(signum).name)
 
 
@@ -327,6 +327,12 @@ def main(argv: list[str] | None = None) -> int:
         stop_temporary_server()
         what, todo, code = explain(exc)
         print(f"medflow {args.command}: error: {what}; {todo} (log: {log})", file=sys.stderr)
+        if isinstance(exc, KeyboardInterrupt):
+            # A task Prefect ran in a thread of its own (its timeout watcher) would keep the interpreter alive.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            logging.shutdown()
+            os._exit(code)
         return code
 
 
