@@ -34,14 +34,6 @@ def migrated_mlflow_db(tmp_path_factory) -> Path:
     return db
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """One real `prefect server start` per session on a free loopback port, with its own home and SQLite database.
@@ -51,8 +43,8 @@ def prefect_server(tmp_path_factory):
     """
     import subprocess
     import sys
-    import time
-    import urllib.request
+
+    from usercmd import free_port, stop, wait_http
 
     home = tmp_path_factory.mktemp("prefect-server")
     port = free_port()
@@ -66,27 +58,13 @@ def prefect_server(tmp_path_factory):
     log = (home / "server.log").open("w")
     cmd = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--no-ui", "--no-scheduler", "--no-late-runs"]
-    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    tail = (home / "server.log").read_text()[-2000:]
-                    raise RuntimeError(f"prefect server did not start: {tail}") from None
-                time.sleep(0.5)
+        wait_http(f"{url}/health", server, timeout=180, log=home / "server.log")
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server, timeout=20)
         log.close()
 
 

@@ -2,15 +2,13 @@
 `prefect deploy` of prefect.yaml to a process work pool with a worker; each triggered by `prefect deployment run`."""
 
 import json
-import os
 import re
-import signal
 import subprocess
 import time
 import urllib.request
 
 import pytest
-from usercmd import REPO, scratch_clone, sh, user_env
+from usercmd import REPO, scratch_clone, sh, stop, user_env
 
 from medflow.paths import STEPS
 
@@ -35,15 +33,6 @@ def background(command: str, root, env: dict) -> subprocess.Popen:
         ["bash", "-c", command], cwd=root, env=user_env(root, **env), stdout=log, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def trigger(command: str, root, env: dict) -> str:

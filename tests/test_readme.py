@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -24,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from usercmd import REPO, sh, user_env
+from usercmd import REPO, free_port, sh, stop, user_env, wait_http
 
 README = REPO / "README.md"
 EXEMPT_MARK = "not run by CI"
@@ -105,25 +104,6 @@ def readme_python() -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.S | re.M)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited {proc.returncode} before answering {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"no answer from {url} in {timeout:.0f} s")
-
-
 class Background:
     """A README line ending in `&`: started in its own process group, stopped with everything it started."""
 
@@ -141,13 +121,7 @@ class Background:
         )
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop(self.proc, timeout=20)
         self.log.close()
 
 

@@ -6,16 +6,14 @@ Every run must be recorded, versions numbered 1..4 without gaps, each complete, 
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 from test_register import cohort, make_project
+from usercmd import free_port, stop, wait_http
 
 AUCS = [0.91, 0.97, 0.93, 0.95]  # the best is not last: a racy gate would leave a worse champion
 WORKER = Path(__file__).with_name("register_worker.py")
@@ -73,12 +71,6 @@ def test_four_writers_on_one_fresh_sqlite_store(template, tmp_path):
     check_store(uri, "shared-sqlite", done)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def postgres_db():
     """A database of its own on the machine's PostgreSQL (127.0.0.1:5432, user postgres), dropped afterwards."""
@@ -112,28 +104,14 @@ def mlflow_server(postgres_db, tmp_path):
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer /health in 120 s"
-            time.sleep(0.5)
+        wait_http(f"{url}/health", server, timeout=120, log=tmp_path / "server.log")
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server, timeout=20)
         log.close()
 
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,3 +86,38 @@ def sh(
     if check and done.returncode != 0:
         raise AssertionError(f"`{command}` exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120, log: Path | None = None) -> None:
+    """Until url answers; fails at once, with the server log's tail, when the server exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            pass
+        tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode} before answering {url}\n{tail}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no answer from {url} in {timeout:.0f} s\n{tail}")
+        time.sleep(0.5)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stops proc and all it started: proc must lead its own process group (start_new_session=True)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
