@@ -171,3 +171,23 @@ def test_a_process_killed_mid_epoch_resumes(tmp_path):
     assert "resuming after epoch 3" in out
     a, b = (torch.load(tmp_path / f"{n}_weights.pt", weights_only=True) for n in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_training_killed_without_a_word_is_marked_killed_in_mlflow_by_the_next_one(project):
+    """SIGKILL runs no handler: the run it left RUNNING is closed as KILLED when the pipeline's next train starts."""
+    from mlflow import MlflowClient
+
+    from medflow import tracking
+    from medflow.pipeline import run_step
+
+    params = step_params(max_epochs=2, patience=2, hidden=[8])
+    write_upstream(project)
+    tracking.configure(project)
+    project.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    orphan = tracking.start_run(params, project)  # what a killed train leaves: a RUNNING run and its id on disk
+    project.training_run.write_text(orphan)
+    summary = run_step("train", params, project)
+    client = MlflowClient(f"sqlite:///{project.mlflow_db}")
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert client.get_run(summary["run_id"]).info.status == "FINISHED"
+    assert not project.training_run.exists()

@@ -108,6 +108,11 @@ class Paths:
         return self.artifacts / ".checkpoints" / "train.pt"
 
     @property
+    def training_run(self) -> Path:
+        """The MLflow run id of the training in progress: a process killed without a word leaves it behind."""
+        return self.checkpoint.with_suffix(".run")
+
+    @property
     def train_run(self) -> Path:
         return self.step_dir("train") / "run.json"
 

@@ -156,7 +156,11 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
     if rank == 0:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         tracking.configure(paths)
+        # One training at a time per pipeline (the run lock): a run id left here is one a kill left RUNNING.
+        if paths.training_run.exists() and tracking.end_orphaned_run(paths.training_run.read_text().strip()):
+            print("the MLflow run of a killed training was still RUNNING: marked KILLED", flush=True)
         run_id = tracking.start_run(params, paths)
+        paths.training_run.write_text(run_id)
         log_upstream(run_id, paths)
         tracking.log_training_data(run_id, params, paths, schema)
 
@@ -169,6 +173,7 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
         if run_id:
             # An interrupt (Ctrl-C, SIGTERM: not an Exception) is a kill, not a failure of the model or the data.
             tracking.end_run(run_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
+            paths.training_run.unlink(missing_ok=True)
         raise
     best_acc = result.history[result.best_epoch - 1]["val_accuracy"] if result.best_epoch else None
     summary = {
@@ -200,6 +205,7 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
         {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss, "epochs": result.epochs_run},
     )
     tracking.end_run(run_id)
+    paths.training_run.unlink(missing_ok=True)
     paths.train_run.write_text(json.dumps({"run_id": run_id}) + "\n")
     paths.summary("train").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -25,6 +25,7 @@ from medflow.tracking.registry import (
 from medflow.tracking.store import (
     StoreBusy,
     configure,
+    end_orphaned_run,
     end_run,
     log_artifacts,
     log_dataset,
@@ -43,6 +44,7 @@ __all__ = [
     "configure",
     "decide",
     "describe_version",
+    "end_orphaned_run",
     "end_run",
     "ensure_model",
     "finish_interrupted",

@@ -231,6 +231,21 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
     client().set_terminated(run_id, status)
 
 
+def end_orphaned_run(run_id: str) -> bool:
+    """Marks KILLED a run that a killed process (SIGKILL, a lost node) left RUNNING; True when it was one."""
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    try:
+        status = c.get_run(run_id).info.status
+    except MlflowException:
+        return False  # deleted, or recorded in another store
+    if status != "RUNNING":
+        return False
+    c.set_terminated(run_id, "KILLED")
+    return True
+
+
 def log_epoch(run_id: str, metrics: dict[str, float], step: int) -> None:
     """One log_batch per epoch: a log_metric call per value costs ~5 ms each."""
     from mlflow.entities import Metric
