@@ -255,12 +255,71 @@ def cmd_promote(args: argparse.Namespace, paths: Paths) -> int:
 
     tracking.configure(paths)
     try:
-        previous = tracking.promote(args.name, args.version, args.reason)
+        with tracking.model_lock(args.name):
+            previous = tracking.promote(args.name, args.version, args.reason)
     except ValueError as exc:
         exc.medflow_step = "promote"  # explain() names the step; there is no pipeline step here
         raise
     was = f"v{previous.version}" if previous else "none"
     print(f"{args.name} v{args.version} is now champion (was {was}); who, when and why are in the version's tags")
+    return 0
+
+
+def registry_command(step: str):
+    """Runs a registry command with its errors named after it, as explain() names a pipeline step."""
+
+    def wrap(fn):
+        def run(args: argparse.Namespace, paths: Paths) -> int:
+            from medflow import tracking
+
+            tracking.configure(paths)
+            try:
+                return fn(args, tracking)
+            except (ValueError, KeyError) as exc:
+                exc.medflow_step = step
+                raise
+
+        return run
+
+    return wrap
+
+
+@registry_command("rollback")
+def cmd_rollback(args: argparse.Namespace, tracking) -> int:
+    with tracking.model_lock(args.name):
+        was, now = tracking.rollback(args.name, args.reason)
+    print(f"{args.name} champion rolled back from v{was} to v{now}; see: medflow history {args.name}")
+    return 0
+
+
+@registry_command("history")
+def cmd_history(args: argparse.Namespace, tracking) -> int:
+    moves = tracking.history(args.name)
+    if not moves:
+        print(f"{args.name}: no champion moves recorded")
+    for m in moves:
+        was = f"v{m['from']}" if m["from"] else "none"
+        report = f" (report: {m['report']})" if m.get("report") else ""
+        print(f"{m['n']:>3} {m['at']} {m['how']:<8} {was} -> v{m['to']} by {m['who']}: {m['reason']}{report}")
+    return 0
+
+
+LINEAGE = {
+    "data version (DVC)": "medflow.data_dvc_md5",
+    "data file md5": "medflow.data_md5",
+    "code commit": "medflow.git_commit",
+    "params hash": "medflow.params_hash",
+    "Prefect flow run": "medflow.flow_run_id",
+}
+
+
+@registry_command("lineage")
+def cmd_lineage(args: argparse.Namespace, tracking) -> int:
+    name, v = tracking.resolve(args.model)
+    print(f"{name} v{v.version}")
+    for label, tag in LINEAGE.items():
+        print(f"  {label + ':':<20} {v.tags.get(tag, 'unknown')}")
+    print(f"  {'MLflow run:':<20} {v.run_id or 'unknown'}")
     return 0
 
 
@@ -300,6 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("name", help="registered model name (register.model_name)")
     promote.add_argument("version", help="version number to make champion")
     promote.add_argument("--reason", required=True, help="why: recorded on the version with who and when")
+    rollback = sub.add_parser("rollback", help="put `champion` back on the version it replaced")
+    rollback.add_argument("name", help="registered model name")
+    rollback.add_argument("--reason", default="", help="why: recorded in the model's history")
+    history = sub.add_parser("history", help="every move of `champion`: when, from, to, how, who, why")
+    history.add_argument("name", help="registered model name")
+    lineage = sub.add_parser("lineage", help="data version, code commit, params hash and runs behind a model")
+    lineage.add_argument("model", help="models:/NAME@ALIAS or models:/NAME/VERSION")
     return ap
 
 
@@ -310,6 +376,9 @@ COMMANDS = {
     "ui": cmd_ui,
     "serve": cmd_serve,
     "promote": cmd_promote,
+    "rollback": cmd_rollback,
+    "history": cmd_history,
+    "lineage": cmd_lineage,
 }
 
 

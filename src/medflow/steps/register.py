@@ -1,6 +1,7 @@
 """register: reads artifacts/train/ (run.json, model bundle) and artifacts/evaluate/metrics.json; writes a
 pyfunc model into the train run, a registry version aliased `champion` or `challenger` by the gate, and
-artifacts/register/ (model_card.md, summary.json). Fails when an input is missing or lacks the primary metric.
+artifacts/register/ (gate.json, gate.md, model_card.md, summary.json). Fails when an input is missing or lacks the
+primary metric; a refused candidate is a normal outcome (alias `challenger`, the gate report says why).
 
 One training run is one version: a rerun finds the run's version and reports it (finishing it first if a kill
 interrupted it) without moving any alias.
@@ -12,13 +13,28 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from medflow import tracking
-from medflow.data.features import Schema
+from medflow.data.features import Schema, coerce_features
 from medflow.data.sources import dataset_name
+from medflow.evaluation.baselines import baseline_proba, flat_pixels
+from medflow.evaluation.metrics import bootstrap_ci, paired_bootstrap_delta, weighted_metric
+from medflow.evaluation.subgroups import group_labels, subgroup_report
+from medflow.models.bundle import Predictor
 from medflow.params import Params
 from medflow.paths import Paths
+from medflow.steps.clean import LABEL, ROW_ID
+from medflow.steps.evaluate import patient_keys, score
+from medflow.steps.train import load_split
+from medflow.tracking.bundles import download_bundle
+from medflow.tracking.card import gate_markdown
+from medflow.tracking.gate import Comparison, subgroup_regressions
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +88,145 @@ def model_description(schema: Schema, dataset: str, metric: str) -> str:
         f"not promoted; each version's description is its model card and its tags hold lineage and the gate "
         f"decision on `{metric}`. Load with `mlflow.pyfunc.load_model('models:/<name>@champion')`."
     )
+
+
+@dataclass
+class TestSplit:
+    """The current test split as the gate sees it: the rows evaluate scored, keyed by patient."""
+
+    rows: pd.DataFrame
+    y: np.ndarray
+    groups: np.ndarray | None
+    train: pd.DataFrame
+
+
+def test_split(paths: Paths) -> TestSplit:
+    for path, step in ((paths.cleaned, "clean"), (paths.manifest, "split")):
+        _require(path, paths, step)
+    df, _ = load_split(paths)
+    test, train = df[df["_split"] == "test"], df[df["_split"] == "train"]
+    return TestSplit(test, test[LABEL].to_numpy(), patient_keys(paths, test[ROW_ID]), train)
+
+
+def _baseline_features(predictor: Predictor, paths: Paths, rows: pd.DataFrame) -> np.ndarray:
+    if predictor.schema.kind == "image":
+        return flat_pixels(np.load(paths.images, mmap_mode="r")[rows.index.to_numpy()])
+    return predictor.preprocessor.transform(coerce_features(rows, predictor.schema))
+
+
+def _with_ci(split: TestSplit, proba: np.ndarray, metric: str, n_boot: int, seed: int) -> dict[str, float]:
+    value = float(weighted_metric(metric, split.y, proba, np.ones((1, len(split.y))))[0])
+    lo, hi = bootstrap_ci(split.y, proba, split.groups, n_boot, seed)[metric]
+    return {metric: value, "ci_low": lo, "ci_high": hi}
+
+
+def _comparison(split: TestSplit, cand: np.ndarray, ref: np.ndarray, name: str, test: str, margin: float, params):
+    delta = paired_bootstrap_delta(
+        split.y, cand, ref, split.groups, params.evaluate.primary_metric, params.register.gate.n_boot, params.seed
+    )
+    return Comparison(name, delta, test, margin)
+
+
+def gate_evidence(
+    params: Params, paths: Paths, metrics: dict, champion: tracking.Version | None, differs: str | None
+) -> tuple[Comparison | None, tuple[str, ...], dict]:
+    """Scores candidate, champion (when comparable) and baselines on the same test rows; returns the paired test the
+    gate reads, the subgroups that regressed, and the report (aggregates only)."""
+    gp, ep = params.register.gate, params.evaluate
+    metric = ep.primary_metric
+    split = test_split(paths)
+    predictor = Predictor(paths.model_bundle)
+    kind = predictor.schema.kind
+    cand = score(predictor, paths, split.rows, kind)
+    n_classes = len(predictor.classes)
+    baselines = baseline_proba(
+        _baseline_features(predictor, paths, split.train),
+        split.train[LABEL].to_numpy(),
+        _baseline_features(predictor, paths, split.rows),
+        n_classes,
+        params.seed,
+    )
+    models = {"candidate": _with_ci(split, cand, metric, gp.n_boot, params.seed)}
+    for b, proba in baselines.items():
+        models[f"baseline {b}"] = _with_ci(split, proba, metric, gp.n_boot, params.seed)
+
+    comparison, champion_proba, note = None, None, None
+    if champion is not None and differs:
+        note = f"champion v{champion.version} not re-scored: {differs} (its inputs no longer match)"
+    elif champion is not None:
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                champion_proba = score(Predictor(download_bundle(params.register.model_name, champion.version, Path(tmp))), paths, split.rows, kind)
+        except Exception as exc:  # noqa: BLE001 - any failure leaves a person to decide; the type says which
+            note = f"champion v{champion.version} could not be re-scored ({type(exc).__name__})"
+            log.warning("register: %s", note)
+        if champion_proba is not None:
+            ref = f"champion v{champion.version}"
+            models[ref] = _with_ci(split, champion_proba, metric, gp.n_boot, params.seed)
+            comparison = _comparison(split, cand, champion_proba, ref, gp.test, gp.margin, params)
+    else:
+        best = max(baselines, key=lambda b: np.nan_to_num(models[f"baseline {b}"][metric], nan=-np.inf))
+        comparison = _comparison(
+            split, cand, baselines[best], f"baseline {best}", "non_inferiority", gp.baseline_margin, params
+        )
+
+    regressions, subgroups = (), []
+    threshold = metrics.get("threshold")
+    if ep.subgroups:
+        labels = group_labels(split.rows[predictor.schema.features], ep.subgroups, ep.subgroup_bins)
+        reports = {
+            who: subgroup_report(
+                split.y, p, split.groups, labels, metric, ep.min_group_patients, gp.n_boot, params.seed, threshold
+            )
+            for who, p in (("candidate", cand), ("champion", champion_proba))
+            if p is not None
+        }
+        ref_groups = {r["group"]: r for r in reports["champion"]["groups"]} if "champion" in reports else {}
+        for r in reports["candidate"]["groups"]:
+            other = ref_groups.get(r["group"], {})
+            subgroups.append(
+                {"group": r["group"], "patients": r["patients"], "candidate": r.get(metric), "champion": other.get(metric)}
+            )
+        if "champion" in reports:
+            regressions = subgroup_regressions(reports["candidate"], reports["champion"], gp.subgroup_tolerance)
+
+    report = {
+        "primary_metric": metric,
+        "test": {
+            "rows": len(split.y),
+            "patients": len(np.unique(split.groups)) if split.groups is not None else len(split.y),
+            "resampled": "patients" if split.groups is not None else "rows (no patient id)",
+        },
+        "thresholds": {
+            "min_primary": params.register.min_primary,
+            "min_sensitivity": gp.min_sensitivity,
+            "test": gp.test,
+            "margin": gp.margin,
+            "baseline_margin": gp.baseline_margin,
+            "subgroup_tolerance": gp.subgroup_tolerance,
+            "n_boot": gp.n_boot,
+            "decision_threshold": threshold,
+        },
+        "models": models,
+        "comparison": None
+        if comparison is None
+        else {
+            "reference": comparison.reference,
+            "metric": metric,
+            "test": comparison.test,
+            "margin": comparison.margin,
+            "delta": comparison.delta.delta,
+            "ci_low": comparison.delta.ci_low,
+            "ci_high": comparison.delta.ci_high,
+            "n_boot": comparison.delta.n_boot,
+            "bound": comparison.bound,
+            "passed": comparison.passed,
+        },
+        "champion_note": note,
+        "subgroups": subgroups,
+        "subgroup_regressions": list(regressions),
+    }
+    return comparison, regressions, report
 
 
 def _write(paths: Paths, card: str, summary: dict) -> dict:
@@ -171,6 +326,9 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
     tracking.log_artifacts(run_id, out / "model_card.md")
     tracking.describe_version(name, version, card)
     tracking.set_alias(name, "champion" if decision.promoted else "challenger", version)
+    if decision.promoted:  # appended to the registry's own record of champion moves (medflow history)
+        report = str((out / "gate.json").relative_to(paths.root)) if (out / "gate.json").exists() else None
+        tracking.record_move(name, champion.version if champion else None, version, "gate", decision.reason, report)
     tracking.set_tags(run_id, {**lineage, "medflow.gate": gate, "medflow.model_version": f"{name}/{version}"})
     tracking.mark_complete(name, version)  # last: only now is the version a candidate
 

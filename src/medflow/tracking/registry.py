@@ -219,7 +219,89 @@ def promote(name: str, version: str, reason: str) -> Version | None:
     }
     set_version_tags(name, version, tags)
     set_alias(name, "champion", version)
+    record_move(name, previous.version if previous else None, version, "promote", reason.strip())
     challenger = version_by_alias(name, "challenger")
     if challenger and challenger.version == version:  # one version, one role
         client().delete_registered_model_alias(name, "challenger")
     return previous
+
+
+HISTORY = "medflow.history."  # + zero-padded sequence number: model-level tags sort in the order of the moves
+
+
+def history(name: str) -> list[dict]:
+    """Every recorded move of `champion`, oldest first, from the registered model's own tags."""
+    import json
+
+    tags = client().get_registered_model(name).tags
+    return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(HISTORY))]
+
+
+def record_move(
+    name: str, previous: str | None, version: str, how: str, reason: str, report: str | None = None
+) -> dict | None:
+    """Appends one move of `champion` to the model's history (tags live with the registry, not with a clone).
+
+    Idempotent for a move already recorded last, so a register finishing a killed registration adds nothing twice.
+    Call under model_lock: the next sequence number is read, then written."""
+    import json
+
+    past = history(name)
+    if past and past[-1]["to"] == str(version):
+        return None
+    if previous is not None and str(previous) == str(version):
+        # A registration killed after its alias moved: the alias no longer says what it replaced; the history does.
+        previous = past[-1]["to"] if past else None
+    entry = {
+        "n": len(past) + 1,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "from": str(previous) if previous is not None else None,
+        "to": str(version),
+        "how": how,
+        "who": getpass.getuser(),
+        "reason": reason,
+    }
+    if report:
+        entry["report"] = report
+    value = json.dumps(entry, separators=(",", ":"))
+    assert_clean(value, f"history of {name}")
+    client().set_registered_model_tag(name, f"{HISTORY}{entry['n']:06d}", value)
+    return entry
+
+
+def rollback(name: str, reason: str) -> tuple[str, str]:
+    """Moves `champion` back to the version it replaced, as the history records it; returns (from, to)."""
+    current = version_by_alias(name, "champion")
+    if current is None:
+        raise ValueError(f"model {name} has no champion to roll back")
+    # What the current champion replaced when it was promoted; a rollback's own entry is no promotion to undo.
+    moves = [m for m in history(name) if m["to"] == current.version and m["from"] and m["how"] != "rollback"]
+    if not moves:
+        raise ValueError(f"{name} v{current.version} has no previous champion in the history: nothing to roll back to")
+    target = moves[-1]["from"]
+    set_alias(name, "champion", target)
+    record_move(name, current.version, target, "rollback", reason.strip() or f"rollback of v{current.version}")
+    return current.version, target
+
+
+def resolve(uri: str) -> tuple[str, Version]:
+    """models:/NAME@ALIAS or models:/NAME/VERSION -> (name, version); a clear error for anything else."""
+    import re
+
+    from mlflow.exceptions import MlflowException
+
+    found = re.fullmatch(r"models:/([^/@]+)(?:@([\w-]+)|/(\d+))", uri.strip())
+    if not found:
+        raise ValueError(f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    name, alias, number = found.groups()
+    if alias:
+        v = version_by_alias(name, alias)
+        if v is None:
+            raise ValueError(f"model {name} has no alias {alias}")
+        return name, v
+    try:
+        return name, get_version(name, number)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ValueError(f"model {name} has no version {number}") from None
