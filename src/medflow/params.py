@@ -124,12 +124,29 @@ class EvaluateParams(_Section):
     min_group_patients: int = Field(10, ge=1)
 
 
+class GateParams(_Section):
+    """How a version earns `champion`: floors, then a paired patient bootstrap against the champion or baselines."""
+
+    # Floor on test sensitivity at the threshold chosen on validation (binary tasks); null: no floor.
+    min_sensitivity: float | None = Field(None, ge=0, le=1)
+    # superiority: the 95% CI of delta = primary(candidate) - primary(champion), on the same test patients, must lie
+    # above 0 (a tie never promotes); non_inferiority: its lower bound must lie above -margin.
+    test: Literal["superiority", "non_inferiority"] = "superiority"
+    margin: float = Field(0.01, ge=0, le=1)  # primary-metric units; used by non_inferiority only
+    # With no champion, the candidate is compared the same way with the best baseline (majority class, logistic
+    # regression), by non-inferiority: a network that only matches a linear model is still worth a first champion.
+    baseline_margin: float = Field(0.02, ge=0, le=1)  # primary-metric units
+    # No subgroup shown in both models' reports may lose more than this much of the primary metric.
+    subgroup_tolerance: float = Field(0.05, ge=0, le=1)
+    n_boot: int = Field(1000, ge=100)  # paired resamples of test patients
+
+
 class RegisterParams(_Section):
     model_name: str = "medflow-breast-cancer"
-    # A version becomes champion only when its test primary metric reaches this floor...
-    min_primary: float = Field(0.9, ge=0, le=1)
-    # ...and beats the current champion's, or trails it by less than this (0: strictly better; a tie never promotes).
-    tolerance: float = Field(0.0, ge=0)
+    # A version becomes champion only when its test primary metric reaches this floor (null: no floor)...
+    min_primary: float | None = Field(0.9, ge=0, le=1)
+    # ...and passes the paired gate against the champion (or, with none yet, the baselines).
+    gate: GateParams = Field(default_factory=GateParams)
     # never: this run is exploratory and registers as `challenger` at most (as does any `dvc exp run`);
     # `medflow promote NAME VERSION --reason ...` then moves `champion` by hand.
     promote: Literal["auto", "never"] = "auto"

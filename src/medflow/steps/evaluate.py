@@ -34,13 +34,13 @@ from medflow.steps.train import load_split
 LEARNING_CURVE_KEYS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
 
 
-def _score(predictor: Predictor, paths: Paths, rows: pd.DataFrame, kind: str) -> np.ndarray:
+def score(predictor: Predictor, paths: Paths, rows: pd.DataFrame, kind: str) -> np.ndarray:
     if kind == "image":
         return predictor.predict_proba(np.load(paths.images, mmap_mode="r")[rows.index.to_numpy()])
     return predictor.predict_proba(rows)
 
 
-def _patient_keys(paths: Paths, row_ids: pd.Series) -> np.ndarray | None:
+def patient_keys(paths: Paths, row_ids: pd.Series) -> np.ndarray | None:
     manifest = pd.read_csv(paths.manifest, usecols=["row_id", "patient_key"], dtype={"patient_key": "string"})
     return patient_groups(row_ids.map(dict(zip(manifest["row_id"], manifest["patient_key"], strict=True))))
 
@@ -118,13 +118,13 @@ def run(params: Params, paths: Paths) -> dict:
         raise ValueError(f"{paths.manifest}: the test split is empty; enlarge the data or split.test")
     # Scoring goes through the same Predictor the registered model uses.
     predictor = Predictor(paths.model_bundle)
-    proba = _score(predictor, paths, test, schema.kind)
+    proba = score(predictor, paths, test, schema.kind)
     y = test[LABEL].to_numpy()
-    groups = _patient_keys(paths, test[ROW_ID])
+    groups = patient_keys(paths, test[ROW_ID])
     binary = len(schema.classes) == 2
 
     val = df[df["_split"] == "val"]
-    y_val, proba_val = val[LABEL].to_numpy(), _score(predictor, paths, val, schema.kind)
+    y_val, proba_val = val[LABEL].to_numpy(), score(predictor, paths, val, schema.kind)
     threshold, method = None, None
     if binary:
         if len(np.unique(y_val)) == 2:

@@ -156,7 +156,8 @@ def gate_evidence(
     elif champion is not None:
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                champion_proba = score(Predictor(download_bundle(params.register.model_name, champion.version, Path(tmp))), paths, split.rows, kind)
+                bundle = download_bundle(params.register.model_name, champion.version, Path(tmp))
+                champion_proba = score(Predictor(bundle), paths, split.rows, kind)
         except Exception as exc:  # noqa: BLE001 - any failure leaves a person to decide; the type says which
             note = f"champion v{champion.version} could not be re-scored ({type(exc).__name__})"
             log.warning("register: %s", note)
@@ -184,9 +185,8 @@ def gate_evidence(
         ref_groups = {r["group"]: r for r in reports["champion"]["groups"]} if "champion" in reports else {}
         for r in reports["candidate"]["groups"]:
             other = ref_groups.get(r["group"], {})
-            subgroups.append(
-                {"group": r["group"], "patients": r["patients"], "candidate": r.get(metric), "champion": other.get(metric)}
-            )
+            row = {"group": r["group"], "patients": r["patients"]}
+            subgroups.append(row | {"candidate": r.get(metric), "champion": other.get(metric)})
         if "champion" in reports:
             regressions = subgroup_regressions(reports["candidate"], reports["champion"], gp.subgroup_tolerance)
 
@@ -284,15 +284,20 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
     if pending is not None and champion is not None and champion.version == pending.version:
         # Killed after its alias moved: the gate had promoted it, and nothing since has replaced it.
         decision = tracking.Decision(True, pending.tags.get("medflow.gate", "").partition(": ")[2])
+        report = {"primary_metric": params.evaluate.primary_metric, "resumed": "the gate had decided before a kill"}
     else:
+        differs = mismatch(champion, identity) if champion else None
+        comparison, regressions, report = gate_evidence(params, paths, metrics, champion, differs)
         decision = tracking.decide(
             key,
             primary,
             rp.min_primary,
-            rp.tolerance,
             champion.version if champion else None,
-            tracking.metric_of(champion, key) if champion else None,
-            mismatch=mismatch(champion, identity) if champion else None,
+            comparison,
+            sensitivity=metrics.get("test_sensitivity"),
+            min_sensitivity=rp.gate.min_sensitivity,
+            regressions=regressions,
+            mismatch=differs,
             exploratory=exploratory(params),
         )
     gate = f"{'promoted' if decision.promoted else 'not promoted'}: {decision.reason}"
@@ -322,8 +327,20 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
     )
     out = paths.step_dir("register")
     out.mkdir(parents=True, exist_ok=True)
+    report |= {
+        "model_name": name,
+        "version": version,
+        "run_id": run_id,
+        "inputs": {**identity, **{k: v for k, v in lineage.items() if k.endswith(("md5", "commit", "params_hash"))}},
+        "champion_version": champion.version if champion else None,
+        "decision": "promoted" if decision.promoted else "not promoted",
+        "reasons": [decision.reason],
+    }
+    (out / "gate.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "gate.md").write_text(gate_markdown(report))
     (out / "model_card.md").write_text(card)
-    tracking.log_artifacts(run_id, out / "model_card.md")
+    for file in ("gate.json", "gate.md", "model_card.md"):
+        tracking.log_artifacts(run_id, out / file)
     tracking.describe_version(name, version, card)
     tracking.set_alias(name, "champion" if decision.promoted else "challenger", version)
     if decision.promoted:  # appended to the registry's own record of champion moves (medflow history)

@@ -1,15 +1,19 @@
-"""Promotion gate: a version is blessed only above a floor and against the current champion, never alone.
+"""Promotion gate: a version is blessed only above its floors and against a reference on the same test patients.
 
-Only a strictly better score moves `champion` (or one within an explicit tolerance > 0): a tie, such as the same
-model registered again, leaves it where it is. A candidate that is not comparable with the champion (another
-dataset or input schema), or that comes from an exploratory run, is a challenger at most: moving `champion` to it
-takes `medflow promote`.
+The reference is the champion re-scored on the current test split, or, with no champion yet, the best simple
+baseline fitted on the same train split. A paired patient bootstrap of delta = metric(candidate) - metric(reference)
+decides (evaluation.metrics.paired_bootstrap_delta); this module only reads its result, so the rule is testable
+on synthetic numbers. Under `superiority` a tie never promotes. A candidate that is not comparable with the
+champion (another dataset or input schema), or that comes from an exploratory run, is a challenger at most: moving
+`champion` to it takes `medflow promote`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from medflow.evaluation.metrics import Delta
 
 
 @dataclass(frozen=True)
@@ -18,55 +22,102 @@ class Decision:
     reason: str
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """The paired test of the candidate against one reference ("champion v3", "baseline logistic_regression")."""
+
+    reference: str
+    delta: Delta
+    test: str  # superiority | non_inferiority
+    margin: float  # non_inferiority only
+
+    @property
+    def bound(self) -> float:
+        return 0.0 if self.test == "superiority" else -self.margin
+
+    @property
+    def passed(self) -> bool:
+        return math.isfinite(self.delta.ci_low) and self.delta.ci_low > self.bound
+
+    def describe(self) -> str:
+        d = self.delta
+        rule = "superiority" if self.test == "superiority" else f"non-inferiority, margin {self.margin:g}"
+        return (
+            f"delta {d.metric} vs {self.reference} = {d.delta:+.4f} (95% CI [{d.ci_low:+.4f}, {d.ci_high:+.4f}]); "
+            f"{rule} needs the lower bound above {self.bound:+.4f}"
+        )
+
+
 def decide(
     metric: str,
     value: float,
-    floor: float,
-    tolerance: float,
+    floor: float | None,
     champion_version: str | None = None,
-    champion_value: float | None = None,
+    comparison: Comparison | None = None,
     *,
+    sensitivity: float | None = None,
+    min_sensitivity: float | None = None,
+    regressions: tuple[str, ...] = (),
     mismatch: str | None = None,
     exploratory: str | None = None,
 ) -> Decision:
-    """mismatch: how the candidate's inputs differ from the champion's; exploratory: why the run is an experiment."""
-    decision = _by_metric(metric, value, floor, tolerance, champion_version, champion_value, mismatch)
+    """comparison: the paired test against the champion, or against the best baseline when there is none;
+    regressions: subgroups that lost more than the tolerance; mismatch: how the candidate's inputs differ from the
+    champion's; exploratory: why the run is an experiment."""
+    decision = _by_evidence(
+        metric, value, floor, champion_version, comparison, sensitivity, min_sensitivity, regressions, mismatch
+    )
     if decision.promoted and exploratory:
         return Decision(False, f"{exploratory}, so challenger at most ({decision.reason}); `medflow promote` moves it")
     return decision
 
 
-def _by_metric(
+def _by_evidence(
     metric: str,
     value: float,
-    floor: float,
-    tolerance: float,
+    floor: float | None,
     champion_version: str | None,
-    champion_value: float | None,
+    comparison: Comparison | None,
+    sensitivity: float | None,
+    min_sensitivity: float | None,
+    regressions: tuple[str, ...],
     mismatch: str | None,
 ) -> Decision:
     if not math.isfinite(value):
         return Decision(False, f"{metric} is not a number")
-    if value < floor:
+    if floor is not None and value < floor:
         return Decision(False, f"{metric}={value:.4f} is below the floor {floor:.4f}")
-    if champion_version is None:
-        return Decision(True, f"{metric}={value:.4f} reaches the floor {floor:.4f} and there is no champion")
-    if mismatch:
+    if min_sensitivity is not None and (sensitivity is None or not sensitivity >= min_sensitivity):
+        got = "undefined" if sensitivity is None else f"{sensitivity:.4f}"
+        return Decision(False, f"test sensitivity at the threshold ({got}) is below the floor {min_sensitivity:.4f}")
+    if champion_version is not None and mismatch:
         return Decision(
             False,
             f"{mismatch} from champion v{champion_version}'s: metrics alone cannot compare them; "
             "`medflow promote` moves champion after review",
         )
-    if champion_value is None:
-        # Without the champion's score there is no baseline; a person decides by moving the alias.
-        return Decision(False, f"champion v{champion_version} has no recorded {metric} to compare against")
-    if value > champion_value - tolerance:
-        within = f"within tolerance {tolerance:g} of" if value <= champion_value else "better than"
-        return Decision(True, f"{metric}={value:.4f} is {within} champion v{champion_version} ({champion_value:.4f})")
-    if value == champion_value:
-        return Decision(False, f"{metric}={value:.4f} ties champion v{champion_version}: a tie does not promote")
-    return Decision(
-        False,
-        f"{metric}={value:.4f} is worse than champion v{champion_version} ({champion_value:.4f}) "
-        f"by at least the tolerance {tolerance:g}",
-    )
+    if comparison is None:
+        if champion_version is not None:
+            # Without the champion's scores on these patients there is no paired test; a person decides.
+            return Decision(False, f"champion v{champion_version} could not be re-scored on the test split")
+        return Decision(True, f"{metric}={value:.4f} passes its floors, there is no champion and no baseline")
+    stays = f"champion v{champion_version} stays" if champion_version is not None else "no champion yet"
+    if not comparison.passed:
+        return Decision(False, f"{comparison.describe()}: not met, {stays}")
+    if regressions:
+        return Decision(False, f"{comparison.describe()}: met, but {'; '.join(regressions)}; {stays}")
+    return Decision(True, f"{comparison.describe()}: met" + ("" if champion_version else " (no champion yet)"))
+
+
+def subgroup_regressions(candidate: dict, reference: dict, tolerance: float) -> tuple[str, ...]:
+    """Groups shown (not suppressed) in both subgroup reports whose primary metric fell by more than tolerance."""
+    metric = candidate["primary_metric"]
+    ref = {r["group"]: r[metric] for r in reference["groups"] if metric in r}
+    out = []
+    for r in candidate["groups"]:
+        if metric in r and r["group"] in ref and ref[r["group"]] - r[metric] > tolerance:
+            out.append(
+                f"subgroup {r['group']} {metric} falls from {ref[r['group']]:.4f} to {r[metric]:.4f} "
+                f"(more than the tolerance {tolerance:g})"
+            )
+    return tuple(out)

@@ -1,0 +1,41 @@
+"""Simple baselines a first champion must not lose to: the majority class and a regularised logistic regression.
+
+Both are fitted on the train split only. Tables reach the logistic regression through the model's own fitted
+preprocessing (imputation, scaling, one-hot), so the comparison is about the model, not the features; images reach
+it as flattened pixels scaled to [0, 1] (a linear probe).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+# A linear probe on many images costs minutes of CPU; this many training rows already pin it down.
+MAX_PROBE_ROWS = 5000
+
+
+def _full_proba(model: LogisticRegression, x: np.ndarray, n_classes: int) -> np.ndarray:
+    """Columns for every class, zero for a class the train split lacked (sklearn returns only the seen ones)."""
+    out = np.zeros((len(x), n_classes))
+    out[:, model.classes_] = model.predict_proba(x)
+    return out
+
+
+def baseline_proba(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_classes: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Test probabilities (rows x classes) of each baseline; x_*: features as the model sees them, y: class indices."""
+    prior = np.bincount(y_train, minlength=n_classes) / max(len(y_train), 1)
+    out = {"majority_class": np.tile(prior, (len(x_test), 1))}
+    if len(np.unique(y_train)) < 2:
+        return out  # nothing to regress on: the majority class is the only baseline
+    if len(x_train) > MAX_PROBE_ROWS:
+        keep = np.random.default_rng(seed).choice(len(x_train), MAX_PROBE_ROWS, replace=False)
+        x_train, y_train = x_train[keep], y_train[keep]
+    model = LogisticRegression(C=1.0, max_iter=1000).fit(x_train, y_train)
+    out["logistic_regression"] = _full_proba(model, x_test, n_classes)
+    return out
+
+
+def flat_pixels(images: np.ndarray) -> np.ndarray:
+    return np.asarray(images, dtype=np.float32).reshape(len(images), -1) / 255.0
