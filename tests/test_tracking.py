@@ -148,24 +148,73 @@ def test_writes_pass_the_scanner_first(project, params, tmp_path):
         tracking.start_run(leaky, project, "x")
 
 
+def _paired(cand_noise: float, ref_noise: float, n: int = 200):
+    """Synthetic scores on the same rows: the label follows x, each model adds its own share of noise."""
+    import numpy as np
+
+    from medflow.evaluation.metrics import paired_bootstrap_delta
+
+    rng = np.random.default_rng(0)
+    x, noise = rng.normal(size=n), rng.normal(size=n)
+    y = (x > 0).astype(int)
+
+    def proba(w: float):
+        p = 1 / (1 + np.exp(-(x + w * noise)))
+        return np.c_[1 - p, p]
+
+    return paired_bootstrap_delta(y, proba(cand_noise), proba(ref_noise), n_boot=500)
+
+
+def comparison(delta, test="superiority", margin=0.01, reference="champion v1"):
+    return tracking.Comparison(reference, delta, test, margin)
+
+
+def test_equal_scores_are_refused_under_superiority_and_accepted_under_non_inferiority():
+    tie = _paired(0.5, 0.5)
+    assert (tie.delta, tie.ci_low, tie.ci_high) == (0.0, 0.0, 0.0)
+    refused = tracking.decide("test_roc_auc", 0.95, 0.9, "1", comparison(tie))
+    assert not refused.promoted and "lower bound above +0.0000: not met, champion v1 stays" in refused.reason
+    accepted = tracking.decide("test_roc_auc", 0.95, 0.9, "1", comparison(tie, "non_inferiority", 0.01))
+    assert accepted.promoted and "non-inferiority, margin 0.01 needs the lower bound above -0.0100: met" in (
+        accepted.reason
+    )
+
+
+def test_a_clearly_better_candidate_passes_superiority_and_a_worse_one_fails_non_inferiority():
+    better, worse = _paired(0.2, 1.5), _paired(1.5, 0.2)
+    assert better.ci_low > 0 > worse.ci_high
+    assert tracking.decide("test_roc_auc", 0.95, 0.9, "1", comparison(better)).promoted
+    refused = tracking.decide("test_roc_auc", 0.95, 0.9, "1", comparison(worse, "non_inferiority", 0.05))
+    assert not refused.promoted and f"95% CI [{worse.ci_low:+.4f}, {worse.ci_high:+.4f}]" in refused.reason
+
+
 @pytest.mark.parametrize(
-    ("value", "tolerance", "champion", "promoted", "says"),
+    ("value", "floor", "kwargs", "promoted", "says"),
     [
-        (0.95, 0.0, None, True, "no champion"),
-        (0.85, 0.0, None, False, "below the floor"),
-        (0.97, 0.0, ("1", 0.97), False, "a tie does not promote"),
-        (0.971, 0.0, ("1", 0.97), True, "better than champion v1"),
-        (0.96, 0.0, ("1", 0.97), False, "worse than champion v1"),
-        (0.965, 0.01, ("1", 0.97), True, "within tolerance"),
-        (0.96, 0.01, ("1", 0.97), False, "worse than champion v1"),
-        (0.99, 0.0, ("1", None), False, "no recorded"),
-        (float("nan"), 0.0, None, False, "not a number"),
+        (0.85, 0.9, {}, False, "below the floor 0.9000"),
+        (0.85, None, {}, True, "there is no champion and no baseline"),  # floors are optional per project
+        (float("nan"), None, {}, False, "not a number"),
+        (0.95, 0.9, {"sensitivity": 0.7, "min_sensitivity": 0.8}, False, "sensitivity at the threshold (0.7000)"),
+        (0.95, 0.9, {"champion_version": "1"}, False, "champion v1 could not be re-scored"),
+        (0.95, 0.9, {"champion_version": "1", "mismatch": "input schema differs"}, False, "metrics alone cannot"),
     ],
 )
-def test_gate(value, tolerance, champion, promoted, says):
-    version, champion_value = champion or (None, None)
-    decision = tracking.decide("test_roc_auc", value, 0.9, tolerance, version, champion_value)
+def test_gate_floors_and_missing_evidence(value, floor, kwargs, promoted, says):
+    decision = tracking.decide("test_roc_auc", value, floor, **kwargs)
     assert decision.promoted is promoted and says in decision.reason
+
+
+def test_a_subgroup_regression_refuses_a_better_candidate():
+    from medflow.tracking.gate import subgroup_regressions
+
+    def report(values):
+        groups = [{"group": g, "roc_auc": v} for g, v in values.items()]
+        return {"primary_metric": "roc_auc", "groups": [*groups, {"group": "site=C", "patients": "<10"}]}
+
+    lost = subgroup_regressions(report({"site=A": 0.99, "site=B": 0.80}), report({"site=A": 0.9, "site=B": 0.9}), 0.05)
+    assert lost == ("subgroup site=B roc_auc falls from 0.9000 to 0.8000 (more than the tolerance 0.05)",)
+    decision = tracking.decide("test_roc_auc", 0.95, 0.9, "1", comparison(_paired(0.2, 1.5)), regressions=lost)
+    assert not decision.promoted and "met, but subgroup site=B" in decision.reason
 
 
 def test_training_data_is_logged_as_a_dataset_input_without_rows(project, params):

@@ -158,7 +158,7 @@ def gate_evidence(
             with tempfile.TemporaryDirectory() as tmp:
                 bundle = download_bundle(params.register.model_name, champion.version, Path(tmp))
                 champion_proba = score(Predictor(bundle), paths, split.rows, kind)
-        except Exception as exc:  # noqa: BLE001 - any failure leaves a person to decide; the type says which
+        except Exception as exc:  # any failure leaves a person to decide; the type says which
             note = f"champion v{champion.version} could not be re-scored ({type(exc).__name__})"
             log.warning("register: %s", note)
         if champion_proba is not None:

@@ -1,7 +1,7 @@
 """The only way medflow reaches MLflow. Importing this package imports no mlflow and configures nothing."""
 
 from medflow.tracking.card import model_card
-from medflow.tracking.gate import Decision, decide
+from medflow.tracking.gate import Comparison, Decision, decide
 from medflow.tracking.lineage import lineage, lineage_of_run
 from medflow.tracking.registry import (
     Version,
@@ -42,6 +42,7 @@ from medflow.tracking.store import (
 )
 
 __all__ = [
+    "Comparison",
     "Decision",
     "StoreBusy",
     "Version",
