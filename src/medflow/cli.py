@@ -323,6 +323,18 @@ def cmd_lineage(args: argparse.Namespace, tracking) -> int:
     return 0
 
 
+@registry_command("predict")
+def cmd_predict(args: argparse.Namespace, tracking) -> int:
+    from medflow.tracking.scoring import predict_file
+
+    done = predict_file(args.model, Path(args.input), Path(args.output))
+    print(
+        f"{args.output}: {done['rows']} rows scored by {done['model']} v{done['version']}, {done['ok']} ok, "
+        f"{done['refused']} refused (reason in the row's `reason` column)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="medflow", description=__doc__)
     ap.add_argument("--root", default=".", help="project root (holds params.yaml, dvc.yaml)")
@@ -366,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("name", help="registered model name")
     lineage = sub.add_parser("lineage", help="data version, code commit, params hash and runs behind a model")
     lineage.add_argument("model", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    predict = sub.add_parser("predict", help="score a CSV/Parquet batch; one output row per input row, with status")
+    predict.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    predict.add_argument("--input", required=True, help="CSV or Parquet file with the model's feature columns")
+    predict.add_argument("--output", required=True, help="CSV or Parquet file to write (nothing when refused)")
     return ap
 
 
@@ -379,6 +395,7 @@ COMMANDS = {
     "rollback": cmd_rollback,
     "history": cmd_history,
     "lineage": cmd_lineage,
+    "predict": cmd_predict,
 }
 
 

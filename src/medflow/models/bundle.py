@@ -16,6 +16,25 @@ from medflow.data.features import ImageNormaliser, Preprocessor, Schema, coerce_
 from medflow.models.tabular import build
 
 FILES = ("weights.pt", "model.json", "preprocessor.json", "schema.json")
+# Written for "no value" by people and exports alike: read as missing (imputed), never as a failed number.
+MISSING_TEXT = {"", "na", "n/a", "nan", "null", "none", "-", "?"}
+
+
+class BatchRejected(ValueError):
+    """The whole batch is refused and nothing is scored. Its message names columns and counts, never a value."""
+
+
+def row_problems(raw: pd.DataFrame, numeric: list[str]) -> pd.Series:
+    """Per input row, why it cannot be scored ("" when it can): text or an infinite value in a numeric column."""
+    reasons = np.full(len(raw), "", dtype=object)
+    for col in numeric:
+        values = raw[col].reset_index(drop=True)
+        text = values.astype(str).str.strip().str.lower()
+        given = (values.notna() & ~text.isin(MISSING_TEXT)).to_numpy()
+        number = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
+        for bad, why in ((given & np.isnan(number), "not a number"), (np.isinf(number), "not finite")):
+            reasons[bad] = reasons[bad] + f"{col}: {why}; "
+    return pd.Series(reasons, index=raw.index, dtype=object).str.rstrip("; ")
 
 
 def save_bundle(
@@ -33,8 +52,10 @@ def save_bundle(
 
 
 class Predictor:
-    def __init__(self, bundle: Path):
+    def __init__(self, bundle: Path, threshold: float | None = None):
+        """threshold: evaluate's decision threshold on the positive class (binary); None labels by argmax."""
         bundle = Path(bundle)
+        self.threshold = threshold
         self.schema = Schema.load(bundle / "schema.json")
         kind = ImageNormaliser if self.schema.kind == "image" else Preprocessor
         self.preprocessor = kind.from_dict(json.loads((bundle / "preprocessor.json").read_text()))
@@ -84,9 +105,43 @@ class Predictor:
                 out.append(torch.softmax(self.model((x - mean) / std).float(), dim=1))
         return torch.cat(out).numpy() if out else np.empty((0, len(self.classes)), dtype="float32")
 
+    def labels(self, proba: np.ndarray) -> np.ndarray:
+        if self.threshold is not None and proba.shape[1] == 2:
+            picked = (proba[:, 1] >= self.threshold).astype(int)
+        else:
+            picked = proba.argmax(axis=1)
+        return np.asarray(self.classes, dtype=object)[picked]
+
     def predict(self, raw) -> pd.DataFrame:
-        proba = self.predict_proba(raw)
-        index = raw.index if isinstance(raw, pd.DataFrame) else None
-        out = pd.DataFrame(proba, columns=[f"proba_{c}" for c in self.classes], index=index)
-        out.insert(0, "prediction", np.asarray(self.classes, dtype=object)[proba.argmax(axis=1)])
+        """Images: prediction and probabilities. Tables: `score`, one row per input row with its status."""
+        if self.schema.kind == "image":
+            proba = self.predict_proba(raw)
+            index = raw.index if isinstance(raw, pd.DataFrame) else None
+            out = pd.DataFrame(proba, columns=[f"proba_{c}" for c in self.classes], index=index)
+            out.insert(0, "prediction", self.labels(proba))
+            return out
+        return self.score(raw)
+
+    def score(self, raw: pd.DataFrame) -> pd.DataFrame:
+        """row (1-based input row number), prediction, proba_<class>, status (`ok` or `refused`) and reason.
+
+        A batch without a feature column is refused whole (BatchRejected); a row failing a row check keeps its
+        place with empty probabilities and its reason, so callers never get a confident score for a bad row."""
+        if not isinstance(raw, pd.DataFrame):
+            raise BatchRejected(f"expected a table with the feature columns, got {type(raw).__name__}")
+        missing = [c for c in self.schema.features if c not in raw.columns]
+        if missing:
+            raise BatchRejected(f"batch of {len(raw)} rows lacks {len(missing)} feature column(s) {missing}")
+        reasons = row_problems(raw, self.schema.numeric)
+        ok = reasons.eq("").to_numpy()
+        proba = np.full((len(raw), len(self.classes)), np.nan)
+        labels = np.full(len(raw), None, dtype=object)
+        if ok.any():
+            proba[ok] = self.predict_proba(raw[ok])
+            labels[ok] = self.labels(proba[ok])
+        out = pd.DataFrame({"row": np.arange(1, len(raw) + 1), "prediction": labels}, index=raw.index)
+        for i, c in enumerate(self.classes):
+            out[f"proba_{c}"] = proba[:, i]
+        out["status"] = np.where(ok, "ok", "refused")
+        out["reason"] = reasons.to_numpy()
         return out

@@ -25,28 +25,32 @@ class BundleModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from medflow.models.bundle import Predictor
 
-        self.predictor = Predictor(Path(context.artifacts["bundle"]))
+        self.predictor = Predictor(Path(context.artifacts["bundle"]), (context.model_config or {}).get("threshold"))
 
-    # A DataFrame hint is one MLflow infers nothing from: the signature below types the columns.
+    # A DataFrame hint is one MLflow infers nothing from: the signature below names the columns.
+    # A refused batch raises the bundle's BatchRejected, deliberately no MlflowException: `mlflow models serve`
+    # prefixes the message of an MlflowException with the whole input table; of any other error it answers HTTP 400
+    # with the traceback, whose last line is our message (column names and counts).
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return self.predictor.predict(model_input)
 
 
 def signature(schema: Schema) -> ModelSignature | None:
-    """Numeric features as double and categoricals as string, each optional (the bundle imputes missing values).
+    """The output columns, typed; no input schema, so that every input value reaches the bundle's own checks.
 
-    MLflow enforces it before predict: `text/csv` is parsed with these types, and a DataFrame must carry numbers
-    as floats (text or int64 in a double column is refused by MLflow). Medflow's own Predictor still reads raw text.
+    MLflow 3.17 enforces typed input columns before predict and its refusal of a wrong value (text in a double
+    column, in a DataFrame or in `text/csv` parsed with the schema's dtypes) quotes the input rows: patient data in
+    an error response. Columns of type `any` pass values through but make `mlflow models serve` refuse every CSV.
+    The feature columns are listed in the model's metadata instead (`features`); the bundle refuses a batch without
+    one, naming it, and a row with text in a numeric column with its reason (models/bundle.py).
     """
     if schema.kind == "image":
         return None  # arrays, lists of paths or a DataFrame of paths: the Predictor checks the shape itself
     return ModelSignature(
-        inputs=ColumnSchema(
-            [ColSpec("double", c, required=False) for c in schema.numeric]
-            + [ColSpec("string", c, required=False) for c in schema.categorical]
-        ),
         outputs=ColumnSchema(
-            [ColSpec("string", "prediction")] + [ColSpec("float", f"proba_{c}") for c in schema.classes]
+            [ColSpec("long", "row"), ColSpec("string", "prediction", required=False)]
+            + [ColSpec("double", f"proba_{c}", required=False) for c in schema.classes]
+            + [ColSpec("string", "status"), ColSpec("string", "reason")]
         ),
     )
 
@@ -56,8 +60,9 @@ def requirements() -> list[str]:
     return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in ("torch", "pandas", "numpy")]
 
 
-def log_model(bundle: Path) -> str:
-    """Logs into the active run; returns the model URI."""
+def log_model(bundle: Path, threshold: float | None = None) -> str:
+    """Logs into the active run; returns the model URI. threshold (evaluate's) travels in the model's config."""
+    schema = Schema.load(bundle / "schema.json")
     with warnings.catch_warnings():
         # Deliberate: an input example would be made of patient rows.
         warnings.filterwarnings("ignore", message=".*input example was not provided")
@@ -67,6 +72,8 @@ def log_model(bundle: Path) -> str:
             artifacts={"bundle": str(bundle)},
             code_paths=[str(PACKAGE_DIR)],
             pip_requirements=requirements(),
-            signature=signature(Schema.load(bundle / "schema.json")),
+            signature=signature(schema),
+            metadata={"features": {"numeric": schema.numeric, "categorical": schema.categorical}},
+            model_config={"threshold": threshold} if threshold is not None else None,
         )
     return info.model_uri

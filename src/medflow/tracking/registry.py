@@ -59,8 +59,10 @@ def log_model(run_id: str, bundle: Path) -> str:
     from medflow.tracking import pyfunc
 
     assert_clean(Path(bundle), "model bundle")
+    # evaluate logs its decision threshold on the run: the model labels at it wherever it is loaded.
+    threshold = client().get_run(run_id).data.metrics.get("threshold")
     with mlflow.start_run(run_id=run_id):
-        return pyfunc.log_model(Path(bundle))
+        return pyfunc.log_model(Path(bundle), threshold)
 
 
 def logged_model_of_run(run_id: str) -> str | None:

@@ -1,0 +1,161 @@
+"""Scoring that refuses bad input: `medflow predict`, the registered pyfunc and `mlflow models serve` give one row
+per input row, refuse a row with text in a numeric column with its reason, refuse a batch without a feature column
+whole, and never quote an input value in a message."""
+
+import json
+import subprocess
+import urllib.error
+import urllib.request
+
+import pandas as pd
+import pytest
+from test_register import cohort, make_project, params_for
+from usercmd import free_port, scratch_clone, sh, stop, user_env, wait_http
+
+from medflow import tracking
+from medflow.paths import Paths
+
+SECRET = "PATIENT-SECRET-8841"  # text typed into the numeric column `a`
+THRESHOLD = 0.999  # far from 0.5, so labels show that evaluate's threshold travelled with the model
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, migrated_mlflow_db):
+    """A registered champion (no pipeline: the registry calls register makes) and a scratch clone on its store."""
+    tmp = tmp_path_factory.mktemp("predict")
+    work = make_project(tmp / "work", migrated_mlflow_db, cohort())
+    run_id = tracking.start_run(params_for("scorer"), work, "train")
+    tracking.log_metrics(run_id, {"threshold": THRESHOLD})  # as evaluate logs it
+    tracking.ensure_model("scorer", "test model", {})
+    version = tracking.register_version("scorer", tracking.log_model(run_id, work.model_bundle), {})
+    tracking.set_alias("scorer", "champion", version)
+    tracking.mark_complete("scorer", version)
+    root = scratch_clone(tmp / "proj", work.mlflow_db)
+    batch = cohort(12)
+    batch.loc[3, "a"] = SECRET
+    batch.loc[5, "b"] = "inf"
+    batch.loc[7, "a"] = "n/a"  # a missing value, imputed as in training
+    batch.drop(columns=["y"]).to_csv(root / "batch.csv", index=False)
+    return root, batch
+
+
+def values_in(text: str, batch: pd.DataFrame) -> list[str]:
+    """Input values (identifiers, the typed text, the numbers as written) found in text."""
+    seeded = [SECRET, *batch["pid"], *batch["email"], *(v for v in batch["a"] if len(v) >= 5)]
+    return [v for v in seeded if v in text]
+
+
+def test_predict_writes_one_row_per_input_row_and_refuses_bad_rows_with_their_reason(served):
+    root, batch = served
+    command = ".venv/bin/medflow predict --model models:/scorer@champion --input batch.csv --output preds.csv"
+    done = sh(command, root)
+    assert done.stdout.strip().splitlines()[-1] == (
+        "preds.csv: 12 rows scored by scorer v1, 10 ok, 2 refused (reason in the row's `reason` column)"
+    )
+    out = pd.read_csv(root / "preds.csv", keep_default_na=False)
+    assert list(out.columns) == ["row", "model", "version", "label", "proba_no", "proba_yes", "status", "reason"]
+    assert out["row"].tolist() == list(range(1, 13)) and set(out["model"]) == {"scorer"} and set(out["version"]) == {1}
+    refused = out[out["status"] == "refused"]
+    assert refused["row"].tolist() == [4, 6]
+    assert refused["reason"].tolist() == ["a: not a number", "b: not finite"]
+    assert (refused[["label", "proba_no", "proba_yes"]] == "").all().all()  # no score for a refused row
+    ok = out[out["status"] == "ok"]
+    assert (ok["reason"] == "").all() and ok["proba_yes"].astype(float).between(0, 1).all()
+    assert ok["label"].tolist() == ["yes" if p >= THRESHOLD else "no" for p in ok["proba_yes"].astype(float)]
+    assert values_in(done.stdout + done.stderr + (root / "preds.csv").read_text(), batch) == []
+
+
+def test_a_batch_without_a_feature_column_is_refused_whole_and_nothing_is_written(served):
+    root, batch = served
+    batch.drop(columns=["y", "b"]).to_csv(root / "no_b.csv", index=False)
+    command = ".venv/bin/medflow predict --model models:/scorer@champion --input no_b.csv --output no_b_preds.csv"
+    done = sh(command, root, check=False)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "predict: batch of 12 rows lacks 1 feature column(s) ['b']" in done.stderr
+    assert not (root / "no_b_preds.csv").exists()
+    assert values_in(done.stdout + done.stderr, batch) == []
+
+    (root / "scan.pdf").write_bytes(b"%PDF-1.4\x00\xff\xfe" + SECRET.encode() * 50)
+    done = sh(".venv/bin/medflow predict --model models:/scorer/1 --input scan.pdf --output x.csv", root, check=False)
+    assert done.returncode == 2 and "predict: scan.pdf: " in done.stderr and SECRET not in done.stderr
+    assert not (root / "x.csv").exists()
+
+
+def test_registered_pyfunc_gives_status_per_row_and_names_columns_only(served):
+    import mlflow
+
+    from medflow.models.bundle import BatchRejected
+
+    root, batch = served
+    tracking.configure(Paths(root=root))
+    model = mlflow.pyfunc.load_model("models:/scorer@champion")
+    raw = batch.drop(columns=["y"])
+    out = model.predict(raw)
+    assert len(out) == 12 and out["status"].tolist().count("refused") == 2
+    assert out.loc[3, "reason"] == "a: not a number" and pd.isna(out.loc[3, "proba_yes"])
+    typed = raw.drop(index=[3, 5]).assign(a=lambda d: pd.to_numeric(d["a"], errors="coerce"))
+    assert model.predict(typed)["status"].eq("ok").all()  # floats, as pd.read_csv reads them, score as before
+    info = mlflow.models.get_model_info("models:/scorer@champion")
+    assert info.signature.inputs is None and info.metadata["features"] == {"numeric": ["a", "b"], "categorical": ["c"]}
+    assert "status" in info.signature.outputs.input_names()
+    with pytest.raises(BatchRejected) as refused:
+        model.predict(raw.drop(columns=["a"]))
+    assert "lacks 1 feature column(s) ['a']" in str(refused.value) and values_in(str(refused.value), batch) == []
+
+
+def test_flow_task_scores_with_the_same_code(served, tmp_path):
+    from flows.predict import predict
+
+    root, _ = served
+    summary = predict.fn("models:/scorer@champion", str(root / "batch.csv"), str(tmp_path / "p.csv"), str(root))
+    assert summary == {"model": "scorer", "version": "1", "rows": 12, "ok": 10, "refused": 2}
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 12
+
+
+def test_mlflow_models_serve_answers_with_a_status_per_row_and_no_input_value(served, tmp_path):
+    root, batch = served
+    port = free_port()
+    env = user_env(
+        root,
+        PATH=f"{root}/.venv/bin:{user_env(root)['PATH']}",
+        MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlruns/mlflow.db",
+    )
+    log = tmp_path / "serve.log"
+    command = [
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        "models:/scorer@champion",
+        "--env-manager",
+        "local",
+        "--port",
+        str(port),
+    ]
+    with log.open("w") as fh:
+        proc = subprocess.Popen(command, cwd=root, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, log=log)
+
+        def post(body: bytes) -> tuple[int, str]:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "text/csv"}
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=60) as resp:
+                    return resp.status, resp.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        status, text = post((root / "batch.csv").read_bytes())
+        assert status == 200, text
+        rows = json.loads(text)["predictions"]
+        assert status == 200 and len(rows) == 12
+        assert rows[3]["status"] == "refused" and rows[3]["reason"] == "a: not a number"
+        assert rows[0]["status"] == "ok" and 0 <= rows[0]["proba_yes"] <= 1
+        status, text = post(batch.drop(columns=["y", "a"]).to_csv(index=False).encode())
+        assert status == 400 and "lacks 1 feature column(s) ['a']" in text
+        assert values_in(text, batch) == [], text
+    finally:
+        stop(proc)
+    assert values_in(log.read_text(), batch) == []
