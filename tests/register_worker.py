@@ -1,4 +1,5 @@
-"""One writer of the store concurrency test: a run with its test metric, then medflow's register step.
+"""One writer of the store concurrency test: a model ranking as its AUC says, a run with that test metric, then
+medflow's register step.
 
 Usage: python register_worker.py PROJECT_ROOT MODEL_NAME AUC (the store comes from MLFLOW_TRACKING_URI).
 """
@@ -6,6 +7,8 @@ Usage: python register_worker.py PROJECT_ROOT MODEL_NAME AUC (the store comes fr
 import json
 import sys
 from pathlib import Path
+
+from test_register import save_model  # this script's folder, tests/, is first on sys.path
 
 from medflow import tracking
 from medflow.params import Params
@@ -15,9 +18,10 @@ from medflow.steps import register
 
 def main(root: str, name: str, auc: str) -> None:
     paths = Paths(root=Path(root))
-    params = Params.model_validate(
-        {"data": {"source": "data/cohort.csv", "target": "y"}, "register": {"model_name": name, "min_primary": 0.5}}
-    )
+    save_model(paths, float(auc))
+    gate = {"baseline_margin": 1.0}  # the race is the point here, not the baseline comparison
+    register_params = {"model_name": name, "min_primary": 0.5, "gate": gate}
+    params = Params.model_validate({"data": {"source": "data/cohort.csv", "target": "y"}, "register": register_params})
     run_id = tracking.start_run(params, paths)
     metrics = {"test_roc_auc": float(auc)}
     tracking.log_metrics(run_id, metrics)

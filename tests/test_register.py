@@ -438,3 +438,51 @@ def aliases_or_none(name: str):
         return aliases(name)
     except MlflowException:
         return None
+
+
+def test_a_worse_challenger_keeps_the_champion_and_the_gate_report_says_why(proj):
+    from mlflow import MlflowClient
+
+    train_and_register(proj, "gated", 0.97)
+    summary = train_and_register(proj, "gated", 0.91)  # ranks worse on the same test patients
+    assert (summary["promoted"], summary["champion_version"]) == (False, "1")
+    out = proj.step_dir("register")
+    gate = json.loads((out / "gate.json").read_text())
+    c = gate["comparison"]
+    assert (c["reference"], c["test"], c["passed"]) == ("champion v1", "superiority", False)
+    assert c["ci_low"] <= c["delta"] <= c["ci_high"] < 0
+    assert f"95% CI [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]" in summary["reason"]
+    assert gate["test"] == {"rows": 60, "patients": 60, "resampled": "patients"}
+    assert {"candidate", "champion v1", "baseline majority_class", "baseline logistic_regression"} == set(
+        gate["models"]
+    )
+    assert (gate["decision"], gate["version"], gate["champion_version"]) == ("not promoted", "2", "1")
+    md = (out / "gate.md").read_text()
+    assert f"Δ roc_auc = candidate − champion v1 = {c['delta']:+.4f}, 95% CI [{c['ci_low']:+.4f}" in md
+    assert "**Decision: not promoted.**" in md and "| champion v1 |" in md
+    logged = [a.path for a in MlflowClient().list_artifacts(summary["run_id"])]
+    assert {"gate.json", "gate.md", "model_card.md", "model_card.json"} <= set(logged)
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["gate"]["comparison"]["ci_low"] == c["ci_low"] and card["gate"]["report"] == ["gate.md", "gate.json"]
+    assert "[gate.md](gate.md)" in (out / "model_card.md").read_text()
+    assert aliases("gated") == {"champion": "1", "challenger": "2"}
+
+
+def test_without_a_champion_the_best_baseline_is_the_reference_and_every_card_lists_baselines(proj):
+    weak = train_and_register(proj, "baselined", 0.95, baseline_margin=0.02)
+    assert not weak["promoted"] and "vs baseline logistic_regression" in weak["reason"]
+    assert "non-inferiority, margin 0.02" in weak["reason"] and "no champion yet" in weak["reason"]
+    assert aliases("baselined") == {"challenger": "1"}
+    strong = train_and_register(proj, "baselined", 1.0, baseline_margin=0.02)  # ranks as well as the regression
+    assert strong["promoted"] and strong["reason"].endswith("met (no champion yet)")
+    out = proj.step_dir("register")
+    card = json.loads((out / "model_card.json").read_text())
+    assert set(card["baselines"]) == {"majority_class", "logistic_regression"}
+    assert card["baselines"]["majority_class"]["roc_auc"] == 0.5
+    md = (out / "model_card.md").read_text()
+    assert "## Baselines (same train split, same test rows)" in md and "| logistic_regression | 1.0000" in md
+    for section in ("## Intended use", "Split policy: by patient", "## Training environment", "| torch |"):
+        assert section in md
+    assert card["data"]["data_md5"] and card["environment"]["python"]
+    raw = cohort()
+    assert scan_text(md + json.dumps(card), forbidden=raw["pid"]) == []

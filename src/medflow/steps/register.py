@@ -33,7 +33,7 @@ from medflow.steps.clean import LABEL, ROW_ID
 from medflow.steps.evaluate import patient_keys, score
 from medflow.steps.train import load_split
 from medflow.tracking.bundles import download_bundle
-from medflow.tracking.card import gate_markdown
+from medflow.tracking.card import card_data, gate_markdown, model_card
 from medflow.tracking.gate import Comparison, subgroup_regressions
 
 log = logging.getLogger(__name__)
@@ -43,17 +43,6 @@ def _require(path: Path, paths: Paths, step: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path.relative_to(paths.root)} not found: run the {step} step first")
     return path
-
-
-def _card_metrics(metrics: dict) -> dict[str, object]:
-    """Point estimates with their bootstrap interval when evaluate wrote one."""
-    out: dict[str, object] = {}
-    for k, v in sorted(metrics.items()):
-        if k.endswith(("_ci_low", "_ci_high")) or not isinstance(v, int | float):
-            continue
-        lo, hi = metrics.get(f"{k}_ci_low"), metrics.get(f"{k}_ci_high")
-        out[k] = f"{v:.4f} [{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else v
-    return out
 
 
 def schema_hash(schema: Schema) -> str:
@@ -229,6 +218,44 @@ def gate_evidence(
     return comparison, regressions, report
 
 
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _counts(paths: Paths) -> dict[str, int]:
+    """Rows in and quarantined per data step: counts only, for the card's provenance."""
+    out = {}
+    for step in ("validate", "clean"):
+        summary = _read_json(paths.summary(step))
+        for k in ("rows_in", "rows_quarantined"):
+            if k in summary:
+                out[f"{step}_{k}"] = summary[k]
+    return out
+
+
+def _split_policy(params: Params, schema: Schema) -> str:
+    unit = "patient (all of a patient's rows in one split)" if schema.patient_id else "row (no patient id)"
+    return (
+        f"by {unit}, identical feature rows kept together; validation {params.split.val:.0%}, "
+        f"test {params.split.test:.0%}, seed {params.seed}. The threshold is chosen on validation, every metric "
+        "is measured on test."
+    )
+
+
+def _environment(paths: Paths) -> dict[str, str]:
+    import platform
+    from importlib.metadata import version
+
+    train = _read_json(paths.summary("train"))
+    return {
+        "python": platform.python_version(),
+        "torch": version("torch"),
+        "scikit-learn": version("scikit-learn"),
+        "device": str(train.get("device", "unknown")),
+        "processes": str(train.get("world_size", 1)),
+    }
+
+
 def _write(paths: Paths, card: str, summary: dict) -> dict:
     out = paths.step_dir("register")
     out.mkdir(parents=True, exist_ok=True)
@@ -314,19 +341,6 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
 
     split = paths.summary("split")
     rows = json.loads(split.read_text())["rows"] if split.exists() else {"test": metrics.get("n_test")}
-    card = tracking.model_card(
-        name=name,
-        version=version,
-        schema=schema,
-        dataset=dataset,
-        rows=rows,
-        metrics=_card_metrics(metrics),
-        primary_metric=key,
-        decision=decision,
-        lineage=lineage,
-    )
-    out = paths.step_dir("register")
-    out.mkdir(parents=True, exist_ok=True)
     report |= {
         "model_name": name,
         "version": version,
@@ -336,12 +350,32 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
         "decision": "promoted" if decision.promoted else "not promoted",
         "reasons": [decision.reason],
     }
+    card = card_data(
+        name=name,
+        version=version,
+        schema=schema,
+        dataset=dataset,
+        rows=rows,
+        metrics=metrics,
+        primary_metric=key,
+        decision=decision,
+        lineage=lineage,
+        gate=report,
+        evaluation=_read_json(paths.step_dir("evaluate") / "report.json"),
+        counts=_counts(paths),
+        split_policy=_split_policy(params, schema),
+        environment=_environment(paths),
+    )
+    card_md = model_card(card)
+    out = paths.step_dir("register")
+    out.mkdir(parents=True, exist_ok=True)
     (out / "gate.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "gate.md").write_text(gate_markdown(report))
-    (out / "model_card.md").write_text(card)
-    for file in ("gate.json", "gate.md", "model_card.md"):
+    (out / "model_card.md").write_text(card_md)
+    (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    for file in ("gate.json", "gate.md", "model_card.md", "model_card.json"):
         tracking.log_artifacts(run_id, out / file)
-    tracking.describe_version(name, version, card)
+    tracking.describe_version(name, version, card_md)
     tracking.set_alias(name, "champion" if decision.promoted else "challenger", version)
     if decision.promoted:  # appended to the registry's own record of champion moves (medflow history)
         report = str((out / "gate.json").relative_to(paths.root)) if (out / "gate.json").exists() else None
@@ -351,7 +385,7 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
 
     return _write(
         paths,
-        card,
+        card_md,
         {
             **summary,
             "version": version,

@@ -13,59 +13,181 @@ def _table(rows: dict[str, object], head: tuple[str, str]) -> list[str]:
     return out
 
 
-def model_card(
+def card_data(
     *,
     name: str,
     version: str,
     schema: Schema,
     dataset: str,
     rows: dict[str, int],
-    metrics: dict[str, float],
+    metrics: dict,
     primary_metric: str,
     decision: Decision,
     lineage: dict[str, str],
-) -> str:
+    gate: dict,
+    evaluation: dict,
+    counts: dict[str, int],
+    split_policy: str,
+    environment: dict[str, str],
+) -> dict:
+    """model_card.json: names, counts, hashes and aggregate metrics only; model_card renders it as Markdown.
+
+    metrics: evaluate's metrics.json; evaluation: its report.json; gate: the gate report (gate.json).
+    """
+
+    def with_ci(key: str) -> dict[str, float]:
+        lo, hi = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+        return {"value": metrics[key], **({"ci_low": lo, "ci_high": hi} if lo is not None and hi is not None else {})}
+
+    tested = sorted(k for k in metrics if k.startswith("test_") and not k.endswith(("_ci_low", "_ci_high")))
+    threshold = evaluation.get("threshold") or {}
+    at_threshold = ("sensitivity", "specificity", "ppv", "npv")
+    subgroups = (evaluation.get("subgroups") or {}).get("groups", [])
+    return {
+        "name": name,
+        "version": version,
+        "task": f"{schema.task} classification of `{schema.target}`",
+        "classes": list(schema.classes),
+        "intended_use": (
+            f"{schema.task.capitalize()} classification of `{schema.target}` ({', '.join(schema.classes)}) from "
+            f"{'images' if schema.kind == 'image' else 'tabular features'}, as decision support for research and "
+            "quality-improvement work. Not a medical device: every prediction needs review by a qualified clinician."
+        ),
+        "data": {
+            "dataset": dataset,
+            "data_md5": lineage.get("medflow.data_md5"),
+            "data_dvc_md5": lineage.get("medflow.data_dvc_md5"),
+            "rows": rows,
+            **counts,
+        },
+        "split_policy": split_policy,
+        "features": {
+            "numeric": list(schema.numeric),
+            "categorical": list(schema.categorical),
+            "excluded": dict(sorted(schema.dropped.items())),
+        },
+        "primary_metric": primary_metric,
+        "test_metrics": {k.removeprefix("test_"): with_ci(k) for k in tested},
+        "test_rows": metrics.get("n_test"),
+        "test_patients": metrics.get("n_test_patients"),
+        "operating_point": None
+        if "threshold" not in metrics
+        else {
+            "threshold": metrics["threshold"],
+            "chosen": threshold.get("method"),
+            **{k: with_ci(f"test_{k}") for k in at_threshold if f"test_{k}" in metrics},
+        },
+        "calibration": {
+            k: metrics[k]
+            for k in ("test_ece", "test_brier", "temperature", "test_ece_scaled", "test_brier_scaled")
+            if k in metrics
+        },
+        "subgroups": subgroups,
+        "gate": {
+            "decision": "promoted" if decision.promoted else "not promoted",
+            "reason": decision.reason,
+            "report": ["gate.md", "gate.json"],
+            "comparison": gate.get("comparison"),
+        },
+        "baselines": {
+            k.removeprefix("baseline "): v for k, v in gate.get("models", {}).items() if k.startswith("baseline")
+        },
+        "limitations": [
+            "Evaluated on one held-out split of one dataset; performance on other sites, devices or populations is "
+            "unknown until measured there.",
+            "Inputs outside the training ranges and unseen categories are scored without warning (unseen categories "
+            "encode as all zeros).",
+            "Probabilities are not calibrated unless the calibration section says so; the temperature is reported, "
+            "not applied.",
+            "Subgroups are only those named in evaluate.subgroups; groups under the minimum size show no metrics.",
+        ],
+        "environment": environment,
+        "lineage": lineage,
+    }
+
+
+def _ci(m: dict) -> str:
+    if "ci_low" in m:
+        return f"{m['value']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
+    return f"{m['value']:.4f}" if isinstance(m["value"], float) else str(m["value"])
+
+
+def model_card(card: dict) -> str:
     def names(cols: list[str]) -> str:
         return ", ".join(f"`{c}`" for c in cols) or "none"
 
-    excluded = [f"`{c}` ({why})" for c, why in sorted(schema.dropped.items())]
+    f, d, g = card["features"], card["data"], card["gate"]
+    excluded = [f"`{c}` ({why})" for c, why in f["excluded"].items()]
+    provenance = {k: v for k, v in d.items() if k not in ("dataset", "rows") and v is not None}
     lines = [
-        f"# Model card: {name} v{version}",
+        f"# Model card: {card['name']} v{card['version']}",
         "",
         "## Intended use",
-        f"{schema.task.capitalize()} classification of `{schema.target}` ({', '.join(schema.classes)}) from "
-        "tabular features, as decision support for research and quality-improvement work. Not a medical "
-        "device: every prediction needs review by a qualified clinician.",
+        card["intended_use"],
         "",
         "## Data",
-        f"Dataset: `{dataset}`.",
+        f"Dataset: `{d['dataset']}`.",
         "",
-        *_table(rows, ("split", "rows")),
+        *_table(d["rows"], ("split", "rows")),
+        "",
+        *_table(provenance, ("provenance", "value")),
+        "",
+        f"Split policy: {card['split_policy']}",
         "",
         "## Features",
-        f"Numeric ({len(schema.numeric)}): {names(schema.numeric)}.",
+        f"Numeric ({len(f['numeric'])}): {names(f['numeric'])}.",
         "",
-        f"Categorical ({len(schema.categorical)}): {names(schema.categorical)}.",
+        f"Categorical ({len(f['categorical'])}): {names(f['categorical'])}.",
         "",
         f"Excluded: {', '.join(excluded) or 'none'}.",
         "",
         "## Test metrics",
-        f"Primary metric: `{primary_metric}`.",
+        f"Primary metric: `{card['primary_metric']}`. Intervals: 95% bootstrap over test patients "
+        f"({card['test_patients'] or '?'} patients, {card['test_rows'] or '?'} rows).",
         "",
-        *_table(metrics, ("metric", "value")),
+        *_table({k: _ci(v) for k, v in card["test_metrics"].items()}, ("metric", "value [95% CI]")),
         "",
+    ]
+    op = card["operating_point"]
+    if op:
+        lines += [
+            "## Operating point",
+            f"Threshold {op['threshold']:.4f} ({op.get('chosen') or 'chosen on validation'}).",
+            "",
+        ]
+        lines += [*_table({k: _ci(v) for k, v in op.items() if isinstance(v, dict)}, ("at the threshold", "value")), ""]
+    if card["calibration"]:
+        lines += ["## Calibration", *_table(card["calibration"], ("measure", "value")), ""]
+    if card["subgroups"]:
+        p = card["primary_metric"].removeprefix("test_")
+        lines += ["## Subgroups", f"| group | patients | {p} [95% CI] |", "|---|---|---|"]
+        for r in card["subgroups"]:
+            value = f"{r[p]:.4f} [{r[p + '_ci_low']:.4f}, {r[p + '_ci_high']:.4f}]" if p in r else "suppressed"
+            lines.append(f"| {r['group']} | {r['patients']} | {value} |")
+        lines.append("")
+    verdict = "Promoted to `champion`" if g["decision"] == "promoted" else "Not promoted (alias `challenger`)"
+    lines += [
         "## Gate decision",
-        f"{'Promoted to `champion`' if decision.promoted else 'Not promoted (alias `challenger`)'}: {decision.reason}.",
+        f"{verdict}: {g['reason']}.",
+        "",
+        "Gate report: [gate.md](gate.md) ([gate.json](gate.json)), artifacts of this version's run.",
+        "",
+    ]
+    if card["baselines"]:
+        lines += ["## Baselines (same train split, same test rows)", "| baseline | value [95% CI] |", "|---|---|"]
+        for b, m in card["baselines"].items():
+            metric = next(k for k in m if k not in ("ci_low", "ci_high"))
+            lines.append(f"| {b} | {_ci({'value': m[metric], 'ci_low': m['ci_low'], 'ci_high': m['ci_high']})} |")
+        lines.append("")
+    lines += [
+        "## Limitations",
+        *(f"- {x}" for x in card["limitations"]),
+        "",
+        "## Training environment",
+        *_table(card["environment"], ("component", "version")),
         "",
         "## Lineage",
-        *_table(lineage, ("tag", "value")),
-        "",
-        "## Limitations",
-        "- Evaluated on one held-out split of one dataset; performance on other sites, devices or "
-        "populations is unknown until measured there.",
-        "- Inputs outside the training ranges and unseen categories are scored without warning "
-        "(unseen categories encode as all zeros).",
-        "- Probabilities are not calibrated unless the evaluation report says so.",
+        *_table(card["lineage"], ("tag", "value")),
         "",
     ]
     return "\n".join(lines)
