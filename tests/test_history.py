@@ -13,25 +13,28 @@ def test_history_rollback_and_lineage_as_a_user_types_them(tmp_path, migrated_ml
     from mlflow import MlflowClient
 
     work = make_project(tmp_path / "work", migrated_mlflow_db, cohort())
-    train_and_register(work, "hist", 0.95)  # v1: champion by the gate
-    train_and_register(work, "hist", 0.97)  # v2: beats v1, champion by the gate
+    train_and_register(work, "medflow-breast-cancer", 0.95)  # v1: champion by the gate
+    train_and_register(work, "medflow-breast-cancer", 0.97)  # v2: beats v1, champion by the gate
     root = scratch_clone(tmp_path / "proj", work.mlflow_db)
 
     no_back = sh(".venv/bin/medflow rollback nothing-here", root, check=False)
     assert no_back.returncode == 2 and "rollback: model nothing-here has no champion" in no_back.stderr
 
-    done = sh(".venv/bin/medflow rollback hist --reason 'v2 misses site B'", root)
-    assert done.stdout.strip().splitlines()[-1] == "hist champion rolled back from v2 to v1; see: medflow history hist"
+    done = sh(".venv/bin/medflow rollback medflow-breast-cancer --reason 'v2 misses site B'", root)
+    assert (
+        done.stdout.strip().splitlines()[-1]
+        == "medflow-breast-cancer champion rolled back from v2 to v1; see: medflow history medflow-breast-cancer"
+    )
     tracking.configure(Paths(root=root))
-    assert MlflowClient().get_registered_model("hist").aliases["champion"] == 1
+    assert MlflowClient().get_registered_model("medflow-breast-cancer").aliases["champion"] == 1
 
     # v1 replaced no champion: a second rollback has nowhere to go, and says so in one line.
-    again = sh(".venv/bin/medflow rollback hist", root, check=False)
+    again = sh(".venv/bin/medflow rollback medflow-breast-cancer", root, check=False)
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
-    assert "hist v1 has no previous champion in the history" in again.stderr
+    assert "medflow-breast-cancer v1 has no previous champion in the history" in again.stderr
 
-    sh(".venv/bin/medflow promote hist 2 --reason 'site B fixed, ticket 7'", root)
-    moves = tracking.history("hist")
+    sh(".venv/bin/medflow promote medflow-breast-cancer 2 --reason 'site B fixed, ticket 7'", root)
+    moves = tracking.history("medflow-breast-cancer")
     assert [(m["how"], m["from"], m["to"]) for m in moves] == [
         ("gate", None, "1"),
         ("gate", "1", "2"),
@@ -40,18 +43,18 @@ def test_history_rollback_and_lineage_as_a_user_types_them(tmp_path, migrated_ml
     ]
     assert moves[2]["reason"] == "v2 misses site B" and moves[3]["reason"] == "site B fixed, ticket 7"
     assert all(m["who"] and m["at"] for m in moves)
-    tags = MlflowClient().get_registered_model("hist").tags
+    tags = MlflowClient().get_registered_model("medflow-breast-cancer").tags
     assert json.loads(tags["medflow.history.000003"]) == moves[2]  # kept in the registry, one compact JSON each
 
-    printed = sh(".venv/bin/medflow history hist", root).stdout.strip().splitlines()
+    printed = sh(".venv/bin/medflow history medflow-breast-cancer", root).stdout.strip().splitlines()
     assert len(printed) == 4 and "rollback v2 -> v1" in printed[2] and printed[2].endswith(": v2 misses site B")
 
-    lineage = sh(".venv/bin/medflow lineage models:/hist@champion", root).stdout
-    by_number = sh(".venv/bin/medflow lineage models:/hist/2", root).stdout
-    assert lineage == by_number and lineage.startswith("hist v2\n")
-    version = MlflowClient().get_model_version("hist", "2")
+    lineage = sh(".venv/bin/medflow lineage models:/medflow-breast-cancer@champion", root).stdout
+    by_number = sh(".venv/bin/medflow lineage models:/medflow-breast-cancer/2", root).stdout
+    assert lineage == by_number and lineage.startswith("medflow-breast-cancer v2\n")
+    version = MlflowClient().get_model_version("medflow-breast-cancer", "2")
     for tag in ("medflow.data_dvc_md5", "medflow.git_commit", "medflow.params_hash", "medflow.flow_run_id"):
         assert version.tags[tag] in lineage
     assert f"MLflow run:          {version.run_id}" in lineage
-    bad = sh(".venv/bin/medflow lineage models:/hist/9", root, check=False)
-    assert bad.returncode == 2 and "lineage: model hist has no version 9" in bad.stderr
+    bad = sh(".venv/bin/medflow lineage models:/medflow-breast-cancer/9", root, check=False)
+    assert bad.returncode == 2 and "lineage: model medflow-breast-cancer has no version 9" in bad.stderr

@@ -16,6 +16,11 @@ from medflow import tracking
 from medflow.paths import Paths
 
 SECRET = "PATIENT-SECRET-8841"  # text typed into the numeric column `a`
+# As README.md prints it; the fixture's table stands in for the real one, with the same file name.
+PREDICT = (
+    ".venv/bin/medflow predict --model models:/medflow-breast-cancer@champion \\\n"
+    "    --input data/breast_cancer.csv --output preds.csv"
+)
 THRESHOLD = 0.999  # far from 0.5, so labels show that evaluate's threshold travelled with the model
 
 
@@ -24,18 +29,19 @@ def served(tmp_path_factory, migrated_mlflow_db):
     """A registered champion (no pipeline: the registry calls register makes) and a scratch clone on its store."""
     tmp = tmp_path_factory.mktemp("predict")
     work = make_project(tmp / "work", migrated_mlflow_db, cohort())
-    run_id = tracking.start_run(params_for("scorer"), work, "train")
+    run_id = tracking.start_run(params_for("medflow-breast-cancer"), work, "train")
     tracking.log_metrics(run_id, {"threshold": THRESHOLD})  # as evaluate logs it
-    tracking.ensure_model("scorer", "test model", {})
-    version = tracking.register_version("scorer", tracking.log_model(run_id, work.model_bundle), {})
-    tracking.set_alias("scorer", "champion", version)
-    tracking.mark_complete("scorer", version)
+    tracking.ensure_model("medflow-breast-cancer", "test model", {})
+    version = tracking.register_version("medflow-breast-cancer", tracking.log_model(run_id, work.model_bundle), {})
+    tracking.set_alias("medflow-breast-cancer", "champion", version)
+    tracking.mark_complete("medflow-breast-cancer", version)
     root = scratch_clone(tmp / "proj", work.mlflow_db)
     batch = cohort(12)
     batch.loc[3, "a"] = SECRET
     batch.loc[5, "b"] = "inf"
     batch.loc[7, "a"] = "n/a"  # a missing value, imputed as in training
-    batch.drop(columns=["y"]).to_csv(root / "batch.csv", index=False)
+    (root / "data").mkdir(exist_ok=True)
+    batch.drop(columns=["y"]).to_csv(root / "data/breast_cancer.csv", index=False)
     return root, batch
 
 
@@ -47,14 +53,17 @@ def values_in(text: str, batch: pd.DataFrame) -> list[str]:
 
 def test_predict_writes_one_row_per_input_row_and_refuses_bad_rows_with_their_reason(served):
     root, batch = served
-    command = ".venv/bin/medflow predict --model models:/scorer@champion --input batch.csv --output preds.csv"
-    done = sh(command, root)
+    done = sh(PREDICT, root)
     assert done.stdout.strip().splitlines()[-1] == (
-        "preds.csv: 12 rows scored by scorer v1, 10 ok, 2 refused (reason in the row's `reason` column)"
+        "preds.csv: 12 rows scored by medflow-breast-cancer v1, 10 ok, 2 refused (reason in the row's `reason` column)"
     )
     out = pd.read_csv(root / "preds.csv", keep_default_na=False)
     assert list(out.columns) == ["row", "model", "version", "label", "proba_no", "proba_yes", "status", "reason"]
-    assert out["row"].tolist() == list(range(1, 13)) and set(out["model"]) == {"scorer"} and set(out["version"]) == {1}
+    assert (
+        out["row"].tolist() == list(range(1, 13))
+        and set(out["model"]) == {"medflow-breast-cancer"}
+        and set(out["version"]) == {1}
+    )
     refused = out[out["status"] == "refused"]
     assert refused["row"].tolist() == [4, 6]
     assert refused["reason"].tolist() == ["a: not a number", "b: not finite"]
@@ -68,15 +77,21 @@ def test_predict_writes_one_row_per_input_row_and_refuses_bad_rows_with_their_re
 def test_a_batch_without_a_feature_column_is_refused_whole_and_nothing_is_written(served):
     root, batch = served
     batch.drop(columns=["y", "b"]).to_csv(root / "no_b.csv", index=False)
-    command = ".venv/bin/medflow predict --model models:/scorer@champion --input no_b.csv --output no_b_preds.csv"
+    command = (
+        ".venv/bin/medflow predict --model models:/medflow-breast-cancer@champion --input no_b.csv --output no.csv"
+    )
     done = sh(command, root, check=False)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "predict: batch of 12 rows lacks 1 feature column(s) ['b']" in done.stderr
-    assert not (root / "no_b_preds.csv").exists()
+    assert not (root / "no.csv").exists()
     assert values_in(done.stdout + done.stderr, batch) == []
 
     (root / "scan.pdf").write_bytes(b"%PDF-1.4\x00\xff\xfe" + SECRET.encode() * 50)
-    done = sh(".venv/bin/medflow predict --model models:/scorer/1 --input scan.pdf --output x.csv", root, check=False)
+    done = sh(
+        ".venv/bin/medflow predict --model models:/medflow-breast-cancer/1 --input scan.pdf --output x.csv",
+        root,
+        check=False,
+    )
     assert done.returncode == 2 and "predict: scan.pdf: " in done.stderr and SECRET not in done.stderr
     assert not (root / "x.csv").exists()
 
@@ -88,14 +103,14 @@ def test_registered_pyfunc_gives_status_per_row_and_names_columns_only(served):
 
     root, batch = served
     tracking.configure(Paths(root=root))
-    model = mlflow.pyfunc.load_model("models:/scorer@champion")
+    model = mlflow.pyfunc.load_model("models:/medflow-breast-cancer@champion")
     raw = batch.drop(columns=["y"])
     out = model.predict(raw)
     assert len(out) == 12 and out["status"].tolist().count("refused") == 2
     assert out.loc[3, "reason"] == "a: not a number" and pd.isna(out.loc[3, "proba_yes"])
     typed = raw.drop(index=[3, 5]).assign(a=lambda d: pd.to_numeric(d["a"], errors="coerce"))
     assert model.predict(typed)["status"].eq("ok").all()  # floats, as pd.read_csv reads them, score as before
-    info = mlflow.models.get_model_info("models:/scorer@champion")
+    info = mlflow.models.get_model_info("models:/medflow-breast-cancer@champion")
     assert info.signature.inputs is None and info.metadata["features"] == {"numeric": ["a", "b"], "categorical": ["c"]}
     assert "status" in info.signature.outputs.input_names()
     with pytest.raises(BatchRejected) as refused:
@@ -107,8 +122,13 @@ def test_flow_task_scores_with_the_same_code(served, tmp_path):
     from flows.predict import predict
 
     root, _ = served
-    summary = predict.fn("models:/scorer@champion", str(root / "batch.csv"), str(tmp_path / "p.csv"), str(root))
-    assert summary == {"model": "scorer", "version": "1", "rows": 12, "ok": 10, "refused": 2}
+    summary = predict.fn(
+        "models:/medflow-breast-cancer@champion",
+        str(root / "data/breast_cancer.csv"),
+        str(tmp_path / "p.csv"),
+        str(root),
+    )
+    assert summary == {"model": "medflow-breast-cancer", "version": "1", "rows": 12, "ok": 10, "refused": 2}
     assert len(pd.read_csv(tmp_path / "p.csv")) == 12
 
 
@@ -126,7 +146,7 @@ def test_mlflow_models_serve_answers_with_a_status_per_row_and_no_input_value(se
         "models",
         "serve",
         "-m",
-        "models:/scorer@champion",
+        "models:/medflow-breast-cancer@champion",
         "--env-manager",
         "local",
         "--port",
@@ -147,7 +167,7 @@ def test_mlflow_models_serve_answers_with_a_status_per_row_and_no_input_value(se
             except urllib.error.HTTPError as exc:
                 return exc.code, exc.read().decode()
 
-        status, text = post((root / "batch.csv").read_bytes())
+        status, text = post((root / "data/breast_cancer.csv").read_bytes())
         assert status == 200, text
         rows = json.loads(text)["predictions"]
         assert status == 200 and len(rows) == 12
