@@ -214,7 +214,7 @@ def test_a_subgroup_regression_refuses_a_better_candidate():
     lost = subgroup_regressions(report({"site=A": 0.99, "site=B": 0.80}), report({"site=A": 0.9, "site=B": 0.9}), 0.05)
     assert lost == ("subgroup site=B roc_auc falls from 0.9000 to 0.8000 (more than the tolerance 0.05)",)
     decision = tracking.decide("test_roc_auc", 0.95, 0.9, "1", comparison(_paired(0.2, 1.5)), regressions=lost)
-    assert not decision.promoted and "met, but subgroup site=B" in decision.reason
+    assert not decision.promoted and ": met; subgroup site=B" in decision.reason
 
 
 def test_training_data_is_logged_as_a_dataset_input_without_rows(project, params):

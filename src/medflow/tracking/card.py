@@ -213,7 +213,9 @@ def gate_markdown(report: dict) -> str:
         "## Inputs",
         *_table(report.get("inputs", {}), ("input", "value")),
         "",
-        f"Test split: {t['rows']} rows, {t['patients']} patients; paired bootstrap over {t['resampled']}.",
+        f"Test split: {t['rows']} rows, {t['patients']} patients; paired bootstrap over {t['resampled']}."
+        if t["resampled"] == "patients"
+        else f"Test split: {t['rows']} rows; paired bootstrap over {t['resampled']}.",
         "",
         "## Thresholds",
         *_table({k: "none" if v is None else v for k, v in th.items()}, ("parameter", "value")),

@@ -85,11 +85,12 @@ def _by_evidence(
 ) -> Decision:
     if not math.isfinite(value):
         return Decision(False, f"{metric} is not a number")
+    failed = []
     if floor is not None and value < floor:
-        return Decision(False, f"{metric}={value:.4f} is below the floor {floor:.4f}")
+        failed.append(f"{metric}={value:.4f} is below the floor {floor:.4f}")
     if min_sensitivity is not None and (sensitivity is None or not sensitivity >= min_sensitivity):
         got = "undefined" if sensitivity is None else f"{sensitivity:.4f}"
-        return Decision(False, f"test sensitivity at the threshold ({got}) is below the floor {min_sensitivity:.4f}")
+        failed.append(f"test sensitivity at the threshold ({got}) is below the floor {min_sensitivity:.4f}")
     if champion_version is not None and mismatch:
         return Decision(
             False,
@@ -99,14 +100,16 @@ def _by_evidence(
     if comparison is None:
         if champion_version is not None:
             # Without the champion's scores on these patients there is no paired test; a person decides.
-            return Decision(False, f"champion v{champion_version} could not be re-scored on the test split")
+            failed.append(f"champion v{champion_version} could not be re-scored on the test split")
+        if failed:
+            return Decision(False, "; ".join(failed))
         return Decision(True, f"{metric}={value:.4f} passes its floors, there is no champion and no baseline")
+    verdict = f"{comparison.describe()}: {'met' if comparison.passed else 'not met'}"
+    if not failed and comparison.passed and not regressions:
+        return Decision(True, verdict + ("" if champion_version else " (no champion yet)"))
+    # The paired result is part of every refusal, so the reader sees the CI of delta even when a floor decided.
     stays = f"champion v{champion_version} stays" if champion_version is not None else "no champion yet"
-    if not comparison.passed:
-        return Decision(False, f"{comparison.describe()}: not met, {stays}")
-    if regressions:
-        return Decision(False, f"{comparison.describe()}: met, but {'; '.join(regressions)}; {stays}")
-    return Decision(True, f"{comparison.describe()}: met" + ("" if champion_version else " (no champion yet)"))
+    return Decision(False, "; ".join([*failed, verdict, *regressions]) + f", {stays}")
 
 
 def subgroup_regressions(candidate: dict, reference: dict, tolerance: float) -> tuple[str, ...]:
