@@ -40,6 +40,7 @@ def served(tmp_path_factory, migrated_mlflow_db):
     batch.loc[3, "a"] = SECRET
     batch.loc[5, "b"] = "inf"
     batch.loc[7, "a"] = "n/a"  # a missing value, imputed as in training
+    batch.loc[9, "a"] = "5000.25"  # a unit slip: the training split's `a` lies around 50
     (root / "data").mkdir(exist_ok=True)
     batch.drop(columns=["y"]).to_csv(root / "data/breast_cancer.csv", index=False)
     return root, batch
@@ -55,7 +56,7 @@ def test_predict_writes_one_row_per_input_row_and_refuses_bad_rows_with_their_re
     root, batch = served
     done = sh(PREDICT, root)
     assert done.stdout.strip().splitlines()[-1] == (
-        "preds.csv: 12 rows scored by medflow-breast-cancer v1, 10 ok, 2 refused (reason in the row's `reason` column)"
+        "preds.csv: 12 rows scored by medflow-breast-cancer v1, 9 ok, 3 refused (reason in the row's `reason` column)"
     )
     out = pd.read_csv(root / "preds.csv", keep_default_na=False)
     assert list(out.columns) == ["row", "model", "version", "label", "proba_no", "proba_yes", "status", "reason"]
@@ -65,8 +66,8 @@ def test_predict_writes_one_row_per_input_row_and_refuses_bad_rows_with_their_re
         and set(out["version"]) == {1}
     )
     refused = out[out["status"] == "refused"]
-    assert refused["row"].tolist() == [4, 6]
-    assert refused["reason"].tolist() == ["a: not a number", "b: not finite"]
+    assert refused["row"].tolist() == [4, 6, 10]
+    assert refused["reason"].tolist() == ["a: not a number", "b: not finite", "a: outside the training range"]
     assert (refused[["label", "proba_no", "proba_yes"]] == "").all().all()  # no score for a refused row
     ok = out[out["status"] == "ok"]
     assert (ok["reason"] == "").all() and ok["proba_yes"].astype(float).between(0, 1).all()
@@ -106,9 +107,9 @@ def test_registered_pyfunc_gives_status_per_row_and_names_columns_only(served):
     model = mlflow.pyfunc.load_model("models:/medflow-breast-cancer@champion")
     raw = batch.drop(columns=["y"])
     out = model.predict(raw)
-    assert len(out) == 12 and out["status"].tolist().count("refused") == 2
+    assert len(out) == 12 and out["status"].tolist().count("refused") == 3
     assert out.loc[3, "reason"] == "a: not a number" and pd.isna(out.loc[3, "proba_yes"])
-    typed = raw.drop(index=[3, 5]).assign(a=lambda d: pd.to_numeric(d["a"], errors="coerce"))
+    typed = raw.drop(index=[3, 5, 9]).assign(a=lambda d: pd.to_numeric(d["a"], errors="coerce"))
     assert model.predict(typed)["status"].eq("ok").all()  # floats, as pd.read_csv reads them, score as before
     info = mlflow.models.get_model_info("models:/medflow-breast-cancer@champion")
     assert info.signature.inputs is None and info.metadata["features"] == {"numeric": ["a", "b"], "categorical": ["c"]}
@@ -128,7 +129,7 @@ def test_flow_task_scores_with_the_same_code(served, tmp_path):
         str(tmp_path / "p.csv"),
         str(root),
     )
-    assert summary == {"model": "medflow-breast-cancer", "version": "1", "rows": 12, "ok": 10, "refused": 2}
+    assert summary == {"model": "medflow-breast-cancer", "version": "1", "rows": 12, "ok": 9, "refused": 3}
     assert len(pd.read_csv(tmp_path / "p.csv")) == 12
 
 

@@ -14,6 +14,11 @@ import numpy as np
 import pandas as pd
 
 MISSING = "<missing>"
+# Bounds a numeric feature as validate's inferred suite does (data/suite.py, validate.range_margin): robust
+# quantiles of the training split widened by twice their span. Scoring refuses a row outside them (a unit slip,
+# a misplaced decimal) instead of extrapolating; quantiles, not min/max, so no single patient's value is stored.
+RANGE_QUANTILES = (0.005, 0.995)
+RANGE_MARGIN = 2.0
 CONTENT_HASH = "_content_hash"  # sha256 of an image's decoded pixels
 
 
@@ -78,6 +83,7 @@ class Preprocessor:
     stds: dict[str, float] = field(default_factory=dict)
     indicators: list[str] = field(default_factory=list)
     categories: dict[str, list[str]] = field(default_factory=dict)
+    ranges: dict[str, list[float]] = field(default_factory=dict)  # absent from bundles made before scoring checks
 
     def fit(self, df: pd.DataFrame) -> Preprocessor:
         for col in self.numeric:
@@ -89,6 +95,11 @@ class Preprocessor:
             self.stds[col] = float(filled.std()) or 1.0
             if np.isnan(x).any():
                 self.indicators.append(col)
+            finite = x[np.isfinite(x)]
+            lo, hi = np.quantile(finite, RANGE_QUANTILES).tolist() if finite.size else (0.0, 0.0)
+            if hi > lo:  # a constant column has no span to widen: left unbounded
+                margin = RANGE_MARGIN * (hi - lo)
+                self.ranges[col] = [max(lo - margin, 0.0) if lo >= 0 else lo - margin, hi + margin]
         for col in self.categorical:
             self.categories[col] = sorted(df[col].astype(str).unique().tolist())
         return self

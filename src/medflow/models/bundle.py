@@ -24,15 +24,22 @@ class BatchRejected(ValueError):
     """The whole batch is refused and nothing is scored. Its message names columns and counts, never a value."""
 
 
-def row_problems(raw: pd.DataFrame, numeric: list[str]) -> pd.Series:
-    """Per input row, why it cannot be scored ("" when it can): text or an infinite value in a numeric column."""
+def row_problems(raw: pd.DataFrame, numeric: list[str], ranges: dict[str, list[float]]) -> pd.Series:
+    """Per input row, why it cannot be scored ("" when it can): in a numeric column, text, an infinite value or one
+    outside the training range (ranges: column -> [low, high], as the bundle's preprocessing recorded them)."""
     reasons = np.full(len(raw), "", dtype=object)
     for col in numeric:
         values = raw[col].reset_index(drop=True)
         text = values.astype(str).str.strip().str.lower()
         given = (values.notna() & ~text.isin(MISSING_TEXT)).to_numpy()
         number = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
-        for bad, why in ((given & np.isnan(number), "not a number"), (np.isinf(number), "not finite")):
+        low, high = ranges.get(col, (-np.inf, np.inf))
+        checks = (
+            (given & np.isnan(number), "not a number"),
+            (np.isinf(number), "not finite"),
+            (np.isfinite(number) & ((number < low) | (number > high)), "outside the training range"),
+        )
+        for bad, why in checks:
             reasons[bad] = reasons[bad] + f"{col}: {why}; "
     return pd.Series(reasons, index=raw.index, dtype=object).str.rstrip("; ")
 
@@ -132,7 +139,7 @@ class Predictor:
         missing = [c for c in self.schema.features if c not in raw.columns]
         if missing:
             raise BatchRejected(f"batch of {len(raw)} rows lacks {len(missing)} feature column(s) {missing}")
-        reasons = row_problems(raw, self.schema.numeric)
+        reasons = row_problems(raw, self.schema.numeric, self.preprocessor.ranges)
         ok = reasons.eq("").to_numpy()
         proba = np.full((len(raw), len(self.classes)), np.nan)
         labels = np.full(len(raw), None, dtype=object)
