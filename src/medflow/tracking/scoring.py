@@ -30,11 +30,14 @@ def read_batch(path: Path) -> pd.DataFrame:
 def write_atomic(frame: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if path.suffix.lower() == ".parquet":
-        frame.to_parquet(tmp, index=False)
-    else:
-        frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)  # a reader never sees half a file, and a refused batch leaves none
+    try:
+        if path.suffix.lower() == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)  # a reader never sees half a file, and a refused batch leaves none
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def predict_file(model_uri: str, input_path: Path, output_path: Path) -> dict:
