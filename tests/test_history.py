@@ -58,3 +58,15 @@ def test_history_rollback_and_lineage_as_a_user_types_them(tmp_path, migrated_ml
     assert f"MLflow run:          {version.run_id}" in lineage
     bad = sh(".venv/bin/medflow lineage models:/medflow-breast-cancer/9", root, check=False)
     assert bad.returncode == 2 and "lineage: model medflow-breast-cancer has no version 9" in bad.stderr
+
+
+def test_a_move_recorded_last_is_not_recorded_again(tmp_path, migrated_mlflow_db):
+    """register finishing a registration killed after its alias moved calls record_move a second time."""
+    work = make_project(tmp_path / "work", migrated_mlflow_db, cohort())
+    tracking.configure(work)
+    tracking.ensure_model("again", "test model", {})
+    assert tracking.record_move("again", None, "1", "gate", "first")["n"] == 1
+    assert tracking.record_move("again", "1", "2", "gate", "better", "artifacts/register/gate.json")["from"] == "1"
+    assert tracking.record_move("again", "2", "2", "gate", "better") is None  # already the last move
+    assert [m["to"] for m in tracking.history("again")] == ["1", "2"]
+    assert tracking.history("again")[1]["report"] == "artifacts/register/gate.json"
