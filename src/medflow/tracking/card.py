@@ -70,6 +70,7 @@ def card_data(
         "test_metrics": {k.removeprefix("test_"): with_ci(k) for k in tested},
         "test_rows": metrics.get("n_test"),
         "test_patients": metrics.get("n_test_patients"),
+        "resampled": evaluation.get("resampled", "patients"),
         "operating_point": None
         if "threshold" not in metrics
         else {
@@ -95,8 +96,8 @@ def card_data(
         "limitations": [
             "Evaluated on one held-out split of one dataset; performance on other sites, devices or populations is "
             "unknown until measured there.",
-            "Inputs outside the training ranges and unseen categories are scored without warning (unseen categories "
-            "encode as all zeros).",
+            "Measured only on inputs like the training split's; rows that scoring refuses (a missing feature column, "
+            "text in a numeric column, a value outside the training range) get no probability.",
             "Probabilities are not calibrated unless the calibration section says so; the temperature is reported, "
             "not applied.",
             "Subgroups are only those named in evaluate.subgroups; groups under the minimum size show no metrics.",
@@ -142,8 +143,8 @@ def model_card(card: dict) -> str:
         f"Excluded: {', '.join(excluded) or 'none'}.",
         "",
         "## Test metrics",
-        f"Primary metric: `{card['primary_metric']}`. Intervals: 95% bootstrap over test patients "
-        f"({card['test_patients'] or '?'} patients, {card['test_rows'] or '?'} rows).",
+        f"Primary metric: `{card['primary_metric']}`. Intervals: 95% bootstrap over {card['resampled']} "
+        f"({card['test_patients'] or '?'} patients, {card['test_rows'] or '?'} test rows).",
         "",
         *_table({k: _ci(v) for k, v in card["test_metrics"].items()}, ("metric", "value [95% CI]")),
         "",
@@ -174,9 +175,9 @@ def model_card(card: dict) -> str:
         "",
     ]
     if card["baselines"]:
-        lines += ["## Baselines (same train split, same test rows)", "| baseline | value [95% CI] |", "|---|---|"]
+        metric = card["primary_metric"].removeprefix("test_")
+        lines += ["## Baselines (same train split, same test rows)", f"| baseline | {metric} [95% CI] |", "|---|---|"]
         for b, m in card["baselines"].items():
-            metric = next(k for k in m if k not in ("ci_low", "ci_high"))
             lines.append(f"| {b} | {_ci({'value': m[metric], 'ci_low': m['ci_low'], 'ci_high': m['ci_high']})} |")
         lines.append("")
     lines += [
