@@ -486,3 +486,20 @@ def test_without_a_champion_the_best_baseline_is_the_reference_and_every_card_li
     assert card["data"]["data_md5"] and card["environment"]["python"]
     raw = cohort()
     assert scan_text(md + json.dumps(card), forbidden=raw["pid"]) == []
+
+
+def test_the_gate_report_compares_subgroups_and_keeps_small_ones_suppressed(proj):
+    def with_subgroups(params: Params, min_patients: int) -> Params:
+        raw = params.as_dict()
+        raw["evaluate"] |= {"subgroups": ["c"], "min_group_patients": min_patients}
+        return Params.model_validate(raw)
+
+    register.run(with_subgroups(train(proj, "groups", 0.95), 10), proj)
+    register.run(with_subgroups(train(proj, "groups", 0.99), 10), proj)
+    gate = json.loads((proj.step_dir("register") / "gate.json").read_text())
+    assert [r["group"] for r in gate["subgroups"]] == ["c=x", "c=z"]
+    assert all(r["candidate"] > r["champion"] for r in gate["subgroups"]) and gate["subgroup_regressions"] == []
+    register.run(with_subgroups(train(proj, "groups", 0.9), 40), proj)
+    gate = json.loads((proj.step_dir("register") / "gate.json").read_text())
+    assert [(r["patients"], r["candidate"], r["champion"]) for r in gate["subgroups"]] == [("<40", None, None)] * 2
+    assert "| c=x | <40 |  |  |" in (proj.step_dir("register") / "gate.md").read_text()
