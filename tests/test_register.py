@@ -319,6 +319,8 @@ def test_another_dataset_or_schema_is_never_promoted_on_metrics(proj, monkeypatc
     monkeypatch.setattr(register, "schema_hash", lambda schema: "another-schema")
     summary = train_and_register(proj, "inputs", 0.99)
     assert not summary["promoted"] and "input schema differs" in summary["reason"]
+    gate = json.loads((proj.step_dir("register") / "gate.json").read_text())
+    assert gate["comparison"] is None and "champion v1 not re-scored: input schema differs" in gate["champion_note"]
     assert aliases("inputs")["champion"] == "1"
 
 
