@@ -81,9 +81,15 @@ def project(tmp_path, migrated_mlflow_db):
 
 @pytest.fixture(autouse=True)
 def _no_tracking_uri_leaks_between_tests():
-    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: one test's store must not become the next one's."""
+    """mlflow.set_tracking_uri and set_registry_uri export MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI, and the
+    registry URI also stays in a module global that outranks a client's tracking_uri: one test's store must not
+    become the next one's, in this process or in the subprocesses it starts."""
     yield
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    from mlflow.tracking._model_registry import utils as registry_utils
+
+    registry_utils._registry_uri = None
     from medflow.tracking import store
 
     store._exported = None

@@ -286,19 +286,23 @@ def log_dataset(
 
 def log_training_data(run_id: str, params: Params, paths: Paths, schema) -> None:
     """log_dataset for a pipeline's table: digest from the run's lineage, counts from the step summaries."""
+    from mlflow.types.schema import ColSpec
+    from mlflow.types.schema import Schema as ColumnSchema
+
     from medflow.data.sources import dataset_name
-    from medflow.tracking.pyfunc import signature
 
     lineage = client().get_run(run_id).data.tags
     rows = json.loads(paths.summary("split").read_text())["rows"]
     validated = json.loads(paths.summary("validate").read_text())
-    sig = signature(schema)
+    # The table's columns as the model reads them (images have none to list).
+    columns = [ColSpec("double", c, required=False) for c in schema.numeric]
+    columns += [ColSpec("string", c, required=False) for c in schema.categorical]
     log_dataset(
         run_id,
         name=dataset_name(params.data.source),
         digest=lineage.get("medflow.data_md5", "missing")[:16],
         source={"uri": params.data.source, "dvc_md5": lineage.get("medflow.data_dvc_md5", "none")},
-        schema=json.dumps({"mlflow_colspec": sig.inputs.to_dict()}) if sig else None,
+        schema=json.dumps({"mlflow_colspec": ColumnSchema(columns).to_dict()}) if columns else None,
         profile={
             "num_rows": sum(rows.values()),
             **{f"{split}_rows": n for split, n in rows.items()},
