@@ -3,9 +3,7 @@
 A `make run` costs a minute, so the module shares one clone and its tests run in file order, each taking the
 project as the README's previous commands left it. A README command that no test runs (here, or verbatim in
 another test module, as the Prefect ones in test_prefect.py) fails test_every_readme_command_is_run; one that
-cannot run in CI says "not run by CI" in its own comment. Three flow runs are marked slow because the default
-suite already runs the same command shape through the same executable: `medflow run -P ...` on the project's and
-on a user's table (test_pipeline) and `dvc repro` of the pipeline (test_pipeline, and the experiment below).
+cannot run in CI says "not run by CI" in its own comment. None is marked slow: CI runs every printed command once.
 """
 
 from __future__ import annotations
@@ -297,7 +295,6 @@ def test_dvc_push_to_a_local_remote(made):
     assert len(stored) >= 5, stored
 
 
-@pytest.mark.slow
 def test_override_run_writes_yaml_values_into_params(made):
     from ruamel.yaml import YAML
 
@@ -343,7 +340,6 @@ def test_digits_pipeline_keeps_its_own_outputs_and_scores_arrays_and_files(made,
         model.predict(np.zeros((2, 28, 28), dtype=np.uint8))
 
 
-@pytest.mark.slow
 def test_bring_your_own_table(made):
     from medflow.data.synthetic import synthetic_cohort
 
@@ -353,7 +349,6 @@ def test_bring_your_own_table(made):
     assert (made / "expectations/visits.json").exists()
 
 
-@pytest.mark.slow
 def test_digits_as_the_dvc_pipeline(made):
     # As printed, on fewer epochs: the full example ran above.
     example = made / "examples/digits.yaml"
