@@ -41,10 +41,9 @@ def prefect_server(tmp_path_factory):
     Yields its PREFECT_API_URL. No UI, scheduler or late-runs service: triggered runs need none of them (the
     task-run recorder, which stores task runs from their events, must run).
     """
-    import subprocess
     import sys
 
-    from usercmd import free_port, stop, wait_http
+    from usercmd import free_port, serving
 
     home = tmp_path_factory.mktemp("prefect-server")
     port = free_port()
@@ -55,17 +54,11 @@ def prefect_server(tmp_path_factory):
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
     )
-    log = (home / "server.log").open("w")
     cmd = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--no-ui", "--no-scheduler", "--no-late-runs"]
-    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_http(f"{url}/health", server, timeout=180, log=home / "server.log")
+    with serving(cmd, env, f"{url}/health", home / "server.log", timeout=180):
         yield url
-    finally:
-        stop(server, timeout=20)
-        log.close()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from test_register import cohort, make_project
-from usercmd import free_port, stop, wait_http
+from usercmd import free_port, serving
 
 # The best is not last (a racy gate would leave a worse champion), and clearly best: the gate's paired test on the
 # same test patients must find it superior to whichever version is champion when it registers.
@@ -99,22 +99,11 @@ def mlflow_server(postgres_db, tmp_path):
     port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres_db, "--artifacts-destination"]
-        + [str(tmp_path / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres_db, "--artifacts-destination"]
+    cmd += [str(tmp_path / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/health", server, timeout=120, log=tmp_path / "server.log")
+    with serving(cmd, env, f"{url}/health", tmp_path / "server.log"):
         yield url
-    finally:
-        stop(server, timeout=20)
-        log.close()
 
 
 def test_four_writers_on_an_mlflow_server_backed_by_postgresql(template, tmp_path, mlflow_server):

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,3 +123,15 @@ def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@contextmanager
+def serving(cmd: list[str], env: dict[str, str], health: str, log: Path, timeout: float = 120) -> Iterator[None]:
+    """A server started in its own process group, logging to log, ready once health answers; stopped on exit."""
+    with log.open("w") as out:
+        server = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_http(health, server, timeout=timeout, log=log)
+            yield
+        finally:
+            stop(server, timeout=20)
