@@ -163,6 +163,21 @@ class FlowParams(_Section):
     train_timeout_s: float = Field(86400.0, gt=0)  # seconds the train step may run before it is failed
 
 
+class MonitorParams(_Section):
+    """`medflow monitor` (flows/monitor.py): a new batch against the champion's training reference (aggregates)."""
+
+    bins: int = Field(10, ge=2)  # quantile bins per numeric feature (and score bins), merged until each has small_count
+    min_rows: int = Field(50, ge=1)  # a smaller batch is reported but not judged: no retraining on a handful of rows
+    psi_threshold: float = Field(0.2, gt=0)  # population stability index at which a feature (or the score) drifted
+    ks_pvalue: float = Field(0.01, gt=0, lt=1)  # binned two-sample KS p-value below which a numeric feature drifted
+    null_rate_change: float = Field(0.1, gt=0, le=1)  # rise of a feature's null rate (fraction of rows) that is drift
+    min_drifted_features: int = Field(1, ge=1)  # retrain when at least this many features drifted (or the score did)
+    # Labelled batch: retrain when the upper 95% bound of the primary metric lies below this; null: no floor.
+    performance_floor: float | None = Field(None, ge=0, le=1)
+    retrain: bool = True  # drift appends a labelled batch to data.source and retrains; false: report only
+    deployment: str = "medflow-pipeline/medflow-train"  # Prefect deployment to trigger; unreachable: run in-process
+
+
 # `register` shadows ABCMeta.register on the class, which pydantic warns about; nothing here calls that.
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message='Field name "register"')
@@ -177,6 +192,7 @@ with warnings.catch_warnings():
         evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
         register: RegisterParams = Field(default_factory=RegisterParams)
         flow: FlowParams = Field(default_factory=FlowParams)
+        monitor: MonitorParams = Field(default_factory=MonitorParams)
 
         model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
