@@ -11,10 +11,12 @@ import csv
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from medflow.paths import Paths
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Written as markers by hospital exports; read as missing.
 NA_VALUES = ["", "NA", "N/A", "n/a", "na", "NaN", "nan", "NULL", "null", "None", "none", "-", "?"]
@@ -170,6 +172,8 @@ def _read_csv(path: Path, suffix: str, exclude: Iterable[str], delimiter: str | 
         )
     drop = set(exclude)
     _known(path, drop, names)
+    import pandas as pd  # here, not at the top: `medflow run` with nothing to do never reads a table
+
     try:
         df = pd.read_csv(
             path,
@@ -236,6 +240,8 @@ def read_table(
         df = _read_parquet(path, exclude)
     elif suffix.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
         if suffix.endswith(".gz"):
+            import pandas as pd
+
             df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=NA_VALUES, skipinitialspace=True)
             df = df.drop(columns=[c for c in df.columns if c in set(exclude)])
         else:
