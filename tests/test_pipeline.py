@@ -47,7 +47,7 @@ def sh(args: list[str], root: Path) -> str:
 def tiny_project(tmp_path_factory, migrated_mlflow_db) -> Path:
     """A copy of the project (dvc.yaml, flow, code) on a small synthetic cohort, as its own DVC repo."""
     root = tmp_path_factory.mktemp("proj")
-    for item in ("dvc.yaml", "flows", ".dvcignore"):
+    for item in ("dvc.yaml", "params.tuned.yaml", "flows", ".dvcignore"):
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item)
     shutil.copytree(REPO / "src/medflow", root / "src/medflow", ignore=shutil.ignore_patterns("__pycache__"))

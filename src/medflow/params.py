@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 
 class _Section(BaseModel):
@@ -106,6 +106,63 @@ class TrainParams(_Section):
     compile: bool = False  # torch.compile the model
     checkpoint_every: int = Field(1, ge=1)  # epochs between resumable checkpoints
     resume: bool = True  # continue from artifacts/.checkpoints/train.pt when it matches this configuration
+    mixup: float = Field(0.0, ge=0)  # Beta(a, a) of the mixing weight of mixup, batched on the device; 0: off
+    cutmix: float = Field(0.0, ge=0)  # images: Beta(a, a) of the area kept by cutmix; 0: off
+    # resnet_small: channels of each stage (every stage after the first halves the image size), basic blocks per stage
+    channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
+    blocks: int = Field(2, ge=1)
+
+
+class Dimension(_Section):
+    """One axis of the search space: `choices` (any values, lists included), or a range `low`..`high` sampled on
+    a log scale when `log` (integers when the train parameter is an integer)."""
+
+    choices: list[Any] | None = Field(None, min_length=1)
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Dimension:
+        bounds = (self.low, self.high)
+        ranged = None not in bounds
+        if (self.choices is None and not ranged) or (self.choices is not None and bounds != (None, None)):
+            raise ValueError("give either choices: [...] or both low and high")
+        if ranged and not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if ranged and self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+def _default_space() -> dict[str, Dimension]:
+    return {
+        "hidden": Dimension(choices=[[32], [64, 32], [128, 64]]),
+        "dropout": Dimension(low=0.0, high=0.5),
+        "lr": Dimension(low=1e-4, high=1e-2, log=True),
+        "weight_decay": Dimension(low=1e-6, high=1e-2, log=True),
+        "batch_size": Dimension(choices=[32, 64, 128]),
+    }
+
+
+class TuneParams(_Section):
+    """`medflow tune`: an Optuna study over train.* on the train and validation splits only."""
+
+    trials: int = Field(20, ge=1)  # finished trials the study should hold (a resumed study runs the rest)
+    timeout_s: float | None = Field(None, gt=0)  # start no trial after this many seconds; null: no limit
+    metric: Literal["val_loss", "val_accuracy"] = "val_loss"  # of the best epoch; reported per epoch for pruning
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    # Study storage URL (sqlite:///..., postgresql+psycopg2://...); null: artifacts/tune/study.db. Never MLflow's.
+    storage: str | None = None
+    space: dict[str, Dimension] = Field(default_factory=_default_space)  # train.<key> -> its dimension
+
+    @model_validator(mode="after")
+    def _train_keys(self) -> TuneParams:
+        fixed = {"device", "deterministic", "amp", "channels_last", "compile", "checkpoint_every", "resume"}
+        unknown = sorted(set(self.space) - (set(TrainParams.model_fields) - fixed))
+        if unknown:
+            raise ValueError(f"tune.space: {', '.join(unknown)} cannot be searched (keys are tunable train.* names)")
+        return self
 
 
 class EvaluateParams(_Section):
@@ -192,6 +249,7 @@ with warnings.catch_warnings():
         evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
         register: RegisterParams = Field(default_factory=RegisterParams)
         flow: FlowParams = Field(default_factory=FlowParams)
+        tune: TuneParams = Field(default_factory=TuneParams)
         monitor: MonitorParams = Field(default_factory=MonitorParams)
 
         model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -246,8 +304,25 @@ def from_dict(raw: dict[str, Any], origin: str = "params") -> Params:
         raise ParamsError("\n".join(lines)) from None
 
 
-def load(path: Path, overrides: list[str] | None = None) -> Params:
+def tuned_file(path: Path) -> Path:
+    """Where `medflow tune` writes the best train.* values for a params file: params.yaml -> params.tuned.yaml."""
+    return path.with_name(f"{path.stem}.tuned.yaml")
+
+
+def tuned_values(path: Path) -> dict[str, Any]:
+    """The train.* values of the tuned file beside params file `path` ({} when there is none)."""
+    file = tuned_file(path)
+    raw = (read_yaml(file.read_text()) or {}) if file.exists() else {}
+    if not isinstance(raw, dict) or set(raw) - {"train"} or not isinstance(raw.get("train") or {}, dict):
+        raise ParamsError(f"{file}: holds only a train: section (written by medflow tune); delete the other keys")
+    return dict(raw.get("train") or {})
+
+
+def load(path: Path, overrides: list[str] | None = None, tuned: bool = True) -> Params:
+    """params file, then its tuned train.* values (tuned_file; tuned=False skips them), then -P overrides."""
     if not path.exists():
         raise ParamsError(f"{path}: params file not found")
     raw = read_yaml(path.read_text()) or {}
+    if tuned and (values := tuned_values(path)):
+        raw["train"] = {**(raw.get("train") or {}), **values}
     return from_dict(apply_overrides(raw, overrides or []), origin=str(path))
