@@ -51,26 +51,35 @@ class BasicBlock(nn.Module):
 
 
 class ResNetSmall(nn.Module):
-    """Stem + 3 stages of 2 basic blocks (32/64/128 channels, stride 1/2/2) + global average pool.
+    """Stem + one stage per entry of `channels` (stride 1, then 2), `blocks` basic blocks each, + global average pool.
+    Trained from scratch: no pretrained weights, so nothing is downloaded.
 
     The global pool makes the head independent of the input size: 8x8 up to 64x64 (and beyond) work unchanged.
     """
 
-    widths = (32, 64, 128)
-
-    def __init__(self, in_shape: Sequence[int], n_classes: int = 10):
+    def __init__(
+        self, in_shape: Sequence[int], n_classes: int = 10, channels: Sequence[int] = (32, 64, 128), blocks: int = 2
+    ):
         super().__init__()
-        cin = self.widths[0]
+        cin = channels[0]
         self.stem = nn.Sequential(nn.Conv2d(in_shape[0], cin, 3, padding=1, bias=False), nn.BatchNorm2d(cin), nn.ReLU())
-        blocks = []
-        for i, width in enumerate(self.widths):
-            blocks += [BasicBlock(cin, width, 1 if i == 0 else 2), BasicBlock(width, width, 1)]
+        layers = []
+        for i, width in enumerate(channels):
+            layers.append(BasicBlock(cin, width, 1 if i == 0 else 2))
+            layers += [BasicBlock(width, width, 1) for _ in range(blocks - 1)]
             cin = width
-        self.stages = nn.Sequential(*blocks)
+        self.stages = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, n_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))
+
+
+def options(name: str, train) -> dict:
+    """The builder's keyword arguments that params set (train: TrainParams); the bundle's model.json keeps them."""
+    if name == "resnet_small":
+        return {"channels": list(train.channels), "blocks": train.blocks}
+    return {}
 
 
 BUILDERS = {"mnist_mlp": MnistMLP, "cifar_convnet": ConvNet, "resnet_small": ResNetSmall}

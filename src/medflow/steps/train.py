@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ import torch
 
 from medflow import tracking
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema
+from medflow.models import vision
 from medflow.models.bundle import save_bundle
 from medflow.models.tabular import IMAGE_MODELS, build
 from medflow.params import Params
@@ -53,7 +55,10 @@ LOOP_SETTINGS = {
     "channels_last",
     "compile",
     "checkpoint_every",
+    "checkpoint_interval_s",
     "resume",
+    "mixup",
+    "cutmix",
 }
 
 
@@ -104,6 +109,7 @@ def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
         pre = ImageNormaliser.fit(x["train"].numpy())
         h, w, c = schema.image_shape
         config = {"name": model, "in_shape": [c, h, w], "n_classes": len(schema.classes)}
+        config |= vision.options(model, params.train)
     else:
         if model in IMAGE_MODELS:
             raise ValueError(f"train.model={model!r} is for images; tables need tabular_mlp")
@@ -119,10 +125,25 @@ def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
     return x, y, pre, config
 
 
+def cpu_threads(p, world: int) -> int:
+    """train.threads, else OMP_NUM_THREADS when set, else 1 for the MLPs (a 64-row batch through 64 units is too
+    little work to share: on a busy 2-core box 2 threads ran up to 10x slower) and the cores for conv nets."""
+    if p.threads:
+        return p.threads
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    if p.model not in IMAGE_MODELS:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // world)
+
+
 def run(params: Params, paths: Paths) -> dict:
     p = params.train
     # Before anything is read or written: under torchrun every rank must join the group first.
     device = distributed.setup(pick_device(p.device))
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(p, distributed.rank_world()[1]))
     try:
         return train(params, paths, device)
     finally:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from medflow.training import checkpoint, distributed
+from medflow.training import augment, checkpoint, distributed
 from medflow.training.data import Split, fits
 
 
@@ -56,6 +56,8 @@ class FitConfig:
     checkpoint: Path | None = None  # None: no checkpoints
     checkpoint_every: int = 1  # epochs
     resume: bool = True
+    mixup: float = 0.0  # Beta alpha of mixup (augment.py); 0: off
+    cutmix: float = 0.0  # Beta alpha of cutmix, images only; 0: off
 
 
 @dataclass
@@ -285,9 +287,13 @@ def fit(
         correct = torch.zeros((), device=device)
         for i in range(0, per_rank, batch):
             xb, yb = train.batch(order[i : i + batch], cfg.augment_flip, cfg.augment_translate, aug_gen)
+            mixed = None
+            if cfg.mixup > 0 or cfg.cutmix > 0:
+                rng = augment.batch_rng(cfg.seed, rank, epoch, i)
+                mixed = augment.mix(xb, yb, cfg.mixup, cfg.cutmix, rng, aug_gen)
             with autocast():
-                logits = net(xb)
-            loss = loss_fn(logits.float(), yb)
+                logits = net(xb if mixed is None else mixed.x)
+            loss = loss_fn(logits.float(), yb) if mixed is None else mixed.loss(loss_fn, logits.float(), yb)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
