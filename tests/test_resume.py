@@ -68,6 +68,27 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, kind
         assert torch.equal(a, b), name
 
 
+def test_checkpoints_on_an_interval_are_the_first_and_the_last_epoch_and_resume_from_the_first(tmp_path, monkeypatch):
+    """An interval longer than the run: one save after the first epoch (training is under way) and one after the
+    last; a kill in between redoes every epoch after the first, and still ends with the uninterrupted weights."""
+    from medflow.training import checkpoint
+
+    make, data, cfg = problem("table")
+    ref_model, ref = train(make, data, cfg)
+    saved = []
+    save = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda path, state: (saved.append(state["epoch"]), save(path, state)))
+    cfg = FitConfig(**{**cfg.__dict__, "checkpoint": tmp_path / "ckpt.pt", "checkpoint_interval_s": 3600})
+    with pytest.raises(Killed):
+        train(make, data, cfg, die_at(5))
+    assert saved == [1]
+    model, res = train(make, data, cfg)
+    assert res.resumed_from == 1 and saved == [1, 7]
+    assert strip(res.history) == strip(ref.history)
+    for (name, a), b in zip(ref_model.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_a_checkpoint_of_another_configuration_or_data_is_not_resumed(tmp_path, capsys):
     make, data, cfg = problem("table")
     cfg = FitConfig(**{**cfg.__dict__, "checkpoint": tmp_path / "ckpt.pt"})
@@ -93,7 +114,7 @@ def test_the_train_step_resumes_after_a_crash_and_clears_its_checkpoint(tmp_path
     from medflow.pipeline import run_step
     from medflow.steps import train as step
 
-    params = step_params(max_epochs=6, patience=6, hidden=[8], dropout=0.2)
+    params = step_params(max_epochs=6, patience=6, hidden=[8], dropout=0.2, checkpoint_interval_s=0)
     write_upstream(project)
     reference = Paths(root=tmp_path / "reference")
     reference.mlruns.mkdir(parents=True)

@@ -215,7 +215,7 @@ def up_to_date(paths: Paths, params_file: Path) -> bool:
     if summary.exists():
         reg = json.loads(summary.read_text())
         state = "champion" if reg.get("promoted") else "not promoted"
-        print(f"last registered: {reg['model_name']} v{reg['version']} ({state} when registered)")
+        print(f"the last run's model: {reg['model_name']} v{reg['version']} ({state})")
     return True
 
 

@@ -105,6 +105,11 @@ class TrainParams(_Section):
     channels_last: bool = True  # memory format for conv nets on CUDA
     compile: bool = False  # torch.compile the model
     checkpoint_every: int = Field(1, ge=1)  # epochs between resumable checkpoints
+    # Seconds between checkpoints (also the first epoch and the last): a kill redoes at most this much training.
+    checkpoint_interval_s: float = Field(60.0, ge=0)
+    # torch CPU threads; null: 1 for the MLPs (their matrices are too small to share), the process's cores for
+    # conv nets (divided among torchrun's ranks).
+    threads: int | None = Field(None, ge=1)
     resume: bool = True  # continue from artifacts/.checkpoints/train.pt when it matches this configuration
     mixup: float = Field(0.0, ge=0)  # Beta(a, a) of the mixing weight of mixup, batched on the device; 0: off
     cutmix: float = Field(0.0, ge=0)  # images: Beta(a, a) of the area kept by cutmix; 0: off
@@ -225,8 +230,8 @@ class MonitorParams(_Section):
 
     bins: int = Field(10, ge=2)  # quantile bins per numeric feature (and score bins), merged until each has small_count
     min_rows: int = Field(50, ge=1)  # a smaller batch is reported but not judged: no retraining on a handful of rows
-    psi_threshold: float = Field(0.2, gt=0)  # population stability index at which a feature (or the score) drifted
-    ks_pvalue: float = Field(0.01, gt=0, lt=1)  # binned two-sample KS p-value below which a numeric feature drifted
+    psi_threshold: float = Field(0.2, gt=0)  # population stability index at which a feature (or the score) drifted,
+    ks_pvalue: float = Field(0.01, gt=0, lt=1)  # when its test (binned KS; chi-square for categories) is below this too
     null_rate_change: float = Field(0.1, gt=0, le=1)  # rise of a feature's null rate (fraction of rows) that is drift
     min_drifted_features: int = Field(1, ge=1)  # retrain when at least this many features drifted (or the score did)
     # Labelled batch: retrain when the upper 95% bound of the primary metric lies below this; null: no floor.

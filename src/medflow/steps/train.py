@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,7 @@ LOOP_SETTINGS = {
     "channels_last",
     "compile",
     "checkpoint_every",
+    "checkpoint_interval_s",
     "resume",
     "mixup",
     "cutmix",
@@ -123,10 +125,25 @@ def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
     return x, y, pre, config
 
 
+def cpu_threads(p, world: int) -> int:
+    """train.threads, else OMP_NUM_THREADS when set, else 1 for the MLPs (a 64-row batch through 64 units is too
+    little work to share: on a busy 2-core box 2 threads ran up to 10x slower) and the cores for conv nets."""
+    if p.threads:
+        return p.threads
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    if p.model not in IMAGE_MODELS:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // world)
+
+
 def run(params: Params, paths: Paths) -> dict:
     p = params.train
     # Before anything is read or written: under torchrun every rank must join the group first.
     device = distributed.setup(pick_device(p.device))
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(p, distributed.rank_world()[1]))
     try:
         return train(params, paths, device)
     finally:

@@ -126,13 +126,30 @@ def configure(paths: Paths) -> str:
     return uri
 
 
+# Epoch metrics wait here and go out in one log_batch every FLUSH_S seconds: a write per epoch (a client and a
+# SQLite transaction of ~14 statements) cost a third of a small model's training time.
+FLUSH_S = 10.0
+MAX_BATCH = 1000  # metrics per log_batch, MLflow's limit
+_pending: dict[str, list] = {}
+_last_flush = 0.0
+
+
 def client() -> MlflowClient:
+    """A client for the configured store, once this process's buffered metrics are written: every later call,
+    a read included, sees them."""
+    global _last_flush
     from mlflow import MlflowClient
 
     if _exported is None and not os.environ.get("MLFLOW_TRACKING_URI"):
         # Without it MLflow would quietly create ./mlflow.db wherever the process happens to run.
         raise RuntimeError("medflow.tracking.configure(paths) must be called first")
-    return _RetryingClient(MlflowClient())
+    c = _RetryingClient(MlflowClient())
+    while _pending:
+        run_id, metrics = _pending.popitem()
+        for i in range(0, len(metrics), MAX_BATCH):
+            c.log_batch(run_id, metrics=metrics[i : i + MAX_BATCH])
+    _last_flush = time.monotonic()
+    return c
 
 
 def is_local(uri: str) -> bool:
@@ -247,15 +264,19 @@ def end_orphaned_run(run_id: str) -> bool:
 
 
 def log_epoch(run_id: str, metrics: dict[str, float], step: int) -> None:
-    """One log_batch per epoch: a log_metric call per value costs ~5 ms each."""
+    """Buffers one epoch's metrics, stamped with the time they were measured; they are written within FLUSH_S
+    seconds, and before any other call to the store (end_run, a read) goes out."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    client().log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+    _pending.setdefault(run_id, []).extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+    if time.monotonic() - _last_flush >= FLUSH_S:
+        client()
 
 
 def log_metrics(run_id: str, metrics: dict[str, float]) -> None:
     log_epoch(run_id, metrics, step=0)
+    client()
 
 
 def set_tags(run_id: str, tags: dict[str, Any]) -> None:

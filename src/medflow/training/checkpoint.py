@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 # Settings that change how a run is kept, not what it computes.
-_NOT_FINGERPRINTED = {"checkpoint", "checkpoint_every", "resume"}
+_NOT_FINGERPRINTED = {"checkpoint", "checkpoint_every", "checkpoint_interval_s", "resume"}
 
 
 def fingerprint(cfg: Any, model: nn.Module, world: int, tensors: tuple[torch.Tensor, ...]) -> str:

@@ -4,8 +4,10 @@ Data is held on the device when it fits and batches are gathered along slices of
 augmentation runs batched on the device; mixed precision (bf16, else fp16 with a grad scaler) and
 channels_last on CUDA; torch.compile on request. Nothing in the step loop waits for the device: loss and
 accuracy accumulate on it and are read once per epoch. Early stopping keeps the weights of the epoch with the
-lowest validation loss. Every `checkpoint_every` epochs the whole state is written (checkpoint.py), so a
-killed run restarted with `resume` ends with exactly the weights of an uninterrupted one. Under torchrun the
+lowest validation loss. The whole state is written (checkpoint.py) after the first epoch, then at most every
+`checkpoint_interval_s` seconds (on an epoch that is a multiple of `checkpoint_every`), and after the last epoch, so
+a killed run restarted with `resume` ends with exactly the weights of an uninterrupted one, having redone at most
+an interval of work. Under torchrun the
 same loop runs DistributedDataParallel (distributed.py): each rank takes its shard of every epoch's
 permutation, metrics are all-reduced once per epoch, and only rank 0 reports and writes checkpoints.
 """
@@ -55,6 +57,9 @@ class FitConfig:
     stream: bool | None = None  # None: stream from host memory only when the data does not fit on the device
     checkpoint: Path | None = None  # None: no checkpoints
     checkpoint_every: int = 1  # epochs
+    # Seconds between checkpoints (0: every checkpoint_every epochs). A full-state save per epoch of a small
+    # model costs more than the epoch.
+    checkpoint_interval_s: float = 0.0
     resume: bool = True
     mixup: float = 0.0  # Beta alpha of mixup (augment.py); 0: off
     cutmix: float = 0.0  # Beta alpha of cutmix, images only; 0: off
@@ -277,6 +282,8 @@ def fit(
         progress = None
     if progress:
         progress.start(resumed_from)
+    # A fresh run checkpoints its first epoch (a watcher sees training under way); a resumed one has one already.
+    last_saved = time.monotonic() if resumed_from else -math.inf
 
     while epoch < cfg.max_epochs and stale < cfg.patience:
         epoch += 1
@@ -300,8 +307,16 @@ def fit(
             scaler.update()
             loss_sum += loss.detach() * len(yb)
             correct += (logits.detach().argmax(1) == yb).sum()
-        sums = torch.cat([torch.stack([loss_sum, correct]), evaluate(model, val, eval_batch, autocast)])
-        train_loss, train_correct, val_loss, val_correct = distributed.all_reduce(sums).tolist()  # the one sync
+        # Rank 0's clock decides when to checkpoint; its vote rides in the epoch's one all-reduce, so all ranks agree.
+        due = rank == 0 and time.monotonic() - last_saved >= cfg.checkpoint_interval_s
+        sums = torch.cat(
+            [
+                torch.stack([loss_sum, correct]),
+                evaluate(model, val, eval_batch, autocast),
+                torch.tensor([float(due)], device=device),
+            ]
+        )
+        train_loss, train_correct, val_loss, val_correct, due = distributed.all_reduce(sums).tolist()  # the one sync
         seconds = time.perf_counter() - t0
         row = {
             "train_loss": train_loss / n_seen,
@@ -316,7 +331,9 @@ def fit(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
-        if cfg.checkpoint and epoch % cfg.checkpoint_every == 0:
+        last = epoch >= cfg.max_epochs or stale >= cfg.patience
+        if cfg.checkpoint and (last or (due and epoch % cfg.checkpoint_every == 0)):
+            last_saved = time.monotonic()
             rng = distributed.gather(checkpoint.rng_state(order_gen, aug_gen))  # every rank's streams
             if rank == 0:
                 checkpoint.save(
