@@ -358,6 +358,32 @@ def cmd_predict(args: argparse.Namespace, tracking) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace, paths: Paths) -> int:
+    from medflow.pipeline import run_lock
+    from medflow.tuning.search import check_overrides, short
+
+    params_file = Path(args.params) if args.params else paths.params_file
+    check_overrides(args.override, params_file)
+    params_mod.load(params_file, args.override, tuned=False)  # a bad key fails before anything starts
+    with run_lock(paths, args.wait):
+        load_flow(paths, args.log)
+        flows = importlib.import_module("flows.tune")
+        s = flows.tune(
+            root=str(paths.root),
+            params_file=args.params,
+            overrides=args.override,
+            trials=args.trials,
+            timeout_s=args.timeout,
+        )
+    values = ", ".join(f"{k}={short(v)}" for k, v in s["best_params"].items())
+    print(
+        f"best of study {s['study']}: trial {s['best_trial']}, {s['metric']} {s['best_value']:.4f} "
+        f"({s['trials']['complete']} complete, {s['trials']['pruned']} pruned); {s['tuned_file']}: {values}; "
+        "the next `medflow run` trains with these values"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="medflow", description=__doc__)
     ap.add_argument("--root", default=".", help="project root (holds params.yaml, dvc.yaml)")
@@ -405,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
     predict.add_argument("--input", required=True, help="CSV or Parquet file with the model's feature columns")
     predict.add_argument("--output", required=True, help="CSV or Parquet file to write (nothing when refused)")
+    tune = sub.add_parser("tune", help="search train.* with Optuna on the train/val splits; writes params.tuned.yaml")
+    with_params(tune)
+    tune.add_argument("--trials", type=int, metavar="N", help="finished trials the study should hold (tune.trials)")
+    tune.add_argument("--timeout", type=float, metavar="S", help="start no trial after S seconds (tune.timeout_s)")
+    tune.add_argument(
+        "--wait", type=float, default=0.0, metavar="SECONDS", help="wait this long for another run in the project"
+    )
     return ap
 
 
@@ -419,6 +452,7 @@ COMMANDS = {
     "history": cmd_history,
     "lineage": cmd_lineage,
     "predict": cmd_predict,
+    "tune": cmd_tune,
 }
 
 

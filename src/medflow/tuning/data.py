@@ -1,0 +1,77 @@
+"""The study's data: train and validation rows only, selected before anything is read.
+
+The manifest says which row ids are train or val; the cleaned table is read with those ids as a Parquet filter and
+images.npy (memory-mapped) at those rows' positions only, so no test row ever reaches a DataFrame or a tensor of a
+trial. The preprocessing is fitted on the training split, as the train step fits it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+
+from medflow.data.features import ImageNormaliser, Preprocessor, Schema
+from medflow.paths import Paths
+from medflow.steps.clean import LABEL, ROW_ID
+
+SPLITS = ("train", "val")
+
+
+@dataclass
+class TrialData:
+    x: dict[str, torch.Tensor]  # split -> float [N, F] rows or uint8 [N, H, W, C] images
+    y: dict[str, torch.Tensor]
+    preprocessor: Preprocessor | ImageNormaliser
+    schema: Schema
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return {s: len(v) for s, v in self.y.items()}
+
+
+def _require(path, step: str) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found; run `medflow step {step}` (medflow tune runs it when stale)")
+
+
+def read_train_val(paths: Paths) -> tuple[pd.DataFrame, np.ndarray, Schema]:
+    """Cleaned rows of the train and val splits (with `_split`), their positions in the cleaned table, the schema."""
+    for path, step in ((paths.cleaned, "clean"), (paths.schema, "clean"), (paths.manifest, "split")):
+        _require(path, step)
+    manifest = pd.read_csv(paths.manifest, usecols=["row_id", "split"])
+    keep = manifest[manifest["split"].isin(SPLITS)]
+    split_of = dict(zip(keep["row_id"], keep["split"], strict=True))
+    ids = keep["row_id"].astype("int64").tolist()
+    df = pq.read_table(paths.cleaned, filters=[(ROW_ID, "in", ids)]).to_pandas()
+    if len(df) != len(ids):
+        raise ValueError(
+            f"{paths.cleaned}: {len(ids) - len(df)} train/val row(s) of {paths.manifest} are missing; rerun split"
+        )
+    # Row ids alone (no values) locate each kept row in images.npy, whose row i is the cleaned table's row i.
+    all_ids = pq.read_table(paths.cleaned, columns=[ROW_ID]).column(ROW_ID).to_numpy()
+    order = {rid: i for i, rid in enumerate(all_ids)}
+    positions = np.array([order[r] for r in df[ROW_ID]], dtype=np.int64)
+    by_position = np.argsort(positions)  # the table's order, as the train step reads it
+    df = df.iloc[by_position].reset_index(drop=True)
+    return df.assign(_split=df[ROW_ID].map(split_of).to_numpy()), positions[by_position], Schema.load(paths.schema)
+
+
+def trial_data(paths: Paths) -> TrialData:
+    df, positions, schema = read_train_val(paths)
+    masks = {s: (df["_split"] == s).to_numpy() for s in SPLITS}
+    for s, m in masks.items():
+        if not m.any():
+            raise ValueError(f"{paths.manifest}: the {s} split is empty; enlarge the data or split.{s}")
+    y = {s: torch.from_numpy(df[LABEL].to_numpy()[m]) for s, m in masks.items()}
+    if schema.kind == "image":
+        images = np.load(paths.images, mmap_mode="r")
+        x = {s: torch.from_numpy(np.ascontiguousarray(images[positions[m]])) for s, m in masks.items()}
+        pre = ImageNormaliser.fit(x["train"].numpy())
+    else:
+        pre = Preprocessor(schema.numeric, schema.categorical).fit(df[masks["train"]])
+        x = {s: torch.from_numpy(pre.transform(df[m])) for s, m in masks.items()}
+    return TrialData(x, y, pre, schema)

@@ -1,0 +1,352 @@
+"""The study: TPE sampling over tune.space, pruning on the validation metric per epoch, one nested MLflow run per
+trial; the best values go to params.tuned.yaml, which `medflow run` layers over params.yaml's train section.
+
+The study lives in its own storage (tune.storage, else artifacts/tune/study.db), never in the MLflow store, under a
+name derived from the data split and the parameters that shape a trial: the same command after a kill resumes it
+and runs only the trials still missing; changed data or a changed space starts a new study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medflow import tracking
+from medflow.models import vision
+from medflow.models.tabular import IMAGE_MODELS, build
+from medflow.params import Dimension, Params, ParamsError, TrainParams, tuned_file, tuned_values
+from medflow.paths import Paths
+from medflow.steps.train import LOOP_SETTINGS, balanced_weights
+from medflow.tracking import study as runs
+from medflow.training.loop import FitConfig, fit, pick_device, seed_everything
+from medflow.tuning.data import TrialData, trial_data
+
+# Sections whose values change what a trial sees or does; the rest (evaluate, register, flow, ...) do not.
+STUDY_SECTIONS = ("seed", "data", "validate", "clean", "split", "train")
+
+
+def tune_dir(paths: Paths) -> Path:
+    return paths.artifacts / "tune"
+
+
+def storage_url(params: Params, paths: Paths) -> str:
+    return params.tune.storage or f"sqlite:///{tune_dir(paths) / 'study.db'}"
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def study_name(params: Params, paths: Paths) -> str:
+    raw = params.as_dict()
+    shaping = {k: raw[k] for k in STUDY_SECTIONS}
+    shaping["tune"] = {k: raw["tune"][k] for k in ("metric", "pruner", "space")}
+    # The manifest holds row ids and splits only: which rows a trial trains and validates on.
+    shaping["split_manifest"] = _md5(paths.manifest)
+    shaping["schema"] = _md5(paths.schema)
+    digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{params.register.model_name}-{digest}"
+
+
+def suggest(trial, space: dict[str, Dimension]) -> dict[str, Any]:
+    """Values of one trial. Choices that are lists (layer widths) are offered to Optuna as their JSON text, which
+    its storage and plots take as they are."""
+    values = {}
+    for key, dim in space.items():
+        if dim.choices is not None:
+            texts = [json.dumps(c) for c in dim.choices]
+            values[key] = json.loads(trial.suggest_categorical(key, texts))
+        elif TrainParams.model_fields[key].annotation is int:
+            values[key] = trial.suggest_int(key, int(dim.low), int(dim.high), log=dim.log)
+        else:
+            values[key] = trial.suggest_float(key, dim.low, dim.high, log=dim.log)
+    return values
+
+
+def model_config(train: TrainParams, data: TrialData) -> dict:
+    schema, n_classes = data.schema, len(data.schema.classes)
+    if schema.kind == "image":
+        if train.model not in IMAGE_MODELS:
+            raise ValueError(
+                f"train.model={train.model!r} is for tables; image data needs one of {sorted(IMAGE_MODELS)}"
+            )
+        h, w, c = schema.image_shape
+        return {
+            "name": train.model,
+            "in_shape": [c, h, w],
+            "n_classes": n_classes,
+            **vision.options(train.model, train),
+        }
+    if train.model in IMAGE_MODELS:
+        raise ValueError(f"train.model={train.model!r} is for images; tables need tabular_mlp")
+    n_in = len(data.preprocessor.feature_names)
+    return {"name": train.model, "n_in": n_in, "n_classes": n_classes, "hidden": train.hidden, "dropout": train.dropout}
+
+
+def _pruner(params: Params):
+    import optuna
+
+    t = params.tune
+    if t.pruner == "median":
+        # A few trials run to the end before any is compared; no trial is judged on its first epochs.
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=min(5, params.train.max_epochs // 4))
+    if t.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=params.train.max_epochs)
+    return optuna.pruners.NopPruner()
+
+
+class Objective:
+    """One trial: train on the train split with the sampled values, report the validation metric each epoch."""
+
+    def __init__(self, params: Params, data: TrialData, parent_run: str, device: torch.device):
+        self.params, self.data, self.parent, self.device = params, data, parent_run, device
+
+    def __call__(self, trial) -> float:
+        import optuna
+
+        p, metric = self.params, self.params.tune.metric
+        values = suggest(trial, p.tune.space)
+        try:
+            train = TrainParams.model_validate({**p.train.model_dump(), **values})
+        except Exception as exc:
+            raise ParamsError(f"tune.space gave trial {trial.number} invalid train values: {exc}") from None
+        run_id = runs.start_trial_run(self.parent, trial.number, values)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        seed_everything(p.seed, train.deterministic)
+        model = build(**model_config(train, self.data))
+        x, y, pre = self.data.x, self.data.y, self.data.preprocessor
+        images = self.data.schema.kind == "image"
+        n_classes = len(self.data.schema.classes)
+        cfg = FitConfig(
+            **train.model_dump(include=LOOP_SETTINGS),
+            seed=p.seed,
+            device=str(self.device),
+            class_weights=balanced_weights(y["train"].numpy(), n_classes)
+            if train.class_weights == "balanced"
+            else None,
+            mean=tuple(pre.mean) if images else None,
+            std=tuple(pre.std) if images else None,
+            checkpoint=None,  # a trial is cheap to redo; a killed study reruns the trial it was in
+        )
+        best_loss, value = math.inf, math.nan
+
+        def on_epoch(epoch: int, row: dict[str, float]) -> None:
+            nonlocal best_loss, value
+            tracking.log_epoch(run_id, row, step=epoch)
+            # The value of the epoch training would keep (lowest validation loss), as the train step keeps it.
+            if row["val_loss"] < best_loss - 1e-6:
+                best_loss, value = row["val_loss"], row[metric]
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+        try:
+            result = fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch)
+        except optuna.TrialPruned:
+            tracking.set_tags(run_id, {"medflow.trial_state": "pruned"})
+            tracking.end_run(run_id)
+            raise
+        except BaseException as exc:
+            tracking.end_run(run_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
+            raise
+        tracking.log_metrics(run_id, {metric: value, "best_epoch": result.best_epoch, "epochs": result.epochs_run})
+        tracking.set_tags(run_id, {"medflow.trial_state": "complete"})
+        tracking.end_run(run_id)
+        return value
+
+
+def _finished(study) -> int:
+    from optuna.trial import TrialState
+
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+
+
+def _fail_orphans(study) -> int:
+    """Trials a killed study left RUNNING (this process holds the project's run lock, so none is alive)."""
+    from optuna.trial import TrialState
+
+    orphans = [t for t in study.trials if t.state == TrialState.RUNNING]
+    for t in orphans:
+        # FrozenTrial keeps its storage id private; the storage API needs it to change a trial's state.
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        if t.user_attrs.get("mlflow_run_id"):
+            runs.end_orphaned_run(t.user_attrs["mlflow_run_id"])
+    return len(orphans)
+
+
+def _report(trial, metric: str) -> str:
+    from optuna.trial import TrialState
+
+    shown = ", ".join(f"{k}={short(v)}" for k, v in trial.params.items())
+    if trial.state == TrialState.PRUNED:
+        return f"trial {trial.number}: pruned after epoch {trial.last_step} ({shown})"
+    if trial.state == TrialState.COMPLETE:
+        return f"trial {trial.number}: {metric} {trial.value:.4f} ({shown})"
+    return f"trial {trial.number}: {trial.state.name.lower()} ({shown})"
+
+
+def short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def write_tuned(params_file: Path, best: dict[str, Any], header: list[str]) -> Path:
+    """params.tuned.yaml: a train: section of the best values, YAML 1.2 as params.yaml is read."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    yaml.default_flow_style = None
+    out = tuned_file(params_file)
+    tmp = out.with_suffix(".tmp")
+    with tmp.open("w") as fh:
+        fh.write("".join(f"# {line}\n" for line in header))
+        yaml.dump({"train": best}, fh)
+    tmp.replace(out)  # a kill mid-write leaves the previous file whole
+    return out
+
+
+def plots(study, out: Path) -> list[Path]:
+    """Optimisation history and parameter importances as PNGs (importances need two finished trials that differ)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.visualization import matplotlib as vis
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, draw in (
+        ("optimization_history", vis.plot_optimization_history),
+        ("param_importances", vis.plot_param_importances),
+    ):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)  # matplotlib plots are "experimental" since v2
+                ax = draw(study)
+        except (ValueError, RuntimeError) as exc:
+            print(f"tune: no {name} plot ({exc})")
+            continue
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.set_size_inches(8, 5)
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=100)
+        plt.close(fig)
+        written.append(out / f"{name}.png")
+    return written
+
+
+def run(
+    params: Params, paths: Paths, params_file: Path, trials: int | None = None, timeout_s: float | None = None
+) -> dict:
+    """Runs (or resumes) the study until it holds `trials` finished trials or timeout_s passes; writes the best
+    values beside params_file. params: the params file's values without its tuned layer."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    t = params.tune
+    trials = trials or t.trials
+    timeout_s = timeout_s or t.timeout_s
+    data = trial_data(paths)
+    for model in t.space["model"].choices if "model" in t.space else [params.train.model]:
+        model_config(params.train.model_copy(update={"model": model}), data)  # a model unfit for the data fails now
+    out = tune_dir(paths)
+    out.mkdir(parents=True, exist_ok=True)
+    name = study_name(params, paths)
+    study = optuna.create_study(
+        storage=storage_url(params, paths),
+        study_name=name,
+        direction="minimize" if t.metric == "val_loss" else "maximize",
+        sampler=optuna.samplers.TPESampler(seed=params.seed),
+        pruner=_pruner(params),
+        load_if_exists=True,
+    )
+    orphans = _fail_orphans(study)
+    done_before = _finished(study)
+    tracking.configure(paths)
+    parent = runs.start_study_run(params, paths, name, study.user_attrs.get("mlflow_run_id"))
+    study.set_user_attr("mlflow_run_id", parent)
+    print(
+        f"tune: study {name} ({storage_url(params, paths).split(':', 1)[0]} storage), {done_before} trial(s) already "
+        f"finished{f', {orphans} left running by a kill marked failed' if orphans else ''}; "
+        f"train {data.rows['train']} rows, val {data.rows['val']} rows, test split not read",
+        flush=True,
+    )
+    device = pick_device(params.train.device)
+    remaining = max(trials - done_before, 0)
+    t0 = time.monotonic()
+    try:
+        if remaining:
+            study.optimize(
+                Objective(params, data, parent, device),
+                n_trials=remaining,
+                timeout=timeout_s,
+                callbacks=[lambda s, tr: print(_report(tr, t.metric), flush=True)],
+            )
+    except BaseException as exc:
+        tracking.end_run(parent, "FAILED" if isinstance(exc, Exception) else "KILLED")
+        raise
+    seconds = time.monotonic() - t0
+    states = [tr.state.name.lower() for tr in study.trials]
+    counts = {s: states.count(s) for s in ("complete", "pruned", "fail")}
+    if not counts["complete"]:
+        tracking.end_run(parent, "FAILED")
+        raise ValueError(f"tune: study {name} has no complete trial; raise --trials or tune.timeout_s")
+    best = study.best_trial
+    best_values = suggest(optuna.trial.FixedTrial(best.params), {k: t.space[k] for k in best.params})
+    header = [
+        f"Written by `medflow tune` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: study {name}, best of "
+        f"{counts['complete']} complete trial(s) ({counts['pruned']} pruned): trial {best.number}, "
+        f"{t.metric} {best.value:.4f} on the validation split.",
+        "Layered over params.yaml's train section by medflow run / medflow step train / dvc repro;",
+        "replace with `train: {}` to train with params.yaml alone.",
+    ]
+    written = write_tuned(params_file, best_values, header)
+    summary = {
+        "study": name,
+        "storage": storage_url(params, paths).split(":", 1)[0],
+        "metric": t.metric,
+        "direction": study.direction.name.lower(),
+        "trials": counts,
+        "ran_now": remaining,
+        "seconds": round(seconds, 1),
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_params": best_values,
+        "tuned_file": written.name,
+        "parent_run_id": parent,
+        "trial_runs": len(runs.child_runs(parent)),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    tracking.log_metrics(parent, {f"best_{t.metric}": best.value, "best_trial": best.number, **counts})
+    tracking.set_tags(parent, {f"medflow.best.{k}": v for k, v in best_values.items()})
+    for png in plots(study, out / "plots"):
+        tracking.log_artifacts(parent, png, "plots")
+    tracking.log_artifacts(parent, out / "summary.json")
+    tracking.end_run(parent)
+    return summary
+
+
+def in_effect(params: Params, params_file: Path) -> dict[str, Any]:
+    """The tuned train.* values that params (as loaded) actually use: all of the tuned file's, unless -P overrode
+    some."""
+    tuned = tuned_values(params_file)
+    train = params.train.model_dump(mode="json")
+    return {k: v for k, v in tuned.items() if train.get(k) == v}
+
+
+def check_overrides(overrides: list[str], params_file: Path) -> None:
+    """-P for a study may change train.* (its starting point) and tune.*; other sections shape the data it reads."""
+    for text in overrides:
+        if not text.split("=", 1)[0].strip().startswith(("train.", "tune.")):
+            raise ParamsError(
+                f"-P {text}: a study takes train.* and tune.* overrides only; other sections shape the data the "
+                f"upstream steps write: edit {params_file.name} or pass --params FILE"
+            )
