@@ -38,6 +38,7 @@ from medflow.paths import Paths
 from medflow.steps.clean import LABEL, ROW_ID
 from medflow.training import distributed
 from medflow.training.loop import FitConfig, Progress, fit, pick_device, seed_everything
+from medflow.tuning.tuned import note as tuning_note
 
 # TrainParams settings that the loop takes as they are.
 LOOP_SETTINGS = {
@@ -181,6 +182,9 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
         if paths.training_run.exists() and tracking.end_orphaned_run(paths.training_run.read_text().strip()):
             print("the MLflow run of a killed training was still RUNNING: marked KILLED", flush=True)
         run_id = tracking.start_run(params, paths)
+        if tuned := tuning_note(params, paths):
+            print(f"train: {tuned}", flush=True)
+            tracking.set_tags(run_id, {"medflow.tuned": tuned})
         paths.training_run.write_text(run_id)
         log_upstream(run_id, paths)
         tracking.log_training_data(run_id, params, paths, schema)

@@ -22,7 +22,7 @@ import torch
 from medflow import tracking
 from medflow.models import vision
 from medflow.models.tabular import IMAGE_MODELS, build
-from medflow.params import Dimension, Params, ParamsError, TrainParams, tuned_file, tuned_values
+from medflow.params import Dimension, Params, ParamsError, TrainParams, tuned_file
 from medflow.paths import Paths
 from medflow.steps.train import LOOP_SETTINGS, balanced_weights
 from medflow.tracking import study as runs
@@ -332,14 +332,6 @@ def run(
     tracking.log_artifacts(parent, out / "summary.json")
     tracking.end_run(parent)
     return summary
-
-
-def in_effect(params: Params, params_file: Path) -> dict[str, Any]:
-    """The tuned train.* values that params (as loaded) actually use: all of the tuned file's, unless -P overrode
-    some."""
-    tuned = tuned_values(params_file)
-    train = params.train.model_dump(mode="json")
-    return {k: v for k, v in tuned.items() if train.get(k) == v}
 
 
 def check_overrides(overrides: list[str], params_file: Path) -> None:

@@ -1,0 +1,25 @@
+"""Which of `medflow tune`'s values a training actually uses, for its output, its MLflow run and the model card."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medflow.params import Params, tuned_file, tuned_values
+from medflow.paths import Paths
+
+
+def in_effect(params: Params, paths: Paths) -> dict[str, Any]:
+    """The project's params.tuned.yaml values that params (as loaded) hold: all of them unless -P changed some.
+    Another params file's pipeline has no known file location here, so nothing is reported for it."""
+    if paths.pipeline:
+        return {}
+    train = params.train.model_dump(mode="json")
+    return {k: v for k, v in tuned_values(paths.params_file).items() if train.get(k) == v}
+
+
+def note(params: Params, paths: Paths) -> str | None:
+    values = in_effect(params, paths)
+    if not values:
+        return None
+    shown = ", ".join(f"{k}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in values.items())
+    return f"tuned values in effect ({tuned_file(paths.params_file).name}): {shown}"
