@@ -482,7 +482,10 @@ def test_without_a_champion_the_best_baseline_is_the_reference_and_every_card_li
     assert set(card["baselines"]) == {"majority_class", "logistic_regression"}
     assert card["baselines"]["majority_class"]["roc_auc"] == 0.5
     md = (out / "model_card.md").read_text()
-    assert "## Baselines (same train split, same test rows)" in md and "| logistic_regression | 1.0000" in md
+    assert "## This model and the baselines (same train split, same test patients)" in md
+    assert "| logistic_regression | 1.0000" in md and "Δ this model − baseline [95% CI]" in md
+    delta = card["baselines"]["majority_class"]["delta"]  # paired on the same test patients
+    assert delta["ci_low"] <= delta["delta"] <= delta["ci_high"] and delta["delta"] > 0.3
     for section in ("## Intended use", "Split policy: by patient", "## Training environment", "| torch |"):
         assert section in md
     assert card["data"]["data_md5"] and card["environment"]["python"]

@@ -35,6 +35,7 @@ from medflow.steps.train import load_split
 from medflow.tracking.bundles import download_bundle
 from medflow.tracking.card import card_data, gate_markdown, model_card
 from medflow.tracking.gate import Comparison, subgroup_regressions
+from medflow.tuning.tuned import study_of
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,11 @@ def gate_evidence(
     models = {"candidate": _with_ci(split, cand, metric, gp.n_boot, params.seed)}
     for b, proba in baselines.items():
         models[f"baseline {b}"] = _with_ci(split, proba, metric, gp.n_boot, params.seed)
+    # Candidate minus each baseline on the same resampled patients: the model card shows them side by side.
+    deltas = {
+        f"baseline {b}": paired_bootstrap_delta(split.y, cand, proba, split.groups, metric, gp.n_boot, params.seed)
+        for b, proba in baselines.items()
+    }
 
     comparison, champion_proba, note = None, None, None
     if champion is not None and differs:
@@ -212,6 +218,10 @@ def gate_evidence(
             "passed": comparison.passed,
         },
         "champion_note": note,
+        "baseline_deltas": {
+            who: {"delta": d.delta, "ci_low": d.ci_low, "ci_high": d.ci_high, "n_boot": d.n_boot}
+            for who, d in deltas.items()
+        },
         "subgroups": subgroups,
         "subgroup_regressions": list(regressions),
     }
@@ -365,6 +375,7 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
         counts=_counts(paths),
         split_policy=_split_policy(params, schema),
         environment=_environment(paths),
+        tuning=study_of(params, paths),
     )
     card_md = model_card(card)
     out = paths.step_dir("register")

@@ -29,10 +29,12 @@ def card_data(
     counts: dict[str, int],
     split_policy: str,
     environment: dict[str, str],
+    tuning: dict | None = None,
 ) -> dict:
     """model_card.json: names, counts, hashes and aggregate metrics only; model_card renders it as Markdown.
 
-    metrics: evaluate's metrics.json; evaluation: its report.json; gate: the gate report (gate.json).
+    metrics: evaluate's metrics.json; evaluation: its report.json; gate: the gate report (gate.json); tuning: the
+    `medflow tune` study whose best trial this model was trained with (medflow.tuning.tuned.study_of), or None.
     """
 
     def with_ci(key: str) -> dict[str, float]:
@@ -90,9 +92,13 @@ def card_data(
             "report": ["gate.md", "gate.json"],
             "comparison": gate.get("comparison"),
         },
+        "candidate": gate.get("models", {}).get("candidate"),
         "baselines": {
-            k.removeprefix("baseline "): v for k, v in gate.get("models", {}).items() if k.startswith("baseline")
+            k.removeprefix("baseline "): {**v, "delta": gate.get("baseline_deltas", {}).get(k)}
+            for k, v in gate.get("models", {}).items()
+            if k.startswith("baseline")
         },
+        "tuning": tuning,
         "limitations": [
             "Evaluated on one held-out split of one dataset; performance on other sites, devices or populations is "
             "unknown until measured there.",
@@ -175,11 +181,7 @@ def model_card(card: dict) -> str:
         "",
     ]
     if card["baselines"]:
-        metric = card["primary_metric"].removeprefix("test_")
-        lines += ["## Baselines (same train split, same test rows)", f"| baseline | {metric} [95% CI] |", "|---|---|"]
-        for b, m in card["baselines"].items():
-            lines.append(f"| {b} | {_ci({'value': m[metric], 'ci_low': m['ci_low'], 'ci_high': m['ci_high']})} |")
-        lines.append("")
+        lines += _baselines(card)
     lines += [
         "## Limitations",
         *(f"- {x}" for x in card["limitations"]),
@@ -192,6 +194,35 @@ def model_card(card: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _baselines(card: dict) -> list[str]:
+    """This model beside the simple baselines on the same test patients, with the paired CI of each difference."""
+    metric = card["primary_metric"].removeprefix("test_")
+    t = card.get("tuning")
+    lines = ["## This model and the baselines (same train split, same test patients)"]
+    if t:
+        values = ", ".join(
+            f"`{k}`={v:.4g}" if isinstance(v, float) else f"`{k}`={v}" for k, v in t["best_params"].items()
+        )
+        lines += [
+            f"Chosen by `medflow tune`: study `{t['study']}`, best trial {t['best_trial']} of "
+            f"{t['trials']['complete']} complete ({t['trials']['pruned']} pruned), {t['metric']} {t['best_value']:.4f} "
+            f"on the validation split; the study never read the test split. Tuned values: {values}.",
+            "",
+        ]
+    lines += [f"| model | {metric} [95% CI] | Δ this model − baseline [95% CI] |", "|---|---|---|"]
+    cand = card.get("candidate")
+    if cand:
+        who = f"this model (tuned: trial {t['best_trial']})" if t else "this model"
+        lines.append(
+            f"| {who} | {_ci({'value': cand[metric], 'ci_low': cand['ci_low'], 'ci_high': cand['ci_high']})} | |"
+        )
+    for b, m in card["baselines"].items():
+        d = m.get("delta")
+        diff = f"{d['delta']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" if d else ""
+        lines.append(f"| {b} | {_ci({'value': m[metric], 'ci_low': m['ci_low'], 'ci_high': m['ci_high']})} | {diff} |")
+    return [*lines, ""]
 
 
 def _num(v: object, fmt: str = ".4f") -> str:

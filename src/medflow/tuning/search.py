@@ -28,13 +28,10 @@ from medflow.steps.train import LOOP_SETTINGS, balanced_weights
 from medflow.tracking import study as runs
 from medflow.training.loop import FitConfig, fit, pick_device, seed_everything
 from medflow.tuning.data import TrialData, trial_data
+from medflow.tuning.tuned import tune_dir
 
 # Sections whose values change what a trial sees or does; the rest (evaluate, register, flow, ...) do not.
 STUDY_SECTIONS = ("seed", "data", "validate", "clean", "split", "train")
-
-
-def tune_dir(paths: Paths) -> Path:
-    return paths.artifacts / "tune"
 
 
 def storage_url(params: Params, paths: Paths) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from medflow.params import Params, tuned_file, tuned_values
@@ -23,3 +25,20 @@ def note(params: Params, paths: Paths) -> str | None:
         return None
     shown = ", ".join(f"{k}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in values.items())
     return f"tuned values in effect ({tuned_file(paths.params_file).name}): {shown}"
+
+
+def tune_dir(paths: Paths) -> Path:
+    return paths.artifacts / "tune"
+
+
+def study_of(params: Params, paths: Paths) -> dict[str, Any] | None:
+    """The study whose best trial this training is: its summary when every tuned value it wrote is in effect."""
+    file = tune_dir(paths) / "summary.json"
+    if not file.exists():
+        return None
+    summary = json.loads(file.read_text())
+    values = in_effect(params, paths)
+    if not values or values != summary.get("best_params"):
+        return None
+    keys = ("study", "metric", "trials", "best_trial", "best_value", "best_params")
+    return {k: summary[k] for k in keys}
