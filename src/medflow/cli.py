@@ -358,6 +358,37 @@ def cmd_predict(args: argparse.Namespace, tracking) -> int:
     return 0
 
 
+def cmd_monitor(args: argparse.Namespace, paths: Paths) -> int:
+    sys.path.insert(0, str(paths.root))  # flows/ is a package beside src/
+    module = importlib.import_module("flows.monitor")
+    hide_prefect_tracebacks()
+    log_to(args.log)
+    try:
+        result = module.monitor(root=str(paths.root), batch=args.batch, retrain=False if args.no_retrain else None)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        exc.medflow_step = "monitor"
+        raise
+    print(result.get("message") or result["status"])
+    if result.get("report_dir"):
+        print(f"report: {Path(result['report_dir']).relative_to(paths.root)}/report.md")
+    return 0
+
+
+def cmd_migrate_store(args: argparse.Namespace, paths: Paths) -> int:
+    from medflow.tracking.migrate import migrate
+
+    source = args.source or f"sqlite:///{paths.mlflow_db}"
+    if source.startswith("sqlite:///") and not Path(source.removeprefix("sqlite:///")).exists():
+        raise FileNotFoundError(f"migrate-store: no MLflow store at {source.removeprefix('sqlite:///')}")
+    try:
+        done = migrate(source, args.to)
+    except ValueError as exc:
+        exc.medflow_step = "migrate-store"
+        raise
+    print(f"copied to {args.to}: " + ", ".join(f"{n} {what}" for what, n in done.items()))
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace, paths: Paths) -> int:
     from medflow.pipeline import run_lock
     from medflow.tuning.search import check_overrides, short
@@ -431,6 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
     predict.add_argument("--input", required=True, help="CSV or Parquet file with the model's feature columns")
     predict.add_argument("--output", required=True, help="CSV or Parquet file to write (nothing when refused)")
+    monitor = sub.add_parser("monitor", help="drift of a new batch against the champion; retrains when it drifted")
+    monitor.add_argument("--batch", default="incoming", help="CSV/Parquet file, or a folder of them (new files)")
+    monitor.add_argument("--no-retrain", action="store_true", help="report only, whatever monitor.retrain says")
+    migrate = sub.add_parser("migrate-store", help="copy the local MLflow store (runs, registry) to a server")
+    migrate.add_argument("--to", required=True, help="target tracking URI, e.g. http://mlflow.internal:5000")
+    migrate.add_argument("--from", dest="source", help="source tracking URI (default: the project's mlruns/mlflow.db)")
     tune = sub.add_parser("tune", help="search train.* with Optuna on the train/val splits; writes params.tuned.yaml")
     with_params(tune)
     tune.add_argument("--trials", type=int, metavar="N", help="finished trials the study should hold (tune.trials)")
@@ -453,6 +490,8 @@ COMMANDS = {
     "lineage": cmd_lineage,
     "predict": cmd_predict,
     "tune": cmd_tune,
+    "monitor": cmd_monitor,
+    "migrate-store": cmd_migrate_store,
 }
 
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STEPS = ("validate", "clean", "split", "train", "evaluate", "register")
-# Folders of artifacts/ that are not a pipeline's: its steps' own, run logs, the run lock, UI screenshots.
-RESERVED = {*STEPS, "logs", "ui"}
+# Folders of artifacts/ that are not a pipeline's: its steps' own, run logs, run lock, UI screenshots, drift reports.
+RESERVED = {*STEPS, "logs", "ui", "monitor"}
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,11 @@ class Paths:
     @property
     def metrics(self) -> Path:
         return self.step_dir("evaluate") / "metrics.json"
+
+    @property
+    def monitoring(self) -> Path:
+        """Drift reports of `medflow monitor`, one folder per check, and the record of batch files checked."""
+        return self.artifacts_root / "monitor"
 
     def summary(self, step: str) -> Path:
         return self.step_dir(step) / "summary.json"

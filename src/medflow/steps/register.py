@@ -27,6 +27,7 @@ from medflow.evaluation.baselines import baseline_proba, flat_pixels
 from medflow.evaluation.metrics import bootstrap_ci, paired_bootstrap_delta, weighted_metric
 from medflow.evaluation.subgroups import group_labels, subgroup_report
 from medflow.models.bundle import Predictor
+from medflow.monitoring import reference
 from medflow.params import Params
 from medflow.paths import Paths
 from medflow.steps.clean import LABEL, ROW_ID
@@ -384,7 +385,9 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
     (out / "gate.md").write_text(gate_markdown(report))
     (out / "model_card.md").write_text(card_md)
     (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    for file in ("gate.json", "gate.md", "model_card.md", "model_card.json"):
+    # What `medflow monitor` compares new batches with: aggregates of this model's data, never rows.
+    reference.write(reference.from_pipeline(params, paths, metrics.get("threshold")), out / "reference.json")
+    for file in ("gate.json", "gate.md", "model_card.md", "model_card.json", "reference.json"):
         tracking.log_artifacts(run_id, out / file)
     tracking.describe_version(name, version, card_md)
     tracking.set_alias(name, "champion" if decision.promoted else "challenger", version)

@@ -1,0 +1,73 @@
+"""New rows to check: a CSV/Parquet file, or a folder whose files not yet checked make the batch. What was checked
+is remembered by file name and md5 in artifacts/monitor/checked.json (no rows), so a scheduled run sees only what
+arrived since the last one. A labelled batch that triggers retraining is appended to data.source."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from medflow.data.sources import read_table, sniff_delimiter
+
+SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def pending(batch: Path, state: Path) -> list[Path]:
+    """The files of a batch path not checked before (a file given by name is always checked)."""
+    if batch.is_file():
+        return [batch]
+    if not batch.is_dir():
+        raise FileNotFoundError(f"monitor: batch {batch} not found: give a CSV/Parquet file or a folder of them")
+    seen = json.loads(state.read_text()) if state.exists() else {}
+    files = sorted(p for p in batch.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    return [p for p in files if seen.get(str(p.resolve())) != _md5(p)]
+
+
+def remember(files: list[Path], state: Path) -> None:
+    seen = json.loads(state.read_text()) if state.exists() else {}
+    seen |= {str(p.resolve()): _md5(p) for p in files}
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps(seen, indent=2) + "\n")
+
+
+def read(files: list[Path], exclude: list[str]) -> pd.DataFrame:
+    """Every column as text, as `validate` reads data.source; the files must share their columns."""
+    frames = [read_table(f, exclude) for f in files]
+    first = list(frames[0].columns)
+    for f, df in zip(files[1:], frames[1:], strict=True):
+        if set(df.columns) != set(first):
+            raise ValueError(f"monitor: {f} has other columns than {files[0]}: {sorted(set(df.columns) ^ set(first))}")
+    return pd.concat([df[first] for df in frames], ignore_index=True)
+
+
+def append(source: Path, files: list[Path]) -> int:
+    """Appends the batch files' rows, in the source's column order, to the CSV/Parquet source; returns the count.
+
+    Read as text and written back as text, so values reach `validate` exactly as they arrived."""
+    parquet = source.suffix.lower() in (".parquet", ".pq")
+    if parquet:
+        old = pd.read_parquet(source).astype("string")
+        columns = list(old.columns)
+    else:
+        sep = sniff_delimiter(source.read_bytes()[:65536].decode(errors="ignore"), source.suffix)
+        columns = [c.strip() for c in pd.read_csv(source, nrows=0, dtype=str, sep=sep).columns]
+    new = pd.concat([read_table(f) for f in files], ignore_index=True)
+    missing = [c for c in columns if c not in new.columns]
+    if missing:
+        raise ValueError(f"monitor: the batch lacks column(s) {missing} of data.source {source.name}: not appended")
+    new = new[columns]
+    if parquet:
+        pd.concat([old, new.astype("string")], ignore_index=True).to_parquet(source, index=False)
+        return len(new)
+    if not source.read_bytes().endswith(b"\n"):
+        with source.open("a") as fh:
+            fh.write("\n")
+    new.to_csv(source, mode="a", header=False, index=False, sep=sep, lineterminator="\n")
+    return len(new)

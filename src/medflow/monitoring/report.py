@@ -1,0 +1,178 @@
+"""One check of a batch against the champion: the drift report (JSON-able dict), its Markdown and its plots.
+
+The report holds aggregates only (rates, PSI, KS, shares of categories the reference lists, bin counts of the
+score); the batch's rows stay in memory. Patient ids, when the batch has them, only group rows for the bootstrap.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medflow.data.features import coerce_features
+from medflow.evaluation.metrics import bootstrap_ci, patient_groups, weighted_metric
+from medflow.models.bundle import Predictor
+from medflow.monitoring import drift
+from medflow.monitoring.reference import positive_score
+from medflow.steps.clean import encode_labels
+
+
+def performance(batch: pd.DataFrame, proba: np.ndarray, ok: np.ndarray, predictor: Predictor, params) -> dict | None:
+    """The primary metric on a labelled batch with its 95% CI over patients (rows when there is no patient id)."""
+    schema, target = predictor.schema, predictor.schema.target
+    if target not in batch.columns:
+        return None
+    labelled = ok & batch[target].notna().to_numpy()
+    if labelled.sum() < params.monitor.min_rows:
+        return {"labelled_rows": int(labelled.sum()), "note": f"fewer than monitor.min_rows={params.monitor.min_rows}"}
+    y = encode_labels(batch.loc[labelled, target], schema)
+    if len(np.unique(y)) < 2:
+        return {"labelled_rows": int(labelled.sum()), "note": "one class only: no discrimination metric"}
+    pid = params.data.patient_id
+    groups = patient_groups(batch.loc[labelled, pid]) if pid and pid in batch.columns else None
+    metric = params.evaluate.primary_metric
+    p = proba[labelled]
+    value = float(weighted_metric(metric, y, p, np.ones((1, len(y))))[0])
+    lo, hi = bootstrap_ci(y, p, groups, params.evaluate.n_boot, params.seed)[metric]
+    return {
+        "metric": metric,
+        "value": value,
+        "ci_low": lo,
+        "ci_high": hi,
+        "labelled_rows": int(labelled.sum()),
+        "resampled": "patients" if groups is not None else "rows (no patient id)",
+        "prevalence": float(y.mean()) if len(predictor.classes) == 2 else None,
+    }
+
+
+def check(batch: pd.DataFrame, reference: dict, predictor: Predictor, params) -> dict:
+    """Compares a batch (raw text columns, as read) with the reference; returns the report with its decision."""
+    mp, k = params.monitor, params.validate_.small_count
+    schema = predictor.schema
+    missing = [c for c in schema.features if c not in batch.columns]
+    if missing:
+        raise ValueError(f"monitor: the batch lacks the model's feature column(s) {missing}")
+    typed = coerce_features(batch, schema)
+    features = {}
+    for col in schema.numeric:
+        features[col] = drift.numeric_drift(reference["features"][col], typed[col].to_numpy(dtype="float64"), mp)
+    for col in schema.categorical:
+        features[col] = drift.categorical_drift(reference["features"][col], typed[col], mp, k)
+    scored = predictor.score(batch)
+    ok = scored["status"].eq("ok").to_numpy()
+    proba = scored[[f"proba_{c}" for c in predictor.classes]].to_numpy(dtype="float64")
+    report = {
+        "rows": int(len(batch)),
+        "refused_rows": int((~ok).sum()),
+        "features": features,
+        "score": drift.score_drift(reference["score"], positive_score(proba[ok]), mp),
+        "performance": performance(batch, proba, ok, predictor, params),
+        "thresholds": mp.model_dump(),
+    }
+    report["retrain_because"] = drift.decide(report, mp)
+    report["drifted_features"] = [c for c, f in features.items() if f["drifted"]]
+    if report["rows"] < mp.min_rows:
+        report["status"] = f"too few rows ({report['rows']} < monitor.min_rows={mp.min_rows}): not judged"
+    elif report["retrain_because"]:
+        report["status"] = "drift: " + "; ".join(report["retrain_because"])
+    else:
+        report["status"] = "ok: no drift beyond the thresholds"
+    return report
+
+
+def _num(x, fmt: str = ".3f") -> str:
+    return "" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
+
+
+def markdown(report: dict) -> str:
+    m = report["model"]
+    lines = [
+        f"# Drift report: {m['name']} v{m['version']}",
+        "",
+        f"Batch `{report['batch']}`: {report['rows']} rows ({report['refused_rows']} refused by the model's row "
+        f"checks), checked {report['checked_at']}.",
+        "",
+        f"**Status: {report['status']}**",
+        "",
+        "| feature | kind | PSI | KS D | p-value (KS or chi-square) | null rate (change) | drifted |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for col, f in report["features"].items():
+        p = f.get("ks_pvalue", f.get("chi2_pvalue"))
+        lines.append(
+            f"| {col} | {f['kind']} | {_num(f['psi'])} | {_num(f.get('ks'))} | {_num(p, '.2g')} | "
+            f"{f['null_rate']:.3f} ({f['null_rate_change']:+.3f}) | {'yes' if f['drifted'] else ''} |"
+        )
+    new = {c: f["new_categories"] for c, f in report["features"].items() if f.get("new_categories")}
+    if new:
+        lines += ["", "New categories: " + "; ".join(f"{c}: {', '.join(v)}" for c, v in new.items())]
+    s = report["score"]
+    lines += [
+        "",
+        f"Scores: PSI {_num(s['psi'])}; predicted prevalence {_num(s['predicted_prevalence'])} "
+        f"(reference {_num(s['reference_predicted_prevalence'])}).",
+    ]
+    perf = report.get("performance")
+    if perf and "value" in perf:
+        lines += [
+            "",
+            f"Labelled rows: {perf['labelled_rows']}; {perf['metric']} {perf['value']:.3f} "
+            f"(95% CI {_num(perf['ci_low'])}-{_num(perf['ci_high'])}, resampling {perf['resampled']}).",
+        ]
+    elif perf:
+        lines += ["", f"Labelled rows: {perf['labelled_rows']} ({perf['note']})."]
+    upd = report.get("update")
+    if upd:
+        lines += ["", f"Update: {upd['summary']}"]
+    lines += [
+        "",
+        "A feature drifted when PSI (over the reference's bins, half a count added per bin) reaches the threshold "
+        "and its test (KS from the binned CDFs, conservative; chi-square for categories) is significant, or its "
+        "null rate rose. Thresholds: `monitor` in params.yaml.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plots(report: dict, reference: dict, out: Path) -> list[Path]:
+    from medflow.evaluation.plots import _pyplot, _save
+
+    plt = _pyplot()
+    out.mkdir(parents=True, exist_ok=True)
+    made = []
+    mp = report["thresholds"]
+    names = [c for c, f in report["features"].items() if f["psi"] is not None]
+    if names:
+        fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.5))
+        values = [report["features"][c]["psi"] for c in names]
+        colours = ["crimson" if report["features"][c]["drifted"] else "steelblue" for c in names]
+        ax.barh(names, values, color=colours)
+        ax.axvline(mp["psi_threshold"], color="grey", linestyle="--", label=f"threshold {mp['psi_threshold']}")
+        ax.set(xlabel="PSI (batch vs training reference)", title="Feature drift")
+        ax.legend(fontsize=8)
+        _save(fig, out / "feature_psi.png")
+        made.append(out / "feature_psi.png")
+    ref, cur = np.asarray(reference["score"]["counts"], float), np.asarray(report["score"]["counts"], float)
+    if cur.sum() and ref.sum():
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        x = np.arange(len(ref))
+        ax.bar(x - 0.2, ref / ref.sum(), width=0.4, label="reference (validation + test)")
+        ax.bar(x + 0.2, cur / cur.sum(), width=0.4, label="batch")
+        edges = [0.0, *reference["score"]["edges"], 1.0]
+        ax.set_xticks(x, [f"{a:.1f}-{b:.1f}" for a, b in zip(edges[:-1], edges[1:], strict=True)], fontsize=7)
+        ax.set(xlabel="model score", ylabel="share of rows", title="Score distribution")
+        ax.legend(fontsize=8)
+        _save(fig, out / "score.png")
+        made.append(out / "score.png")
+    return made
+
+
+def write(report: dict, reference: dict, out: Path) -> Path:
+    """report.json, report.md and plots/ in out; returns out."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    plots(report, reference, out / "plots")
+    return out

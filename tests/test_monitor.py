@@ -1,0 +1,180 @@
+"""Monitoring and updates: drift statistics from stored aggregates, and the whole loop on the synthetic cohort as a
+user runs it (`medflow monitor`): an unshifted batch -> no retraining; a shifted batch -> drift report -> retrain ->
+the candidate gated -> the decision recorded on the registry, in the report and in MLflow."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from usercmd import scratch_clone, sh
+
+from medflow.data.synthetic import synthetic_cohort
+from medflow.monitoring import drift, reference
+from medflow.params import MonitorParams
+
+# README's "Monitoring", as printed.
+MONITOR = ".venv/bin/medflow monitor --batch incoming/2026-12.csv"
+COHORT = (
+    "-P data.source=data/visits.csv -P data.target=outcome -P data.patient_id=mrn -P data.positive_class=disease "
+    "-P 'data.identifiers=[name, dob, phone]' -P register.model_name=monitored"
+)
+# A small net, few epochs; the first champion's floors are opened (this is about the loop, not the model).
+TINY = "-P train.max_epochs=4 -P train.patience=2 -P 'train.hidden=[8]' -P evaluate.n_boot=200"
+TINY += " -P register.gate.n_boot=200 -P register.min_primary=0.0 -P register.gate.baseline_margin=1"
+# No training deployment on the session's Prefect server: the monitor trains in its own process, as it says.
+TINY += " -P monitor.deployment=medflow-pipeline/not-deployed"
+SALT = {"MEDFLOW_SALT": "monitor-test-salt"}
+
+
+def visits(n_patients: int, seed: int, first_id: int) -> pd.DataFrame:
+    df = synthetic_cohort(n_patients=n_patients, seed=seed, bad_rows=False)
+    ids = {m: f"MRN{first_id + i:07d}" for i, m in enumerate(df["mrn"].unique())}  # new patients, new ids
+    return df.assign(mrn=df["mrn"].map(ids))
+
+
+def shifted(df: pd.DataFrame) -> pd.DataFrame:
+    """An older, more diabetic case mix from one site: values the suite still accepts, distributions that moved."""
+    rng = np.random.default_rng(5)
+    age = pd.to_numeric(df["age"]).clip(upper=74) + 15
+    glucose = pd.to_numeric(df["glucose"]) + 35
+    site = np.where(rng.random(len(df)) < 0.8, "north", df["site"])
+    return df.assign(age=age, glucose=glucose, site=site)
+
+
+def mp(**kw) -> MonitorParams:
+    return MonitorParams(**kw)
+
+
+def test_psi_is_zero_for_the_same_distribution_and_grows_with_a_shift():
+    ref = [50, 50, 50, 50]
+    assert drift.psi(ref, ref) == pytest.approx(0.0, abs=1e-12)
+    assert drift.psi(ref, [40, 50, 50, 60]) < drift.psi(ref, [10, 30, 60, 100])
+    assert drift.psi(ref, [0, 0, 0, 200]) > 1.0  # an emptied bin is a large shift, not an infinite one
+    assert np.isfinite(drift.psi(ref, [0, 0, 0, 200]))
+
+
+def test_bins_are_merged_until_each_holds_the_small_count_and_no_extreme_value_is_stored():
+    x = np.r_[np.linspace(0, 1, 96), [50.0, 60.0, 70.0, 1000.0]]
+    ref = reference.numeric_reference(x, bins=40, k=5)
+    assert min(ref["counts"]) >= 5 and sum(ref["counts"]) == len(x)
+    assert len(ref["edges"]) == len(ref["counts"]) - 1
+    assert not {50.0, 60.0, 70.0, 1000.0, 0.0} & set(ref["edges"])  # outer bins are open: no min, no max
+    few = reference.numeric_reference(np.array([1.0, 2.0, np.nan]), bins=10, k=5)
+    assert few["suppressed"] and few["counts"] == [] and "mean" not in few
+    cats = reference.categorical_reference(pd.Series(["a"] * 20 + ["b"] * 7 + ["c"] * 2 + ["d"] * 2), k=5)
+    assert cats["counts"] == {"a": 20, "b": 7} and cats[reference.OTHER] == 0  # a pool of 4 is itself suppressed
+
+
+def test_binned_ks_is_conservative_against_the_exact_test():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, 800), rng.normal(0.35, 1, 300)
+    ref = reference.numeric_reference(a, bins=10, k=5)
+    d, p = drift.binned_ks(ref["counts"], reference.bin_counts(b, ref["edges"]))
+    exact = stats.ks_2samp(a, b, method="asymp")
+    assert 0 < d <= exact.statistic + 1e-12 and p >= exact.pvalue
+    assert p < 0.01  # a third of a standard deviation in 300 rows is still found
+
+
+def test_categorical_drift_names_new_categories_only_above_the_small_count():
+    ref = reference.categorical_reference(pd.Series(["north"] * 40 + ["south"] * 40), k=5)
+    batch = pd.Series(["north"] * 30 + ["south"] * 10 + ["west"] * 12 + ["moon"] * 3)
+    out = drift.categorical_drift(ref, batch, mp(), k=5)
+    assert out["new_categories"] == ["west"] and out["drifted"]
+    assert out["shares"][reference.OTHER]["batch"] == pytest.approx(15 / 55)
+
+
+def test_too_small_a_batch_is_not_judged_and_the_floor_reads_the_upper_bound():
+    report = {
+        "rows": 10,
+        "features": {"age": {"drifted": True}},
+        "score": {"drifted": True, "psi": 1.0},
+        "performance": None,
+    }
+    assert drift.decide(report, mp(min_rows=50)) == []
+    report["rows"] = 500
+    report["features"] = {"age": {"drifted": False}}
+    report["score"] = {"drifted": False, "psi": 0.01}
+    report["performance"] = {"metric": "roc_auc", "value": 0.6, "ci_low": 0.5, "ci_high": 0.7}
+    assert drift.decide(report, mp(performance_floor=0.65)) == []  # the CI still reaches the floor
+    assert "below the floor 0.75" in drift.decide(report, mp(performance_floor=0.75))[0]
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory, migrated_mlflow_db, prefect_server):
+    """A clone whose champion was trained on 200 synthetic patients, with two new labelled batches waiting."""
+    root = scratch_clone(tmp_path_factory.mktemp("monitor") / "medflow", migrated_mlflow_db)
+    (root / "data").mkdir(exist_ok=True)
+    start = visits(200, seed=1, first_id=100000)
+    start.to_csv(root / "data" / "visits.csv", index=False)
+    (root / "incoming").mkdir()
+    same = visits(150, seed=2, first_id=500000)
+    same.to_csv(root / "incoming" / "2026-11.csv", index=False)
+    moved = shifted(visits(150, seed=3, first_id=700000))
+    moved.to_csv(root / "incoming" / "2026-12.csv", index=False)
+    env = SALT | {"PREFECT_API_URL": prefect_server, "OMP_NUM_THREADS": "1"}
+    done = sh(f".venv/bin/medflow run {COHORT} {TINY}", root, timeout=600, **env)
+    assert "registered monitored v1 (champion" in done.stdout, done.stdout[-2000:]
+    return root, env, {"start": start, "same": same, "moved": moved}
+
+
+def registry(root):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_an_unshifted_batch_is_reported_and_retrains_nothing(monitored):
+    root, env, _ = monitored
+    data_version = (root / "data.dvc").read_text()
+    done = sh(".venv/bin/medflow monitor --batch incoming/2026-11.csv", root, **env)
+    assert "monitored v1: ok: no drift" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "update:" not in done.stdout
+    report = json.loads(next((root / "artifacts" / "monitor").glob("*/report.json")).read_text())
+    assert report["drifted_features"] == [] and report["retrain_because"] == []
+    assert report["performance"]["labelled_rows"] > 300 and report["performance"]["resampled"] == "patients"
+    c = registry(root)
+    assert [str(v.version) for v in c.search_model_versions("name='monitored'")] == ["1"]
+    assert c.get_model_version("monitored", "1").tags["medflow.drift"].startswith("ok: no drift")
+    assert (root / "data.dvc").read_text() == data_version
+
+
+def test_a_shifted_batch_is_reported_retrains_and_the_gate_decides(monitored):
+    root, env, tables = monitored
+    before = (root / "data.dvc").read_text()
+    done = sh(MONITOR, root, timeout=600, **env)
+    out = done.stdout + done.stderr
+    assert "monitored v1: drift:" in out and "age" in out and "glucose" in out, out[-3000:]
+    assert re.search(r"update: \d+ labelled rows appended .* retrained via in-process pipeline run", out), out[-3000:]
+
+    c = registry(root)
+    v2 = c.get_model_version("monitored", "2")
+    gate = v2.tags["medflow.gate"]
+    champion = str(c.get_model_version_by_alias("monitored", "champion").version)
+    assert champion == ("2" if gate.startswith("promoted") else "1")  # the champion moves only through the gate
+    assert f"v2 {gate}" in out
+    # DVC recorded the data the candidate was trained on: the new rows are in data/ and data.dvc moved.
+    assert (root / "data.dvc").read_text() != before
+    assert len(pd.read_csv(root / "data" / "visits.csv")) == len(tables["start"]) + len(tables["moved"])
+    assert "up to date" in sh(".venv/bin/dvc status", root).stdout
+
+    folder = sorted((root / "artifacts" / "monitor").glob("*/report.json"))[-1].parent
+    report = json.loads((folder / "report.json").read_text())
+    assert {"age", "glucose", "site"} <= set(report["drifted_features"])
+    assert report["update"]["version"] == "2" and report["update"]["gate"] == gate
+    assert {p.name for p in (folder / "plots").iterdir()} == {"feature_psi.png", "score.png"}
+    tag = c.get_model_version("monitored", "1").tags["medflow.drift"]
+    assert tag.startswith("drift:") and "monitoring/" in tag
+    logged = {a.path for a in c.list_artifacts(c.get_model_version("monitored", "1").run_id, tag.split("(")[-1][:-1])}
+    assert {f"{tag.split('(')[-1][:-1]}/{f}" for f in ("report.json", "report.md")} <= logged
+
+    # Aggregates only: no identifier or record number of the batches in any report.
+    text = "".join(p.read_text() for p in (root / "artifacts" / "monitor").rglob("*.json"))
+    text += "".join(p.read_text() for p in (root / "artifacts" / "monitor").rglob("*.md"))
+    batches = pd.concat([tables["same"], tables["moved"]])
+    assert not any(str(v) in text for col in ("mrn", "name", "phone") for v in batches[col].unique())
