@@ -171,3 +171,14 @@ def test_a_trial_a_kill_left_running_is_failed_when_the_study_resumes(tmp_path):
     assert _finished(resumed) == 1 and _fail_orphans(resumed) == 1
     states = [t.state for t in optuna.load_study(storage=url, study_name="s").trials]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+
+
+def test_a_run_override_of_a_tuned_key_edits_the_tuned_file_so_that_it_takes_effect(tmp_path):
+    from medflow.cli import write_overrides
+
+    base = tmp_path / "params.yaml"
+    base.write_text("train:\n  lr: 0.001  # AdamW\n  dropout: 0.1\n")
+    tuned_file(base).write_text("# from a study\ntrain:\n  lr: 0.02\n")
+    write_overrides(base, ["train.lr=0.5", "train.dropout=0.3"])
+    assert load(base).train.lr == 0.5 and load(base).train.dropout == 0.3
+    assert "lr: 0.001  # AdamW" in base.read_text() and "# from a study" in tuned_file(base).read_text()

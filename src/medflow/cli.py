@@ -156,7 +156,23 @@ def explain(exc: BaseException) -> tuple[str, str, int]:
 
 
 def write_overrides(path: Path, overrides: list[str]) -> None:
-    """Edits params.yaml in place, comments kept, as `dvc exp run -S` does, so dvc.lock records what ran."""
+    """Edits params.yaml in place, comments kept, as `dvc exp run -S` does, so dvc.lock records what ran. A train.*
+    key that params.tuned.yaml sets is edited there instead: that file's values are layered over params.yaml's."""
+    tuned = set(params_mod.tuned_values(path))
+
+    def in_tuned(text: str) -> bool:
+        keys, _ = params_mod.parse_override(text)
+        return len(keys) == 2 and keys[0] == "train" and keys[1] in tuned
+
+    for file, texts in (
+        (path, [o for o in overrides if not in_tuned(o)]),
+        (params_mod.tuned_file(path), [o for o in overrides if in_tuned(o)]),
+    ):
+        if texts:
+            edit_yaml(file, texts)
+
+
+def edit_yaml(path: Path, overrides: list[str]) -> None:
     from ruamel.yaml import YAML
 
     yaml = YAML()
