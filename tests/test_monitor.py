@@ -27,7 +27,7 @@ COHORT = (
 TINY = "-P train.max_epochs=4 -P train.patience=2 -P 'train.hidden=[8]' -P evaluate.n_boot=200"
 TINY += " -P register.gate.n_boot=200 -P register.min_primary=0.0 -P register.gate.baseline_margin=1"
 # No training deployment on the session's Prefect server: the monitor trains in its own process, as it says.
-TINY += " -P monitor.deployment=medflow-pipeline/not-deployed"
+NOT_DEPLOYED = "-P monitor.deployment=medflow-pipeline/not-deployed"
 SALT = {"MEDFLOW_SALT": "monitor-test-salt"}
 
 
@@ -117,9 +117,26 @@ def monitored(tmp_path_factory, migrated_mlflow_db, prefect_server):
     moved = shifted(visits(150, seed=3, first_id=700000))
     moved.to_csv(root / "incoming" / "2026-12.csv", index=False)
     env = SALT | {"PREFECT_API_URL": prefect_server, "OMP_NUM_THREADS": "1"}
-    done = sh(f".venv/bin/medflow run {COHORT} {TINY}", root, timeout=600, **env)
-    assert "registered monitored v1 (champion" in done.stdout, done.stdout[-2000:]
-    return root, env, {"start": start, "same": same, "moved": moved}
+    before = {r["id"] for r in api(prefect_server, "/flow_runs/filter", {})}
+    try:
+        done = sh(f".venv/bin/medflow run {COHORT} {TINY} {NOT_DEPLOYED}", root, timeout=600, **env)
+        assert "registered monitored v1 (champion" in done.stdout, done.stdout[-2000:]
+        yield root, env, {"start": start, "same": same, "moved": moved}
+    finally:
+        # The session's server is shared: the scheduled-runs tests count from an empty one.
+        for run in api(prefect_server, "/flow_runs/filter", {}):
+            if run["id"] not in before:
+                api(prefect_server, f"/flow_runs/{run['id']}", method="DELETE")
+
+
+def api(url: str, path: str, body: dict | None = None, method: str = "POST"):
+    import urllib.request
+
+    data = json.dumps(body or {}).encode() if method == "POST" else None
+    req = urllib.request.Request(f"{url}{path}", data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as answer:
+        text = answer.read()
+    return json.loads(text) if text else None
 
 
 def registry(root):
