@@ -32,6 +32,7 @@ from medflow.tuning.tuned import tune_dir
 
 # Sections whose values change what a trial sees or does; the rest (evaluate, register, flow, ...) do not.
 STUDY_SECTIONS = ("seed", "data", "validate", "clean", "split", "train")
+REPORTS = 50  # most intermediate values a trial reports to the pruner
 
 
 def storage_url(params: Params, paths: Paths) -> str:
@@ -134,6 +135,9 @@ class Objective:
             checkpoint=None,  # a trial is cheap to redo; a killed study reruns the trial it was in
         )
         best_loss, value = math.inf, math.nan
+        # Each report is a write to the study's storage and each pruning check a read: at most ~50 per trial, at the
+        # same epochs in every trial, so that the pruner compares like with like.
+        every = max(1, train.max_epochs // REPORTS)
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
             nonlocal best_loss, value
@@ -141,9 +145,10 @@ class Objective:
             # The value of the epoch training would keep (lowest validation loss), as the train step keeps it.
             if row["val_loss"] < best_loss - 1e-6:
                 best_loss, value = row["val_loss"], row[metric]
-            trial.report(value, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+            if epoch % every == 0:
+                trial.report(value, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
         try:
             result = fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch)
