@@ -184,10 +184,17 @@ def _fail_orphans(study) -> int:
     return len(orphans)
 
 
-def _report(trial, metric: str) -> str:
+def values_of(trial, space: dict[str, Dimension]) -> dict[str, Any]:
+    """A finished trial's train values as params hold them (choices decoded from the JSON text Optuna stores)."""
+    import optuna
+
+    return suggest(optuna.trial.FixedTrial(trial.params), {k: space[k] for k in trial.params})
+
+
+def _report(trial, metric: str, space: dict[str, Dimension]) -> str:
     from optuna.trial import TrialState
 
-    shown = ", ".join(f"{k}={short(v)}" for k, v in trial.params.items())
+    shown = ", ".join(f"{k}={short(v)}" for k, v in values_of(trial, space).items())
     if trial.state == TrialState.PRUNED:
         return f"trial {trial.number}: pruned after epoch {trial.last_step} ({shown})"
     if trial.state == TrialState.COMPLETE:
@@ -290,7 +297,7 @@ def run(
                 Objective(params, data, parent, device),
                 n_trials=remaining,
                 timeout=timeout_s,
-                callbacks=[lambda s, tr: print(_report(tr, t.metric), flush=True)],
+                callbacks=[lambda s, tr: print(_report(tr, t.metric, t.space), flush=True)],
             )
     except BaseException as exc:
         tracking.end_run(parent, "FAILED" if isinstance(exc, Exception) else "KILLED")
@@ -302,13 +309,14 @@ def run(
         tracking.end_run(parent, "FAILED")
         raise ValueError(f"tune: study {name} has no complete trial; raise --trials or tune.timeout_s")
     best = study.best_trial
-    best_values = suggest(optuna.trial.FixedTrial(best.params), {k: t.space[k] for k in best.params})
+    best_values = values_of(best, t.space)
     header = [
         f"Written by `medflow tune` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: study {name}, best of "
         f"{counts['complete']} complete trial(s) ({counts['pruned']} pruned): trial {best.number}, "
         f"{t.metric} {best.value:.4f} on the validation split.",
-        "Layered over params.yaml's train section by medflow run / medflow step train / dvc repro;",
-        "replace with `train: {}` to train with params.yaml alone.",
+        f"Layered over {params_file.name}'s train section wherever it is read (medflow run, medflow step train, "
+        "dvc repro);",
+        f"replace with `train: {{}}` to train with {params_file.name} alone.",
     ]
     written = write_tuned(params_file, best_values, header)
     summary = {
