@@ -16,6 +16,7 @@ from medflow import params as params_mod
 from medflow.paths import Paths
 from medflow.pipeline import StepFailed, ensure_data, run_lock, stale_steps
 from medflow.tuning import search as search_mod
+from medflow.tuning.tuned import check_overrides
 
 UPSTREAM = ("validate", "clean", "split")
 
@@ -40,7 +41,7 @@ def tune(
     logger = get_run_logger()
     paths = Paths.for_params(root, params_file)
     file = Path(params_file) if params_file else paths.params_file
-    search_mod.check_overrides(overrides or [], file)
+    check_overrides(overrides or [], file)
     # The study starts from the params file alone: an earlier study's tuned values do not steer this one.
     params = params_mod.load(file, overrides or [], tuned=False)
     with run_lock(paths):

@@ -182,3 +182,13 @@ def test_a_run_override_of_a_tuned_key_edits_the_tuned_file_so_that_it_takes_eff
     write_overrides(base, ["train.lr=0.5", "train.dropout=0.3"])
     assert load(base).train.lr == 0.5 and load(base).train.dropout == 0.3
     assert "lr: 0.001  # AdamW" in base.read_text() and "# from a study" in tuned_file(base).read_text()
+
+
+def test_tune_refuses_an_override_of_a_section_that_shapes_the_data_before_anything_runs(tmp_path):
+    from usercmd import REPO
+
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    done = sh(f"{REPO}/.venv/bin/medflow tune --trials 2 -P data.max_rows=50", tmp_path, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "-P data.max_rows=50: a study takes train.* and tune.* overrides only" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "artifacts/tune").exists()

@@ -407,7 +407,7 @@ def cmd_migrate_store(args: argparse.Namespace, paths: Paths) -> int:
 
 def cmd_tune(args: argparse.Namespace, paths: Paths) -> int:
     from medflow.pipeline import run_lock
-    from medflow.tuning.search import check_overrides, short
+    from medflow.tuning.tuned import check_overrides, short
 
     params_file = Path(args.params) if args.params else paths.params_file
     check_overrides(args.override, params_file)

@@ -28,7 +28,7 @@ from medflow.steps.train import LOOP_SETTINGS, balanced_weights
 from medflow.tracking import study as runs
 from medflow.training.loop import FitConfig, fit, pick_device, seed_everything
 from medflow.tuning.data import TrialData, trial_data
-from medflow.tuning.tuned import tune_dir
+from medflow.tuning.tuned import short, tune_dir
 
 # Sections whose values change what a trial sees or does; the rest (evaluate, register, flow, ...) do not.
 STUDY_SECTIONS = ("seed", "data", "validate", "clean", "split", "train")
@@ -202,10 +202,6 @@ def _report(trial, metric: str, space: dict[str, Dimension]) -> str:
     return f"trial {trial.number}: {trial.state.name.lower()} ({shown})"
 
 
-def short(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
 def write_tuned(params_file: Path, best: dict[str, Any], header: list[str]) -> Path:
     """params.tuned.yaml: a train: section of the best values, YAML 1.2 as params.yaml is read."""
     from ruamel.yaml import YAML
@@ -342,13 +338,3 @@ def run(
     tracking.log_artifacts(parent, out / "summary.json")
     tracking.end_run(parent)
     return summary
-
-
-def check_overrides(overrides: list[str], params_file: Path) -> None:
-    """-P for a study may change train.* (its starting point) and tune.*; other sections shape the data it reads."""
-    for text in overrides:
-        if not text.split("=", 1)[0].strip().startswith(("train.", "tune.")):
-            raise ParamsError(
-                f"-P {text}: a study takes train.* and tune.* overrides only; other sections shape the data the "
-                f"upstream steps write: edit {params_file.name} or pass --params FILE"
-            )

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from medflow.params import Params, tuned_file, tuned_values
+from medflow.params import Params, ParamsError, tuned_file, tuned_values
 from medflow.paths import Paths
 
 
@@ -19,11 +19,15 @@ def in_effect(params: Params, paths: Paths) -> dict[str, Any]:
     return {k: v for k, v in tuned_values(paths.params_file).items() if train.get(k) == v}
 
 
+def short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
 def note(params: Params, paths: Paths) -> str | None:
     values = in_effect(params, paths)
     if not values:
         return None
-    shown = ", ".join(f"{k}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in values.items())
+    shown = ", ".join(f"{k}={short(v)}" for k, v in values.items())
     return f"tuned values in effect ({tuned_file(paths.params_file).name}): {shown}"
 
 
@@ -42,3 +46,13 @@ def study_of(params: Params, paths: Paths) -> dict[str, Any] | None:
         return None
     keys = ("study", "metric", "trials", "best_trial", "best_value", "best_params")
     return {k: summary[k] for k in keys}
+
+
+def check_overrides(overrides: list[str], params_file: Path) -> None:
+    """-P for a study may change train.* (its starting point) and tune.*; other sections shape the data it reads."""
+    for text in overrides:
+        if not text.split("=", 1)[0].strip().startswith(("train.", "tune.")):
+            raise ParamsError(
+                f"-P {text}: a study takes train.* and tune.* overrides only; other sections shape the data the "
+                f"upstream steps write: edit {params_file.name} or pass --params FILE"
+            )
