@@ -24,7 +24,7 @@ from medflow.models import vision
 from medflow.models.tabular import IMAGE_MODELS, build
 from medflow.params import Dimension, Params, ParamsError, TrainParams, tuned_file
 from medflow.paths import Paths
-from medflow.steps.train import LOOP_SETTINGS, balanced_weights
+from medflow.steps.train import LOOP_SETTINGS, balanced_weights, cpu_threads
 from medflow.tracking import study as runs
 from medflow.training.loop import FitConfig, fit, pick_device, seed_everything
 from medflow.tuning.data import TrialData, trial_data
@@ -285,6 +285,8 @@ def run(
         flush=True,
     )
     device = pick_device(params.train.device)
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(params.train, 1))  # as the train step: 1 thread for the small MLPs
     remaining = max(trials - done_before, 0)
     t0 = time.monotonic()
     try:
