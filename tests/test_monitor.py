@@ -130,13 +130,22 @@ def monitored(tmp_path_factory, migrated_mlflow_db, prefect_server):
 
 
 def api(url: str, path: str, body: dict | None = None, method: str = "POST"):
+    import time
+    import urllib.error
     import urllib.request
 
     data = json.dumps(body or {}).encode() if method == "POST" else None
     req = urllib.request.Request(f"{url}{path}", data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as answer:
-        text = answer.read()
-    return json.loads(text) if text else None
+    for attempt in range(20):
+        try:
+            with urllib.request.urlopen(req, timeout=30) as answer:
+                text = answer.read()
+            return json.loads(text) if text else None
+        except urllib.error.HTTPError as exc:
+            # The server's SQLite database answers 503 while it records the runs' events.
+            if exc.code != 503 or attempt == 19:
+                raise
+            time.sleep(1)
 
 
 def registry(root):
@@ -144,6 +153,13 @@ def registry(root):
 
     uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_a_missing_batch_is_one_line_that_names_it(monitored):
+    root, env, _ = monitored
+    done = sh(".venv/bin/medflow monitor --batch incoming/2027-01.csv", root, check=False, **env)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "monitor: batch incoming/2027-01.csv not found" in done.stderr
 
 
 def test_an_unshifted_batch_is_reported_and_retrains_nothing(monitored):

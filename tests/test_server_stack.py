@@ -138,6 +138,9 @@ def test_servers_on_postgres_a_migrated_registry_and_flows_through_a_worker(tmp_
         assert [r["state_type"] for r in monitor_runs] == ["COMPLETED"]
         assert [r["state_type"] for r in trained] == ["COMPLETED"]  # the training deployment, run by the worker
         assert trained[0]["parent_task_run_id"]  # started by the monitoring run
+        made = post(prefect_url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [monitor_runs[0]["id"]]}}})
+        report = next(a for a in made if a["key"] == "drift-report")
+        assert report["description"].startswith("drift:") and "Update: " in report["data"]
 
         server = store(mlflow_url)
         v1, v2 = (server.get_model_version("monitored", n) for n in ("1", "2"))

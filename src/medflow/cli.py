@@ -375,6 +375,12 @@ def cmd_predict(args: argparse.Namespace, tracking) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace, paths: Paths) -> int:
+    # Before Prefect starts: a mistyped batch path is a one-line error in a second, not after a server start-up.
+    params_mod.load(paths.params_file)
+    if not paths.source(args.batch).exists():
+        error = FileNotFoundError(f"batch {args.batch} not found in {paths.root}: give a CSV/Parquet file or a folder")
+        error.medflow_step = "monitor"
+        raise error
     sys.path.insert(0, str(paths.root))  # flows/ is a package beside src/
     module = importlib.import_module("flows.monitor")
     hide_prefect_tracebacks()
