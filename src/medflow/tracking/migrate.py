@@ -103,7 +103,10 @@ def migrate(src_uri: str, dst_uri: str) -> dict[str, int]:
         for number in range(1, max(found, default=0) + 1):
             v = found.get(number) or found[min(n for n in found if n > number)]  # a deleted number: a placeholder
             source, model_id = v.source, None
-            if v.source.startswith("models:/m-"):
+            if v.source.startswith("runs:/"):  # MLflow 2 versions: the model lives in the (copied) run
+                old_run, _, rest = v.source.removeprefix("runs:/").partition("/")
+                source = f"runs:/{runs.get(old_run, old_run)}/{rest}"
+            elif v.source.startswith("models:/m-"):
                 old = v.source.removeprefix("models:/")
                 if old not in logged:
                     logged[old] = _copy_logged_model(src_uri, dst, old, experiments, runs)
