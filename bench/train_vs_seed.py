@@ -1,22 +1,26 @@
-"""medflow's loop against the seed's: CIFAR-shaped uint8 data (32x32x3), cifar_convnet, the same augmentation.
+"""The pipeline's train step against the seed's loop: CIFAR-shaped uint8 data (32x32x3), cifar_convnet, the same
+augmentation, epochs and threads.
 
 The seed loop: a torch Dataset yielding PIL images with per-sample transforms (random flip, random crop with 4 px
 of zero padding, to-tensor, normalise; in PIL/numpy, as torchvision is not installed), a DataLoader with workers,
-and `.item()` per step. medflow's: uint8 data on the device, flips and translations batched on the device, no
-per-step sync; on CUDA also bf16 and channels_last. Also printed: steps/s of medflow's loop at this batch size.
+and `.item()` per step. Ours: the whole train step (`medflow step train`: MLflow run, checkpoints, bundle) with
+uint8 data on the device, flips and translations batched on the device, no per-step sync; on CUDA also bf16 and
+channels_last. Ratio = ours / seed in seconds; target <= 1 on CPU, <= 0.1 on a GPU. Also printed: the train step's
+img/s and steps/s at this batch size. Writes bench/results/train_vs_seed.json.
 
-    .venv/bin/python bench/train_vs_seed.py [--device cuda --n 50000 --workers 8]
+    .venv/bin/python bench/train_vs_seed.py [--n 2048 --pairs 5] [--device cuda --n 50000 --workers 8]
 """
 
 from __future__ import annotations
 
 import random
-import time
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import cifar_like, compare, medflow_run, parser
+from common import image_args, image_project, paired, parser, timed, train_step
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -46,7 +50,7 @@ class SeedDataset(Dataset):
         return torch.from_numpy(arr.transpose(2, 0, 1).copy()), int(self.labels[i])
 
 
-def seed_run(args, x, y, xv, yv) -> list[float]:
+def seed_run(args, x, y, xv, yv) -> None:
     device = torch.device(args.device)
     norm = ImageNormaliser.fit(x)
     loaders = [
@@ -62,9 +66,7 @@ def seed_run(args, x, y, xv, yv) -> list[float]:
     seed_everything(0, deterministic=False)
     model = build(args.model, in_shape=[3, 32, 32], n_classes=10).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    speeds = []
     for _ in range(args.epochs):
-        t0 = time.perf_counter()
         model.train()
         running = correct = 0.0
         for xb, yb in loaders[0]:
@@ -80,27 +82,34 @@ def seed_run(args, x, y, xv, yv) -> list[float]:
         with torch.no_grad():
             for xb, yb in loaders[1]:
                 correct += (model(xb.to(device)).argmax(1) == yb.to(device)).sum().item()
-        speeds.append(len(x) / (time.perf_counter() - t0))
-    return speeds
 
 
 def main() -> None:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed loop")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    x, y = cifar_like(args.n + 512)
-    data = (x[: args.n], y[: args.n], x[args.n :], y[args.n :])
-    result = compare(
-        "train_vs_seed",
-        lambda: medflow_run(args, *data, augment_flip=True, augment_translate=4),
-        lambda: seed_run(args, *data),
-        args,
-        workers=args.workers,
-    )
-    # What the seed reported: optimizer steps per second of its ConvNet at this batch size, here in medflow's loop.
-    print(f"medflow {args.model} at batch {args.batch}: {result['ours'] / args.batch:,.1f} steps/s")
+    args, data = image_args(ap)
+    gpu = args.device.startswith("cuda")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = image_project(Path(tmp), data[0], data[1], len(data[2]))
+        result = paired(
+            args.name or "train_vs_seed",
+            lambda: train_step(args, paths, augment_flip=True, augment_translate=4),
+            lambda: timed(seed_run, args, *data),
+            args.pairs,
+            target=0.1 if gpu else 1.0,
+            warmup=not args.no_warmup,
+            device=args.device,
+            model=args.model,
+            n=args.n,
+            epochs=args.epochs,
+            batch=args.batch,
+            workers=args.workers,
+            threads=torch.get_num_threads(),
+            compile=args.compile,
+        )
+    img_s = args.n * args.epochs / result["ours"]
+    # What the seed reported: optimizer steps per second of its ConvNet at this batch size, here in the train step.
+    print(f"train step, {args.model} at batch {args.batch}: {img_s:,.0f} img/s, {img_s / args.batch:,.1f} steps/s")
 
 
 if __name__ == "__main__":

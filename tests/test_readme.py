@@ -47,8 +47,6 @@ OWN_TABLE = (
 )
 DIGITS_RUN = ".venv/bin/medflow run --params examples/digits.yaml"
 DIGITS_DVC = "cp examples/digits.yaml params.yaml && .venv/bin/dvc repro"
-BENCH_BARE = ".venv/bin/python bench/train_vs_bare.py"
-BENCH_SEED = ".venv/bin/python bench/train_vs_seed.py"
 SERVE = (
     "PATH=$PWD/.venv/bin:$PATH MLFLOW_TRACKING_URI=sqlite:///mlruns/mlflow.db \\\n"
     "    mlflow models serve -m models:/medflow-breast-cancer@champion --env-manager local --port 5001 &"
@@ -68,8 +66,8 @@ RUN_ON_SERVER = ".venv/bin/medflow run --force"
 
 RUN = {
     MAKE_RUN, MAKE_TEST, MAKE_UI, OVERRIDE_RUN, DVC_REPRO, DVC_EXP_RUN, DVC_EXP_SHOW, DVC_METRICS_DIFF,
-    DVC_PARAMS_DIFF, DVC_PLOTS_SHOW, DVC_REMOTE_ADD, DVC_PUSH, SALT, OWN_TABLE, DIGITS_RUN, DIGITS_DVC, BENCH_BARE,
-    BENCH_SEED, SERVE, SCORE, CREATEDB, TRACKING_SERVER, TO_SERVER, RUN_ON_SERVER,
+    DVC_PARAMS_DIFF, DVC_PLOTS_SHOW, DVC_REMOTE_ADD, DVC_PUSH, SALT, OWN_TABLE, DIGITS_RUN, DIGITS_DVC, SERVE,
+    SCORE, CREATEDB, TRACKING_SERVER, TO_SERVER, RUN_ON_SERVER,
 }  # fmt: skip
 
 
@@ -356,13 +354,6 @@ def test_digits_as_the_dvc_pipeline(made):
     sh(DIGITS_DVC, made, timeout=600)
     assert "up to date" in sh(".venv/bin/dvc status", made).stdout
     assert json.loads((made / "artifacts/evaluate/metrics.json").read_text())["n_test"] == 270
-
-
-@pytest.mark.parametrize("command", [BENCH_BARE, BENCH_SEED])
-def test_benchmarks_run_small(clone, command):
-    out = sh(f"{command} --n 64 --repeats 1", clone, timeout=300).stdout
-    assert "ratio" in out.lower(), out
-    assert list((clone / "bench/results").glob("*.json"))
 
 
 def test_make_test_runs_ruff_and_pytest_in_a_clone(clone):

@@ -1,0 +1,131 @@
+"""`medflow run` against a bare script doing the same work (bench/bare_pipeline.py), in a scratch clone of this
+project, each a fresh process as a user runs it, interleaved: what orchestration, tracking, lineage and the
+registry cost.
+
+pipeline_overhead: `medflow run --force` on the default table / the bare script; target <= 2.
+rerun_cached: a second `medflow run` with nothing changed / the forced run just before it; target <= 0.05.
+pipeline_overhead_long (--long): the same on a generated table where the bare script trains >= 30 s; target <= 1.10.
+Both scripts train on one torch thread (medflow's default for the MLP). Writes bench/results/<name>.json.
+
+    .venv/bin/python bench/pipeline.py [--pairs 5] [--long --rows 60000 --epochs 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import lab_table, paired, run_seconds, write, write_csv
+
+from medflow.cli import write_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+BARE = [sys.executable, str(REPO / "bench" / "bare_pipeline.py")]
+
+
+def clone(dest: Path) -> Path:
+    """The project's tracked and untracked-but-not-ignored files, its own git repository, the venv linked."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for rel in filter(None, files):
+        if (REPO / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+    (dest / ".venv").symlink_to(BIN.parent, target_is_directory=True)
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):
+        subprocess.run(["git", *args], cwd=dest, env=ENV, check=True, capture_output=True)
+    return dest
+
+
+ENV = {
+    **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "MEDFLOW_"))},
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@medflow.invalid",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@medflow.invalid",
+}
+
+
+def compare(name: str, root: Path, bare: list[str], pairs: int, target: float, **extra) -> None:
+    """Pairs of (`medflow run --force`, bare script); on the default table each forced run is followed by a cached
+    `medflow run`, timed for rerun_cached."""
+    medflow = str(root / ".venv" / "bin" / "medflow")
+    cached: list[float] = []
+
+    def ours() -> float:
+        seconds = run_seconds([medflow, "run", "--force"], root, ENV)
+        if name == "pipeline_overhead":
+            cached.append((run_seconds([medflow, "run"], root, ENV), seconds))
+        return seconds
+
+    result = paired(name, ours, lambda: run_seconds(bare, root, ENV), pairs, target, warmup=False, **extra)
+    if name == "pipeline_overhead":
+        runs = cached[-pairs:]
+        ratios = sorted(c / f for c, f in runs)
+        write(
+            {
+                **{k: result[k] for k in ("pairs", "load")},
+                "name": "rerun_cached",
+                "ours": round(sorted(c for c, _ in runs)[len(runs) // 2], 4),
+                "baseline": result["ours"],
+                "ratio": round(ratios[len(ratios) // 2], 4),
+                "unit": "s",
+                "target": 0.05,
+                "spread": [round(ratios[0], 4), round(ratios[-1], 4)],
+                "what": "a second `medflow run` with nothing changed / the `medflow run --force` just before it",
+            }
+        )
+        print(f"rerun_cached: ratio {ratios[len(ratios) // 2]:.3f} (min-max {ratios[0]:.3f}-{ratios[-1]:.3f})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--long", action="store_true", help="pipeline_overhead_long: the bare script trains >= 30 s")
+    ap.add_argument("--rows", type=int, default=60_000, help="--long: rows of the generated table")
+    ap.add_argument("--epochs", type=int, default=30, help="--long: epochs (no early stop)")
+    ap.add_argument("--quick", action="store_true", help="one pair, no warm-up, a small table for --long (tests)")
+    args = ap.parse_args()
+    if args.quick:
+        args.pairs, args.rows, args.epochs = 1, 2000, 2
+    with tempfile.TemporaryDirectory() as tmp:
+        root = clone(Path(tmp) / "medflow")
+        medflow = str(root / ".venv" / "bin" / "medflow")
+        name, target, extra = "pipeline_overhead", 2.0, {}
+        bare = [*BARE, "data/breast_cancer.csv", "diagnosis", "malignant", str(Path(tmp) / "bare")]
+        if args.long:
+            name, target, extra = "pipeline_overhead_long", 1.10, {"rows": args.rows, "epochs": args.epochs}
+            (root / "data").mkdir(exist_ok=True)
+            write_csv(lab_table(args.rows), root / "data" / "labs.csv")
+            overrides = {
+                "data.source": "data/labs.csv",
+                "data.target": "outcome",
+                "data.positive_class": "yes",
+                "data.identifiers": "[visit]",
+                "train.max_epochs": args.epochs,
+                "train.patience": args.epochs,
+                "register.min_primary": "null",
+            }
+            write_overrides(root / "params.yaml", [f"{k}={v}" for k, v in overrides.items()])
+            bare = [*BARE, "data/labs.csv", "outcome", "yes", str(Path(tmp) / "bare"), "--drop", "visit"]
+            bare += ["--epochs", str(args.epochs), "--patience", str(args.epochs)]
+        if not args.quick:
+            # Warm-up: the first run in a fresh clone also writes the demo data and creates the MLflow store.
+            run_seconds([medflow, "run"], root, ENV)
+            run_seconds(bare, root, ENV)
+        compare(name, root, bare, args.pairs, target, **extra)
+
+
+if __name__ == "__main__":
+    main()

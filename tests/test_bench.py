@@ -1,0 +1,66 @@
+"""Every benchmark of the README's Performance section runs, small (--quick), as typed in a scratch clone, and
+writes its JSON: name, ours, baseline, ratio = ours / baseline in seconds, unit, target, pairs, spread, load.
+No timing is asserted (performance lives in bench/, never in tests)."""
+
+import json
+
+import pytest
+from usercmd import scratch_clone, sh
+
+PIPELINE = ".venv/bin/python bench/pipeline.py"
+PIPELINE_LONG = ".venv/bin/python bench/pipeline.py --long"
+VALIDATE = ".venv/bin/python bench/validate_throughput.py"
+LOGGING = ".venv/bin/python bench/logging_overhead.py"
+TRAIN_BARE = ".venv/bin/python bench/train_vs_bare.py"
+TRAIN_SEED = ".venv/bin/python bench/train_vs_seed.py"
+COLD = ".venv/bin/python bench/cold_start.py"
+BOOTSTRAP = ".venv/bin/python bench/evaluate_bootstrap.py"
+SCALING = ".venv/bin/python bench/scaling.py"
+REPORT = ".venv/bin/python bench/report.py"
+
+KEYS = {"name", "ours", "baseline", "ratio", "unit", "target", "pairs", "spread", "load"}
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory):
+    return scratch_clone(tmp_path_factory.mktemp("bench") / "medflow")
+
+
+def result(clone, name: str) -> dict:
+    found = json.loads((clone / "bench" / "results" / f"{name}.json").read_text())
+    assert set(found) >= KEYS and found["name"] == name
+    assert found["ours"] > 0 and found["baseline"] > 0 and found["spread"][0] <= found["ratio"] <= found["spread"][1]
+    return found
+
+
+@pytest.mark.parametrize(
+    ("command", "names"),
+    [
+        (COLD, ["cold_start"]),
+        (BOOTSTRAP, ["evaluate_bootstrap"]),
+        (LOGGING, ["logging_overhead"]),
+        (TRAIN_BARE, ["train_vs_bare"]),
+        (TRAIN_SEED, ["train_vs_seed"]),
+        (VALIDATE, ["validate_throughput"]),
+        (PIPELINE, ["pipeline_overhead", "rerun_cached"]),
+        (PIPELINE_LONG, ["pipeline_overhead_long"]),
+    ],
+)
+def test_each_paired_benchmark_writes_its_ratio_in_seconds(clone, command, names):
+    out = sh(f"{command} --quick", clone, timeout=600).stdout
+    for name in names:
+        r = result(clone, name)
+        assert r["unit"] == "s" and r["pairs"] == 1
+        if name != "rerun_cached":  # one pair: the median ratio is that pair's
+            assert r["ratio"] == pytest.approx(r["ours"] / r["baseline"], rel=0.01)
+        assert f"{name}: ratio" in out
+
+
+def test_scaling_reports_every_step_at_every_size_and_the_report_tabulates_all(clone):
+    sh(f"{SCALING} --quick", clone, timeout=600)
+    r = result(clone, "scaling")
+    assert r["rows"] == [1000, 2000]
+    assert set(r["steps"]) == {"validate", "clean", "split", "train", "evaluate", "register"}
+    assert all(m["wall_s"] > 0 and m["peak_rss_mb"] > 0 for sizes in r["steps"].values() for m in sizes.values())
+    table = sh(REPORT, clone).stdout
+    assert "| scaling |" in table
