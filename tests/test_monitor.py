@@ -211,3 +211,50 @@ def test_a_shifted_batch_is_reported_retrains_and_the_gate_decides(monitored):
     text += "".join(p.read_text() for p in (root / "artifacts" / "monitor").rglob("*.md"))
     batches = pd.concat([tables["same"], tables["moved"]])
     assert not any(str(v) in text for col in ("mrn", "name", "phone") for v in batches[col].unique())
+
+
+def test_migrate_store_keeps_version_numbers_across_a_deleted_one(tmp_path, migrated_mlflow_db, monkeypatch):
+    import shutil
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    from medflow.tracking.migrate import migrate
+
+    monkeypatch.chdir(tmp_path)  # the target's default artifact root (./mlruns) lands here
+    src_uri, dst_uri = (f"sqlite:///{shutil.copy(migrated_mlflow_db, tmp_path / n)}" for n in ("src.db", "dst.db"))
+    src = registry_at(src_uri)
+    exp = src.create_experiment("m", artifact_location=(tmp_path / "src-artifacts").as_uri())
+    run = src.create_run(exp, run_name="r").info.run_id
+    src.log_batch(run, metrics=[Metric("val_loss", v, 0, step) for step, v in enumerate((0.9, 0.7, 0.6))])
+    (tmp_path / "card.md").write_text("# card\n")
+    src.log_artifact(run, str(tmp_path / "card.md"))
+    src.set_terminated(run)
+    model = src.create_logged_model(exp, name="model", source_run_id=run)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "MLmodel").write_text("flavors: {}\n")
+    src.log_model_artifacts(model.model_id, str(tmp_path / "model"))
+    mlflow.set_tracking_uri(src_uri)  # the registry finds logged models through the process's tracking URI
+    src.create_registered_model("m", tags={"medflow.history.000001": "{}"}, description="what it is for")
+    for n in range(3):
+        src.create_model_version("m", f"models:/{model.model_id}", run, tags={"n": str(n)}, description=f"card {n}")
+    src.delete_model_version("m", "2")
+    src.set_registered_model_alias("m", "champion", "3")
+
+    assert migrate(src_uri, dst_uri) == {"experiments": 1, "runs": 1, "models": 1, "versions": 2, "aliases": 1}
+    dst = registry_at(dst_uri)
+    versions = {str(v.version): (v.tags, v.description) for v in dst.search_model_versions("name='m'")}
+    assert versions == {"1": ({"n": "0"}, "card 0"), "3": ({"n": "2"}, "card 2")}
+    assert str(dst.get_model_version_by_alias("m", "champion").version) == "3"
+    copied = dst.get_model_version("m", "3").run_id
+    assert [m.value for m in dst.get_metric_history(copied, "val_loss")] == [0.9, 0.7, 0.6]
+    assert [f.path for f in dst.list_artifacts(copied)] == ["card.md"]
+    assert dst.get_registered_model("m").tags == {"medflow.history.000001": "{}"}
+    with pytest.raises(ValueError, match=r"already has registered model\(s\) \['m'\]"):
+        migrate(src_uri, dst_uri)
+
+
+def registry_at(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)

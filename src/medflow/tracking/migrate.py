@@ -72,6 +72,7 @@ def _copy_logged_model(src_uri: str, dst, model_id: str, experiments: dict[str, 
 
 def migrate(src_uri: str, dst_uri: str) -> dict[str, int]:
     """Copies everything from src_uri to dst_uri (tracking and registry URIs alike); returns what was copied."""
+    import mlflow
     from mlflow import MlflowClient
     from mlflow.entities import ViewType
 
@@ -95,6 +96,8 @@ def migrate(src_uri: str, dst_uri: str) -> dict[str, int]:
             dst.set_experiment_tag(experiments[exp.experiment_id], k, v)
         for run in sorted(found, key=lambda r: r.info.start_time or 0):
             runs[run.info.run_id] = _copy_run(src, dst, run, experiments[exp.experiment_id])
+    # A sqlite/postgresql target's registry looks logged models up through the process's tracking URI.
+    mlflow.set_tracking_uri(dst_uri)
     versions = aliases = 0
     for model in models:
         dst.create_registered_model(model.name, tags=model.tags, description=model.description)
