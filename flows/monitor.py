@@ -39,6 +39,7 @@ def _where(path: Path, root: Path) -> str:
 # Results hold the report's status and counts, never rows.
 @task(cache_policy=NO_CACHE, persist_result=False)
 def check(root: str, batch: str) -> dict:
+    """The drift report of the batch's new rows (or of scores `medflow predict` wrote) against its model."""
     from medflow.models.bundle import Predictor
     from medflow.tracking.bundles import download_bundle
     from medflow.tracking.drift import reference_of
@@ -56,6 +57,10 @@ def check(root: str, batch: str) -> dict:
     if not files:
         return {"status": f"nothing new in {_where(given, paths.root)} since the last check", "files": []}
     rows = batches.read(files, params.data.exclude)
+    if "version" in rows.columns and set(rows.get("model", ())) == {name} and rows["version"].nunique() == 1:
+        # Scores `medflow predict` wrote are judged against the reference of the version that wrote them.
+        champion = tracking.get_version(name, str(rows["version"].iloc[0]))
+        reference = reference_of(name, champion)
     with tempfile.TemporaryDirectory() as tmp:
         predictor = Predictor(download_bundle(name, champion.version, Path(tmp)), reference["score"]["threshold"])
         report = reports.check(rows, reference, predictor, params)

@@ -177,6 +177,20 @@ def test_an_unshifted_batch_is_reported_and_retrains_nothing(monitored):
     assert (root / "data.dvc").read_text() == data_version
 
 
+def test_scores_written_by_predict_are_checked_for_prediction_drift_once(monitored):
+    root, env, _ = monitored
+    predict = ".venv/bin/medflow predict --model models:/monitored@champion --input incoming/2026-12.csv"
+    sh(f"{predict} --output scored/2026-12.csv", root, **env)
+    done = sh(".venv/bin/medflow monitor --batch scored", root, **env)
+    assert "monitored v1: drift: prediction drift" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "not retrained: the batch has no labels (outcome)" in done.stdout
+    report = json.loads(sorted((root / "artifacts" / "monitor").glob("*/report.json"))[-1].read_text())
+    assert report["features"] == {} and report["performance"] is None and report["files"] == ["scored/2026-12.csv"]
+    assert [str(v.version) for v in registry(root).search_model_versions("name='monitored'")] == ["1"]
+    again = sh(".venv/bin/medflow monitor --batch scored", root, **env)
+    assert "nothing new in scored since the last check" in again.stdout
+
+
 def test_a_shifted_batch_is_reported_retrains_and_the_gate_decides(monitored):
     root, env, tables = monitored
     before = (root / "data.dvc").read_text()

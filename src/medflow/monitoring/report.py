@@ -48,28 +48,42 @@ def performance(batch: pd.DataFrame, proba: np.ndarray, ok: np.ndarray, predicto
     }
 
 
+def is_scored(batch: pd.DataFrame, classes: list[str]) -> bool:
+    """A file `medflow predict` wrote (status and a probability per class), rather than new input rows."""
+    return {"status", "version", *(f"proba_{c}" for c in classes)} <= set(batch.columns)
+
+
 def check(batch: pd.DataFrame, reference: dict, predictor: Predictor, params) -> dict:
-    """Compares a batch (raw text columns, as read) with the reference; returns the report with its decision."""
+    """Compares a batch with the reference; returns the report with its decision. The batch is new input rows (raw
+    text columns, as read): feature, score and, labelled, performance drift; or rows `medflow predict` scored (its
+    output holds no features): score drift only."""
     mp, k = params.monitor, params.validate_.small_count
     schema = predictor.schema
-    missing = [c for c in schema.features if c not in batch.columns]
-    if missing:
-        raise ValueError(f"monitor: the batch lacks the model's feature column(s) {missing}")
-    typed = coerce_features(batch, schema)
+    columns = [f"proba_{c}" for c in predictor.classes]
     features = {}
-    for col in schema.numeric:
-        features[col] = drift.numeric_drift(reference["features"][col], typed[col].to_numpy(dtype="float64"), mp)
-    for col in schema.categorical:
-        features[col] = drift.categorical_drift(reference["features"][col], typed[col], mp, k)
-    scored = predictor.score(batch)
-    ok = scored["status"].eq("ok").to_numpy()
-    proba = scored[[f"proba_{c}" for c in predictor.classes]].to_numpy(dtype="float64")
+    if is_scored(batch, predictor.classes) and not set(schema.features) & set(batch.columns):
+        ok = batch["status"].eq("ok").to_numpy()
+        proba = batch[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype="float64")
+        perf = None
+    else:
+        missing = [c for c in schema.features if c not in batch.columns]
+        if missing:
+            raise ValueError(f"monitor: the batch lacks the model's feature column(s) {missing}")
+        typed = coerce_features(batch, schema)
+        for col in schema.numeric:
+            features[col] = drift.numeric_drift(reference["features"][col], typed[col].to_numpy(dtype="float64"), mp)
+        for col in schema.categorical:
+            features[col] = drift.categorical_drift(reference["features"][col], typed[col], mp, k)
+        scored = predictor.score(batch)
+        ok = scored["status"].eq("ok").to_numpy()
+        proba = scored[columns].to_numpy(dtype="float64")
+        perf = performance(batch, proba, ok, predictor, params)
     report = {
         "rows": int(len(batch)),
         "refused_rows": int((~ok).sum()),
         "features": features,
         "score": drift.score_drift(reference["score"], positive_score(proba[ok]), mp),
-        "performance": performance(batch, proba, ok, predictor, params),
+        "performance": perf,
         "thresholds": mp.model_dump(),
     }
     report["retrain_because"] = drift.decide(report, mp)
@@ -106,6 +120,8 @@ def markdown(report: dict) -> str:
             f"| {col} | {f['kind']} | {_num(f['psi'])} | {_num(f.get('ks'))} | {_num(p, '.2g')} | "
             f"{f['null_rate']:.3f} ({f['null_rate_change']:+.3f}) | {'yes' if f['drifted'] else ''} |"
         )
+    if not report["features"]:
+        lines += ["| (scores written by `medflow predict`: no input features to compare) | | | | | | |"]
     new = {c: f["new_categories"] for c, f in report["features"].items() if f.get("new_categories")}
     if new:
         lines += ["", "New categories: " + "; ".join(f"{c}: {', '.join(v)}" for c, v in new.items())]
