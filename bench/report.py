@@ -1,4 +1,5 @@
-"""The table of bench/results/*.json, as the README's Performance section prints it (markdown).
+"""The tables of bench/results/*.json, as the README's Performance section prints them (markdown): every ratio,
+then scaling's wall seconds and peak RSS per step and size.
 
 .venv/bin/python bench/report.py
 """
@@ -40,6 +41,14 @@ def main() -> None:
     print("|---|---:|---:|---|---|---|---|---:|---:|")
     for r in results:
         print(row(r))
+    scaling = found.get("scaling")
+    if scaling and "steps" in scaling:
+        sizes = [str(r) for r in scaling["rows"]]
+        print(f"\n| step | {' | '.join(f'{int(r):,} rows: s / peak MiB' for r in sizes)} |")
+        print("|---|" + "---:|" * len(sizes))
+        for step, by_rows in scaling["steps"].items():
+            cells = [f"{by_rows[r]['wall_s']:.2f} / {by_rows[r]['peak_rss_mb']:,}" for r in sizes]
+            print(f"| {step} | {' | '.join(cells)} |")
     missing = [n for n in ORDER if n not in {r["name"] for r in results}]
     if missing:
         print(f"\nnot in bench/results/: {', '.join(missing)}")
