@@ -127,10 +127,11 @@ def configure(paths: Paths) -> str:
 
 
 # Epoch metrics wait here and go out in one log_batch every FLUSH_S seconds: a write per epoch (a client and a
-# SQLite transaction of ~14 statements) cost a third of a small model's training time.
+# SQLite transaction of ~14 statements) cost a third of a small model's training time. They are keyed by the store
+# they were logged against: a process that moves to another store still writes them where their run lives.
 FLUSH_S = 10.0
 MAX_BATCH = 1000  # metrics per log_batch, MLflow's limit
-_pending: dict[str, list] = {}
+_pending: dict[tuple[str, str], list] = {}
 _last_flush = 0.0
 
 
@@ -144,10 +145,12 @@ def client() -> MlflowClient:
         # Without it MLflow would quietly create ./mlflow.db wherever the process happens to run.
         raise RuntimeError("medflow.tracking.configure(paths) must be called first")
     c = _RetryingClient(MlflowClient())
+    current = c.tracking_uri
     while _pending:
-        run_id, metrics = _pending.popitem()
+        (uri, run_id), metrics = _pending.popitem()
+        target = c if uri == current else _RetryingClient(MlflowClient(tracking_uri=uri, registry_uri=uri))
         for i in range(0, len(metrics), MAX_BATCH):
-            c.log_batch(run_id, metrics=metrics[i : i + MAX_BATCH])
+            target.log_batch(run_id, metrics=metrics[i : i + MAX_BATCH])
     _last_flush = time.monotonic()
     return c
 
@@ -266,10 +269,12 @@ def end_orphaned_run(run_id: str) -> bool:
 def log_epoch(run_id: str, metrics: dict[str, float], step: int) -> None:
     """Buffers one epoch's metrics, stamped with the time they were measured; they are written within FLUSH_S
     seconds, and before any other call to the store (end_run, a read) goes out."""
+    import mlflow
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    _pending.setdefault(run_id, []).extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+    batch = _pending.setdefault((mlflow.get_tracking_uri(), run_id), [])
+    batch.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
     if time.monotonic() - _last_flush >= FLUSH_S:
         client()
 
