@@ -18,6 +18,7 @@ from medflow.evaluation.metrics import (
     paired_bootstrap_delta,
     patient_groups,
     point_metrics,
+    resample_weights,
     weighted_metrics,
 )
 from medflow.evaluation.subgroups import group_labels, subgroup_report
@@ -62,6 +63,28 @@ def test_vectorised_metrics_equal_sklearn_on_a_plain_sample(sample):
         assert got[k][0] == pytest.approx(v, abs=1e-12), k
     if proba.shape[1] == 2:
         assert got["brier"][0] == pytest.approx(skm.brier_score_loss(y, proba[:, 1]), abs=1e-12)
+
+
+def test_resample_weights_draw_patients_with_replacement():
+    """Each resample draws as many patients as there are, each with chance 1/k: multinomial(k, uniform) counts,
+    shared by a patient's rows; the same seed gives the same resamples, in chunks or not."""
+    groups = np.array(["a", "b", "b", "c", "d", "d", "d"] * 3)
+    groups[::7] = [f"solo{i}" for i in range(3)]
+    _, inverse = np.unique(groups, return_inverse=True)
+    k = inverse.max() + 1
+    w = np.concatenate(list(resample_weights(groups, len(groups), 20_000, seed=3)))
+    patient = np.stack([w[:, inverse == g][:, 0] for g in range(k)], axis=1)
+    for g in range(k):
+        assert (w[:, inverse == g] == patient[:, [g]]).all()
+    assert (patient.sum(axis=1) == k).all() and (patient >= 0).all() and (patient == patient.round()).all()
+    assert patient.mean(axis=0) == pytest.approx(np.ones(k), abs=0.03)
+    assert patient.var(axis=0) == pytest.approx(np.full(k, 1 - 1 / k), abs=0.05)  # multinomial: k p (1 - p)
+    assert np.corrcoef(patient[:, 0], patient[:, 1])[0, 1] == pytest.approx(-1 / (k - 1), abs=0.03)
+    again = np.concatenate(list(resample_weights(groups, len(groups), 20_000, seed=3)))
+    other = np.concatenate(list(resample_weights(groups, len(groups), 50, seed=4)))
+    assert (again == w).all() and not (other == w[:50]).all()
+    rows = np.concatenate(list(resample_weights(None, 5, 1000, seed=0)))
+    assert rows.shape == (1000, 5) and (rows.sum(axis=1) == 5).all()
 
 
 @pytest.mark.parametrize("sample", [binary_sample, multiclass_sample])

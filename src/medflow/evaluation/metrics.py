@@ -174,8 +174,12 @@ def resample_weights(groups: np.ndarray | None, n_rows: int, n_boot: int, seed: 
     rng = np.random.default_rng(seed)
     chunk = max(1, _CHUNK_CELLS // max(n_rows, 1))
     for start in range(0, n_boot, chunk):
-        counts = rng.multinomial(k, np.full(k, 1.0 / k), size=min(chunk, n_boot - start))
-        yield counts[:, inverse].astype(float)
+        m = min(chunk, n_boot - start)
+        # k uniform draws per resample, counted: the multinomial(k, uniform) distribution, ~5x faster than
+        # rng.multinomial's per-category binomials. Offsets give each resample its own k bins of one bincount.
+        draws = rng.integers(0, k, size=(m, k)) + (np.arange(m) * k)[:, None]
+        counts = np.bincount(draws.ravel(), minlength=m * k).reshape(m, k).astype(float)
+        yield counts if groups is None else counts[:, inverse]
 
 
 def patient_groups(keys) -> np.ndarray | None:
