@@ -7,11 +7,19 @@ import pytest
 from cohort import cohort_params
 
 from medflow.data import sources
-from medflow.data.profile import build_profile, shown, univariate_auc
+from medflow.data.profile import (
+    average_ranks,
+    build_profile,
+    numeric_associations,
+    shown,
+    univariate_auc,
+    univariate_aucs,
+)
 from medflow.data.suite import Check, infer_suite
 from medflow.data.synthetic import synthetic_cohort
 from medflow.params import ValidateParams, from_dict
 from medflow.paths import Paths
+from medflow.privacy import classify
 from medflow.steps import validate
 
 PHI = ["mrn", "name", "dob", "phone", "visit_date"]
@@ -242,6 +250,68 @@ def test_univariate_auc():
     assert univariate_auc(y, np.array([4.0, 3.0, 2.0, 1.0])) == 1.0  # direction does not matter
     assert univariate_auc(y, np.array([1.0, 1.0, 1.0, 1.0])) == 0.5
     assert univariate_auc(np.array([True, True]), np.array([1.0, 2.0])) is None
+
+
+def test_vectorised_aucs_equal_one_rank_per_column():
+    """average_ranks and univariate_aucs (one argsort for every column) equal pandas' rank and univariate_auc
+    column by column, with ties, missing values and columns missing a class."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 6, size=(500, 6)).astype(float)  # few values: many ties
+    x[:, 1] = rng.normal(size=500)
+    x[rng.random(x.shape) < 0.2] = np.nan
+    x[:, 2] = np.nan
+    x[:250, 3] = np.nan
+    labels = pd.Series(rng.choice(["a", "b", "c"], size=500))
+    y = (labels == "a").to_numpy()
+    x[~y, 4] = np.nan  # only positives have a value
+    ours = average_ranks(x)
+    assert np.array_equal(np.where(np.isnan(x), np.nan, ours), pd.DataFrame(x).rank().to_numpy(), equal_nan=True)
+    got = univariate_aucs(x, y)
+    for j in range(x.shape[1]):
+        ok = ~np.isnan(x[:, j])
+        want = univariate_auc(y[ok], x[ok, j])
+        assert np.isnan(got[j]) if want is None else got[j] == pytest.approx(want, abs=1e-12), j
+    best = numeric_associations(pd.DataFrame(x, columns=list("uvwxyz")), labels, ["a", "c"])
+    for j, col in enumerate("uvwxyz"):
+        ok = ~np.isnan(x[:, j])
+        per_label = [univariate_auc((labels == p).to_numpy()[ok], x[ok, j]) for p in ("a", "c")]
+        want = max((a for a in per_label if a is not None), default=None)
+        assert best[col] == (None if want is None else round(want, 4)), col
+
+
+def _zero_padded_stacked(df):
+    """The former one-pass version over the stacked frame: the reference for the column-by-column one."""
+    cells = df.stack()
+    cells = cells[cells.astype(str).str.startswith("0")]
+    padded = cells[cells.astype(str).str.fullmatch(r"0\d{5,}")]
+    counts, present = padded.groupby(level=1).agg(["size", "nunique"]), df.notna().sum()
+    return {
+        col: classify.Suspect(col, "record numbers", int(row["size"]), int(present[col]))
+        for col, row in counts.iterrows()
+        if row["size"] >= classify.SHARE * present[col] and row["nunique"] >= 10
+    }
+
+
+def test_zero_padded_record_numbers_column_by_column_as_over_the_stacked_frame():
+    rng = np.random.default_rng(3)
+    n = 400
+    mrn = pd.Series([f"{v:07d}" for v in rng.integers(0, 200_000, n)])
+    df = pd.DataFrame(
+        {
+            "mrn": mrn,
+            "mrn_sparse": mrn.where(rng.random(n) < 0.4, "12"),  # padded in 40% of rows (>= 30%)
+            "mrn_rare": mrn.where(rng.random(n) < 0.2, "12"),  # 20%: below the share
+            "few_ids": pd.Series(rng.choice(["0123456", "0234567"], n)),  # padded, too few distinct values
+            "short": pd.Series([f"{v:04d}" for v in rng.integers(0, 99, n)]),  # zeros, too few digits
+            "decimal": pd.Series([f"{v:.6f}" for v in rng.random(n)]),  # 0.123456: a zero, not padded
+            "floats": rng.random(n),
+            "ints": rng.integers(0, 10**7, n),
+        }
+    )
+    df = df.mask(rng.random(df.shape) < 0.15)
+    got = classify._zero_padded(df)
+    assert got == _zero_padded_stacked(df)
+    assert set(got) == {"mrn", "mrn_sparse"} and got["mrn"].of == df["mrn"].notna().sum()
 
 
 def test_inferred_range_is_robust_widened_and_clipped_at_zero():

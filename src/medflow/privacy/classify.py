@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from medflow.privacy.phi import looks_like_identifier
@@ -110,18 +111,20 @@ def suspect_by_values(column: str, values: pd.Series, free_text: bool = False) -
 
 
 def _zero_padded(df: pd.DataFrame) -> dict[str, Suspect]:
-    """Record numbers hiding among plain-number columns (their leading zeros kept), all columns in one pass."""
-    if df.shape[1] == 0:
-        return {}
-    cells = df.stack()
-    cells = cells[cells.astype(str).str.startswith("0")]
-    padded = cells[cells.astype(str).str.fullmatch(r"0\d{5,}")]
-    counts, present = padded.groupby(level=1).agg(["size", "nunique"]), df.notna().sum()
-    return {
-        col: Suspect(col, "record numbers", int(row["size"]), int(present[col]))
-        for col, row in counts.iterrows()
-        if row["size"] >= SHARE * present[col] and row["nunique"] >= 10
-    }
+    """Record numbers hiding among plain-number columns (their leading zeros kept), column by column."""
+    found = {}
+    for col in df.columns:
+        if pd.api.types.is_numeric_dtype(df[col]):
+            continue  # a number's text never starts with a zero followed by digits: its leading zeros are gone
+        cells = df[col].dropna()
+        text = cells.astype(str)
+        zero = text.str.startswith("0").to_numpy(dtype=bool)
+        hit = np.zeros(len(text), dtype=bool)
+        hit[zero] = text[zero].str.fullmatch(r"0\d{5,}").to_numpy(dtype=bool)
+        n = int(hit.sum())
+        if n and n >= SHARE * len(cells) and cells[hit].nunique() >= 10:
+            found[col] = Suspect(col, "record numbers", n, len(cells))
+    return found
 
 
 def suspects(
