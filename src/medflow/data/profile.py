@@ -36,6 +36,8 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     """Ranks of each column of x (1 = smallest), tied values sharing their average rank, as pandas' rank(axis=0);
     missing values rank after every value (their ranks are not used). One argsort for the whole matrix."""
     n, m = x.shape
+    if not n:
+        return np.empty((0, m))
     cols = np.ascontiguousarray(x.T)  # one row per column: a tie group never spans two of them
     order = np.argsort(cols, axis=1)  # NaN last
     xs = np.take_along_axis(cols, order, axis=1)
