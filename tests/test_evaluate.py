@@ -15,6 +15,7 @@ from medflow.data.synthetic import synthetic_cohort
 from medflow.evaluation.metrics import (
     bootstrap_ci,
     ece,
+    metric_ci,
     paired_bootstrap_delta,
     patient_groups,
     point_metrics,
@@ -63,6 +64,13 @@ def test_vectorised_metrics_equal_sklearn_on_a_plain_sample(sample):
         assert got[k][0] == pytest.approx(v, abs=1e-12), k
     if proba.shape[1] == 2:
         assert got["brier"][0] == pytest.approx(skm.brier_score_loss(y, proba[:, 1]), abs=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["roc_auc", "pr_auc", "brier", "accuracy"])
+def test_one_metric_interval_equals_the_interval_of_all_metrics(metric):
+    y, proba = binary_sample()
+    groups = np.arange(len(y)) // 3
+    assert metric_ci(y, proba, groups, metric, n_boot=300, seed=2) == bootstrap_ci(y, proba, groups, 300, 2)[metric]
 
 
 def test_resample_weights_draw_patients_with_replacement():

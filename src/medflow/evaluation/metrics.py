@@ -219,6 +219,20 @@ def bootstrap_ci(
     return {k: _interval(np.concatenate(v)) for k, v in draws.items()}
 
 
+def metric_ci(
+    y: np.ndarray,
+    proba: np.ndarray,
+    groups: np.ndarray | None = None,
+    metric: str = "roc_auc",
+    n_boot: int = 1000,
+    seed: int = 0,
+    threshold: float | None = None,
+) -> tuple[float, float]:
+    """bootstrap_ci(...)[metric] computing that metric alone on each resample (see weighted_metric)."""
+    draws = [weighted_metric(metric, y, proba, w, threshold) for w in resample_weights(groups, len(y), n_boot, seed)]
+    return _interval(np.concatenate(draws))
+
+
 @dataclass(frozen=True)
 class Delta:
     """metric(candidate) - metric(reference) on the same rows, with its paired bootstrap interval."""

@@ -24,7 +24,7 @@ from medflow import tracking
 from medflow.data.features import Schema, coerce_features
 from medflow.data.sources import dataset_name
 from medflow.evaluation.baselines import baseline_proba, flat_pixels
-from medflow.evaluation.metrics import bootstrap_ci, paired_bootstrap_delta, weighted_metric
+from medflow.evaluation.metrics import metric_ci, paired_bootstrap_delta, weighted_metric
 from medflow.evaluation.subgroups import group_labels, subgroup_report
 from medflow.models.bundle import Predictor
 from medflow.monitoring import reference
@@ -107,7 +107,7 @@ def _baseline_features(predictor: Predictor, paths: Paths, rows: pd.DataFrame) -
 
 def _with_ci(split: TestSplit, proba: np.ndarray, metric: str, n_boot: int, seed: int) -> dict[str, float]:
     value = float(weighted_metric(metric, split.y, proba, np.ones((1, len(split.y))))[0])
-    lo, hi = bootstrap_ci(split.y, proba, split.groups, n_boot, seed)[metric]
+    lo, hi = metric_ci(split.y, proba, split.groups, metric, n_boot, seed)
     return {metric: value, "ci_low": lo, "ci_high": hi}
 
 
