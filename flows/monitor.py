@@ -50,7 +50,7 @@ def check(root: str, batch: str) -> dict:
     name = params.register.model_name
     champion = tracking.version_by_alias(name, "champion")
     if champion is None:
-        raise ValueError(f"monitor: model {name} has no champion to monitor: run `medflow run` first")
+        raise ValueError(f"model {name} has no champion to monitor: run `medflow run` first")
     reference = reference_of(name, champion)
     given = paths.source(batch)
     files = batches.pending(given, paths.monitoring / "checked.json")
@@ -63,7 +63,10 @@ def check(root: str, batch: str) -> dict:
         reference = reference_of(name, champion)
     with tempfile.TemporaryDirectory() as tmp:
         predictor = Predictor(download_bundle(name, champion.version, Path(tmp)), reference["score"]["threshold"])
-        report = reports.check(rows, reference, predictor, params)
+        try:
+            report = reports.check(rows, reference, predictor, params)
+        except ValueError as exc:
+            raise ValueError(f"{', '.join(_where(f, paths.root) for f in files)}: {exc}") from exc
     now = datetime.now(UTC)
     report |= {
         "model": {"name": name, "version": champion.version, "run_id": champion.run_id},

@@ -157,8 +157,15 @@ def test_data_dvc_is_checked_for_the_demo_and_updated_for_new_tables(tmp_path):
     ensure_data(from_dict({"data": {"source": "synthetic_cohort", "target": "outcome"}}), paths)
     assert yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"] == dir_md5(paths.data_dir) != recorded
 
+    # Rows added to the demo file (by hand, or by `medflow monitor`) are a new data version, not an error.
     (paths.data_dir / "synthetic_cohort.csv").unlink()
-    (paths.data_dir / "breast_cancer.csv").write_text("tampered\n")
+    with (paths.data_dir / "breast_cancer.csv").open("a") as fh:
+        fh.write((paths.data_dir / "breast_cancer.csv").read_text().splitlines()[1] + "\n")
     shutil.copy(REPO / "data.dvc", tmp_path / "data.dvc")
-    with pytest.raises(DataVersionError, match="no longer reproducible"):
+    ensure_data(from_dict({}), paths)
+    assert yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"] == dir_md5(paths.data_dir) != recorded
+
+    # A clone whose data.dvc records a version the demo cannot rebuild must fetch it.
+    shutil.rmtree(paths.data_dir)
+    with pytest.raises(DataVersionError, match="dvc pull"):
         ensure_data(from_dict({}), paths)

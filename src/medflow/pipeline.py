@@ -111,7 +111,8 @@ def ensure_data(params: Params, paths: Paths) -> Path | None:
     A fresh clone has no DVC remote, so the demo file is rebuilt from scikit-learn and must hash to what
     data.dvc records; a changed data/ (the user's own table) is recorded as a new data version.
     """
-    if not paths.data_dir.exists():
+    rebuilt = not paths.data_dir.exists()
+    if rebuilt:
         # A fresh clone has no DVC remote: rebuild the demo table that data.dvc records, whatever the source.
         sources.materialise_demo(sources.RECORDED_DEMO, paths.data_dir)
     # Image sources (folders, manifests, built-in sets) are resolved by the image loader in `validate`.
@@ -126,10 +127,13 @@ def ensure_data(params: Params, paths: Paths) -> Path | None:
     with Repo(str(paths.root)) as repo:
         if actual == expected:
             repo.commit(str(record), force=True)  # fills the local cache so `dvc status` is clean
-        elif {p.name for p in paths.data_dir.iterdir()} - {".gitignore"} == {f"{sources.RECORDED_DEMO}.csv"}:
+        elif rebuilt:
+            # Only a table rebuilt just now is in question: rows a user (or `medflow monitor`) added to the demo
+            # file make a new data version like any other change.
             raise DataVersionError(
-                f"{paths.data_dir}: the materialised demo data hash to {actual}, but data.dvc records {expected}; "
-                "the demo is no longer reproducible with these package versions (see constraints.txt)"
+                f"{paths.data_dir}: the rebuilt demo data hash to {actual}, but data.dvc records {expected}: "
+                "fetch that version with `dvc pull` from the project's remote, or, if data.dvc still records the "
+                "demo, it is no longer reproducible with these package versions (see constraints.txt)"
             )
         else:
             print("data/ changed since data.dvc: recording the new version (as `dvc add data` would)")

@@ -24,7 +24,7 @@ def pending(batch: Path, state: Path) -> list[Path]:
     if batch.is_file():
         return [batch]
     if not batch.is_dir():
-        raise FileNotFoundError(f"monitor: batch {batch} not found: give a CSV/Parquet file or a folder of them")
+        raise FileNotFoundError(f"batch {batch} not found: give a CSV/Parquet file or a folder of them")
     seen = json.loads(state.read_text()) if state.exists() else {}
     files = sorted(p for p in batch.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
     return [p for p in files if seen.get(str(p.resolve())) != _md5(p)]
@@ -43,7 +43,7 @@ def read(files: list[Path], exclude: list[str]) -> pd.DataFrame:
     first = list(frames[0].columns)
     for f, df in zip(files[1:], frames[1:], strict=True):
         if set(df.columns) != set(first):
-            raise ValueError(f"monitor: {f} has other columns than {files[0]}: {sorted(set(df.columns) ^ set(first))}")
+            raise ValueError(f"{f} has other columns than {files[0]}: {sorted(set(df.columns) ^ set(first))}")
     return pd.concat([df[first] for df in frames], ignore_index=True)
 
 
@@ -61,7 +61,7 @@ def append(source: Path, files: list[Path]) -> int:
     new = pd.concat([read_table(f) for f in files], ignore_index=True)
     missing = [c for c in columns if c not in new.columns]
     if missing:
-        raise ValueError(f"monitor: the batch lacks column(s) {missing} of data.source {source.name}: not appended")
+        raise ValueError(f"the batch lacks column(s) {missing} of data.source {source.name}: not appended")
     new = new[columns]
     if parquet:
         pd.concat([old, new.astype("string")], ignore_index=True).to_parquet(source, index=False)

@@ -68,7 +68,7 @@ def check(batch: pd.DataFrame, reference: dict, predictor: Predictor, params) ->
     else:
         missing = [c for c in schema.features if c not in batch.columns]
         if missing:
-            raise ValueError(f"monitor: the batch lacks the model's feature column(s) {missing}")
+            raise ValueError(f"the batch lacks the model's feature column(s) {missing}")
         typed = coerce_features(batch, schema)
         for col in schema.numeric:
             features[col] = drift.numeric_drift(reference["features"][col], typed[col].to_numpy(dtype="float64"), mp)
