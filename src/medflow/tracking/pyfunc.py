@@ -5,6 +5,7 @@ Imports mlflow at module level (a PythonModel subclass needs it), so only regist
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from importlib.metadata import version
 from pathlib import Path
@@ -67,7 +68,13 @@ def log_model(bundle: Path, threshold: float | None = None) -> str:
     schema = Schema.load(bundle / "schema.json")
     # MLflow checks explicit requirements against the environment by mapping every installed distribution to its
     # modules (~2 s a run); requirements() is read from that same environment, so the check can only pass.
-    unchecked = mock.patch.object(mlflow.utils.environment, "warn_dependency_requirement_mismatches", lambda reqs: None)
+    # Where an MLflow release renames it, the check simply runs again.
+    check = "warn_dependency_requirement_mismatches"
+    unchecked = (
+        mock.patch.object(mlflow.utils.environment, check, lambda reqs: None)
+        if hasattr(mlflow.utils.environment, check)
+        else contextlib.nullcontext()
+    )
     with warnings.catch_warnings(), unchecked:
         # Deliberate: an input example would be made of patient rows.
         warnings.filterwarnings("ignore", message=".*input example was not provided")
