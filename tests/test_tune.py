@@ -135,10 +135,20 @@ def test_tune_reads_no_test_row_and_the_next_run_trains_with_its_best_values(
     assert set(tuned) == {"hidden", "dropout", "lr", "weight_decay", "batch_size", "mixup"}
     assert tuned == summary["best_params"]
 
+    # A trial a SIGKILL cut short: RUNNING in the study's storage, its MLflow run RUNNING.
+    from mlflow import MlflowClient
+
+    store = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns/mlflow.db'}")
+    parent = store.get_run(summary["parent_run_id"])
+    killed = store.create_run(parent.info.experiment_id).info.run_id
+    cut = optuna.load_study(storage=f"sqlite:///{root / 'artifacts/tune/study.db'}", study_name=summary["study"]).ask()
+    cut.set_user_attr("mlflow_run_id", killed)
+
     # A second call resumes the same study and parent run: only the trials still missing run.
     again = sh(".venv/bin/medflow tune --trials 22", root, **env)
     again = again.stdout + again.stderr
-    assert "20 trial(s) already finished" in again
+    assert "20 trial(s) already finished, 1 left running by a kill marked failed" in again
+    assert store.get_run(killed).info.status == "KILLED"
     assert len(children(root, summary["parent_run_id"])) == 22
 
     for f in ("cleaned.parquet", "dvc.lock"):
@@ -148,7 +158,6 @@ def test_tune_reads_no_test_row_and_the_next_run_trains_with_its_best_values(
     out = done.stdout + done.stderr
     assert "train: tuned values in effect (params.tuned.yaml): " in out
     assert "steps to run: train, evaluate, register" in out
-    from mlflow import MlflowClient
 
     run_id = json.loads((root / "artifacts/train/run.json").read_text())["run_id"]
     logged = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns/mlflow.db'}").get_run(run_id).data.params

@@ -273,9 +273,9 @@ def run(
         pruner=_pruner(params),
         load_if_exists=True,
     )
+    tracking.configure(paths)  # before the orphans: their MLflow runs are marked killed
     orphans = _fail_orphans(study)
     done_before = _finished(study)
-    tracking.configure(paths)
     parent = runs.start_study_run(params, paths, name, study.user_attrs.get("mlflow_run_id"))
     study.set_user_attr("mlflow_run_id", parent)
     print(
