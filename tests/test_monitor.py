@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
-from usercmd import scratch_clone, sh
+from usercmd import VENV_BIN, free_port, scratch_clone, sh, user_env
 
 from medflow.data.synthetic import synthetic_cohort
 from medflow.monitoring import drift, reference
@@ -272,3 +274,19 @@ def registry_at(uri: str):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_migrate_store_to_a_server_that_is_not_up_is_one_line_at_once(tmp_path, migrated_mlflow_db):
+    (tmp_path / "mlruns").mkdir()
+    shutil.copy(migrated_mlflow_db, tmp_path / "mlruns/mlflow.db")
+    url = f"http://127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [str(VENV_BIN / "medflow"), "--root", str(tmp_path), "migrate-store", "--to", url],
+        capture_output=True,
+        text=True,
+        env=user_env(tmp_path),
+        timeout=60,
+    )
+    assert done.returncode == 2
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"medflow migrate-store: error: migrate-store: no MLflow server answers at {url}"), line

@@ -396,6 +396,17 @@ def cmd_monitor(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+def server_answers(url: str) -> None:
+    """MLflow's client retries an unreachable server for minutes; one look says at once whether it is up."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=10):
+            pass
+    except OSError as exc:
+        raise ValueError(f"no MLflow server answers at {url} ({exc}): start it (README: Scaling out)") from exc
+
+
 def cmd_migrate_store(args: argparse.Namespace, paths: Paths) -> int:
     from medflow.tracking.migrate import migrate
 
@@ -403,6 +414,8 @@ def cmd_migrate_store(args: argparse.Namespace, paths: Paths) -> int:
     if source.startswith("sqlite:///") and not Path(source.removeprefix("sqlite:///")).exists():
         raise FileNotFoundError(f"migrate-store: no MLflow store at {source.removeprefix('sqlite:///')}")
     try:
+        if args.to.startswith(("http://", "https://")):
+            server_answers(args.to)
         done = migrate(source, args.to)
     except ValueError as exc:
         exc.medflow_step = "migrate-store"
