@@ -14,6 +14,7 @@ from medflow.data.features import Preprocessor, Schema, coerce_features
 from medflow.data.synthetic import synthetic_cohort
 from medflow.evaluation.metrics import (
     bootstrap_ci,
+    bootstrap_draws,
     ece,
     metric_ci,
     paired_bootstrap_delta,
@@ -110,6 +111,34 @@ def test_a_weight_row_equals_sklearn_on_the_sample_it_stands_for(sample):
             assert got["sensitivity"][b] == pytest.approx(skm.recall_score(y[idx], called))
             assert got["ppv"][b] == pytest.approx(skm.precision_score(y[idx], called))
             assert got["ece"][b] == pytest.approx(ece(y[idx], proba[idx]))
+
+
+@pytest.mark.parametrize("sample", [binary_sample, multiclass_sample])
+def test_bootstrap_draws_equal_sklearn_on_each_resample_of_patients(sample):
+    """Every model is scored on the same resampled patients, each drawn patient's rows weighted by its draws,
+    ties counting half (binary_sample rounds its scores); a model's draws do not depend on the others beside it."""
+    y, proba = sample()
+    other = np.roll(proba, 7, axis=0)
+    groups = (np.arange(len(y)) // 3).astype(str)
+    draws = bootstrap_draws(y, [proba, other], groups, "roc_auc", n_boot=40, seed=4)
+    weights = np.concatenate(list(resample_weights(groups, len(y), 40, seed=4)))
+    assert draws.shape == (2, 40)
+    for b in (0, 17, 39):
+        for model, p in enumerate((proba, other)):
+            score = p[:, 1] if p.shape[1] == 2 else p
+            expected = skm.roc_auc_score(y, score, sample_weight=weights[b], multi_class="ovr", average="macro")
+            assert draws[model, b] == pytest.approx(expected, abs=1e-12), (model, b)
+    assert (bootstrap_draws(y, [other], groups, "roc_auc", n_boot=40, seed=4)[0] == draws[1]).all()
+    brier = bootstrap_draws(y, [proba, other], groups, "brier", n_boot=40, seed=4)
+    assert brier[1] == pytest.approx(weighted_metrics(y, other, weights)["brier"], abs=1e-12)
+
+
+def test_bootstrap_draws_leave_resamples_without_a_class_undefined():
+    y = np.array([0] * 9 + [1] * 3)
+    p = np.linspace(0.05, 0.95, 12)
+    draws = bootstrap_draws(y, [np.c_[1 - p, p]], None, "roc_auc", n_boot=1000, seed=1)[0]
+    weights = np.concatenate(list(resample_weights(None, len(y), 1000, seed=1)))
+    assert (np.isnan(draws) == (weights[:, y == 1].sum(axis=1) == 0)).all() and np.isnan(draws).any()
 
 
 def test_ece_is_zero_when_each_bin_predicts_its_observed_rate():

@@ -2,7 +2,8 @@
 
 A bootstrap resample is a row-weight vector: each patient drawn c times gives all their rows weight c. Every
 metric below is computed for a whole (resamples x rows) weight matrix at once, so 1,000 resamples cost a few
-sorted cumulative sums instead of 1,000 sklearn calls. With no patient id, each row is its own patient.
+cumulative sums instead of 1,000 sklearn calls; bootstrap_draws scores several models on the same resamples and
+ranks each model once. With no patient id, each row is its own patient.
 """
 
 from __future__ import annotations
@@ -58,11 +59,46 @@ def _block_sums(w: np.ndarray, truth: np.ndarray, order: np.ndarray, starts: np.
     return np.add.reduceat(wo * t, starts, axis=1), np.add.reduceat(wo * ~t, starts, axis=1)
 
 
+@dataclass(frozen=True)
+class _Ranked:
+    """One score column ranked once, reused by every resample: weights only gather and add, nothing sorts again.
+
+    Columns index the weight matrix: rows, or patients when each resample weighs patients (all their rows alike).
+    """
+
+    neg: np.ndarray  # weight column of each negative row, by ascending score
+    pos: np.ndarray  # weight column of each positive row, by ascending score
+    below: np.ndarray  # per positive: negatives scored strictly lower
+    tied: np.ndarray  # the positives that share their score with a negative
+    through: np.ndarray  # per tied positive: negatives scored lower or equal
+
+    @classmethod
+    def of(cls, truth: np.ndarray, score: np.ndarray, columns: np.ndarray | None = None) -> _Ranked:
+        truth = truth.astype(bool)
+        columns = np.arange(len(score)) if columns is None else columns
+        neg_order = np.argsort(score[~truth], kind="stable")
+        pos_order = np.argsort(score[truth], kind="stable")
+        neg_score, pos_score = score[~truth][neg_order], score[truth][pos_order]
+        below = np.searchsorted(neg_score, pos_score, "left")
+        through = np.searchsorted(neg_score, pos_score, "right")
+        tied = np.flatnonzero(through > below)
+        return cls(columns[~truth][neg_order], columns[truth][pos_order], below, tied, through[tied])
+
+    def auc(self, w: np.ndarray) -> np.ndarray:
+        """ROC-AUC per weight row: each positive earns the negative weight below it, half of that tied with it."""
+        cum = np.zeros((len(w), len(self.neg) + 1))
+        np.cumsum(w[:, self.neg], axis=1, out=cum[:, 1:])
+        wp = w[:, self.pos]
+        right = np.einsum("ij,ij->i", wp, cum[:, self.below])
+        if len(self.tied):
+            half = cum[:, self.through] - cum[:, self.below[self.tied]]
+            right += 0.5 * np.einsum("ij,ij->i", wp[:, self.tied], half)
+        return _ratio(right, wp.sum(axis=1) * cum[:, -1])
+
+
 def weighted_roc_auc(truth: np.ndarray, score: np.ndarray, w: np.ndarray) -> np.ndarray:
     """ROC-AUC per weight row: the weighted share of (positive, negative) pairs ranked right, ties counting half."""
-    pos, neg = _block_sums(w, truth.astype(bool), *_tie_blocks(score, descending=False))
-    below = np.cumsum(neg, axis=1) - neg
-    return _ratio((pos * (below + 0.5 * neg)).sum(axis=1), pos.sum(axis=1) * neg.sum(axis=1))
+    return _Ranked.of(truth, score).auc(w)
 
 
 def weighted_average_precision(truth: np.ndarray, score: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -164,13 +200,16 @@ def weighted_metric(
     return found[name]
 
 
-def resample_weights(groups: np.ndarray | None, n_rows: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
-    """Chunks of bootstrap row weights: patients drawn with replacement, each row weighted by its patient's draws."""
+def _patients(groups: np.ndarray | None, n_rows: int) -> tuple[np.ndarray | None, int]:
+    """Each row's patient index (None: each row is its own patient) and the number of patients."""
     if groups is None:
-        inverse, k = np.arange(n_rows), n_rows
-    else:
-        _, inverse = np.unique(groups, return_inverse=True)
-        k = int(inverse.max()) + 1 if n_rows else 0
+        return None, n_rows
+    _, inverse = np.unique(groups, return_inverse=True)
+    return inverse, int(inverse.max()) + 1 if n_rows else 0
+
+
+def _resample_counts(k: int, n_rows: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Chunks of (resamples x patients) draw counts; the chunk size bounds the row weights they expand to."""
     rng = np.random.default_rng(seed)
     chunk = max(1, _CHUNK_CELLS // max(n_rows, 1))
     for start in range(0, n_boot, chunk):
@@ -178,8 +217,48 @@ def resample_weights(groups: np.ndarray | None, n_rows: int, n_boot: int, seed: 
         # k uniform draws per resample, counted: the multinomial(k, uniform) distribution, ~5x faster than
         # rng.multinomial's per-category binomials. Offsets give each resample its own k bins of one bincount.
         draws = rng.integers(0, k, size=(m, k)) + (np.arange(m) * k)[:, None]
-        counts = np.bincount(draws.ravel(), minlength=m * k).reshape(m, k).astype(float)
-        yield counts if groups is None else counts[:, inverse]
+        yield np.bincount(draws.ravel(), minlength=m * k).reshape(m, k).astype(float)
+
+
+def resample_weights(groups: np.ndarray | None, n_rows: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Chunks of bootstrap row weights: patients drawn with replacement, each row weighted by its patient's draws."""
+    inverse, k = _patients(groups, n_rows)
+    for counts in _resample_counts(k, n_rows, n_boot, seed):
+        yield counts if inverse is None else counts[:, inverse]
+
+
+def bootstrap_draws(
+    y: np.ndarray,
+    probas: list[np.ndarray],
+    groups: np.ndarray | None = None,
+    metric: str = "roc_auc",
+    n_boot: int = 1000,
+    seed: int = 0,
+    threshold: float | None = None,
+) -> np.ndarray:
+    """metric (a key of weighted_metrics) of each model on the same n_boot resamples: (models, n_boot), NaN where
+    a resample leaves it undefined. probas: (rows, classes) probabilities of each model on the same rows.
+
+    Every model sees the resamples of resample_weights(groups, len(y), n_boot, seed), so one call serves each
+    model's interval and every paired difference. ROC-AUC ranks each model once and weighs patients directly: a
+    resample costs a few passes over the rows per model, not a sort.
+    """
+    if metric != "roc_auc":
+        parts = [
+            [weighted_metric(metric, y, p, w, threshold) for p in probas]
+            for w in resample_weights(groups, len(y), n_boot, seed)
+        ]
+    else:
+        inverse, k = _patients(groups, len(y))
+        # Multiclass: the macro average of one-vs-rest AUCs, as weighted_metrics.
+        n_classes = probas[0].shape[1] if probas else 2
+        classes = [1] if n_classes == 2 else range(n_classes)
+        ranked = [[_Ranked.of(y == c, p[:, c], inverse) for c in classes] for p in probas]
+        parts = [
+            [np.mean([r.auc(counts) for r in model], axis=0) for model in ranked]
+            for counts in _resample_counts(k, len(y), n_boot, seed)
+        ]
+    return np.concatenate(parts, axis=1) if parts else np.empty((len(probas), 0))
 
 
 def patient_groups(keys) -> np.ndarray | None:
@@ -191,7 +270,8 @@ def patient_groups(keys) -> np.ndarray | None:
     return keys.mask(missing, "\0row" + keys.index.astype(str)).to_numpy(dtype=str)
 
 
-def _interval(draws: np.ndarray) -> tuple[float, float]:
+def interval(draws: np.ndarray) -> tuple[float, float]:
+    """The 95% percentile interval of bootstrap draws, leaving out the NaN of resamples where a metric is undefined."""
     ok = draws[~np.isnan(draws)]
     if not len(ok):
         return float("nan"), float("nan")
@@ -216,7 +296,7 @@ def bootstrap_ci(
     for w in resample_weights(groups, len(y), n_boot, seed):
         for k, v in weighted_metrics(y, proba, w, threshold, n_bins).items():
             draws.setdefault(k, []).append(v)
-    return {k: _interval(np.concatenate(v)) for k, v in draws.items()}
+    return {k: interval(np.concatenate(v)) for k, v in draws.items()}
 
 
 def metric_ci(
@@ -228,9 +308,8 @@ def metric_ci(
     seed: int = 0,
     threshold: float | None = None,
 ) -> tuple[float, float]:
-    """bootstrap_ci(...)[metric] computing that metric alone on each resample (see weighted_metric)."""
-    draws = [weighted_metric(metric, y, proba, w, threshold) for w in resample_weights(groups, len(y), n_boot, seed)]
-    return _interval(np.concatenate(draws))
+    """bootstrap_ci(...)[metric] computing that metric alone on each resample (see bootstrap_draws)."""
+    return interval(bootstrap_draws(y, [proba], groups, metric, n_boot, seed, threshold)[0])
 
 
 @dataclass(frozen=True)
@@ -262,11 +341,13 @@ def paired_bootstrap_delta(
     if proba_candidate.shape != proba_reference.shape or len(y) != len(proba_candidate):
         raise ValueError(f"paired scores need the same rows: {proba_candidate.shape} vs {proba_reference.shape}")
     one = np.ones((1, len(y)))
-    point = [weighted_metric(metric, y, p, one, threshold)[0] for p in (proba_candidate, proba_reference)]
-    parts = []
-    for w in resample_weights(groups, len(y), n_boot, seed):
-        a = weighted_metric(metric, y, proba_candidate, w, threshold)
-        parts.append(a - weighted_metric(metric, y, proba_reference, w, threshold))
-    d = np.concatenate(parts)
-    lo, hi = _interval(d)
-    return Delta(metric, float(point[0] - point[1]), lo, hi, int((~np.isnan(d)).sum()))
+    pair = [proba_candidate, proba_reference]
+    point = [float(weighted_metric(metric, y, p, one, threshold)[0]) for p in pair]
+    return paired_delta(metric, point, bootstrap_draws(y, pair, groups, metric, n_boot, seed, threshold))
+
+
+def paired_delta(metric: str, point: list[float], draws: np.ndarray) -> Delta:
+    """The Delta of two models from their point values and their draws on the same resamples (2 x n_boot)."""
+    d = draws[0] - draws[1]
+    lo, hi = interval(d)
+    return Delta(metric, point[0] - point[1], lo, hi, int((~np.isnan(d)).sum()))

@@ -24,7 +24,7 @@ from medflow import tracking
 from medflow.data.features import Schema, coerce_features
 from medflow.data.sources import dataset_name
 from medflow.evaluation.baselines import baseline_proba, flat_pixels
-from medflow.evaluation.metrics import metric_ci, paired_bootstrap_delta, weighted_metric
+from medflow.evaluation.metrics import Delta, bootstrap_draws, interval, paired_delta, weighted_metric
 from medflow.evaluation.subgroups import group_labels, subgroup_report
 from medflow.models.bundle import Predictor
 from medflow.monitoring import reference
@@ -105,19 +105,6 @@ def _baseline_features(predictor: Predictor, paths: Paths, rows: pd.DataFrame) -
     return predictor.preprocessor.transform(coerce_features(rows, predictor.schema))
 
 
-def _with_ci(split: TestSplit, proba: np.ndarray, metric: str, n_boot: int, seed: int) -> dict[str, float]:
-    value = float(weighted_metric(metric, split.y, proba, np.ones((1, len(split.y))))[0])
-    lo, hi = metric_ci(split.y, proba, split.groups, metric, n_boot, seed)
-    return {metric: value, "ci_low": lo, "ci_high": hi}
-
-
-def _comparison(split: TestSplit, cand: np.ndarray, ref: np.ndarray, name: str, test: str, margin: float, params):
-    delta = paired_bootstrap_delta(
-        split.y, cand, ref, split.groups, params.evaluate.primary_metric, params.register.gate.n_boot, params.seed
-    )
-    return Comparison(name, delta, test, margin)
-
-
 def gate_evidence(
     params: Params, paths: Paths, metrics: dict, champion: tracking.Version | None, differs: str | None
 ) -> tuple[Comparison | None, tuple[str, ...], dict]:
@@ -137,14 +124,7 @@ def gate_evidence(
         n_classes,
         params.seed,
     )
-    models = {"candidate": _with_ci(split, cand, metric, gp.n_boot, params.seed)}
-    for b, proba in baselines.items():
-        models[f"baseline {b}"] = _with_ci(split, proba, metric, gp.n_boot, params.seed)
-    # Candidate minus each baseline on the same resampled patients: the model card shows them side by side.
-    deltas = {
-        f"baseline {b}": paired_bootstrap_delta(split.y, cand, proba, split.groups, metric, gp.n_boot, params.seed)
-        for b, proba in baselines.items()
-    }
+    probas = {"candidate": cand} | {f"baseline {b}": proba for b, proba in baselines.items()}
 
     comparison, champion_proba, note = None, None, None
     if champion is not None and differs:
@@ -158,14 +138,30 @@ def gate_evidence(
             note = f"champion v{champion.version} could not be re-scored ({type(exc).__name__})"
             log.warning("register: %s", note)
         if champion_proba is not None:
-            ref = f"champion v{champion.version}"
-            models[ref] = _with_ci(split, champion_proba, metric, gp.n_boot, params.seed)
-            comparison = _comparison(split, cand, champion_proba, ref, gp.test, gp.margin, params)
-    else:
+            probas[f"champion v{champion.version}"] = champion_proba
+
+    # Every model on the same resampled patients, drawn once: each interval and each paired difference reads
+    # these draws, the very ones a bootstrap of its own with the same seed would make.
+    one = np.ones((1, len(split.y)))
+    point = {who: float(weighted_metric(metric, split.y, p, one)[0]) for who, p in probas.items()}
+    every = bootstrap_draws(split.y, list(probas.values()), split.groups, metric, gp.n_boot, params.seed)
+    draws = dict(zip(probas, every, strict=True))
+    models = {}
+    for who, d in draws.items():
+        lo, hi = interval(d)
+        models[who] = {metric: point[who], "ci_low": lo, "ci_high": hi}
+
+    def versus(ref: str) -> Delta:
+        return paired_delta(metric, [point["candidate"], point[ref]], np.stack([draws["candidate"], draws[ref]]))
+
+    # Candidate minus each baseline: the model card shows them side by side.
+    deltas = {f"baseline {b}": versus(f"baseline {b}") for b in baselines}
+    if champion_proba is not None:
+        ref = f"champion v{champion.version}"
+        comparison = Comparison(ref, versus(ref), gp.test, gp.margin)
+    elif champion is None:
         best = max(baselines, key=lambda b: np.nan_to_num(models[f"baseline {b}"][metric], nan=-np.inf))
-        comparison = _comparison(
-            split, cand, baselines[best], f"baseline {best}", "non_inferiority", gp.baseline_margin, params
-        )
+        comparison = Comparison(f"baseline {best}", deltas[f"baseline {best}"], "non_inferiority", gp.baseline_margin)
 
     regressions, subgroups = (), []
     threshold = metrics.get("threshold")

@@ -2,10 +2,10 @@
 
 The reference is the champion re-scored on the current test split, or, with no champion yet, the best simple
 baseline fitted on the same train split. A paired patient bootstrap of delta = metric(candidate) - metric(reference)
-decides (evaluation.metrics.paired_bootstrap_delta); this module only reads its result, so the rule is testable
-on synthetic numbers. Under `superiority` a tie never promotes. A candidate that is not comparable with the
-champion (another dataset or input schema), or that comes from an exploratory run, is a challenger at most: moving
-`champion` to it takes `medflow promote`.
+decides (evaluation.metrics.paired_delta of both models' draws on the same resamples); this module only reads its
+result, so the rule is testable on synthetic numbers. Under `superiority` a tie never promotes. A candidate that is
+not comparable with the champion (another dataset or input schema), or that comes from an exploratory run, is a
+challenger at most: moving `champion` to it takes `medflow promote`.
 """
 
 from __future__ import annotations
