@@ -91,6 +91,23 @@ def test_sigterm_stops_training_within_seconds_marks_the_mlflow_run_killed_and_s
         pass
 
 
+def test_ctrl_c_in_a_terminal_stops_the_run_and_its_temporary_server_within_seconds(clone):
+    checkpoint = clone / "artifacts/.checkpoints/train.pt"
+    checkpoint.unlink(missing_ok=True)  # the last test's: this run's own one says training is under way
+    proc = start(".venv/bin/medflow run -P train.max_epochs=100000 -P train.patience=100000", clone)
+    wait_for(checkpoint.exists, proc)
+    t0 = time.monotonic()
+    # Ctrl-C (and `timeout`) signal the terminal's whole foreground process group, not one process.
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert time.monotonic() - t0 < 20, err[-3000:]
+    assert proc.returncode == 130
+    assert one_error_line(err).startswith("medflow run: error: train interrupted")
+    port = int(re.search(r"temporary server on http://127\.0\.0\.1:(\d+)", err).group(1))
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
+
+
 def test_a_run_killed_during_evaluate_resumes_at_evaluate_without_retraining(clone):
     evaluate = clone / "artifacts/evaluate"
     marker = evaluate / "left-by-the-last-run"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import functools
 import importlib
 import json
 import logging
@@ -13,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from medflow import orchestration
 from medflow import params as params_mod
 from medflow.paths import STEPS, Paths
 
@@ -45,11 +48,15 @@ def load_flow(paths: Paths, log: Path | None = None):
     hide_prefect_tracebacks()
     if log:
         log_to(log)
+    from medflow import tracking
+
+    steps = [functools.partial(importlib.import_module, f"medflow.steps.{name}") for name in STEPS]
+    orchestration.server_ready(meanwhile=[*steps, functools.partial(tracking.configure, paths)])
     return module
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that every step's cleanup (MLflow run status, temporary server) runs."""
+    """SIGTERM or SIGINT, raised like Ctrl-C so that every step's cleanup (MLflow run status, temporary server) runs."""
 
 
 def on_signal(signum: int, frame) -> None:
@@ -71,15 +78,13 @@ class OnlyOurErrors(logging.Filter):
 
 
 def stop_temporary_server() -> None:
-    """Prefect stops its temporary server at exit; stopping it here puts medflow's message last and leaves no
-    server listening even when the interpreter's exit is cut short."""
-    server = sys.modules.get("prefect.server.api.server")
-    if server is not None:
+    """Stops the temporary server once the run's last log records reached it; before medflow's own last line, and
+    even when the interpreter's exit is cut short."""
+    if "prefect.logging.handlers" in sys.modules:
         from prefect.logging.handlers import APILogWorker
 
-        APILogWorker.drain_all(timeout=5)  # the run's last log records, while the server can still take them
-        for instance in list(server.SubprocessASGIServer._instances.values()):
-            instance.stop()
+        APILogWorker.drain_all(timeout=5)
+    orchestration.stop_server()
 
 
 def hide_prefect_tracebacks() -> None:
@@ -205,6 +210,7 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         recorded = not args.params or Path(args.params).resolve() == paths.params_file.resolve()
         if recorded and not args.force and up_to_date(paths, params_file):
             return 0
+        orchestration.start_server(Path(os.environ["PREFECT_HOME"]))
         flows = load_flow(paths, args.log)
         result = flows.pipeline(
             root=str(paths.root),
@@ -381,10 +387,12 @@ def cmd_monitor(args: argparse.Namespace, paths: Paths) -> int:
         error = FileNotFoundError(f"batch {args.batch} not found in {paths.root}: give a CSV/Parquet file or a folder")
         error.medflow_step = "monitor"
         raise error
+    orchestration.start_server(Path(os.environ["PREFECT_HOME"]))
     sys.path.insert(0, str(paths.root))  # flows/ is a package beside src/
     module = importlib.import_module("flows.monitor")
     hide_prefect_tracebacks()
     log_to(args.log)
+    orchestration.server_ready()
     try:
         result = module.monitor(root=str(paths.root), batch=args.batch, retrain=False if args.no_retrain else None)
     except (ValueError, KeyError, FileNotFoundError) as exc:
@@ -432,6 +440,7 @@ def cmd_tune(args: argparse.Namespace, paths: Paths) -> int:
     check_overrides(args.override, params_file)
     params_mod.load(params_file, args.override, tuned=False)  # a bad key fails before anything starts
     with run_lock(paths, args.wait):
+        orchestration.start_server(Path(os.environ["PREFECT_HOME"]))
         load_flow(paths, args.log)
         flows = importlib.import_module("flows.tune")
         s = flows.tune(
@@ -531,13 +540,29 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = command(argv)
+    if argv is None:  # the `medflow` executable, not a caller in the same process
+        # Freeing torch's, MLflow's, Prefect's and GX's module state at interpreter teardown takes ~1.6 s that the
+        # OS does at once; atexit handlers still run (temporary folders, log files).
+        atexit._run_exitfuncs()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     paths = Paths(root=Path(args.root))
     quiet_tools(paths)
     args.log = log = log_file(paths, args.command)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
-        return COMMANDS[args.command](args, paths)
+        code = COMMANDS[args.command](args, paths)
+        stop_temporary_server()
+        return code
     except (Exception, KeyboardInterrupt) as exc:
         log_to(log)
         logging.getLogger("medflow").error("medflow %s failed", args.command, exc_info=exc)

@@ -1,0 +1,134 @@
+"""Prefect's temporary API server, started by medflow as the command begins rather than by Prefect at its first call.
+
+Without PREFECT_API_URL, Prefect starts the same uvicorn server itself when the flow first calls its API: the
+command waits ~3 s for it after ~2 s of imports, and imports the server's app in the command's process too.
+Started here, before the flows and the libraries they use are imported, it comes up on another core meanwhile.
+It runs in a session of its own, so a Ctrl-C or a `timeout` sent to the terminal's process group stops medflow,
+which then stops the server, instead of killing the server under a run that then retries it for minutes; and it
+gets SIGTERM from the kernel when medflow dies, however it dies, so no server outlives its command.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+# Set while PREFECT_API_URL points at this command's own temporary server, which holds no deployments or workers.
+TEMPORARY = "MEDFLOW_PREFECT_TEMPORARY"
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class TemporaryServer:
+    """One Prefect API server for the life of this command, on a free local port, with no UI."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.started = time.monotonic()
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+        self._launch()
+        os.environ["PREFECT_API_URL"] = self.api_url
+        os.environ[TEMPORARY] = "1"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def _launch(self) -> None:
+        # The socket is bound here and handed over: no other process can take the port between choosing and
+        # binding it, and a request made before the server is up waits in the queue instead of being refused.
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(128)
+            self.port = sock.getsockname()[1]
+            env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"}
+            env |= {"PREFECT__SERVER_FINAL": "1", "PREFECT_HOME": str(self.home)}
+            command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
+            command += ["--fd", str(sock.fileno()), "--log-level", "error", "--lifespan", "on"]
+            print(f"Starting temporary server on http://127.0.0.1:{self.port}", file=sys.stderr, flush=True)
+            self.process = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                pass_fds=(sock.fileno(),),
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+
+    def wait(self, meanwhile: Iterable[Callable[[], object]] = ()) -> None:
+        """Returns once the server answers, calling `meanwhile` one by one while it does not; the start-up limit
+        counts from the launch, as Prefect's does."""
+        limit = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90"))
+        chores = iter(meanwhile)
+        while time.monotonic() - self.started < limit:
+            code = self.process.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"Prefect's temporary server exited with code {code} as it started (its error is printed above); "
+                    "or start one with `prefect server start` and set PREFECT_API_URL"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=0.2 if chores else 2) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            chore = next(chores, None)
+            if chore is None:
+                chores = None
+                time.sleep(0.05)
+            else:
+                chore()
+        # explain() in the CLI turns this message into its one-line advice.
+        raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+        if os.environ.get(TEMPORARY):
+            del os.environ[TEMPORARY], os.environ["PREFECT_API_URL"]
+
+
+_server: TemporaryServer | None = None
+
+
+def start_server(home: Path) -> None:
+    """Starts the temporary server unless PREFECT_API_URL names one already."""
+    global _server
+    if os.environ.get("PREFECT_API_URL") or _server is not None:
+        return
+    _server = TemporaryServer(home)
+
+
+def server_ready(meanwhile: Iterable[Callable[[], object]] = ()) -> None:
+    """Waits for the temporary server, if this command started one; the server takes ~2.6 s to import its app on
+    another core, time that `meanwhile` (the steps' own imports) fills."""
+    if _server is not None:
+        _server.wait(meanwhile)
+
+
+def stop_server() -> None:
+    global _server
+    if _server is not None:
+        _server.stop()
+        _server = None
