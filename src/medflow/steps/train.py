@@ -159,7 +159,7 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
         if not (df["_split"] == name).any():
             raise ValueError(f"{paths.manifest}: the {name} split is empty; enlarge the data or split.{name}")
     x, y, pre, config = features(params, paths, df, schema)
-    seed_everything(params.seed, p.deterministic)
+    seed_everything(params.seed, p.deterministic, p.compile)
     model = build(**config)
     ckpt = paths.checkpoint
     balanced = p.class_weights == "balanced"
