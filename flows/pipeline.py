@@ -26,6 +26,10 @@ RETRIED = {"train", "register"}
 PERMANENT = (params_mod.ParamsError, ValueError, KeyError, FileNotFoundError, TimeoutError)
 
 
+# Recorded before the next step starts: a run killed just after them would otherwise repeat them.
+RECORD_FIRST = {"train"}
+
+
 def transient(task, task_run, state) -> bool:
     return not isinstance(state.result(raise_on_failure=False), PERMANENT)
 
@@ -39,6 +43,13 @@ def step(name: str, params: dict, root: str, pipeline: str = "") -> dict:
 @task(cache_policy=NO_CACHE, persist_result=False)
 def record(name: str, root: str) -> None:
     record_in_dvc(Paths(root=Path(root)), [name])
+
+
+def settle(name: str, future) -> None:
+    try:
+        future.result()
+    except Exception as exc:
+        raise StepFailed(name, exc) from exc
 
 
 def model_link(model_name: str, version: str | int) -> str:
@@ -97,20 +108,26 @@ def pipeline(
         f = params.flow
         retry = {"retries": f.retries, "retry_delay_seconds": exponential_backoff(f.retry_delay_s)}
         retry["retry_condition_fn"] = transient
-        summaries = {}
+        summaries, records = {}, []
         for name in todo:
             timeout = f.train_timeout_s if name == "train" else f.timeout_s
             run = step.with_options(name=name, timeout_seconds=timeout, **(retry if name in RETRIED else {}))
             try:
                 summaries[name] = run(name, params.as_dict(), str(paths.root), paths.pipeline)
-                if recorded:
-                    record.with_options(name=f"record-{name}", timeout_seconds=f.timeout_s, **retry)(
-                        name, str(paths.root)
-                    )
             except Exception as exc:
                 raise StepFailed(name, exc) from exc
             except BaseException as exc:  # an interrupt: named, not wrapped, so that it still stops everything
                 exc.medflow_step = name
                 raise
+            if recorded:
+                # Recorded in a thread while the next step runs (hashing and YAML leave the GIL to its numpy and
+                # torch), one record after the other; a step never touches the files of the ones before it.
+                options = {"name": f"record-{name}", "timeout_seconds": f.timeout_s, **retry}
+                after = [records[-1][1]] if records else []
+                records.append((name, record.with_options(**options).submit(name, str(paths.root), wait_for=after)))
+                if name in RECORD_FIRST:
+                    settle(*records[-1])
+        for name, future in records:
+            settle(name, future)
         publish(summaries)
         return summaries
