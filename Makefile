@@ -20,10 +20,12 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # A linked .venv (a scratch clone or worktree borrowing another checkout's venv) is that checkout's to install:
 # installing from here would repoint its editable medflow at this folder.
 ifeq ($(shell test -L $(VENV) && echo linked),linked)
-setup: ;
+setup:
 else
 setup: $(STAMP)
 endif
+	@# Where PYTHONDONTWRITEBYTECODE is set (CI images, containers) every run would compile medflow again (~1 s).
+	@$(BIN)/python -m compileall -q src flows bench >/dev/null
 
 # torch goes in first and on its own: with a GPU, PyPI's CUDA build; without one, the CPU build (`+cpu`: a
 # local wheel where the machine has one, else PyTorch's CPU index). Everything after finds torch satisfied.

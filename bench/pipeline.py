@@ -7,7 +7,7 @@ rerun_cached: a second `medflow run` with nothing changed / the forced run just 
 pipeline_overhead_long (--long): the same on a generated table where the bare script trains >= 30 s; target <= 1.10.
 Both scripts train on one torch thread (medflow's default for the MLP). Writes bench/results/<name>.json.
 
-    .venv/bin/python bench/pipeline.py [--pairs 5] [--long --rows 60000 --epochs 40]
+    .venv/bin/python bench/pipeline.py [--pairs 5] [--long --rows 60000 --epochs 100]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--long", action="store_true", help="pipeline_overhead_long: the bare script trains >= 30 s")
     ap.add_argument("--rows", type=int, default=60_000, help="--long: rows of the generated table")
-    ap.add_argument("--epochs", type=int, default=40, help="--long: epochs (no early stop)")
+    ap.add_argument("--epochs", type=int, default=100, help="--long: epochs (no early stop; the bare script trains >= 30 s)")
     ap.add_argument("--quick", action="store_true", help="one pair, no warm-up, a small table for --long (tests)")
     args = ap.parse_args()
     if args.quick:
