@@ -16,6 +16,7 @@ from medflow.evaluation.metrics import (
     bootstrap_ci,
     bootstrap_draws,
     ece,
+    interval,
     metric_ci,
     paired_bootstrap_delta,
     patient_groups,
@@ -131,6 +132,40 @@ def test_bootstrap_draws_equal_sklearn_on_each_resample_of_patients(sample):
     assert (bootstrap_draws(y, [other], groups, "roc_auc", n_boot=40, seed=4)[0] == draws[1]).all()
     brier = bootstrap_draws(y, [proba, other], groups, "brier", n_boot=40, seed=4)
     assert brier[1] == pytest.approx(weighted_metrics(y, other, weights)["brier"], abs=1e-12)
+
+
+@pytest.mark.parametrize("sample", [binary_sample, multiclass_sample])
+def test_pr_auc_draws_equal_sklearn_average_precision_on_each_resample_of_patients(sample):
+    """Each resample's PR-AUC is sklearn's average precision weighted by the patients' draws, tied scores sharing one
+    threshold (binary_sample rounds its scores); multiclass: the macro average over classes. bootstrap_ci's
+    interval, computed with every other metric, is the interval of these draws."""
+    y, proba = sample()
+    groups = (np.arange(len(y)) // 3).astype(str)
+    draws = bootstrap_draws(y, [proba], groups, "pr_auc", n_boot=40, seed=4)[0]
+    weights = np.concatenate(list(resample_weights(groups, len(y), 40, seed=4)))
+    truth, score = (y, proba[:, 1]) if proba.shape[1] == 2 else (np.eye(proba.shape[1])[y], proba)
+    for b, w in enumerate(weights):
+        expected = skm.average_precision_score(truth, score, sample_weight=w, average="macro")
+        assert draws[b] == pytest.approx(expected, abs=1e-12), b
+    assert bootstrap_ci(y, proba, groups, n_boot=40, seed=4)["pr_auc"] == interval(draws)
+
+
+def test_a_constant_score_model_has_every_pair_tied_on_each_resample():
+    """The majority-class baseline scores every row alike: ROC-AUC exactly 1/2 and average precision the positive
+    share, as sklearn, on each resample holding both classes; undefined without a positive."""
+    y = np.array([0] * 9 + [1] * 3)
+    proba = np.tile([0.75, 0.25], (len(y), 1))
+    groups = np.arange(len(y)) // 2
+    auc = bootstrap_draws(y, [proba], groups, "roc_auc", n_boot=300, seed=1)[0]
+    ap = bootstrap_draws(y, [proba], groups, "pr_auc", n_boot=300, seed=1)[0]
+    weights = np.concatenate(list(resample_weights(groups, len(y), 300, seed=1)))
+    positives, negatives = weights[:, y == 1].sum(axis=1), weights[:, y == 0].sum(axis=1)
+    both = (positives > 0) & (negatives > 0)
+    assert both.any() and not both.all() and (positives == 0).any()
+    assert (auc[both] == 0.5).all() and np.isnan(auc[~both]).all() and np.isnan(ap[positives == 0]).all()
+    for b in np.flatnonzero(positives > 0):
+        expected = skm.average_precision_score(y, proba[:, 1], sample_weight=weights[b])
+        assert ap[b] == pytest.approx(expected, abs=1e-12) == positives[b] / (positives[b] + negatives[b])
 
 
 def test_bootstrap_draws_leave_resamples_without_a_class_undefined():

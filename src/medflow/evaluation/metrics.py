@@ -2,8 +2,9 @@
 
 A bootstrap resample is a row-weight vector: each patient drawn c times gives all their rows weight c. Every
 metric below is computed for a whole (resamples x rows) weight matrix at once, so 1,000 resamples cost a few
-cumulative sums instead of 1,000 sklearn calls; bootstrap_draws scores several models on the same resamples and
-ranks each model once. With no patient id, each row is its own patient.
+cumulative sums instead of 1,000 sklearn calls. The bootstraps prepare each model once (rows summed per patient,
+scores ranked) and weigh patients directly, so no resample sorts; bootstrap_draws scores several models on the same
+resamples. With no patient id, each row is its own patient.
 """
 
 from __future__ import annotations
@@ -47,16 +48,11 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
-def _tie_blocks(score: np.ndarray, descending: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Row order by score and the start of each block of equal scores: tied rows share one threshold."""
-    order = np.argsort(-score if descending else score, kind="mergesort")
-    s = score[order]
-    return order, np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-
-
-def _block_sums(w: np.ndarray, truth: np.ndarray, order: np.ndarray, starts: np.ndarray):
-    wo, t = w[:, order], truth[order]
-    return np.add.reduceat(wo * t, starts, axis=1), np.add.reduceat(wo * ~t, starts, axis=1)
+def _cum0(w: np.ndarray) -> np.ndarray:
+    """Running sums along each weight row, led by a 0: entry j is the weight of the first j columns."""
+    cum = np.zeros((len(w), w.shape[1] + 1))
+    np.cumsum(w, axis=1, out=cum[:, 1:])
+    return cum
 
 
 @dataclass(frozen=True)
@@ -71,6 +67,8 @@ class _Ranked:
     below: np.ndarray  # per positive: negatives scored strictly lower
     tied: np.ndarray  # the positives that share their score with a negative
     through: np.ndarray  # per tied positive: negatives scored lower or equal
+    first: np.ndarray  # per positive: positives scored strictly lower (the first of its tie block)
+    constant: bool  # one score for every row (a majority-class baseline): every pair tied, one threshold
 
     @classmethod
     def of(cls, truth: np.ndarray, score: np.ndarray, columns: np.ndarray | None = None) -> _Ranked:
@@ -82,31 +80,42 @@ class _Ranked:
         below = np.searchsorted(neg_score, pos_score, "left")
         through = np.searchsorted(neg_score, pos_score, "right")
         tied = np.flatnonzero(through > below)
-        return cls(columns[~truth][neg_order], columns[truth][pos_order], below, tied, through[tied])
+        first = np.searchsorted(pos_score, pos_score, "left")
+        constant = bool(len(score)) and score.min() == score.max()
+        return cls(columns[~truth][neg_order], columns[truth][pos_order], below, tied, through[tied], first, constant)
 
-    def auc(self, w: np.ndarray) -> np.ndarray:
-        """ROC-AUC per weight row: each positive earns the negative weight below it, half of that tied with it."""
-        cum = np.zeros((len(w), len(self.neg) + 1))
-        np.cumsum(w[:, self.neg], axis=1, out=cum[:, 1:])
+    def scores(self, w: np.ndarray, auc: bool = True, ap: bool = True) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """ROC-AUC (the weighted share of (positive, negative) pairs ranked right, ties counting half) and sklearn's
+        average precision per weight row, sharing the gathered weights and the negatives' sums."""
         wp = w[:, self.pos]
-        right = np.einsum("ij,ij->i", wp, cum[:, self.below])
+        if self.constant:
+            # Every pair tied: half credit each, so exactly 1/2; one threshold holding all rows: precision P / (P + N).
+            p, n = wp.sum(axis=1), w[:, self.neg].sum(axis=1)
+            half, share = np.where(p * n > 0, 0.5, np.nan), _ratio(p, np.where(p > 0, p + n, 0))
+            return half if auc else None, share if ap else None
+        neg_cum = _cum0(w[:, self.neg])
+        under = neg_cum[:, self.below]  # per positive: negative weight scored lower
+        return self._auc(wp, neg_cum, under) if auc else None, self._ap(wp, neg_cum, under) if ap else None
+
+    def _auc(self, wp: np.ndarray, neg_cum: np.ndarray, under: np.ndarray) -> np.ndarray:
+        """Each positive earns the negative weight below it, half of that tied with it."""
+        right = np.einsum("ij,ij->i", wp, under)
         if len(self.tied):
-            half = cum[:, self.through] - cum[:, self.below[self.tied]]
+            half = neg_cum[:, self.through] - under[:, self.tied]
             right += 0.5 * np.einsum("ij,ij->i", wp[:, self.tied], half)
-        return _ratio(right, wp.sum(axis=1) * cum[:, -1])
+        return _ratio(right, wp.sum(axis=1) * neg_cum[:, -1])
 
-
-def weighted_roc_auc(truth: np.ndarray, score: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """ROC-AUC per weight row: the weighted share of (positive, negative) pairs ranked right, ties counting half."""
-    return _Ranked.of(truth, score).auc(w)
-
-
-def weighted_average_precision(truth: np.ndarray, score: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """sklearn's average precision per weight row: sum over thresholds of (recall step) x precision."""
-    tp, fp = _block_sums(w, truth.astype(bool), *_tie_blocks(score, descending=True))
-    ctp = np.cumsum(tp, axis=1)
-    precision = np.nan_to_num(_ratio(ctp, ctp + np.cumsum(fp, axis=1)))
-    return _ratio((tp * precision).sum(axis=1), tp.sum(axis=1))
+    def _ap(self, wp: np.ndarray, neg_cum: np.ndarray, under: np.ndarray) -> np.ndarray:
+        """sklearn's sum over thresholds of (recall step) x precision: each positive's weight is its share of the
+        recall step of its tie block, at that block's precision (the weight scored at or above it that is positive).
+        """
+        pos_cum = _cum0(wp)
+        tp = pos_cum[:, -1:] - pos_cum[:, self.first]
+        called = neg_cum[:, -1:] - under
+        called += tp
+        # A block with no weight has no precision; its positives have no weight either, so it adds nothing.
+        precision = np.divide(tp, called, out=np.zeros_like(tp), where=called > 0)
+        return _ratio(np.einsum("ij,ij->i", wp, precision), pos_cum[:, -1])
 
 
 def _calibration_target(y: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,84 +129,126 @@ def bin_index(conf: np.ndarray, n_bins: int) -> np.ndarray:
     return np.minimum((conf * n_bins).astype(int), n_bins - 1)
 
 
-def weighted_ece(y: np.ndarray, proba: np.ndarray, w: np.ndarray, n_bins: int = 10) -> np.ndarray:
-    """Expected calibration error over equal-width bins: sum_b |sum of outcomes - sum of confidences| / n."""
-    conf, hit = _calibration_target(y, proba)
-    onehot = np.eye(n_bins)[bin_index(conf, n_bins)]
-    gap = w @ (onehot * hit[:, None]) - w @ (onehot * conf[:, None])
-    return _ratio(np.abs(gap).sum(axis=1), w.sum(axis=1))
-
-
-def ece(y: np.ndarray, proba: np.ndarray, n_bins: int = 10) -> float:
-    return float(weighted_ece(y, proba, np.ones((1, len(y))), n_bins)[0])
-
-
-def weighted_brier(y: np.ndarray, proba: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Binary: mean (p - y)^2 as sklearn's brier_score_loss; multiclass: mean squared distance to the one-hot label."""
+def _squared_error(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """Binary: (p - y)^2 as sklearn's brier_score_loss; multiclass: squared distance to the one-hot label."""
     if proba.shape[1] == 2:
-        sq = (proba[:, 1] - (y == 1)) ** 2
-    else:
-        sq = ((proba - np.eye(proba.shape[1])[y]) ** 2).sum(axis=1)
-    return _ratio(w @ sq, w.sum(axis=1))
+        return (proba[:, 1] - (y == 1)) ** 2
+    return ((proba - np.eye(proba.shape[1])[y]) ** 2).sum(axis=1)
 
 
-def at_threshold(y: np.ndarray, score: np.ndarray, threshold: float, w: np.ndarray) -> dict[str, np.ndarray]:
-    """Sensitivity, specificity, PPV and NPV per weight row, calling positive every score >= threshold."""
-    called, pos = score >= threshold, y == 1
-    tp, fp = w @ (called & pos), w @ (called & ~pos)
-    fn, tn = w @ (~called & pos), w @ (~called & ~pos)
-    return {
-        "sensitivity": _ratio(tp, tp + fn),
-        "specificity": _ratio(tn, tn + fp),
-        "ppv": _ratio(tp, tp + fp),
-        "npv": _ratio(tn, tn + fn),
-    }
+_RANK = ("roc_auc", "pr_auc")
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """weighted_metrics' rows reduced once for any number of weight chunks: each row's counts and sums are added up
+    per weight column (row or patient), so a chunk's every count is one product with its weights, and each score
+    column is ranked once."""
+
+    n_classes: int
+    sums: np.ndarray  # weight columns x features
+    at: dict[str, slice]  # each feature's columns in sums
+    ranked: list[_Ranked]  # binary: the positive class; multiclass: each class against the rest
+
+    @classmethod
+    def of(
+        cls,
+        y: np.ndarray,
+        proba: np.ndarray,
+        threshold: float | None = None,
+        n_bins: int = 10,
+        columns: np.ndarray | None = None,
+        n_columns: int = 0,
+    ) -> _Prepared:
+        """columns: each row's weight column (its patient), of n_columns; None: the weights weigh rows."""
+        n_classes = proba.shape[1]
+        pred = proba.argmax(axis=1)
+        classes = np.arange(n_classes)
+        truth, called = y[:, None] == classes, pred[:, None] == classes
+        conf, hit = _calibration_target(y, proba)
+        bins = np.eye(n_bins)[bin_index(conf, n_bins)]
+        features = {
+            "n": np.ones(len(y)),
+            "right": pred == y,
+            "truth": truth,
+            "called": called,
+            "hit": truth & called,
+            "sq": _squared_error(y, proba),
+            "bin_hit": bins * hit[:, None],
+            "bin_conf": bins * conf[:, None],
+        }
+        if threshold is not None and n_classes == 2:
+            above, pos = proba[:, 1] >= threshold, y == 1
+            features |= {"tp@": above & pos, "fp@": above & ~pos, "fn@": ~above & pos, "tn@": ~above & ~pos}
+        parts = [np.asarray(v, float).reshape(len(y), -1) for v in features.values()]
+        edges = np.cumsum([0] + [x.shape[1] for x in parts])
+        x = np.hstack(parts)
+        if columns is not None:
+            x = np.stack([np.bincount(columns, f, minlength=n_columns) for f in x.T], axis=1)
+        ranked = [_Ranked.of(y == c, proba[:, c], columns) for c in ([1] if n_classes == 2 else classes)]
+        return cls(n_classes, x, dict(zip(features, map(slice, edges[:-1], edges[1:]), strict=True)), ranked)
+
+    def on(self, w: np.ndarray, rank: tuple[str, ...] = _RANK) -> dict[str, np.ndarray]:
+        """Every metric per weight row, the rank metrics only those named in rank (they cost the most)."""
+        sums = w @ self.sums
+        one = {k: sums[:, at] for k, at in self.at.items()}
+        total, tp, n_true, n_called = one["n"][:, 0], one["hit"], one["truth"], one["called"]
+        out = {"accuracy": _ratio(one["right"][:, 0], total)}
+        with np.errstate(invalid="ignore"):
+            out["balanced_accuracy"] = np.nanmean(_ratio(tp, n_true), axis=1)
+        f1 = _ratio(2 * tp, n_true + n_called)
+        if self.n_classes == 2:
+            out["f1"] = np.nan_to_num(f1[:, 1])  # zero_division=0, as point_metrics
+        else:
+            with np.errstate(invalid="ignore"):
+                out["f1"] = np.nanmean(f1, axis=1)  # macro over the labels seen in truth or prediction, as sklearn
+        if rank:
+            # Multiclass: the macro average over classes; a class absent from a resample leaves it undefined, as
+            # point_metrics leaves it out.
+            scores = [r.scores(w, "roc_auc" in rank, "pr_auc" in rank) for r in self.ranked]
+            out |= {k: np.mean([s[i] for s in scores], axis=0) for i, k in enumerate(_RANK) if k in rank}
+        out["brier"] = _ratio(one["sq"][:, 0], total)
+        out["ece"] = _ratio(np.abs(one["bin_hit"] - one["bin_conf"]).sum(axis=1), total)
+        if "tp@" in one:
+            tp, fp, fn, tn = (one[k][:, 0] for k in ("tp@", "fp@", "fn@", "tn@"))
+            out |= {
+                "sensitivity": _ratio(tp, tp + fn),
+                "specificity": _ratio(tn, tn + fp),
+                "ppv": _ratio(tp, tp + fp),
+                "npv": _ratio(tn, tn + fn),
+            }
+        return out
 
 
 def weighted_metrics(
     y: np.ndarray, proba: np.ndarray, w: np.ndarray, threshold: float | None = None, n_bins: int = 10
 ) -> dict[str, np.ndarray]:
-    """Every headline metric for each row of w; NaN where a resample leaves a metric undefined (a class absent)."""
-    n_classes = proba.shape[1]
-    pred = proba.argmax(axis=1)
-    total = w.sum(axis=1)
-    classes = np.arange(n_classes)
-    truth = y[:, None] == classes  # rows x classes
-    called = pred[:, None] == classes
-    tp = w @ (truth & called)
-    n_true, n_called = w @ truth, w @ called
-    out = {"accuracy": _ratio(w @ (pred == y), total)}
-    with np.errstate(invalid="ignore"):
-        out["balanced_accuracy"] = np.nanmean(_ratio(tp, n_true), axis=1)
-    f1 = _ratio(2 * tp, n_true + n_called)
-    if n_classes == 2:
-        out["f1"] = np.nan_to_num(f1[:, 1])  # zero_division=0, as point_metrics
-        out["roc_auc"] = weighted_roc_auc(y == 1, proba[:, 1], w)
-        out["pr_auc"] = weighted_average_precision(y == 1, proba[:, 1], w)
-    else:
-        with np.errstate(invalid="ignore"):
-            out["f1"] = np.nanmean(f1, axis=1)  # macro over the labels seen in truth or prediction, as sklearn
-        # A class absent from a resample makes the macro averages undefined, as point_metrics leaves them out.
-        out["roc_auc"] = np.mean([weighted_roc_auc(y == c, proba[:, c], w) for c in classes], axis=0)
-        out["pr_auc"] = np.mean([weighted_average_precision(y == c, proba[:, c], w) for c in classes], axis=0)
-    out["brier"] = weighted_brier(y, proba, w)
-    out["ece"] = weighted_ece(y, proba, w, n_bins)
-    if threshold is not None and n_classes == 2:
-        out.update(at_threshold(y, proba[:, 1], threshold, w))
-    return out
+    """Every headline metric for each row of w; NaN where a resample leaves a metric undefined (a class absent).
+
+    Brier: mean (p - y)^2 as sklearn's brier_score_loss (multiclass: squared distance to the one-hot label). ECE:
+    sum over equal-width confidence bins of |sum of outcomes - sum of confidences| / n (binary: P(positive) against
+    the label; multiclass: top-label confidence against being right). Threshold metrics (binary, with a
+    threshold): sensitivity, specificity, PPV and NPV calling positive every score >= threshold.
+    """
+    return _Prepared.of(y, proba, threshold, n_bins).on(w)
+
+
+def ece(y: np.ndarray, proba: np.ndarray, n_bins: int = 10) -> float:
+    return float(_Prepared.of(y, proba, None, n_bins).on(np.ones((1, len(y))), rank=())["ece"][0])
+
+
+def _pick(name: str, found: dict[str, np.ndarray]) -> np.ndarray:
+    if name not in found:
+        known = sorted({*found, *_RANK})
+        raise ValueError(f"no metric {name!r} here: {known} (the threshold metrics need a threshold)")
+    return found[name]
 
 
 def weighted_metric(
     name: str, y: np.ndarray, proba: np.ndarray, w: np.ndarray, threshold: float | None = None
 ) -> np.ndarray:
-    """One metric of weighted_metrics; a binary rank metric alone costs a third of them all."""
-    if proba.shape[1] == 2 and name in ("roc_auc", "pr_auc"):
-        fn = weighted_roc_auc if name == "roc_auc" else weighted_average_precision
-        return fn(y == 1, proba[:, 1], w)
-    found = weighted_metrics(y, proba, w, threshold)
-    if name not in found:
-        raise ValueError(f"no metric {name!r} here: {sorted(found)} (the threshold metrics need a threshold)")
-    return found[name]
+    """One metric of weighted_metrics; a rank metric alone skips the other one, which costs as much again."""
+    return _pick(name, _Prepared.of(y, proba, threshold).on(w, rank=(name,) if name in _RANK else ()))
 
 
 def _patients(groups: np.ndarray | None, n_rows: int) -> tuple[np.ndarray | None, int]:
@@ -240,24 +291,16 @@ def bootstrap_draws(
     a resample leaves it undefined. probas: (rows, classes) probabilities of each model on the same rows.
 
     Every model sees the resamples of resample_weights(groups, len(y), n_boot, seed), so one call serves each
-    model's interval and every paired difference. ROC-AUC ranks each model once and weighs patients directly: a
-    resample costs a few passes over the rows per model, not a sort.
+    model's interval and every paired difference. Each model's rows are summed per patient and its scores ranked
+    once; resamples weigh patients directly, so a resample costs a few passes over the rows per model, not a sort.
     """
-    if metric != "roc_auc":
-        parts = [
-            [weighted_metric(metric, y, p, w, threshold) for p in probas]
-            for w in resample_weights(groups, len(y), n_boot, seed)
-        ]
-    else:
-        inverse, k = _patients(groups, len(y))
-        # Multiclass: the macro average of one-vs-rest AUCs, as weighted_metrics.
-        n_classes = probas[0].shape[1] if probas else 2
-        classes = [1] if n_classes == 2 else range(n_classes)
-        ranked = [[_Ranked.of(y == c, p[:, c], inverse) for c in classes] for p in probas]
-        parts = [
-            [np.mean([r.auc(counts) for r in model], axis=0) for model in ranked]
-            for counts in _resample_counts(k, len(y), n_boot, seed)
-        ]
+    inverse, k = _patients(groups, len(y))
+    prepared = [_Prepared.of(y, p, threshold, columns=inverse, n_columns=k) for p in probas]
+    rank = (metric,) if metric in _RANK else ()
+    parts = [
+        [_pick(metric, model.on(counts, rank)) for model in prepared]
+        for counts in _resample_counts(k, len(y), n_boot, seed)
+    ]
     return np.concatenate(parts, axis=1) if parts else np.empty((len(probas), 0))
 
 
@@ -292,10 +335,12 @@ def bootstrap_ci(
 
     Resamples where a metric is undefined (a class missing) are left out of that metric's interval.
     """
+    inverse, k = _patients(groups, len(y))
+    prepared = _Prepared.of(y, proba, threshold, n_bins, inverse, k)
     draws: dict[str, list[np.ndarray]] = {}
-    for w in resample_weights(groups, len(y), n_boot, seed):
-        for k, v in weighted_metrics(y, proba, w, threshold, n_bins).items():
-            draws.setdefault(k, []).append(v)
+    for counts in _resample_counts(k, len(y), n_boot, seed):
+        for name, v in prepared.on(counts).items():
+            draws.setdefault(name, []).append(v)
     return {k: interval(np.concatenate(v)) for k, v in draws.items()}
 
 
