@@ -45,9 +45,9 @@ def record(name: str, root: str) -> None:
     record_in_dvc(Paths(root=Path(root)), [name])
 
 
-def settle(name: str, future) -> None:
+def settle(name: str, future, timeout_s: float) -> None:
     try:
-        future.result()
+        future.result(timeout=timeout_s)
     except Exception as exc:
         raise StepFailed(name, exc) from exc
 
@@ -122,12 +122,15 @@ def pipeline(
             if recorded:
                 # Recorded in a thread while the next step runs (hashing and YAML leave the GIL to its numpy and
                 # torch), one record after the other; a step never touches the files of the ones before it.
-                options = {"name": f"record-{name}", "timeout_seconds": f.timeout_s, **retry}
+                # A timeout cannot interrupt a task in a thread: settle() applies flow.timeout_s instead.
                 after = [records[-1][1]] if records else []
-                records.append((name, record.with_options(**options).submit(name, str(paths.root), wait_for=after)))
+                future = record.with_options(name=f"record-{name}", **retry).submit(
+                    name, str(paths.root), wait_for=after
+                )
+                records.append((name, future))
                 if name in RECORD_FIRST:
-                    settle(*records[-1])
+                    settle(name, future, f.timeout_s)
+        publish(summaries)  # its API calls overlap the last record
         for name, future in records:
-            settle(name, future)
-        publish(summaries)
+            settle(name, future, f.timeout_s)
         return summaries

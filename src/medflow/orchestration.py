@@ -42,6 +42,8 @@ class TemporaryServer:
         self._launch()
         os.environ["PREFECT_API_URL"] = self.api_url
         os.environ[TEMPORARY] = "1"
+        # It serves no UI, and is gone with the command: Prefect's "View at <URL>" line would lead nowhere.
+        os.environ.setdefault("PREFECT_UI_URL", "")
 
     @property
     def api_url(self) -> str:
@@ -107,6 +109,8 @@ class TemporaryServer:
         self.process = None
         if os.environ.get(TEMPORARY):
             del os.environ[TEMPORARY], os.environ["PREFECT_API_URL"]
+            if os.environ.get("PREFECT_UI_URL") == "":
+                del os.environ["PREFECT_UI_URL"]
 
 
 _server: TemporaryServer | None = None
