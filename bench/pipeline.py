@@ -94,7 +94,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--long", action="store_true", help="pipeline_overhead_long: the bare script trains >= 30 s")
     ap.add_argument("--rows", type=int, default=60_000, help="--long: rows of the generated table")
-    ap.add_argument("--epochs", type=int, default=100, help="--long: epochs (no early stop; the bare script trains >= 30 s)")
+    ap.add_argument("--epochs", type=int, default=100, help="--long: epochs, no early stop (bare: >= 30 s)")
     ap.add_argument("--quick", action="store_true", help="one pair, no warm-up, a small table for --long (tests)")
     args = ap.parse_args()
     if args.quick:
