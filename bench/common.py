@@ -128,8 +128,8 @@ def paired(name: str, ours, baseline, pairs: int, target: float, warmup: bool = 
     ratios = [x / y for x, y in zip(a, b, strict=True)]
     result = {
         "name": name,
-        "ours": round(statistics.median(a), 4),
-        "baseline": round(statistics.median(b), 4),
+        "ours": round(statistics.median(a), 6),
+        "baseline": round(statistics.median(b), 6),
         "ratio": round(statistics.median(ratios), 4),
         "unit": "s",
         "target": target,
