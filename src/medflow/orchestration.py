@@ -74,7 +74,7 @@ class TemporaryServer:
         """Returns once the server answers, calling `meanwhile` one by one while it does not; the start-up limit
         counts from the launch, as Prefect's does."""
         limit = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90"))
-        chores = iter(meanwhile)
+        chores, busy = iter(meanwhile), True
         while time.monotonic() - self.started < limit:
             code = self.process.poll()
             if code is not None:
@@ -83,14 +83,14 @@ class TemporaryServer:
                     "or start one with `prefect server start` and set PREFECT_API_URL"
                 )
             try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=0.2 if chores else 2) as answer:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=0.2 if busy else 2) as answer:
                     if answer.status == 200:
                         return
             except (urllib.error.URLError, OSError):
                 pass
             chore = next(chores, None)
             if chore is None:
-                chores = None
+                busy = False
                 time.sleep(0.05)
             else:
                 chore()

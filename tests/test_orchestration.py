@@ -1,0 +1,27 @@
+"""The temporary Prefect server medflow starts for a run without PREFECT_API_URL."""
+
+import os
+import urllib.request
+
+from medflow.orchestration import TEMPORARY, TemporaryServer
+
+
+def test_the_temporary_server_is_waited_for_after_the_work_meanwhile_runs_out_and_stops_with_its_variables(
+    tmp_path, monkeypatch
+):
+    for name in ("PREFECT_API_URL", "PREFECT_UI_URL", TEMPORARY):
+        monkeypatch.delenv(name, raising=False)
+    done = []
+    server = TemporaryServer(tmp_path / ".prefect")
+    try:
+        assert os.environ["PREFECT_API_URL"] == server.api_url and os.environ[TEMPORARY] == "1"
+        # One chore takes no time: the server (~2.6 s to start) is still coming up when the chores run out.
+        server.wait([lambda: done.append(1)])
+        assert done == [1]
+        with urllib.request.urlopen(f"{server.api_url}/health", timeout=5) as answer:
+            assert answer.status == 200
+    finally:
+        process = server.process
+        server.stop()
+    assert process.poll() is not None
+    assert "PREFECT_API_URL" not in os.environ and TEMPORARY not in os.environ
