@@ -8,6 +8,7 @@ Entry points: `medflow run`, `medflow serve`, and the deployment in prefect.yaml
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from prefect.tasks import exponential_backoff
 
 from medflow import params as params_mod
 from medflow.paths import STEPS, Paths
-from medflow.pipeline import StepFailed, ensure_data, record_in_dvc, run_lock, run_step, stale_steps
+from medflow.pipeline import StepFailed, ensure_data, recorder, run_lock, run_step, stale_steps
 
 # Writes to MLflow and DVC can fail on a busy store or lock; a step's own error (bad input) fails the same again.
 RETRIED = {"train", "register"}
@@ -42,14 +43,15 @@ def step(name: str, params: dict, root: str, pipeline: str = "") -> dict:
 
 @task(cache_policy=NO_CACHE, persist_result=False)
 def record(name: str, root: str) -> None:
-    record_in_dvc(Paths(root=Path(root)), [name])
+    recorder.record(Paths(root=Path(root)), [name])
 
 
 def settle(name: str, future, timeout_s: float) -> None:
+    """Waits for the record of step `name`; its failure is named after the record, as `record-<step>`."""
     try:
         future.result(timeout=timeout_s)
     except Exception as exc:
-        raise StepFailed(name, exc) from exc
+        raise StepFailed(f"record-{name}", exc) from exc
 
 
 def model_link(model_name: str, version: str | int) -> str:
@@ -109,28 +111,32 @@ def pipeline(
         retry = {"retries": f.retries, "retry_delay_seconds": exponential_backoff(f.retry_delay_s)}
         retry["retry_condition_fn"] = transient
         summaries, records = {}, []
-        for name in todo:
-            timeout = f.train_timeout_s if name == "train" else f.timeout_s
-            run = step.with_options(name=name, timeout_seconds=timeout, **(retry if name in RETRIED else {}))
-            try:
-                summaries[name] = run(name, params.as_dict(), str(paths.root), paths.pipeline)
-            except Exception as exc:
-                raise StepFailed(name, exc) from exc
-            except BaseException as exc:  # an interrupt: named, not wrapped, so that it still stops everything
-                exc.medflow_step = name
-                raise
-            if recorded:
-                # Recorded in a thread while the next step runs (hashing and YAML leave the GIL to its numpy and
-                # torch), one record after the other; a step never touches the files of the ones before it.
-                # A timeout cannot interrupt a task in a thread: settle() applies flow.timeout_s instead.
-                after = [records[-1][1]] if records else []
-                future = record.with_options(name=f"record-{name}", **retry).submit(
-                    name, str(paths.root), wait_for=after
-                )
-                records.append((name, future))
-                if name in RECORD_FIRST:
-                    settle(name, future, f.timeout_s)
-        publish(summaries)  # its API calls overlap the last record
-        for name, future in records:
-            settle(name, future, f.timeout_s)
+        # DVC's records go to a process of their own, started now so that it is ready when validate ends.
+        with recorder.started() if recorded else contextlib.nullcontext():
+            for name in todo:
+                timeout = f.train_timeout_s if name == "train" else f.timeout_s
+                run = step.with_options(name=name, timeout_seconds=timeout, **(retry if name in RETRIED else {}))
+                try:
+                    summaries[name] = run(name, params.as_dict(), str(paths.root), paths.pipeline)
+                except Exception as exc:
+                    raise StepFailed(name, exc) from exc
+                except BaseException as exc:  # an interrupt: named, not wrapped, so that it still stops everything
+                    exc.medflow_step = name
+                    raise
+                if recorded:
+                    # Recorded while the next step runs, one record after the other; a step never touches the files
+                    # of the ones before it.
+                    # A timeout cannot interrupt a task in a thread: settle() applies flow.timeout_s instead.
+                    after = [records[-1][1]] if records else []
+                    future = record.with_options(name=f"record-{name}", **retry).submit(
+                        name, str(paths.root), wait_for=after
+                    )
+                    records.append((name, future))
+                    if name in RECORD_FIRST:
+                        # In order: a record that failed is named, not the later ones that then never ran.
+                        for done, earlier in records:
+                            settle(done, earlier, f.timeout_s)
+            publish(summaries)  # its API calls overlap the last record
+            for name, future in records:
+                settle(name, future, f.timeout_s)
         return summaries

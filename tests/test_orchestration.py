@@ -25,3 +25,18 @@ def test_the_temporary_server_is_waited_for_after_the_work_meanwhile_runs_out_an
         server.stop()
     assert process.poll() is not None
     assert "PREFECT_API_URL" not in os.environ and TEMPORARY not in os.environ
+
+
+def test_flows_send_no_heartbeats_to_the_temporary_server_only(monkeypatch):
+    # Prefect's heartbeat thread sleeps in 1 s steps and holds the end of every flow until it wakes; heartbeats
+    # tell a lasting server that a run crashed, and the temporary one ends with its command.
+    from prefect.settings import get_current_settings
+
+    from medflow import orchestration
+
+    monkeypatch.setattr(orchestration, "_server", None)
+    with orchestration.flow_settings():
+        assert get_current_settings().flows.heartbeat_frequency is not None
+    monkeypatch.setattr(orchestration, "_server", object())
+    with orchestration.flow_settings():
+        assert get_current_settings().flows.heartbeat_frequency is None

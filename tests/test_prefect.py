@@ -79,7 +79,6 @@ def test_medflow_serve_and_a_deployment_on_a_process_work_pool_complete_triggere
     env = {"PREFECT_API_URL": url, "PREFECT_HOME": str(root / ".prefect"), "OMP_NUM_THREADS": "1"}
     # The serving process and the worker look for due runs every 10 s by default; a test has no time to spare.
     env |= {"PREFECT_RUNNER_POLL_FREQUENCY": "1", "PREFECT_WORKER_QUERY_SECONDS": "1"}
-    assert api(url, "/flow_runs/count", {}) == 0
 
     readme = (REPO / "README.md").read_text()
     assert all(f"\n{c}" in readme for c in (SERVE, POOL, DEPLOY, WORKER, RUN_NOW))

@@ -187,3 +187,11 @@ def test_the_run_lock_names_its_holder_or_waits_for_it(tmp_path):
     assert holder.wait(timeout=30) == 0
     with run_lock(Paths(tmp_path)):  # released: a killed holder's lock goes with it, as does a finished one's
         pass
+
+
+def test_a_run_started_from_another_folder_with_root_records_every_step(clone, tmp_path):
+    # DVC's commit resolves stages against the working directory: from elsewhere its records used to fail (and
+    # were retried for 15 s) with "file path ... is outside of DVC repo".
+    done = sh(f"{clone}/.venv/bin/medflow --root {clone} run --force -P train.max_epochs=2", tmp_path)
+    assert "registered medflow-breast-cancer" in done.stdout, done.stderr[-3000:]
+    assert "up to date" in sh(".venv/bin/dvc status", clone).stdout

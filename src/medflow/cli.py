@@ -77,14 +77,14 @@ class OnlyOurErrors(logging.Filter):
         return record.levelno < logging.ERROR and "in state Failed" not in str(record.msg)
 
 
-def stop_temporary_server() -> None:
+def stop_temporary_server(wait: bool = True) -> None:
     """Stops the temporary server once the run's last log records reached it; before medflow's own last line, and
     even when the interpreter's exit is cut short."""
     if "prefect.logging.handlers" in sys.modules:
         from prefect.logging.handlers import APILogWorker
 
         APILogWorker.drain_all(timeout=5)
-    orchestration.stop_server()
+    orchestration.stop_server(wait)
 
 
 def hide_prefect_tracebacks() -> None:
@@ -212,12 +212,13 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
             return 0
         orchestration.start_server(Path(os.environ["PREFECT_HOME"]))
         flows = load_flow(paths, args.log)
-        result = flows.pipeline(
-            root=str(paths.root),
-            params_file=str(params_file),
-            overrides=args.override if args.params else [],
-            force=args.force,
-        )
+        with orchestration.flow_settings():
+            result = flows.pipeline(
+                root=str(paths.root),
+                params_file=str(params_file),
+                overrides=args.override if args.params else [],
+                force=args.force,
+            )
     reg = result.get("register")
     if reg:
         state = "champion" if reg["promoted"] else "not promoted"
@@ -394,7 +395,8 @@ def cmd_monitor(args: argparse.Namespace, paths: Paths) -> int:
     log_to(args.log)
     orchestration.server_ready()
     try:
-        result = module.monitor(root=str(paths.root), batch=args.batch, retrain=False if args.no_retrain else None)
+        with orchestration.flow_settings():
+            result = module.monitor(root=str(paths.root), batch=args.batch, retrain=False if args.no_retrain else None)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         exc.medflow_step = "monitor"
         raise
@@ -443,13 +445,14 @@ def cmd_tune(args: argparse.Namespace, paths: Paths) -> int:
         orchestration.start_server(Path(os.environ["PREFECT_HOME"]))
         load_flow(paths, args.log)
         flows = importlib.import_module("flows.tune")
-        s = flows.tune(
-            root=str(paths.root),
-            params_file=args.params,
-            overrides=args.override,
-            trials=args.trials,
-            timeout_s=args.timeout,
-        )
+        with orchestration.flow_settings():
+            s = flows.tune(
+                root=str(paths.root),
+                params_file=args.params,
+                overrides=args.override,
+                trials=args.trials,
+                timeout_s=args.timeout,
+            )
     values = ", ".join(f"{k}={short(v)}" for k, v in s["best_params"].items())
     print(
         f"best of study {s['study']}: trial {s['best_trial']}, {s['metric']} {s['best_value']:.4f} "
@@ -561,7 +564,8 @@ def command(argv: list[str] | None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         code = COMMANDS[args.command](args, paths)
-        stop_temporary_server()
+        # The executable exits next: the server needs no one to wait for its shutdown.
+        stop_temporary_server(wait=argv is not None)
         return code
     except (Exception, KeyboardInterrupt) as exc:
         log_to(log)
