@@ -8,7 +8,6 @@ Entry points: `medflow run`, `medflow serve`, and the deployment in prefect.yaml
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from prefect.tasks import exponential_backoff
 
 from medflow import params as params_mod
 from medflow.paths import STEPS, Paths
-from medflow.pipeline import StepFailed, ensure_data, recorder, run_lock, run_step, stale_steps
+from medflow.pipeline import StepFailed, ensure_data, run_lock, run_step, stale_steps
+from medflow.sidecar import sidecar
 
 # Writes to MLflow and DVC can fail on a busy store or lock; a step's own error (bad input) fails the same again.
 RETRIED = {"train", "register"}
@@ -43,7 +43,7 @@ def step(name: str, params: dict, root: str, pipeline: str = "") -> dict:
 
 @task(cache_policy=NO_CACHE, persist_result=False)
 def record(name: str, root: str) -> None:
-    recorder.record(Paths(root=Path(root)), [name])
+    sidecar.record(Paths(root=Path(root)), [name])
 
 
 def settle(name: str, future, timeout_s: float) -> None:
@@ -111,8 +111,8 @@ def pipeline(
         retry = {"retries": f.retries, "retry_delay_seconds": exponential_backoff(f.retry_delay_s)}
         retry["retry_condition_fn"] = transient
         summaries, records = {}, []
-        # DVC's records go to a process of their own, started now so that it is ready when validate ends.
-        with recorder.started() if recorded else contextlib.nullcontext():
+        # DVC's records and the figures go to a process of their own, started now: ready when validate ends.
+        with sidecar.started():
             for name in todo:
                 timeout = f.train_timeout_s if name == "train" else f.timeout_s
                 run = step.with_options(name=name, timeout_seconds=timeout, **(retry if name in RETRIED else {}))

@@ -15,7 +15,8 @@ from prefect.cache_policies import NO_CACHE
 from flows.pipeline import record, step
 from medflow import params as params_mod
 from medflow.paths import Paths
-from medflow.pipeline import StepFailed, ensure_data, recorder, run_lock, stale_steps
+from medflow.pipeline import StepFailed, ensure_data, run_lock, stale_steps
+from medflow.sidecar import sidecar
 from medflow.tuning import search as search_mod
 from medflow.tuning.tuned import check_overrides
 
@@ -50,7 +51,7 @@ def tune(
         recorded = Path(file).resolve() == paths.params_file
         todo = [s for s in stale_steps(paths) if s in UPSTREAM] if recorded else list(UPSTREAM)
         logger.info("upstream steps to run: %s", ", ".join(todo) or "none (up to date)")
-        with recorder.started() if recorded and todo else contextlib.nullcontext():
+        with sidecar.started() if todo else contextlib.nullcontext():
             for name in todo:
                 try:
                     step.with_options(name=name, timeout_seconds=params.flow.timeout_s)(

@@ -18,6 +18,7 @@ from pathlib import Path
 from medflow import orchestration
 from medflow import params as params_mod
 from medflow.paths import STEPS, Paths
+from medflow.sidecar import sidecar
 
 # Every tool medflow drives phones home unless told not to; these machines have no internet anyway.
 QUIET_ENV = {
@@ -211,14 +212,16 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         if recorded and not args.force and up_to_date(paths, params_file):
             return 0
         orchestration.start_server(Path(os.environ["PREFECT_HOME"]))
-        flows = load_flow(paths, args.log)
-        with orchestration.flow_settings():
-            result = flows.pipeline(
-                root=str(paths.root),
-                params_file=str(params_file),
-                overrides=args.override if args.params else [],
-                force=args.force,
-            )
+        # Started with the server: niced, it imports while the server's start leaves a core free.
+        with sidecar.started():
+            flows = load_flow(paths, args.log)
+            with orchestration.flow_settings():
+                result = flows.pipeline(
+                    root=str(paths.root),
+                    params_file=str(params_file),
+                    overrides=args.override if args.params else [],
+                    force=args.force,
+                )
     reg = result.get("register")
     if reg:
         state = "champion" if reg["promoted"] else "not promoted"

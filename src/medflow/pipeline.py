@@ -12,14 +12,10 @@ import hashlib
 import importlib
 import json
 import logging
-import multiprocessing
 import os
-import pickle
 import shutil
-import signal
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -179,58 +175,9 @@ def record_in_dvc(paths: Paths, steps: list[str]) -> None:
             repo.commit(stage_address(paths, step), force=True)
 
 
-def _recorder_ready() -> None:
-    # A Ctrl-C reaches the whole process group: the record in hand is finished, and the process ends once the
-    # run that started it is gone.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from dvc.repo import Repo  # noqa: F401  (imported while the first step runs)
-
-
-def _record(root: str, steps: list[str]) -> None:
+def record_elsewhere(root: str, steps: list[str]) -> None:
+    """record_in_dvc as the sidecar process runs it."""
     # DVC's run cache resolves a stage's folder against the working directory: from anywhere else (`medflow --root`)
     # its commit fails with "file path ... is outside of DVC repo". This process is ours to move.
     os.chdir(root)
-    try:
-        record_in_dvc(Paths(root=Path(root)), steps)
-    except Exception as exc:
-        try:
-            pickle.loads(pickle.dumps(exc))
-        except Exception:
-            # Not every DVC exception survives the way back: its name and message do.
-            raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
-        raise
-
-
-class Recorder:
-    """Writes the flow's records into dvc.lock from a process of its own, one after the other.
-
-    In a thread, DVC's hashing and YAML held the run's interpreter lock for ~0.6 s of a 9 s run and made the step
-    waiting on a record wait longer; in a process they take the other core. Outside `started()`, a record starts
-    its own process.
-    """
-
-    def __init__(self) -> None:
-        self._pool: ProcessPoolExecutor | None = None
-
-    @contextlib.contextmanager
-    def started(self) -> Iterator[None]:
-        spawn = multiprocessing.get_context("spawn")  # no fork of a process that holds threads and locks
-        self._pool = ProcessPoolExecutor(1, mp_context=spawn, initializer=_recorder_ready)
-        self._pool.submit(int)  # starts the process now, not at the first record
-        try:
-            yield
-        finally:
-            # Records already handed over are still written, after a failed step too: a rerun resumes after the
-            # steps that finished. The process ends on its own once they are.
-            pool, self._pool = self._pool, None
-            pool.shutdown(wait=False)
-
-    def record(self, paths: Paths, steps: list[str]) -> None:
-        if self._pool is None:
-            with self.started():
-                self.record(paths, steps)
-        else:
-            self._pool.submit(_record, str(paths.root.resolve()), steps).result()
-
-
-recorder = Recorder()
+    record_in_dvc(Paths(root=Path(root)), steps)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -178,6 +179,11 @@ def profile_markdown(profile: dict, title: str) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def save_profile_figures(profile: dict, folder: Path) -> None:
+    for name, fig in profile_figures(profile).items():
+        fig.savefig(folder / name, dpi=80)
 
 
 def profile_figures(profile: dict) -> dict:

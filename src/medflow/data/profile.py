@@ -7,6 +7,7 @@ and free-text/date columns show only their name, kind and missingness.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -203,6 +204,11 @@ def to_markdown(profile: dict, title: str) -> str:
         out.append(f"None: no feature reaches AUC {profile['leakage_auc']}.")
     out += ["", "![missingness](missingness.png)", ""]
     return "\n".join(out)
+
+
+def save_figures(profile: dict, folder: Path) -> None:
+    for name, fig in figures(profile).items():
+        fig.savefig(folder / name, dpi=80)
 
 
 def figures(profile: dict) -> dict:

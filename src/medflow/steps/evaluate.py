@@ -28,6 +28,7 @@ from medflow.evaluation.threshold import choose_threshold
 from medflow.models.bundle import Predictor
 from medflow.params import Params
 from medflow.paths import Paths
+from medflow.sidecar import sidecar
 from medflow.steps.clean import LABEL, ROW_ID
 from medflow.steps.train import load_split
 
@@ -138,6 +139,42 @@ def run(params: Params, paths: Paths) -> dict:
     # Brier, ECE and the threshold metrics: the same code as their bootstrap, on all rows at weight 1.
     extra = weighted_metrics(y, proba, np.ones((1, len(y))), threshold, ep.calibration_bins)
     point |= {k: float(v[0]) for k, v in extra.items() if k not in point}
+    out = paths.step_dir("evaluate")
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    operating = None
+    if threshold is not None and "specificity" in point and "sensitivity" in point:
+        operating = (1 - point["specificity"], point["sensitivity"])
+    # Drawn beside the run while this step goes on (bootstraps, subgroups); waited for before they are logged.
+    drawing = "evaluate's plots"
+    sidecar.draw(drawing, plot_roc, y, proba, schema.classes, plots / "roc.png", operating)
+    sidecar.draw(drawing, plot_pr, y, proba, schema.classes, plots / "precision_recall.png")
+    if threshold is not None:
+        pred, title = (proba[:, 1] >= threshold).astype(int), f"Confusion matrix at threshold {threshold:.3f} (test)"
+    else:
+        pred, title = proba.argmax(axis=1), "Confusion matrix, most probable class (test)"
+    sidecar.draw(drawing, plot_confusion, y, pred, schema.classes, plots / "confusion_matrix.png", title)
+    if binary:
+        sidecar.draw(
+            drawing,
+            plot_reliability,
+            proba[:, 1],
+            (y == 1).astype(float),
+            plots / "reliability.png",
+            ep.calibration_bins,
+            f"P({schema.classes[1]})",
+        )
+    else:
+        hit = (proba.argmax(axis=1) == y).astype(float)
+        sidecar.draw(
+            drawing,
+            plot_reliability,
+            proba.max(axis=1),
+            hit,
+            plots / "reliability.png",
+            ep.calibration_bins,
+            "top-class confidence",
+        )
     ci = bootstrap_ci(y, proba, groups, ep.n_boot, params.seed, threshold, ep.calibration_bins)
     metrics = _finite({f"test_{k}": v for k, v in point.items()})
     for k, (lo, hi) in ci.items():
@@ -178,33 +215,9 @@ def run(params: Params, paths: Paths) -> dict:
         if sub["largest_gap"] is not None:
             metrics[f"test_subgroup_gap_{ep.primary_metric}"] = round(sub["largest_gap"], 6)
 
-    out = paths.step_dir("evaluate")
-    plots = out / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
     (out / "roc.json").write_text(json.dumps(roc_points(y, proba, schema.classes)) + "\n")
-    operating = None
-    if threshold is not None and "specificity" in point and "sensitivity" in point:
-        operating = (1 - point["specificity"], point["sensitivity"])
-    plot_roc(y, proba, schema.classes, plots / "roc.png", operating)
-    plot_pr(y, proba, schema.classes, plots / "precision_recall.png")
-    if threshold is not None:
-        pred, title = (proba[:, 1] >= threshold).astype(int), f"Confusion matrix at threshold {threshold:.3f} (test)"
-    else:
-        pred, title = proba.argmax(axis=1), "Confusion matrix, most probable class (test)"
-    plot_confusion(y, pred, schema.classes, plots / "confusion_matrix.png", title)
-    if binary:
-        plot_reliability(
-            proba[:, 1],
-            (y == 1).astype(float),
-            plots / "reliability.png",
-            ep.calibration_bins,
-            f"P({schema.classes[1]})",
-        )
-    else:
-        hit = (proba.argmax(axis=1) == y).astype(float)
-        plot_reliability(proba.max(axis=1), hit, plots / "reliability.png", ep.calibration_bins, "top-class confidence")
     if "subgroups" in report:
-        plot_forest(report["subgroups"], plots / "subgroups.png", point[ep.primary_metric])
+        sidecar.draw(drawing, plot_forest, report["subgroups"], plots / "subgroups.png", point[ep.primary_metric])
 
     run_id = json.loads(paths.train_run.read_text())["run_id"]
     tracking.configure(paths)
@@ -212,12 +225,13 @@ def run(params: Params, paths: Paths) -> dict:
     report["learning_curves"] = sorted(history) or None
     if history:
         best = json.loads(paths.summary("train").read_text()).get("best_epoch")
-        plot_learning_curves(history, plots / "learning_curves.png", best)
+        sidecar.draw(drawing, plot_learning_curves, history, plots / "learning_curves.png", best)
 
     paths.metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(_report_md(report, metrics))
     tracking.log_metrics(run_id, metrics)
+    sidecar.drawn()
     tracking.log_artifacts(run_id, plots, "evaluation")
     for name in ("report.json", "report.md"):
         tracking.log_artifacts(run_id, out / name, "evaluation")

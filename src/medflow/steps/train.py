@@ -36,6 +36,7 @@ from medflow.models.tabular import IMAGE_MODELS, build
 from medflow.params import Params
 from medflow.params import load as load_params
 from medflow.paths import Paths
+from medflow.sidecar import sidecar
 from medflow.steps.clean import LABEL, ROW_ID
 from medflow.training import distributed
 from medflow.training.loop import FitConfig, Progress, fit, pick_device, seed_everything
@@ -98,6 +99,7 @@ def log_upstream(run_id: str, paths: Paths) -> None:
         counts[f"{split}_rows"] = rows
     tracking.log_metrics(run_id, counts)
     profile = paths.step_dir("validate") / "profile"
+    sidecar.drawn()  # validate's figures, drawn beside the run
     if profile.exists():
         tracking.log_artifacts(run_id, profile, "data_profile")
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from medflow.data import image_validation, images, sources
 from medflow.data.features import CONTENT_HASH
-from medflow.data.profile import association, build_profile, figures, numeric_associations, to_markdown
+from medflow.data.profile import association, build_profile, numeric_associations, save_figures, to_markdown
 from medflow.data.suite import (
     ROW_ID,
     Check,
@@ -37,6 +37,7 @@ from medflow.params import DataParams, Params, ValidateParams
 from medflow.paths import Paths
 from medflow.privacy import classify
 from medflow.privacy.keys import PATIENT_KEY, pseudonymise, resolve_salt
+from medflow.sidecar import sidecar
 
 __all__ = ["ValidationFailed", "batch_failures", "quarantine", "report", "run"]
 
@@ -240,8 +241,7 @@ def run(params: Params, paths: Paths) -> dict:
     profile = build_profile(typed(valid, kinds, parsed), kinds, data.target, data.positive_class, vp)
     (out / "profile").mkdir()
     (out / "profile" / "profile.md").write_text(to_markdown(profile, dataset))
-    for name, fig in figures(profile).items():
-        fig.savefig(out / "profile" / name, dpi=80)
+    sidecar.draw("validate's profile figures", save_figures, profile, out / "profile")
 
     rules = {c.rule: len(c.row_ids) for c in checks if c.level == "row" and c.row_ids}
     summary = {
@@ -338,8 +338,7 @@ def _run_images(params: Params, paths: Paths) -> dict:
     profile = image_validation.image_profile(valid[data.target], pixels, data.target, params.validate_)
     (out / "profile").mkdir()
     (out / "profile" / "profile.md").write_text(image_validation.profile_markdown(profile, dataset))
-    for name, fig in image_validation.profile_figures(profile).items():
-        fig.savefig(out / "profile" / name, dpi=80)
+    sidecar.draw("validate's profile figures", image_validation.save_profile_figures, profile, out / "profile")
 
     summary = {
         "dataset": dataset,

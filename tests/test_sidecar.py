@@ -1,0 +1,73 @@
+"""The sidecar process that draws the run's figures and writes its DVC records beside it."""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from medflow.sidecar import Sidecar
+
+
+def write(path: Path, text: str) -> None:
+    time.sleep(0.2)  # slower than the next call's handing over: the order is the process's, not luck's
+    path.write_text(text)
+
+
+def fail(message: str) -> None:
+    raise KeyError(message)
+
+
+class Unpicklable(Exception):
+    def __init__(self, a, b):
+        super().__init__(f"{a} and {b}")
+
+
+def fail_unpicklably() -> None:
+    raise Unpicklable("lock", "key")
+
+
+def test_work_is_done_in_the_order_it_is_handed_over_and_drawn_waits_for_it(tmp_path):
+    sidecar = Sidecar()
+    with sidecar.started():
+        process = sidecar._channel.process
+        assert os.getpriority(os.PRIO_PROCESS, process.pid) >= 10  # works in the run's spare time, not in its place
+        sidecar.draw("first", write, tmp_path / "a", "1")
+        sidecar.draw("second", write, tmp_path / "a", "2")
+        sidecar.drawn()
+        assert (tmp_path / "a").read_text() == "2"
+    # Closed, it ends on its own once its work is done: no process outlives the run.
+    deadline = time.monotonic() + 10
+    while process.poll() is None:
+        assert time.monotonic() < deadline, "the sidecar did not end"
+        time.sleep(0.05)
+
+
+def test_a_failure_comes_back_with_its_type_or_its_name_and_the_sidecars_traceback(tmp_path):
+    sidecar = Sidecar()
+    with sidecar.started():
+        sidecar.draw("the ROC curve", fail, "no positives")
+        with pytest.raises(RuntimeError, match=r"drawing the ROC curve: KeyError: 'no positives'") as caught:
+            sidecar.drawn()
+        assert isinstance(caught.value.__cause__, KeyError)
+        assert "in medflow's sidecar process" in "".join(caught.value.__cause__.__notes__)
+        sidecar.draw("a record", fail_unpicklably)
+        with pytest.raises(RuntimeError, match=r"drawing a record: RuntimeError: Unpicklable: lock and key"):
+            sidecar.drawn()
+        sidecar.draw("after the failures", write, tmp_path / "b", "still working")
+        sidecar.drawn()
+    assert (tmp_path / "b").read_text() == "still working"
+
+
+def test_outside_a_run_figures_are_drawn_in_the_calling_process(tmp_path):
+    Sidecar().draw("inline", write, tmp_path / "c", "here")
+    assert (tmp_path / "c").read_text() == "here"
+
+
+def test_a_flow_pickled_with_its_globals_takes_the_sidecar_by_name():
+    # `medflow serve` hands each flow run to a process of its own, with the flow cloudpickled by value.
+    import cloudpickle
+
+    from medflow.sidecar import sidecar
+
+    assert cloudpickle.loads(cloudpickle.dumps(sidecar)) is sidecar
