@@ -3,18 +3,20 @@
 import os
 import urllib.request
 
-from medflow.orchestration import TEMPORARY, TemporaryServer
+from medflow.orchestration import CLIENT_CHECKS, TEMPORARY, TemporaryServer
 
 
 def test_the_temporary_server_is_waited_for_after_the_work_meanwhile_runs_out_and_stops_with_its_variables(
     tmp_path, monkeypatch
 ):
-    for name in ("PREFECT_API_URL", "PREFECT_UI_URL", TEMPORARY):
+    for name in ("PREFECT_API_URL", "PREFECT_UI_URL", TEMPORARY, *CLIENT_CHECKS):
         monkeypatch.delenv(name, raising=False)
     done = []
     server = TemporaryServer(tmp_path / ".prefect")
     try:
         assert os.environ["PREFECT_API_URL"] == server.api_url and os.environ[TEMPORARY] == "1"
+        # Our own server, our own Prefect: no version or CSRF-token round trips at the start of each flow.
+        assert all(os.environ[name] == "false" for name in CLIENT_CHECKS)
         # One chore takes no time: the server (~2.6 s to start) is still coming up when the chores run out.
         server.wait([lambda: done.append(1)])
         assert done == [1]
@@ -24,7 +26,7 @@ def test_the_temporary_server_is_waited_for_after_the_work_meanwhile_runs_out_an
         process = server.process
         server.stop()
     assert process.poll() is not None
-    assert "PREFECT_API_URL" not in os.environ and TEMPORARY not in os.environ
+    assert not {"PREFECT_API_URL", TEMPORARY, *CLIENT_CHECKS} & set(os.environ)
 
 
 def test_flows_send_no_heartbeats_to_the_temporary_server_only(monkeypatch):

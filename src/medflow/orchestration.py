@@ -27,6 +27,7 @@ from pathlib import Path
 # Set while PREFECT_API_URL points at this command's own temporary server, which holds no deployments or workers.
 TEMPORARY = "MEDFLOW_PREFECT_TEMPORARY"
 _PR_SET_PDEATHSIG = 1
+CLIENT_CHECKS = ("PREFECT_CLIENT_CSRF_SUPPORT_ENABLED", "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED")
 # Read-only calls that a flow run's first requests would otherwise pay the server's lazy set-up for.
 WARM_UP = [
     ("GET", "/admin/version"),
@@ -54,8 +55,12 @@ class TemporaryServer:
         threading.Thread(target=self._watch, name="medflow-server-watch", daemon=True).start()
         os.environ["PREFECT_API_URL"] = self.api_url
         os.environ[TEMPORARY] = "1"
-        # It serves no UI, and is gone with the command: Prefect's "View at <URL>" line would lead nowhere.
-        os.environ.setdefault("PREFECT_UI_URL", "")
+        # It serves no UI, and is gone with the command: Prefect's "View at <URL>" line would lead nowhere. It is
+        # the same Prefect, started without CSRF protection: the client's version and CSRF-token calls at the start
+        # of a flow (~45 ms each) would ask what is known.
+        self.settings = {"PREFECT_UI_URL": ""} | dict.fromkeys(CLIENT_CHECKS, "false")
+        self.settings = {k: v for k, v in self.settings.items() if k not in os.environ}  # the user's own stay
+        os.environ.update(self.settings)
 
     @property
     def api_url(self) -> str:
@@ -141,8 +146,8 @@ class TemporaryServer:
         self.process = None
         if os.environ.get(TEMPORARY):
             del os.environ[TEMPORARY], os.environ["PREFECT_API_URL"]
-            if os.environ.get("PREFECT_UI_URL") == "":
-                del os.environ["PREFECT_UI_URL"]
+            for name in self.settings:
+                os.environ.pop(name, None)
 
 
 _server: TemporaryServer | None = None
