@@ -192,6 +192,8 @@ def test_the_run_lock_names_its_holder_or_waits_for_it(tmp_path):
 def test_a_run_started_from_another_folder_with_root_records_every_step(clone, tmp_path):
     # DVC's commit resolves stages against the working directory: from elsewhere its records used to fail (and
     # were retried for 15 s) with "file path ... is outside of DVC repo".
-    done = sh(f"{clone}/.venv/bin/medflow --root {clone} run --force -P train.max_epochs=2", tmp_path)
+    # The tests before this one left a 3-s training timeout in params.yaml.
+    tiny = "-P train.max_epochs=2 -P flow.train_timeout_s=3600"
+    done = sh(f"{clone}/.venv/bin/medflow --root {clone} run --force {tiny}", tmp_path)
     assert "registered medflow-breast-cancer" in done.stdout, done.stderr[-3000:]
     assert "up to date" in sh(".venv/bin/dvc status", clone).stdout
