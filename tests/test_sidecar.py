@@ -59,6 +59,22 @@ def test_a_failure_comes_back_with_its_type_or_its_name_and_the_sidecars_traceba
     assert (tmp_path / "b").read_text() == "still working"
 
 
+def die() -> None:
+    os._exit(3)
+
+
+def test_a_sidecar_that_dies_fails_what_it_had_in_hand_instead_of_hanging(tmp_path):
+    sidecar = Sidecar()
+    with sidecar.started():
+        sidecar.draw("a crash", die)
+        sidecar.draw("what came after", write, tmp_path / "d", "never")
+        with pytest.raises(RuntimeError, match=r"drawing a crash: RuntimeError: .*exited with code 3"):
+            sidecar.drawn()
+        with pytest.raises(RuntimeError, match="drawing what came after"):
+            sidecar.drawn()
+    assert not (tmp_path / "d").exists()
+
+
 def test_outside_a_run_figures_are_drawn_in_the_calling_process(tmp_path):
     Sidecar().draw("inline", write, tmp_path / "c", "here")
     assert (tmp_path / "c").read_text() == "here"

@@ -58,8 +58,8 @@ class TemporaryServer:
         # It serves no UI, and is gone with the command: Prefect's "View at <URL>" line would lead nowhere. It is
         # the same Prefect, started without CSRF protection: the client's version and CSRF-token calls at the start
         # of a flow (~45 ms each) would ask what is known.
-        self.settings = {"PREFECT_UI_URL": ""} | dict.fromkeys(CLIENT_CHECKS, "false")
-        self.settings = {k: v for k, v in self.settings.items() if k not in os.environ}  # the user's own stay
+        wanted = {"PREFECT_UI_URL": "", **dict.fromkeys(CLIENT_CHECKS, "false")}
+        self.settings = {k: v for k, v in wanted.items() if k not in os.environ}  # the user's own stay
         os.environ.update(self.settings)
 
     @property
@@ -91,13 +91,12 @@ class TemporaryServer:
         """Sets `ready` once the server answers, after asking it what a flow run asks first: its first answers
         take ~0.4 s of lazy set-up, done here while the command is still importing."""
         while self.process is not None and self.process.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        self.answered = time.monotonic()
-                        break
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.05)
+            health = f"{self.api_url}/health"
+            with contextlib.suppress(urllib.error.URLError, OSError), urllib.request.urlopen(health, timeout=2) as r:
+                if r.status == 200:
+                    self.answered = time.monotonic()
+                    break
+            time.sleep(0.05)  # not up yet, or not well yet: asked again, never in a busy loop
         else:
             return
         for method, path in WARM_UP:

@@ -62,7 +62,11 @@ class _Channel:
         while True:
             try:
                 ok, value = pickle.load(self.process.stdout)
-            except (EOFError, OSError, pickle.UnpicklingError):
+            except (EOFError, OSError):
+                break
+            except Exception:
+                # An answer this process cannot read: the ones after it would be matched to the wrong calls.
+                self.process.kill()
                 break
             with self.lock:
                 future = self.waiting.pop(0)
@@ -104,7 +108,7 @@ class Sidecar:
         from medflow.pipeline import record_elsewhere
 
         with self.started():
-            self._channel.submit(record_elsewhere, str(paths.root.resolve()), steps).result()
+            self._channel.submit(record_elsewhere, str(paths.root), steps).result()
 
     def draw(self, what: str, fn: Callable[..., None], *args) -> None:
         """Calls fn(*args), a module-level function that writes figures, in the sidecar; `drawn()` waits for them."""

@@ -155,26 +155,10 @@ def run(params: Params, paths: Paths) -> dict:
         pred, title = proba.argmax(axis=1), "Confusion matrix, most probable class (test)"
     sidecar.draw(drawing, plot_confusion, y, pred, schema.classes, plots / "confusion_matrix.png", title)
     if binary:
-        sidecar.draw(
-            drawing,
-            plot_reliability,
-            proba[:, 1],
-            (y == 1).astype(float),
-            plots / "reliability.png",
-            ep.calibration_bins,
-            f"P({schema.classes[1]})",
-        )
+        confidence, hit, label = proba[:, 1], (y == 1).astype(float), f"P({schema.classes[1]})"
     else:
-        hit = (proba.argmax(axis=1) == y).astype(float)
-        sidecar.draw(
-            drawing,
-            plot_reliability,
-            proba.max(axis=1),
-            hit,
-            plots / "reliability.png",
-            ep.calibration_bins,
-            "top-class confidence",
-        )
+        confidence, hit, label = proba.max(axis=1), (proba.argmax(axis=1) == y).astype(float), "top-class confidence"
+    sidecar.draw(drawing, plot_reliability, confidence, hit, plots / "reliability.png", ep.calibration_bins, label)
     ci = bootstrap_ci(y, proba, groups, ep.n_boot, params.seed, threshold, ep.calibration_bins)
     metrics = _finite({f"test_{k}": v for k, v in point.items()})
     for k, (lo, hi) in ci.items():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def balanced_weights(y: np.ndarray, n_classes: int) -> list[float]:
     return (len(y) / (n_classes * np.maximum(counts, 1))).tolist()
 
 
-def log_inputs(run_id: str, describe, params: Params, paths: Paths, schema: Schema) -> None:
+def log_inputs(run_id: str, describe: Callable[[], None], params: Params, paths: Paths, schema: Schema) -> None:
     describe()
     if tuned := tuning_note(params, paths):
         print(f"train: {tuned}", flush=True)
