@@ -3,6 +3,8 @@
 import os
 import urllib.request
 
+import pytest
+
 from medflow.orchestration import CLIENT_CHECKS, TEMPORARY, TemporaryServer
 
 
@@ -22,6 +24,10 @@ def test_the_temporary_server_is_waited_for_after_the_work_meanwhile_runs_out_an
         assert done == [1]
         with urllib.request.urlopen(f"{server.api_url}/health", timeout=5) as answer:
             assert answer.status == 200
+        # Its output is its own file's, not the command's: a caller reading medflow's output (CI, a pipe) would
+        # otherwise wait for the server's shutdown after medflow has ended.
+        for fd in (1, 2):
+            assert os.readlink(f"/proc/{server.process.pid}/fd/{fd}") == str(server.log)
     finally:
         process = server.process
         server.stop()
@@ -42,3 +48,19 @@ def test_flows_send_no_heartbeats_to_the_temporary_server_only(monkeypatch):
     monkeypatch.setattr(orchestration, "_server", object())
     with orchestration.flow_settings():
         assert get_current_settings().flows.heartbeat_frequency is None
+
+
+def test_a_server_that_cannot_start_fails_in_one_line_with_its_last_words(tmp_path, monkeypatch):
+    for name in ("PREFECT_API_URL", TEMPORARY, *CLIENT_CHECKS):
+        monkeypatch.delenv(name, raising=False)
+    # A database it cannot open: the server's start-up fails and it exits.
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{tmp_path}/no/such/dir/x.db")
+    server = TemporaryServer(tmp_path / ".prefect")
+    try:
+        with pytest.raises(RuntimeError, match=r"exited with code \d+ as it started: .*unable to open database") as e:
+            server.wait()
+        message = str(e.value)
+        assert "\n" not in message and str(server.log) in message  # one line; the traceback stays in the file
+        assert "Traceback" in server.log.read_text()
+    finally:
+        server.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -63,6 +64,10 @@ class TemporaryServer:
         os.environ.update(self.settings)
 
     @property
+    def log(self) -> Path:
+        return self.home / "server.log"
+
+    @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
@@ -78,14 +83,20 @@ class TemporaryServer:
             command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
             command += ["--fd", str(sock.fileno()), "--log-level", "error", "--lifespan", "on"]
             print(f"Starting temporary server on http://127.0.0.1:{self.port}", file=sys.stderr, flush=True)
-            self.process = subprocess.Popen(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                pass_fds=(sock.fileno(),),
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+            # Its output goes to a file, not to the command's: a caller that reads medflow's output (CI, a pipe,
+            # subprocess.run) would otherwise wait for the server's ~0.3 s shutdown after medflow has ended.
+            self.home.mkdir(parents=True, exist_ok=True)
+            with self.log.open("wb") as log:
+                self.process = subprocess.Popen(
+                    command,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    pass_fds=(sock.fileno(),),
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
 
     def _watch(self) -> None:
         """Sets `ready` once the server answers, after asking it what a flow run asks first: its first answers
@@ -122,14 +133,23 @@ class TemporaryServer:
             code = self.process.poll()
             if code is not None:
                 raise RuntimeError(
-                    f"Prefect's temporary server exited with code {code} as it started (its error is printed above); "
-                    "or start one with `prefect server start` and set PREFECT_API_URL"
+                    f"Prefect's temporary server exited with code {code} as it started: {self._last_words()} "
+                    f"(its whole output: {self.log}); or start one with `prefect server start` and set PREFECT_API_URL"
                 )
             if time.monotonic() - self.started > limit:
                 break
         if not self.ready.is_set() or self.answered - self.started > limit:
             # explain() in the CLI turns this message into its one-line advice.
             raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
+
+    def _last_words(self) -> str:
+        """The exception the server died of (a traceback's last line), else its last line, for a one-line error."""
+        try:
+            lines = [line.strip() for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            lines = []
+        raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*:", line)]
+        return (raised or lines or ["it wrote nothing"])[-1][:300]
 
     def stop(self, wait: bool = True) -> None:
         """Stops the server; without `wait`, for a process about to exit, it finishes its ~0.3 s shutdown alone."""
