@@ -24,7 +24,8 @@ from medflow.sidecar import sidecar
 
 # Writes to MLflow and DVC can fail on a busy store or lock; a step's own error (bad input) fails the same again.
 RETRIED = {"train", "register"}
-PERMANENT = (params_mod.ParamsError, ValueError, KeyError, FileNotFoundError, TimeoutError)
+# StepFailed: the failure of work a step handed over beside the run, reaching its record; retrying cannot mend it.
+PERMANENT = (params_mod.ParamsError, ValueError, KeyError, FileNotFoundError, TimeoutError, StepFailed)
 
 
 # Recorded before the next step starts: a run killed just after them would otherwise repeat them.
@@ -43,13 +44,18 @@ def step(name: str, params: dict, root: str, pipeline: str = "") -> dict:
 
 @task(cache_policy=NO_CACHE, persist_result=False)
 def record(name: str, root: str) -> None:
+    # What the step handed over beside the run (evaluate's plots into MLflow) is part of it: recorded once done.
+    sidecar.finished(name)
     sidecar.record(Paths(root=Path(root)), [name])
 
 
 def settle(name: str, future, timeout_s: float) -> None:
-    """Waits for the record of step `name`; its failure is named after the record, as `record-<step>`."""
+    """Waits for the record of step `name`; its failure is named after the record, as `record-<step>`, and a failure
+    of the step's own work beside the run after the step."""
     try:
         future.result(timeout=timeout_s)
+    except StepFailed:
+        raise
     except Exception as exc:
         raise StepFailed(f"record-{name}", exc) from exc
 
@@ -139,4 +145,5 @@ def pipeline(
             publish(summaries)  # its API calls overlap the last record
             for name, future in records:
                 settle(name, future, f.timeout_s)
+            sidecar.finished()  # a run that records nothing (another params file) waits for its steps' work here
         return summaries

@@ -391,11 +391,18 @@ def test_multiclass_figures_draw_one_curve_per_class(tmp_path):
     y, proba = multiclass_sample()
     classes = ["a", "b", "c"]
     assert {p["class"] for p in plots.roc_points(y, proba, classes)} == set(classes)
-    plots.plot_roc(y, proba, classes, tmp_path / "roc.png")
-    plots.plot_pr(y, proba, classes, tmp_path / "pr.png")
-    plots.plot_confusion(y, proba.argmax(axis=1), classes, tmp_path / "cm.png", "most probable class")
-    hit = (proba.argmax(axis=1) == y).astype(float)
-    plots.plot_reliability(proba.max(axis=1), hit, tmp_path / "rel.png", 10, "top-class confidence")
+    roc, pr = plots.roc_curves(y, proba, classes), plots.pr_curves(y, proba, classes)
+    assert [c["name"] for c in roc] == [c["name"] for c in pr] == classes
+    plots.plot_roc(roc, tmp_path / "roc.png")
+    plots.plot_pr(pr, tmp_path / "pr.png", chance=False)
+    pred = proba.argmax(axis=1)
+    counts = plots.confusion_counts(y, pred, len(classes))
+    assert counts.sum() == len(y) and np.trace(counts) == (pred == y).sum()
+    hit = (pred == y).astype(float)
+    bins = plots.reliability_bins(proba.max(axis=1), hit, 10)
+    assert bins["counts"].sum() == len(y)
+    plots.plot_confusion(counts, classes, tmp_path / "cm.png", "most probable class")
+    plots.plot_reliability(bins, tmp_path / "rel.png", "top-class confidence")
     assert all((tmp_path / f).stat().st_size > 5_000 for f in ("roc.png", "pr.png", "cm.png", "rel.png"))
 
 

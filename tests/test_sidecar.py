@@ -87,3 +87,28 @@ def test_a_flow_pickled_with_its_globals_takes_the_sidecar_by_name():
     from medflow.sidecar import sidecar
 
     assert cloudpickle.loads(cloudpickle.dumps(sidecar)) is sidecar
+
+
+def test_work_after_drawing_waits_for_the_figures_not_the_caller_and_its_failure_is_its_steps(tmp_path):
+    from medflow.pipeline import StepFailed
+
+    sidecar = Sidecar()
+    with sidecar.started():
+        sidecar.draw("a slow figure", write, tmp_path / "fig", "drawn")
+        sidecar.after_drawing("evaluate", lambda: (tmp_path / "logged").write_text((tmp_path / "fig").read_text()))
+        assert not (tmp_path / "logged").exists()  # the caller went on while the figure was drawn
+        sidecar.finished("evaluate")
+        assert (tmp_path / "logged").read_text() == "drawn"
+
+        sidecar.draw("a broken figure", fail, "no positives")
+        sidecar.after_drawing("register", write, tmp_path / "never", "x")
+        sidecar.finished("evaluate")  # another step's work is not waited for, nor its failure raised
+        for _ in range(2):  # as often as it is asked: a retried record meets the same failure
+            with pytest.raises(StepFailed, match=r"register: RuntimeError: drawing a broken figure: KeyError"):
+                sidecar.finished()
+    assert not (tmp_path / "never").exists()
+
+
+def test_outside_a_run_work_after_drawing_is_done_at_once(tmp_path):
+    Sidecar().after_drawing("evaluate", write, tmp_path / "now", "done")
+    assert (tmp_path / "now").read_text() == "done"

@@ -78,10 +78,18 @@ class _Channel:
             future.set_exception(RuntimeError(f"medflow's sidecar process exited with code {code}"))
 
 
+def _drawing_result(what: str, future: Future) -> None:
+    try:
+        future.result()
+    except Exception as exc:
+        raise RuntimeError(f"drawing {what}: {type(exc).__name__}: {exc}") from exc
+
+
 class Sidecar:
     def __init__(self) -> None:
         self._channel: _Channel | None = None
         self._drawing: list[tuple[str, Future]] = []
+        self._after: list[tuple[str, Future]] = []  # (step, its work once its figures are drawn)
         self._lock = threading.Lock()
 
     def __reduce__(self):
@@ -102,6 +110,7 @@ class Sidecar:
             # that finished. The process ends on its own once it is.
             channel, self._channel = self._channel, None
             channel.close()
+            self._after = []
 
     def record(self, paths: Paths, steps: list[str]) -> None:
         """Writes the steps' records into dvc.lock (medflow.pipeline.record_in_dvc) and returns once they are."""
@@ -127,10 +136,43 @@ class Sidecar:
                 if not self._drawing:
                     return
                 what, future = self._drawing.pop(0)
+            _drawing_result(what, future)
+
+    def after_drawing(self, step: str, fn: Callable[..., None], *args) -> None:
+        """Calls fn(*args) once every figure handed over so far is drawn, in a thread of this process, so that the
+        run goes on meanwhile; `finished(step)` waits for it. Outside `started()`, at once."""
+        if self._channel is None:
+            self.drawn()
+            fn(*args)
+            return
+        with self._lock:
+            drawing, self._drawing = self._drawing, []
+        done: Future = Future()
+
+        def work() -> None:
+            try:
+                for what, future in drawing:
+                    _drawing_result(what, future)
+                done.set_result(fn(*args))
+            except Exception as exc:
+                done.set_exception(exc)
+
+        threading.Thread(target=work, name=f"medflow-{step}-after-drawing", daemon=True).start()
+        with self._lock:
+            self._after.append((step, done))
+
+    def finished(self, step: str | None = None) -> None:
+        """Returns once the work that `step` (None: every step) handed to `after_drawing` is done; a failure is
+        raised as that step's, as often as this is asked."""
+        from medflow.pipeline import StepFailed
+
+        with self._lock:
+            work = [(s, future) for s, future in self._after if step in (None, s)]
+        for s, future in work:
             try:
                 future.result()
             except Exception as exc:
-                raise RuntimeError(f"drawing {what}: {type(exc).__name__}: {exc}") from exc
+                raise StepFailed(s, exc) from exc
 
 
 sidecar = Sidecar()
@@ -175,7 +217,10 @@ def main() -> None:
         try:
             fn, args = pickle.load(calls)
         except EOFError:
-            return
+            # The run has everything it asked for. Freeing DVC's, matplotlib's and pandas' module state at teardown
+            # takes ~0.3 s that a caller reading the run's output (this process shares it) would wait for.
+            sys.stderr.flush()
+            os._exit(0)
         try:
             answer = (True, fn(*args))
         except Exception as exc:

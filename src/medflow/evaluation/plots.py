@@ -1,12 +1,15 @@
-"""Evaluation figures: aggregates of the test split only (curves, counts, group summaries), never a row."""
+"""Evaluation figures, drawn from aggregates of the test split only (curve points, counts, bin means), never a row.
+
+The aggregates are computed where the scores are (sklearn's curves, in the run's process); the drawing functions
+need numpy and matplotlib alone, so the sidecar process that draws them beside the run imports no sklearn and is
+handed no patient's score.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from sklearn import metrics as skm
-from sklearn.calibration import CalibrationDisplay
 
 
 def _pyplot():
@@ -34,59 +37,113 @@ def _curves(y: np.ndarray, proba: np.ndarray, classes: list[str]):
     return [(name, truth, score) for name, truth, score in pairs if truth.any() and not truth.all()]
 
 
-def roc_points(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> list[dict]:
-    rows = []
+def roc_curves(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> list[dict]:
+    """Per curve of `_curves`: its name, sklearn's ROC points and AUC."""
+    from sklearn import metrics as skm
+
+    curves = []
     for name, truth, score in _curves(y, proba, classes):
         fpr, tpr, _ = skm.roc_curve(truth, score)
-        rows += [{"class": name, "fpr": float(f), "tpr": float(t)} for f, t in zip(fpr, tpr, strict=True)]
-    return rows
+        curves.append({"name": name, "fpr": fpr, "tpr": tpr, "auc": float(skm.auc(fpr, tpr))})
+    return curves
 
 
-def plot_roc(y: np.ndarray, proba: np.ndarray, classes: list[str], out: Path, operating: tuple | None = None) -> None:
-    """operating: (1 - specificity, sensitivity) at the chosen threshold, marked on the curve."""
+def pr_curves(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> list[dict]:
+    """Per curve: its name, sklearn's precision-recall points, average precision and the share of positives."""
+    from sklearn import metrics as skm
+
+    curves = []
+    for name, truth, score in _curves(y, proba, classes):
+        precision, recall, _ = skm.precision_recall_curve(truth, score)
+        ap = float(skm.average_precision_score(truth, score))
+        curves.append({"name": name, "precision": precision, "recall": recall, "ap": ap, "prevalence": truth.mean()})
+    return curves
+
+
+def confusion_counts(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """[true, predicted] counts over every class, absent ones included."""
+    return np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def reliability_bins(conf: np.ndarray, hit: np.ndarray, n_bins: int) -> dict:
+    """conf: predicted probability (binary) or top-label confidence (multiclass); hit: the outcome it predicts.
+    Per non-empty uniform bin, as sklearn's calibration_curve: the mean prediction and the observed share; and the
+    rows of every bin."""
+    from sklearn.calibration import calibration_curve
+
+    observed, predicted = calibration_curve(hit, conf, n_bins=n_bins)
+    counts = np.bincount(np.minimum((conf * n_bins).astype(int), n_bins - 1), minlength=n_bins)
+    return {"predicted": predicted, "observed": observed, "counts": counts}
+
+
+def roc_points(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> list[dict]:
+    return [
+        {"class": c["name"], "fpr": float(f), "tpr": float(t)}
+        for c in roc_curves(y, proba, classes)
+        for f, t in zip(c["fpr"], c["tpr"], strict=True)
+    ]
+
+
+def plot_roc(curves: list[dict], out: Path, operating: tuple | None = None) -> None:
+    """curves: roc_curves(); operating: (1 - specificity, sensitivity) at the chosen threshold, marked on the curve."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
-    for name, truth, score in _curves(y, proba, classes):
-        skm.RocCurveDisplay.from_predictions(truth, score, name=name, ax=ax, plot_chance_level=name == classes[-1])
+    for c in curves:
+        ax.plot(c["fpr"], c["tpr"], label=f"{c['name']} (AUC = {c['auc']:.2f})")
+    ax.plot([0, 1], [0, 1], "k--", label="Chance level (AUC = 0.5)")
     if operating is not None:
         ax.plot(*operating, "o", color="crimson", label="chosen threshold")
-        ax.legend(loc="lower right", fontsize=8)
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal")
     ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)")
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_title("ROC curve (test split)")
     _save(fig, out)
 
 
-def plot_pr(y: np.ndarray, proba: np.ndarray, classes: list[str], out: Path) -> None:
+def plot_pr(curves: list[dict], out: Path, chance: bool) -> None:
+    """curves: pr_curves(); chance: draw the positives' share (a binary task's no-skill precision)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
-    for name, truth, score in _curves(y, proba, classes):
-        skm.PrecisionRecallDisplay.from_predictions(truth, score, name=name, ax=ax, plot_chance_level=len(classes) == 2)
+    for c in curves:
+        ax.plot(c["recall"], c["precision"], drawstyle="steps-post", label=f"{c['name']} (AP = {c['ap']:.2f})")
+        if chance:
+            ax.axhline(c["prevalence"], ls="--", color="k", label=f"Chance level (AP = {c['prevalence']:.2f})")
+    ax.set(xlim=(-0.01, 1.01), aspect="equal")
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", ylim=(0, 1.02))
+    ax.legend(loc="lower left", fontsize=8)
     ax.set_title("Precision-recall curve (test split)")
     _save(fig, out)
 
 
-def plot_confusion(y: np.ndarray, pred: np.ndarray, classes: list[str], out: Path, title: str) -> None:
+def plot_confusion(counts: np.ndarray, classes: list[str], out: Path, title: str) -> None:
+    """counts: confusion_counts()."""
     plt = _pyplot()
     side = 1.0 * len(classes) + 3
     fig, ax = plt.subplots(figsize=(side, side))
-    skm.ConfusionMatrixDisplay.from_predictions(
-        y, pred, labels=np.arange(len(classes)), display_labels=classes, ax=ax, colorbar=False, cmap="Blues"
-    )
+    ax.imshow(counts, cmap="Blues", vmin=0)
+    dark = counts.max() / 2
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, str(n), ha="center", va="center", color="white" if n > dark else "black")
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, classes)
+    ax.set_yticks(ticks, classes)
     ax.set(xlabel="predicted", ylabel="true")
     ax.set_title(title, fontsize=10)
     ax.tick_params(axis="x", labelrotation=30)
     _save(fig, out)
 
 
-def plot_reliability(conf: np.ndarray, hit: np.ndarray, out: Path, n_bins: int, label: str) -> None:
-    """conf: predicted probability (binary) or top-label confidence (multiclass); hit: the outcome it predicts."""
+def plot_reliability(bins: dict, out: Path, label: str) -> None:
+    """bins: reliability_bins()."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5.5))
-    CalibrationDisplay.from_predictions(hit, conf, n_bins=n_bins, ax=ax, name="model")
-    counts = np.bincount(np.minimum((conf * n_bins).astype(int), n_bins - 1), minlength=n_bins)
+    ax.plot([0, 1], [0, 1], "k:", label="Perfectly calibrated")
+    ax.plot(bins["predicted"], bins["observed"], "s-", label="model")
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
+    ax.legend(loc="upper left", fontsize=8)
+    n_bins = len(bins["counts"])
     twin = ax.twinx()
-    twin.bar((np.arange(n_bins) + 0.5) / n_bins, counts, width=1 / n_bins, alpha=0.15, color="grey")
+    twin.bar((np.arange(n_bins) + 0.5) / n_bins, bins["counts"], width=1 / n_bins, alpha=0.15, color="grey")
     twin.set_ylabel("rows per bin")
     ax.set(xlabel=f"mean predicted {label}", ylabel=f"observed fraction ({label})")
     ax.set_title("Reliability diagram (test split)")

@@ -15,12 +15,16 @@ from medflow import tracking
 from medflow.evaluation.calibration import fit_temperature, scale
 from medflow.evaluation.metrics import bootstrap_ci, patient_groups, point_metrics, weighted_metrics
 from medflow.evaluation.plots import (
+    confusion_counts,
     plot_confusion,
     plot_forest,
     plot_learning_curves,
     plot_pr,
     plot_reliability,
     plot_roc,
+    pr_curves,
+    reliability_bins,
+    roc_curves,
     roc_points,
 )
 from medflow.evaluation.subgroups import group_labels, subgroup_report
@@ -145,20 +149,22 @@ def run(params: Params, paths: Paths) -> dict:
     operating = None
     if threshold is not None and "specificity" in point and "sensitivity" in point:
         operating = (1 - point["specificity"], point["sensitivity"])
-    # Drawn beside the run while this step goes on (bootstraps, subgroups); waited for before they are logged.
+    # Drawn beside the run while this step and the next go on (bootstraps, subgroups, register).
     drawing = "evaluate's plots"
-    sidecar.draw(drawing, plot_roc, y, proba, schema.classes, plots / "roc.png", operating)
-    sidecar.draw(drawing, plot_pr, y, proba, schema.classes, plots / "precision_recall.png")
+    sidecar.draw(drawing, plot_roc, roc_curves(y, proba, schema.classes), plots / "roc.png", operating)
+    sidecar.draw(drawing, plot_pr, pr_curves(y, proba, schema.classes), plots / "precision_recall.png", binary)
     if threshold is not None:
         pred, title = (proba[:, 1] >= threshold).astype(int), f"Confusion matrix at threshold {threshold:.3f} (test)"
     else:
         pred, title = proba.argmax(axis=1), "Confusion matrix, most probable class (test)"
-    sidecar.draw(drawing, plot_confusion, y, pred, schema.classes, plots / "confusion_matrix.png", title)
+    counts = confusion_counts(y, pred, len(schema.classes))
+    sidecar.draw(drawing, plot_confusion, counts, schema.classes, plots / "confusion_matrix.png", title)
     if binary:
         confidence, hit, label = proba[:, 1], (y == 1).astype(float), f"P({schema.classes[1]})"
     else:
         confidence, hit, label = proba.max(axis=1), (proba.argmax(axis=1) == y).astype(float), "top-class confidence"
-    sidecar.draw(drawing, plot_reliability, confidence, hit, plots / "reliability.png", ep.calibration_bins, label)
+    bins = reliability_bins(confidence, hit, ep.calibration_bins)
+    sidecar.draw(drawing, plot_reliability, bins, plots / "reliability.png", label)
     ci = bootstrap_ci(y, proba, groups, ep.n_boot, params.seed, threshold, ep.calibration_bins)
     metrics = _finite({f"test_{k}": v for k, v in point.items()})
     for k, (lo, hi) in ci.items():
@@ -215,8 +221,8 @@ def run(params: Params, paths: Paths) -> dict:
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(_report_md(report, metrics))
     tracking.log_metrics(run_id, metrics)
-    sidecar.drawn()
-    tracking.log_artifacts(run_id, plots, "evaluation")
+    # Logged once the sidecar has drawn them, while the next step runs; the step's DVC record waits for it.
+    sidecar.after_drawing("evaluate", tracking.log_artifacts, run_id, plots, "evaluation")
     for name in ("report.json", "report.md"):
         tracking.log_artifacts(run_id, out / name, "evaluation")
     return {"run_id": run_id, **{k: metrics[k] for k in sorted(metrics) if not k.endswith(("_low", "_high"))}}
