@@ -46,7 +46,8 @@ def step(name: str, params: dict, root: str, pipeline: str = "") -> dict:
 def record(name: str, root: str) -> None:
     # What the step handed over beside the run (evaluate's plots into MLflow) is part of it: recorded once done.
     sidecar.finished(name)
-    sidecar.record(Paths(root=Path(root)), [name])
+    # After the last step, DVC is asked whether every stage is up to date, as the next `medflow run` would ask.
+    sidecar.record(Paths(root=Path(root)), [name], check=name == STEPS[-1])
 
 
 def settle(name: str, future, timeout_s: float) -> None:
