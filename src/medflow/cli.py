@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from medflow import orchestration
+from medflow import imports, orchestration
 from medflow import params as params_mod
 from medflow.paths import STEPS, Paths
 from medflow.sidecar import sidecar
@@ -39,20 +39,23 @@ def quiet_tools(paths: Paths) -> None:
     os.environ.setdefault("PREFECT_HOME", str(paths.root / ".prefect"))
 
 
-def load_flow(paths: Paths, log: Path | None = None):
-    """flows/ is a package beside src/, imported as a real module: Prefect can serve and deploy only those."""
+def load_flow(paths: Paths, log: Path | None = None, trains: bool = True):
+    """flows/ is a package beside src/, imported as a real module: Prefect can serve and deploy only those. With
+    `trains`, torch's compiler too, which its optimizer imports when it is first built (~1 s)."""
     file = paths.root / "flows" / "pipeline.py"
     if not file.exists():
         raise FileNotFoundError(f"{file}: flow file not found; run medflow from the project root or pass --root")
     sys.path.insert(0, str(paths.root))
-    module = importlib.import_module("flows.pipeline")
-    hide_prefect_tracebacks()
-    if log:
-        log_to(log)
-    from medflow import tracking
+    with imports.heavy():
+        module = importlib.import_module("flows.pipeline")
+        hide_prefect_tracebacks()
+        if log:
+            log_to(log)
+        from medflow import tracking
 
-    steps = [functools.partial(importlib.import_module, f"medflow.steps.{name}") for name in STEPS]
-    orchestration.server_ready(meanwhile=[*steps, functools.partial(tracking.configure, paths)])
+        modules = [f"medflow.steps.{name}" for name in STEPS] + (["torch._dynamo"] if trains else [])
+        chores = [functools.partial(importlib.import_module, name) for name in modules]
+        orchestration.server_ready(meanwhile=[*chores, functools.partial(tracking.configure, paths)])
     return module
 
 
@@ -209,12 +212,13 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         # A run of the recorded params asks DVC first: with nothing stale, Prefect, torch, GX and MLflow are never
         # started or imported, and the answer comes in about a second.
         recorded = not args.params or Path(args.params).resolve() == paths.params_file.resolve()
-        if recorded and not args.force and up_to_date(paths, params_file):
+        todo = stale(paths, params_file) if recorded and not args.force else list(STEPS)
+        if not todo:
             return 0
         orchestration.start_server(Path(os.environ["PREFECT_HOME"]))
         # Started with the server: niced, it imports while the server's start leaves a core free.
         with sidecar.started():
-            flows = load_flow(paths, args.log)
+            flows = load_flow(paths, args.log, trains="train" in todo)
             with orchestration.flow_settings():
                 result = flows.pipeline(
                     root=str(paths.root),
@@ -229,20 +233,21 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
-def up_to_date(paths: Paths, params_file: Path) -> bool:
-    """True (and says so, with the model the last run registered) when DVC finds every step up to date."""
+def stale(paths: Paths, params_file: Path) -> list[str]:
+    """The steps DVC finds stale; none, it says so, with the model the last run registered."""
     from medflow.pipeline import ensure_data, stale_steps
 
     ensure_data(params_mod.load(params_file), paths)
-    if stale_steps(paths):
-        return False
+    todo = stale_steps(paths)
+    if todo:
+        return todo
     print("nothing to do: every step is up to date (dvc status is clean); use --force to rerun")
     summary = paths.summary("register")
     if summary.exists():
         reg = json.loads(summary.read_text())
         state = "champion" if reg.get("promoted") else "not promoted"
         print(f"the last run's model: {reg['model_name']} v{reg['version']} ({state})")
-    return True
+    return []
 
 
 def cmd_step(args: argparse.Namespace, paths: Paths) -> int:
@@ -393,10 +398,11 @@ def cmd_monitor(args: argparse.Namespace, paths: Paths) -> int:
         raise error
     orchestration.start_server(Path(os.environ["PREFECT_HOME"]))
     sys.path.insert(0, str(paths.root))  # flows/ is a package beside src/
-    module = importlib.import_module("flows.monitor")
-    hide_prefect_tracebacks()
-    log_to(args.log)
-    orchestration.server_ready()
+    with imports.heavy():
+        module = importlib.import_module("flows.monitor")
+        hide_prefect_tracebacks()
+        log_to(args.log)
+        orchestration.server_ready()
     try:
         with orchestration.flow_settings():
             result = module.monitor(root=str(paths.root), batch=args.batch, retrain=False if args.no_retrain else None)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from medflow import imports
 from medflow.data import sources
 from medflow.params import Params
 from medflow.paths import STEPS, Paths
@@ -85,7 +86,8 @@ def run_lock(paths: Paths, wait_s: float = 0.0) -> Iterator[None]:
 def run_step(name: str, params: Params, paths: Paths) -> dict:
     if name not in STEPS:
         raise KeyError(f"unknown step {name!r}; steps: {', '.join(STEPS)}")
-    module = importlib.import_module(f"medflow.steps.{name}")
+    with imports.heavy():
+        module = importlib.import_module(f"medflow.steps.{name}")
     # As `dvc repro` does: a step starts from an empty folder, so nothing stale outlives a rerun.
     shutil.rmtree(paths.step_dir(name), ignore_errors=True)
     paths.step_dir(name).mkdir(parents=True, exist_ok=True)

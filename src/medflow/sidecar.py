@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from subprocess import PIPE
 
+from medflow import imports
 from medflow.paths import Paths
 
 
@@ -202,7 +203,7 @@ def main() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # what the work prints goes to the terminal, not the pipe
     # What the calls need (matplotlib, sklearn's curves, pandas, DVC: ~2 s), imported before the first one comes;
     # an import that fails here fails again in the call that needs it, and is answered there.
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception), imports.heavy():
         import matplotlib
 
         matplotlib.use("Agg")
