@@ -169,3 +169,10 @@ def test_data_dvc_is_checked_for_the_demo_and_updated_for_new_tables(tmp_path):
     shutil.rmtree(paths.data_dir)
     with pytest.raises(DataVersionError, match="dvc pull"):
         ensure_data(from_dict({}), paths)
+
+    # A fresh clone whose first run asks for the built-in cohort: the demo is checked, then the cohort recorded.
+    shutil.rmtree(paths.data_dir)
+    shutil.copy(REPO / "data.dvc", tmp_path / "data.dvc")
+    ensure_data(from_dict({"data": {"source": "synthetic_cohort", "target": "outcome"}}), paths)
+    assert {p.name for p in paths.data_dir.iterdir()} == {"breast_cancer.csv", "synthetic_cohort.csv"}
+    assert yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"] == dir_md5(paths.data_dir) != recorded

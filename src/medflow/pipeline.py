@@ -201,16 +201,23 @@ def ensure_data(params: Params, paths: Paths) -> Path | None:
     A fresh clone has no DVC remote, so the demo file is rebuilt from scikit-learn and must hash to what
     data.dvc records; a changed data/ (the user's own table) is recorded as a new data version.
     """
-    rebuilt = not paths.data_dir.exists()
-    if rebuilt:
-        # A fresh clone has no DVC remote: rebuild the demo table that data.dvc records, whatever the source.
+    record = paths.root / "data.dvc"
+    recorded = is_dvc_project(paths) and record.exists()
+    if not paths.data_dir.exists():
+        # A fresh clone has no DVC remote: rebuild the demo table that data.dvc records, whatever the source, and
+        # check it before the chosen source adds a file of its own (a built-in cohort: a new data version).
         sources.materialise_demo(sources.RECORDED_DEMO, paths.data_dir)
+        if recorded and (actual := dir_md5(paths.data_dir)) != (expected := _recorded_md5(record)):
+            raise DataVersionError(
+                f"{paths.data_dir}: the rebuilt demo data hash to {actual}, but data.dvc records {expected}: "
+                "fetch that version with `dvc pull` from the project's remote, or, if data.dvc still records the "
+                "demo, it is no longer reproducible with these package versions (see constraints.txt)"
+            )
     # Image sources (folders, manifests, built-in sets) are resolved by the image loader in `validate`.
     source = sources.resolve(params.data.source, paths) if params.data.kind == "tabular" else None
-    record = paths.root / "data.dvc"
-    if not (is_dvc_project(paths) and record.exists() and paths.data_dir.exists()) or unchanged(paths):
+    if not (recorded and paths.data_dir.exists()) or unchanged(paths):
         return source
-    expected = yaml.safe_load(record.read_text())["outs"][0]["md5"]
+    expected = _recorded_md5(record)
     actual = dir_md5(paths.data_dir)
     from dvc.repo import Repo
 
@@ -221,18 +228,15 @@ def ensure_data(params: Params, paths: Paths) -> Path | None:
     with Repo(str(paths.root)) as repo:
         if actual == expected:
             repo.commit(str(record), force=True)  # fills the local cache so `dvc status` is clean
-        elif rebuilt:
-            # Only a table rebuilt just now is in question: rows a user (or `medflow monitor`) added to the demo
-            # file make a new data version like any other change.
-            raise DataVersionError(
-                f"{paths.data_dir}: the rebuilt demo data hash to {actual}, but data.dvc records {expected}: "
-                "fetch that version with `dvc pull` from the project's remote, or, if data.dvc still records the "
-                "demo, it is no longer reproducible with these package versions (see constraints.txt)"
-            )
         else:
+            # Rows a user (or `medflow monitor`) added, or another table: a new data version like any other change.
             print("data/ changed since data.dvc: recording the new version (as `dvc add data` would)")
             repo.add(str(paths.data_dir))
     return source
+
+
+def _recorded_md5(record: Path) -> str:
+    return yaml.safe_load(record.read_text())["outs"][0]["md5"]
 
 
 def stage_address(paths: Paths, step: str) -> str:
