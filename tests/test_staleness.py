@@ -106,3 +106,12 @@ def test_stages_built_from_templates_are_always_left_to_dvc(recorded):
     assert pipeline.snapshot(paths) is None
     pipeline.stale_steps(paths)
     assert not pipeline.unchanged(paths)
+
+
+def test_a_foreach_stage_is_left_to_dvc_and_a_comment_naming_one_is_not(recorded):
+    paths = recorded
+    text = (paths.root / "dvc.yaml").read_text()
+    (paths.root / "dvc.yaml").write_text("# a confusion matrix and a foreach loop, in words\n" + text)
+    assert pipeline.snapshot(paths) is not None
+    (paths.root / "dvc.yaml").write_text(text + "  extra:\n    foreach: [1, 2]\n    do:\n      cmd: echo one\n")
+    assert pipeline.snapshot(paths) is None

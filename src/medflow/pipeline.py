@@ -14,6 +14,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -154,7 +155,7 @@ def snapshot(paths: Paths) -> dict | None:
         text = (root / "dvc.yaml").read_text()
         record = root / "data.dvc"
         data = yaml.load(record.read_text(), Loader=_FAST) if record.exists() else None
-        if "${" in text or "foreach" in text or "matrix" in text:
+        if "${" in text or re.search(r"^\s*(foreach|matrix)\s*:", text, re.MULTILINE):
             return None
         names = {"dvc.yaml", "dvc.lock", "data.dvc", ".dvcignore", "params.yaml", "data"}
         for stage in (yaml.load(text, Loader=_FAST) or {}).get("stages", {}).values():
