@@ -201,7 +201,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     calls, answers = sys.stdin.buffer, os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # what the work prints goes to the terminal, not the pipe
-    # What the calls need (matplotlib, sklearn's curves, pandas, DVC: ~2 s), imported before the first one comes;
+    # What the calls need (matplotlib, pandas, DVC: ~1.5 s), imported before the first one comes;
     # an import that fails here fails again in the call that needs it, and is answered there.
     with contextlib.suppress(Exception), imports.heavy():
         import matplotlib
@@ -220,6 +220,7 @@ def main() -> None:
         except EOFError:
             # The run has everything it asked for. Freeing DVC's, matplotlib's and pandas' module state at teardown
             # takes ~0.3 s that a caller reading the run's output (this process shares it) would wait for.
+            sys.stdout.flush()
             sys.stderr.flush()
             os._exit(0)
         try:
