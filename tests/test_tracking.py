@@ -247,8 +247,10 @@ def test_training_data_is_logged_as_a_dataset_input_without_rows(project, params
         project.step_dir(step).mkdir(parents=True)
         project.summary(step).write_text(json.dumps(summary))
     schema = Schema(target="y", classes=["no", "yes"], numeric=["a"], categorical=["c"])
-    run_id = tracking.start_run(params, project)
-    tracking.log_training_data(run_id, params, project, schema)
+    run = tracking.open_run(params, project)
+    run.describe()
+    run_id = run.run_id
+    tracking.log_training_data(run_id, run.tags, params, project, schema)
     (logged,) = mlflow.MlflowClient().get_run(run_id).inputs.dataset_inputs
     ds = logged.dataset
     assert (ds.name, ds.digest) == ("t", tracking.lineage(params, project)["medflow.data_md5"][:16])

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from medflow import tracking
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema
 from medflow.models import vision
 from medflow.models.bundle import save_bundle
-from medflow.models.tabular import IMAGE_MODELS, build
+from medflow.models.tabular import IMAGE_MODELS, build, check_kind
 from medflow.params import Params
 from medflow.params import load as load_params
 from medflow.paths import Paths
@@ -80,17 +79,22 @@ def balanced_weights(y: np.ndarray, n_classes: int) -> list[float]:
     return (len(y) / (n_classes * np.maximum(counts, 1))).tolist()
 
 
-def log_inputs(run_id: str, describe: Callable[[], None], params: Params, paths: Paths, schema: Schema) -> None:
-    describe()
+def log_inputs(run: tracking.OpenedRun, params: Params, paths: Paths, schema: Schema) -> None:
+    """The run's params, the data-quality counts, the dataset and the data profile: what the model version points
+    back to: two writes to the store, and the profile's files."""
+    tags = {}
     if tuned := tuning_note(params, paths):
         print(f"train: {tuned}", flush=True)
-        tracking.set_tags(run_id, {"medflow.tuned": tuned})
-    log_upstream(run_id, paths)
-    tracking.log_training_data(run_id, params, paths, schema)
+        tags["medflow.tuned"] = tuned
+    run.describe(upstream_counts(paths), tags)
+    tracking.log_training_data(run.run_id, run.tags, params, paths, schema)
+    profile = paths.step_dir("validate") / "profile"
+    sidecar.drawn()  # validate's figures, drawn beside the run
+    if profile.exists():
+        tracking.log_artifacts(run.run_id, profile, "data_profile")
 
 
-def log_upstream(run_id: str, paths: Paths) -> None:
-    """The data-quality counts and profile belong to the run that the model version points back to."""
+def upstream_counts(paths: Paths) -> dict[str, int]:
     counts = {}
     for step in ("validate", "clean"):
         summary = json.loads(paths.summary(step).read_text())
@@ -98,11 +102,7 @@ def log_upstream(run_id: str, paths: Paths) -> None:
         counts[f"{step}_rows_quarantined"] = summary["rows_quarantined"]
     for split, rows in json.loads(paths.summary("split").read_text())["rows"].items():
         counts[f"{split}_rows"] = rows
-    tracking.log_metrics(run_id, counts)
-    profile = paths.step_dir("validate") / "profile"
-    sidecar.drawn()  # validate's figures, drawn beside the run
-    if profile.exists():
-        tracking.log_artifacts(run_id, profile, "data_profile")
+    return counts
 
 
 def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
@@ -111,8 +111,6 @@ def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
     positions = {s: np.flatnonzero(df["_split"].to_numpy() == s) for s in ("train", "val")}
     y = {s: torch.from_numpy(df[LABEL].to_numpy()[pos]) for s, pos in positions.items()}
     if schema.kind == "image":
-        if model not in IMAGE_MODELS:
-            raise ValueError(f"train.model={model!r} is for tables; image data needs one of {sorted(IMAGE_MODELS)}")
         images = np.load(paths.images, mmap_mode="r")
         if len(images) != len(df) or list(images.shape[1:]) != schema.image_shape:
             raise ValueError(
@@ -125,8 +123,6 @@ def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
         config = {"name": model, "in_shape": [c, h, w], "n_classes": len(schema.classes)}
         config |= vision.options(model, params.train)
     else:
-        if model in IMAGE_MODELS:
-            raise ValueError(f"train.model={model!r} is for images; tables need tabular_mlp")
         pre = Preprocessor(schema.numeric, schema.categorical).fit(df.iloc[positions["train"]])
         x = {s: torch.from_numpy(pre.transform(df.iloc[pos])) for s, pos in positions.items()}
         config = {
@@ -171,21 +167,8 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
     for name in ("train", "val"):
         if not (df["_split"] == name).any():
             raise ValueError(f"{paths.manifest}: the {name} split is empty; enlarge the data or split.{name}")
-    x, y, pre, config = features(params, paths, df, schema)
-    seed_everything(params.seed, p.deterministic, p.compile)
-    model = build(**config)
+    check_kind(p.model, schema.kind)
     ckpt = paths.checkpoint
-    balanced = p.class_weights == "balanced"
-    cfg = FitConfig(
-        **p.model_dump(include=LOOP_SETTINGS),
-        seed=params.seed,
-        device=str(device),
-        class_weights=balanced_weights(y["train"].numpy(), len(schema.classes)) if balanced else None,
-        mean=tuple(pre.mean) if schema.kind == "image" else None,
-        std=tuple(pre.std) if schema.kind == "image" else None,
-        checkpoint=ckpt,
-    )
-    unit = "img/s" if schema.kind == "image" else "rows/s"
 
     run_id, inputs = None, None
     if rank == 0:
@@ -194,18 +177,33 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
         # One training at a time per pipeline (the run lock): a run id left here is one a kill left RUNNING.
         if paths.training_run.exists() and tracking.end_orphaned_run(paths.training_run.read_text().strip()):
             print("the MLflow run of a killed training was still RUNNING: marked KILLED", flush=True)
-        run_id, describe = tracking.open_run(params, paths)
+        run = tracking.open_run(params, paths)
+        run_id = run.run_id
         paths.training_run.write_text(run_id)
-        # The run's params, lineage and inputs go to the store while the model trains: their round trips were 2-3%
-        # of a small model's training time.
+        # The run's inputs go to the store from a thread, from before the features are built: most of that work
+        # (pyarrow, numpy) leaves the interpreter lock free, and the store's round trips hold it for ~30 ms.
         inputs = ThreadPoolExecutor(1, thread_name_prefix="medflow-run-inputs").submit(
-            log_inputs, run_id, describe, params, paths, schema
+            log_inputs, run, params, paths, schema
         )
 
     def on_epoch(epoch: int, row: dict[str, float]) -> None:
         tracking.log_epoch(run_id, row, step=epoch)
 
     try:
+        x, y, pre, config = features(params, paths, df, schema)
+        seed_everything(params.seed, p.deterministic, p.compile)
+        model = build(**config)
+        balanced = p.class_weights == "balanced"
+        cfg = FitConfig(
+            **p.model_dump(include=LOOP_SETTINGS),
+            seed=params.seed,
+            device=str(device),
+            class_weights=balanced_weights(y["train"].numpy(), len(schema.classes)) if balanced else None,
+            mean=tuple(pre.mean) if schema.kind == "image" else None,
+            std=tuple(pre.std) if schema.kind == "image" else None,
+            checkpoint=ckpt,
+        )
+        unit = "img/s" if schema.kind == "image" else "rows/s"
         result = fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch, Progress(p.max_epochs, unit))
         if inputs:
             inputs.result()

@@ -27,6 +27,7 @@ from medflow.tracking.registry import (
     versions_of_run,
 )
 from medflow.tracking.store import (
+    OpenedRun,
     StoreBusy,
     configure,
     end_orphaned_run,
@@ -78,6 +79,7 @@ __all__ = [
     "set_alias",
     "set_tags",
     "set_version_tags",
+    "OpenedRun",
     "open_run",
     "start_run",
     "tracking_uri",

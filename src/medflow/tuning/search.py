@@ -21,7 +21,7 @@ import torch
 
 from medflow import tracking
 from medflow.models import vision
-from medflow.models.tabular import IMAGE_MODELS, build
+from medflow.models.tabular import build, check_kind
 from medflow.params import Dimension, Params, ParamsError, TrainParams, tuned_file
 from medflow.paths import Paths
 from medflow.steps.train import LOOP_SETTINGS, balanced_weights, cpu_threads
@@ -71,11 +71,8 @@ def suggest(trial, space: dict[str, Dimension]) -> dict[str, Any]:
 
 def model_config(train: TrainParams, data: TrialData) -> dict:
     schema, n_classes = data.schema, len(data.schema.classes)
+    check_kind(train.model, schema.kind)
     if schema.kind == "image":
-        if train.model not in IMAGE_MODELS:
-            raise ValueError(
-                f"train.model={train.model!r} is for tables; image data needs one of {sorted(IMAGE_MODELS)}"
-            )
         h, w, c = schema.image_shape
         return {
             "name": train.model,
@@ -83,8 +80,6 @@ def model_config(train: TrainParams, data: TrialData) -> dict:
             "n_classes": n_classes,
             **vision.options(train.model, train),
         }
-    if train.model in IMAGE_MODELS:
-        raise ValueError(f"train.model={train.model!r} is for images; tables need tabular_mlp")
     n_in = len(data.preprocessor.feature_names)
     return {"name": train.model, "n_in": n_in, "n_classes": n_classes, "hidden": train.hidden, "dropout": train.dropout}
 
