@@ -270,12 +270,16 @@ def test_train_step_on_images_trains_a_vision_model_and_bundles_the_normaliser(p
     assert accuracy == pytest.approx(summary["best_val_accuracy"]) and accuracy > 0.9
 
 
-def test_train_step_refuses_a_model_of_the_other_kind(project):
+def test_train_step_refuses_a_model_of_the_other_kind_before_it_opens_a_run(project):
+    import sqlite3
+
     from medflow.steps import train
 
     write_upstream(project, kind="image", n=60)
     with pytest.raises(ValueError, match="is for tables"):
         train.run(step_params(model="tabular_mlp"), project)
+    with sqlite3.connect(project.mlflow_db) as db:
+        assert db.execute("select count(*) from runs").fetchone() == (0,)  # no FAILED run for a misconfiguration
 
 
 # --- GPU: run with `pytest -m gpu` (bench/gpu.sh) on a machine with CUDA ------------------------------------
