@@ -129,6 +129,22 @@ def test_a_run_killed_during_evaluate_resumes_at_evaluate_without_retraining(clo
     assert "up to date" in sh(".venv/bin/dvc status", clone).stdout
 
 
+def test_a_step_that_fails_mid_run_leaves_its_one_line_last_with_nothing_after_it(clone):
+    """The sidecar may still be answering when the run ends on a failed step: it must not print a traceback."""
+    params = (clone / "params.yaml").read_text()
+    (clone / "convnet.yaml").write_text(params.replace("model: tabular_mlp", "model: cifar_convnet"))
+    bad = sh(".venv/bin/medflow run --params convnet.yaml", clone, check=False)
+    assert bad.returncode == 2
+    assert "train: train.model='cifar_convnet' is for images" in one_error_line(bad.stderr)
+
+
+def test_a_params_file_that_cannot_be_read_twice_is_refused_before_anything_runs(clone):
+    bad = sh(".venv/bin/medflow run --params <(cat params.yaml)", clone, check=False)
+    assert bad.returncode == 2
+    assert "is not a regular file" in one_error_line(bad.stderr)
+    assert "steps to run" not in bad.stdout
+
+
 def test_a_failure_is_one_line_naming_step_cause_and_remedy_with_the_traceback_in_a_log(clone):
     bad = sh(".venv/bin/medflow run -P train.lr=fast", clone, check=False)
     assert bad.returncode == 2

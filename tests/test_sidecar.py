@@ -1,8 +1,12 @@
 """The sidecar process that draws the run's figures and writes its DVC records beside it."""
 
 import os
+import pickle
+import subprocess
+import sys
 import time
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 
@@ -73,6 +77,19 @@ def test_a_sidecar_that_dies_fails_what_it_had_in_hand_instead_of_hanging(tmp_pa
         with pytest.raises(RuntimeError, match="drawing what came after"):
             sidecar.drawn()
     assert not (tmp_path / "d").exists()
+
+
+def test_a_run_that_has_ended_gets_no_traceback_from_its_sidecar_and_its_work_is_still_done(tmp_path):
+    """A failed step ends the run while the sidecar still works: its answers then have nowhere to go."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    process = subprocess.Popen([sys.executable, "-m", "medflow.sidecar"], stdin=PIPE, stdout=PIPE, stderr=PIPE, env=env)
+    process.stdout.close()  # the run is gone before the first answer
+    for name in ("a", "b"):
+        pickle.dump((write, (tmp_path / name, name)), process.stdin)
+    process.stdin.close()
+    assert process.wait(timeout=60) == 0
+    assert "Traceback" not in process.stderr.read().decode()
+    assert [(tmp_path / n).read_text() for n in ("a", "b")] == ["a", "b"]
 
 
 def test_outside_a_run_figures_are_drawn_in_the_calling_process(tmp_path):

@@ -471,13 +471,20 @@ def cmd_tune(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+def params_path(text: str) -> str:
+    """A pipe (`--params <(...)`) reads empty the second time: the run's later steps would take the defaults."""
+    if os.path.exists(text) and not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"{text} is not a regular file, and every step reads it again: save it to one")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="medflow", description=__doc__)
     ap.add_argument("--root", default=".", help="project root (holds params.yaml, dvc.yaml)")
     sub = ap.add_subparsers(dest="command", required=True)
 
     def with_params(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--params", help="params file (default: params.yaml in the root)")
+        p.add_argument("--params", type=params_path, help="params file (default: params.yaml in the root)")
         p.add_argument(
             "-P",
             dest="override",

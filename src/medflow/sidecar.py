@@ -227,8 +227,15 @@ def main() -> None:
             answer = (True, fn(*args))
         except Exception as exc:
             answer = (False, _answerable(exc))
-        pickle.dump(answer, answers)
-        answers.flush()
+        if answers is None:
+            continue
+        try:
+            pickle.dump(answer, answers)
+            answers.flush()
+        except OSError:
+            # The run has ended (a failed step ends it at once) and reads no more answers; what it handed over is
+            # still done, and the one-line error it printed stays the last thing on its terminal.
+            answers = None
 
 
 if __name__ == "__main__":
