@@ -237,7 +237,7 @@ def ensure_data(params: Params, paths: Paths) -> Path | None:
 
 
 def _recorded_md5(record: Path) -> str:
-    return yaml.safe_load(record.read_text())["outs"][0]["md5"]
+    return yaml.load(record.read_text(), Loader=_FAST)["outs"][0]["md5"]
 
 
 def stage_address(paths: Paths, step: str) -> str:

@@ -37,7 +37,7 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 
 
 def check_kind(model: str, kind: str) -> None:
-    """Refuses a model built for the other kind of data (kind: "table" or "image")."""
+    """Refuses a model built for the other kind of data (kind: the Schema's, "tabular" or "image")."""
     if kind == "image" and model not in IMAGE_MODELS:
         raise ValueError(f"train.model={model!r} is for tables; image data needs one of {sorted(IMAGE_MODELS)}")
     if kind != "image" and model in IMAGE_MODELS:

@@ -80,8 +80,8 @@ def balanced_weights(y: np.ndarray, n_classes: int) -> list[float]:
 
 
 def log_inputs(run: tracking.OpenedRun, params: Params, paths: Paths, schema: Schema) -> None:
-    """The run's params, the data-quality counts, the dataset and the data profile: what the model version points
-    back to: two writes to the store, and the profile's files."""
+    """What the model version points back to: the run's params with the data-quality counts (one write), the
+    dataset (another) and the data profile's files."""
     tags = {}
     if tuned := tuning_note(params, paths):
         print(f"train: {tuned}", flush=True)
@@ -181,7 +181,7 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
         run_id = run.run_id
         paths.training_run.write_text(run_id)
         # The run's inputs go to the store from a thread, from before the features are built: most of that work
-        # (pyarrow, numpy) leaves the interpreter lock free, and the store's round trips hold it for ~30 ms.
+        # (pyarrow, numpy) leaves the interpreter lock free, and the store's round trips hold it for ~20 ms.
         inputs = ThreadPoolExecutor(1, thread_name_prefix="medflow-run-inputs").submit(
             log_inputs, run, params, paths, schema
         )

@@ -227,7 +227,7 @@ def default_run_name(params: Params, lineage: dict[str, str]) -> str:
 class OpenedRun(NamedTuple):
     run_id: str
     tags: dict[str, str]  # what it was created with: lineage, source, note
-    describe: Callable[..., None]  # (metrics=None, tags=None): its params, with those, in one batch
+    describe: Callable[..., None]  # (metrics=None, more_tags=None): its params, with those, in one batch
 
 
 def start_run(params: Params, paths: Paths, run_name: str | None = None) -> str:
@@ -258,8 +258,8 @@ def open_run(params: Params, paths: Paths, run_name: str | None = None) -> Opene
     tags = {**standard_tags(tags), "mlflow.note.content": note, **tags}
     assert_clean(flat, f"params of run {run_name!r}")
     assert_clean(tags, f"tags of run {run_name!r}")
-    run_id = client().create_run(experiment_id(params.register.model_name, paths), run_name=run_name, tags=tags)
-    run_id = run_id.info.run_id
+    experiment = experiment_id(params.register.model_name, paths)
+    run_id = client().create_run(experiment, run_name=run_name, tags=tags).info.run_id
 
     def describe(metrics: dict[str, float] | None = None, more_tags: dict[str, str] | None = None) -> None:
         assert_clean(more_tags or {}, f"tags of run {run_name!r}")
