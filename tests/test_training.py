@@ -270,16 +270,47 @@ def test_train_step_on_images_trains_a_vision_model_and_bundles_the_normaliser(p
     assert accuracy == pytest.approx(summary["best_val_accuracy"]) and accuracy > 0.9
 
 
-def test_train_step_refuses_a_model_of_the_other_kind_before_it_opens_a_run(project):
+def run_count(paths) -> int:
     import sqlite3
 
+    with sqlite3.connect(paths.mlflow_db) as db:
+        return db.execute("select count(*) from runs").fetchone()[0]
+
+
+def test_train_step_refuses_a_model_of_the_other_kind_before_it_opens_a_run(project):
     from medflow.steps import train
 
     write_upstream(project, kind="image", n=60)
     with pytest.raises(ValueError, match="is for tables"):
         train.run(step_params(model="tabular_mlp"), project)
-    with sqlite3.connect(project.mlflow_db) as db:
-        assert db.execute("select count(*) from runs").fetchone() == (0,)  # no FAILED run for a misconfiguration
+    assert run_count(project) == 0  # no FAILED run for a misconfiguration
+
+
+def test_train_step_refuses_an_empty_validation_split_before_it_opens_a_run(project):
+    from medflow.steps import train
+
+    write_upstream(project, n=60)
+    manifest = pd.read_csv(project.manifest)
+    manifest.loc[manifest["split"] == "val", "split"] = "test"
+    manifest.to_csv(project.manifest, index=False)
+    counts = manifest["split"].value_counts().to_dict()
+    project.summary("split").write_text(json.dumps({"rows": {k: int(v) for k, v in counts.items()}}))
+    with pytest.raises(ValueError, match="the val split is empty"):
+        train.run(step_params(), project)
+    assert run_count(project) == 0
+
+
+def test_a_run_that_cannot_open_stops_the_train_step_before_its_first_epoch(project):
+    from medflow.params import Params
+    from medflow.privacy.scanner import PhiLeak
+    from medflow.steps import train
+
+    write_upstream(project)
+    leaky = step_params(max_epochs=3).as_dict()
+    leaky["data"]["identifiers"] = ["MRN0001234"]  # a value where a column name belongs: PHI in the run's params
+    with pytest.raises(PhiLeak, match="params of run"):
+        train.run(Params.model_validate(leaky), project)
+    assert run_count(project) == 0 and not project.checkpoint.exists()  # the first epoch writes one
 
 
 # --- GPU: run with `pytest -m gpu` (bench/gpu.sh) on a machine with CUDA ------------------------------------

@@ -79,14 +79,22 @@ def balanced_weights(y: np.ndarray, n_classes: int) -> list[float]:
     return (len(y) / (n_classes * np.maximum(counts, 1))).tolist()
 
 
+def open_run(params: Params, paths: Paths) -> tracking.OpenedRun:
+    run = tracking.open_run(params, paths)
+    # One training at a time per pipeline (the run lock): a run id left here is one a kill left RUNNING.
+    paths.training_run.write_text(run.run_id)
+    return run
+
+
 def log_inputs(run: tracking.OpenedRun, params: Params, paths: Paths, schema: Schema) -> None:
-    """What the model version points back to: the run's params with the data-quality counts (one write), the
-    dataset (another) and the data profile's files."""
+    """What the model version points back to: the run's params (one write), the dataset (another), the data
+    profile's files, and the data-quality counts, which wait to go out with the epochs' metrics."""
     tags = {}
     if tuned := tuning_note(params, paths):
         print(f"train: {tuned}", flush=True)
         tags["medflow.tuned"] = tuned
-    run.describe(upstream_counts(paths), tags)
+    run.describe(tags)
+    tracking.log_epoch(run.run_id, upstream_counts(paths), step=0)
     tracking.log_training_data(run.run_id, run.tags, params, paths, schema)
     profile = paths.step_dir("validate") / "profile"
     sidecar.drawn()  # validate's figures, drawn beside the run
@@ -163,34 +171,38 @@ def run(params: Params, paths: Paths) -> dict:
 def train(params: Params, paths: Paths, device: torch.device) -> dict:
     p = params.train
     rank, world = distributed.rank_world()
-    df, schema = load_split(paths)
-    for name in ("train", "val"):
-        if not (df["_split"] == name).any():
-            raise ValueError(f"{paths.manifest}: the {name} split is empty; enlarge the data or split.{name}")
+    # What refuses the run is checked before one opens: a misconfiguration leaves no FAILED run behind.
+    schema = Schema.load(paths.schema)
     check_kind(p.model, schema.kind)
+    rows = json.loads(paths.summary("split").read_text())["rows"]
+    for name in ("train", "val"):
+        if not rows.get(name):
+            raise ValueError(f"{paths.manifest}: the {name} split is empty; enlarge the data or split.{name}")
     ckpt = paths.checkpoint
 
-    run_id, inputs = None, None
+    opened, inputs = None, None
     if rank == 0:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         tracking.configure(paths)
-        # One training at a time per pipeline (the run lock): a run id left here is one a kill left RUNNING.
         if paths.training_run.exists() and tracking.end_orphaned_run(paths.training_run.read_text().strip()):
             print("the MLflow run of a killed training was still RUNNING: marked KILLED", flush=True)
-        run = tracking.open_run(params, paths)
-        run_id = run.run_id
-        paths.training_run.write_text(run_id)
-        # The run's inputs go to the store from a thread, from before the features are built: most of that work
-        # (pyarrow, numpy) leaves the interpreter lock free, and the store's round trips hold it for ~20 ms.
-        inputs = ThreadPoolExecutor(1, thread_name_prefix="medflow-run-inputs").submit(
-            log_inputs, run, params, paths, schema
-        )
+        # The run is opened and its inputs logged from a thread while the data loads and the features are built:
+        # the lineage's hashing and git, pyarrow and numpy leave the interpreter lock free much of that time, and
+        # the store's ~30 ms of round trips hold it.
+        pool = ThreadPoolExecutor(1, thread_name_prefix="medflow-run")
+        opened = pool.submit(open_run, params, paths)
+        inputs = pool.submit(lambda: log_inputs(opened.result(), params, paths, schema))
+        pool.shutdown(wait=False)
+    run_id = None
 
     def on_epoch(epoch: int, row: dict[str, float]) -> None:
         tracking.log_epoch(run_id, row, step=epoch)
 
     try:
+        df, schema = load_split(paths)
         x, y, pre, config = features(params, paths, df, schema)
+        if opened:
+            run_id = opened.result().run_id  # a run that cannot open (a busy store, PHI in params) stops here
         seed_everything(params.seed, p.deterministic, p.compile)
         model = build(**config)
         balanced = p.class_weights == "balanced"
@@ -208,11 +220,11 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
         if inputs:
             inputs.result()
     except BaseException as exc:
-        if run_id:
-            if inputs:
-                inputs.exception()  # finished before the run is closed; its own error, if any, is in the run
+        # Waits for the thread: a run it opened is closed after its last write; the error raised is the step's own.
+        if opened and opened.exception() is None:
+            inputs.exception()
             # An interrupt (Ctrl-C, SIGTERM: not an Exception) is a kill, not a failure of the model or the data.
-            tracking.end_run(run_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
+            tracking.end_run(opened.result().run_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
             paths.training_run.unlink(missing_ok=True)
         raise
     best_acc = result.history[result.best_epoch - 1]["val_accuracy"] if result.best_epoch else None

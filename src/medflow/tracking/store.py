@@ -227,7 +227,7 @@ def default_run_name(params: Params, lineage: dict[str, str]) -> str:
 class OpenedRun(NamedTuple):
     run_id: str
     tags: dict[str, str]  # what it was created with: lineage, source, note
-    describe: Callable[..., None]  # (metrics=None, more_tags=None): its params, with those, in one batch
+    describe: Callable[..., None]  # (more_tags=None): its params, with those tags, in one batch
 
 
 def start_run(params: Params, paths: Paths, run_name: str | None = None) -> str:
@@ -238,10 +238,10 @@ def start_run(params: Params, paths: Paths, run_name: str | None = None) -> str:
 
 
 def open_run(params: Params, paths: Paths, run_name: str | None = None) -> OpenedRun:
-    """start_run in two: the run, created with its tags, and a call that logs its params. Each write to a SQLite
-    store costs ~4 ms and each separate batch its own checks of the run: train logs the params with its other
-    inputs, once."""
-    from mlflow.entities import Metric, Param, RunTag
+    """start_run in two: the run, created with its tags, and a call that logs its params (and any later tags) in
+    one batch. Each write to a SQLite store costs ~4 ms of the interpreter, and each batch its own checks of the run:
+    train makes both calls from a thread, with its other inputs."""
+    from mlflow.entities import Param, RunTag
 
     from medflow.data.sources import dataset_name
     from medflow.tracking.lineage import lineage
@@ -261,13 +261,11 @@ def open_run(params: Params, paths: Paths, run_name: str | None = None) -> Opene
     experiment = experiment_id(params.register.model_name, paths)
     run_id = client().create_run(experiment, run_name=run_name, tags=tags).info.run_id
 
-    def describe(metrics: dict[str, float] | None = None, more_tags: dict[str, str] | None = None) -> None:
+    def describe(more_tags: dict[str, str] | None = None) -> None:
         assert_clean(more_tags or {}, f"tags of run {run_name!r}")
-        now = int(time.time() * 1000)
         client().log_batch(
             run_id,
             params=[Param(k, v) for k, v in flat.items()],
-            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
             tags=[RunTag(k, str(v)) for k, v in (more_tags or {}).items()],
         )
 
