@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from medflow import tracking
+from medflow.data import manifest
 from medflow.evaluation.calibration import fit_temperature, scale
 from medflow.evaluation.metrics import bootstrap_ci, patient_groups, point_metrics, weighted_metrics
 from medflow.evaluation.plots import (
@@ -46,8 +47,7 @@ def score(predictor: Predictor, paths: Paths, rows: pd.DataFrame, kind: str) -> 
 
 
 def patient_keys(paths: Paths, row_ids: pd.Series) -> np.ndarray | None:
-    manifest = pd.read_csv(paths.manifest, usecols=["row_id", "patient_key"], dtype={"patient_key": "string"})
-    return patient_groups(row_ids.map(dict(zip(manifest["row_id"], manifest["patient_key"], strict=True))))
+    return patient_groups(manifest.lookup(paths, "patient_key", row_ids, dtype="string"))
 
 
 def _finite(d: dict) -> dict:

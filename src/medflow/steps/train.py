@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from medflow import tracking
+from medflow.data import manifest
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema
 from medflow.models import vision
 from medflow.models.bundle import save_bundle
@@ -67,8 +68,7 @@ LOOP_SETTINGS = {
 
 def load_split(paths: Paths) -> tuple[pd.DataFrame, Schema]:
     df = pd.read_parquet(paths.cleaned)
-    manifest = pd.read_csv(paths.manifest, usecols=["row_id", "split"])
-    split = df[ROW_ID].map(dict(zip(manifest["row_id"], manifest["split"], strict=True)))
+    split = manifest.lookup(paths, "split", df[ROW_ID])
     if split.isna().any():
         raise ValueError(f"{paths.manifest}: {int(split.isna().sum())} cleaned row(s) have no split")
     return df.assign(_split=split.to_numpy()), Schema.load(paths.schema)

@@ -44,7 +44,6 @@ def read_train_val(paths: Paths) -> tuple[pd.DataFrame, np.ndarray, Schema]:
         _require(path, step)
     manifest = pd.read_csv(paths.manifest, usecols=["row_id", "split"])
     keep = manifest[manifest["split"].isin(SPLITS)]
-    split_of = dict(zip(keep["row_id"], keep["split"], strict=True))
     ids = keep["row_id"].astype("int64").tolist()
     df = pq.read_table(paths.cleaned, filters=[(ROW_ID, "in", ids)]).to_pandas()
     if len(df) != len(ids):
@@ -53,11 +52,11 @@ def read_train_val(paths: Paths) -> tuple[pd.DataFrame, np.ndarray, Schema]:
         )
     # Row ids alone (no values) locate each kept row in images.npy, whose row i is the cleaned table's row i.
     all_ids = pq.read_table(paths.cleaned, columns=[ROW_ID]).column(ROW_ID).to_numpy()
-    order = {rid: i for i, rid in enumerate(all_ids)}
-    positions = np.array([order[r] for r in df[ROW_ID]], dtype=np.int64)
+    positions = pd.Index(all_ids).get_indexer(df[ROW_ID])
     by_position = np.argsort(positions)  # the table's order, as the train step reads it
     df = df.iloc[by_position].reset_index(drop=True)
-    return df.assign(_split=df[ROW_ID].map(split_of).to_numpy()), positions[by_position], Schema.load(paths.schema)
+    split = df[ROW_ID].map(pd.Series(keep["split"].to_numpy(), index=keep["row_id"]))
+    return df.assign(_split=split.to_numpy()), positions[by_position], Schema.load(paths.schema)
 
 
 def trial_data(paths: Paths) -> TrialData:

