@@ -185,6 +185,19 @@ def test_preprocessor_uses_training_statistics_and_handles_unseen_values():
     assert np.isfinite(out).all()
 
 
+def test_preprocessor_writes_every_block_where_its_feature_names_say():
+    schema = Schema(target="y", classes=["a", "b"], numeric=["u", "v"], categorical=["c", "d"])
+    rows = pd.DataFrame({"u": ["0", "2"], "v": ["1", None], "c": ["x", "y"], "d": ["p", "p"]})
+    train = coerce_features(rows, schema)
+    pre = Preprocessor(schema.numeric, schema.categorical).fit(train)
+    expected = {"u": [-1, 1], "v": [0, 0], "v__missing": [0, 1], "c=x": [1, 0], "c=y": [0, 1], "d=p": [1, 1]}
+    assert pre.feature_names == list(expected)
+    out = pre.transform(train)
+    assert out.dtype == np.float32 and out.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(out, np.array(list(expected.values()), dtype="float32").T)
+    assert Preprocessor([], ["c", "d"]).fit(train).transform(train).tolist() == [[1, 0, 1], [0, 1, 1]]
+
+
 # --- the train step, on hand-written artifacts of validate/clean/split --------------------------------------
 
 

@@ -112,28 +112,34 @@ class Preprocessor:
         return names
 
     def transform(self, df: pd.DataFrame) -> np.ndarray:
-        blocks = []
+        width = len(self.feature_names)
+        if not width:
+            raise ValueError("no feature columns to transform")
+        # Each block is written into the float32 result in place: stacking float64 blocks and then casting the
+        # whole took 1.8 s of 2.3 s for a million rows, and held two more copies of the matrix.
+        out = np.empty((len(df), width), dtype="float32")
+        j = 0
         if self.numeric:
             x = df[self.numeric].to_numpy(dtype="float64")
             nan = np.isnan(x)
-            med = np.array([self.medians[c] for c in self.numeric])
-            x = np.where(nan, med, x)
-            x = (x - np.array([self.means[c] for c in self.numeric])) / np.array([self.stds[c] for c in self.numeric])
-            blocks.append(x)
+            x = np.where(nan, np.array([self.medians[c] for c in self.numeric]), x)
+            x -= np.array([self.means[c] for c in self.numeric])
+            x /= np.array([self.stds[c] for c in self.numeric])
+            out[:, : len(self.numeric)] = x
+            j = len(self.numeric)
             if self.indicators:
-                idx = [self.numeric.index(c) for c in self.indicators]
-                blocks.append(nan[:, idx].astype("float64"))
+                out[:, j : j + len(self.indicators)] = nan[:, [self.numeric.index(c) for c in self.indicators]]
+                j += len(self.indicators)
         for col in self.categorical:
             cats = self.categories[col]
             # Unseen categories encode as all zeros rather than failing at scoring time.
             codes = pd.Categorical(df[col].astype(str), categories=cats).codes
-            onehot = np.zeros((len(df), len(cats)))
+            onehot = out[:, j : j + len(cats)]
+            onehot[:] = 0.0
             known = codes >= 0
             onehot[np.nonzero(known)[0], codes[known]] = 1.0
-            blocks.append(onehot)
-        if not blocks:
-            raise ValueError("no feature columns to transform")
-        return np.hstack(blocks).astype("float32")
+            j += len(cats)
+        return out
 
     def to_dict(self) -> dict:
         return asdict(self)
