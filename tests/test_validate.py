@@ -110,9 +110,14 @@ def test_every_input_row_lands_in_exactly_one_output(first_run, cohort):
     assert list(valid.columns) == ["_row_id", "_patient_key", *features]
     assert set(valid["_patient_key"]).isdisjoint(set(cohort["mrn"]))
     assert list(held.columns) == ["_row_id", "reason", "_patient_key", *features]
-    # Rows keep their text exactly as read, for `clean` to parse.
-    source = sources.read_table(paths.data_dir / "cohort.csv")
-    assert valid[features].equals(source.iloc[valid["_row_id"]][features].reset_index(drop=True))
+    # Categories and the target keep their text exactly as read; numbers leave as the floats validate parsed, once.
+    source = sources.read_table(paths.data_dir / "cohort.csv").iloc[valid["_row_id"]].reset_index(drop=True)
+    kinds = json.loads((paths.step_dir("validate") / "columns.json").read_text())
+    numeric = [c for c in features if kinds[c] == "numeric"]
+    text = [c for c in features if c not in numeric]
+    assert numeric == ["age", "bmi", "glucose", "systolic_bp"] and valid[text].equals(source[text])
+    assert (valid[numeric].dtypes == "float64").all()
+    pd.testing.assert_frame_equal(valid[numeric], source[numeric].apply(pd.to_numeric))
 
 
 def test_suite_is_reinferred_byte_identical_and_holds_no_patient_values(first_run, cohort, tmp_path):

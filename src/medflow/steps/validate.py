@@ -234,11 +234,13 @@ def run(params: Params, paths: Paths) -> dict:
         df.insert(1, PATIENT_KEY, _key(df[data.patient_id], salt))
         keep.insert(1, PATIENT_KEY)
     valid, held = quarantine(df, checks)
+    # Numeric columns leave as the floats parsed here: clean parsing their text again took 7 of its 12 s at 1M rows.
+    valid = typed(valid, kinds, parsed)
     valid[keep].reset_index(drop=True).to_parquet(paths.valid_rows, index=False)
     held[[ROW_ID, "reason", *keep[1:]]].to_csv(out / "quarantine.csv", index=False, lineterminator="\n")
     _write_json(out / "columns.json", kinds)
 
-    profile = build_profile(typed(valid, kinds, parsed), kinds, data.target, data.positive_class, vp)
+    profile = build_profile(valid, kinds, data.target, data.positive_class, vp)
     (out / "profile").mkdir()
     (out / "profile" / "profile.md").write_text(to_markdown(profile, dataset))
     sidecar.draw("validate's profile figures", save_figures, profile, out / "profile")
