@@ -219,6 +219,14 @@ class _Prepared:
             }
         return out
 
+    def metric(self, name: str, w: np.ndarray) -> np.ndarray:
+        """One metric per weight row. A rank metric alone skips the per-row sums every other metric reads (a
+        matrix product that took a quarter of the gate's bootstrap at 150k test rows) and the other rank metric."""
+        if name not in _RANK:
+            return _pick(name, self.on(w, rank=()))
+        i = _RANK.index(name)
+        return np.mean([r.scores(w, name == "roc_auc", name == "pr_auc")[i] for r in self.ranked], axis=0)
+
 
 def weighted_metrics(
     y: np.ndarray, proba: np.ndarray, w: np.ndarray, threshold: float | None = None, n_bins: int = 10
@@ -247,8 +255,8 @@ def _pick(name: str, found: dict[str, np.ndarray]) -> np.ndarray:
 def weighted_metric(
     name: str, y: np.ndarray, proba: np.ndarray, w: np.ndarray, threshold: float | None = None
 ) -> np.ndarray:
-    """One metric of weighted_metrics; a rank metric alone skips the other one, which costs as much again."""
-    return _pick(name, _Prepared.of(y, proba, threshold).on(w, rank=(name,) if name in _RANK else ()))
+    """One metric of weighted_metrics, computing only what it needs."""
+    return _Prepared.of(y, proba, threshold).metric(name, w)
 
 
 def _patients(groups: np.ndarray | None, n_rows: int) -> tuple[np.ndarray | None, int]:
@@ -296,10 +304,8 @@ def bootstrap_draws(
     """
     inverse, k = _patients(groups, len(y))
     prepared = [_Prepared.of(y, p, threshold, columns=inverse, n_columns=k) for p in probas]
-    rank = (metric,) if metric in _RANK else ()
     parts = [
-        [_pick(metric, model.on(counts, rank)) for model in prepared]
-        for counts in _resample_counts(k, len(y), n_boot, seed)
+        [model.metric(metric, counts) for model in prepared] for counts in _resample_counts(k, len(y), n_boot, seed)
     ]
     return np.concatenate(parts, axis=1) if parts else np.empty((len(probas), 0))
 
