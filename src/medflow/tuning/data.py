@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
+from medflow.data import manifest
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema
 from medflow.paths import Paths
 from medflow.steps.clean import LABEL, ROW_ID
@@ -42,8 +43,8 @@ def read_train_val(paths: Paths) -> tuple[pd.DataFrame, np.ndarray, Schema]:
     """Cleaned rows of the train and val splits (with `_split`), their positions in the cleaned table, the schema."""
     for path, step in ((paths.cleaned, "clean"), (paths.schema, "clean"), (paths.manifest, "split")):
         _require(path, step)
-    manifest = pd.read_csv(paths.manifest, usecols=["row_id", "split"])
-    keep = manifest[manifest["split"].isin(SPLITS)]
+    listed = pd.read_csv(paths.manifest, usecols=["row_id", "split"])
+    keep = listed[listed["split"].isin(SPLITS)]
     ids = keep["row_id"].astype("int64").tolist()
     df = pq.read_table(paths.cleaned, filters=[(ROW_ID, "in", ids)]).to_pandas()
     if len(df) != len(ids):
@@ -55,7 +56,7 @@ def read_train_val(paths: Paths) -> tuple[pd.DataFrame, np.ndarray, Schema]:
     positions = pd.Index(all_ids).get_indexer(df[ROW_ID])
     by_position = np.argsort(positions)  # the table's order, as the train step reads it
     df = df.iloc[by_position].reset_index(drop=True)
-    split = df[ROW_ID].map(pd.Series(keep["split"].to_numpy(), index=keep["row_id"]))
+    split = manifest.lookup(paths, "split", df[ROW_ID])
     return df.assign(_split=split.to_numpy()), positions[by_position], Schema.load(paths.schema)
 
 
