@@ -9,7 +9,7 @@ from __future__ import annotations
 import codecs
 import csv
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -135,7 +135,8 @@ def _name(d: str) -> str:
     return {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}.get(d, repr(d))
 
 
-def _read_csv(path: Path, suffix: str, exclude: Iterable[str], delimiter: str | None, encoding: str | None):
+def _csv_options(path: Path, suffix: str, exclude: Iterable[str], delimiter: str | None, encoding: str | None) -> dict:
+    """pandas.read_csv arguments for path, once its encoding, delimiter and header have been checked."""
     head = path.read_bytes()[:65536]
     if not head.strip():
         raise SourceError(f"{path}: empty file (0 rows, no header)")
@@ -170,23 +171,19 @@ def _read_csv(path: Path, suffix: str, exclude: Iterable[str], delimiter: str | 
             f"{path}: duplicated column name(s) {dup} in the header ({len(names) - len(set(names))} repeat(s)); "
             "rename them in the file"
         )
-    drop = set(exclude)
-    _known(path, drop, names)
+    _known(path, set(exclude), names)
+    return {"sep": sep, "encoding": enc, "dtype": str, "keep_default_na": False, "na_values": NA_VALUES,
+            "skipinitialspace": True}  # fmt: skip
+
+
+def _parsing(path: Path, sep: str, read: Callable[[], object]):
+    """read() with the parser's failures as one SourceError naming the file; its message can quote a line of the
+    file, so only its location is kept."""
     import pandas as pd  # here, not at the top: `medflow run` with nothing to do never reads a table
 
     try:
-        df = pd.read_csv(
-            path,
-            sep=sep,
-            encoding=enc,
-            dtype=str,
-            keep_default_na=False,
-            na_values=NA_VALUES,
-            skipinitialspace=True,
-            usecols=lambda c: c.strip() not in drop,
-        )
+        return read()
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        # The parser's message can quote a line of the file: keep only its location.
         where = re.findall(r"(line \d+|row \d+|Expected \d+ fields|saw \d+)", str(exc))
         raise SourceError(
             f"{path}: cannot be parsed as {_name(sep)}-delimited text ({', '.join(where) or type(exc).__name__}); "
@@ -194,7 +191,6 @@ def _read_csv(path: Path, suffix: str, exclude: Iterable[str], delimiter: str | 
         ) from None
     except pd.errors.EmptyDataError:
         raise SourceError(f"{path}: empty file (0 rows, no header)") from None
-    return df
 
 
 def _known(path: Path, exclude: set[str], names: list[str]) -> None:
@@ -204,49 +200,114 @@ def _known(path: Path, exclude: set[str], names: list[str]) -> None:
         raise SourceError(f"{path}: data.exclude names column(s) {unknown} that are not in the file's header")
 
 
-def _read_parquet(path: Path, exclude: Iterable[str]) -> pd.DataFrame:
+def _parquet_columns(path: Path, exclude: Iterable[str]) -> list[str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    schema = pq.read_schema(path)
+    _known(path, set(exclude), schema.names)
+    keep = [f.name for f in schema if f.name not in set(exclude)]
+    nested = [f.name for f in schema if f.name in keep and pa.types.is_nested(f.type)]
+    if nested:
+        raise SourceError(
+            f"{path}: column(s) {nested} hold nested values (lists/structs/maps), which no suite can check: "
+            "flatten them into plain columns or list them in data.exclude"
+        )
+    dup = sorted({n for n in keep if keep.count(n) > 1})
+    if dup:
+        raise SourceError(f"{path}: duplicated column name(s) {dup}; rename them in the file")
+    return keep
+
+
+def _as_text(df: pd.DataFrame) -> pd.DataFrame:
+    return df.astype(object).where(df.notna(), None).astype("string").astype(object)
+
+
+def _parquet(path: Path, read: Callable[[], object]):
+    import pyarrow as pa
+
     try:
-        schema = pq.read_schema(path)
-        _known(path, set(exclude), schema.names)
-        keep = [f.name for f in schema if f.name not in set(exclude)]
-        nested = [f.name for f in schema if f.name in keep and pa.types.is_nested(f.type)]
-        if nested:
-            raise SourceError(
-                f"{path}: column(s) {nested} hold nested values (lists/structs/maps), which no suite can check: "
-                "flatten them into plain columns or list them in data.exclude"
-            )
-        dup = sorted({n for n in keep if keep.count(n) > 1})
-        if dup:
-            raise SourceError(f"{path}: duplicated column name(s) {dup}; rename them in the file")
-        df = pq.read_table(path, columns=keep).to_pandas()
+        return read()
     except (pa.ArrowException, OSError) as exc:
         raise SourceError(f"{path}: not a readable Parquet file ({type(exc).__name__}); re-export it") from None
-    return df.astype(object).where(df.notna(), None).astype("string").astype(object)
+
+
+def _kind(path: Path) -> str:
+    suffix = "".join(path.suffixes[-2:]).lower()
+    if path.is_dir():
+        raise SourceError(f"{path}: is a folder, not a table")
+    if suffix.endswith((".parquet", ".pq")):
+        return "parquet"
+    if suffix.endswith(".csv.gz"):
+        return "gzip"
+    if suffix.endswith((".csv", ".tsv", ".txt")):
+        return "csv"
+    raise SourceError(f"{path}: unsupported file type {suffix or '(none)'}; use .csv, .tsv or .parquet")
+
+
+def _gzip_options() -> dict:
+    return {"dtype": str, "keep_default_na": False, "na_values": NA_VALUES, "skipinitialspace": True}
+
+
+def _named(df: pd.DataFrame, exclude: Iterable[str]) -> pd.DataFrame:
+    """Header names stripped, excluded columns dropped as they are read. Dropped after parsing, not skipped by
+    read_csv's usecols: with usecols pandas no longer checks field counts, and a row with an unquoted delimiter
+    would shift silently into the wrong columns."""
+    df.columns = [str(c).strip() for c in df.columns]
+    drop = set(exclude)
+    return df.drop(columns=[c for c in df.columns if c in drop]) if drop else df
 
 
 def read_table(
     path: Path, exclude: Iterable[str] = (), delimiter: str | None = None, encoding: str | None = None
 ) -> pd.DataFrame:
-    """Every column as text. CSV delimiter and encoding are sniffed unless given; columns in exclude are never
-    read. Fails (SourceError) naming the file and the rule: duplicated or nested columns, a wrong delimiter or
-    encoding, an unsupported file type."""
-    suffix = "".join(path.suffixes[-2:]).lower()
-    if path.is_dir():
-        raise SourceError(f"{path}: is a folder, not a table")
-    if suffix.endswith((".parquet", ".pq")):
-        df = _read_parquet(path, exclude)
-    elif suffix.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
-        if suffix.endswith(".gz"):
-            import pandas as pd
+    """Every column as text. CSV delimiter and encoding are sniffed unless given; columns in exclude are dropped
+    as they are read. Fails (SourceError) naming the file and the rule: duplicated or nested columns, a wrong
+    delimiter or encoding, an unsupported file type."""
+    import pandas as pd
 
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=NA_VALUES, skipinitialspace=True)
-            df = df.drop(columns=[c for c in df.columns if c in set(exclude)])
-        else:
-            df = _read_csv(path, suffix, exclude, delimiter, encoding)
+    kind = _kind(path)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        keep = _parquet(path, lambda: _parquet_columns(path, exclude))
+        return _named(_as_text(_parquet(path, lambda: pq.read_table(path, columns=keep).to_pandas())), ())
+    if kind == "gzip":
+        return _named(pd.read_csv(path, **_gzip_options()), exclude)
+    opts = _csv_options(path, "".join(path.suffixes[-2:]).lower(), exclude, delimiter, encoding)
+    return _named(_parsing(path, opts["sep"], lambda: pd.read_csv(path, **opts)), exclude)
+
+
+def read_chunks(
+    path: Path, rows: int, exclude: Iterable[str] = (), delimiter: str | None = None, encoding: str | None = None
+) -> Iterator[pd.DataFrame]:
+    """read_table in frames of at most `rows` rows, in file order (index 0..), with the same checks and errors:
+    a table larger than memory is read one frame at a time."""
+    import pandas as pd
+
+    kind = _kind(path)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        keep = _parquet(path, lambda: _parquet_columns(path, exclude))
+        batches = _parquet(path, lambda: pq.ParquetFile(path).iter_batches(batch_size=rows, columns=keep))
+
+        def step():
+            batch = _parquet(path, lambda: next(batches, None))
+            return None if batch is None else _as_text(batch.to_pandas())
     else:
-        raise SourceError(f"{path}: unsupported file type {suffix or '(none)'}; use .csv, .tsv or .parquet")
-    df.columns = [str(c).strip() for c in df.columns]
-    return df
+        if kind == "gzip":
+            sep, opts = ",", _gzip_options()
+        else:
+            opts = _csv_options(path, "".join(path.suffixes[-2:]).lower(), exclude, delimiter, encoding)
+            sep = opts["sep"]
+        frames = _parsing(path, sep, lambda: pd.read_csv(path, chunksize=rows, **opts))
+
+        def step():
+            return _parsing(path, sep, lambda: next(frames, None))
+
+    start = 0
+    while (frame := step()) is not None:
+        frame.index = pd.RangeIndex(start, start + len(frame))
+        start += len(frame)
+        yield _named(frame, exclude)
