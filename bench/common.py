@@ -157,6 +157,26 @@ def timed(fn, *args, **kwargs) -> float:
     return time.perf_counter() - start
 
 
+def forked(fn, *args) -> tuple[float, float]:
+    """(seconds, peak RSS in MiB) of fn(*args) run in a forked child, the parent's imports inherited; its peak
+    from the kernel's accounting of that process alone."""
+    start = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - reported by the exit status, the parent raises
+            print(f"failed: {type(exc).__name__}: {exc}", flush=True)
+            code = 1
+        os._exit(code)
+    _, status, usage = os.wait4(pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"{getattr(fn, '__name__', fn)}{args} failed")
+    return seconds, usage.ru_maxrss / 1024
+
+
 def run_seconds(command: list[str], cwd: Path, env: dict | None = None) -> float:
     """Wall seconds of a command run as a user runs it; fails loudly (with its output's tail) when it fails."""
     start = time.perf_counter()

@@ -15,6 +15,7 @@ ORDER = [
     "pipeline_overhead_long",
     "rerun_cached",
     "validate_throughput",
+    "validate_streamed",
     "logging_overhead",
     "train_vs_bare",
     "train_vs_seed",

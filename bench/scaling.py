@@ -17,10 +17,9 @@ import os
 import resource
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
-from common import lab_table, load, write, write_csv
+from common import forked, lab_table, load, write, write_csv
 
 from medflow import tracking
 from medflow.params import from_dict
@@ -33,25 +32,6 @@ PARAMS = {
     "evaluate": {"n_boot": 100},
     "register": {"model_name": "bench-scaling", "min_primary": None},
 }
-
-
-def in_child(step: str, paths: Paths) -> tuple[float, float]:
-    """(seconds, peak RSS in MiB) of one step run in a forked child."""
-    start = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            run_step(step, from_dict(PARAMS), paths)
-        except BaseException as exc:  # noqa: BLE001 - reported by the exit status, the parent raises
-            print(f"{step} failed: {type(exc).__name__}: {exc}", flush=True)
-            code = 1
-        os._exit(code)
-    _, status, usage = os.wait4(pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(f"{step} failed at {paths.root}")
-    return seconds, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -79,7 +59,7 @@ def main() -> None:
             tracking.configure(paths)
             totals[rows] = 0.0
             for step in STEPS:
-                seconds, peak = in_child(step, paths)
+                seconds, peak = forked(run_step, step, from_dict(PARAMS), paths)
                 totals[rows] += seconds
                 table[step][rows] = {"wall_s": round(seconds, 2), "peak_rss_mb": round(peak)}
                 print(f"{rows:>9,} rows  {step:<9} {seconds:7.2f} s  peak RSS {peak:7.0f} MiB", flush=True)

@@ -16,6 +16,7 @@ TRAIN_SEED = ".venv/bin/python bench/train_vs_seed.py"
 COLD = ".venv/bin/python bench/cold_start.py"
 BOOTSTRAP = ".venv/bin/python bench/evaluate_bootstrap.py"
 SCALING = ".venv/bin/python bench/scaling.py"
+STREAMED = ".venv/bin/python bench/validate_streamed.py"
 REPORT = ".venv/bin/python bench/report.py"
 
 KEYS = {"name", "ours", "baseline", "ratio", "unit", "target", "pairs", "spread", "load"}
@@ -54,6 +55,14 @@ def test_each_paired_benchmark_writes_its_ratio_in_seconds(clone, command, names
         if name != "rerun_cached":  # one pair: the median ratio is that pair's
             assert r["ratio"] == pytest.approx(r["ours"] / r["baseline"], rel=0.01)
         assert f"{name}: ratio" in out
+
+
+def test_streamed_validation_benchmark_reports_time_and_memory_against_reading_whole(clone):
+    out = sh(f"{STREAMED} --quick", clone, timeout=600).stdout
+    r = result(clone, "validate_streamed")
+    assert r["rows"] == [20_000, 60_000] and r["ratio"] == pytest.approx(r["ours"] / r["baseline"], rel=0.01)
+    assert set(r["peak_rss_mb"]) == {"in_memory", "streamed", "streamed_largest"} and r["mem_ratio"] > 0
+    assert "60,000 rows" in out and "streamed" in out and "validate_streamed: " in out
 
 
 def test_scaling_reports_every_step_at_every_size_and_the_report_tabulates_all(clone):

@@ -66,6 +66,12 @@ class ValidateParams(_Section):
     max_abs: float = Field(1e15, gt=0)
     # Profile counts below this are shown as "<k" so that no small group can be singled out.
     small_count: int = Field(5, ge=1)
+    # A table file larger than this (MB) is validated in chunks of chunk_rows rows, in memory that does not grow with
+    # it: its suite, identifier and leakage screens and profile read a uniform sample of sample_rows rows, every row
+    # is checked. A property of the file, not of the machine, so that every machine validates it the same way.
+    stream_above_mb: float = Field(512, ge=0)
+    chunk_rows: int = Field(200_000, ge=1)
+    sample_rows: int = Field(500_000, ge=1)
 
 
 class CleanParams(_Section):

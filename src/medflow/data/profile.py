@@ -162,7 +162,9 @@ def to_markdown(profile: dict, title: str) -> str:
     out = [
         f"# Data profile: {title}",
         "",
-        f"{profile['rows']} rows, {len(cols)} columns. Aggregates only: counts below {k} are shown as <{k}; "
+        f"{profile['rows']} rows"
+        + (f" (a uniform sample of the {profile['sample_of']} valid rows)" if "sample_of" in profile else "")
+        + f", {len(cols)} columns. Aggregates only: counts below {k} are shown as <{k}; "
         "identifier, patient id and text/date columns show their missingness only.",
         "",
         "## Columns",

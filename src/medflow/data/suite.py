@@ -23,6 +23,8 @@ NUMBER_REGEX = r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$"
 # A prefix match: whatever follows a date (seconds, a time zone) does not make it less of a date.
 DATE_REGEX = r"^\s*(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})"
 ROLE_KINDS = ("target", "patient_id", "identifier")
+# How validate reads a table (ValidateParams), not what it infers from it.
+STREAMING = ("stream_above_mb", "chunk_rows", "sample_rows")
 # GX checks these on the text as read; other checks on a numeric column see the parsed numbers.
 _TEXT_CHECKS = {"expect_column_values_to_match_regex", "expect_column_values_to_not_be_null"}
 
@@ -87,7 +89,19 @@ _PERCENT = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+))\s*%$")
 _UNIT = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-zµ°][A-Za-zµ°/0-9^.]*)$")
 
 
-def _as_number(values: pd.Series, column: str, source: str, vp: ValidateParams) -> tuple[pd.Series, str] | None:
+@dataclass(frozen=True)
+class Conversion:
+    """How a column of numbers written as text was read, and in how many values."""
+
+    what: str  # the way of writing numbers: "decimal commas", "unit 'mg'", ...
+    how: str  # what was done, with {n} where the count goes
+    n: int
+
+    def __str__(self) -> str:
+        return self.how.replace("{what}", self.what).replace("{n}", str(self.n))
+
+
+def _as_number(values: pd.Series, column: str, source: str, vp: ValidateParams) -> tuple[pd.Series, Conversion] | None:
     """Numbers written for people ("265,000", "12%", "12 mg", "3,5") as plain numbers, with what was done; None
     when the column is not mostly such numbers. Fails when no single reading fits (mixed units, a comma that is a
     thousands separator in some values and a decimal comma in others)."""
@@ -108,7 +122,8 @@ def _as_number(values: pd.Series, column: str, source: str, vp: ValidateParams) 
     only_grouped = int((grouped & ~decimal).sum())
     only_decimal = int((decimal & ~grouped).sum())
     stop = None
-    if percent.notna().any() + unit[0].notna().any() + (grouped | decimal).any() > 1:
+    # Counted as ints: numpy's True + True is True, and would let a column mixing two formats through.
+    if sum(bool(f.any()) for f in (percent.notna(), unit[0].notna(), grouped | decimal)) > 1:
         stop = "mixes number formats (separators, percent signs, units)"
     elif unit[0].notna().any() and unit[1].dropna().str.lower().nunique() > 1:
         stop = f"has {unit[1].dropna().str.lower().nunique()} different units (rule: one unit per column)"
@@ -123,20 +138,20 @@ def _as_number(values: pd.Series, column: str, source: str, vp: ValidateParams) 
     idx = text.index
     if percent.notna().any():
         out[idx[percent.notna()]] = percent.dropna().to_numpy()
-        return out, f"percent signs removed from {n} values (numbers are percentages)"
+        return out, Conversion("percent signs", "percent signs removed from {n} values (numbers are percentages)", n)
     if unit[0].notna().any():
         out[idx[unit[0].notna()]] = unit[0].dropna().to_numpy()
-        return out, f"unit {unit[1].dropna().iloc[0]!r} removed from {n} values"
+        return out, Conversion(f"unit {unit[1].dropna().iloc[0]!r}", "{what} removed from {n} values", n)
     if only_decimal:
         out[idx[decimal]] = text[decimal].str.replace(",", ".", regex=False).to_numpy()
-        return out, f"decimal commas read as points in {n} values"
+        return out, Conversion("decimal commas", "decimal commas read as points in {n} values", n)
     out[idx[grouped]] = text[grouped].str.replace(",", "", regex=False).to_numpy()
-    return out, f"thousands separators removed from {n} values"
+    return out, Conversion("thousands separators", "thousands separators removed from {n} values", n)
 
 
 def normalise_numbers(
     df: pd.DataFrame, data: DataParams, vp: ValidateParams, source: str, parsed: Parsed
-) -> tuple[pd.DataFrame, dict[str, str]]:
+) -> tuple[pd.DataFrame, dict[str, Conversion]]:
     """df with text-coded number columns rewritten as plain numbers (in memory: the source is never touched);
     parsed follows the new frame."""
     role = roles(data)
@@ -155,6 +170,29 @@ def normalise_numbers(
     return out, done
 
 
+def convert(
+    df: pd.DataFrame, formats: dict[str, Conversion], vp: ValidateParams, source: str, parsed: Parsed
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """normalise_numbers for one chunk of a table whose formats were decided on a sample: the same reading of each
+    column, with how many values it rewrote here. Fails when a chunk writes a column's numbers another way."""
+    out, counts = df, {}
+    for col, fmt in formats.items():
+        converted = _as_number(df[col], col, source, vp)
+        if converted is None:
+            continue  # no value written that way here: what does not parse is quarantined by the suite
+        values, here = converted
+        if here.what != fmt.what:
+            raise ValidationFailed(
+                f"{source}: column {col!r} mixes number formats: {here.n} values in data rows {df.index[0] + 1}-"
+                f"{df.index[-1] + 1} are written with {here.what}, the table's sample with {fmt.what}; "
+                "convert them to plain numbers in the source or list the column in data.exclude"
+            )
+        out = out.copy() if out is df else out
+        out[col], counts[col] = values, here.n
+    parsed.rebase(out, list(counts))
+    return out, counts
+
+
 def magnitude_checks(df: pd.DataFrame, kinds: dict[str, str], max_abs: float, parsed: Parsed) -> list[Check]:
     """Row checks quarantining numbers no measurement reaches (1e308, overflowed exports), which pass any range
     check widened from a few of them and overflow float32 features."""
@@ -163,13 +201,18 @@ def magnitude_checks(df: pd.DataFrame, kinds: dict[str, str], max_abs: float, pa
     with np.errstate(invalid="ignore"):
         bad = np.abs(x) >= max_abs
     row_id = df[ROW_ID].to_numpy()
-    checks = []
-    for j, col in enumerate(cols):
-        ids = tuple(int(i) for i in row_id[bad[:, j]]) if bad[:, j].any() else ()
-        detail = f"{len(ids)} of {int((~np.isnan(x[:, j])).sum())} values reach |x| >= {max_abs:g}"
-        checks.append(Check("magnitude_below_max_abs", col, "row", not ids, False, len(ids), ids, f"[{max_abs:g}]",
-                            detail))  # fmt: skip
-    return checks
+    present = (~np.isnan(x)).sum(axis=0)
+    return [
+        _magnitude(col, tuple(int(i) for i in row_id[bad[:, j]]) if bad[:, j].any() else (), len(df),
+                   len(df) - int(present[j]), max_abs)
+        for j, col in enumerate(cols)
+    ]  # fmt: skip
+
+
+def _magnitude(col: str, ids: tuple[int, ...], rows: int, missing: int, max_abs: float) -> Check:
+    detail = f"{len(ids)} of {rows - missing} values reach |x| >= {max_abs:g}"
+    return Check("magnitude_below_max_abs", col, "row", not ids, False, len(ids), ids, f"[{max_abs:g}]", detail,
+                 rows, missing)  # fmt: skip
 
 
 def numbers(col: pd.Series) -> pd.Series:
@@ -236,20 +279,47 @@ def _expect(type_: str, level: str, **kwargs) -> dict:
     return {"type": type_, "kwargs": kwargs, "meta": {"level": level}}
 
 
+@dataclass(frozen=True)
+class Totals:
+    """What the inference of a suite reads from the whole of a table that it sees only a sample of: its rows, each
+    column's missing values, and the value counts of columns with few distinct values (None past COUNTED)."""
+
+    rows: int
+    missing: pd.Series
+    counts: dict[str, pd.Series | None]
+
+
+# Distinct values counted per column while a table streams: more than any category set, few enough to hold.
+COUNTED = 10_000
+
+
 def infer_suite(
-    df: pd.DataFrame, data: DataParams, vp: ValidateParams, name: str, source: str, parsed: Parsed | None = None
+    df: pd.DataFrame,
+    data: DataParams,
+    vp: ValidateParams,
+    name: str,
+    source: str,
+    parsed: Parsed | None = None,
+    totals: Totals | None = None,
 ) -> dict:
+    """The suite of a reference batch df; with totals, df is a uniform sample of it, and the row count, null rates,
+    category and label sets come from the totals (a rare category must not miss its set by not being sampled)."""
     parsed = Parsed(df) if parsed is None else parsed
     absent = [c for c in roles(data) if c not in df.columns]
     if absent:
         raise ValidationFailed(f"{source}: columns named in params.data are not in the data: {absent}")
-    n = len(df)
+
+    def value_counts(col: str) -> pd.Series:
+        counted = totals.counts.get(col) if totals else None
+        return df[col].value_counts() if counted is None else counted
+
+    n = totals.rows if totals else len(df)
     if n < vp.min_rows:
         raise ValidationFailed(
             f"{source}: {n} row(s); a suite is inferred only from at least validate.min_rows={vp.min_rows} rows: "
             "bring a larger reference batch, or write expectations/<name>.json by hand"
         )
-    classes = df[data.target].dropna().nunique()
+    classes = len(value_counts(data.target))
     if classes < 2:
         raise ValidationFailed(
             f"{source}: target column {data.target!r} has {classes} distinct non-null value(s) in "
@@ -267,9 +337,9 @@ def infer_suite(
         ),
     ]
     stats = {}
-    present = df[list(kinds)].notna().sum()
+    present = n - totals.missing[list(kinds)] if totals else df[list(kinds)].notna().sum()
     numeric = [c for c, k in kinds.items() if k == "numeric"]
-    x = np.column_stack([parsed[c].to_numpy() for c in numeric]) if numeric else np.empty((n, 0))
+    x = np.column_stack([parsed[c].to_numpy() for c in numeric]) if numeric else np.empty((len(df), 0))
     # Robust quantiles, so that the impossible values an export carries do not widen the range.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column has no quantiles
@@ -303,17 +373,18 @@ def infer_suite(
                 )
             )
         elif kind == "categorical":
-            counts = df[col].value_counts()
+            counts = value_counts(col)
             allowed = sorted(counts[counts >= vp.category_min_count].index)
             exps.append(_expect("expect_column_values_to_be_in_set", "row", column=col, value_set=allowed))
         elif kind == "target":
-            labels = sorted(df[col].dropna().unique())
+            labels = sorted(value_counts(col).index)
             exps.append(_expect("expect_column_values_to_be_in_set", "batch", column=col, value_set=labels))
     meta = {
         "source": source,
         "reference_rows": n,
+        **({"sampled_rows": len(df)} if len(df) < n else {}),
         "columns": stats,
-        "inferred_with": vp.model_dump(mode="json", exclude={"leakage_auc", "small_count"}),
+        "inferred_with": vp.model_dump(mode="json", exclude={"leakage_auc", "small_count", *STREAMING}),
     }
     return {"name": name, "expectations": exps, "meta": {"medflow": meta}, "notes": NOTES}
 
@@ -342,6 +413,9 @@ class Check:
     row_ids: tuple[int, ...]
     bound: str
     detail: str
+    # The rows it saw and how many were missing: what combining the checks of a table's chunks needs.
+    element_count: int | None = None
+    missing_count: int | None = None
 
     @property
     def rule(self) -> str:
@@ -389,6 +463,11 @@ def _errors(info: dict) -> list[str]:
     return sorted({str(i.get("exception_message")) for i in infos if isinstance(i, dict) and i.get("raised_exception")})
 
 
+def _passes(kw: dict, count: int, base: int) -> bool:
+    """count failing values of base: none may fail, or at least `mostly` of them must pass."""
+    return count == 0 if "mostly" not in kw else (not base or 1 - count / base >= kw["mostly"])
+
+
 def _native(type_: str, kw: dict, frame: pd.DataFrame, parsed: Parsed) -> dict:
     """The GX result fields medflow reads (unexpected/element/missing counts, unexpected row ids), computed with
     vectorised pandas: GX costs milliseconds per expectation, minutes on a table of 2,000 columns."""
@@ -416,7 +495,7 @@ def _native(type_: str, kw: dict, frame: pd.DataFrame, parsed: Parsed) -> dict:
         bad[values.index] = ~ok.astype(bool)
         base = n - int(missing.sum())
     count = int(bad.sum())
-    success = count == 0 if "mostly" not in kw else (not base or 1 - count / base >= kw["mostly"])
+    success = _passes(kw, count, base)
     return {
         "success": success,
         "unexpected_count": count,
@@ -450,7 +529,7 @@ def _batched(type_: str, kws: list[dict], frame: pd.DataFrame, parsed: Parsed) -
     out = []
     for j, kw in enumerate(kws):
         count, n = int(counts[j]), int(base[j])
-        success = count == 0 if "mostly" not in kw else (not n or 1 - count / n >= kw["mostly"])
+        success = _passes(kw, count, n)
         ids = tuple(int(i) for i in row_id[bad[:, j]]) if count else ()
         out.append({"success": success, "unexpected_count": count, "element_count": len(frame),
                     "missing_count": int(missing[:, j].sum()), "row_ids": ids})  # fmt: skip
@@ -495,7 +574,8 @@ def _check(type_: str, kw: dict, meta: dict, res: dict, errors: list[str], row_i
     # A row-level check stops the run only when fewer rows than its `mostly` pass.
     success = bool(res.get("success")) and not errors
     stops = not success and (level == "batch" or "mostly" in kw)
-    return Check(type_, kw.get("column"), level, success, stops, res.get("unexpected_count"), row_ids, bound, detail)
+    return Check(type_, kw.get("column"), level, success, stops, res.get("unexpected_count"), row_ids, bound, detail,
+                 res.get("element_count"), res.get("missing_count"))  # fmt: skip
 
 
 def run_suite(df: pd.DataFrame, suite: dict, parsed: Parsed | None = None) -> list[Check]:
@@ -532,6 +612,45 @@ def run_suite(df: pd.DataFrame, suite: dict, parsed: Parsed | None = None) -> li
     checks += _run_gx(frames, to_gx, suite["name"])
     order = {(e["type"], e["kwargs"].get("column")): i for i, e in enumerate(suite["expectations"])}
     return sorted(checks, key=lambda c: order.get((c.type, c.column), len(order)))
+
+
+def gx_expectations(suite: dict) -> list[str]:
+    """Expectation types of the suite that run_suite leaves to Great Expectations."""
+    return sorted({e["type"] for e in suite["expectations"] if e["type"] not in _TABLE | _NATIVE})
+
+
+def combine(parts: list[list[Check]], suite: dict, rows: int, max_abs: float) -> list[Check]:
+    """The checks of a table validated chunk by chunk (run_suite + magnitude_checks of each chunk) as they come out
+    of the whole table: counts and row ids added up, every `mostly` judged on the totals, the row count on all rows.
+    Only expectations medflow evaluates itself can be combined (see gx_expectations)."""
+    exps = {(e["type"], e.get("kwargs", {}).get("column")): e for e in suite["expectations"]}
+    out = []
+    for group in zip(*parts, strict=True):
+        first = group[0]
+        if first.type == "expect_table_columns_to_match_set":
+            out.append(first)
+            continue
+        broken = [c for c in group if c.element_count is None and c.type != "expect_table_row_count_to_be_between"]
+        if broken:
+            out.append(broken[0])  # could not be evaluated in some chunk: a batch failure, as in one piece
+            continue
+        ids = tuple(i for c in group for i in c.row_ids)
+        elements, missing = sum(c.element_count or 0 for c in group), sum(c.missing_count or 0 for c in group)
+        if first.type == "magnitude_below_max_abs":
+            out.append(_magnitude(first.column, ids, elements, missing, max_abs))
+            continue
+        exp = exps[(first.type, first.column)]
+        kw, meta = exp.get("kwargs", {}), exp.get("meta", {})
+        if first.type == "expect_table_row_count_to_be_between":
+            lo, hi = kw.get("min_value"), kw.get("max_value")
+            res = {"success": (lo is None or rows >= lo) and (hi is None or rows <= hi), "observed_value": rows}
+        else:
+            count = sum(c.unexpected_count or 0 for c in group)
+            base = elements if first.type == "expect_column_values_to_not_be_null" else elements - missing
+            res = {"success": _passes(kw, count, base), "unexpected_count": count, "element_count": elements,
+                   "missing_count": missing}  # fmt: skip
+        out.append(_check(first.type, kw, meta, res, [], ids))
+    return out
 
 
 def _run_gx(frames: dict[str, pd.DataFrame], groups: dict[str, list[dict]], name: str) -> list[Check]:

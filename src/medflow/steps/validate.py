@@ -19,11 +19,17 @@ from medflow.data import image_validation, images, sources
 from medflow.data.features import CONTENT_HASH
 from medflow.data.profile import association, build_profile, numeric_associations, save_figures, to_markdown
 from medflow.data.suite import (
+    COUNTED,
     ROW_ID,
     Check,
+    Conversion,
     Parsed,
+    Totals,
     ValidationFailed,
     column_kinds,
+    combine,
+    convert,
+    gx_expectations,
     infer_suite,
     magnitude_checks,
     normalise_numbers,
@@ -180,6 +186,8 @@ def run(params: Params, paths: Paths) -> dict:
         return _run_images(params, paths)
     data, vp = params.data, params.validate_
     path = sources.resolve(data.source, paths, data.allowed_roots)
+    if path.is_file() and path.stat().st_size > vp.stream_above_mb * 2**20:
+        return _run_streamed(params, paths, path)
     where = _relative(path, paths.root)
     df = sources.read_table(path, data.exclude, data.delimiter, data.encoding)
     if data.max_rows is not None:
@@ -190,10 +198,29 @@ def run(params: Params, paths: Paths) -> dict:
     df[ROW_ID] = np.arange(len(df), dtype="int64")
     parsed = Parsed(df)
     df, conversions = normalise_numbers(df, data, vp, where, parsed)
-    dataset = sources.dataset_name(data.source)
-    salt = resolve_salt(params)
+    salt = resolve_salt(params)  # before any output: a missing salt must stop the run with nothing written
+    suite, created, leaks = _decide(df, parsed, params, paths, where)
 
-    suite_path = paths.suite(dataset)
+    checks = run_suite(df, suite, parsed) + magnitude_checks(df, suite_kinds(suite), vp.max_abs, parsed)
+    _judge(checks, suite, created, paths, where, sources.dataset_name(params.data.source))
+    kinds, keep = _kinds(suite, df.columns, data)
+    if data.patient_id:
+        df.insert(1, PATIENT_KEY, _key(df[data.patient_id], salt))
+    valid, held = quarantine(df, checks)
+    # Numeric columns leave as the floats parsed here: clean parsing their text again took 7 of its 12 s at 1M rows.
+    valid = typed(valid, kinds, parsed)
+    valid[keep].reset_index(drop=True).to_parquet(paths.valid_rows, index=False)
+    held[[ROW_ID, "reason", *keep[1:]]].to_csv(out / "quarantine.csv", index=False, lineterminator="\n")
+    counts = {"rows_in": len(df), "rows_valid": len(valid), "rows_quarantined": len(held)}
+    conversions = {c: str(v) for c, v in conversions.items()}
+    return _finish(params, paths, where, suite, created, leaks, checks, kinds, counts, conversions, valid)
+
+
+def _decide(df: pd.DataFrame, parsed: Parsed, params: Params, paths: Paths, where: str, totals: Totals | None = None):
+    """(suite, created, leaks) for the table df is, or with totals a uniform sample of; fails before anything is
+    written when a column looks like an identifier or leaks the target, or the suite disagrees with params."""
+    data, vp = params.data, params.validate_
+    suite_path = paths.suite(sources.dataset_name(data.source))
     created = not suite_path.exists()
     suite = None if created else json.loads(suite_path.read_text())
     if suite is not None:
@@ -212,35 +239,59 @@ def run(params: Params, paths: Paths) -> dict:
     leaks = leakage(typed(df, kinds_now, parsed), kinds_now, data, vp)
     _refuse_leaks(leaks, data, vp, where)
     if suite is None:
-        suite = infer_suite(df, data, vp, name=dataset, source=where, parsed=parsed)
+        dataset = sources.dataset_name(data.source)
+        suite = infer_suite(df, data, vp, name=dataset, source=where, parsed=parsed, totals=totals)
+    return suite, created, leaks
 
-    checks = run_suite(df, suite, parsed) + magnitude_checks(df, suite_kinds(suite), vp.max_abs, parsed)
+
+def _judge(checks: list[Check], suite: dict, created: bool, paths: Paths, where: str, dataset: str) -> None:
+    """Writes report.json; fails when a batch-level expectation failed, else writes a suite inferred this run."""
     failures = batch_failures(checks)
-    _write_json(out / "report.json", {"dataset": dataset, "source": where, **report(checks, failures)})
+    _write_json(paths.step_dir("validate") / "report.json",
+                {"dataset": dataset, "source": where, **report(checks, failures)})  # fmt: skip
     if failures:
         raise ValidationFailed(
             f"{where}: {len(failures)} batch-level expectation(s) failed:\n  " + "\n  ".join(failures)
         )
     if created:
         # Written only once the batch passes: a suite inferred from a broken batch would bless it.
+        suite_path = paths.suite(dataset)
         suite_path.parent.mkdir(parents=True, exist_ok=True)
         _write_json(suite_path, suite, sort_keys=True)
         log.info("inferred %s from %s: review it and commit it", suite_path, where)
 
+
+def _kinds(suite: dict, columns: pd.Index, data: DataParams) -> tuple[dict[str, str], list[str]]:
+    """The kind of each column (in file order, for people reading the profile) and the columns valid.parquet holds."""
     known = suite_kinds(suite)
-    kinds = {c: known[c] for c in df.columns if c in known}  # in file order, for people reading the profile
+    kinds = {c: known[c] for c in columns if c in known}
     keep = [ROW_ID, *_written_columns(kinds)]
     if data.patient_id:
-        df.insert(1, PATIENT_KEY, _key(df[data.patient_id], salt))
         keep.insert(1, PATIENT_KEY)
-    valid, held = quarantine(df, checks)
-    # Numeric columns leave as the floats parsed here: clean parsing their text again took 7 of its 12 s at 1M rows.
-    valid = typed(valid, kinds, parsed)
-    valid[keep].reset_index(drop=True).to_parquet(paths.valid_rows, index=False)
-    held[[ROW_ID, "reason", *keep[1:]]].to_csv(out / "quarantine.csv", index=False, lineterminator="\n")
-    _write_json(out / "columns.json", kinds)
+    return kinds, keep
 
-    profile = build_profile(valid, kinds, data.target, data.positive_class, vp)
+
+def _finish(
+    params: Params,
+    paths: Paths,
+    where: str,
+    suite: dict,
+    created: bool,
+    leaks: dict[str, dict],
+    checks: list[Check],
+    kinds: dict[str, str],
+    counts: dict[str, int],
+    conversions: dict[str, str],
+    profiled: pd.DataFrame,
+    streamed: dict | None = None,
+) -> dict:
+    """columns.json, the profile (of profiled: the valid rows, or a uniform sample of them) and summary.json."""
+    data, vp, out = params.data, params.validate_, paths.step_dir("validate")
+    dataset = sources.dataset_name(data.source)
+    _write_json(out / "columns.json", kinds)
+    profile = build_profile(profiled, kinds, data.target, data.positive_class, vp)
+    if len(profiled) < counts["rows_valid"]:
+        profile["sample_of"] = counts["rows_valid"]
     (out / "profile").mkdir()
     (out / "profile" / "profile.md").write_text(to_markdown(profile, dataset))
     sidecar.draw("validate's profile figures", save_figures, profile, out / "profile")
@@ -249,11 +300,9 @@ def run(params: Params, paths: Paths) -> dict:
     summary = {
         "dataset": dataset,
         "source": where,
-        "suite": _relative(suite_path, paths.root),
+        "suite": _relative(paths.suite(dataset), paths.root),
         "suite_created": created,
-        "rows_in": len(df),
-        "rows_valid": len(valid),
-        "rows_quarantined": len(held),
+        **counts,
         "quarantine_reasons": dict(sorted(rules.items())),
         "leakage_suspects": profile["leakage_suspects"],
         # What the model card reports: which columns were judged, and what was decided about them.
@@ -267,11 +316,141 @@ def run(params: Params, paths: Paths) -> dict:
             "threshold": vp.leakage_auc,
             "accepted": {c: v for c, v in leaks.items() if c in vp.accept_leakage},
         },
+        **({"streamed": streamed} if streamed else {}),
     }
     assert summary["rows_in"] == summary["rows_valid"] + summary["rows_quarantined"]
     _write_json(paths.summary("validate"), summary)
-    log.info("validate %s: %d rows, %d valid, %d quarantined", dataset, len(df), len(valid), len(held))
+    log.info("validate %s: %d rows, %d valid, %d quarantined", dataset, counts["rows_in"], counts["rows_valid"],
+             counts["rows_quarantined"])  # fmt: skip
     return summary
+
+
+def _chunks(path: Path, data: DataParams, vp: ValidateParams):
+    """The table in frames of validate.chunk_rows rows (index: row number in the table), data.max_rows at most."""
+    left = data.max_rows
+    for chunk in sources.read_chunks(path, vp.chunk_rows, data.exclude, data.delimiter, data.encoding):
+        if left is not None:
+            chunk, left = chunk.iloc[:left], left - len(chunk.iloc[:left])
+        if len(chunk):
+            yield chunk
+        if left == 0:
+            return
+
+
+def _survey(path: Path, where: str, data: DataParams, vp: ValidateParams, seed: int) -> tuple[pd.DataFrame, Totals]:
+    """First pass over a streamed table: a uniform sample of validate.sample_rows rows (each row's chance the same
+    whatever the chunk size: the rows with the smallest random keys) and the Totals its suite needs."""
+    rng = np.random.default_rng(seed)
+    k = vp.sample_rows
+    sample, keys = None, np.empty(0)
+    rows, missing, counts = 0, None, {}
+    for chunk in _chunks(path, data, vp):
+        rows += len(chunk)
+        nulls = chunk.isna().sum()
+        missing = nulls if missing is None else missing + nulls
+        for col in chunk.columns:
+            if counts.get(col, 0) is not None:
+                vc = chunk[col].value_counts()
+                merged = vc if col not in counts else counts[col].add(vc, fill_value=0)
+                counts[col] = merged.astype("int64") if len(merged) <= COUNTED else None
+        drawn = rng.random(len(chunk))
+        # A row whose key is above the k-th smallest so far can never be among the k smallest.
+        fresh = drawn < keys.max() if len(keys) >= k else np.ones(len(chunk), dtype=bool)
+        sample = chunk[fresh] if sample is None else pd.concat([sample, chunk[fresh]])
+        keys = np.concatenate([keys, drawn[fresh]])
+        if len(keys) > k:
+            kept = np.sort(np.argpartition(keys, k - 1)[:k])
+            sample, keys = sample.iloc[kept], keys[kept]
+    if sample is None:
+        raise ValidationFailed(f"{where}: no data rows (a header only)")
+    sample = sample.sort_index().copy()
+    sample[ROW_ID] = sample.index.to_numpy(dtype="int64")
+    return sample, Totals(rows, missing, counts)
+
+
+def _schema(frame: pd.DataFrame, kinds: dict[str, str]):
+    """valid.parquet's columns, fixed for every chunk: a chunk whose category column is all missing is still text."""
+    import pyarrow as pa
+
+    types = {ROW_ID: pa.int64(), **{c: pa.float64() for c, k in kinds.items() if k == "numeric"}}
+    return pa.schema([(c, types.get(c, pa.string())) for c in frame.columns])
+
+
+def _run_streamed(params: Params, paths: Paths, path: Path) -> dict:
+    """run() for a table file larger than validate.stream_above_mb, in two passes of chunk_rows rows: the first
+    samples it (the suite, identifier and leakage screens and the profile read the sample), the second checks every
+    row and writes valid and quarantined rows chunk by chunk. Memory holds the sample and one chunk."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data, vp, out = params.data, params.validate_, paths.step_dir("validate")
+    where = _relative(path, paths.root)
+    salt = resolve_salt(params)
+    sample, totals = _survey(path, where, data, vp, params.seed)
+    _declared(sample, data, where)
+    parsed = Parsed(sample)
+    sample, formats = normalise_numbers(sample, data, vp, where, parsed)
+    suite, created, leaks = _decide(sample, parsed, params, paths, where, totals)
+    dataset = sources.dataset_name(data.source)
+    gx = gx_expectations(suite)
+    if gx:
+        raise ValidationFailed(
+            f"{_relative(paths.suite(dataset), paths.root)}: expectation type(s) {gx} are evaluated by Great "
+            f"Expectations on the whole table at once, and {where} ({path.stat().st_size / 2**20:.0f} MB) is "
+            f"validated in chunks (validate.stream_above_mb={vp.stream_above_mb:g}): remove them, or raise "
+            "validate.stream_above_mb to validate it in memory"
+        )
+    kinds, keep = _kinds(suite, sample.columns, data)
+    sampled = sample[ROW_ID].to_numpy()
+    del sample, parsed
+    parts, profiled, converted = [], [], dict.fromkeys(formats, 0)
+    rows = valid_rows = chunks = 0
+    valid_part, held_part = out / "valid.parquet.part", out / "quarantine.csv.part"
+    writer = None
+    try:
+        with held_part.open("w", newline="") as held_file:
+            for chunk in _chunks(path, data, vp):
+                chunk[ROW_ID] = chunk.index.to_numpy(dtype="int64")
+                parsed = Parsed(chunk)
+                chunk, n = convert(chunk, formats, vp, where, parsed)
+                for col, c in n.items():
+                    converted[col] += c
+                checks = run_suite(chunk, suite, parsed) + magnitude_checks(chunk, suite_kinds(suite), vp.max_abs,
+                                                                           parsed)  # fmt: skip
+                parts.append(checks)
+                if data.patient_id:
+                    chunk.insert(1, PATIENT_KEY, _key(chunk[data.patient_id], salt))
+                valid, held = quarantine(chunk, checks)
+                valid = typed(valid, kinds, parsed)
+                rows_out = valid[keep].reset_index(drop=True)
+                if writer is None:
+                    writer = pq.ParquetWriter(valid_part, _schema(rows_out, kinds))
+                writer.write_table(pa.Table.from_pandas(rows_out, schema=writer.schema, preserve_index=False))
+                held[[ROW_ID, "reason", *keep[1:]]].to_csv(held_file, header=not chunks, index=False,
+                                                           lineterminator="\n")  # fmt: skip
+                profiled.append(valid[np.isin(valid[ROW_ID].to_numpy(), sampled)])
+                rows, valid_rows, chunks = rows + len(chunk), valid_rows + len(valid), chunks + 1
+        if rows != totals.rows:
+            raise ValidationFailed(f"{where}: {totals.rows} rows on the first pass, {rows} on the second: the file "
+                                   "changed while it was validated; run again once it is written")  # fmt: skip
+        writer.close()
+        checks = combine(parts, suite, rows, vp.max_abs)
+        _judge(checks, suite, created, paths, where, dataset)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        valid_part.unlink(missing_ok=True)
+        held_part.unlink(missing_ok=True)
+        raise
+    valid_part.replace(paths.valid_rows)
+    held_part.replace(out / "quarantine.csv")
+    counts = {"rows_in": rows, "rows_valid": valid_rows, "rows_quarantined": rows - valid_rows}
+    conversions = {c: str(Conversion(f.what, f.how, converted[c])) for c, f in formats.items()}
+    streamed = {"file_mb": round(path.stat().st_size / 2**20, 1), "chunks": chunks, "chunk_rows": vp.chunk_rows,
+                "sample_rows": len(sampled)}  # fmt: skip
+    profile_rows = pd.concat(profiled)
+    return _finish(params, paths, where, suite, created, leaks, checks, kinds, counts, conversions, profile_rows,
+                   streamed)  # fmt: skip
 
 
 def _run_images(params: Params, paths: Paths) -> dict:
