@@ -24,6 +24,14 @@ def _one_torch_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def salted():
+    """The salt validate needs to replace a patient id by its salted key, for a module's tests."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDFLOW_SALT", "test-salt")
+        yield
+
+
 @pytest.fixture(scope="session")
 def migrated_mlflow_db(tmp_path_factory) -> Path:
     """A fresh MLflow SQLite store costs ~9 s of migrations: pay it once and copy the file per test."""

@@ -25,13 +25,7 @@ from medflow.steps import validate
 PHI = ["mrn", "name", "dob", "phone", "visit_date"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _env():
-    # validate replaces the patient id by its salted key, so it needs the salt.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GX_ANALYTICS_ENABLED", "false")
-        mp.setenv("MEDFLOW_SALT", "test-salt")
-        yield
+pytestmark = pytest.mark.usefixtures("salted")
 
 
 def _project(root, df: pd.DataFrame, suite_from: Paths | None = None) -> Paths:

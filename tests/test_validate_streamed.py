@@ -20,12 +20,7 @@ from medflow.steps import validate
 SAME = ["quarantine.csv", "report.json", "columns.json"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _env():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GX_ANALYTICS_ENABLED", "false")
-        mp.setenv("MEDFLOW_SALT", "test-salt")
-        yield
+pytestmark = pytest.mark.usefixtures("salted")
 
 
 @pytest.fixture(scope="module")
@@ -256,3 +251,76 @@ def test_a_file_that_changes_between_the_passes_stops_the_run_and_leaves_nothing
         "validated; run again once it is written"
     )
     assert not list(paths.step_dir("validate").glob("*"))
+
+
+def _both(tmp_path, df: pd.DataFrame, suite_from: Paths | None = None, name: str = "cohort.csv", write=None, **kw):
+    """The outcome (valid rows and reasons, or the error) of the table read whole and streamed, and their projects."""
+    out = []
+    for streamed in (False, True):
+        paths = _project(tmp_path / str(streamed), df, suite_from, name)
+        if write is not None:
+            write(paths.data_dir / name)
+        try:
+            s = validate.run(_params(streamed, source=f"data/{name}", **kw), paths)
+            out.append((s["rows_valid"], s["quarantine_reasons"], pd.read_parquet(paths.valid_rows)))
+        except (validate.ValidationFailed, SourceError) as exc:
+            out.append(str(exc))
+    return out
+
+
+def test_a_parquet_integer_column_with_nulls_reads_alike_in_every_chunk(cohort, tmp_path):
+    """A Spark or Arrow export (no pandas metadata): an int64 column turned float only in frames holding a null, so
+    one patient got two keys, one label two spellings."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = {c: pa.array([None if pd.isna(v) else str(v) for v in cohort[c]], pa.string()) for c in cohort}
+    cols["mrn"] = pa.array([None if i == 500 else int(str(v)[3:]) for i, v in enumerate(cohort["mrn"])], pa.int64())
+    table = pa.table(cols)
+    memory, streamed = _both(tmp_path, cohort, name="cohort.parquet", write=lambda p: pq.write_table(table, p))
+    assert memory[0] == streamed[0] and memory[1] == streamed[1]
+    pd.testing.assert_frame_equal(memory[2], streamed[2])
+    assert streamed[2]["_patient_key"].nunique() == cohort["mrn"].iloc[streamed[2]["_row_id"]].nunique()
+
+
+def test_numbers_with_a_unit_in_another_case_or_few_decimals_in_one_chunk_read_as_in_memory(cohort, tmp_path):
+    glucose = pd.to_numeric(cohort["glucose"], errors="coerce")
+    bmi = pd.to_numeric(cohort["bmi"], errors="coerce")
+    df = cohort.assign(
+        glucose=(glucose.astype(str) + np.where(cohort.index < 900, " mg", " MG")).where(glucose.notna()),
+        # "22,300" alone reads as thousands too: the last chunk holds only such values
+        bmi=bmi.map(lambda v: f"{v:.2f}").str.replace(".", ",").where(bmi.notna()),
+    )
+    df.loc[df.index[-2:], "bmi"] = ["22,300", "20,400"]
+    memory, streamed = _both(tmp_path, df, chunk_rows=105, sample_rows=100)  # the last chunk: those 2 rows
+    assert not isinstance(memory, str) and memory[:2] == streamed[:2]
+    pd.testing.assert_frame_equal(memory[2], streamed[2])
+    assert streamed[2]["bmi"].iloc[-2:].tolist() == [22.3, 20.4]
+
+
+def test_two_expectations_of_one_type_on_a_column_are_each_judged_by_their_own_bounds(in_memory, cohort, tmp_path):
+    paths = in_memory[0]
+    suite = json.loads(paths.suite("cohort").read_text())
+    wide = {"column": "age", "min_value": -1e12, "max_value": 1e12}
+    suite["expectations"].append({"type": "expect_column_values_to_be_between", "kwargs": wide,
+                                  "meta": {"level": "batch"}})  # fmt: skip
+    edited = tmp_path / "suite"
+    edited_paths = Paths(root=edited)
+    edited_paths.expectations_dir.mkdir(parents=True)
+    edited_paths.suite("cohort").write_text(json.dumps(suite))
+    memory, streamed = _both(tmp_path, cohort, suite_from=edited_paths)
+    assert not isinstance(streamed, str) and memory[:2] == streamed[:2]
+    assert streamed[1]["age: expect_column_values_to_be_between"] == 2
+
+
+def test_a_gzipped_csv_gets_the_plain_files_delimiter_encoding_and_exclude_checks(cohort, tmp_path):
+    paths = Paths(root=tmp_path)
+    paths.data_dir.mkdir()
+    with gzip.open(paths.data_dir / "cohort.csv.gz", "wt", encoding="latin-1") as f:
+        cohort.to_csv(f, index=False, sep=";")
+    for streamed in (False, True):
+        with pytest.raises(SourceError, match=r"data.exclude names column\(s\) \['sight'\] that are not in the file"):
+            validate.run(_params(streamed, source="data/cohort.csv.gz", exclude=["sight"], encoding="latin-1"), paths)
+        summary = validate.run(_params(streamed, source="data/cohort.csv.gz", exclude=["site"], encoding="latin-1"),
+                               paths)  # fmt: skip
+        assert summary["rows_in"] == len(cohort) and "site" not in pd.read_parquet(paths.valid_rows)

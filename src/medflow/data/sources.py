@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gzip
+import io
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -135,16 +137,23 @@ def _name(d: str) -> str:
     return {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}.get(d, repr(d))
 
 
-def _csv_options(path: Path, suffix: str, exclude: Iterable[str], delimiter: str | None, encoding: str | None) -> dict:
-    """pandas.read_csv arguments for path, once its encoding, delimiter and header have been checked."""
-    head = path.read_bytes()[:65536]
+def _csv_options(path: Path, exclude: Iterable[str], delimiter: str | None, encoding: str | None) -> dict:
+    """pandas.read_csv arguments for path (gzipped when it ends in .gz), once its encoding, delimiter and header
+    have been checked."""
+    suffix = "".join(path.suffixes[-2:]).lower()
+
+    def raw():
+        return gzip.open(path, "rb") if suffix.endswith(".gz") else path.open("rb")
+
+    with raw() as f:
+        head = f.read(65536)
     if not head.strip():
         raise SourceError(f"{path}: empty file (0 rows, no header)")
     enc = encoding or sniff_encoding(head)
     guessed = "data.encoding" if encoding else "sniffed"
     try:
         text = head.decode(enc, errors="strict") if len(head) < 65536 else head.decode(enc, errors="ignore")
-        with path.open(encoding=enc, newline="") as f:
+        with io.TextIOWrapper(raw(), encoding=enc, newline="") as f:
             for _ in f:
                 pass
     except UnicodeDecodeError as exc:
@@ -154,6 +163,8 @@ def _csv_options(path: Path, suffix: str, exclude: Iterable[str], delimiter: str
         ) from None
     except LookupError:
         raise SourceError(f"{path}: unknown encoding {enc!r} (data.encoding)") from None
+    except (OSError, EOFError) as exc:  # gzip: not gzipped, or cut short
+        raise SourceError(f"{path}: not a readable gzip file ({type(exc).__name__}); compress it again") from None
     sep = delimiter or sniff_delimiter(text, suffix)
     header = next(csv.reader(text.splitlines()[:1], delimiter=sep), [])
     others = {d: len(next(csv.reader(text.splitlines()[:1], delimiter=d), [])) for d in _DELIMITERS if d != sep}
@@ -205,21 +216,27 @@ def _parquet_columns(path: Path, exclude: Iterable[str]) -> list[str]:
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(path)
-    _known(path, set(exclude), schema.names)
-    keep = [f.name for f in schema if f.name not in set(exclude)]
-    nested = [f.name for f in schema if f.name in keep and pa.types.is_nested(f.type)]
+    # Names as every other reader sees them (stripped), for data.exclude and the duplicate check alike.
+    names = [str(n).strip() for n in schema.names]
+    _known(path, set(exclude), names)
+    kept = [(f, n) for f, n in zip(schema, names, strict=True) if n not in set(exclude)]
+    keep = [f.name for f, _ in kept]
+    nested = [n for f, n in kept if pa.types.is_nested(f.type)]
     if nested:
         raise SourceError(
             f"{path}: column(s) {nested} hold nested values (lists/structs/maps), which no suite can check: "
             "flatten them into plain columns or list them in data.exclude"
         )
-    dup = sorted({n for n in keep if keep.count(n) > 1})
+    stripped = [n for _, n in kept]
+    dup = sorted({n for n in stripped if stripped.count(n) > 1})
     if dup:
         raise SourceError(f"{path}: duplicated column name(s) {dup}; rename them in the file")
     return keep
 
 
 def _as_text(df: pd.DataFrame) -> pd.DataFrame:
+    """Parquet values as text. Read with integer_object_nulls: an integer column holding a null would otherwise
+    turn float in that frame only ("1.0" in one chunk, "1" in the next: two patients, or two labels, of one)."""
     return df.astype(object).where(df.notna(), None).astype("string").astype(object)
 
 
@@ -238,15 +255,9 @@ def _kind(path: Path) -> str:
         raise SourceError(f"{path}: is a folder, not a table")
     if suffix.endswith((".parquet", ".pq")):
         return "parquet"
-    if suffix.endswith(".csv.gz"):
-        return "gzip"
-    if suffix.endswith((".csv", ".tsv", ".txt")):
+    if suffix.endswith((".csv", ".tsv", ".txt", ".csv.gz")):
         return "csv"
     raise SourceError(f"{path}: unsupported file type {suffix or '(none)'}; use .csv, .tsv or .parquet")
-
-
-def _gzip_options() -> dict:
-    return {"dtype": str, "keep_default_na": False, "na_values": NA_VALUES, "skipinitialspace": True}
 
 
 def _named(df: pd.DataFrame, exclude: Iterable[str]) -> pd.DataFrame:
@@ -271,10 +282,9 @@ def read_table(
         import pyarrow.parquet as pq
 
         keep = _parquet(path, lambda: _parquet_columns(path, exclude))
-        return _named(_as_text(_parquet(path, lambda: pq.read_table(path, columns=keep).to_pandas())), ())
-    if kind == "gzip":
-        return _named(pd.read_csv(path, **_gzip_options()), exclude)
-    opts = _csv_options(path, "".join(path.suffixes[-2:]).lower(), exclude, delimiter, encoding)
+        table = _parquet(path, lambda: pq.read_table(path, columns=keep))
+        return _named(_as_text(table.to_pandas(integer_object_nulls=True)), ())
+    opts = _csv_options(path, exclude, delimiter, encoding)
     return _named(_parsing(path, opts["sep"], lambda: pd.read_csv(path, **opts)), exclude)
 
 
@@ -294,13 +304,10 @@ def read_chunks(
 
         def step():
             batch = _parquet(path, lambda: next(batches, None))
-            return None if batch is None else _as_text(batch.to_pandas())
+            return None if batch is None else _as_text(batch.to_pandas(integer_object_nulls=True))
     else:
-        if kind == "gzip":
-            sep, opts = ",", _gzip_options()
-        else:
-            opts = _csv_options(path, "".join(path.suffixes[-2:]).lower(), exclude, delimiter, encoding)
-            sep = opts["sep"]
+        opts = _csv_options(path, exclude, delimiter, encoding)
+        sep = opts["sep"]
         frames = _parsing(path, sep, lambda: pd.read_csv(path, chunksize=rows, **opts))
 
         def step():

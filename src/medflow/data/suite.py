@@ -93,12 +93,43 @@ _UNIT = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-zµ°
 class Conversion:
     """How a column of numbers written as text was read, and in how many values."""
 
-    what: str  # the way of writing numbers: "decimal commas", "unit 'mg'", ...
-    how: str  # what was done, with {n} where the count goes
+    reading: str  # "percent", "unit", "decimal" or "thousands"
+    what: str  # the way of writing numbers, for people: "decimal commas", "unit 'mg'", ...
+    how: str  # what was done, with {what} and {n} to fill in
     n: int
+    unit: str | None = None  # lower-cased, for the reading "unit": "12 mg" and "12 MG" are one unit
 
     def __str__(self) -> str:
         return self.how.replace("{what}", self.what).replace("{n}", str(self.n))
+
+
+_HOW = {
+    "percent": ("percent signs", "{what} removed from {n} values (numbers are percentages)"),
+    "unit": (None, "{what} removed from {n} values"),
+    "decimal": ("decimal commas", "{what} read as points in {n} values"),
+    "thousands": ("thousands separators", "{what} removed from {n} values"),
+}
+
+
+def _readings(text: pd.Series) -> dict[str, pd.Series]:
+    """Which values (stripped text) are plain numbers and which are written each other way."""
+    unit = text.str.extract(_UNIT)
+    return {"plain": text.str.match(_PLAIN), "grouped": text.str.match(_THOUSANDS),
+            "decimal": text.str.match(_DECIMAL_COMMA), "percent": text.str.extract(_PERCENT)[0],
+            "unit": unit[0], "unit_name": unit[1]}  # fmt: skip
+
+
+def _apply(values: pd.Series, text: pd.Series, r: dict[str, pd.Series], reading: str) -> tuple[pd.Series, int]:
+    """values with those written the way of `reading` rewritten as plain numbers, and how many were."""
+    hit = {"percent": r["percent"].notna(), "unit": r["unit"].notna(), "decimal": r["decimal"],
+           "thousands": r["grouped"]}[reading]  # fmt: skip
+    out = values.astype(object).copy()
+    if reading in ("percent", "unit"):
+        new = r[reading][hit]
+    else:
+        new = text[hit].str.replace(",", "." if reading == "decimal" else "", regex=False)
+    out[text.index[hit]] = new.to_numpy()
+    return out, int(hit.sum())
 
 
 def _as_number(values: pd.Series, column: str, source: str, vp: ValidateParams) -> tuple[pd.Series, Conversion] | None:
@@ -109,24 +140,22 @@ def _as_number(values: pd.Series, column: str, source: str, vp: ValidateParams) 
     # Category codes ("low", "F") hold no digit: one look at the distinct values settles it.
     if not len(text) or not any(any(ch.isdigit() for ch in v) for v in text.unique()):
         return None
-    plain = text.str.match(_PLAIN)
-    grouped = text.str.match(_THOUSANDS)
-    decimal = text.str.match(_DECIMAL_COMMA)
-    percent = text.str.extract(_PERCENT)[0]
-    unit = text.str.extract(_UNIT)
-    formatted = grouped | decimal | percent.notna() | unit[0].notna()
-    if not formatted.any() or (plain | formatted).mean() < vp.type_mostly:
+    r = _readings(text)
+    percent, unit, comma = r["percent"].notna(), r["unit"].notna(), r["grouped"] | r["decimal"]
+    formatted = comma | percent | unit
+    if not formatted.any() or (r["plain"] | formatted).mean() < vp.type_mostly:
         return None
     n = int(formatted.sum())
     # "1,234" reads both ways; "1,234,567" and "1,234.5" only as thousands, "3,5" and "1234,56" only as decimals.
-    only_grouped = int((grouped & ~decimal).sum())
-    only_decimal = int((decimal & ~grouped).sum())
+    only_grouped = int((r["grouped"] & ~r["decimal"]).sum())
+    only_decimal = int((r["decimal"] & ~r["grouped"]).sum())
+    units = r["unit_name"].dropna().str.lower()
     stop = None
     # Counted as ints: numpy's True + True is True, and would let a column mixing two formats through.
-    if sum(bool(f.any()) for f in (percent.notna(), unit[0].notna(), grouped | decimal)) > 1:
+    if sum(bool(f.any()) for f in (percent, unit, comma)) > 1:
         stop = "mixes number formats (separators, percent signs, units)"
-    elif unit[0].notna().any() and unit[1].dropna().str.lower().nunique() > 1:
-        stop = f"has {unit[1].dropna().str.lower().nunique()} different units (rule: one unit per column)"
+    elif unit.any() and units.nunique() > 1:
+        stop = f"has {units.nunique()} different units (rule: one unit per column)"
     elif only_grouped and only_decimal:
         stop = f"uses a comma as thousands separator in {only_grouped} and as decimal comma in {only_decimal} values"
     if stop:
@@ -134,19 +163,10 @@ def _as_number(values: pd.Series, column: str, source: str, vp: ValidateParams) 
             f"{source}: column {column!r} {stop}: {n} of {len(text)} values are numbers written as text; convert "
             "them to plain numbers in the source or list the column in data.exclude"
         )
-    out = values.astype(object).copy()
-    idx = text.index
-    if percent.notna().any():
-        out[idx[percent.notna()]] = percent.dropna().to_numpy()
-        return out, Conversion("percent signs", "percent signs removed from {n} values (numbers are percentages)", n)
-    if unit[0].notna().any():
-        out[idx[unit[0].notna()]] = unit[0].dropna().to_numpy()
-        return out, Conversion(f"unit {unit[1].dropna().iloc[0]!r}", "{what} removed from {n} values", n)
-    if only_decimal:
-        out[idx[decimal]] = text[decimal].str.replace(",", ".", regex=False).to_numpy()
-        return out, Conversion("decimal commas", "decimal commas read as points in {n} values", n)
-    out[idx[grouped]] = text[grouped].str.replace(",", "", regex=False).to_numpy()
-    return out, Conversion("thousands separators", "thousands separators removed from {n} values", n)
+    reading = "percent" if percent.any() else "unit" if unit.any() else "decimal" if only_decimal else "thousands"
+    out, done = _apply(values, text, r, reading)
+    what = f"unit {r['unit_name'].dropna().iloc[0]!r}" if reading == "unit" else _HOW[reading][0]
+    return out, Conversion(reading, what, _HOW[reading][1], done, units.iloc[0] if reading == "unit" else None)
 
 
 def normalise_numbers(
@@ -173,22 +193,30 @@ def normalise_numbers(
 def convert(
     df: pd.DataFrame, formats: dict[str, Conversion], vp: ValidateParams, source: str, parsed: Parsed
 ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """normalise_numbers for one chunk of a table whose formats were decided on a sample: the same reading of each
-    column, with how many values it rewrote here. Fails when a chunk writes a column's numbers another way."""
+    """normalise_numbers for one chunk of a table whose formats were decided on a sample: each column read the
+    sample's way, with how many values were rewritten here. Fails, as normalise_numbers does on a whole table, when
+    the chunk writes some of a column's numbers another way (another unit, percent signs beside decimal commas)."""
     out, counts = df, {}
     for col, fmt in formats.items():
-        converted = _as_number(df[col], col, source, vp)
-        if converted is None:
-            continue  # no value written that way here: what does not parse is quarantined by the suite
-        values, here = converted
-        if here.what != fmt.what:
+        text = df[col].dropna().astype(str).str.strip()
+        r = _readings(text)
+        other = {
+            "percent signs": int(r["percent"].notna().sum()) if fmt.reading != "percent" else 0,
+            "units": int(r["unit"].notna().sum()) if fmt.reading != "unit" else 0,
+            "commas": int((r["grouped"] | r["decimal"]).sum()) if fmt.reading not in ("decimal", "thousands") else 0,
+            "another unit": int((r["unit_name"].dropna().str.lower() != fmt.unit).sum()) if fmt.unit else 0,
+            "thousands separators": int((r["grouped"] & ~r["decimal"]).sum()) if fmt.reading == "decimal" else 0,
+            "decimal commas": int((r["decimal"] & ~r["grouped"]).sum()) if fmt.reading == "thousands" else 0,
+        }
+        clash = next(((k, v) for k, v in other.items() if v), None)
+        if clash:
             raise ValidationFailed(
-                f"{source}: column {col!r} mixes number formats: {here.n} values in data rows {df.index[0] + 1}-"
-                f"{df.index[-1] + 1} are written with {here.what}, the table's sample with {fmt.what}; "
-                "convert them to plain numbers in the source or list the column in data.exclude"
+                f"{source}: column {col!r} mixes number formats: {clash[1]} values in data rows {df.index[0] + 1}-"
+                f"{df.index[-1] + 1} are written with {clash[0]}, the table's sample with {fmt.what}; convert them to "
+                "plain numbers in the source or list the column in data.exclude"
             )
         out = out.copy() if out is df else out
-        out[col], counts[col] = values, here.n
+        out[col], counts[col] = _apply(df[col], text, r, fmt.reading)
     parsed.rebase(out, list(counts))
     return out, counts
 
@@ -290,7 +318,7 @@ class Totals:
 
 
 # Distinct values counted per column while a table streams: more than any category set, few enough to hold.
-COUNTED = 10_000
+COUNTED = 100_000
 
 
 def infer_suite(
@@ -416,6 +444,7 @@ class Check:
     # The rows it saw and how many were missing: what combining the checks of a table's chunks needs.
     element_count: int | None = None
     missing_count: int | None = None
+    at: int | None = None  # its expectation's place in the suite (a column may have two of one type)
 
     @property
     def rule(self) -> str:
@@ -564,7 +593,9 @@ def _batchable(type_: str, kw: dict, key: str) -> bool:
     return type_ == "expect_column_values_to_be_between" and key == "number"
 
 
-def _check(type_: str, kw: dict, meta: dict, res: dict, errors: list[str], row_ids: tuple[int, ...]) -> Check:
+def _check(
+    type_: str, kw: dict, meta: dict, res: dict, errors: list[str], row_ids: tuple[int, ...], at: int | None = None
+) -> Check:
     kw = {k: v for k, v in kw.items() if v is not None}
     bound = _bound(kw)
     if errors:
@@ -575,7 +606,7 @@ def _check(type_: str, kw: dict, meta: dict, res: dict, errors: list[str], row_i
     success = bool(res.get("success")) and not errors
     stops = not success and (level == "batch" or "mostly" in kw)
     return Check(type_, kw.get("column"), level, success, stops, res.get("unexpected_count"), row_ids, bound, detail,
-                 res.get("element_count"), res.get("missing_count"))  # fmt: skip
+                 res.get("element_count"), res.get("missing_count"), at)  # fmt: skip
 
 
 def run_suite(df: pd.DataFrame, suite: dict, parsed: Parsed | None = None) -> list[Check]:
@@ -585,8 +616,8 @@ def run_suite(df: pd.DataFrame, suite: dict, parsed: Parsed | None = None) -> li
     parsed = Parsed(df) if parsed is None else parsed
     frames = {"table": df.drop(columns=ROW_ID), "text": df, "number": typed(df, kinds, parsed)}
     checks, to_gx = [], {k: [] for k in frames}
-    batch: dict[tuple[str, str], list[dict]] = {}
-    for exp in suite["expectations"]:
+    batch: dict[tuple[str, str], list[tuple[int, dict]]] = {}
+    for at, exp in enumerate(suite["expectations"]):
         type_, kw, meta = exp["type"], exp.get("kwargs", {}), exp.get("meta", {})
         col = kw.get("column")
         numeric = kinds.get(col) == "numeric" and type_ not in _TEXT_CHECKS
@@ -594,24 +625,24 @@ def run_suite(df: pd.DataFrame, suite: dict, parsed: Parsed | None = None) -> li
         if col is not None and col not in df.columns:
             continue  # expect_table_columns_to_match_set names it, once
         if type_ in _TABLE:
-            checks.append(_check(type_, kw, meta, _table_result(type_, kw, frames["table"]), [], ()))
+            checks.append(_check(type_, kw, meta, _table_result(type_, kw, frames["table"]), [], (), at))
         elif _batchable(type_, kw, key):
-            batch.setdefault((type_, key), []).append(exp)
+            batch.setdefault((type_, key), []).append((at, exp))
         elif type_ in _NATIVE:
             try:
                 res = _native(type_, kw, frames[key], parsed)
-                checks.append(_check(type_, kw, meta, res, [], res["row_ids"]))
+                checks.append(_check(type_, kw, meta, res, [], res["row_ids"], at))
             except (TypeError, ValueError, KeyError, re.error) as exc:
-                checks.append(_check(type_, kw, meta, {}, [f"{type(exc).__name__}"], ()))
+                checks.append(_check(type_, kw, meta, {}, [f"{type(exc).__name__}"], (), at))
         else:
             to_gx[key].append(exp)
     for (type_, key), exps in batch.items():
-        results = _batched(type_, [e["kwargs"] for e in exps], frames[key], parsed)
-        for e, res in zip(exps, results, strict=True):
-            checks.append(_check(type_, e["kwargs"], e.get("meta", {}), res, [], res["row_ids"]))
+        results = _batched(type_, [e["kwargs"] for _, e in exps], frames[key], parsed)
+        for (at, e), res in zip(exps, results, strict=True):
+            checks.append(_check(type_, e["kwargs"], e.get("meta", {}), res, [], res["row_ids"], at))
     checks += _run_gx(frames, to_gx, suite["name"])
     order = {(e["type"], e["kwargs"].get("column")): i for i, e in enumerate(suite["expectations"])}
-    return sorted(checks, key=lambda c: order.get((c.type, c.column), len(order)))
+    return sorted(checks, key=lambda c: order.get((c.type, c.column), len(order)) if c.at is None else c.at)
 
 
 def gx_expectations(suite: dict) -> list[str]:
@@ -623,7 +654,6 @@ def combine(parts: list[list[Check]], suite: dict, rows: int, max_abs: float) ->
     """The checks of a table validated chunk by chunk (run_suite + magnitude_checks of each chunk) as they come out
     of the whole table: counts and row ids added up, every `mostly` judged on the totals, the row count on all rows.
     Only expectations medflow evaluates itself can be combined (see gx_expectations)."""
-    exps = {(e["type"], e.get("kwargs", {}).get("column")): e for e in suite["expectations"]}
     out = []
     for group in zip(*parts, strict=True):
         first = group[0]
@@ -639,7 +669,7 @@ def combine(parts: list[list[Check]], suite: dict, rows: int, max_abs: float) ->
         if first.type == "magnitude_below_max_abs":
             out.append(_magnitude(first.column, ids, elements, missing, max_abs))
             continue
-        exp = exps[(first.type, first.column)]
+        exp = suite["expectations"][first.at]
         kw, meta = exp.get("kwargs", {}), exp.get("meta", {})
         if first.type == "expect_table_row_count_to_be_between":
             lo, hi = kw.get("min_value"), kw.get("max_value")
@@ -649,7 +679,7 @@ def combine(parts: list[list[Check]], suite: dict, rows: int, max_abs: float) ->
             base = elements if first.type == "expect_column_values_to_not_be_null" else elements - missing
             res = {"success": _passes(kw, count, base), "unexpected_count": count, "element_count": elements,
                    "missing_count": missing}  # fmt: skip
-        out.append(_check(first.type, kw, meta, res, [], ids))
+        out.append(_check(first.type, kw, meta, res, [], ids, first.at))
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,6 @@ from medflow.data.suite import (
     COUNTED,
     ROW_ID,
     Check,
-    Conversion,
     Parsed,
     Totals,
     ValidationFailed,
@@ -408,7 +408,7 @@ def _run_streamed(params: Params, paths: Paths, path: Path) -> dict:
     valid_part, held_part = out / "valid.parquet.part", out / "quarantine.csv.part"
     writer = None
     try:
-        with held_part.open("w", newline="") as held_file:
+        with held_part.open("w", encoding="utf-8", newline="") as held_file:
             for chunk in _chunks(path, data, vp):
                 chunk[ROW_ID] = chunk.index.to_numpy(dtype="int64")
                 parsed = Parsed(chunk)
@@ -417,10 +417,12 @@ def _run_streamed(params: Params, paths: Paths, path: Path) -> dict:
                     converted[col] += c
                 checks = run_suite(chunk, suite, parsed) + magnitude_checks(chunk, suite_kinds(suite), vp.max_abs,
                                                                            parsed)  # fmt: skip
-                parts.append(checks)
                 if data.patient_id:
                     chunk.insert(1, PATIENT_KEY, _key(chunk[data.patient_id], salt))
                 valid, held = quarantine(chunk, checks)
+                # Only a row check's ids are needed once its chunk is written: a batch check's (a not-null check has
+                # one per missing cell) would make memory grow with the table.
+                parts.append([c if c.level == "row" else replace(c, row_ids=()) for c in checks])
                 valid = typed(valid, kinds, parsed)
                 rows_out = valid[keep].reset_index(drop=True)
                 if writer is None:
@@ -445,7 +447,7 @@ def _run_streamed(params: Params, paths: Paths, path: Path) -> dict:
     valid_part.replace(paths.valid_rows)
     held_part.replace(out / "quarantine.csv")
     counts = {"rows_in": rows, "rows_valid": valid_rows, "rows_quarantined": rows - valid_rows}
-    conversions = {c: str(Conversion(f.what, f.how, converted[c])) for c, f in formats.items()}
+    conversions = {c: str(replace(f, n=converted[c])) for c, f in formats.items()}
     streamed = {"file_mb": round(path.stat().st_size / 2**20, 1), "chunks": chunks, "chunk_rows": vp.chunk_rows,
                 "sample_rows": len(sampled)}  # fmt: skip
     profile_rows = pd.concat(profiled)
