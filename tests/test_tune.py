@@ -193,6 +193,26 @@ def test_a_run_override_of_a_tuned_key_edits_the_tuned_file_so_that_it_takes_eff
     assert "lr: 0.001  # AdamW" in base.read_text() and "# from a study" in tuned_file(base).read_text()
 
 
+def test_a_list_set_then_emptied_with_p_leaves_params_yaml_as_it_was_written(tmp_path):
+    from ruamel.yaml import YAML
+    from usercmd import REPO
+
+    from medflow.cli import edit_yaml
+
+    committed = REPO / "params.yaml"
+    path = tmp_path / "params.yaml"
+    path.write_text(committed.read_text())
+    # What a user types: the fix an error printed (a quoted name), then the exclusion taken back.
+    for override in ['data.exclude=["Unnamed: 0"]', "data.exclude=[]", "data.exclude=[a, b]", "train.hidden=[8]"]:
+        edit_yaml(path, [override])
+        YAML(typ="safe").load(path.read_text())  # raises where an edit broke the file
+    lines = path.read_text().splitlines()
+    assert [x.split("#")[0].rstrip() for x in lines if x.strip().startswith(("exclude:", "hidden:"))] == [
+        "  exclude: [a, b]", "  hidden: [8]", "    hidden: {choices: [[32], [64, 32], [128, 64]]}"
+    ]  # fmt: skip
+    assert len(lines) == len(committed.read_text().splitlines())  # every comment and blank line kept
+
+
 def test_tune_refuses_an_override_of_a_section_that_shapes_the_data_before_anything_runs(tmp_path):
     from usercmd import REPO
 

@@ -183,6 +183,7 @@ def write_overrides(path: Path, overrides: list[str]) -> None:
 
 def edit_yaml(path: Path, overrides: list[str]) -> None:
     from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedSeq
 
     yaml = YAML()
     yaml.preserve_quotes = True
@@ -194,6 +195,14 @@ def edit_yaml(path: Path, overrides: list[str]) -> None:
             if k not in node:
                 node[k] = {}
             node = node[k]
+        if isinstance(value, list):
+            # As the file writes lists, [a, b] on the key's line: ruamel writes a plain list as a block, and setting
+            # that block to [] later ran the next section onto the key's line, breaking the file.
+            value = CommentedSeq(value)
+            value.fa.set_flow_style()
+        comment = getattr(node, "ca", None) and node.ca.items.get(keys[-1])
+        if comment and len(comment) > 3:
+            comment[3] = None  # the mark of a block value under the key: the new value is written on the key's line
         node[keys[-1]] = value
     with path.open("w") as fh:
         yaml.dump(doc, fh)
