@@ -2,6 +2,7 @@
 the operating point, subgroups with small-group suppression, and the step's files on a synthetic cohort."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -364,7 +365,13 @@ def test_the_step_writes_flat_metrics_a_report_with_suppressed_groups_and_every_
     assert report["resampled"] == "patients" and report["threshold"]["method"].startswith("youden")
     oldest = next(r for r in report["subgroups"]["groups"] if r["group"] == "age>=85")
     assert oldest == {"column": "age", "group": "age>=85", "patients": "<10", "suppressed": True}
-    assert "| age>=85 | <10 |  | | |" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "| age>=85 | <10 |  | | |" in md
+    # Accuracy and sensitivity come from two decision rules: each row of the table names its own.
+    t = f"{metrics['threshold']:.4f}"
+    assert re.search(r"\| accuracy \| [\d.]+ \| \[[\d., ]+\] \| most probable class \|", md), md
+    assert re.search(rf"\| sensitivity \| [\d.]+ \| \[[\d., ]+\] \| positive at score >= {t} \|", md), md
+    assert re.search(r"\| roc_auc \| [\d.]+ \| \[[\d., ]+\] \|  \|", md), md
     pngs = {p.name for p in (out / "plots").glob("*.png")}
     assert pngs == {
         "roc.png",

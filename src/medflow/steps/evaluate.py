@@ -72,14 +72,19 @@ def _report_md(report: dict, metrics: dict) -> str:
         f"over {report['resampled']} ({report['n_boot']} resamples).",
         "",
     ]
-    if report.get("threshold") is not None:
-        t = report["threshold"]
+    t = report.get("threshold")
+    if t is not None:
         lines += [f"Decision threshold {t['value']:.4f}: {t['method']}.", ""]
-    lines += ["| metric | value | 95% CI |", "|---|---|---|"]
+    # Two operating points share the table: a reader comparing accuracy with sensitivity must see which is which.
+    at = {m: "most probable class" for m in ("accuracy", "balanced_accuracy", "f1")}
+    if t is not None:
+        at |= {m: f"positive at score >= {t['value']:.4f}" for m in ("sensitivity", "specificity", "ppv", "npv")}
+    lines += ["| metric | value | 95% CI | decision |", "|---|---|---|---|"]
     for k in sorted(k for k in metrics if k.startswith("test_") and not k.endswith(("_ci_low", "_ci_high"))):
         lo, hi = metrics.get(f"{k}_ci_low"), metrics.get(f"{k}_ci_high")
         ci = f"[{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else ""
-        lines.append(f"| {k.removeprefix('test_')} | {metrics[k]:.4f} | {ci} |")
+        name = k.removeprefix("test_")
+        lines.append(f"| {name} | {metrics[k]:.4f} | {ci} | {at.get(name, '')} |")
     sub = report.get("subgroups")
     if sub:
         p = sub["primary_metric"]
