@@ -192,7 +192,8 @@ def lab_table(rows: int, cols: int = 32, seed: int = 0, bad: float = 1e-4) -> pd
     """rows x cols of what an export holds: a visit id, numeric labs (2% missing, a few cells of text or absurd
     magnitude), every eighth column categorical, and a binary outcome that depends weakly on three labs."""
     rng = np.random.default_rng(seed)
-    data: dict[str, np.ndarray] = {"visit": np.arange(rows)}
+    # Visit ids in no order: ids counting the rows would be refused as a row index the export wrote.
+    data: dict[str, np.ndarray] = {"visit": rng.permutation(rows) + 1_000_000}
     for i in range(cols - 2):
         if i % 8 == 7:
             data[f"cat_{i}"] = rng.choice(np.array(["low", "mid", "high"], dtype=object), rows)

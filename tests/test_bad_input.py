@@ -39,7 +39,7 @@ def _values(df: pd.DataFrame) -> set[str]:
 
 def _write(paths: Paths, df: pd.DataFrame, **kw) -> None:
     paths.data_dir.mkdir(parents=True, exist_ok=True)
-    df.to_csv(paths.data_dir / "cohort.csv", index=False, **kw)
+    df.to_csv(paths.data_dir / "cohort.csv", **{"index": False, **kw})
 
 
 def _params(**data):
@@ -254,6 +254,21 @@ def _leaky_excluded(p, df):
     return _params(exclude=["ct_result"])
 
 
+def _positive_misspelt(p, df):
+    _write(p, df)
+    return _params(positive_class="sick")
+
+
+def _row_index(p, df):
+    _write(p, df.drop(columns="mrn"), index=True)  # pandas' index: a column with no name, 0..n-1
+    return _params(patient_id=None)
+
+
+def _row_numbers(p, df):
+    _write(p, df.assign(rownum=np.arange(1, len(df) + 1)))
+    return _params()
+
+
 def _exclude_misspelt(p, df):
     _write(p, df)
     return _params(exclude=["nmae"])
@@ -297,6 +312,19 @@ ERRORS = {
         _leaky,
         ["'ct_result' alone predicts 'outcome' with ROC-AUC 1.000 (a 1:1 recoding"],
     ),
+    "misspelt-positive-class": (
+        _positive_misspelt,
+        ["data.positive_class='sick' never occurs in target column 'outcome' (values: [", "set it to one of them"],
+    ),
+    "row-index-without-a-name": (
+        _row_index,
+        [
+            "column 'Unnamed: 0' (no name in the header): its",
+            "values are the rows' numbers in the file",
+            """-P 'data.exclude=["Unnamed: 0"]'""",
+        ],
+    ),
+    "row-numbers": (_row_numbers, ["column 'rownum': its", "rows' numbers", "-P 'data.exclude=[rownum]'"]),
     "misspelt-exclusion": (_exclude_misspelt, ["data.exclude names column(s) ['nmae'] that are not in the file"]),
     "excluded-identifier": (_exclude_and_identifier, ["column(s) ['name'] are in data.exclude and also named"]),
 }

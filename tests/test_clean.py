@@ -60,6 +60,24 @@ def test_positive_class_folds_extra_label_values_into_negative():
     assert "inconclusive" in set(df["outcome"])  # the cohort carries a third label value
 
 
+@pytest.mark.parametrize("spelt", ["TRUE", "True", "true"])
+def test_a_boolean_positive_class_names_the_label_as_the_table_spells_it(spelt):
+    # `-P data.positive_class=True` reaches params as YAML's boolean; R writes TRUE/FALSE, pandas True/False.
+    df = valid_rows(60)
+    false = {"TRUE": "FALSE", "True": "False", "true": "false"}[spelt]
+    labels = df["outcome"].map({"disease": spelt}).fillna(false)
+    schema = clean.build_schema(KINDS, cohort_params(positive_class=True).data, labels)
+    assert schema.classes == [f"not_{spelt}", spelt] and schema.positive_class == spelt
+    assert clean.encode_labels(labels, schema).sum() == (df["outcome"] == "disease").sum()
+
+
+def test_a_label_spelt_two_ways_takes_the_positive_class_only_as_written():
+    labels = pd.Series(["True", "true", "False"] * 20)
+    assert clean.build_schema(KINDS, cohort_params(positive_class=True).data, labels).positive_class == "true"
+    with pytest.raises(clean.CleanError, match="positive_class='TRUE' never occurs"):
+        clean.build_schema(KINDS, cohort_params(positive_class="TRUE").data, labels)
+
+
 def test_multiclass_without_positive_class():
     df = valid_rows(60)
     schema = clean.build_schema(KINDS, cohort_params(positive_class=None).data, df["outcome"])

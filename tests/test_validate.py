@@ -17,7 +17,7 @@ from medflow.data.profile import (
 )
 from medflow.data.suite import Check, infer_suite
 from medflow.data.synthetic import synthetic_cohort
-from medflow.params import ValidateParams, from_dict
+from medflow.params import DataParams, ValidateParams, from_dict
 from medflow.paths import Paths
 from medflow.privacy import classify
 from medflow.steps import validate
@@ -191,7 +191,7 @@ def test_profile_holds_aggregates_only_and_suppresses_small_counts(first_run, co
         {"site": ["a"] * 20 + ["b"] * 3, "y": ["p", "n"] * 11 + ["p"], "mrn": [f"M{i}" for i in range(23)]}
     )
     kinds = {"site": "categorical", "y": "target", "mrn": "patient_id"}
-    prof = build_profile(df, kinds, "y", "p", ValidateParams())
+    prof = build_profile(df, kinds, DataParams(target="y", positive_class="p"), ValidateParams())
     site, mrn = prof["columns"][0], prof["columns"][2]
     assert site["counts"] == {"a": "20", "b": "<5"}
     assert mrn == {"name": "mrn", "kind": "patient_id", "missing": "0", "missing_rate": 0.0}
@@ -221,8 +221,8 @@ def test_association_is_against_the_positive_class():
     y = ["disease", "healthy", "inconclusive", "healthy"] * 10
     df = pd.DataFrame({"f": [float(v == "inconclusive") for v in y], "y": y})
     kinds = {"f": "numeric", "y": "target"}
-    against_disease = build_profile(df, kinds, "y", "disease", ValidateParams())
-    one_vs_rest = build_profile(df, kinds, "y", None, ValidateParams())
+    against_disease = build_profile(df, kinds, DataParams(target="y", positive_class="disease"), ValidateParams())
+    one_vs_rest = build_profile(df, kinds, DataParams(target="y"), ValidateParams())
     assert against_disease["columns"][0]["association"] < 0.8 and not against_disease["leakage_suspects"]
     assert one_vs_rest["leakage_suspects"] == ["f"]
 

@@ -133,8 +133,9 @@ def explain(exc: BaseException) -> tuple[str, str, int]:
         seen = seen.__context__
     step = getattr(seen, "medflow_step", step)
     cause = " ".join(str(exc).split()) or type(exc).__name__
-    cause = cause if len(cause) <= 400 else cause[:400] + "..."
     kind = f"{type(exc).__module__}.{type(exc).__name__}"
+    # medflow's own messages end with their fix, however many columns they name; another library's may run long.
+    cause = cause if len(cause) <= 400 or kind.startswith("medflow.") else cause[:400] + "..."
     if isinstance(exc, KeyboardInterrupt):
         return f"{step} interrupted ({cause})", "run the same command again: finished steps are not repeated", 130
     if isinstance(exc, NoServer):

@@ -7,11 +7,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+
+
+def yaml_list(names: list[str]) -> str:
+    """names as a YAML list to pass with -P: a name YAML would read as something else ("Unnamed: 0", "1", "null")
+    is quoted."""
+    return "[" + ", ".join(n if _PLAIN.fullmatch(n) and n.lower() not in _YAML_WORDS else json.dumps(n)
+                           for n in names) + "]"  # fmt: skip
+
+
+_PLAIN = re.compile(r"[A-Za-z_][\w.-]*(?: [\w.-]+)*")
+_YAML_WORDS = {"true", "false", "null", "yes", "no", "on", "off", "y", "n"}
 
 
 class _Section(BaseModel):
@@ -41,6 +53,23 @@ class DataParams(_Section):
     encoding: str | None = None
     # Folders besides the project's data/ that data.source and image manifest paths may point into.
     allowed_roots: list[str] = Field(default_factory=list)
+
+    @field_validator("positive_class", mode="before")
+    @classmethod
+    def _boolean_label(cls, value: object) -> object:
+        # YAML reads an unquoted True or FALSE as a boolean, which pydantic would turn into the label 1 or 0.
+        return str(value).lower() if isinstance(value, bool) else value
+
+    def positive_label(self, classes: list[str]) -> str | None:
+        """positive_class as the target spells it: the class equal to it, else the one class equal to it but for case
+        (`-P data.positive_class=True` for a column of True/False, or TRUE/FALSE); None when no class is."""
+        if self.positive_class is None:
+            return None
+        wanted = str(self.positive_class)
+        if wanted in classes:
+            return wanted
+        alike = [c for c in classes if c.casefold() == wanted.casefold()]
+        return alike[0] if len(alike) == 1 else None
 
 
 class ValidateParams(_Section):

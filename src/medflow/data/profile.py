@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medflow.params import ValidateParams
+from medflow.params import DataParams, ValidateParams
 
 _QUANTILES = {"p1": 0.01, "p25": 0.25, "median": 0.5, "p75": 0.75, "p99": 0.99}
 
@@ -95,21 +95,24 @@ def association(x: pd.Series, kind: str, labels: pd.Series, positives: list[str]
     return round(max(aucs), 4) if aucs else None
 
 
-def build_profile(
-    df: pd.DataFrame, kinds: dict[str, str], target: str, positive_class: str | int | None, vp: ValidateParams
-) -> dict:
+def positives(classes: list[str], data: DataParams) -> list[str]:
+    """The target values scored as positive: data.positive_class as the target spells it; without one, the second
+    of two classes, or each of more."""
+    if data.positive_class is not None:
+        return [data.positive_label(classes) or str(data.positive_class)]
+    return classes[1:] if len(classes) == 2 else classes
+
+
+def build_profile(df: pd.DataFrame, kinds: dict[str, str], data: DataParams, vp: ValidateParams) -> dict:
     """df with numeric columns parsed to floats (see suite.typed) -> a JSON-able dict of aggregates."""
     k = vp.small_count
     n = len(df)
-    labels = df[target].astype("string")
+    labels = df[data.target].astype("string")
     classes = sorted(labels.dropna().unique())
-    if positive_class is not None:
-        positives = [str(positive_class)]
-    else:
-        positives = classes[1:] if len(classes) == 2 else classes
+    positive = positives(classes, data)
     numeric = [c for c, kind in kinds.items() if kind == "numeric"]
     x = df[numeric].astype("float64")
-    aucs = numeric_associations(x, labels.fillna(""), positives)
+    aucs = numeric_associations(x, labels.fillna(""), positive)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column has no quantiles
         quantiles = np.nanquantile(x.to_numpy(), list(_QUANTILES.values()), axis=0) if numeric and n else None
@@ -126,7 +129,7 @@ def build_profile(
         if kind == "categorical":
             counts = df[col].value_counts()
             entry["counts"] = {str(v): shown(int(c), k) for v, c in counts.items()}
-            entry["association"] = association(df[col], kind, labels, positives)
+            entry["association"] = association(df[col], kind, labels, positive)
         columns.append(entry)
     counts = labels.value_counts()
     leaks = [c["name"] for c in columns if (c.get("association") or 0) >= vp.leakage_auc]
@@ -136,8 +139,8 @@ def build_profile(
         "leakage_auc": vp.leakage_auc,
         "columns": columns,
         "target": {
-            "name": target,
-            "positive_class": None if positive_class is None else str(positive_class),
+            "name": data.target,
+            "positive_class": positive[0] if data.positive_class is not None else None,
             "counts": {str(v): shown(int(c), k) for v, c in counts.items()},
         },
         "leakage_suspects": leaks,

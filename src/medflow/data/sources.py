@@ -175,7 +175,7 @@ def _csv_options(path: Path, exclude: Iterable[str], delimiter: str | None, enco
             f"{path}: {how} {_name(sep)} splits the header into 1 column, {_name(wider)} into {others[wider]}: "
             f"set data.delimiter to the file's delimiter"
         )
-    names = [h.strip() for h in header]
+    names = [h.strip() or f"Unnamed: {i}" for i, h in enumerate(header)]  # pandas' name for a column with none
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise SourceError(
@@ -264,7 +264,7 @@ def _named(df: pd.DataFrame, exclude: Iterable[str]) -> pd.DataFrame:
     """Header names stripped, excluded columns dropped as they are read. Dropped after parsing, not skipped by
     read_csv's usecols: with usecols pandas no longer checks field counts, and a row with an unquoted delimiter
     would shift silently into the wrong columns."""
-    df.columns = [str(c).strip() for c in df.columns]
+    df.columns = [str(c).strip() or f"Unnamed: {i}" for i, c in enumerate(df.columns)]
     drop = set(exclude)
     return df.drop(columns=[c for c in df.columns if c in drop]) if drop else df
 

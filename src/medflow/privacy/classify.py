@@ -50,6 +50,10 @@ class Suspect:
     def __str__(self) -> str:
         if self.kind == "name":
             return f"column {self.column!r} is named like an identifier"
+        if self.kind == "row numbers":
+            unnamed = " (no name in the header)" if self.column.startswith("Unnamed: ") else ""
+            return (f"column {self.column!r}{unnamed}: its {self.of} values are the rows' numbers in the file, a row "
+                    "index the exporting tool wrote (R's write.csv, pandas' to_csv), not a measurement")  # fmt: skip
         return f"column {self.column!r}: {self.count} of {self.of} sampled values look like {self.kind}"
 
 
@@ -127,13 +131,32 @@ def _zero_padded(df: pd.DataFrame) -> dict[str, Suspect]:
     return found
 
 
+def _row_numbers(df: pd.DataFrame, positions: np.ndarray) -> dict[str, Suspect]:
+    """Columns holding each row's number in the file, counted from 0 or 1: an index the export wrote, which a
+    model would learn the file's order from (a table sorted by date or outcome leaks it)."""
+    found = {}
+    for col in df.columns:
+        x = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        if len(x) >= 10 and any(np.array_equal(x, positions + start) for start in (0, 1)):
+            found[col] = Suspect(col, "row numbers", len(x), len(x))
+    return found
+
+
 def suspects(
-    df: pd.DataFrame, declared: set[str], text_columns: set[str], numeric_columns: set[str] = frozenset()
+    df: pd.DataFrame,
+    declared: set[str],
+    text_columns: set[str],
+    numeric_columns: set[str] = frozenset(),
+    positions: np.ndarray | None = None,
 ) -> list[Suspect]:
     """Undeclared columns that look like identifiers by name or by values, in column order. numeric_columns (every
-    value a plain number) are only checked for record numbers."""
+    value a plain number) are only checked for record numbers, and for row numbers given each row's position in
+    the file (0 for its first data row)."""
     by_name = {c for c in df.columns if c not in declared and looks_like_identifier(str(c))}
-    padded = _zero_padded(df[[c for c in df.columns if c in numeric_columns and c not in declared | by_name]])
+    numbers = df[[c for c in df.columns if c in numeric_columns and c not in declared | by_name]]
+    padded = _zero_padded(numbers)
+    if positions is not None:
+        padded |= _row_numbers(numbers, positions.astype("float64"))
     found = []
     for col in df.columns:
         if col in declared:

@@ -29,10 +29,10 @@ class CleanError(ValueError):
 def label_classes(labels: pd.Series, data: DataParams) -> list[str]:
     values = labels.dropna().astype(str).str.strip()
     if data.positive_class is not None:
-        pos = str(data.positive_class)
-        if pos not in set(values):
+        pos = data.positive_label(sorted(set(values)))
+        if pos is None:
             raise CleanError(
-                f"data.positive_class={pos!r} never occurs in target column {data.target!r} "
+                f"data.positive_class={data.positive_class!r} never occurs in target column {data.target!r} "
                 f"(values: {sorted(set(values))[:10]})"
             )
         return [f"not_{pos}", pos]
@@ -44,13 +44,14 @@ def label_classes(labels: pd.Series, data: DataParams) -> list[str]:
 
 def build_image_schema(kinds: dict[str, str], data: DataParams, labels: pd.Series, shape: list[int]) -> Schema:
     dropped = {c: "not used by image models" for c, k in kinds.items() if k not in ("target", "patient_id")}
+    classes = label_classes(labels, data)
     return Schema(
         target=data.target,
-        classes=label_classes(labels, data),
+        classes=classes,
         numeric=[],
         categorical=[],
         patient_id=data.patient_id,
-        positive_class=None if data.positive_class is None else str(data.positive_class),
+        positive_class=None if data.positive_class is None else classes[1],
         dropped=dropped,
         kind="image",
         image_shape=list(shape),
@@ -79,7 +80,7 @@ def build_schema(kinds: dict[str, str], data: DataParams, labels: pd.Series) -> 
         numeric=numeric,
         categorical=categorical,
         patient_id=data.patient_id,
-        positive_class=None if data.positive_class is None else str(data.positive_class),
+        positive_class=None if data.positive_class is None else classes[1],
         dropped=dropped,
     )
 

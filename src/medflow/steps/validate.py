@@ -18,7 +18,14 @@ import pandas as pd
 
 from medflow.data import image_validation, images, sources
 from medflow.data.features import CONTENT_HASH
-from medflow.data.profile import association, build_profile, numeric_associations, save_figures, to_markdown
+from medflow.data.profile import (
+    association,
+    build_profile,
+    numeric_associations,
+    positives,
+    save_figures,
+    to_markdown,
+)
 from medflow.data.suite import (
     COUNTED,
     ROW_ID,
@@ -39,7 +46,7 @@ from medflow.data.suite import (
     suite_kinds,
     typed,
 )
-from medflow.params import DataParams, Params, ValidateParams
+from medflow.params import DataParams, Params, ValidateParams, yaml_list
 from medflow.paths import Paths
 from medflow.privacy import classify
 from medflow.privacy.keys import PATIENT_KEY, pseudonymise, resolve_salt
@@ -93,10 +100,6 @@ def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
-def _yaml_list(cols: list[str]) -> str:
-    return "[" + ", ".join(cols) + "]"
-
-
 def _declared(df: pd.DataFrame, data: DataParams, where: str) -> None:
     """Every column params.data names must be in the table, and none may be both excluded and used."""
     named = {"data.target": [data.target], "data.patient_id": [data.patient_id] if data.patient_id else [],
@@ -115,13 +118,14 @@ def _declared(df: pd.DataFrame, data: DataParams, where: str) -> None:
 def _refuse_suspects(df: pd.DataFrame, data: DataParams, kinds: dict[str, str], where: str, parsed: Parsed) -> None:
     numeric = {c for c, k in kinds.items() if k == "numeric" and parsed.count(c) == parsed.present[c]}
     text = {c for c, k in kinds.items() if k == "text"}
-    found = classify.suspects(df.drop(columns=ROW_ID), set(roles(data)), text, numeric)
+    found = classify.suspects(df.drop(columns=ROW_ID), set(roles(data)), text, numeric, df[ROW_ID].to_numpy())
     if found:
         cols = [s.column for s in found]
-        declare = _yaml_list([*data.identifiers, *cols])
-        drop = _yaml_list([*data.exclude, *cols])
+        declare = yaml_list([*data.identifiers, *cols])
+        drop = yaml_list([*data.exclude, *cols])
         raise ValidationFailed(
-            f"{where}: {len(found)} undeclared column(s) look like patient identifiers (nothing was written): "
+            f"{where}: {len(found)} undeclared column(s) look like patient identifiers or row numbers (nothing was "
+            "written): "
             + "; ".join(map(str, found))
             + f". Declare them (-P 'data.identifiers={declare}') to keep them out of every output, or drop them "
             f"as the table is read (-P 'data.exclude={drop}')"
@@ -132,16 +136,12 @@ def leakage(df: pd.DataFrame, kinds: dict[str, str], data: DataParams, vp: Valid
     """{column: {"auc", "rule"}} for features that alone predict the target at leakage_auc or better."""
     df = df[df[data.target].notna()]
     labels = df[data.target].astype("string")
-    classes = sorted(labels.dropna().unique())
-    if data.positive_class is not None:
-        positives = [str(data.positive_class)]
-    else:
-        positives = classes[1:] if len(classes) == 2 else classes
+    positive = positives(sorted(labels.dropna().unique()), data)
     numeric = [c for c, k in kinds.items() if k == "numeric"]
-    aucs = numeric_associations(df[numeric].astype("float64"), labels.fillna(""), positives)
+    aucs = numeric_associations(df[numeric].astype("float64"), labels.fillna(""), positive)
     for col, kind in kinds.items():
         if kind == "categorical":
-            aucs[col] = association(df[col], kind, labels, positives)
+            aucs[col] = association(df[col], kind, labels, positive)
     found = {}
     for col, auc in aucs.items():
         if auc is not None and auc >= vp.leakage_auc:
@@ -161,8 +161,8 @@ def _refuse_leaks(leaks: dict[str, dict], data: DataParams, vp: ValidateParams, 
                 for c, v in stopped.items()
             )  # fmt: skip
             + f" (validate.leakage_auc={vp.leakage_auc}). If it is recorded after the outcome, drop it "
-            f"(-P 'data.exclude={_yaml_list([*data.exclude, *stopped])}'); if it is a legitimate predictor, accept it "
-            f"(-P 'validate.accept_leakage={_yaml_list([*vp.accept_leakage, *stopped])}')"
+            f"(-P 'data.exclude={yaml_list([*data.exclude, *stopped])}'); if it is a legitimate predictor, accept it "
+            f"(-P 'validate.accept_leakage={yaml_list([*vp.accept_leakage, *stopped])}')"
         )
 
 
@@ -232,6 +232,7 @@ def _decide(df: pd.DataFrame, parsed: Parsed, params: Params, paths: Paths, wher
                 "to infer it again."
             )
     # Privacy and leakage come first: until every column has a role, nothing is written.
+    _positive_occurs(df, data, where, totals)
     inferred = column_kinds(df, data, vp, parsed)
     _refuse_suspects(df, data, inferred, where, parsed)
     # Columns the suite does not know yet (a new export field) are judged by their inferred kind.
@@ -242,6 +243,20 @@ def _decide(df: pd.DataFrame, parsed: Parsed, params: Params, paths: Paths, wher
         dataset = sources.dataset_name(data.source)
         suite = infer_suite(df, data, vp, name=dataset, source=where, parsed=parsed, totals=totals)
     return suite, created, leaks
+
+
+def _positive_occurs(df: pd.DataFrame, data: DataParams, where: str, totals: Totals | None) -> None:
+    # A positive class the target never takes leaves the leakage screen no positive row to score.
+    if data.positive_class is None or data.target not in df:
+        return
+    counted = totals.counts.get(data.target) if totals is not None else None
+    values = counted.index if counted is not None else df[data.target].dropna().unique()
+    classes = sorted({str(v).strip() for v in values})
+    if len(classes) > 1 and data.positive_label(classes) is None:  # fewer classes have an error of their own
+        raise ValidationFailed(
+            f"{where}: data.positive_class={data.positive_class!r} never occurs in target column {data.target!r} "
+            f"(values: {classes[:10]}); set it to one of them"
+        )
 
 
 def _judge(checks: list[Check], suite: dict, created: bool, paths: Paths, where: str, dataset: str) -> None:
@@ -289,7 +304,7 @@ def _finish(
     data, vp, out = params.data, params.validate_, paths.step_dir("validate")
     dataset = sources.dataset_name(data.source)
     _write_json(out / "columns.json", kinds)
-    profile = build_profile(profiled, kinds, data.target, data.positive_class, vp)
+    profile = build_profile(profiled, kinds, data, vp)
     if len(profiled) < counts["rows_valid"]:
         profile["sample_of"] = counts["rows_valid"]
     (out / "profile").mkdir()
