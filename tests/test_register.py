@@ -95,21 +95,23 @@ def proj(tmp_path_factory, migrated_mlflow_db) -> Paths:
     return make_project(tmp_path_factory.mktemp("register"), migrated_mlflow_db, cohort())
 
 
-def params_for(name: str, floor: float = 0.9, **gate) -> Params:
+def params_for(name: str, floor: float = 0.9, accept: tuple[str, ...] = ("a",), **gate) -> Params:
     # These tests are about the registry; a logistic regression ranks this cohort perfectly, so the baseline
-    # comparison is opened wide here (its own tests are below).
+    # comparison is opened wide here (its own tests are below). `a` decides the label by construction, so a model
+    # at ROC-AUC 1 rests on it: accepted, as a user would accept a predictor validate flagged.
     gate = {"baseline_margin": 1.0, **gate}
     return Params.model_validate(
         {
             "data": {"source": "data/cohort.csv", "target": "y"},
+            "validate": {"accept_leakage": list(accept)},
             "register": {"model_name": name, "min_primary": floor, "gate": gate},
         }
     )
 
 
-def train(paths: Paths, name: str, auc: float, floor: float = 0.9, **gate) -> Params:
+def train(paths: Paths, name: str, auc: float, floor: float = 0.9, accept: tuple[str, ...] = ("a",), **gate) -> Params:
     """Stands in for train + evaluate: a bundle, a run, run.json and metrics.json."""
-    params = params_for(name, floor, **gate)
+    params = params_for(name, floor, accept, **gate)
     save_model(paths, auc)
     run_id = tracking.start_run(params, paths, "train")
     paths.train_run.write_text(json.dumps({"run_id": run_id}))
@@ -124,8 +126,10 @@ def train(paths: Paths, name: str, auc: float, floor: float = 0.9, **gate) -> Pa
     return params
 
 
-def train_and_register(paths: Paths, name: str, auc: float, floor: float = 0.9, **gate) -> dict:
-    return register.run(train(paths, name, auc, floor, **gate), paths)
+def train_and_register(
+    paths: Paths, name: str, auc: float, floor: float = 0.9, accept: tuple[str, ...] = ("a",), **gate
+) -> dict:
+    return register.run(train(paths, name, auc, floor, accept, **gate), paths)
 
 
 def aliases(name: str) -> dict[str, str]:
@@ -491,6 +495,26 @@ def test_without_a_champion_the_best_baseline_is_the_reference_and_every_card_li
     assert card["data"]["data_md5"] and card["environment"]["python"]
     raw = cohort()
     assert scan_text(md + json.dumps(card), forbidden=raw["pid"]) == []
+
+
+def test_a_near_perfect_model_resting_on_one_feature_is_a_suspected_leak_until_accepted(proj):
+    leaky = train_and_register(proj, "leaky", 1.0, accept=())
+    assert not leaky["promoted"] and aliases("leaky") == {"challenger": "1"}
+    assert leaky["reason"].startswith("suspected target leakage: test roc_auc=1.0000 rests on 1 feature(s)")
+    assert "-P 'data.exclude=[a]'" in leaky["reason"] and "-P 'validate.accept_leakage=[a]'" in leaky["reason"]
+    gate = json.loads((proj.step_dir("register") / "gate.json").read_text())
+    check = gate["leak_check"]
+    assert check["suspects"] == ["a"] and check["accepted"] == [] and check["drops"]["a"] > 0.3
+    assert abs(check["drops"]["b"]) < 0.05  # noise carries nothing: shuffling it costs next to nothing
+    assert "## Leakage check" in (proj.step_dir("register") / "gate.md").read_text()
+
+    accepted = train_and_register(proj, "leaky", 1.0)
+    assert accepted["promoted"] and aliases("leaky") == {"champion": "2", "challenger": "1"}
+    assert json.loads((proj.step_dir("register") / "gate.json").read_text())["leak_check"]["accepted"] == ["a"]
+
+    below = train_and_register(proj, "leaky-below", 0.95, accept=())  # under validate.leakage_auc: not checked
+    assert json.loads((proj.step_dir("register") / "gate.json").read_text())["leak_check"] is None
+    assert below["promoted"]
 
 
 def test_the_gate_report_compares_subgroups_and_keeps_small_ones_suppressed(proj):

@@ -236,6 +236,10 @@ class GateParams(_Section):
     # No subgroup shown in both models' reports may lose more than this much of the primary metric.
     subgroup_tolerance: float = Field(0.05, ge=0, le=1)
     n_boot: int = Field(1000, ge=100)  # paired resamples of test patients
+    # A model at validate.leakage_auc test ROC-AUC or more that loses this much of it when one feature is shuffled
+    # rests its near-perfect score on that feature: a suspected leak, which never promotes (validate.accept_leakage
+    # accepts it). Features that leak only together (a date beside its outcome's) pass validate's one-column screen.
+    leak_drop: float = Field(0.1, gt=0, le=1)
 
 
 class RegisterParams(_Section):

@@ -7,6 +7,7 @@ free-text/date column. Validation results are reduced to counts and row ids: raw
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import warnings
@@ -419,6 +420,22 @@ def infer_suite(
 
 def suite_kinds(suite: dict) -> dict[str, str]:
     return {col: s["kind"] for col, s in suite["meta"]["medflow"]["columns"].items()}
+
+
+def without(suite: dict, excluded: list[str]) -> dict:
+    """suite less the columns data.exclude drops, which the table as read no longer has: an exclusion decided after
+    the suite was inferred (a leak the gate found) leaves the rest of the contract in force."""
+    drop = set(excluded) & set(suite_kinds(suite))
+    if not drop:
+        return suite
+    out = copy.deepcopy(suite)
+    out["expectations"] = [e for e in out["expectations"] if e["kwargs"].get("column") not in drop]
+    for e in out["expectations"]:
+        if "column_set" in e["kwargs"]:
+            e["kwargs"]["column_set"] = [c for c in e["kwargs"]["column_set"] if c not in drop]
+    for col in drop:
+        del out["meta"]["medflow"]["columns"][col]
+    return out
 
 
 def role_mismatches(suite: dict, data: DataParams) -> list[str]:

@@ -28,7 +28,7 @@ from medflow.evaluation.metrics import Delta, bootstrap_draws, interval, paired_
 from medflow.evaluation.subgroups import group_labels, subgroup_report
 from medflow.models.bundle import Predictor
 from medflow.monitoring import reference
-from medflow.params import Params
+from medflow.params import Params, yaml_list
 from medflow.paths import Paths
 from medflow.steps.clean import LABEL, ROW_ID
 from medflow.steps.evaluate import patient_keys, score
@@ -103,6 +103,53 @@ def _baseline_features(predictor: Predictor, paths: Paths, rows: pd.DataFrame) -
     if predictor.schema.kind == "image":
         return flat_pixels(np.load(paths.images, mmap_mode="r")[rows.index.to_numpy()])
     return predictor.preprocessor.transform(coerce_features(rows, predictor.schema))
+
+
+# Test rows the leakage check shuffles each feature of: its ROC-AUC changes are stable long before 150k rows.
+LEAK_ROWS = 20_000
+
+
+def leak_check(params: Params, predictor: Predictor, split: TestSplit, roc_auc: float | None) -> dict | None:
+    """What shuffling each feature on the test split costs a near-perfect tabular model's ROC-AUC, and the features
+    whose loss reaches register.gate.leak_drop (aggregates only); None for image models and models below
+    validate.leakage_auc."""
+    vp, gp = params.validate_, params.register.gate
+    if predictor.schema.kind == "image" or roc_auc is None or roc_auc < vp.leakage_auc:
+        return None
+    rng = np.random.default_rng(params.seed)
+    take = np.sort(rng.permutation(len(split.y))[:LEAK_ROWS])
+    rows, y, one = split.rows.iloc[take], split.y[take], np.ones((1, len(take)))
+    base = float(weighted_metric("roc_auc", y, predictor.predict_proba(rows), one)[0])
+    shuffle = rng.permutation(len(take))
+    drops = {}
+    for feature in predictor.schema.features:
+        shuffled = rows.assign(**{feature: rows[feature].to_numpy()[shuffle]})
+        lost = base - float(weighted_metric("roc_auc", y, predictor.predict_proba(shuffled), one)[0])
+        drops[feature] = round(lost, 4)
+    ranked = sorted(drops, key=drops.get, reverse=True)
+    carried = [f for f in ranked if drops[f] >= gp.leak_drop]
+    return {
+        "roc_auc": roc_auc,
+        "rows_shuffled": len(take),
+        "drops": {f: drops[f] for f in ranked[: max(5, len(carried))]},
+        "suspects": [f for f in carried if f not in vp.accept_leakage],
+        "accepted": [f for f in carried if f in vp.accept_leakage],
+    }
+
+
+def leak_reason(check: dict | None, params: Params) -> str | None:
+    """Why a near-perfect model does not promote, with the -P that fixes it; None when nothing is suspected."""
+    if not check or not check["suspects"]:
+        return None
+    suspects, data, vp = check["suspects"], params.data, params.validate_
+    costs = ", ".join(f"{f} {check['drops'][f]:.3f}" for f in suspects)
+    return (
+        f"suspected target leakage: test roc_auc={check['roc_auc']:.4f} rests on {len(suspects)} feature(s), each of "
+        f"which costs it this much when shuffled: {costs} (register.gate.leak_drop="
+        f"{params.register.gate.leak_drop:g}). If they are recorded after the outcome, drop them "
+        f"(-P 'data.exclude={yaml_list([*data.exclude, *suspects])}'); if they are legitimate predictors, accept them "
+        f"(-P 'validate.accept_leakage={yaml_list([*vp.accept_leakage, *suspects])}')"
+    )
 
 
 def gate_evidence(
@@ -221,6 +268,7 @@ def gate_evidence(
         },
         "subgroups": subgroups,
         "subgroup_regressions": list(regressions),
+        "leak_check": leak_check(params, predictor, split, metrics.get("test_roc_auc")),
     }
     return comparison, regressions, report
 
@@ -333,6 +381,7 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
             regressions=regressions,
             mismatch=differs,
             exploratory=exploratory(params),
+            leak=leak_reason(report["leak_check"], params),
         )
     gate = f"{'promoted' if decision.promoted else 'not promoted'}: {decision.reason}"
     tags = {**lineage, **identity, "medflow.gate": gate}

@@ -45,6 +45,7 @@ from medflow.data.suite import (
     run_suite,
     suite_kinds,
     typed,
+    without,
 )
 from medflow.params import DataParams, Params, ValidateParams, yaml_list
 from medflow.paths import Paths
@@ -222,7 +223,7 @@ def _decide(df: pd.DataFrame, parsed: Parsed, params: Params, paths: Paths, wher
     data, vp = params.data, params.validate_
     suite_path = paths.suite(sources.dataset_name(data.source))
     created = not suite_path.exists()
-    suite = None if created else json.loads(suite_path.read_text())
+    suite = None if created else without(json.loads(suite_path.read_text()), data.exclude)
     if suite is not None:
         mismatches = role_mismatches(suite, data)
         if mismatches:

@@ -270,6 +270,22 @@ def gate_markdown(report: dict) -> str:
         ]
         if report.get("champion_note"):
             lines += ["", report["champion_note"]]
+    leak = report.get("leak_check")
+    if leak:
+        lines += [
+            "",
+            "## Leakage check",
+            "",
+            f"Test ROC-AUC {_num(leak['roc_auc'])} reaches validate.leakage_auc: each feature was shuffled on "
+            f"{leak['rows_shuffled']} test rows. ROC-AUC lost:",
+            "",
+            "| feature | ROC-AUC lost |",
+            "|---|---|",
+        ]
+        lines += [f"| {f} | {_num(d)} |" for f, d in leak["drops"].items()]
+        for key, what in (("suspects", "suspected leaks"), ("accepted", "accepted (validate.accept_leakage)")):
+            if leak[key]:
+                lines.append(f"\n{what.capitalize()}: {', '.join(leak[key])}.")
     if report.get("subgroups"):
         lines += ["", f"## Subgroups ({metric}; suppressed groups show their size only)", ""]
         lines += ["| group | patients | candidate | champion |", "|---|---|---|---|"]

@@ -60,13 +60,16 @@ def decide(
     regressions: tuple[str, ...] = (),
     mismatch: str | None = None,
     exploratory: str | None = None,
+    leak: str | None = None,
 ) -> Decision:
     """comparison: the paired test against the champion, or against the best baseline when there is none;
     regressions: subgroups that lost more than the tolerance; mismatch: how the candidate's inputs differ from the
-    champion's; exploratory: why the run is an experiment."""
+    champion's; exploratory: why the run is an experiment; leak: why its score looks learnt from a leak."""
     decision = _by_evidence(
         metric, value, floor, champion_version, comparison, sensitivity, min_sensitivity, regressions, mismatch
     )
+    if leak:
+        return Decision(False, f"{leak}; {decision.reason}")
     if decision.promoted and exploratory:
         return Decision(False, f"{exploratory}, so challenger at most ({decision.reason}); `medflow promote` moves it")
     return decision
