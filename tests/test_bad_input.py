@@ -1,6 +1,7 @@
 """The bad-input corpus: each broken input ends in one exact outcome, a clear error naming file, column, rule and
 count (and quoting no input value), or quarantined rows with rows_in = rows_valid + rows_quarantined."""
 
+import gzip
 import json
 import shutil
 
@@ -269,6 +270,19 @@ def _row_numbers(p, df):
     return _params()
 
 
+def _gzip_cut_short(p, df):
+    p.data_dir.mkdir(parents=True)
+    whole = gzip.compress(df.to_csv(index=False).encode())
+    (p.data_dir / "cohort.csv.gz").write_bytes(whole[: len(whole) // 2])
+    return _params(source="data/cohort.csv.gz")
+
+
+def _not_gzipped(p, df):
+    p.data_dir.mkdir(parents=True)
+    (p.data_dir / "cohort.csv.gz").write_text(df.to_csv(index=False))
+    return _params(source="data/cohort.csv.gz")
+
+
 def _exclude_misspelt(p, df):
     _write(p, df)
     return _params(exclude=["nmae"])
@@ -325,6 +339,8 @@ ERRORS = {
         ],
     ),
     "row-numbers": (_row_numbers, ["column 'rownum': its", "rows' numbers", "-P 'data.exclude=[rownum]'"]),
+    "gzip-cut-short": (_gzip_cut_short, ["cohort.csv.gz: not a readable gzip file (EOFError); compress it again"]),
+    "not-gzipped": (_not_gzipped, ["cohort.csv.gz: not a readable gzip file (BadGzipFile); compress it again"]),
     "misspelt-exclusion": (_exclude_misspelt, ["data.exclude names column(s) ['nmae'] that are not in the file"]),
     "excluded-identifier": (_exclude_and_identifier, ["column(s) ['name'] are in data.exclude and also named"]),
 }

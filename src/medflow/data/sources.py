@@ -145,8 +145,13 @@ def _csv_options(path: Path, exclude: Iterable[str], delimiter: str | None, enco
     def raw():
         return gzip.open(path, "rb") if suffix.endswith(".gz") else path.open("rb")
 
-    with raw() as f:
-        head = f.read(65536)
+    try:
+        with raw() as f:
+            head = f.read(65536)
+    except (OSError, EOFError) as exc:  # gzip: not gzipped, or cut short within its first block
+        if not suffix.endswith(".gz"):
+            raise
+        raise SourceError(f"{path}: not a readable gzip file ({type(exc).__name__}); compress it again") from None
     if not head.strip():
         raise SourceError(f"{path}: empty file (0 rows, no header)")
     enc = encoding or sniff_encoding(head)
