@@ -9,6 +9,7 @@ params.yaml (`data.identifiers` or `data.exclude`), a miss puts a patient's name
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,13 +132,13 @@ def _zero_padded(df: pd.DataFrame) -> dict[str, Suspect]:
     return found
 
 
-def _row_numbers(df: pd.DataFrame, positions: np.ndarray) -> dict[str, Suspect]:
+def _row_numbers(numbers: Mapping[str, np.ndarray], positions: np.ndarray) -> dict[str, Suspect]:
     """Columns holding each row's number in the file, counted from 0 or 1: an index the export wrote, which a
     model would learn the file's order from (a table sorted by date or outcome leaks it)."""
     found = {}
-    for col in df.columns:
-        x = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-        if len(x) >= 10 and any(np.array_equal(x, positions + start) for start in (0, 1)):
+    for col, x in numbers.items():
+        start = x[0] - positions[0] if len(x) >= 10 else np.nan
+        if start in (0, 1) and np.array_equal(x - start, positions):  # the first value rules out nearly every column
             found[col] = Suspect(col, "row numbers", len(x), len(x))
     return found
 
@@ -147,16 +148,17 @@ def suspects(
     declared: set[str],
     text_columns: set[str],
     numeric_columns: set[str] = frozenset(),
-    positions: np.ndarray | None = None,
+    rows: tuple[np.ndarray, Mapping[str, np.ndarray]] | None = None,
 ) -> list[Suspect]:
     """Undeclared columns that look like identifiers by name or by values, in column order. numeric_columns (every
-    value a plain number) are only checked for record numbers, and for row numbers given each row's position in
-    the file (0 for its first data row)."""
+    value a plain number) are only checked for record numbers, and, given rows (each row's position in the file, 0
+    for its first data row, and the numbers each numeric column parsed to), for row numbers."""
     by_name = {c for c in df.columns if c not in declared and looks_like_identifier(str(c))}
-    numbers = df[[c for c in df.columns if c in numeric_columns and c not in declared | by_name]]
-    padded = _zero_padded(numbers)
-    if positions is not None:
-        padded |= _row_numbers(numbers, positions.astype("float64"))
+    checked = [c for c in df.columns if c in numeric_columns and c not in declared | by_name]
+    padded = _zero_padded(df[checked])
+    if rows is not None:
+        positions, numbers = rows
+        padded |= _row_numbers({c: numbers[c] for c in checked}, positions)
     found = []
     for col in df.columns:
         if col in declared:

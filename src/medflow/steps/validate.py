@@ -119,7 +119,9 @@ def _declared(df: pd.DataFrame, data: DataParams, where: str) -> None:
 def _refuse_suspects(df: pd.DataFrame, data: DataParams, kinds: dict[str, str], where: str, parsed: Parsed) -> None:
     numeric = {c for c, k in kinds.items() if k == "numeric" and parsed.count(c) == parsed.present[c]}
     text = {c for c, k in kinds.items() if k == "text"}
-    found = classify.suspects(df.drop(columns=ROW_ID), set(roles(data)), text, numeric, df[ROW_ID].to_numpy())
+    # The numbers each column parsed to, as parsed once for every check: not parsed again per screen.
+    rows = (df[ROW_ID].to_numpy(dtype="float64"), {c: parsed[c].to_numpy() for c in numeric})
+    found = classify.suspects(df.drop(columns=ROW_ID), set(roles(data)), text, numeric, rows)
     if found:
         cols = [s.column for s in found]
         declare = yaml_list([*data.identifiers, *cols])
