@@ -362,9 +362,8 @@ PASSES = {
     "inf-and-absurd-magnitudes": (
         _inf_and_huge,
         {
-            "glucose: expect_column_values_to_match_regex": 2,
-            "glucose: magnitude_below_max_abs": 3,
-            "glucose: expect_column_values_to_be_between": 3,
+            "glucose: magnitude_below_max_abs": 5,  # inf and -inf are numbers no measurement reaches, as 1e308 is
+            "glucose: expect_column_values_to_be_between": 5,
         },
     ),
     "leaky-column-excluded": (_leaky_excluded, {}),
@@ -409,7 +408,7 @@ def test_odd_but_readable_input_is_read_or_quarantined(case, base, tmp_path):
     if case == "embedded-newlines":
         assert kinds["notes"] == "text" and "notes" not in valid
     if case == "all-null-column":
-        assert kinds["spare"] == "text" and summary["columns"]["not_features"] == ["visit_date", "spare"]
+        assert kinds["spare"] == "text" and list(summary["columns"]["not_features"]) == ["visit_date", "spare"]
     if case == "utf-16":
         assert "Zürich" in set(valid["site"])
     held = pd.read_csv(paths.step_dir("validate") / "quarantine.csv", dtype=str)

@@ -170,9 +170,15 @@ def test_editing_a_range_in_the_suite_quarantines_more_rows(first_run, cohort, t
     ]  # fmt: skip
     between["kwargs"]["max_value"] = 60
     paths.suite("cohort").write_text(json.dumps(suite))
-    summary = validate.run(cohort_params(), paths)
-    age = pd.to_numeric(cohort["age"], errors="coerce")
     rule = "age: expect_column_values_to_be_between"
+    # Most of the cohort is older than 60: such a quarantine would bias the table, and stops the run.
+    with pytest.raises(validate.ValidationFailed, match=rf"quarantine takes \d+ of {len(cohort)} rows .*{rule}"):
+        validate.run(cohort_params(), paths)
+    assert not paths.valid_rows.exists()
+    params = cohort_params()
+    params = params.model_copy(update={"validate_": params.validate_.model_copy(update={"max_quarantine": 1.0})})
+    summary = validate.run(params, paths)
+    age = pd.to_numeric(cohort["age"], errors="coerce")
     assert summary["quarantine_reasons"][rule] == int(((age > 60) | (age < 0)).sum())
     assert summary["rows_quarantined"] > first_run[1]["rows_quarantined"]
     _, held = _outputs(paths)

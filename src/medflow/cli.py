@@ -236,6 +236,8 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
                     overrides=args.override if args.params else [],
                     force=args.force,
                 )
+    for col, why in (result.get("clean") or {}).get("not_features", {}).items():
+        print(f"not a feature: {col!r} ({why})")
     reg = result.get("register")
     if reg:
         state = "champion" if reg["promoted"] else "not promoted"

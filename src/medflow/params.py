@@ -95,6 +95,9 @@ class ValidateParams(_Section):
     max_abs: float = Field(1e15, gt=0)
     # Profile counts below this are shown as "<k" so that no small group can be singled out.
     small_count: int = Field(5, ge=1)
+    # The run stops when the quarantine takes more than this share of the rows, or of one category or one tenth of a
+    # numeric column's range (improbably more than of the whole table): a model trained on what is left is biased.
+    max_quarantine: float = Field(0.1, ge=0, le=1)
     # A table file larger than this (MB) is validated in chunks of chunk_rows rows, in memory that does not grow with
     # it: its suite, identifier and leakage screens and profile read a uniform sample of sample_rows rows, every row
     # is checked. A property of the file, not of the machine, so that every machine validates it the same way.

@@ -82,6 +82,11 @@ class Paths:
         return self.step_dir("validate") / "valid.parquet"
 
     @property
+    def number_formats(self) -> Path:
+        """How each numeric column writes its numbers, as validate read them: the model records it for scoring."""
+        return self.step_dir("validate") / "formats.json"
+
+    @property
     def cleaned(self) -> Path:
         return self.step_dir("clean") / "cleaned.parquet"
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medflow.data.numbers import NumberFormat, parse
+
 MISSING = "<missing>"
 # Bounds a numeric feature as validate's inferred suite does (data/suite.py, validate.range_margin): robust
 # quantiles of the training split widened by twice their span. Scoring refuses a row outside them (a unit slip,
@@ -33,6 +35,9 @@ class Schema:
     dropped: dict[str, str] = field(default_factory=dict)  # column -> why it is not a feature
     kind: str = "tabular"  # or "image"
     image_shape: list[int] | None = None  # [H, W, C] of every image (images are stored uint8, HWC)
+    # numeric column -> NumberFormat.to_dict(), how validate read its numbers besides plain ones ("1,262"): scoring
+    # reads them the same way. Absent from bundles made before it (plain numbers only).
+    formats: dict[str, dict] = field(default_factory=dict)
 
     @property
     def task(self) -> str:
@@ -56,13 +61,14 @@ class Schema:
 
 
 def coerce_features(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
-    """Raw text columns -> typed feature columns; a column the model needs but the table lacks is an error."""
+    """Raw text columns -> typed feature columns, numbers read as validate read them for training; a column the
+    model needs but the table lacks is an error."""
     missing = [c for c in schema.features if c not in df.columns]
     if missing:
         raise KeyError(f"input lacks feature column(s) {missing}")
     out = pd.DataFrame(index=df.index)
     for col in schema.numeric:
-        out[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+        out[col] = parse(df[col], NumberFormat.from_dict(schema.formats.get(col)))
     for col in schema.categorical:
         values = df[col].astype(object)
         out[col] = values.where(values.notna(), MISSING).astype(str).str.strip()

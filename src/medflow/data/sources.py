@@ -20,7 +20,7 @@ from medflow.paths import Paths
 if TYPE_CHECKING:
     import pandas as pd
 
-# Written as markers by hospital exports; read as missing.
+# Written for "no value" by people and exports alike: read as missing, never as a failed number (scoring too).
 NA_VALUES = ["", "NA", "N/A", "n/a", "na", "NaN", "nan", "NULL", "null", "None", "none", "-", "?"]
 
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from medflow.data.numbers import NUMBER_REGEX, Conversion, NumberFormat, conversion, plain_numbers, readings, rewrite
 from medflow.params import DataParams, ValidateParams
 
 ROW_ID = "_row_id"
-NUMBER_REGEX = r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$"
 # Dates are patient data (HIPAA counts them as identifiers), so a date column never gets a category set.
 # A prefix match: whatever follows a date (seconds, a time zone) does not make it less of a date.
 DATE_REGEX = r"^\s*(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})"
@@ -83,70 +83,25 @@ def column_kinds(
     return kinds
 
 
-_PLAIN = re.compile(NUMBER_REGEX)
-_THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_DECIMAL_COMMA = re.compile(r"^[-+]?\d+,\d+$")
-_PERCENT = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+))\s*%$")
-_UNIT = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-zµ°][A-Za-zµ°/0-9^.]*)$")
-
-
-@dataclass(frozen=True)
-class Conversion:
-    """How a column of numbers written as text was read, and in how many values."""
-
-    reading: str  # "percent", "unit", "decimal" or "thousands"
-    what: str  # the way of writing numbers, for people: "decimal commas", "unit 'mg'", ...
-    how: str  # what was done, with {what} and {n} to fill in
-    n: int
-    unit: str | None = None  # lower-cased, for the reading "unit": "12 mg" and "12 MG" are one unit
-
-    def __str__(self) -> str:
-        return self.how.replace("{what}", self.what).replace("{n}", str(self.n))
-
-
-_HOW = {
-    "percent": ("percent signs", "{what} removed from {n} values (numbers are percentages)"),
-    "unit": (None, "{what} removed from {n} values"),
-    "decimal": ("decimal commas", "{what} read as points in {n} values"),
-    "thousands": ("thousands separators", "{what} removed from {n} values"),
-}
-
-
-def _readings(text: pd.Series) -> dict[str, pd.Series]:
-    """Which values (stripped text) are plain numbers and which are written each other way."""
-    unit = text.str.extract(_UNIT)
-    return {"plain": text.str.match(_PLAIN), "grouped": text.str.match(_THOUSANDS),
-            "decimal": text.str.match(_DECIMAL_COMMA), "percent": text.str.extract(_PERCENT)[0],
-            "unit": unit[0], "unit_name": unit[1]}  # fmt: skip
-
-
-def _apply(values: pd.Series, text: pd.Series, r: dict[str, pd.Series], reading: str) -> tuple[pd.Series, int]:
-    """values with those written the way of `reading` rewritten as plain numbers, and how many were."""
-    hit = {"percent": r["percent"].notna(), "unit": r["unit"].notna(), "decimal": r["decimal"],
-           "thousands": r["grouped"]}[reading]  # fmt: skip
-    out = values.astype(object).copy()
-    if reading in ("percent", "unit"):
-        new = r[reading][hit]
-    else:
-        new = text[hit].str.replace(",", "." if reading == "decimal" else "", regex=False)
-    out[text.index[hit]] = new.to_numpy()
-    return out, int(hit.sum())
-
-
-def _as_number(values: pd.Series, column: str, source: str, vp: ValidateParams) -> tuple[pd.Series, Conversion] | None:
+def _as_number(
+    values: pd.Series, plain: pd.Series, column: str, source: str, vp: ValidateParams
+) -> tuple[pd.Series, Conversion] | None:
     """Numbers written for people ("265,000", "12%", "12 mg", "3,5") as plain numbers, with what was done; None
-    when the column is not mostly such numbers. Fails when no single reading fits (mixed units, a comma that is a
-    thousands separator in some values and a decimal comma in others)."""
-    text = values.dropna().astype(str).str.strip()
+    when the column is not mostly numbers. plain: the values as plain numbers. Fails when no single reading fits
+    (mixed units, a comma that is a thousands separator in some values and a decimal comma in others)."""
+    # Only what plain parsing missed is read again: a column of plain numbers with a few "1,262" among them is read
+    # with both ways, so the values written for people (often the highest) are not quarantined as text.
+    rest = values[plain.isna() & values.notna()]
+    text = rest.astype(str).str.strip()
     # Category codes ("low", "F") hold no digit: one look at the distinct values settles it.
     if not len(text) or not any(any(ch.isdigit() for ch in v) for v in text.unique()):
         return None
-    r = _readings(text)
+    r = readings(text)
     percent, unit, comma = r["percent"].notna(), r["unit"].notna(), r["grouped"] | r["decimal"]
     formatted = comma | percent | unit
-    if not formatted.any() or (r["plain"] | formatted).mean() < vp.type_mostly:
+    n, given = int(formatted.sum()), int(values.notna().sum())
+    if not n or int(plain.notna().sum()) + n < vp.type_mostly * given:
         return None
-    n = int(formatted.sum())
     # "1,234" reads both ways; "1,234,567" and "1,234.5" only as thousands, "3,5" and "1234,56" only as decimals.
     only_grouped = int((r["grouped"] & ~r["decimal"]).sum())
     only_decimal = int((r["decimal"] & ~r["grouped"]).sum())
@@ -161,13 +116,14 @@ def _as_number(values: pd.Series, column: str, source: str, vp: ValidateParams) 
         stop = f"uses a comma as thousands separator in {only_grouped} and as decimal comma in {only_decimal} values"
     if stop:
         raise ValidationFailed(
-            f"{source}: column {column!r} {stop}: {n} of {len(text)} values are numbers written as text; convert "
+            f"{source}: column {column!r} {stop}: {n} of {given} values are numbers written as text; convert "
             "them to plain numbers in the source or list the column in data.exclude"
         )
     reading = "percent" if percent.any() else "unit" if unit.any() else "decimal" if only_decimal else "thousands"
-    out, done = _apply(values, text, r, reading)
-    what = f"unit {r['unit_name'].dropna().iloc[0]!r}" if reading == "unit" else _HOW[reading][0]
-    return out, Conversion(reading, what, _HOW[reading][1], done, units.iloc[0] if reading == "unit" else None)
+    fmt = NumberFormat(reading, units.iloc[0] if reading == "unit" else None)
+    out, done = rewrite(values, text, r, fmt)
+    what = f"unit {r['unit_name'].dropna().iloc[0]!r}" if reading == "unit" else None
+    return out, conversion(fmt, what, done)
 
 
 def normalise_numbers(
@@ -181,9 +137,9 @@ def normalise_numbers(
         if col in role or col == ROW_ID:
             continue
         n = parsed.present[col]
-        if not n or parsed.count(col) >= vp.type_mostly * n:
+        if not n or parsed.count(col) == n:
             continue
-        converted = _as_number(df[col], col, source, vp)
+        converted = _as_number(df[col], parsed[col], col, source, vp)
         if converted is not None:
             out = out.copy() if out is df else out
             out[col], done[col] = converted
@@ -200,7 +156,7 @@ def convert(
     out, counts = df, {}
     for col, fmt in formats.items():
         text = df[col].dropna().astype(str).str.strip()
-        r = _readings(text)
+        r = readings(text)
         other = {
             "percent signs": int(r["percent"].notna().sum()) if fmt.reading != "percent" else 0,
             "units": int(r["unit"].notna().sum()) if fmt.reading != "unit" else 0,
@@ -217,7 +173,7 @@ def convert(
                 "plain numbers in the source or list the column in data.exclude"
             )
         out = out.copy() if out is df else out
-        out[col], counts[col] = _apply(df[col], text, r, fmt.reading)
+        out[col], counts[col] = rewrite(df[col], text, r, fmt.format)
     parsed.rebase(out, list(counts))
     return out, counts
 
@@ -244,19 +200,8 @@ def _magnitude(col: str, ids: tuple[int, ...], rows: int, missing: int, max_abs:
                  rows, missing)  # fmt: skip
 
 
-def numbers(col: pd.Series) -> pd.Series:
-    """Parsed values of a numeric column: what NUMBER_REGEX accepts, as floats; other text is NaN. Overflow ("1e500")
-    stays infinite, for the magnitude check to quarantine; the words inf and NaN are not numbers."""
-    x = pd.to_numeric(col, errors="coerce").astype("float64")
-    infinite = np.isinf(x.to_numpy())
-    if infinite.any():
-        words = col.astype("string").str.contains("[a-df-zA-DF-Z]", regex=True, na=False).to_numpy()
-        x[infinite & words] = np.nan
-    return x
-
-
 class Parsed(dict):
-    """numbers() of each column of one frame, computed on first use: a 2,000-column table is parsed once per
+    """plain_numbers() of each column of one frame, computed on first use: a 2,000-column table is parsed once per
     column, not once per check."""
 
     def __init__(self, df: pd.DataFrame):
@@ -266,7 +211,7 @@ class Parsed(dict):
         self.present = df.notna().sum()
 
     def __missing__(self, col: str) -> pd.Series:
-        self[col] = numbers(self.df[col])
+        self[col] = plain_numbers(self.df[col])
         self.counts[col] = int(np.count_nonzero(~np.isnan(self[col].to_numpy())))
         return self[col]
 

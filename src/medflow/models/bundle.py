@@ -13,29 +13,28 @@ import pandas as pd
 import torch
 
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema, coerce_features
+from medflow.data.numbers import NumberFormat, parse, unreadable
 from medflow.models.tabular import build
 
 FILES = ("weights.pt", "model.json", "preprocessor.json", "schema.json")
-# Written for "no value" by people and exports alike: read as missing (imputed), never as a failed number.
-MISSING_TEXT = {"", "na", "n/a", "nan", "null", "none", "-", "?"}
 
 
 class BatchRejected(ValueError):
     """The whole batch is refused and nothing is scored. Its message names columns and counts, never a value."""
 
 
-def row_problems(raw: pd.DataFrame, numeric: list[str], ranges: dict[str, list[float]]) -> pd.Series:
-    """Per input row, why it cannot be scored ("" when it can): in a numeric column, text, an infinite value or one
-    outside the training range (ranges: column -> [low, high], as the bundle's preprocessing recorded them)."""
+def row_problems(raw: pd.DataFrame, schema: Schema, ranges: dict[str, list[float]]) -> pd.Series:
+    """Per input row, why it cannot be scored ("" when it can): in a numeric column, text that is neither a number
+    as training read the column nor a missing word, an infinite value or one outside the training range (ranges:
+    column -> [low, high], as the bundle's preprocessing recorded them)."""
     reasons = np.full(len(raw), "", dtype=object)
-    for col in numeric:
+    for col in schema.numeric:
         values = raw[col].reset_index(drop=True)
-        text = values.astype(str).str.strip().str.lower()
-        given = (values.notna() & ~text.isin(MISSING_TEXT)).to_numpy()
-        number = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
+        parsed = parse(values, NumberFormat.from_dict(schema.formats.get(col)))
+        number = parsed.to_numpy()
         low, high = ranges.get(col, (-np.inf, np.inf))
         checks = (
-            (given & np.isnan(number), "not a number"),
+            (unreadable(values, parsed), "not a number"),
             (np.isinf(number), "not finite"),
             (np.isfinite(number) & ((number < low) | (number > high)), "outside the training range"),
         )
@@ -141,7 +140,7 @@ class Predictor:
         missing = [c for c in self.schema.features if c not in raw.columns]
         if missing:
             raise BatchRejected(f"batch of {len(raw)} rows lacks {len(missing)} feature column(s) {missing}")
-        reasons = row_problems(raw, self.schema.numeric, self.preprocessor.ranges)
+        reasons = row_problems(raw, self.schema, self.preprocessor.ranges)
         ok = reasons.eq("").to_numpy()
         proba = np.full((len(raw), len(self.classes)), np.nan)
         labels = np.full(len(raw), None, dtype=object)

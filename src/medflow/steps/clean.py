@@ -20,6 +20,7 @@ from medflow.privacy.phi import undeclared_identifiers
 log = logging.getLogger(__name__)
 
 ROW_ID, LABEL = "_row_id", "_label"
+DECLARED = ("identifier", "patient_id")  # kinds params.data gives: the user knows these are no features
 
 
 class CleanError(ValueError):
@@ -58,13 +59,20 @@ def build_image_schema(kinds: dict[str, str], data: DataParams, labels: pd.Serie
     )
 
 
-def build_schema(kinds: dict[str, str], data: DataParams, labels: pd.Series) -> Schema:
+def build_schema(
+    kinds: dict[str, str],
+    data: DataParams,
+    labels: pd.Series,
+    formats: dict[str, dict] | None = None,
+    text_why: dict[str, str] | None = None,
+) -> Schema:
+    """text_why: validate's reason why each text column is one (columns.not_features of its summary)."""
     dropped: dict[str, str] = {}
     for col, kind in kinds.items():
         if kind == "identifier":
             dropped[col] = "declared identifier"
         elif kind == "text":
-            dropped[col] = "free text or date: not used as a feature"
+            dropped[col] = (text_why or {}).get(col, "free text or dates") + ": not used as a feature"
     candidates = [c for c, k in kinds.items() if k in ("numeric", "categorical")]
     for col in undeclared_identifiers(candidates, data.identifiers, [data.target, data.patient_id or ""]):
         dropped[col] = "named like an identifier: declare it in data.identifiers"
@@ -82,6 +90,7 @@ def build_schema(kinds: dict[str, str], data: DataParams, labels: pd.Series) -> 
         patient_id=data.patient_id,
         positive_class=None if data.positive_class is None else classes[1],
         dropped=dropped,
+        formats={c: f for c, f in (formats or {}).items() if c in numeric},
     )
 
 
@@ -132,7 +141,10 @@ def run(params: Params, paths: Paths) -> dict:
         kept, duplicates = split_duplicates(df, [CONTENT_HASH, params.data.target])
         np.save(paths.images, np.ascontiguousarray(images[kept.index.to_numpy()]))
     else:
-        schema = build_schema(kinds, params.data, df[params.data.target])
+        formats = json.loads(paths.number_formats.read_text()) if paths.number_formats.exists() else {}
+        validated = json.loads(paths.summary("validate").read_text()) if paths.summary("validate").exists() else {}
+        text_why = validated.get("columns", {}).get("not_features")
+        schema = build_schema(kinds, params.data, df[params.data.target], formats, text_why)
         kept, duplicates = split_duplicates(df)
     cleaned = clean_table(kept, schema, salt)
     cleaned.to_parquet(paths.cleaned, index=False)
@@ -146,6 +158,8 @@ def run(params: Params, paths: Paths) -> dict:
         "numeric_features": len(schema.numeric),
         "categorical_features": len(schema.categorical),
         "dropped_columns": sorted(schema.dropped),
+        # Columns the table has that the model does not use, without being declared so: said on the terminal.
+        "not_features": {c: why for c, why in schema.dropped.items() if kinds.get(c) not in DECLARED},
         "classes": schema.classes,
         "class_counts": np.bincount(cleaned[LABEL], minlength=len(schema.classes)).tolist(),
     }

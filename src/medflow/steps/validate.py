@@ -18,6 +18,7 @@ import pandas as pd
 
 from medflow.data import image_validation, images, sources
 from medflow.data.features import CONTENT_HASH
+from medflow.data.numbers import Conversion
 from medflow.data.profile import (
     association,
     build_profile,
@@ -26,6 +27,7 @@ from medflow.data.profile import (
     save_figures,
     to_markdown,
 )
+from medflow.data.selection import Groups, concentrated
 from medflow.data.suite import (
     COUNTED,
     ROW_ID,
@@ -205,18 +207,70 @@ def run(params: Params, paths: Paths) -> dict:
     suite, created, leaks = _decide(df, parsed, params, paths, where)
 
     checks = run_suite(df, suite, parsed) + magnitude_checks(df, suite_kinds(suite), vp.max_abs, parsed)
-    _judge(checks, suite, created, paths, where, sources.dataset_name(params.data.source))
+    dataset = sources.dataset_name(params.data.source)
+    _judge(checks, paths, where, dataset)
     kinds, keep = _kinds(suite, df.columns, data)
     if data.patient_id:
         df.insert(1, PATIENT_KEY, _key(df[data.patient_id], salt))
     valid, held = quarantine(df, checks)
+    numbers, categorical = _groupable(df, kinds, parsed)
+    groups = Groups.of(numbers, categorical)
+    groups.add(numbers, df[categorical], df[ROW_ID].isin(held[ROW_ID]).to_numpy())
+    held[[ROW_ID, "reason", *keep[1:]]].to_csv(out / "quarantine.csv", index=False, lineterminator="\n")
+    _refuse_selection(groups, checks, len(df), len(held), vp, where)
+    _adopt(suite, created, paths, where, dataset)
     # Numeric columns leave as the floats parsed here: clean parsing their text again took 7 of its 12 s at 1M rows.
     valid = typed(valid, kinds, parsed)
     valid[keep].reset_index(drop=True).to_parquet(paths.valid_rows, index=False)
-    held[[ROW_ID, "reason", *keep[1:]]].to_csv(out / "quarantine.csv", index=False, lineterminator="\n")
     counts = {"rows_in": len(df), "rows_valid": len(valid), "rows_quarantined": len(held)}
-    conversions = {c: str(v) for c, v in conversions.items()}
+    counts["not_features"] = _not_features(kinds, parsed, vp)
     return _finish(params, paths, where, suite, created, leaks, checks, kinds, counts, conversions, valid)
+
+
+def _not_features(kinds: dict[str, str], parsed: Parsed, vp: ValidateParams) -> dict[str, str]:
+    """Why each text column is no feature; a column of mostly numbers says how many values are not (never which)."""
+    why = {}
+    for col in (c for c, k in kinds.items() if k == "text"):
+        given, numbers = int(parsed.present.get(col, 0)), parsed.count(col) if col in parsed.df else 0
+        if given and numbers >= given / 2:
+            why[col] = (
+                f"{given - numbers} of {given} values are not numbers (validate.type_mostly={vp.type_mostly:g}): read "
+                "as text; write them as numbers, or as a missing word such as NA"
+            )
+        else:
+            why[col] = "free text or dates"
+    return why
+
+
+def _groupable(frame: pd.DataFrame, kinds: dict[str, str], parsed: Parsed) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The columns a quarantine could select patients by: numbers (as parsed) and categories, the target's too."""
+    numeric = [c for c, k in kinds.items() if k == "numeric" and c in frame]
+    x = parsed.matrix(numeric, frame.index)
+    return {c: x[:, j] for j, c in enumerate(numeric)}, [
+        c for c, k in kinds.items() if k in ("categorical", "target") and c in frame
+    ]
+
+
+def _refuse_selection(groups: Groups, checks: list[Check], rows: int, held: int, vp: ValidateParams, where: str):
+    """Stops when the quarantine takes more than validate.max_quarantine of the rows, or concentrates on a group."""
+    rules = sorted(((len(c.row_ids), c.rule) for c in checks if c.level == "row" and c.row_ids), reverse=True)
+    most = f"; most for {rules[0][1]} ({rules[0][0]} rows)" if rules else ""
+    fix = (
+        "Read the reasons in artifacts/validate/quarantine.csv and fix the source (a column written two ways, a "
+        "unit, an export cut short); once reviewed, raise the limit (-P validate.max_quarantine=...)"
+    )
+    if held > vp.max_quarantine * rows:
+        raise ValidationFailed(
+            f"{where}: quarantine takes {held} of {rows} rows ({held / rows:.1%}), more than "
+            f"validate.max_quarantine={vp.max_quarantine:g}{most}; training on the rest would bias the model. {fix}"
+        )
+    found = concentrated(groups, rows, held, vp.max_quarantine, vp.small_count)
+    if found:
+        raise ValidationFailed(
+            f"{where}: quarantine takes {held} of {rows} rows ({held / rows:.1%}), concentrated where "
+            f"{'; '.join(found[:3])} (more than validate.max_quarantine={vp.max_quarantine:g} of the group){most}; "
+            f"training on the rest would leave that group out. {fix}"
+        )
 
 
 def _decide(df: pd.DataFrame, parsed: Parsed, params: Params, paths: Paths, where: str, totals: Totals | None = None):
@@ -262,8 +316,8 @@ def _positive_occurs(df: pd.DataFrame, data: DataParams, where: str, totals: Tot
         )
 
 
-def _judge(checks: list[Check], suite: dict, created: bool, paths: Paths, where: str, dataset: str) -> None:
-    """Writes report.json; fails when a batch-level expectation failed, else writes a suite inferred this run."""
+def _judge(checks: list[Check], paths: Paths, where: str, dataset: str) -> None:
+    """Writes report.json; fails when a batch-level expectation failed."""
     failures = batch_failures(checks)
     _write_json(paths.step_dir("validate") / "report.json",
                 {"dataset": dataset, "source": where, **report(checks, failures)})  # fmt: skip
@@ -271,6 +325,10 @@ def _judge(checks: list[Check], suite: dict, created: bool, paths: Paths, where:
         raise ValidationFailed(
             f"{where}: {len(failures)} batch-level expectation(s) failed:\n  " + "\n  ".join(failures)
         )
+
+
+def _adopt(suite: dict, created: bool, paths: Paths, where: str, dataset: str) -> None:
+    """Writes a suite inferred this run, once its batch passed every check and the quarantine guard."""
     if created:
         # Written only once the batch passes: a suite inferred from a broken batch would bless it.
         suite_path = paths.suite(dataset)
@@ -299,14 +357,16 @@ def _finish(
     checks: list[Check],
     kinds: dict[str, str],
     counts: dict[str, int],
-    conversions: dict[str, str],
+    conversions: dict[str, Conversion],
     profiled: pd.DataFrame,
     streamed: dict | None = None,
 ) -> dict:
-    """columns.json, the profile (of profiled: the valid rows, or a uniform sample of them) and summary.json."""
+    """columns.json, formats.json, the profile (of profiled: the valid rows, or a uniform sample of them) and
+    summary.json."""
     data, vp, out = params.data, params.validate_, paths.step_dir("validate")
     dataset = sources.dataset_name(data.source)
     _write_json(out / "columns.json", kinds)
+    _write_json(paths.number_formats, {c: v.format.to_dict() for c, v in conversions.items() if c in kinds})
     profile = build_profile(profiled, kinds, data, vp)
     if len(profiled) < counts["rows_valid"]:
         profile["sample_of"] = counts["rows_valid"]
@@ -320,15 +380,15 @@ def _finish(
         "source": where,
         "suite": _relative(paths.suite(dataset), paths.root),
         "suite_created": created,
-        **counts,
+        **{k: v for k, v in counts.items() if k != "not_features"},
         "quarantine_reasons": dict(sorted(rules.items())),
         "leakage_suspects": profile["leakage_suspects"],
         # What the model card reports: which columns were judged, and what was decided about them.
         "columns": {
             "identifiers": [c for c, k in kinds.items() if k in ("identifier", "patient_id")],
-            "not_features": [c for c, k in kinds.items() if k == "text"],
+            "not_features": counts["not_features"],
             "excluded": list(data.exclude),
-            "converted": conversions,
+            "converted": {c: str(v) for c, v in conversions.items()},
         },
         "leakage": {
             "threshold": vp.leakage_auc,
@@ -420,6 +480,8 @@ def _run_streamed(params: Params, paths: Paths, path: Path) -> dict:
         )
     kinds, keep = _kinds(suite, sample.columns, data)
     sampled = sample[ROW_ID].to_numpy()
+    groups = Groups.of(*_groupable(sample, kinds, parsed))
+    not_features = _not_features(kinds, parsed, vp)
     del sample, parsed
     parts, profiled, converted = [], [], dict.fromkeys(formats, 0)
     rows = valid_rows = chunks = 0
@@ -438,6 +500,8 @@ def _run_streamed(params: Params, paths: Paths, path: Path) -> dict:
                 if data.patient_id:
                     chunk.insert(1, PATIENT_KEY, _key(chunk[data.patient_id], salt))
                 valid, held = quarantine(chunk, checks)
+                numbers, categorical = _groupable(chunk, kinds, parsed)
+                groups.add(numbers, chunk[categorical], chunk[ROW_ID].isin(held[ROW_ID]).to_numpy())
                 # Only a row check's ids are needed once its chunk is written: a batch check's (a not-null check has
                 # one per missing cell) would make memory grow with the table.
                 parts.append([c if c.level == "row" else replace(c, row_ids=()) for c in checks])
@@ -455,17 +519,24 @@ def _run_streamed(params: Params, paths: Paths, path: Path) -> dict:
                                    "changed while it was validated; run again once it is written")  # fmt: skip
         writer.close()
         checks = combine(parts, suite, rows, vp.max_abs)
-        _judge(checks, suite, created, paths, where, dataset)
+        _judge(checks, paths, where, dataset)
     except BaseException:
         if writer is not None:
             writer.close()
         valid_part.unlink(missing_ok=True)
         held_part.unlink(missing_ok=True)
         raise
-    valid_part.replace(paths.valid_rows)
     held_part.replace(out / "quarantine.csv")
-    counts = {"rows_in": rows, "rows_valid": valid_rows, "rows_quarantined": rows - valid_rows}
-    conversions = {c: str(replace(f, n=converted[c])) for c, f in formats.items()}
+    try:
+        _refuse_selection(groups, checks, rows, rows - valid_rows, vp, where)
+    except ValidationFailed:
+        valid_part.unlink()
+        raise
+    _adopt(suite, created, paths, where, dataset)
+    valid_part.replace(paths.valid_rows)
+    counts = {"rows_in": rows, "rows_valid": valid_rows, "rows_quarantined": rows - valid_rows,
+              "not_features": not_features}  # fmt: skip
+    conversions = {c: replace(f, n=converted[c]) for c, f in formats.items()}
     streamed = {"file_mb": round(path.stat().st_size / 2**20, 1), "chunks": chunks, "chunk_rows": vp.chunk_rows,
                 "sample_rows": len(sampled)}  # fmt: skip
     profile_rows = pd.concat(profiled)

@@ -1,0 +1,139 @@
+"""A hospital's own table through the real executable: labs written for people ("1,262", "n/a") are read the one way
+validate decided for each column, in training and in every scoring path (predict, the pyfunc as `mlflow models
+serve` feeds it, monitor), and a quarantine that would take the sickest patients stops the run instead of training
+on what is left."""
+
+import io
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from owntable import visits
+from usercmd import scratch_clone, sh
+
+from medflow.data.features import coerce_features
+from medflow.models.bundle import Predictor
+
+SALT = {"MEDFLOW_SALT": "own-table-salt"}
+OWN = (
+    "-P data.source=data/visits.csv -P data.target=outcome -P data.patient_id=mrn -P 'data.identifiers=[name]' "
+    "-P data.positive_class=icu -P register.model_name=own -P register.min_primary=0.5 -P train.max_epochs=15"
+)
+
+
+def trained(root) -> None:
+    done = sh(f".venv/bin/medflow run {OWN}", root, timeout=600, **SALT)
+    assert "registered own v1 (champion" in done.stdout, done.stdout[-2000:]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, migrated_mlflow_db):
+    root = scratch_clone(tmp_path_factory.mktemp("own") / "medflow", migrated_mlflow_db)
+    (root / "data").mkdir(exist_ok=True)
+    visits().to_csv(root / "data" / "visits.csv", index=False)
+    trained(root)
+    return root
+
+
+def test_training_file_scores_through_predict_with_no_row_refused(project):
+    root = project
+    assert json.loads((root / "artifacts/validate/formats.json").read_text()) == {
+        "ldh": {"reading": "thousands", "unit": None}
+    }
+    done = sh(".venv/bin/medflow predict --model models:/own@champion --input data/visits.csv --output p.csv", root)
+    rows = len(pd.read_csv(root / "data/visits.csv"))
+    assert done.stdout.strip().splitlines()[-1].startswith(f"p.csv: {rows} rows scored by own v1, {rows} ok, 0 refused")
+
+
+def test_scoring_paths_build_the_feature_matrix_training_built_row_for_row(project, monkeypatch):
+    root = project
+    raw = pd.read_csv(root / "data/visits.csv", dtype=str, keep_default_na=False)
+    cleaned = pd.read_parquet(root / "artifacts/clean/cleaned.parquet")
+    bundle = Predictor(root / "artifacts/train/model")
+    features = bundle.preprocessor.transform
+    training = features(cleaned)
+    scored = features(coerce_features(raw.iloc[cleaned["_row_id"].to_numpy()], bundle.schema))
+    np.testing.assert_array_equal(scored, training)
+    # The registered pyfunc, given the rows as `mlflow models serve` decodes a JSON request (all text).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/own@champion")
+    request = pd.read_json(io.StringIO(raw.to_json(orient="split")), orient="split", dtype=False)
+    out = model.predict(request)
+    assert out["status"].eq("ok").all(), out["reason"].value_counts().to_dict()
+
+
+def test_monitor_reads_a_batch_in_the_training_formats_without_refusal_or_drift(project):
+    root = project
+    (root / "incoming").mkdir(exist_ok=True)
+    visits(120, seed=7, first_mrn=900000).to_csv(root / "incoming" / "next.csv", index=False)
+    done = sh(".venv/bin/medflow monitor --batch incoming/next.csv", root, timeout=600, **SALT)
+    report = json.loads(next((root / "artifacts" / "monitor").glob("*/report.json")).read_text())
+    assert report["refused_rows"] == 0, done.stdout[-2000:]
+    assert "ldh" not in report["drifted_features"], report["features"]["ldh"]
+
+
+def test_a_rerun_after_plain_numbers_arrive_keeps_every_high_value(tmp_path, migrated_mlflow_db):
+    """The issue's path: a first run reads "1,262" as a number; rows written with plain numbers are added; the
+    rerun must read the column both ways, not quarantine every LDH of 1,000 and above."""
+    root = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
+    (root / "data").mkdir(exist_ok=True)
+    first = visits()
+    first.to_csv(root / "data" / "visits.csv", index=False)
+    trained(root)
+    later = visits(600, seed=9, first_mrn=800000, grouped=False)
+    pd.concat([first, later]).to_csv(root / "data" / "visits.csv", index=False)
+    sh(f".venv/bin/medflow step validate {OWN}", root, **SALT)
+    summary = json.loads((root / "artifacts/validate/summary.json").read_text())
+    assert summary["rows_in"] == len(first) + len(later) and summary["rows_quarantined"] == 0
+    assert summary["columns"]["converted"]["ldh"].startswith("thousands separators removed from")
+
+
+def test_a_quarantine_of_the_sickest_patients_stops_with_one_line(tmp_path, migrated_mlflow_db):
+    """A suite inferred from plain numbers; then an export writes LDH of 1,000 and above with a space as thousands
+    separator ("1 262", as French exports do): no reading fits, so each such row would be quarantined, every one a
+    sick patient. Above a tenth of the rows the column's own type check stops the run; below it, their
+    concentration among the ICU patients stops it all the same."""
+    root = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
+    (root / "data").mkdir(exist_ok=True)
+    df = visits(grouped=False)
+    df.to_csv(root / "data" / "visits.csv", index=False)
+    sh(f".venv/bin/medflow step validate {OWN}", root, **SALT)
+    for above in (1000, 1400):
+        spaced = df.assign(ldh=[f"{int(v):,}".replace(",", " ") if int(v) >= above else v for v in df["ldh"]])
+        spaced.to_csv(root / "data" / "visits.csv", index=False)
+        done = sh(f".venv/bin/medflow step validate {OWN}", root, check=False, **SALT)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stdout[-2000:] + done.stderr
+        held = int(spaced["ldh"].str.contains(" ").sum())
+        if above == 1000:
+            assert f"ldh: {held} of {len(df)} non-null values do not parse as numbers" in done.stderr, done.stderr
+        else:  # fewer than a tenth of the rows, nearly all of them ICU patients
+            assert held < 0.1 * len(df) and f"quarantine takes {held} of {len(df)} rows" in done.stderr
+            # The sickest patients: the highest CRP values, as the highest LDH are.
+            assert "concentrated where 'crp' highest tenth" in done.stderr, done.stderr
+            assert "most for ldh: " in done.stderr
+        assert not (root / "artifacts/validate/valid.parquet").exists()
+        assert all(v not in done.stderr for v in spaced["ldh"] if " " in v)  # counts, never a value
+
+
+def test_infinities_are_quarantined_per_row_and_a_text_column_is_named(tmp_path, migrated_mlflow_db):
+    """crp exported with inf/-inf in a fifth of its rows stays a numeric column whose rows are quarantined (here:
+    too many, so the run stops); a column of mostly numbers read as text is said to be no feature, with why."""
+    root = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
+    (root / "data").mkdir(exist_ok=True)
+    df = visits()
+    df.loc[df.index % 5 == 0, "crp"] = np.where(df.index[df.index % 5 == 0] % 2 == 0, "inf", "-inf")
+    df.to_csv(root / "data" / "visits.csv", index=False)
+    done = sh(f".venv/bin/medflow step validate {OWN}", root, check=False, **SALT)
+    assert done.returncode == 2 and "most for crp: magnitude_below_max_abs" in done.stderr, done.stderr
+    df = visits()
+    albumin = np.random.default_rng(0).normal(3.9, 0.4, len(df)).round(3).astype(str)
+    df["albumin"] = np.where(df.index % 4 == 0, "see note", albumin)  # a quarter not numbers
+    df.to_csv(root / "data" / "visits.csv", index=False)
+    done = sh(f".venv/bin/medflow run {OWN} -P train.max_epochs=3", root, timeout=600, **SALT)
+    n = len(df)
+    assert (
+        f"not a feature: 'albumin' ({(n + 3) // 4} of {n} values are not numbers (validate.type_mostly=0.9): read "
+        "as text" in done.stdout
+    ), done.stdout[-2000:]
