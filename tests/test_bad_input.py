@@ -362,6 +362,7 @@ PASSES = {
     "inf-and-absurd-magnitudes": (
         _inf_and_huge,
         {
+            "glucose: expect_column_values_to_match_regex": 2,
             "glucose: magnitude_below_max_abs": 5,  # inf and -inf are numbers no measurement reaches, as 1e308 is
             "glucose: expect_column_values_to_be_between": 5,
         },

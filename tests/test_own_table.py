@@ -118,15 +118,24 @@ def test_a_quarantine_of_the_sickest_patients_stops_with_one_line(tmp_path, migr
 
 
 def test_infinities_are_quarantined_per_row_and_a_text_column_is_named(tmp_path, migrated_mlflow_db):
-    """crp exported with inf/-inf in a fifth of its rows stays a numeric column whose rows are quarantined (here:
-    too many, so the run stops); a column of mostly numbers read as text is said to be no feature, with why."""
+    """crp exported with inf/-inf stays a numeric column whose such rows are quarantined, each with its reason, and
+    a fifth of them stops the run naming the column (it was typed as text and dropped without a word); a column of
+    mostly numbers read as text is said to be no feature, with why."""
     root = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
     (root / "data").mkdir(exist_ok=True)
-    df = visits()
-    df.loc[df.index % 5 == 0, "crp"] = np.where(df.index[df.index % 5 == 0] % 2 == 0, "inf", "-inf")
-    df.to_csv(root / "data" / "visits.csv", index=False)
-    done = sh(f".venv/bin/medflow step validate {OWN}", root, check=False, **SALT)
-    assert done.returncode == 2 and "most for crp: magnitude_below_max_abs" in done.stderr, done.stderr
+    for every, stops in ((25, False), (5, True)):
+        df = visits()
+        df.loc[df.index % every == 0, "crp"] = np.where(df.index[df.index % every == 0] % 2 == 0, "inf", "-Infinity")
+        df.to_csv(root / "data" / "visits.csv", index=False)
+        done = sh(f".venv/bin/medflow step validate {OWN}", root, check=False, **SALT)
+        if stops:
+            assert done.returncode == 2 and "crp: 153 of 731 non-null values do not parse" in done.stderr, done.stderr
+            continue
+        assert done.returncode == 0, done.stderr
+        summary = json.loads((root / "artifacts/validate/summary.json").read_text())
+        assert summary["quarantine_reasons"]["crp: magnitude_below_max_abs"] == (len(df) + every - 1) // every
+        assert json.loads((root / "artifacts/validate/columns.json").read_text())["crp"] == "numeric"
+        (root / "expectations" / "visits.json").unlink()
     df = visits()
     albumin = np.random.default_rng(0).normal(3.9, 0.4, len(df)).round(3).astype(str)
     df["albumin"] = np.where(df.index % 4 == 0, "see note", albumin)  # a quarter not numbers

@@ -83,6 +83,16 @@ def plain_numbers(col: pd.Series) -> pd.Series:
     return pd.to_numeric(col, errors="coerce").astype("float64")
 
 
+def written_as_number(values: pd.Series, x: pd.Series) -> pd.Series:
+    """Which values NUMBER_REGEX accepts, from plain_numbers' x: parsed, and not an infinity spelt as a word ("inf"
+    parses, as it must for the magnitude check, but is no number written with digits)."""
+    ok = x.notna()
+    infinite = np.isinf(x.to_numpy())
+    if infinite.any():
+        ok[infinite] = ~values[infinite].astype("string").str.contains("[a-df-zA-DF-Z]", regex=True).to_numpy()
+    return ok
+
+
 def readings(text: pd.Series) -> dict[str, pd.Series]:
     """Which values (stripped text) are plain numbers and which are written each other way."""
     unit = text.str.extract(_UNIT)

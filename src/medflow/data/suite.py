@@ -16,7 +16,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from medflow.data.numbers import NUMBER_REGEX, Conversion, NumberFormat, conversion, plain_numbers, readings, rewrite
+from medflow.data.numbers import (
+    NUMBER_REGEX,
+    Conversion,
+    NumberFormat,
+    conversion,
+    plain_numbers,
+    readings,
+    rewrite,
+    written_as_number,
+)
 from medflow.params import DataParams, ValidateParams
 
 ROW_ID = "_row_id"
@@ -470,7 +479,7 @@ def _native(type_: str, kw: dict, frame: pd.DataFrame, parsed: Parsed) -> dict:
     else:
         values = col[~missing]
         if type_ == "expect_column_values_to_match_regex" and kw["regex"] == NUMBER_REGEX:
-            ok = parsed[kw["column"]][values.index].notna()
+            ok = written_as_number(values, parsed[kw["column"]][values.index])
         elif type_ == "expect_column_values_to_match_regex":
             ok = values.astype(str).str.contains(kw["regex"], regex=True)
         elif type_ == "expect_column_values_to_be_in_set":
@@ -504,8 +513,8 @@ def _batched(type_: str, kws: list[dict], frame: pd.DataFrame, parsed: Parsed) -
     if type_ == "expect_column_values_to_not_be_null":
         bad, base = missing, np.full(len(cols), len(frame))
     elif type_ == "expect_column_values_to_match_regex":  # NUMBER_REGEX only
-        numbers_ = np.column_stack([parsed[c].loc[frame.index].to_numpy() for c in cols])
-        bad, base = ~missing & np.isnan(numbers_), (~missing).sum(axis=0)
+        written = np.column_stack([written_as_number(frame[c], parsed[c].loc[frame.index]).to_numpy() for c in cols])
+        bad, base = ~missing & ~written, (~missing).sum(axis=0)
     else:
         x = frame[cols].to_numpy(dtype="float64")
         lo = np.array([-np.inf if kw.get("min_value") is None else kw["min_value"] for kw in kws], dtype="float64")
