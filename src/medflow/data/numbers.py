@@ -19,7 +19,10 @@ from medflow.data.sources import NA_VALUES
 # went through that reader.
 MISSING_LOWER = frozenset(w.lower() for w in NA_VALUES)
 
-NUMBER_REGEX = r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$"
+# ASCII digits, as the number parser reads them: with \d, GX's regex took "٣" (an Arabic-Indic 3) for a number
+# that no parser reads. Suites inferred before say \d; they are still read as the number check.
+NUMBER_REGEX = r"^\s*[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\s*$"
+NUMBER_REGEXES = (NUMBER_REGEX, r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$")
 _PLAIN = re.compile(NUMBER_REGEX)
 _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _DECIMAL_COMMA = re.compile(r"^[-+]?\d+,\d+$")

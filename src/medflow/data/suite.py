@@ -8,6 +8,7 @@ free-text/date column. Validation results are reduced to counts and row ids: raw
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 import warnings
@@ -18,6 +19,7 @@ import pandas as pd
 
 from medflow.data.numbers import (
     NUMBER_REGEX,
+    NUMBER_REGEXES,
     Conversion,
     NumberFormat,
     conversion,
@@ -434,7 +436,7 @@ def _bound(kw: dict) -> str:
     if "value_set" in kw:
         return str(list(kw["value_set"]))
     if "regex" in kw:
-        return "(not a number)" if kw["regex"] == NUMBER_REGEX else f"/{kw['regex']}/"
+        return "(not a number)" if kw["regex"] in NUMBER_REGEXES else f"/{kw['regex']}/"
     if "min_value" in kw or "max_value" in kw:
         return f"[{_num(kw.get('min_value'))}, {_num(kw.get('max_value'))}]"
     return ""
@@ -452,7 +454,7 @@ def _detail(type_: str, kw: dict, res: dict, bound: str) -> str:
         return f"{n} of {res.get('element_count')} values missing (allowed {1 - kw.get('mostly', 1):.0%})"
     non_null = res.get("element_count", 0) - res.get("missing_count", 0)
     need = f" (at least {kw['mostly']:.0%} must pass)" if "mostly" in kw else ""
-    if kw.get("regex") == NUMBER_REGEX:
+    if kw.get("regex") in NUMBER_REGEXES:
         return f"{n} of {non_null} non-null values do not parse as numbers{need}"
     return f"{n} of {non_null} non-null values outside {bound}{need}"
 
@@ -478,7 +480,7 @@ def _native(type_: str, kw: dict, frame: pd.DataFrame, parsed: Parsed) -> dict:
         bad, base = missing, n
     else:
         values = col[~missing]
-        if type_ == "expect_column_values_to_match_regex" and kw["regex"] == NUMBER_REGEX:
+        if type_ == "expect_column_values_to_match_regex" and kw["regex"] in NUMBER_REGEXES:
             ok = written_as_number(values, parsed[kw["column"]][values.index])
         elif type_ == "expect_column_values_to_match_regex":
             ok = values.astype(str).str.contains(kw["regex"], regex=True)
@@ -519,8 +521,9 @@ def _batched(type_: str, kws: list[dict], frame: pd.DataFrame, parsed: Parsed) -
         x = frame[cols].to_numpy(dtype="float64")
         lo = np.array([-np.inf if kw.get("min_value") is None else kw["min_value"] for kw in kws], dtype="float64")
         hi = np.array([np.inf if kw.get("max_value") is None else kw["max_value"] for kw in kws], dtype="float64")
-        strict_lo = np.array([bool(kw.get("strict_min")) for kw in kws])
-        strict_hi = np.array([bool(kw.get("strict_max")) for kw in kws])
+        # A strict bound that is absent is no bound: -inf stays in [-inf, hi] as GX has it.
+        strict_lo = np.array([bool(kw.get("strict_min")) and kw.get("min_value") is not None for kw in kws])
+        strict_hi = np.array([bool(kw.get("strict_max")) and kw.get("max_value") is not None for kw in kws])
         below = np.where(strict_lo, x <= lo, x < lo)
         above = np.where(strict_hi, x >= hi, x > hi)
         bad, base = ~missing & (below | above), (~missing).sum(axis=0)
@@ -560,7 +563,7 @@ def _batchable(type_: str, kw: dict, key: str) -> bool:
     if type_ == "expect_column_values_to_not_be_null":
         return True
     if type_ == "expect_column_values_to_match_regex":
-        return kw.get("regex") == NUMBER_REGEX
+        return kw.get("regex") in NUMBER_REGEXES
     return type_ == "expect_column_values_to_be_between" and key == "number"
 
 
@@ -580,9 +583,10 @@ def _check(
                  res.get("element_count"), res.get("missing_count"), at)  # fmt: skip
 
 
-def run_suite(df: pd.DataFrame, suite: dict, parsed: Parsed | None = None) -> list[Check]:
+def run_suite(df: pd.DataFrame, suite: dict, parsed: Parsed | None = None, gx_only: bool = False) -> list[Check]:
     """Validates df (columns as read + ROW_ID); keeps counts and row ids. The expectation types medflow infers
-    are evaluated natively, column by column in pandas; any other type a person adds goes to GX."""
+    are evaluated natively, column by column in pandas; any other type a person adds goes to GX. gx_only: every
+    column expectation goes to GX, the reference the native evaluator is held to (tests/test_gx_parity.py)."""
     kinds = suite_kinds(suite)
     parsed = Parsed(df) if parsed is None else parsed
     frames = {"table": df.drop(columns=ROW_ID), "text": df, "number": typed(df, kinds, parsed)}
@@ -597,6 +601,8 @@ def run_suite(df: pd.DataFrame, suite: dict, parsed: Parsed | None = None) -> li
             continue  # expect_table_columns_to_match_set names it, once
         if type_ in _TABLE:
             checks.append(_check(type_, kw, meta, _table_result(type_, kw, frames["table"]), [], (), at))
+        elif gx_only:
+            to_gx[key].append((at, exp))
         elif _batchable(type_, kw, key):
             batch.setdefault((type_, key), []).append((at, exp))
         elif type_ in _NATIVE:
@@ -606,7 +612,7 @@ def run_suite(df: pd.DataFrame, suite: dict, parsed: Parsed | None = None) -> li
             except (TypeError, ValueError, KeyError, re.error) as exc:
                 checks.append(_check(type_, kw, meta, {}, [f"{type(exc).__name__}"], (), at))
         else:
-            to_gx[key].append(exp)
+            to_gx[key].append((at, exp))
     for (type_, key), exps in batch.items():
         results = _batched(type_, [e["kwargs"] for _, e in exps], frames[key], parsed)
         for (at, e), res in zip(exps, results, strict=True):
@@ -654,28 +660,46 @@ def combine(parts: list[list[Check]], suite: dict, rows: int, max_abs: float) ->
     return out
 
 
-def _run_gx(frames: dict[str, pd.DataFrame], groups: dict[str, list[dict]], name: str) -> list[Check]:
-    """Expectations of other types, one GX batch per frame (GX results are reduced to counts and row ids)."""
-    if not any(groups.values()):
-        return []
+@functools.cache
+def _gx_whole_frame():
+    """GX's batch definition of a whole in-memory frame, in an ephemeral context made once per process: a context
+    costs ~0.1 s and a temporary folder, a validation against it milliseconds."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batches = context.data_sources.add_pandas("medflow").add_dataframe_asset("table")
-    whole = batches.add_batch_definition_whole_dataframe("whole")
+    return (
+        context.data_sources.add_pandas("medflow")
+        .add_dataframe_asset("table")
+        .add_batch_definition_whole_dataframe("whole")
+    )
+
+
+def _run_gx(frames: dict[str, pd.DataFrame], groups: dict[str, list[tuple[int, dict]]], name: str) -> list[Check]:
+    """Expectations of other types, (place in the suite, expectation) per frame, one GX batch per frame (GX results
+    are reduced to counts and row ids). Each result is read with the suite's own kwargs and meta: GX echoes its
+    normalised kwargs, in which `mostly: 1.0` is gone and a row check with it would never stop the run."""
+    if not any(groups.values()):
+        return []
+    import great_expectations as gx
+
+    whole = _gx_whole_frame()
     fmt = {"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID]}
     checks = []
     for key, exps in groups.items():
         if not exps:
             continue
-        gx_suite = gx.ExpectationSuite(name=f"{name}-{key}", expectations=exps)
+        own = {at: exp for at, exp in exps}
+        tagged = [{**exp, "meta": {**exp.get("meta", {}), "medflow_at": at}} for at, exp in exps]
+        gx_suite = gx.ExpectationSuite(name=f"{name}-{key}", expectations=tagged)
         batch = whole.get_batch(batch_parameters={"dataframe": frames[key]})
         result = batch.validate(gx_suite, result_format=fmt if key != "table" else "SUMMARY")
         for r in result.results:
-            cfg = r.expectation_config
+            at = r.expectation_config.meta["medflow_at"]
+            exp = own[at]
             ids = tuple(sorted(int(u[ROW_ID]) for u in r.result.get("unexpected_index_list") or []))
             res = {**r.result, "success": r.success}
-            checks.append(_check(cfg.type, dict(cfg.kwargs), cfg.meta or {}, res, _errors(r.exception_info), ids))
+            checks.append(_check(exp["type"], exp.get("kwargs", {}), exp.get("meta", {}), res,
+                                 _errors(r.exception_info), ids, at))  # fmt: skip
     return checks
