@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from medflow import imports, orchestration
 from medflow import params as params_mod
 from medflow.paths import STEPS, Paths
+from medflow.servers import PortBusy
 from medflow.sidecar import sidecar
 
 # Every tool medflow drives phones home unless told not to; these machines have no internet anyway.
@@ -140,6 +140,8 @@ def explain(exc: BaseException) -> tuple[str, str, int]:
         return f"{step} interrupted ({cause})", "run the same command again: finished steps are not repeated", 130
     if isinstance(exc, NoServer):
         return f"{step}: {cause}", "then run medflow serve again", 2
+    if isinstance(exc, PortBusy):
+        return cause, "nothing was started", 2
     if isinstance(exc, Busy):
         return cause, "wait for it to finish, or pass --wait SECONDS", 1
     if isinstance(exc, params_mod.ParamsError):
@@ -279,21 +281,43 @@ def cmd_data(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+# MLflow 3's UI opens on its GenAI view (traces, token usage) unless the URL asks for the model-training one; its
+# links keep the query, so the registry and the runs stay one click away.
+UI_VIEW = "#/experiments?workflowType=machine_learning"
+
+
 def cmd_ui(args: argparse.Namespace, paths: Paths) -> int:
+    from medflow.servers import WebServer, check_port, url_host
     from medflow.tracking import tracking_uri
 
     uri = tracking_uri(paths)
     if uri.startswith(("http://", "https://")):
-        print(f"MLFLOW_TRACKING_URI is a tracking server: its UI is at {uri}")
+        print(f"MLFLOW_TRACKING_URI is a tracking server: its UI is at {uri.rstrip('/')}/{UI_VIEW}")
         return 0
+    check_port(args.host, args.port)
     # The experiments' own artifact root, so a run or experiment created from the UI lands beside the pipeline's.
     artifacts = (paths.mlruns / "artifacts").as_uri()
-    print(f"MLflow UI on http://{args.host}:{args.port} (store: {uri}, artifacts: {artifacts})", flush=True)
     # One worker and no job runner: ~0.5 GB instead of 15 processes and ~3 GB.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--artifacts-destination"]
     command += [artifacts, "--host", args.host, "--port", str(args.port), "--workers", "1"]
-    return subprocess.call(command, env=env)
+    base = f"http://{url_host(args.host)}:{args.port}"
+    # A closed terminal ends the command, and with it the server, as Ctrl-C and SIGTERM do.
+    signal.signal(signal.SIGHUP, on_signal)
+    server = WebServer(command, env, args.log.with_name(args.log.stem + "-server.log"))
+    try:
+        server.wait_until_answers(f"{base}/health", timeout=300)
+        print(f"MLflow UI on {base}/{UI_VIEW} (store: {uri}; server log: {server.log}); Ctrl-C stops it", flush=True)
+        code = server.process.wait()
+    except Interrupted as stopped:
+        code = None
+        why = str(stopped)
+    finally:
+        server.stop()
+    if code is None:
+        print(f"MLflow UI stopped ({why}); port {args.port} is free")
+        return 0
+    raise RuntimeError(f"the MLflow server exited with code {code}: {server.last_words()} (log: {server.log})")
 
 
 class NoServer(RuntimeError):
