@@ -168,8 +168,11 @@ def explain(exc: BaseException) -> tuple[str, str, int]:
 
 
 def write_overrides(path: Path, overrides: list[str]) -> None:
-    """Edits params.yaml in place, comments kept, as `dvc exp run -S` does, so dvc.lock records what ran. A train.*
-    key that params.tuned.yaml sets is edited there instead: that file's values are layered over params.yaml's."""
+    """Edits the params file the run reads, only the lines of the keys named, as `dvc exp run -S` edits params.yaml,
+    so the file (and dvc.lock, for params.yaml) records what ran. A train.* key that the tuned file sets is edited
+    there instead: that file's values are layered over the params file's."""
+    from medflow import overrides as overrides_mod
+
     tuned = set(params_mod.tuned_values(path))
 
     def in_tuned(text: str) -> bool:
@@ -181,34 +184,9 @@ def write_overrides(path: Path, overrides: list[str]) -> None:
         (params_mod.tuned_file(path), [o for o in overrides if in_tuned(o)]),
     ):
         if texts:
-            edit_yaml(file, texts)
-
-
-def edit_yaml(path: Path, overrides: list[str]) -> None:
-    from ruamel.yaml import YAML
-    from ruamel.yaml.comments import CommentedSeq
-
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    doc = yaml.load(path.read_text()) or {}
-    for text in overrides:
-        keys, value = params_mod.parse_override(text)
-        node = doc
-        for k in keys[:-1]:
-            if k not in node:
-                node[k] = {}
-            node = node[k]
-        if isinstance(value, list):
-            # As the file writes lists, [a, b] on the key's line: ruamel writes a plain list as a block, and setting
-            # that block to [] later ran the next section onto the key's line, breaking the file.
-            value = CommentedSeq(value)
-            value.fa.set_flow_style()
-        comment = getattr(node, "ca", None) and node.ca.items.get(keys[-1])
-        if comment and len(comment) > 3:
-            comment[3] = None  # the mark of a block value under the key: the new value is written on the key's line
-        node[keys[-1]] = value
-    with path.open("w") as fh:
-        yaml.dump(doc, fh)
+            overrides_mod.write(file, texts)
+            keys = ", ".join(t.partition("=")[0].strip() for t in texts)
+            print(f"{file.name}: -P set {keys} (kept in the file, whatever the run does: git diff {file.name})")
 
 
 def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
@@ -219,8 +197,8 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     params_mod.load(params_file, args.override)
     # Before anything is written (params.yaml included) and before Prefect's server starts.
     with run_lock(paths, args.wait):
-        if args.override and not args.params:
-            write_overrides(paths.params_file, args.override)
+        if args.override:
+            write_overrides(params_file, args.override)
         # A run of the recorded params asks DVC first (or what DVC last found: medflow.pipeline.unchanged): with
         # nothing stale, Prefect, torch, GX and MLflow are never started or imported, and the answer comes in ~0.2 s.
         recorded = not args.params or Path(args.params).resolve() == paths.params_file.resolve()
@@ -232,12 +210,7 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         with sidecar.started():
             flows = load_flow(paths, args.log, trains="train" in todo)
             with orchestration.flow_settings():
-                result = flows.pipeline(
-                    root=str(paths.root),
-                    params_file=str(params_file),
-                    overrides=args.override if args.params else [],
-                    force=args.force,
-                )
+                result = flows.pipeline(root=str(paths.root), params_file=str(params_file), force=args.force)
     reg = result.get("register")
     if reg:
         state = "champion" if reg["promoted"] else "not promoted"
