@@ -197,14 +197,14 @@ def test_a_list_set_then_emptied_with_p_leaves_params_yaml_as_it_was_written(tmp
     from ruamel.yaml import YAML
     from usercmd import REPO
 
-    from medflow.cli import edit_yaml
+    from medflow.overrides import write
 
     committed = REPO / "params.yaml"
     path = tmp_path / "params.yaml"
     path.write_text(committed.read_text())
     # What a user types: the fix an error printed (a quoted name), then the exclusion taken back.
     for override in ['data.exclude=["Unnamed: 0"]', "data.exclude=[]", "data.exclude=[a, b]", "train.hidden=[8]"]:
-        edit_yaml(path, [override])
+        write(path, [override])
         YAML(typ="safe").load(path.read_text())  # raises where an edit broke the file
     lines = path.read_text().splitlines()
     assert [x.split("#")[0].rstrip() for x in lines if x.strip().startswith(("exclude:", "hidden:"))] == [
