@@ -170,10 +170,12 @@ def explain(exc: BaseException) -> tuple[str, str, int]:
 def write_overrides(path: Path, overrides: list[str]) -> None:
     """Edits the params file the run reads, only the lines of the keys named, as `dvc exp run -S` edits params.yaml,
     so the file (and dvc.lock, for params.yaml) records what ran. A train.* key that the tuned file sets is edited
-    there instead: that file's values are layered over the params file's."""
+    there instead, when its values apply: they are layered over the params file's."""
     from medflow import overrides as overrides_mod
 
-    tuned = set(params_mod.tuned_values(path))
+    # Only where they apply: the tuned values of another table's study are ignored, and so would be an edit there.
+    wanted = params_mod.apply_overrides(params_mod.read_yaml(path.read_text()) or {}, overrides)
+    tuned = set(params_mod.tuned_values(path)) if params_mod.tuned_mismatch(path, wanted) is None else set()
 
     def in_tuned(text: str) -> bool:
         keys, _ = params_mod.parse_override(text)
