@@ -167,10 +167,10 @@ def explain(exc: BaseException) -> tuple[str, str, int]:
     return f"{step}: {type(exc).__name__}: {cause}", "see the log for the traceback", 1
 
 
-def write_overrides(path: Path, overrides: list[str]) -> None:
+def write_overrides(path: Path, overrides: list[str]) -> dict[str, list[str]]:
     """Edits the params file the run reads, only the lines of the keys named, as `dvc exp run -S` edits params.yaml,
     so the file (and dvc.lock, for params.yaml) records what ran. A train.* key that the tuned file sets is edited
-    there instead, when its values apply: they are layered over the params file's."""
+    there instead, when its values apply: they are layered over the params file's. Returns file name -> keys."""
     from medflow import overrides as overrides_mod
 
     # Only where they apply: the tuned values of another table's study are ignored, and so would be an edit there.
@@ -181,14 +181,15 @@ def write_overrides(path: Path, overrides: list[str]) -> None:
         keys, _ = params_mod.parse_override(text)
         return len(keys) == 2 and keys[0] == "train" and keys[1] in tuned
 
+    written = {}
     for file, texts in (
         (path, [o for o in overrides if not in_tuned(o)]),
         (params_mod.tuned_file(path), [o for o in overrides if in_tuned(o)]),
     ):
         if texts:
             overrides_mod.write(file, texts)
-            keys = ", ".join(t.partition("=")[0].strip() for t in texts)
-            print(f"{file.name}: -P set {keys} (kept in the file, whatever the run does: git diff {file.name})")
+            written[file.name] = [t.partition("=")[0].strip() for t in texts]
+    return written
 
 
 def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
@@ -199,8 +200,8 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     params_mod.load(params_file, args.override)
     # Before anything is written (params.yaml included) and before Prefect's server starts.
     with run_lock(paths, args.wait):
-        if args.override:
-            write_overrides(params_file, args.override)
+        for name, keys in write_overrides(params_file, args.override).items():
+            print(f"{name}: -P set {', '.join(keys)} (kept in the file, whatever the run does: git diff {name})")
         # A run of the recorded params asks DVC first (or what DVC last found: medflow.pipeline.unchanged): with
         # nothing stale, Prefect, torch, GX and MLflow are never started or imported, and the answer comes in ~0.2 s.
         recorded = not args.params or Path(args.params).resolve() == paths.params_file.resolve()
