@@ -288,12 +288,17 @@ def cmd_ui(args: argparse.Namespace, paths: Paths) -> int:
     except Interrupted as stopped:
         code = None
         why = str(stopped)
+    except RuntimeError as exc:
+        exc.medflow_step = "ui"  # explain() names the step; there is no pipeline step here
+        raise
     finally:
         server.stop()
     if code is None:
         print(f"MLflow UI stopped ({why}); port {args.port} is free")
         return 0
-    raise RuntimeError(f"the MLflow server exited with code {code}: {server.last_words()} (log: {server.log})")
+    error = RuntimeError(f"the MLflow server exited with code {code}: {server.last_words()} (log: {server.log})")
+    error.medflow_step = "ui"
+    raise error
 
 
 class NoServer(RuntimeError):

@@ -89,7 +89,7 @@ class WebServer:
                 if r.status == 200:
                     return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the server did not answer {url} in {timeout:.0f} s (log: {self.log})")
+                raise RuntimeError(f"the server did not answer {url} in {timeout:.0f} s (log: {self.log})")
             time.sleep(0.2)
 
     def last_words(self) -> str:
