@@ -59,6 +59,7 @@ def test_six_overrides_change_six_lines_and_stay_when_the_run_stops(clone, file)
     params = "" if file == "params.yaml" else f"--params {file} "
     done = sh(f".venv/bin/medflow run {params}{FLAGS}", clone, check=False, timeout=600)
     assert done.returncode == 2 and "missing.csv" in done.stderr, done.stderr[-2000:]
+    assert f"; {file} keeps the -P values (log: " in done.stderr.strip().splitlines()[-1]
     assert f"{file}: -P set train.lr, train.hidden" in done.stdout and "kept in the file" in done.stdout
     assert_only_the_six_lines(clone, file)
     sh(f"git checkout -- {file}", clone)

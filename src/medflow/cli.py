@@ -200,7 +200,8 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     params_mod.load(params_file, args.override)
     # Before anything is written (params.yaml included) and before Prefect's server starts.
     with run_lock(paths, args.wait):
-        for name, keys in write_overrides(params_file, args.override).items():
+        args.kept = write_overrides(params_file, args.override)  # named again in the stop line, if the run stops
+        for name, keys in args.kept.items():
             print(f"{name}: -P set {', '.join(keys)} (kept in the file, whatever the run does: git diff {name})")
         # A run of the recorded params asks DVC first (or what DVC last found: medflow.pipeline.unchanged): with
         # nothing stale, Prefect, torch, GX and MLflow are never started or imported, and the answer comes in ~0.2 s.
@@ -603,7 +604,9 @@ def command(argv: list[str] | None) -> int:
         logging.getLogger("medflow").error("medflow %s failed", args.command, exc_info=exc)
         stop_temporary_server()
         what, todo, code = explain(exc)
-        print(f"medflow {args.command}: error: {what}; {todo} (log: {log})", file=sys.stderr)
+        # DVC reads the parameters from the file: a -P edit stays after a failed run, which the user should know.
+        kept = "".join(f"; {name} keeps the -P values" for name in getattr(args, "kept", {}))
+        print(f"medflow {args.command}: error: {what}; {todo}{kept} (log: {log})", file=sys.stderr)
         if isinstance(exc, KeyboardInterrupt):
             # A task Prefect ran in a thread of its own (its timeout watcher) would keep the interpreter alive.
             sys.stdout.flush()
