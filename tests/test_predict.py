@@ -177,6 +177,8 @@ def test_mlflow_models_serve_answers_with_a_status_per_row_and_no_input_value(se
         status, text = post(batch.drop(columns=["y", "a"]).to_csv(index=False).encode())
         assert status == 400 and "lacks 1 feature column(s) ['a']" in text
         assert values_in(text, batch) == [], text
+        answer = json.loads(text)  # one line, and neither a traceback nor the server's files
+        assert "\n" not in answer["message"] and "stack_trace" not in answer and ".py" not in text, text
     finally:
         stop(proc)
     assert values_in(log.read_text(), batch) == []

@@ -16,7 +16,10 @@ from medflow.paths import STEPS
 SERVE = '.venv/bin/medflow serve --cron "0 2 * * *"'
 POOL = ".venv/bin/prefect work-pool create medflow --type process"
 DEPLOY = ".venv/bin/prefect deploy --all"
-WORKER = ".venv/bin/prefect worker start --pool medflow &"
+WORKER = (
+    "DO_NOT_TRACK=1 MLFLOW_DISABLE_TELEMETRY=true GX_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1 \\\n"
+    "    .venv/bin/prefect worker start --pool medflow &"
+)
 RUN_NOW = ".venv/bin/prefect deployment run medflow-pipeline/medflow-train --watch"
 
 
@@ -28,7 +31,7 @@ def api(url: str, path: str, body: dict | None = None):
 
 
 def background(command: str, root, env: dict) -> subprocess.Popen:
-    log = (root / f"{command.split()[1]}.log").open("w")
+    log = (root / f"{command.split('bin/', 1)[1].split()[1]}.log").open("w")  # serve.log, worker.log
     return subprocess.Popen(
         ["bash", "-c", command], cwd=root, env=user_env(root, **env), stdout=log, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, start_new_session=True,

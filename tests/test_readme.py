@@ -48,7 +48,7 @@ OWN_TABLE = (
 DIGITS_RUN = ".venv/bin/medflow run --params examples/digits.yaml"
 DIGITS_DVC = "cp examples/digits.yaml params.yaml && .venv/bin/dvc repro"
 SERVE = (
-    "PATH=$PWD/.venv/bin:$PATH MLFLOW_TRACKING_URI=sqlite:///mlruns/mlflow.db \\\n"
+    "PATH=$PWD/.venv/bin:$PATH MLFLOW_DISABLE_TELEMETRY=true MLFLOW_TRACKING_URI=sqlite:///mlruns/mlflow.db \\\n"
     "    mlflow models serve -m models:/medflow-breast-cancer@champion --env-manager local --port 5001 &"
 )
 SCORE = (
@@ -57,7 +57,8 @@ SCORE = (
 )
 CREATEDB = "createdb -h 127.0.0.1 -U postgres medflow"
 TRACKING_SERVER = (
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow server --workers 1 --host 127.0.0.1 --port 5000 \\\n"
+    "MLFLOW_DISABLE_TELEMETRY=true MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \\\n"
+    "    .venv/bin/mlflow server --workers 1 --host 127.0.0.1 --port 5000 \\\n"
     "    --backend-store-uri postgresql+psycopg2://postgres@127.0.0.1:5432/medflow \\\n"
     '    --artifacts-destination "$PWD/mlruns/server-artifacts" &'
 )

@@ -17,13 +17,17 @@ from usercmd import REPO, free_port, scratch_clone, sh, wait_http
 
 PREFECT_DB = "createdb -h 127.0.0.1 -U postgres prefect"
 PREFECT_SERVER = (
-    "PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/prefect \\\n"
+    "PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 \\\n"
+    "    PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/prefect \\\n"
     "    .venv/bin/prefect server start --host 127.0.0.1 --port 4200 &"
 )
 MIGRATE = ".venv/bin/medflow migrate-store --to http://127.0.0.1:5000"
 POOL = ".venv/bin/prefect work-pool create medflow --type process"
 DEPLOY = ".venv/bin/prefect deploy --all"
-WORKER = ".venv/bin/prefect worker start --pool medflow &"
+WORKER = (
+    "DO_NOT_TRACK=1 MLFLOW_DISABLE_TELEMETRY=true GX_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1 \\\n"
+    "    .venv/bin/prefect worker start --pool medflow &"
+)
 MONITOR_NOW = ".venv/bin/prefect deployment run medflow-monitor/medflow-monitor --watch"
 
 

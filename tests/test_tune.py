@@ -65,16 +65,50 @@ def test_a_bad_space_fails_at_load_naming_the_key(space, message):
         from_dict({"tune": {"space": space}})
 
 
+# What `medflow tune` records of the default pipeline (no data.dvc beside the file: no data version).
+STUDY = (
+    "study: {name: s, data.kind: tabular, data.source: data/breast_cancer.csv, data.target: diagnosis, "
+    "train.model: tabular_mlp, data_version: null}\n"
+)
+
+
 def test_tuned_values_layer_over_train_and_overrides_over_both(tmp_path):
     base = tmp_path / "params.yaml"
     base.write_text("train:\n  lr: 0.001\n  dropout: 0.1\n")
-    tuned_file(base).write_text("train:\n  lr: 0.02\n")
+    tuned_file(base).write_text(STUDY + "train:\n  lr: 0.02\n")
     assert load(base).train.lr == 0.02 and load(base).train.dropout == 0.1
     assert load(base, tuned=False).train.lr == 0.001
     assert load(base, ["train.lr=0.5"]).train.lr == 0.5
     tuned_file(base).write_text("train: {}\nsplit:\n  val: 0.3\n")
-    with pytest.raises(ParamsError, match="holds only a train: section"):
+    with pytest.raises(ParamsError, match="holds only study: and train: sections"):
         load(base)
+
+
+def test_tuned_values_apply_only_to_their_studys_pipeline_and_data_version(tmp_path):
+    from medflow.paths import Paths
+    from medflow.tuning.tuned import note
+
+    base = tmp_path / "params.yaml"
+    base.write_text("train:\n  lr: 0.001\n")
+    tuned_file(base).write_text(STUDY.replace("null}", "abc.dir}") + "train:\n  lr: 0.02\n")
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: abc.dir\n  path: data\n")
+    paths = Paths(root=tmp_path)
+    assert load(base).train.lr == 0.02
+    assert note(load(base), paths) == "tuned values in effect (params.tuned.yaml): lr=0.02"
+    # Another table, or another model: the study's values do not hold, and the train step says why.
+    for override, changed in (("data.source=digits", "data.source=digits"), ("data.kind=image", "data.kind=image")):
+        params = load(base, [override])
+        assert params.train.lr == 0.001
+        assert note(params, paths).startswith(
+            f"tuned values of params.tuned.yaml not applied: its study s ran on {changed.split('=')[0]}="
+        ) and f"this run has {changed}: run medflow tune for it" in note(params, paths)
+    assert load(base, ["train.model=resnet_small"]).train.lr == 0.001
+    # Another version of the data (data.dvc records new data under data/).
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: def.dir\n  path: data\n")
+    assert load(base).train.lr == 0.001 and "data_version=abc.dir" in note(load(base), paths)
+    # A tuned file naming no study (hand-written, or from before studies were recorded) is not applied either.
+    tuned_file(base).write_text("train:\n  lr: 0.02\n")
+    assert load(base).train.lr == 0.001 and "names no study" in note(load(base), paths)
 
 
 def poison_test_rows(root) -> int:
@@ -131,9 +165,19 @@ def test_tune_reads_no_test_row_and_the_next_run_trains_with_its_best_values(
         "optimization_history.png",
         "param_importances.png",
     }
-    tuned = yaml.safe_load((root / "params.tuned.yaml").read_text())["train"]
+    written = yaml.safe_load((root / "params.tuned.yaml").read_text())
+    tuned = written["train"]
     assert set(tuned) == {"hidden", "dropout", "lr", "weight_decay", "batch_size", "mixup"}
     assert tuned == summary["best_params"]
+    data_version = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+    assert written["study"] == {
+        "name": summary["study"],
+        "data.kind": "tabular",
+        "data.source": "data/breast_cancer.csv",
+        "data.target": "diagnosis",
+        "train.model": "tabular_mlp",
+        "data_version": data_version,
+    }
 
     # A trial a SIGKILL cut short: RUNNING in the study's storage, its MLflow run RUNNING.
     from mlflow import MlflowClient
@@ -167,6 +211,13 @@ def test_tune_reads_no_test_row_and_the_next_run_trains_with_its_best_values(
     assert re.search(
         r"\| logistic_regression \| [\d.]+ \[[\d.]+, [\d.]+\] \| [+-][\d.]+ \[[+-][\d.]+, [+-][\d.]+\] \|", card
     )
+    # Another table's training (here DVC's train stage with another data.source) is told the values are not its own.
+    other = sh(".venv/bin/medflow step train -P data.source=data/another_table.csv", root, **env).stdout
+    assert (
+        "train: tuned values of params.tuned.yaml not applied: its study "
+        f"{summary['study']} ran on data.source=data/breast_cancer.csv; this run has "
+        "data.source=data/another_table.csv: run medflow tune for it"
+    ) in other, other[-2000:]
 
 
 def test_a_trial_a_kill_left_running_is_failed_when_the_study_resumes(tmp_path):
@@ -187,7 +238,7 @@ def test_a_run_override_of_a_tuned_key_edits_the_tuned_file_so_that_it_takes_eff
 
     base = tmp_path / "params.yaml"
     base.write_text("train:\n  lr: 0.001  # AdamW\n  dropout: 0.1\n")
-    tuned_file(base).write_text("# from a study\ntrain:\n  lr: 0.02\n")
+    tuned_file(base).write_text("# from a study\n" + STUDY + "train:\n  lr: 0.02\n")
     write_overrides(base, ["train.lr=0.5", "train.dropout=0.3"])
     assert load(base).train.lr == 0.5 and load(base).train.dropout == 0.3
     assert "lr: 0.001  # AdamW" in base.read_text() and "# from a study" in tuned_file(base).read_text()
@@ -197,14 +248,14 @@ def test_a_list_set_then_emptied_with_p_leaves_params_yaml_as_it_was_written(tmp
     from ruamel.yaml import YAML
     from usercmd import REPO
 
-    from medflow.cli import edit_yaml
+    from medflow.overrides import write
 
     committed = REPO / "params.yaml"
     path = tmp_path / "params.yaml"
     path.write_text(committed.read_text())
     # What a user types: the fix an error printed (a quoted name), then the exclusion taken back.
     for override in ['data.exclude=["Unnamed: 0"]', "data.exclude=[]", "data.exclude=[a, b]", "train.hidden=[8]"]:
-        edit_yaml(path, [override])
+        write(path, [override])
         YAML(typ="safe").load(path.read_text())  # raises where an edit broke the file
     lines = path.read_text().splitlines()
     assert [x.split("#")[0].rstrip() for x in lines if x.strip().startswith(("exclude:", "hidden:"))] == [

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from medflow import imports, orchestration
 from medflow import params as params_mod
 from medflow.paths import STEPS, Paths
+from medflow.servers import PortBusy
 from medflow.sidecar import sidecar
 
 # Every tool medflow drives phones home unless told not to; these machines have no internet anyway.
@@ -140,6 +140,8 @@ def explain(exc: BaseException) -> tuple[str, str, int]:
         return f"{step} interrupted ({cause})", "run the same command again: finished steps are not repeated", 130
     if isinstance(exc, NoServer):
         return f"{step}: {cause}", "then run medflow serve again", 2
+    if isinstance(exc, PortBusy):
+        return cause, "nothing was started", 2
     if isinstance(exc, Busy):
         return cause, "wait for it to finish, or pass --wait SECONDS", 1
     if isinstance(exc, params_mod.ParamsError):
@@ -165,48 +167,29 @@ def explain(exc: BaseException) -> tuple[str, str, int]:
     return f"{step}: {type(exc).__name__}: {cause}", "see the log for the traceback", 1
 
 
-def write_overrides(path: Path, overrides: list[str]) -> None:
-    """Edits params.yaml in place, comments kept, as `dvc exp run -S` does, so dvc.lock records what ran. A train.*
-    key that params.tuned.yaml sets is edited there instead: that file's values are layered over params.yaml's."""
-    tuned = set(params_mod.tuned_values(path))
+def write_overrides(path: Path, overrides: list[str]) -> dict[str, list[str]]:
+    """Edits the params file the run reads, only the lines of the keys named, as `dvc exp run -S` edits params.yaml,
+    so the file (and dvc.lock, for params.yaml) records what ran. A train.* key that the tuned file sets is edited
+    there instead, when its values apply: they are layered over the params file's. Returns file name -> keys."""
+    from medflow import overrides as overrides_mod
+
+    # Only where they apply: the tuned values of another table's study are ignored, and so would be an edit there.
+    wanted = params_mod.apply_overrides(params_mod.read_yaml(path.read_text()) or {}, overrides)
+    tuned = set(params_mod.tuned_values(path)) if params_mod.tuned_mismatch(path, wanted) is None else set()
 
     def in_tuned(text: str) -> bool:
         keys, _ = params_mod.parse_override(text)
         return len(keys) == 2 and keys[0] == "train" and keys[1] in tuned
 
+    written = {}
     for file, texts in (
         (path, [o for o in overrides if not in_tuned(o)]),
         (params_mod.tuned_file(path), [o for o in overrides if in_tuned(o)]),
     ):
         if texts:
-            edit_yaml(file, texts)
-
-
-def edit_yaml(path: Path, overrides: list[str]) -> None:
-    from ruamel.yaml import YAML
-    from ruamel.yaml.comments import CommentedSeq
-
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    doc = yaml.load(path.read_text()) or {}
-    for text in overrides:
-        keys, value = params_mod.parse_override(text)
-        node = doc
-        for k in keys[:-1]:
-            if k not in node:
-                node[k] = {}
-            node = node[k]
-        if isinstance(value, list):
-            # As the file writes lists, [a, b] on the key's line: ruamel writes a plain list as a block, and setting
-            # that block to [] later ran the next section onto the key's line, breaking the file.
-            value = CommentedSeq(value)
-            value.fa.set_flow_style()
-        comment = getattr(node, "ca", None) and node.ca.items.get(keys[-1])
-        if comment and len(comment) > 3:
-            comment[3] = None  # the mark of a block value under the key: the new value is written on the key's line
-        node[keys[-1]] = value
-    with path.open("w") as fh:
-        yaml.dump(doc, fh)
+            overrides_mod.write(file, texts)
+            written[file.name] = [t.partition("=")[0].strip() for t in texts]
+    return written
 
 
 def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
@@ -217,8 +200,9 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     params_mod.load(params_file, args.override)
     # Before anything is written (params.yaml included) and before Prefect's server starts.
     with run_lock(paths, args.wait):
-        if args.override and not args.params:
-            write_overrides(paths.params_file, args.override)
+        args.kept = write_overrides(params_file, args.override)  # named again in the stop line, if the run stops
+        for name, keys in args.kept.items():
+            print(f"{name}: -P set {', '.join(keys)} (kept in the file, whatever the run does: git diff {name})")
         # A run of the recorded params asks DVC first (or what DVC last found: medflow.pipeline.unchanged): with
         # nothing stale, Prefect, torch, GX and MLflow are never started or imported, and the answer comes in ~0.2 s.
         recorded = not args.params or Path(args.params).resolve() == paths.params_file.resolve()
@@ -230,12 +214,7 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         with sidecar.started():
             flows = load_flow(paths, args.log, trains="train" in todo)
             with orchestration.flow_settings():
-                result = flows.pipeline(
-                    root=str(paths.root),
-                    params_file=str(params_file),
-                    overrides=args.override if args.params else [],
-                    force=args.force,
-                )
+                result = flows.pipeline(root=str(paths.root), params_file=str(params_file), force=args.force)
     for col, why in (result.get("clean") or {}).get("not_features", {}).items():
         print(f"not a feature: {col!r} ({why})")
     reg = result.get("register")
@@ -281,21 +260,48 @@ def cmd_data(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+# MLflow 3's UI opens on its GenAI view (traces, token usage) unless the URL asks for the model-training one; its
+# links keep the query, so the registry and the runs stay one click away.
+UI_VIEW = "#/experiments?workflowType=machine_learning"
+
+
 def cmd_ui(args: argparse.Namespace, paths: Paths) -> int:
+    from medflow.servers import WebServer, check_port, url_host
     from medflow.tracking import tracking_uri
 
     uri = tracking_uri(paths)
     if uri.startswith(("http://", "https://")):
-        print(f"MLFLOW_TRACKING_URI is a tracking server: its UI is at {uri}")
+        print(f"MLFLOW_TRACKING_URI is a tracking server: its UI is at {uri.rstrip('/')}/{UI_VIEW}")
         return 0
+    check_port(args.host, args.port)
     # The experiments' own artifact root, so a run or experiment created from the UI lands beside the pipeline's.
     artifacts = (paths.mlruns / "artifacts").as_uri()
-    print(f"MLflow UI on http://{args.host}:{args.port} (store: {uri}, artifacts: {artifacts})", flush=True)
     # One worker and no job runner: ~0.5 GB instead of 15 processes and ~3 GB.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--artifacts-destination"]
     command += [artifacts, "--host", args.host, "--port", str(args.port), "--workers", "1"]
-    return subprocess.call(command, env=env)
+    base = f"http://{url_host(args.host)}:{args.port}"
+    # A closed terminal ends the command, and with it the server, as Ctrl-C and SIGTERM do.
+    signal.signal(signal.SIGHUP, on_signal)
+    server = WebServer(command, env, args.log.with_name(args.log.stem + "-server.log"))
+    try:
+        server.wait_until_answers(f"{base}/health", timeout=300)
+        print(f"MLflow UI on {base}/{UI_VIEW} (store: {uri}; server log: {server.log}); Ctrl-C stops it", flush=True)
+        code = server.process.wait()
+    except Interrupted as stopped:
+        code = None
+        why = str(stopped)
+    except RuntimeError as exc:
+        exc.medflow_step = "ui"  # explain() names the step; there is no pipeline step here
+        raise
+    finally:
+        server.stop()
+    if code is None:
+        print(f"MLflow UI stopped ({why}); port {args.port} is free")
+        return 0
+    error = RuntimeError(f"the MLflow server exited with code {code}: {server.last_words()} (log: {server.log})")
+    error.medflow_step = "ui"
+    raise error
 
 
 class NoServer(RuntimeError):
@@ -600,7 +606,9 @@ def command(argv: list[str] | None) -> int:
         logging.getLogger("medflow").error("medflow %s failed", args.command, exc_info=exc)
         stop_temporary_server()
         what, todo, code = explain(exc)
-        print(f"medflow {args.command}: error: {what}; {todo} (log: {log})", file=sys.stderr)
+        # DVC reads the parameters from the file: a -P edit stays after a failed run, which the user should know.
+        kept = "".join(f"; {name} keeps the -P values" for name in getattr(args, "kept", {}))
+        print(f"medflow {args.command}: error: {what}; {todo}{kept} (log: {log})", file=sys.stderr)
         if isinstance(exc, KeyboardInterrupt):
             # A task Prefect ran in a thread of its own (its timeout watcher) would keep the interpreter alive.
             sys.stdout.flush()

@@ -11,10 +11,8 @@ gets SIGTERM from the kernel when medflow dies, however it dies, so no server ou
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -26,10 +24,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from medflow import imports
+from medflow.servers import die_with_parent
 
 # Set while PREFECT_API_URL points at this command's own temporary server, which holds no deployments or workers.
 TEMPORARY = "MEDFLOW_PREFECT_TEMPORARY"
-_PR_SET_PDEATHSIG = 1
 CLIENT_CHECKS = ("PREFECT_CLIENT_CSRF_SUPPORT_ENABLED", "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED")
 # Read-only calls that a flow run's first requests would otherwise pay the server's lazy set-up for.
 WARM_UP = [
@@ -38,10 +36,6 @@ WARM_UP = [
     ("POST", "/flow_runs/filter"),
     ("POST", "/task_runs/filter"),
 ]
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class TemporaryServer:
@@ -99,7 +93,7 @@ class TemporaryServer:
                     stderr=log,
                     pass_fds=(sock.fileno(),),
                     start_new_session=True,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
 
     def _watch(self) -> None:

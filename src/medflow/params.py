@@ -356,20 +356,68 @@ def tuned_file(path: Path) -> Path:
     return path.with_name(f"{path.stem}.tuned.yaml")
 
 
-def tuned_values(path: Path) -> dict[str, Any]:
-    """The train.* values of the tuned file beside params file `path` ({} when there is none)."""
+def _tuned(path: Path) -> dict[str, Any]:
     file = tuned_file(path)
     raw = (read_yaml(file.read_text()) or {}) if file.exists() else {}
-    if not isinstance(raw, dict) or set(raw) - {"train"} or not isinstance(raw.get("train") or {}, dict):
-        raise ParamsError(f"{file}: holds only a train: section (written by medflow tune); delete the other keys")
-    return dict(raw.get("train") or {})
+    if (
+        not isinstance(raw, dict)
+        or set(raw) - {"train", "study"}
+        or not all(isinstance(raw.get(k) or {}, dict) for k in ("train", "study"))
+    ):
+        raise ParamsError(f"{file}: holds only study: and train: sections (written by medflow tune); delete the rest")
+    return raw
+
+
+def tuned_values(path: Path) -> dict[str, Any]:
+    """The train.* values of the tuned file beside params file `path` ({} when there is none)."""
+    return dict(_tuned(path).get("train") or {})
+
+
+def data_version(path: Path) -> str | None:
+    """The data version DVC records beside params file `path` (data.dvc's md5 of data/), or None."""
+    record = path.parent / "data.dvc"
+    if not record.exists():
+        return None
+    outs = (read_yaml(record.read_text()) or {}).get("outs") or [{}]
+    return outs[0].get("md5")
+
+
+def study_record(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """What a study's tuned values are bound to: the pipeline (data kind, source, target; model) and the data version,
+    of params `raw` (a params file's values, -P applied) read beside params file `path`."""
+    data, train = raw.get("data") or {}, raw.get("train") or {}
+    record = {f"data.{k}": data.get(k, getattr(DataParams(), k)) for k in ("kind", "source", "target")}
+    return record | {"train.model": train.get("model", TrainParams().model), "data_version": data_version(path)}
+
+
+def tuned_mismatch(path: Path, raw: dict[str, Any]) -> str | None:
+    """Why the tuned values beside params file `path` do not apply to params `raw` (the file's values, -P applied,
+    without the tuned layer), or None when they do: they hold for the pipeline and data version their study ran on."""
+    tuned = _tuned(path)
+    values, study = tuned.get("train") or {}, tuned.get("study") or {}
+    if not values:
+        return None
+    if not study:
+        return "it names no study (the study: section medflow tune writes): run medflow tune again"
+    now = study_record(raw, path)
+    if "model" in values:  # the study chose the model itself
+        del now["train.model"]
+    if study.get("data_version") is None or now["data_version"] is None:
+        del now["data_version"]  # no DVC record of data/ beside the params file, then or now
+    differ = [k for k in now if now[k] != study.get(k)]
+    if not differ:
+        return None
+    then = ", ".join(f"{k}={study.get(k)}" for k in differ)
+    this = ", ".join(f"{k}={now[k]}" for k in differ)
+    return f"its study {study.get('name', '?')} ran on {then}; this run has {this}: run medflow tune for it"
 
 
 def load(path: Path, overrides: list[str] | None = None, tuned: bool = True) -> Params:
-    """params file, then its tuned train.* values (tuned_file; tuned=False skips them), then -P overrides."""
+    """params file, then its tuned train.* values (tuned_file; tuned=False skips them, and they apply only to the
+    pipeline and data version of their study: tuned_mismatch), then -P overrides."""
     if not path.exists():
         raise ParamsError(f"{path}: params file not found")
     raw = read_yaml(path.read_text()) or {}
-    if tuned and (values := tuned_values(path)):
+    if tuned and (values := tuned_values(path)) and tuned_mismatch(path, apply_overrides(raw, overrides or [])) is None:
         raw["train"] = {**(raw.get("train") or {}), **values}
     return from_dict(apply_overrides(raw, overrides or []), origin=str(path))

@@ -6,6 +6,8 @@ Imports mlflow at module level (a PythonModel subclass needs it), so only regist
 from __future__ import annotations
 
 import contextlib
+import logging
+import traceback
 import warnings
 from importlib.metadata import version
 from pathlib import Path
@@ -14,14 +16,42 @@ from unittest import mock
 import mlflow.pyfunc
 import mlflow.utils.environment
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import BAD_REQUEST, INTERNAL_ERROR
 from mlflow.types.schema import ColSpec
 from mlflow.types.schema import Schema as ColumnSchema
 
 import medflow
 from medflow.data.features import Schema
+from medflow.models.bundle import BatchRejected
 
 PACKAGE_DIR = Path(medflow.__file__).parent
+
+
+class OneLine(MlflowException):
+    """An error `mlflow models serve` answers as this one line and nothing else. Of any other error than an
+    MlflowException it answers with the traceback (the server's file paths), and it rewrites the message of an
+    MlflowException raised in predict to quote the whole input table (patient data): this message stays as written."""
+
+    def __init__(self, line: str, error_code: int):
+        self._line = line
+        super().__init__(line, error_code=error_code)
+
+    @property
+    def message(self) -> str:
+        return self._line
+
+    @message.setter
+    def message(self, _: str) -> None:
+        pass
+
+
+class Refused(OneLine, BatchRejected):
+    """The bundle's refusal of a whole batch, answered with HTTP 400; still a BatchRejected for a Python caller."""
+
+    def __init__(self, line: str):
+        super().__init__(line, BAD_REQUEST)
 
 
 class BundleModel(mlflow.pyfunc.PythonModel):
@@ -31,11 +61,19 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor(Path(context.artifacts["bundle"]), (context.model_config or {}).get("threshold"))
 
     # A DataFrame hint is one MLflow infers nothing from: the signature below names the columns.
-    # A refused batch raises the bundle's BatchRejected, deliberately no MlflowException: `mlflow models serve`
-    # prefixes the message of an MlflowException with the whole input table; of any other error it answers HTTP 400
-    # with the traceback, whose last line is our message (column names and counts).
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        return self.predictor.predict(model_input)
+        try:
+            return self.predictor.predict(model_input)
+        except BatchRejected as exc:
+            raise Refused(str(exc)) from None  # its message names columns and counts, never a value
+        except Exception as exc:
+            # Another library's message may quote an input value: the answer names the error's type, and the
+            # server's log keeps where it was raised.
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            logging.getLogger(__name__).error("scoring failed with %s at:\n%s", type(exc).__name__, frames)
+            raise OneLine(
+                f"scoring failed ({type(exc).__name__}); the server's log says where", INTERNAL_ERROR
+            ) from None
 
 
 def signature(schema: Schema) -> ModelSignature | None:

@@ -22,7 +22,7 @@ import torch
 from medflow import tracking
 from medflow.models import vision
 from medflow.models.tabular import build, check_kind
-from medflow.params import Dimension, Params, ParamsError, TrainParams, tuned_file
+from medflow.params import Dimension, Params, ParamsError, TrainParams, study_record, tuned_file
 from medflow.paths import Paths
 from medflow.steps.train import LOOP_SETTINGS, balanced_weights, cpu_threads
 from medflow.tracking import study as runs
@@ -197,8 +197,9 @@ def _report(trial, metric: str, space: dict[str, Dimension]) -> str:
     return f"trial {trial.number}: {trial.state.name.lower()} ({shown})"
 
 
-def write_tuned(params_file: Path, best: dict[str, Any], header: list[str]) -> Path:
-    """params.tuned.yaml: a train: section of the best values, YAML 1.2 as params.yaml is read."""
+def write_tuned(params_file: Path, best: dict[str, Any], header: list[str], study: dict[str, Any]) -> Path:
+    """params.tuned.yaml: the study (what its values hold for: medflow.params.tuned_mismatch) and a train: section
+    of the best values, YAML 1.2 as params.yaml is read."""
     from ruamel.yaml import YAML
 
     yaml = YAML()
@@ -207,7 +208,7 @@ def write_tuned(params_file: Path, best: dict[str, Any], header: list[str]) -> P
     tmp = out.with_suffix(".tmp")
     with tmp.open("w") as fh:
         fh.write("".join(f"# {line}\n" for line in header))
-        yaml.dump({"train": best}, fh)
+        yaml.dump({"study": study, "train": best}, fh)
     tmp.replace(out)  # a kill mid-write leaves the previous file whole
     return out
 
@@ -309,9 +310,11 @@ def run(
         f"{t.metric} {best.value:.4f} on the validation split.",
         f"Layered over {params_file.name}'s train section wherever it is read (medflow run, medflow step train, "
         "dvc repro);",
-        f"replace with `train: {{}}` to train with {params_file.name} alone.",
+        f"replace with `train: {{}}` to train with {params_file.name} alone. They apply only to the data and model",
+        "of the study below (the train step says when it ignores them).",
     ]
-    written = write_tuned(params_file, best_values, header)
+    record = {"name": name, **study_record(params.as_dict(), params_file)}
+    written = write_tuned(params_file, best_values, header, record)
     summary = {
         "study": name,
         "storage": storage_url(params, paths).split(":", 1)[0],

@@ -6,14 +6,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from medflow.params import Params, ParamsError, tuned_file, tuned_values
+from medflow.params import Params, ParamsError, tuned_file, tuned_mismatch, tuned_values
 from medflow.paths import Paths
 
 
-def in_effect(params: Params, paths: Paths) -> dict[str, Any]:
-    """The project's params.tuned.yaml values that params (as loaded) hold: all of them unless -P changed some.
-    Another params file's pipeline has no known file location here, so nothing is reported for it."""
+def ignored(params: Params, paths: Paths) -> str | None:
+    """Why the project's params.tuned.yaml values do not apply to params (another table, model or data version than
+    their study's), or None. Another params file's pipeline has no known file location here: None for it."""
     if paths.pipeline:
+        return None
+    return tuned_mismatch(paths.params_file, params.as_dict())
+
+
+def in_effect(params: Params, paths: Paths) -> dict[str, Any]:
+    """The project's params.tuned.yaml values that params (as loaded) hold: all of them unless -P changed some, none
+    when they belong to another pipeline or data version (ignored)."""
+    if paths.pipeline or ignored(params, paths):
         return {}
     train = params.train.model_dump(mode="json")
     return {k: v for k, v in tuned_values(paths.params_file).items() if train.get(k) == v}
@@ -24,11 +32,15 @@ def short(v: Any) -> str:
 
 
 def note(params: Params, paths: Paths) -> str | None:
+    """The train step's line on the tuned values: applied (which), or ignored (why)."""
+    name = tuned_file(paths.params_file).name
+    if why := ignored(params, paths):
+        return f"tuned values of {name} not applied: {why}"
     values = in_effect(params, paths)
     if not values:
         return None
     shown = ", ".join(f"{k}={short(v)}" for k, v in values.items())
-    return f"tuned values in effect ({tuned_file(paths.params_file).name}): {shown}"
+    return f"tuned values in effect ({name}): {shown}"
 
 
 def tune_dir(paths: Paths) -> Path:
