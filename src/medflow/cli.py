@@ -17,7 +17,7 @@ from pathlib import Path
 
 from medflow import imports, orchestration
 from medflow import params as params_mod
-from medflow.paths import STEPS, Paths
+from medflow.paths import STEPS, Paths, find_root
 from medflow.sidecar import sidecar
 
 # Every tool medflow drives phones home unless told not to; these machines have no internet anyway.
@@ -490,7 +490,7 @@ def params_path(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="medflow", description=__doc__)
-    ap.add_argument("--root", default=".", help="project root (holds params.yaml, dvc.yaml)")
+    ap.add_argument("--root", help="project root (holds params.yaml, dvc.yaml); default: the one holding this folder")
     sub = ap.add_subparsers(dest="command", required=True)
 
     def with_params(p: argparse.ArgumentParser) -> None:
@@ -583,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    paths = Paths(root=Path(args.root))
+    # From a subfolder too: logs and artifacts go to the project's root, never into the folder the user is in.
+    paths = Paths(root=Path(args.root) if args.root else find_root(Path.cwd()))
     quiet_tools(paths)
     args.log = log = log_file(paths, args.command)
     signal.signal(signal.SIGTERM, on_signal)
