@@ -120,7 +120,8 @@ def trigger_training(deployment: str, root: str, timeout: float) -> str:
 def update(root: str, files: list[str]) -> dict:
     """Appends the labelled batch to data.source, records the data version, retrains, and reads the gate's decision."""
     from medflow.data.sources import resolve
-    from medflow.pipeline import ensure_data, run_lock
+    from medflow.pipeline import run_lock
+    from medflow.staleness import ensure_data
     from medflow.tracking.drift import version_numbers
     from medflow.tracking.lineage import dvc_md5
 

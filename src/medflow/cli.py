@@ -219,10 +219,10 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     with run_lock(paths, args.wait):
         if args.override and not args.params:
             write_overrides(paths.params_file, args.override)
-        # A run of the recorded params asks DVC first (or what DVC last found: medflow.pipeline.unchanged): with
-        # nothing stale, Prefect, torch, GX and MLflow are never started or imported, and the answer comes in ~0.2 s.
+        # DVC is asked once, here: with nothing stale, Prefect, torch, GX and MLflow are never started or imported.
+        # Another params file or -P with --params is no record of the pipeline: every step runs.
         recorded = not args.params or Path(args.params).resolve() == paths.params_file.resolve()
-        todo = stale(paths, params_file) if recorded and not args.force else list(STEPS)
+        todo = stale(paths, params_file, args.override if args.params else [], force=args.force or not recorded)
         if not todo:
             return 0
         orchestration.start_server(Path(os.environ["PREFECT_HOME"]))
@@ -235,6 +235,7 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
                     params_file=str(params_file),
                     overrides=args.override if args.params else [],
                     force=args.force,
+                    steps=todo,
                 )
     reg = result.get("register")
     if reg:
@@ -243,12 +244,11 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
-def stale(paths: Paths, params_file: Path) -> list[str]:
+def stale(paths: Paths, params_file: Path, overrides: list[str], force: bool) -> list[str]:
     """The steps DVC finds stale; with none, says so, naming the model the last run registered."""
-    from medflow.pipeline import ensure_data, stale_steps
+    from medflow.staleness import plan
 
-    ensure_data(params_mod.load(params_file), paths)
-    todo = stale_steps(paths)
+    todo = plan(params_mod.load(params_file, overrides), paths, force)
     if todo:
         return todo
     print("nothing to do: every step is up to date (dvc status is clean); use --force to rerun")
@@ -257,6 +257,12 @@ def stale(paths: Paths, params_file: Path) -> list[str]:
         reg = json.loads(summary.read_text())
         state = "champion" if reg.get("promoted") else "not promoted"
         print(f"the last run's model: {reg['model_name']} v{reg['version']} ({state})")
+        if not os.environ.get("MLFLOW_TRACKING_URI") and not paths.mlflow_db.exists():
+            # A clone brings the code, and `dvc pull` the data and artifacts; the MLflow store is neither.
+            print(
+                f"no MLflow store in this clone ({paths.mlflow_db.relative_to(paths.root)}): set MLFLOW_TRACKING_URI "
+                "to the team's tracking server, or copy the store there with `medflow migrate-store --to URL`"
+            )
     return []
 
 
@@ -271,11 +277,11 @@ def cmd_step(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_data(args: argparse.Namespace, paths: Paths) -> int:
-    from medflow.pipeline import ensure_data
+    from medflow.staleness import ensure_data
 
     params = params_mod.load(paths.params_file)
-    source = ensure_data(params, paths)
-    print(f"data ready: {source or params.data.source}")
+    ensure_data(params, paths)
+    print(f"data ready: {params.data.source}")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import csv
 import gzip
+import hashlib
 import io
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -93,6 +94,19 @@ def resolve(source: str, paths: Paths, allowed_roots: Iterable[str] = ()) -> Pat
     if path.is_dir():
         raise SourceError(f"{source}: data.source is a folder; point it at a .csv, .tsv or .parquet file")
     return path
+
+
+def source_files(source: str, paths: Paths, allowed_roots: Iterable[str] = ()) -> list[Path]:
+    """The files validate reads for data.source."""
+    return [resolve(source, paths, allowed_roots)]
+
+
+def file_md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def dataset_name(source: str) -> str:

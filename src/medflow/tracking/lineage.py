@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -31,14 +30,6 @@ def git_commit(root: Path) -> str:
     return f"{sha}-dirty" if _git(root, "status", "--porcelain") else sha
 
 
-def file_md5(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def dvc_md5(dvc_file: Path) -> str:
     if not dvc_file.exists():
         return "none"
@@ -47,7 +38,7 @@ def dvc_md5(dvc_file: Path) -> str:
 
 
 def lineage(params: Params, paths: Paths) -> dict[str, str]:
-    from medflow.data.sources import SourceError, resolve
+    from medflow.data.sources import SourceError, file_md5, resolve
 
     try:
         data_md5 = file_md5(resolve(params.data.source, paths))
