@@ -377,6 +377,7 @@ def cmd_history(args: argparse.Namespace, tracking) -> int:
 LINEAGE = {
     "data version (DVC)": "medflow.data_dvc_md5",
     "data file md5": "medflow.data_md5",
+    "data batches": "medflow.data_batches",
     "code commit": "medflow.git_commit",
     "params hash": "medflow.params_hash",
     "Prefect flow run": "medflow.flow_run_id",
@@ -421,7 +422,7 @@ def cmd_monitor(args: argparse.Namespace, paths: Paths) -> int:
         orchestration.server_ready()
     try:
         with orchestration.flow_settings():
-            result = module.monitor(root=str(paths.root), batch=args.batch, retrain=False if args.no_retrain else None)
+            result = module.monitor(root=str(paths.root), batch=args.batch, update=args.update)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         exc.medflow_step = "monitor"
         raise
@@ -541,9 +542,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
     predict.add_argument("--input", required=True, help="CSV or Parquet file with the model's feature columns")
     predict.add_argument("--output", required=True, help="CSV or Parquet file to write (nothing when refused)")
-    monitor = sub.add_parser("monitor", help="drift of a new batch against the champion; retrains when it drifted")
+    monitor = sub.add_parser("monitor", help="drift of a new batch against the champion; a report, data unchanged")
     monitor.add_argument("--batch", default="incoming", help="CSV/Parquet file, or a folder of them (new files)")
-    monitor.add_argument("--no-retrain", action="store_true", help="report only, whatever monitor.retrain says")
+    monitor.add_argument(
+        "--update",
+        action=argparse.BooleanOptionalAction,
+        help="on drift, add the labelled batch to data/ as a new file (DVC records it) and retrain (monitor.update)",
+    )
     migrate = sub.add_parser("migrate-store", help="copy the local MLflow store (runs, registry) to a server")
     migrate.add_argument("--to", required=True, help="target tracking URI, e.g. http://mlflow.internal:5000")
     migrate.add_argument("--from", dest="source", help="source tracking URI (default: the project's mlruns/mlflow.db)")
