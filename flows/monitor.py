@@ -2,10 +2,11 @@
 
 check: drift per feature, of the scores and (labelled batches) of the primary metric, from the reference's stored
 aggregates; the report goes to artifacts/monitor/<UTC time>/, to MLflow on the champion's run (tag `medflow.drift`
-on the version) and to Prefect as an artifact. update (when the report says retrain and monitor.retrain is on): the
-labelled batch is appended to data.source, DVC records the new data version, and the training deployment
-(monitor.deployment) runs; its candidate goes through the same gate as any other. With no Prefect server, no such
-deployment or no worker online for its pool, the pipeline flow runs in this process instead, and the report says so.
+on the version) and to Prefect as an artifact. Reporting changes no data. update (opt-in: --update or
+monitor.update, when the report says retrain): the labelled batch is written as a new file under data/batches/, DVC
+records the new data version, and the training deployment (monitor.deployment) runs; its candidate goes through the
+same gate as any other. With no Prefect server, no such deployment or no worker online for its pool, the pipeline
+flow runs in this process instead, and the report says so.
 Entry points: `medflow monitor`, and the deployment medflow-monitor in prefect.yaml (`flows/monitor.py:monitor`).
 """
 
@@ -117,10 +118,11 @@ def trigger_training(deployment: str, root: str, timeout: float) -> str:
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
-def update(root: str, files: list[str]) -> dict:
-    """Appends the labelled batch to data.source, records the data version, retrains, and reads the gate's decision."""
-    from medflow.data.sources import resolve
-    from medflow.pipeline import ensure_data, run_lock
+def add_and_retrain(root: str, files: list[str]) -> dict:
+    """Adds the labelled batch to the training data as a new file, records the data version, retrains, and reads the
+    gate's decision."""
+    from medflow.pipeline import run_lock
+    from medflow.staleness import ensure_data
     from medflow.tracking.drift import version_numbers
     from medflow.tracking.lineage import dvc_md5
 
@@ -129,14 +131,17 @@ def update(root: str, files: list[str]) -> dict:
     tracking.configure(paths)
     name = params.register.model_name
     with run_lock(paths, wait_s=params.flow.timeout_s):
-        added = batches.append(resolve(params.data.source, paths), [paths.source(f) for f in files])
+        added = batches.add(
+            params.data.source, paths, [paths.source(f) for f in files], params.data.delimiter, params.data.encoding
+        )
         ensure_data(params, paths)  # DVC records data/ as a new version (data.dvc)
+    batch = _where(added, paths.root)
     data_version = dvc_md5(paths.root / "data.dvc")
     before = set(version_numbers(name))
     how = trigger_training(params.monitor.deployment, str(paths.root), params.flow.train_timeout_s)
     new = sorted(set(version_numbers(name)) - before)
     champion = tracking.version_by_alias(name, "champion")
-    out = {"rows_added": added, "data_dvc_md5": data_version, "how": how, "champion": champion and champion.version}
+    out = {"batch": batch, "data_dvc_md5": data_version, "how": how, "champion": champion and champion.version}
     if not new:
         return out | {"summary": f"retrained via {how} on data {data_version}: no new version (nothing was stale)"}
     v = tracking.get_version(name, str(new[-1]))
@@ -146,14 +151,15 @@ def update(root: str, files: list[str]) -> dict:
         "version": v.version,
         "promoted": promoted,
         "gate": gate,
-        "summary": f"{added} labelled rows appended (data.dvc md5 {data_version}), retrained via {how}: "
+        "summary": f"labelled batch added as {batch} (data.dvc md5 {data_version}), retrained via {how}: "
         f"v{v.version} {gate}; champion is v{champion.version if champion else 'none'}",
     }
 
 
 @flow(name="medflow-monitor", log_prints=True, persist_result=False)
-def monitor(root: str = ".", batch: str = "incoming", retrain: bool | None = None) -> dict:
-    """batch: a CSV/Parquet file, or a folder whose files not checked before make the batch (relative to root)."""
+def monitor(root: str = ".", batch: str = "incoming", update: bool | None = None) -> dict:
+    """batch: a CSV/Parquet file, or a folder whose files not checked before make the batch (relative to root).
+    update: on drift, add a labelled batch to the training data and retrain; None: monitor.update (false: report)."""
     import json
 
     from medflow.tracking.drift import record
@@ -170,16 +176,19 @@ def monitor(root: str = ".", batch: str = "incoming", retrain: bool | None = Non
     report = json.loads((out / "report.json").read_text())
     failure = None
     if found["retrain_because"]:
-        if not (params.monitor.retrain if retrain is None else retrain):
-            report["update"] = {"summary": "drift found; not retrained (monitor.retrain is false)"}
-        elif not found["labelled"]:
+        if not found["labelled"]:
             report["update"] = {
                 "summary": f"drift found; not retrained: the batch has no labels ({params.data.target}); "
                 "label it and check it again"
             }
+        elif not (params.monitor.update if update is None else update):
+            report["update"] = {
+                "summary": "drift found; data/ unchanged, not retrained: to add the labelled batch and retrain, run "
+                "`medflow monitor --update` (or set monitor.update: true)"
+            }
         else:
             try:
-                report["update"] = update(root, found["files"])
+                report["update"] = add_and_retrain(root, found["files"])
             except Exception as exc:  # the drift report is recorded either way; the flow still fails below
                 failure = exc
                 report["update"] = {"summary": f"retraining failed: {type(exc).__name__}"}

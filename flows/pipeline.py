@@ -18,9 +18,10 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from medflow import params as params_mod
-from medflow.paths import STEPS, Paths
-from medflow.pipeline import StepFailed, ensure_data, run_lock, run_step, stale_steps
+from medflow.paths import Paths
+from medflow.pipeline import StepFailed, run_lock, run_step
 from medflow.sidecar import sidecar
+from medflow.staleness import plan
 
 # Writes to MLflow and DVC can fail on a busy store or lock; a step's own error (bad input) fails the same again.
 RETRIED = {"train", "register"}
@@ -46,8 +47,7 @@ def step(name: str, params: dict, root: str, pipeline: str = "") -> dict:
 def record(name: str, root: str) -> None:
     # What the step handed over beside the run (evaluate's plots into MLflow) is part of it: recorded once done.
     sidecar.finished(name)
-    # After the last step, DVC is asked whether every stage is up to date, as the next `medflow run` would ask.
-    sidecar.record(Paths(root=Path(root)), [name], check=name == STEPS[-1])
+    sidecar.record(Paths(root=Path(root)), [name])
 
 
 def settle(name: str, future, timeout_s: float) -> None:
@@ -93,8 +93,13 @@ def publish(summaries: dict) -> None:
 
 @flow(name="medflow-pipeline", log_prints=True, persist_result=False)
 def pipeline(
-    root: str = ".", params_file: str | None = None, overrides: list[str] | None = None, force: bool = False
+    root: str = ".",
+    params_file: str | None = None,
+    overrides: list[str] | None = None,
+    force: bool = False,
+    steps: list[str] | None = None,
 ) -> dict:
+    """steps: what `medflow run` found to run (it asks DVC before starting Prefect); None: ask DVC here."""
     logger = get_run_logger()
     # Another params file than the project's writes its own artifacts/<name>/: it never clobbers the recorded one.
     paths = Paths.for_params(root, params_file)
@@ -102,11 +107,10 @@ def pipeline(
     os.environ["MEDFLOW_FLOW_RUN_ID"] = str(flow_run.id or "none")
     # A deployment's run reaches here without `medflow run`; in one that did, this process already holds the lock.
     with run_lock(paths):
-        ensure_data(params, paths)
         # Only a run of the committed params file is the pipeline's record; DVC's view of staleness is about that
         # file too, so an ad-hoc params file or override runs every step and leaves dvc.lock alone.
         recorded = params_file is None or (Path(params_file).resolve() == paths.params_file and not overrides)
-        todo = stale_steps(paths) if recorded and not force else list(STEPS)
+        todo = plan(params, paths, force=force or not recorded) if steps is None else steps
         if not todo:
             logger.info("every step is up to date (dvc status is clean); use --force to rerun")
             create_markdown_artifact(

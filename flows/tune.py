@@ -15,8 +15,9 @@ from prefect.cache_policies import NO_CACHE
 from flows.pipeline import record, step
 from medflow import params as params_mod
 from medflow.paths import Paths
-from medflow.pipeline import StepFailed, ensure_data, run_lock, stale_steps
+from medflow.pipeline import StepFailed, run_lock
 from medflow.sidecar import sidecar
+from medflow.staleness import plan
 from medflow.tuning import search as search_mod
 from medflow.tuning.tuned import check_overrides
 
@@ -47,9 +48,8 @@ def tune(
     # The study starts from the params file alone: an earlier study's tuned values do not steer this one.
     params = params_mod.load(file, overrides or [], tuned=False)
     with run_lock(paths):
-        ensure_data(params, paths)
         recorded = Path(file).resolve() == paths.params_file
-        todo = [s for s in stale_steps(paths) if s in UPSTREAM] if recorded else list(UPSTREAM)
+        todo = [s for s in plan(params, paths, force=not recorded) if s in UPSTREAM]
         logger.info("upstream steps to run: %s", ", ".join(todo) or "none (up to date)")
         with sidecar.started() if todo else contextlib.nullcontext():
             for name in todo:

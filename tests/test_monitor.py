@@ -4,6 +4,7 @@ the candidate gated -> the decision recorded on the registry, in the report and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -193,13 +194,38 @@ def test_scores_written_by_predict_are_checked_for_prediction_drift_once(monitor
     assert "nothing new in scored since the last check" in again.stdout
 
 
-def test_a_shifted_batch_is_reported_retrains_and_the_gate_decides(monitored):
-    root, env, tables = monitored
-    before = (root / "data.dvc").read_text()
+def data_files(root) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in root.glob("data/**/*")
+        if p.is_file()
+    }
+
+
+def test_a_shifted_batch_is_reported_and_changes_no_data_unless_asked(monitored):
+    root, env, _ = monitored
+    data, record = data_files(root), (root / "data.dvc").read_text()
     done = sh(MONITOR, root, timeout=600, **env)
     out = done.stdout + done.stderr
     assert "monitored v1: drift:" in out and "age" in out and "glucose" in out, out[-3000:]
-    assert re.search(r"update: \d+ labelled rows appended .* retrained via in-process pipeline run", out), out[-3000:]
+    assert (
+        "data/ unchanged, not retrained: to add the labelled batch and retrain, run `medflow monitor --update`" in out
+    )
+    assert data_files(root) == data and (root / "data.dvc").read_text() == record
+    assert [str(v.version) for v in registry(root).search_model_versions("name='monitored'")] == ["1"]
+
+
+def test_a_shifted_batch_with_update_is_added_as_a_new_file_retrains_and_the_gate_decides(monitored):
+    root, env, tables = monitored
+    before, data = (root / "data.dvc").read_text(), data_files(root)
+    done = sh(f"{MONITOR} --update", root, timeout=600, **env)
+    out = done.stdout + done.stderr
+    assert "monitored v1: drift:" in out and "age" in out and "glucose" in out, out[-3000:]
+    batch = re.search(
+        r"update: labelled batch added as (data/batches/visits/\S+-2026-12\.csv) .* retrained via in-process", out
+    )
+    assert batch, out[-3000:]
+    batch = batch.group(1)
 
     c = registry(root)
     v2 = c.get_model_version("monitored", "2")
@@ -207,10 +233,16 @@ def test_a_shifted_batch_is_reported_retrains_and_the_gate_decides(monitored):
     champion = str(c.get_model_version_by_alias("monitored", "champion").version)
     assert champion == ("2" if gate.startswith("promoted") else "1")  # the champion moves only through the gate
     assert f"v2 {gate}" in out
-    # DVC recorded the data the candidate was trained on: the new rows are in data/ and data.dvc moved.
+    # DVC recorded the data the candidate was trained on: one new file beside the untouched source; data.dvc moved.
+    assert {k: v for k, v in data_files(root).items() if k != batch} == data
+    assert len(pd.read_csv(root / batch)) == len(tables["moved"])
     assert (root / "data.dvc").read_text() != before
-    assert len(pd.read_csv(root / "data" / "visits.csv")) == len(tables["start"]) + len(tables["moved"])
     assert "up to date" in sh(".venv/bin/dvc status", root).stdout
+    assert (
+        batch in v2.tags["medflow.data_batches"]
+        and batch in sh(".venv/bin/medflow lineage models:/monitored/2", root).stdout
+    )
+    assert batch in (root / "artifacts" / "register" / "model_card.md").read_text()
 
     folder = sorted((root / "artifacts" / "monitor").glob("*/report.json"))[-1].parent
     report = json.loads((folder / "report.json").read_text())

@@ -28,7 +28,8 @@ def test_dvc_yaml_the_step_list_and_the_flow_agree():
         assert name in stage["params"]
         assert (REPO / "src/medflow/steps" / f"{name}.py").exists()
     flow_src = (REPO / "flows/pipeline.py").read_text()
-    assert "run_step" in flow_src and "STEPS" in flow_src
+    # The flow runs what medflow.staleness.plan lists: STEPS from the first stage DVC finds stale.
+    assert "run_step" in flow_src and "plan(params, paths" in flow_src
 
 
 def medflow_env(root: Path) -> dict:
@@ -144,35 +145,42 @@ def test_data_dvc_is_checked_for_the_demo_and_updated_for_new_tables(tmp_path):
 
     from medflow.params import from_dict
     from medflow.paths import Paths
-    from medflow.pipeline import DataVersionError, dir_md5, ensure_data
+    from medflow.staleness import DataVersionError, ensure_data
+
+    def recorded_as_is() -> str:
+        """data.dvc's hash, once DVC finds data/ to be what it records."""
+        with Repo(str(tmp_path)) as repo:
+            assert repo.status(targets=[str(tmp_path / "data.dvc")]) == {}
+        return yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"]
 
     paths = Paths(root=tmp_path)
     Repo.init(str(tmp_path), no_scm=True).close()
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     shutil.copy(REPO / "data.dvc", tmp_path / "data.dvc")
+    recorded = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]["md5"]
     ensure_data(from_dict({}), paths)  # a fresh clone: the recorded demo is rebuilt and matches data.dvc
-    recorded = yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"]
-    assert dir_md5(paths.data_dir) == recorded
+    assert recorded_as_is() == recorded
 
     ensure_data(from_dict({"data": {"source": "synthetic_cohort", "target": "outcome"}}), paths)
-    assert yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"] == dir_md5(paths.data_dir) != recorded
+    assert recorded_as_is() != recorded
 
-    # Rows added to the demo file (by hand, or by `medflow monitor`) are a new data version, not an error.
+    # Rows added to the demo file by hand are a new data version, not an error.
     (paths.data_dir / "synthetic_cohort.csv").unlink()
     with (paths.data_dir / "breast_cancer.csv").open("a") as fh:
         fh.write((paths.data_dir / "breast_cancer.csv").read_text().splitlines()[1] + "\n")
     shutil.copy(REPO / "data.dvc", tmp_path / "data.dvc")
     ensure_data(from_dict({}), paths)
-    assert yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"] == dir_md5(paths.data_dir) != recorded
+    assert recorded_as_is() != recorded
 
-    # A clone whose data.dvc records a version the demo cannot rebuild must fetch it.
+    # A clone whose data.dvc records a version the demo cannot rebuild must fetch it: nothing is left in the way.
     shutil.rmtree(paths.data_dir)
     with pytest.raises(DataVersionError, match="dvc pull"):
         ensure_data(from_dict({}), paths)
+    assert not paths.data_dir.exists()
 
     # A fresh clone whose first run asks for the built-in cohort: the demo is checked, then the cohort recorded.
-    shutil.rmtree(paths.data_dir)
     shutil.copy(REPO / "data.dvc", tmp_path / "data.dvc")
+    shutil.rmtree(tmp_path / ".dvc" / "cache")
     ensure_data(from_dict({"data": {"source": "synthetic_cohort", "target": "outcome"}}), paths)
     assert {p.name for p in paths.data_dir.iterdir()} == {"breast_cancer.csv", "synthetic_cohort.csv"}
-    assert yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"] == dir_md5(paths.data_dir) != recorded
+    assert recorded_as_is() != recorded

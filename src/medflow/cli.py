@@ -16,7 +16,7 @@ from pathlib import Path
 
 from medflow import imports, orchestration
 from medflow import params as params_mod
-from medflow.paths import STEPS, Paths
+from medflow.paths import STEPS, Paths, find_root
 from medflow.servers import PortBusy
 from medflow.sidecar import sidecar
 
@@ -203,10 +203,10 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         args.kept = write_overrides(params_file, args.override)  # named again in the stop line, if the run stops
         for name, keys in args.kept.items():
             print(f"{name}: -P set {', '.join(keys)} (kept in the file, whatever the run does: git diff {name})")
-        # A run of the recorded params asks DVC first (or what DVC last found: medflow.pipeline.unchanged): with
-        # nothing stale, Prefect, torch, GX and MLflow are never started or imported, and the answer comes in ~0.2 s.
+        # DVC is asked once, here: with nothing stale, Prefect, torch, GX and MLflow are never started or imported.
+        # Another params file is no record of the pipeline: every step runs.
         recorded = not args.params or Path(args.params).resolve() == paths.params_file.resolve()
-        todo = stale(paths, params_file) if recorded and not args.force else list(STEPS)
+        todo = stale(paths, params_file, [], force=args.force or not recorded)
         if not todo:
             return 0
         orchestration.start_server(Path(os.environ["PREFECT_HOME"]))
@@ -214,7 +214,9 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         with sidecar.started():
             flows = load_flow(paths, args.log, trains="train" in todo)
             with orchestration.flow_settings():
-                result = flows.pipeline(root=str(paths.root), params_file=str(params_file), force=args.force)
+                result = flows.pipeline(
+                    root=str(paths.root), params_file=str(params_file), force=args.force, steps=todo
+                )
     for col, why in (result.get("clean") or {}).get("not_features", {}).items():
         print(f"not a feature: {col!r} ({why})")
     reg = result.get("register")
@@ -224,12 +226,11 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
-def stale(paths: Paths, params_file: Path) -> list[str]:
+def stale(paths: Paths, params_file: Path, overrides: list[str], force: bool) -> list[str]:
     """The steps DVC finds stale; with none, says so, naming the model the last run registered."""
-    from medflow.pipeline import ensure_data, stale_steps
+    from medflow.staleness import plan
 
-    ensure_data(params_mod.load(params_file), paths)
-    todo = stale_steps(paths)
+    todo = plan(params_mod.load(params_file, overrides), paths, force)
     if todo:
         return todo
     print("nothing to do: every step is up to date (dvc status is clean); use --force to rerun")
@@ -238,6 +239,12 @@ def stale(paths: Paths, params_file: Path) -> list[str]:
         reg = json.loads(summary.read_text())
         state = "champion" if reg.get("promoted") else "not promoted"
         print(f"the last run's model: {reg['model_name']} v{reg['version']} ({state})")
+        if not os.environ.get("MLFLOW_TRACKING_URI") and not paths.mlflow_db.exists():
+            # A clone brings the code, and `dvc pull` the data and artifacts; the MLflow store is neither.
+            print(
+                f"no MLflow store in this clone ({paths.mlflow_db.relative_to(paths.root)}): set MLFLOW_TRACKING_URI "
+                "to the team's tracking server, or copy the store there with `medflow migrate-store --to URL`"
+            )
     return []
 
 
@@ -252,11 +259,11 @@ def cmd_step(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_data(args: argparse.Namespace, paths: Paths) -> int:
-    from medflow.pipeline import ensure_data
+    from medflow.staleness import ensure_data
 
     params = params_mod.load(paths.params_file)
-    source = ensure_data(params, paths)
-    print(f"data ready: {source or params.data.source}")
+    ensure_data(params, paths)
+    print(f"data ready: {params.data.source}")
     return 0
 
 
@@ -379,6 +386,7 @@ def cmd_history(args: argparse.Namespace, tracking) -> int:
 LINEAGE = {
     "data version (DVC)": "medflow.data_dvc_md5",
     "data file md5": "medflow.data_md5",
+    "data batches": "medflow.data_batches",
     "code commit": "medflow.git_commit",
     "params hash": "medflow.params_hash",
     "Prefect flow run": "medflow.flow_run_id",
@@ -423,7 +431,7 @@ def cmd_monitor(args: argparse.Namespace, paths: Paths) -> int:
         orchestration.server_ready()
     try:
         with orchestration.flow_settings():
-            result = module.monitor(root=str(paths.root), batch=args.batch, retrain=False if args.no_retrain else None)
+            result = module.monitor(root=str(paths.root), batch=args.batch, update=args.update)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         exc.medflow_step = "monitor"
         raise
@@ -498,7 +506,7 @@ def params_path(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="medflow", description=__doc__)
-    ap.add_argument("--root", default=".", help="project root (holds params.yaml, dvc.yaml)")
+    ap.add_argument("--root", help="project root (holds params.yaml, dvc.yaml); default: the one holding this folder")
     sub = ap.add_subparsers(dest="command", required=True)
 
     def with_params(p: argparse.ArgumentParser) -> None:
@@ -543,9 +551,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
     predict.add_argument("--input", required=True, help="CSV or Parquet file with the model's feature columns")
     predict.add_argument("--output", required=True, help="CSV or Parquet file to write (nothing when refused)")
-    monitor = sub.add_parser("monitor", help="drift of a new batch against the champion; retrains when it drifted")
+    monitor = sub.add_parser("monitor", help="drift of a new batch against the champion; a report, data unchanged")
     monitor.add_argument("--batch", default="incoming", help="CSV/Parquet file, or a folder of them (new files)")
-    monitor.add_argument("--no-retrain", action="store_true", help="report only, whatever monitor.retrain says")
+    monitor.add_argument(
+        "--update",
+        action=argparse.BooleanOptionalAction,
+        help="on drift, add the labelled batch to data/ as a new file (DVC records it) and retrain (monitor.update)",
+    )
     migrate = sub.add_parser("migrate-store", help="copy the local MLflow store (runs, registry) to a server")
     migrate.add_argument("--to", required=True, help="target tracking URI, e.g. http://mlflow.internal:5000")
     migrate.add_argument("--from", dest="source", help="source tracking URI (default: the project's mlruns/mlflow.db)")
@@ -591,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    paths = Paths(root=Path(args.root))
+    # From a subfolder too: logs and artifacts go to the project's root, never into the folder the user is in.
+    paths = Paths(root=Path(args.root) if args.root else find_root(Path.cwd()))
     quiet_tools(paths)
     args.log = log = log_file(paths, args.command)
     signal.signal(signal.SIGTERM, on_signal)

@@ -278,7 +278,8 @@ class MonitorParams(_Section):
     min_drifted_features: int = Field(1, ge=1)  # retrain when at least this many features drifted (or the score did)
     # Labelled batch: retrain when the upper 95% bound of the primary metric lies below this; null: no floor.
     performance_floor: float | None = Field(None, ge=0, le=1)
-    retrain: bool = True  # drift appends a labelled batch to data.source and retrains; false: report only
+    # Opt-in: on drift a labelled batch becomes a new file under data/batches/ (DVC records it) and the model retrains.
+    update: bool = False
     deployment: str = "medflow-pipeline/medflow-train"  # Prefect deployment to trigger; unreachable: run in-process
 
 

@@ -10,6 +10,16 @@ STEPS = ("validate", "clean", "split", "train", "evaluate", "register")
 RESERVED = {*STEPS, "logs", "ui", "monitor"}
 
 
+def find_root(start: Path) -> Path:
+    """The project holding start: the nearest folder at or above it with dvc.yaml, params.yaml or .dvc/, as DVC and
+    git find theirs; start itself when none does (the command then names what is missing)."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if (folder / "dvc.yaml").is_file() or (folder / "params.yaml").is_file() or (folder / ".dvc").is_dir():
+            return folder
+    return start
+
+
 @dataclass(frozen=True)
 class Paths:
     root: Path

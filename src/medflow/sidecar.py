@@ -113,12 +113,12 @@ class Sidecar:
             channel.close()
             self._after = []
 
-    def record(self, paths: Paths, steps: list[str], check: bool = False) -> None:
+    def record(self, paths: Paths, steps: list[str]) -> None:
         """Writes the steps' records into dvc.lock (medflow.pipeline.record_in_dvc) and returns once they are."""
         from medflow.pipeline import record_elsewhere
 
         with self.started():
-            self._channel.submit(record_elsewhere, str(paths.root), steps, check).result()
+            self._channel.submit(record_elsewhere, str(paths.root), steps).result()
 
     def draw(self, what: str, fn: Callable[..., None], *args) -> None:
         """Calls fn(*args), a module-level function that writes figures, in the sidecar; `drawn()` waits for them."""

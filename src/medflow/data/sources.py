@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import csv
 import gzip
+import hashlib
 import io
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -93,6 +94,25 @@ def resolve(source: str, paths: Paths, allowed_roots: Iterable[str] = ()) -> Pat
     if path.is_dir():
         raise SourceError(f"{source}: data.source is a folder; point it at a .csv, .tsv or .parquet file")
     return path
+
+
+def batch_dir(source: str, paths: Paths) -> Path:
+    """Where `medflow monitor --update` adds labelled batches to data.source, one new file each: data/ is never
+    edited in place, and validate reads them after the source."""
+    return paths.data_dir / "batches" / dataset_name(source)
+
+
+def source_files(source: str, paths: Paths, allowed_roots: Iterable[str] = ()) -> list[Path]:
+    """The files validate reads for data.source: the source, then the batches added to it, oldest first."""
+    return [resolve(source, paths, allowed_roots), *sorted(batch_dir(source, paths).glob("*.csv"))]
+
+
+def file_md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def dataset_name(source: str) -> str:
@@ -291,6 +311,44 @@ def read_table(
         return _named(_as_text(table.to_pandas(integer_object_nulls=True)), ())
     opts = _csv_options(path, exclude, delimiter, encoding)
     return _named(_parsing(path, opts["sep"], lambda: pd.read_csv(path, **opts)), exclude)
+
+
+def read_tables(
+    files: list[Path], exclude: Iterable[str] = (), delimiter: str | None = None, encoding: str | None = None
+) -> pd.DataFrame:
+    """read_table of the source (files[0]) and of the batches added to it (medflow wrote them: sniffed), as one table
+    in the source's column order, rows numbered on across files."""
+    import pandas as pd
+
+    first = read_table(files[0], exclude, delimiter, encoding)
+    rest = [_same_columns(f, read_table(f, exclude), first.columns, files[0]) for f in files[1:]]
+    return pd.concat([first, *rest], ignore_index=True) if rest else first
+
+
+def _same_columns(path: Path, frame: pd.DataFrame, columns, source: Path) -> pd.DataFrame:
+    if set(frame.columns) != set(columns):
+        raise SourceError(
+            f"{path}: its columns differ from those of data.source {source.name} "
+            f"({sorted(set(frame.columns) ^ set(columns))}): move it out of {path.parent}"
+        )
+    return frame[list(columns)]
+
+
+def read_chunks_of(
+    files: list[Path], rows: int, exclude: Iterable[str] = (), delimiter: str | None = None, encoding: str | None = None
+) -> Iterator[pd.DataFrame]:
+    """read_chunks of the source and then of the batches added to it, as read_tables reads them whole."""
+    start, columns = 0, None
+    for i, path in enumerate(files):
+        how = (delimiter, encoding) if i == 0 else (None, None)
+        read = 0
+        for frame in read_chunks(path, rows, exclude, *how):
+            columns = frame.columns if columns is None else columns
+            frame = _same_columns(path, frame, columns, files[0])
+            frame.index += start
+            read += len(frame)
+            yield frame
+        start += read
 
 
 def read_chunks(

@@ -1,16 +1,19 @@
 """New rows to check: a CSV/Parquet file, or a folder whose files not yet checked make the batch. What was checked
 is remembered by file name and md5 in artifacts/monitor/checked.json (no rows), so a scheduled run sees only what
-arrived since the last one. A labelled batch that triggers retraining is appended to data.source."""
+arrived since the last one. A labelled batch that `medflow monitor --update` adds to the training data becomes a new
+file in data/batches/<dataset>/, which validate reads after data.source."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
-from medflow.data.sources import read_table, sniff_delimiter
+from medflow.data.sources import batch_dir, read_chunks, read_table, resolve
+from medflow.paths import Paths
 
 SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 
@@ -47,27 +50,19 @@ def read(files: list[Path], exclude: list[str]) -> pd.DataFrame:
     return pd.concat([df[first] for df in frames], ignore_index=True)
 
 
-def append(source: Path, files: list[Path]) -> int:
-    """Appends the batch files' rows, in the source's column order, to the CSV/Parquet source; returns the count.
-
-    Read as text and written back as text, so values reach `validate` exactly as they arrived."""
-    parquet = source.suffix.lower() in (".parquet", ".pq")
-    if parquet:
-        old = pd.read_parquet(source).astype("string")
-        columns = list(old.columns)
-    else:
-        sep = sniff_delimiter(source.read_bytes()[:65536].decode(errors="ignore"), source.suffix)
-        columns = [c.strip() for c in pd.read_csv(source, nrows=0, dtype=str, sep=sep).columns]
+def add(source: str, paths: Paths, files: list[Path], delimiter: str | None, encoding: str | None) -> Path:
+    """Writes the batch files' rows, in data.source's columns, as one new CSV under data/batches/<dataset>/, which
+    validate reads after the source; returns it. No file under data/ is edited. Read as text and written as text, so
+    values reach `validate` exactly as they arrived."""
+    src = resolve(source, paths)
+    columns = list(next(read_chunks(src, 1, (), delimiter, encoding)).columns)
     new = pd.concat([read_table(f) for f in files], ignore_index=True)
     missing = [c for c in columns if c not in new.columns]
     if missing:
-        raise ValueError(f"the batch lacks column(s) {missing} of data.source {source.name}: not appended")
-    new = new[columns]
-    if parquet:
-        pd.concat([old, new.astype("string")], ignore_index=True).to_parquet(source, index=False)
-        return len(new)
-    if not source.read_bytes().endswith(b"\n"):
-        with source.open("a") as fh:
-            fh.write("\n")
-    new.to_csv(source, mode="a", header=False, index=False, sep=sep, lineterminator="\n")
-    return len(new)
+        raise ValueError(f"the batch lacks column(s) {missing} of data.source {src.name}: not added")
+    out = batch_dir(source, paths) / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{files[0].stem}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    new[columns].to_csv(tmp, index=False, lineterminator="\n")
+    tmp.rename(out)
+    return out

@@ -103,6 +103,12 @@ def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
+def _where(files: list[Path], root: Path) -> str:
+    """data.source, and the batches `medflow monitor --update` added to it."""
+    more = f" and {len(files) - 1} batch file(s) in {_relative(files[1].parent, root)}" if len(files) > 1 else ""
+    return _relative(files[0], root) + more
+
+
 def _declared(df: pd.DataFrame, data: DataParams, where: str) -> None:
     """Every column params.data names must be in the table, and none may be both excluded and used."""
     named = {"data.target": [data.target], "data.patient_id": [data.patient_id] if data.patient_id else [],
@@ -190,11 +196,11 @@ def run(params: Params, paths: Paths) -> dict:
     if params.data.kind == "image":
         return _run_images(params, paths)
     data, vp = params.data, params.validate_
-    path = sources.resolve(data.source, paths, data.allowed_roots)
-    if path.is_file() and path.stat().st_size > vp.stream_above_mb * 2**20:
-        return _run_streamed(params, paths, path)
-    where = _relative(path, paths.root)
-    df = sources.read_table(path, data.exclude, data.delimiter, data.encoding)
+    files = sources.source_files(data.source, paths, data.allowed_roots)
+    if sum(f.stat().st_size for f in files) > vp.stream_above_mb * 2**20:
+        return _run_streamed(params, paths, files)
+    where = _where(files, paths.root)
+    df = sources.read_tables(files, data.exclude, data.delimiter, data.encoding)
     if data.max_rows is not None:
         df = df.iloc[: data.max_rows].copy()
     _declared(df, data, where)
@@ -403,10 +409,10 @@ def _finish(
     return summary
 
 
-def _chunks(path: Path, data: DataParams, vp: ValidateParams):
+def _chunks(files: list[Path], data: DataParams, vp: ValidateParams):
     """The table in frames of validate.chunk_rows rows (index: row number in the table), data.max_rows at most."""
     left = data.max_rows
-    for chunk in sources.read_chunks(path, vp.chunk_rows, data.exclude, data.delimiter, data.encoding):
+    for chunk in sources.read_chunks_of(files, vp.chunk_rows, data.exclude, data.delimiter, data.encoding):
         if left is not None:
             chunk, left = chunk.iloc[:left], left - len(chunk.iloc[:left])
         if len(chunk):
@@ -415,14 +421,16 @@ def _chunks(path: Path, data: DataParams, vp: ValidateParams):
             return
 
 
-def _survey(path: Path, where: str, data: DataParams, vp: ValidateParams, seed: int) -> tuple[pd.DataFrame, Totals]:
+def _survey(
+    files: list[Path], where: str, data: DataParams, vp: ValidateParams, seed: int
+) -> tuple[pd.DataFrame, Totals]:
     """First pass over a streamed table: a uniform sample of validate.sample_rows rows (each row's chance the same
     whatever the chunk size: the rows with the smallest random keys) and the Totals its suite needs."""
     rng = np.random.default_rng(seed)
     k = vp.sample_rows
     sample, keys = None, np.empty(0)
     rows, missing, counts = 0, None, {}
-    for chunk in _chunks(path, data, vp):
+    for chunk in _chunks(files, data, vp):
         rows += len(chunk)
         nulls = chunk.isna().sum()
         missing = nulls if missing is None else missing + nulls
@@ -454,7 +462,7 @@ def _schema(frame: pd.DataFrame, kinds: dict[str, str]):
     return pa.schema([(c, types.get(c, pa.string())) for c in frame.columns])
 
 
-def _run_streamed(params: Params, paths: Paths, path: Path) -> dict:
+def _run_streamed(params: Params, paths: Paths, files: list[Path]) -> dict:
     """run() for a table file larger than validate.stream_above_mb, in two passes of chunk_rows rows: the first
     samples it (the suite, identifier and leakage screens and the profile read the sample), the second checks every
     row and writes valid and quarantined rows chunk by chunk. Memory holds the sample and one chunk."""
@@ -462,9 +470,10 @@ def _run_streamed(params: Params, paths: Paths, path: Path) -> dict:
     import pyarrow.parquet as pq
 
     data, vp, out = params.data, params.validate_, paths.step_dir("validate")
-    where = _relative(path, paths.root)
+    where = _where(files, paths.root)
+    size_mb = sum(f.stat().st_size for f in files) / 2**20
     salt = resolve_salt(params)
-    sample, totals = _survey(path, where, data, vp, params.seed)
+    sample, totals = _survey(files, where, data, vp, params.seed)
     _declared(sample, data, where)
     parsed = Parsed(sample)
     sample, formats = normalise_numbers(sample, data, vp, where, parsed)
@@ -474,7 +483,7 @@ def _run_streamed(params: Params, paths: Paths, path: Path) -> dict:
     if gx:
         raise ValidationFailed(
             f"{_relative(paths.suite(dataset), paths.root)}: expectation type(s) {gx} are evaluated by Great "
-            f"Expectations on the whole table at once, and {where} ({path.stat().st_size / 2**20:.0f} MB) is "
+            f"Expectations on the whole table at once, and {where} ({size_mb:.0f} MB) is "
             f"validated in chunks (validate.stream_above_mb={vp.stream_above_mb:g}): remove them, or raise "
             "validate.stream_above_mb to validate it in memory"
         )
@@ -489,7 +498,7 @@ def _run_streamed(params: Params, paths: Paths, path: Path) -> dict:
     writer = None
     try:
         with held_part.open("w", encoding="utf-8", newline="") as held_file:
-            for chunk in _chunks(path, data, vp):
+            for chunk in _chunks(files, data, vp):
                 chunk[ROW_ID] = chunk.index.to_numpy(dtype="int64")
                 parsed = Parsed(chunk)
                 chunk, n = convert(chunk, formats, vp, where, parsed)
@@ -537,7 +546,7 @@ def _run_streamed(params: Params, paths: Paths, path: Path) -> dict:
     counts = {"rows_in": rows, "rows_valid": valid_rows, "rows_quarantined": rows - valid_rows,
               "not_features": not_features}  # fmt: skip
     conversions = {c: replace(f, n=converted[c]) for c, f in formats.items()}
-    streamed = {"file_mb": round(path.stat().st_size / 2**20, 1), "chunks": chunks, "chunk_rows": vp.chunk_rows,
+    streamed = {"file_mb": round(size_mb, 1), "chunks": chunks, "chunk_rows": vp.chunk_rows,
                 "sample_rows": len(sampled)}  # fmt: skip
     profile_rows = pd.concat(profiled)
     return _finish(params, paths, where, suite, created, leaks, checks, kinds, counts, conversions, profile_rows,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -31,14 +30,6 @@ def git_commit(root: Path) -> str:
     return f"{sha}-dirty" if _git(root, "status", "--porcelain") else sha
 
 
-def file_md5(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def dvc_md5(dvc_file: Path) -> str:
     if not dvc_file.exists():
         return "none"
@@ -47,16 +38,20 @@ def dvc_md5(dvc_file: Path) -> str:
 
 
 def lineage(params: Params, paths: Paths) -> dict[str, str]:
-    from medflow.data.sources import SourceError, resolve
+    from medflow.data.sources import SourceError, file_md5, source_files
 
     try:
-        data_md5 = file_md5(resolve(params.data.source, paths))
+        source, *batches = source_files(params.data.source, paths)
+        data_md5 = file_md5(source)
     except SourceError:
         # Registering an already trained model must not fail because the raw file has since moved.
-        data_md5 = "missing"
+        data_md5, batches = "missing", []
     return {
         "medflow.git_commit": git_commit(paths.root),
         "medflow.data_md5": data_md5,
+        # The labelled batches `medflow monitor --update` added, which validate read after data.source.
+        "medflow.data_batches": ", ".join(f"{f.relative_to(paths.root).as_posix()} ({file_md5(f)})" for f in batches)
+        or "none",
         "medflow.data_dvc_md5": dvc_md5(paths.root / "data.dvc"),
         "medflow.params_hash": params.digest(),
         "medflow.flow_run_id": os.environ.get("MEDFLOW_FLOW_RUN_ID") or "none",
