@@ -96,7 +96,7 @@ def test_the_sample_is_the_same_rows_whatever_the_chunk_size(cohort, tmp_path):
     picked = []
     for rows in (10, 333):
         paths = _project(tmp_path / str(rows), cohort)
-        sample, totals = validate._survey(paths.data_dir / "cohort.csv", "t", _params(True).data,
+        sample, totals = validate._survey([paths.data_dir / "cohort.csv"], "t", _params(True).data,
                                           _params(True, chunk_rows=rows, sample_rows=40).validate_, 0)  # fmt: skip
         picked.append(sample["_row_id"].tolist())
         assert totals.rows == len(cohort)
@@ -167,7 +167,7 @@ def test_a_chunk_writing_a_columns_numbers_another_way_stops_the_run(cohort, tmp
     df["bmi"] = bmi.str.replace(".", ",", regex=False).where(df.index < 1045, bmi + "%")
     paths = _project(tmp_path, df)
     params = _params(True, chunk_rows=209, sample_rows=50)  # the last chunk: rows 1045-1051
-    sample, _ = validate._survey(paths.data_dir / "cohort.csv", "t", params.data, params.validate_, params.seed)
+    sample, _ = validate._survey([paths.data_dir / "cohort.csv"], "t", params.data, params.validate_, params.seed)
     assert sample["_row_id"].max() < 1045  # the sample holds decimal commas only; the last chunk, percent signs
     with pytest.raises(validate.ValidationFailed) as err:
         validate.run(params, paths)
@@ -238,8 +238,9 @@ def test_a_file_that_changes_between_the_passes_stops_the_run_and_leaves_nothing
     paths = _project(tmp_path, cohort)
     survey = validate._survey
 
-    def then_truncated(path, *args):
-        found = survey(path, *args)
+    def then_truncated(files, *args):
+        found = survey(files, *args)
+        (path,) = files
         path.write_text("\n".join(path.read_text().splitlines()[:500]) + "\n")  # an export still being written
         return found
 
