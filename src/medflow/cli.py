@@ -136,6 +136,8 @@ def explain(exc: BaseException) -> tuple[str, str, int]:
     kind = f"{type(exc).__module__}.{type(exc).__name__}"
     # medflow's own messages end with their fix, however many columns they name; another library's may run long.
     cause = cause if len(cause) <= 400 or kind.startswith("medflow.") else cause[:400] + "..."
+    if isinstance(exc, ValueError) and getattr(exc, "medflow_fix", None):
+        return f"{step}: {cause}", exc.medflow_fix, 2  # a message that knows its own fix
     if isinstance(exc, KeyboardInterrupt):
         return f"{step} interrupted ({cause})", "run the same command again: finished steps are not repeated", 130
     if isinstance(exc, NoServer):
@@ -356,6 +358,16 @@ def cmd_rollback(args: argparse.Namespace, tracking) -> int:
     return 0
 
 
+@registry_command("accept-files")
+def cmd_accept_files(args: argparse.Namespace, tracking) -> int:
+    digest = tracking.accept_files(args.name, args.version, args.reason)
+    print(
+        f"{args.name} v{args.version}: its files as they are now are accepted (sha256 {digest[:16]}...); "
+        "who, when and why are in the version's tags"
+    )
+    return 0
+
+
 @registry_command("history")
 def cmd_history(args: argparse.Namespace, tracking) -> int:
     moves = tracking.history(args.name)
@@ -527,6 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = sub.add_parser("rollback", help="put `champion` back on the version it replaced")
     rollback.add_argument("name", help="registered model name")
     rollback.add_argument("--reason", default="", help="why: recorded in the model's history")
+    accept = sub.add_parser("accept-files", help="accept the files of a version registered without their digest")
+    accept.add_argument("name", help="registered model name")
+    accept.add_argument("version", help="version number")
+    accept.add_argument("--reason", required=True, help="what review found: recorded on the version with who and when")
     history = sub.add_parser("history", help="every move of `champion`: when, from, to, how, who, why")
     history.add_argument("name", help="registered model name")
     lineage = sub.add_parser("lineage", help="data version, code commit, params hash and runs behind a model")
@@ -559,6 +575,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "promote": cmd_promote,
     "rollback": cmd_rollback,
+    "accept-files": cmd_accept_files,
     "history": cmd_history,
     "lineage": cmd_lineage,
     "predict": cmd_predict,

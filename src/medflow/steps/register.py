@@ -36,6 +36,7 @@ from medflow.steps.train import load_split
 from medflow.tracking.bundles import download_bundle
 from medflow.tracking.card import card_data, gate_markdown, model_card
 from medflow.tracking.gate import Comparison, subgroup_regressions
+from medflow.tracking.integrity import ModelFilesChanged
 from medflow.tuning.tuned import study_of
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,9 @@ def gate_evidence(
             with tempfile.TemporaryDirectory() as tmp:
                 bundle = download_bundle(params.register.model_name, champion.version, Path(tmp))
                 champion_proba = score(Predictor(bundle), paths, split.rows, kind)
+        except ModelFilesChanged as exc:  # its message names the version and the fix, never a value
+            note = f"champion v{champion.version} could not be re-scored: {exc}; {exc.medflow_fix}"
+            log.warning("register: %s", note)
         except Exception as exc:  # any failure leaves a person to decide; the type says which
             note = f"champion v{champion.version} could not be re-scored ({type(exc).__name__})"
             log.warning("register: %s", note)

@@ -5,6 +5,7 @@ from medflow.tracking.gate import Comparison, Decision, decide
 from medflow.tracking.lineage import lineage, lineage_of_run
 from medflow.tracking.registry import (
     Version,
+    accept_files,
     describe_version,
     ensure_model,
     finish_interrupted,
@@ -48,6 +49,7 @@ __all__ = [
     "Decision",
     "StoreBusy",
     "Version",
+    "accept_files",
     "configure",
     "decide",
     "describe_version",

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from medflow.privacy.scanner import assert_clean
+from medflow.tracking import integrity
 from medflow.tracking.store import client, retry_locked
 
 STATE = "medflow.state"
@@ -94,10 +95,16 @@ def ensure_model(name: str, description: str, tags: dict[str, str]) -> None:
 
 
 def register_version(name: str, model_uri: str, tags: dict[str, str]) -> str:
+    """The version's tags hold the digest of its files as registered: medflow loads no version without it."""
+    import tempfile
+
     import mlflow
 
     assert_clean(tags, f"tags of a new version of {name}")
-    return str(retry_locked(mlflow.register_model, model_uri, name, tags={**tags, STATE: "registering"}).version)
+    with tempfile.TemporaryDirectory() as tmp:
+        digest = integrity.files_digest(integrity.download(model_uri, Path(tmp)))
+    tags = {**tags, integrity.DIGEST_TAG: digest, STATE: "registering"}
+    return str(retry_locked(mlflow.register_model, model_uri, name, tags=tags).version)
 
 
 def versions_of_run(name: str, run_id: str) -> list[Version]:
@@ -226,6 +233,29 @@ def promote(name: str, version: str, reason: str) -> Version | None:
     if challenger and challenger.version == version:  # one version, one role
         client().delete_registered_model_alias(name, "challenger")
     return previous
+
+
+def accept_files(name: str, version: str, reason: str) -> str:
+    """Records the files of a version registered without a digest as they are now, with who, when and why; returns
+    the digest. A version that has one keeps it: files that differ from it were changed after registration."""
+    import tempfile
+
+    if not reason.strip():
+        raise ValueError("accept-files needs --reason: what review found these files to be the registered model")
+    target = get_version(name, version)
+    if integrity.DIGEST_TAG in target.tags:
+        raise ValueError(f"{name} v{version} already has the digest recorded at registration: nothing to accept")
+    with tempfile.TemporaryDirectory() as tmp:
+        # From the logged model the version points at: through models:/NAME/VERSION it would be refused unseen.
+        digest = integrity.files_digest(integrity.download(target.source, Path(tmp)))
+    tags = {
+        integrity.DIGEST_TAG: digest,
+        "medflow.files_accepted_by": getpass.getuser(),
+        "medflow.files_accepted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "medflow.files_accepted_reason": reason.strip(),
+    }
+    set_version_tags(name, version, tags)
+    return digest
 
 
 HISTORY = "medflow.history."  # + zero-padded sequence number: model-level tags sort in the order of the moves
