@@ -55,6 +55,16 @@ def schema_hash(schema: Schema) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+GATE_PARAMS = "medflow.gate_params"  # hash of the register.* the version's last gate decision read
+DECISIONS = "medflow.gate."  # + n: every gate decision on the version, oldest first ("medflow.gate": the last)
+
+
+def gate_params(params: Params) -> str:
+    """What the gate read besides the model and its test split: a change reopens a registered run's decision."""
+    text = json.dumps(params.register.model_dump(mode="json", exclude={"model_name"}), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def exploratory(params: Params) -> str | None:
     # DVC sets DVC_EXP_NAME in every stage of `dvc exp run` (and not under `dvc repro`).
     if os.environ.get("DVC_EXP_NAME"):
@@ -212,7 +222,13 @@ def gate_evidence(
         comparison = Comparison(ref, versus(ref), gp.test, gp.margin)
     elif champion is None:
         best = max(baselines, key=lambda b: np.nan_to_num(models[f"baseline {b}"][metric], nan=-np.inf))
-        comparison = Comparison(f"baseline {best}", deltas[f"baseline {best}"], "non_inferiority", gp.baseline_margin)
+        comparison = Comparison(
+            f"baseline {best}",
+            deltas[f"baseline {best}"],
+            "non_inferiority",
+            gp.baseline_margin,
+            "register.gate.baseline_margin",
+        )
 
     regressions, subgroups = (), []
     threshold = metrics.get("threshold")
@@ -241,7 +257,7 @@ def gate_evidence(
             "resampled": "patients" if split.groups is not None else "rows (no patient id)",
         },
         "thresholds": {
-            "min_primary": params.register.min_primary,
+            "min_primary": params.register.floor(dataset_name(params.data.source)),
             "min_sensitivity": gp.min_sensitivity,
             "test": gp.test,
             "margin": gp.margin,
@@ -349,7 +365,9 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
     earlier = tracking.versions_of_run(name, run_id)
     done = next((v for v in earlier if v.complete), None)
     champion = tracking.version_by_alias(name, "champion")
-    if done is not None:
+    # A version decided under other register.* (a floor changed) is decided again; the champion stays as it is.
+    reopen = done is not None and done.tags.get(GATE_PARAMS, gate_params(params)) != gate_params(params)
+    if done is not None and (not reopen or (champion is not None and champion.version == done.version)):
         gate = done.tags.get("medflow.gate", "")
         promoted, _, reason = gate.partition(": ")
         card = tracking.get_description(name, done.version)
@@ -364,7 +382,8 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
                 "champion_version": champion.version if champion else None,
             },
         )
-    pending = earlier[-1] if earlier else None  # a registration of this run that a kill interrupted
+    # A registration of this run that a kill interrupted, or the one whose decision is reopened.
+    pending = done or (earlier[-1] if earlier else None)
 
     lineage = tracking.lineage_of_run(run_id, params, paths)
     if pending is not None and champion is not None and champion.version == pending.version:
@@ -377,7 +396,7 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
         decision = tracking.decide(
             key,
             primary,
-            rp.min_primary,
+            rp.floor(dataset),
             champion.version if champion else None,
             comparison,
             sensitivity=metrics.get("test_sensitivity"),
@@ -388,7 +407,12 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
             leak=leak_reason(report["leak_check"], params),
         )
     gate = f"{'promoted' if decision.promoted else 'not promoted'}: {decision.reason}"
-    tags = {**lineage, **identity, "medflow.gate": gate}
+    tags = {**lineage, **identity, "medflow.gate": gate, GATE_PARAMS: gate_params(params)}
+    if reopen:
+        log.warning("register: register.* changed since v%s was decided: the gate decides again", pending.version)
+    past = {k: v for k, v in (pending.tags if pending else {}).items() if k.startswith(DECISIONS)}
+    if not past or past.get(f"{DECISIONS}{len(past)}") != gate:  # a resumed registration decided once
+        tags[f"{DECISIONS}{len(past) + 1}"] = gate
     if pending is None:
         model_uri = tracking.logged_model_of_run(run_id) or tracking.log_model(run_id, paths.model_bundle)
         tracking.ensure_model(
