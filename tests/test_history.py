@@ -31,7 +31,9 @@ def test_history_rollback_and_lineage_as_a_user_types_them(tmp_path, migrated_ml
     # v1 replaced no champion: a second rollback has nowhere to go, and says so in one line.
     again = sh(".venv/bin/medflow rollback medflow-breast-cancer", root, check=False)
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
-    assert "medflow-breast-cancer v1 has no previous champion in the history" in again.stderr
+    assert "rollback: medflow-breast-cancer v1 replaced no champion (see medflow history" in again.stderr
+    assert "nothing was moved; `medflow promote medflow-breast-cancer VERSION --reason ...`" in again.stderr
+    assert "fix the input or parameter" not in again.stderr
 
     sh(".venv/bin/medflow promote medflow-breast-cancer 2 --reason 'site B fixed, ticket 7'", root)
     moves = tracking.history("medflow-breast-cancer")

@@ -232,17 +232,36 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         with sidecar.started():
             flows = load_flow(paths, args.log, trains="train" in todo)
             with orchestration.flow_settings():
-                result = flows.pipeline(
-                    root=str(paths.root),
-                    params_file=str(params_file),
-                    overrides=args.override if args.params else [],
-                    force=args.force,
-                )
+                try:
+                    result = flows.pipeline(
+                        root=str(paths.root),
+                        params_file=str(params_file),
+                        overrides=args.override if args.params else [],
+                        force=args.force,
+                    )
+                except BaseException as exc:
+                    # Between steps or after the last (its DVC record, the flow's end) the interrupt is no step's.
+                    if not isinstance(exc, Exception) and flows.finished and not hasattr(exc, "medflow_step"):
+                        exc.medflow_step = f"the run, after {flows.finished[-1]} finished,"
+                    raise
+    wrote_suite(paths, result.get("validate"))
     reg = result.get("register")
     if reg:
         state = "champion" if reg["promoted"] else "not promoted"
         print(f"registered {reg['model_name']} v{reg['version']} ({state}: {reg['reason']})")
     return 0
+
+
+def wrote_suite(paths: Paths, validate: dict | None) -> None:
+    """A first run's inferred suite is the user's to review and commit (README: Bring your own table): say so."""
+    if not validate or not validate.get("suite_created"):
+        return
+    suite = validate["suite"]
+    count = len(json.loads((paths.root / suite).read_text())["expectations"])
+    print(
+        f"wrote {suite}: {count} expectations inferred from this table, which later runs validate against; review "
+        f"them (less {suite}), edit ranges or category sets, and commit the file (git add {suite})"
+    )
 
 
 def stale(paths: Paths, params_file: Path) -> list[str]:

@@ -438,6 +438,7 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
         name=name,
         version=version,
         schema=schema,
+        excluded=_read_json(paths.summary("validate")).get("columns", {}).get("excluded", []),
         dataset=dataset,
         rows=rows,
         metrics=metrics,
@@ -462,11 +463,21 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
     reference.write(reference.from_pipeline(params, paths, metrics.get("threshold")), out / "reference.json")
     for file in ("gate.json", "gate.md", "model_card.md", "model_card.json", "reference.json"):
         tracking.log_artifacts(run_id, out / file)
-    tracking.describe_version(name, version, card_md)
-    tracking.set_alias(name, "champion" if decision.promoted else "challenger", version)
-    if decision.promoted:  # appended to the registry's own record of champion moves (medflow history)
+    tracking.describe_version(name, version, card_md)  # before the alias: a version with an alias has its card
+    before = tracking.aliases(name)
+    if decision.promoted:
+        tracking.set_alias(name, "champion", version)
+        tracking.drop_alias(name, "challenger", version)  # a reopened decision's version may have held it
+        # Appended to the registry's own record of champion moves (medflow history).
         report = str((out / "gate.json").relative_to(paths.root)) if (out / "gate.json").exists() else None
         tracking.record_move(name, champion.version if champion else None, version, "gate", decision.reason, report)
+    elif not reopen:  # the latest version not promoted; a decision reopened on an older run moves nothing
+        tracking.set_alias(name, "challenger", version)
+    # Every version whose alias moved, this one included, gets a card that says where it stands now.
+    card = tracking.refresh_cards(name, before, also=(version,)).get(version, card)
+    card_md = model_card(card)
+    (out / "model_card.md").write_text(card_md)
+    (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
     tracking.set_tags(run_id, {**lineage, "medflow.gate": gate, "medflow.model_version": f"{name}/{version}"})
     tracking.mark_complete(name, version)  # last: only now is the version a candidate
 
