@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from medflow.data.features import Schema
+from typing import TYPE_CHECKING
+
 from medflow.tracking.gate import Decision
+
+if TYPE_CHECKING:  # registry commands import this package: not numpy and pandas with it
+    from medflow.data.features import Schema
 
 
 def _table(rows: dict[str, object], head: tuple[str, str]) -> list[str]:

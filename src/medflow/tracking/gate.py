@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from medflow.evaluation.metrics import Delta
+if TYPE_CHECKING:  # registry commands import this package: not numpy, pandas and scikit-learn with it
+    from medflow.evaluation.metrics import Delta
 
 
 @dataclass(frozen=True)

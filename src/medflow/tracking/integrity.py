@@ -9,7 +9,6 @@ folder and compares it with that tag before it reads, imports or unpickles anyth
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 DIGEST_TAG = "medflow.files_sha256"
@@ -39,13 +38,9 @@ def files_digest(root: Path) -> str:
 
 def download(model_uri: str, dst: Path) -> Path:
     """A copy of the model's files in dst (a local store would otherwise hand back its own folder)."""
-    from unittest import mock
-
     import mlflow
 
-    # Without this MLflow draws a progress bar of the copy on stderr, between medflow's own lines.
-    with mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
 
 
 def check(name: str, version: str, tags: dict[str, str], root: Path) -> None:

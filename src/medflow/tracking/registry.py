@@ -327,7 +327,14 @@ def history(name: str) -> list[dict]:
     """Every recorded move of `champion`, oldest first, from the registered model's own tags."""
     import json
 
-    tags = client().get_registered_model(name).tags
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = client().get_registered_model(name).tags
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ValueError(f"the registry has no model {name} (register.model_name; medflow ui lists them)") from None
     return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(HISTORY))]
 
 
