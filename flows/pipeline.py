@@ -91,6 +91,10 @@ def publish(summaries: dict) -> None:
     create_markdown_artifact(key="run-summary", markdown="Steps run, with their counts:\n\n" + "\n".join(counts))
 
 
+# The steps this process has finished, newest last: an interrupt after them is named after the last one.
+finished: list[str] = []
+
+
 @flow(name="medflow-pipeline", log_prints=True, persist_result=False)
 def pipeline(
     root: str = ".",
@@ -134,6 +138,7 @@ def pipeline(
                 except BaseException as exc:  # an interrupt: named, not wrapped, so that it still stops everything
                     exc.medflow_step = name
                     raise
+                finished.append(name)
                 if recorded:
                     # Recorded while the next step runs, one record after the other; a step never touches the files
                     # of the ones before it.

@@ -31,7 +31,9 @@ def test_history_rollback_and_lineage_as_a_user_types_them(tmp_path, migrated_ml
     # v1 replaced no champion: a second rollback has nowhere to go, and says so in one line.
     again = sh(".venv/bin/medflow rollback medflow-breast-cancer", root, check=False)
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
-    assert "medflow-breast-cancer v1 has no previous champion in the history" in again.stderr
+    assert "rollback: medflow-breast-cancer v1 replaced no champion (see medflow history" in again.stderr
+    assert "nothing was moved; `medflow promote medflow-breast-cancer VERSION --reason ...`" in again.stderr
+    assert "fix the input or parameter" not in again.stderr
 
     sh(".venv/bin/medflow promote medflow-breast-cancer 2 --reason 'site B fixed, ticket 7'", root)
     moves = tracking.history("medflow-breast-cancer")
@@ -70,3 +72,28 @@ def test_a_move_recorded_last_is_not_recorded_again(tmp_path, migrated_mlflow_db
     assert tracking.record_move("again", "2", "2", "gate", "better") is None  # already the last move
     assert [m["to"] for m in tracking.history("again")] == ["1", "2"]
     assert tracking.history("again")[1]["report"] == "artifacts/register/gate.json"
+
+
+def test_registry_commands_load_the_mlflow_client_and_not_the_training_stack(project):
+    """history, lineage, promote and rollback import medflow.tracking: scikit-learn (via the gate's metrics) and torch
+    cost them ~0.8 s of CPU each (2.65 s -> 1.9 s for `medflow history`)."""
+    import subprocess
+    import sys
+
+    tracking.configure(project)
+    tracking.ensure_model("light", "test model", {})
+    probe = (
+        "import sys; from medflow.cli import command; "
+        f"command(['--root', {str(project.root)!r}, 'history', 'light']); "
+        "print(sorted(m for m in ('sklearn', 'torch', 'prefect', 'great_expectations') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines() == ["light: no champion moves recorded", "[]"], done.stderr[-2000:]
+
+    missing = subprocess.run(
+        [sys.executable, "-m", "medflow.cli", "--root", str(project.root), "history", "none-such"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode == 2 and "history: the registry has no model none-such" in missing.stderr

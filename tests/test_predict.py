@@ -6,6 +6,7 @@ import json
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -140,6 +141,8 @@ def test_mlflow_models_serve_answers_with_a_status_per_row_and_no_input_value(se
         root,
         PATH=f"{root}/.venv/bin:{user_env(root)['PATH']}",
         MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlruns/mlflow.db",
+        # The model is copied before it is checked and loaded: a progress bar's rate ("50.41it/s") is no input value.
+        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
     )
     log = tmp_path / "serve.log"
     command = [
@@ -181,4 +184,51 @@ def test_mlflow_models_serve_answers_with_a_status_per_row_and_no_input_value(se
         assert "\n" not in answer["message"] and "stack_trace" not in answer and ".py" not in text, text
     finally:
         stop(proc)
-    assert values_in(log.read_text(), batch) == []
+    assert values_in(log.read_text(), batch) == [], log.read_text()[-3000:]
+
+
+def test_a_version_whose_files_changed_after_registration_is_not_run(tmp_path, migrated_mlflow_db):
+    """Whoever can write the artifact store rewrites a version's code: medflow predict refuses it before importing
+    anything of it; a version without the digest is refused until a person accepts its files."""
+    from mlflow import MlflowClient
+
+    work = make_project(tmp_path / "work", migrated_mlflow_db, cohort())
+    run_id = tracking.start_run(params_for("m"), work, "train")
+    tracking.ensure_model("m", "test model", {})
+    for _ in range(2):
+        version = tracking.register_version("m", tracking.log_model(run_id, work.model_bundle), {})
+        tracking.mark_complete("m", version)
+    tracking.set_alias("m", "champion", "1")
+    root = scratch_clone(tmp_path / "proj", work.mlflow_db)
+    cohort(12).drop(columns=["y"]).to_csv(root / "batch.csv", index=False)
+    marker = tmp_path / "ran.txt"
+    store = f"sqlite:///{root}/mlruns/mlflow.db"
+    client = MlflowClient(store, registry_uri=store)
+    model_id = client.get_model_version("m", "1").source.removeprefix("models:/")
+    code = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://")) / "model_code.py"
+    code.write_text(f"open({str(marker)!r}, 'w').write('ran')\n" + code.read_text())
+
+    done = sh(
+        ".venv/bin/medflow predict --model models:/m@champion --input batch.csv --output p.csv", root, check=False
+    )
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "predict: m v1: its files differ from the ones registered (medflow.files_sha256)" in done.stderr
+    assert "restore them from a backup" in done.stderr and "Traceback" not in done.stderr
+    assert not marker.exists() and not (root / "p.csv").exists()
+
+    client.delete_model_version_tag("m", "2", "medflow.files_sha256")  # as a version registered before the digest
+    done = sh(".venv/bin/medflow predict --model models:/m/2 --input batch.csv --output p.csv", root, check=False)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "predict: m v2 was registered without a digest of its files" in done.stderr
+    assert "medflow accept-files m 2 --reason" in done.stderr and not (root / "p.csv").exists()
+    sh(".venv/bin/medflow accept-files m 2 --reason 'rebuilt from run, diffed by hand'", root)
+    assert (
+        client.get_model_version("m", "2").tags["medflow.files_accepted_reason"] == "rebuilt from run, diffed by hand"
+    )
+    sh(".venv/bin/medflow predict --model models:/m/2 --input batch.csv --output p.csv", root)
+    assert len(pd.read_csv(root / "p.csv")) == 12
+    # mlflow.pyfunc.load_model as a user calls it, in a fresh process: refused before MLflow runs the model's code.
+    load = f"import mlflow; mlflow.set_tracking_uri({store!r}); mlflow.pyfunc.load_model('models:/m@champion')"
+    done = sh(f'.venv/bin/python -c "{load}"', root, check=False)
+    assert done.returncode == 1 and "ModelFilesChanged: m v1: its files differ from the ones registered" in done.stderr
+    assert not marker.exists()

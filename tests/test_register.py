@@ -532,3 +532,21 @@ def test_the_gate_report_compares_subgroups_and_keeps_small_ones_suppressed(proj
     gate = json.loads((proj.step_dir("register") / "gate.json").read_text())
     assert [(r["patients"], r["candidate"], r["champion"]) for r in gate["subgroups"]] == [("<40", None, None)] * 2
     assert "| c=x | <40 |  |  |" in (proj.step_dir("register") / "gate.md").read_text()
+
+
+def test_a_champion_whose_files_changed_is_not_re_scored_and_the_gate_says_why(proj):
+    from mlflow import MlflowClient
+
+    train_and_register(proj, "tampered", 0.95)
+    client = MlflowClient()
+    model_id = client.get_model_version("tampered", "1").source.removeprefix("models:/")
+    weights = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
+    weights = weights / "artifacts" / "model" / "weights.pt"
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    summary = train_and_register(proj, "tampered", 0.99)
+    assert not summary["promoted"] and "champion v1 could not be re-scored" in summary["reason"]
+    gate = json.loads((proj.step_dir("register") / "gate.json").read_text())
+    assert gate["champion_note"].startswith(
+        "champion v1 could not be re-scored: tampered v1: its files differ from the ones registered"
+    )
+    assert "champion v1" not in gate["models"] and aliases("tampered") == {"champion": "1", "challenger": "2"}

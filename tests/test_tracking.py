@@ -194,8 +194,10 @@ def test_equal_scores_are_refused_under_superiority_and_accepted_under_non_infer
     refused = tracking.decide("test_roc_auc", 0.95, 0.9, "1", comparison(tie))
     assert not refused.promoted and "lower bound above +0.0000: not met, champion v1 stays" in refused.reason
     accepted = tracking.decide("test_roc_auc", 0.95, 0.9, "1", comparison(tie, "non_inferiority", 0.01))
-    assert accepted.promoted and "non-inferiority, margin 0.01 needs the lower bound above -0.0100: met" in (
-        accepted.reason
+    assert (
+        accepted.promoted
+        and "non-inferiority, margin 0.01 (register.gate.margin) needs the lower bound above -0.0100: met"
+        in (accepted.reason)
     )
 
 

@@ -136,6 +136,8 @@ def explain(exc: BaseException) -> tuple[str, str, int]:
     kind = f"{type(exc).__module__}.{type(exc).__name__}"
     # medflow's own messages end with their fix, however many columns they name; another library's may run long.
     cause = cause if len(cause) <= 400 or kind.startswith("medflow.") else cause[:400] + "..."
+    if isinstance(exc, ValueError) and getattr(exc, "medflow_fix", None):
+        return f"{step}: {cause}", exc.medflow_fix, 2  # a message that knows its own fix
     if isinstance(exc, KeyboardInterrupt):
         return f"{step} interrupted ({cause})", "run the same command again: finished steps are not repeated", 130
     if isinstance(exc, NoServer):
@@ -214,9 +216,16 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         with sidecar.started():
             flows = load_flow(paths, args.log, trains="train" in todo)
             with orchestration.flow_settings():
-                result = flows.pipeline(
-                    root=str(paths.root), params_file=str(params_file), force=args.force, steps=todo
-                )
+                try:
+                    result = flows.pipeline(
+                        root=str(paths.root), params_file=str(params_file), force=args.force, steps=todo
+                    )
+                except BaseException as exc:
+                    # Between steps or after the last (its DVC record, the flow's end) the interrupt is no step's.
+                    if not isinstance(exc, Exception) and flows.finished and not hasattr(exc, "medflow_step"):
+                        exc.medflow_step = f"the run, after {flows.finished[-1]} finished,"
+                    raise
+    wrote_suite(paths, result.get("validate"))
     for col, why in (result.get("clean") or {}).get("not_features", {}).items():
         print(f"not a feature: {col!r} ({why})")
     reg = result.get("register")
@@ -224,6 +233,18 @@ def cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         state = "champion" if reg["promoted"] else "not promoted"
         print(f"registered {reg['model_name']} v{reg['version']} ({state}: {reg['reason']})")
     return 0
+
+
+def wrote_suite(paths: Paths, validate: dict | None) -> None:
+    """A first run's inferred suite is the user's to review and commit (README: Bring your own table): say so."""
+    if not validate or not validate.get("suite_created"):
+        return
+    suite = validate["suite"]
+    count = len(json.loads((paths.root / suite).read_text())["expectations"])
+    print(
+        f"wrote {suite}: {count} expectations inferred from this table, which later runs validate against; review "
+        f"them (less {suite}), edit ranges or category sets, and commit the file (git add {suite})"
+    )
 
 
 def stale(paths: Paths, params_file: Path, overrides: list[str], force: bool) -> list[str]:
@@ -368,6 +389,16 @@ def cmd_rollback(args: argparse.Namespace, tracking) -> int:
     with tracking.model_lock(args.name):
         was, now = tracking.rollback(args.name, args.reason)
     print(f"{args.name} champion rolled back from v{was} to v{now}; see: medflow history {args.name}")
+    return 0
+
+
+@registry_command("accept-files")
+def cmd_accept_files(args: argparse.Namespace, tracking) -> int:
+    digest = tracking.accept_files(args.name, args.version, args.reason)
+    print(
+        f"{args.name} v{args.version}: its files as they are now are accepted (sha256 {digest[:16]}...); "
+        "who, when and why are in the version's tags"
+    )
     return 0
 
 
@@ -543,6 +574,10 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = sub.add_parser("rollback", help="put `champion` back on the version it replaced")
     rollback.add_argument("name", help="registered model name")
     rollback.add_argument("--reason", default="", help="why: recorded in the model's history")
+    accept = sub.add_parser("accept-files", help="accept the files of a version registered without their digest")
+    accept.add_argument("name", help="registered model name")
+    accept.add_argument("version", help="version number")
+    accept.add_argument("--reason", required=True, help="what review found: recorded on the version with who and when")
     history = sub.add_parser("history", help="every move of `champion`: when, from, to, how, who, why")
     history.add_argument("name", help="registered model name")
     lineage = sub.add_parser("lineage", help="data version, code commit, params hash and runs behind a model")
@@ -579,6 +614,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "promote": cmd_promote,
     "rollback": cmd_rollback,
+    "accept-files": cmd_accept_files,
     "history": cmd_history,
     "lineage": cmd_lineage,
     "predict": cmd_predict,

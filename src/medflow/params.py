@@ -10,7 +10,7 @@ import json
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
@@ -245,15 +245,24 @@ class GateParams(_Section):
     leak_drop: float = Field(0.1, gt=0, le=1)
 
 
+Floor = Annotated[float, Field(ge=0, le=1)]
+
+
 class RegisterParams(_Section):
     model_name: str = "medflow-breast-cancer"
-    # A version becomes champion only when its test primary metric reaches this floor (null: no floor)...
-    min_primary: float | None = Field(0.9, ge=0, le=1)
+    # A version becomes champion only when its test primary metric reaches this floor: one number for every table,
+    # or one per dataset ({breast_cancer: 0.95}, keyed as data.source's file stem or demo name), so that a floor set
+    # for one table never refuses another's first champion unseen; null: no floor...
+    min_primary: Floor | dict[str, Floor] | None = None
     # ...and passes the paired gate against the champion (or, with none yet, the baselines).
     gate: GateParams = Field(default_factory=GateParams)
     # never: this run is exploratory and registers as `challenger` at most (as does any `dvc exp run`);
     # `medflow promote NAME VERSION --reason ...` then moves `champion` by hand.
     promote: Literal["auto", "never"] = "auto"
+
+    def floor(self, dataset: str) -> float | None:
+        """min_primary as it applies to this dataset (medflow.data.sources.dataset_name)."""
+        return self.min_primary.get(dataset) if isinstance(self.min_primary, dict) else self.min_primary
 
 
 class FlowParams(_Section):

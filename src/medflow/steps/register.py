@@ -36,6 +36,7 @@ from medflow.steps.train import load_split
 from medflow.tracking.bundles import download_bundle
 from medflow.tracking.card import card_data, gate_markdown, model_card
 from medflow.tracking.gate import Comparison, subgroup_regressions
+from medflow.tracking.integrity import ModelFilesChanged
 from medflow.tuning.tuned import study_of
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,16 @@ def schema_hash(schema: Schema) -> str:
     """What a caller must send and gets back: two versions with different hashes take different inputs."""
     keys = ("kind", "target", "classes", "numeric", "categorical", "image_shape")
     text = json.dumps({k: getattr(schema, k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+GATE_PARAMS = "medflow.gate_params"  # hash of the register.* the version's last gate decision read
+DECISIONS = "medflow.gate."  # + n: every gate decision on the version, oldest first ("medflow.gate": the last)
+
+
+def gate_params(params: Params) -> str:
+    """What the gate read besides the model and its test split: a change reopens a registered run's decision."""
+    text = json.dumps(params.register.model_dump(mode="json", exclude={"model_name"}), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -181,6 +192,9 @@ def gate_evidence(
             with tempfile.TemporaryDirectory() as tmp:
                 bundle = download_bundle(params.register.model_name, champion.version, Path(tmp))
                 champion_proba = score(Predictor(bundle), paths, split.rows, kind)
+        except ModelFilesChanged as exc:  # its message names the version and the fix, never a value
+            note = f"champion v{champion.version} could not be re-scored: {exc}; {exc.medflow_fix}"
+            log.warning("register: %s", note)
         except Exception as exc:  # any failure leaves a person to decide; the type says which
             note = f"champion v{champion.version} could not be re-scored ({type(exc).__name__})"
             log.warning("register: %s", note)
@@ -208,7 +222,13 @@ def gate_evidence(
         comparison = Comparison(ref, versus(ref), gp.test, gp.margin)
     elif champion is None:
         best = max(baselines, key=lambda b: np.nan_to_num(models[f"baseline {b}"][metric], nan=-np.inf))
-        comparison = Comparison(f"baseline {best}", deltas[f"baseline {best}"], "non_inferiority", gp.baseline_margin)
+        comparison = Comparison(
+            f"baseline {best}",
+            deltas[f"baseline {best}"],
+            "non_inferiority",
+            gp.baseline_margin,
+            "register.gate.baseline_margin",
+        )
 
     regressions, subgroups = (), []
     threshold = metrics.get("threshold")
@@ -237,7 +257,7 @@ def gate_evidence(
             "resampled": "patients" if split.groups is not None else "rows (no patient id)",
         },
         "thresholds": {
-            "min_primary": params.register.min_primary,
+            "min_primary": params.register.floor(dataset_name(params.data.source)),
             "min_sensitivity": gp.min_sensitivity,
             "test": gp.test,
             "margin": gp.margin,
@@ -345,7 +365,9 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
     earlier = tracking.versions_of_run(name, run_id)
     done = next((v for v in earlier if v.complete), None)
     champion = tracking.version_by_alias(name, "champion")
-    if done is not None:
+    # A version decided under other register.* (a floor changed) is decided again; the champion stays as it is.
+    reopen = done is not None and done.tags.get(GATE_PARAMS, gate_params(params)) != gate_params(params)
+    if done is not None and (not reopen or (champion is not None and champion.version == done.version)):
         gate = done.tags.get("medflow.gate", "")
         promoted, _, reason = gate.partition(": ")
         card = tracking.get_description(name, done.version)
@@ -360,7 +382,8 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
                 "champion_version": champion.version if champion else None,
             },
         )
-    pending = earlier[-1] if earlier else None  # a registration of this run that a kill interrupted
+    # A registration of this run that a kill interrupted, or the one whose decision is reopened.
+    pending = done or (earlier[-1] if earlier else None)
 
     lineage = tracking.lineage_of_run(run_id, params, paths)
     if pending is not None and champion is not None and champion.version == pending.version:
@@ -373,7 +396,7 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
         decision = tracking.decide(
             key,
             primary,
-            rp.min_primary,
+            rp.floor(dataset),
             champion.version if champion else None,
             comparison,
             sensitivity=metrics.get("test_sensitivity"),
@@ -384,7 +407,12 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
             leak=leak_reason(report["leak_check"], params),
         )
     gate = f"{'promoted' if decision.promoted else 'not promoted'}: {decision.reason}"
-    tags = {**lineage, **identity, "medflow.gate": gate}
+    tags = {**lineage, **identity, "medflow.gate": gate, GATE_PARAMS: gate_params(params)}
+    if reopen:
+        log.warning("register: register.* changed since v%s was decided: the gate decides again", pending.version)
+    past = {k: v for k, v in (pending.tags if pending else {}).items() if k.startswith(DECISIONS)}
+    if not past or past.get(f"{DECISIONS}{len(past)}") != gate:  # a resumed registration decided once
+        tags[f"{DECISIONS}{len(past) + 1}"] = gate
     if pending is None:
         model_uri = tracking.logged_model_of_run(run_id) or tracking.log_model(run_id, paths.model_bundle)
         tracking.ensure_model(
@@ -410,6 +438,7 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
         name=name,
         version=version,
         schema=schema,
+        excluded=_read_json(paths.summary("validate")).get("columns", {}).get("excluded", []),
         dataset=dataset,
         rows=rows,
         metrics=metrics,
@@ -434,11 +463,21 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
     reference.write(reference.from_pipeline(params, paths, metrics.get("threshold")), out / "reference.json")
     for file in ("gate.json", "gate.md", "model_card.md", "model_card.json", "reference.json"):
         tracking.log_artifacts(run_id, out / file)
-    tracking.describe_version(name, version, card_md)
-    tracking.set_alias(name, "champion" if decision.promoted else "challenger", version)
-    if decision.promoted:  # appended to the registry's own record of champion moves (medflow history)
+    tracking.describe_version(name, version, card_md)  # before the alias: a version with an alias has its card
+    before = tracking.aliases(name)
+    if decision.promoted:
+        tracking.set_alias(name, "champion", version)
+        tracking.drop_alias(name, "challenger", version)  # a reopened decision's version may have held it
+        # Appended to the registry's own record of champion moves (medflow history).
         report = str((out / "gate.json").relative_to(paths.root)) if (out / "gate.json").exists() else None
         tracking.record_move(name, champion.version if champion else None, version, "gate", decision.reason, report)
+    elif not reopen:  # the latest version not promoted; a decision reopened on an older run moves nothing
+        tracking.set_alias(name, "challenger", version)
+    # Every version whose alias moved, this one included, gets a card that says where it stands now.
+    card = tracking.refresh_cards(name, before, also=(version,)).get(version, card)
+    card_md = model_card(card)
+    (out / "model_card.md").write_text(card_md)
+    (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
     tracking.set_tags(run_id, {**lineage, "medflow.gate": gate, "medflow.model_version": f"{name}/{version}"})
     tracking.mark_complete(name, version)  # last: only now is the version a candidate
 

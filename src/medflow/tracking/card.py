@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from medflow.data.features import Schema
+from typing import TYPE_CHECKING
+
 from medflow.tracking.gate import Decision
+
+if TYPE_CHECKING:  # registry commands import this package: not numpy and pandas with it
+    from medflow.data.features import Schema
 
 
 def _table(rows: dict[str, object], head: tuple[str, str]) -> list[str]:
@@ -18,6 +22,7 @@ def card_data(
     name: str,
     version: str,
     schema: Schema,
+    excluded: list[str],
     dataset: str,
     rows: dict[str, int],
     metrics: dict,
@@ -33,7 +38,8 @@ def card_data(
 ) -> dict:
     """model_card.json: names, counts, hashes and aggregate metrics only; model_card renders it as Markdown.
 
-    metrics: evaluate's metrics.json; evaluation: its report.json; gate: the gate report (gate.json); tuning: the
+    excluded: the columns data.exclude dropped as validate read the table; metrics: evaluate's metrics.json;
+    evaluation: its report.json; gate: the gate report (gate.json); tuning: the
     `medflow tune` study whose best trial this model was trained with (medflow.tuning.tuned.study_of), or None.
     """
 
@@ -66,7 +72,14 @@ def card_data(
         "features": {
             "numeric": list(schema.numeric),
             "categorical": list(schema.categorical),
-            "excluded": dict(sorted(schema.dropped.items())),
+            "excluded": dict(
+                sorted(
+                    {
+                        **{c: "data.exclude: dropped as the table was read, never validated or used" for c in excluded},
+                        **schema.dropped,
+                    }.items()
+                )
+            ),
         },
         "primary_metric": primary_metric,
         "test_metrics": {k.removeprefix("test_"): with_ci(k) for k in tested},
@@ -172,7 +185,7 @@ def model_card(card: dict) -> str:
             value = f"{r[p]:.4f} [{r[p + '_ci_low']:.4f}, {r[p + '_ci_high']:.4f}]" if p in r else "suppressed"
             lines.append(f"| {r['group']} | {r['patients']} | {value} |")
         lines.append("")
-    verdict = "Promoted to `champion`" if g["decision"] == "promoted" else "Not promoted (alias `challenger`)"
+    verdict = "Promoted to `champion`" if g["decision"] == "promoted" else "Not promoted"
     lines += [
         "## Gate decision",
         f"{verdict}: {g['reason']}.",
@@ -180,6 +193,8 @@ def model_card(card: dict) -> str:
         "Gate report: [gate.md](gate.md) ([gate.json](gate.json)), artifacts of this version's run.",
         "",
     ]
+    if "registry" in card:
+        lines += _registry(card["registry"])
     if card["baselines"]:
         lines += _baselines(card)
     lines += [
@@ -194,6 +209,19 @@ def model_card(card: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _registry(registry: dict) -> list[str]:
+    """Where the version stands now: its aliases and every move of `champion` to or from it, by whom and why."""
+    held = ", ".join(f"`{a}`" for a in registry["aliases"]) or "none"
+    lines = ["## Registry status", f"Current alias: {held}.", ""]
+    if registry["moves"]:
+        lines += ["| # | when (UTC) | how | champion | by | why |", "|---|---|---|---|---|---|"]
+        for m in registry["moves"]:
+            was = f"v{m['from']}" if m["from"] else "none"
+            lines.append(f"| {m['n']} | {m['at']} | {m['how']} | {was} → v{m['to']} | {m['who']} | {m['reason']} |")
+        lines.append("")
+    return lines
 
 
 def _baselines(card: dict) -> list[str]:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from medflow.evaluation.metrics import Delta
+if TYPE_CHECKING:  # registry commands import this package: not numpy, pandas and scikit-learn with it
+    from medflow.evaluation.metrics import Delta
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Comparison:
     delta: Delta
     test: str  # superiority | non_inferiority
     margin: float  # non_inferiority only
+    margin_key: str = "register.gate.margin"  # the parameter that set margin, named in every refusal
 
     @property
     def bound(self) -> float:
@@ -41,7 +44,10 @@ class Comparison:
 
     def describe(self) -> str:
         d = self.delta
-        rule = "superiority" if self.test == "superiority" else f"non-inferiority, margin {self.margin:g}"
+        if self.test == "superiority":
+            rule = "superiority (register.gate.test)"
+        else:
+            rule = f"non-inferiority, margin {self.margin:g} ({self.margin_key})"
         return (
             f"delta {d.metric} vs {self.reference} = {d.delta:+.4f} (95% CI [{d.ci_low:+.4f}, {d.ci_high:+.4f}]); "
             f"{rule} needs the lower bound above {self.bound:+.4f}"
@@ -90,10 +96,16 @@ def _by_evidence(
         return Decision(False, f"{metric} is not a number")
     failed = []
     if floor is not None and value < floor:
-        failed.append(f"{metric}={value:.4f} is below the floor {floor:.4f}")
+        failed.append(
+            f"{metric}={value:.4f} is below the floor {floor:.4f} (register.min_primary; "
+            "-P register.min_primary=VALUE changes it, null removes it)"
+        )
     if min_sensitivity is not None and (sensitivity is None or not sensitivity >= min_sensitivity):
         got = "undefined" if sensitivity is None else f"{sensitivity:.4f}"
-        failed.append(f"test sensitivity at the threshold ({got}) is below the floor {min_sensitivity:.4f}")
+        failed.append(
+            f"test sensitivity at the threshold ({got}) is below the floor {min_sensitivity:.4f} "
+            "(register.gate.min_sensitivity; -P register.gate.min_sensitivity=VALUE changes it, null removes it)"
+        )
     if champion_version is not None and mismatch:
         return Decision(
             False,

@@ -7,14 +7,20 @@ that version instead of adding another, so one run is one version.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
+import io
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from medflow.privacy.scanner import assert_clean
+from medflow.tracking import integrity
 from medflow.tracking.store import client, retry_locked
+
+log = logging.getLogger(__name__)
 
 STATE = "medflow.state"
 COMPLETE = "complete"
@@ -94,10 +100,24 @@ def ensure_model(name: str, description: str, tags: dict[str, str]) -> None:
 
 
 def register_version(name: str, model_uri: str, tags: dict[str, str]) -> str:
+    """The version's tags hold the digest of its files as registered: medflow loads no version without it."""
+    import tempfile
+
     import mlflow
 
     assert_clean(tags, f"tags of a new version of {name}")
-    return str(retry_locked(mlflow.register_model, model_uri, name, tags={**tags, STATE: "registering"}).version)
+    with tempfile.TemporaryDirectory() as tmp:
+        digest = integrity.files_digest(integrity.download(model_uri, Path(tmp)))
+    tags = {**tags, integrity.DIGEST_TAG: digest, STATE: "registering"}
+    # MLflow prints its own progress ("Registered model ... already exists. Creating a new version") to stderr,
+    # between medflow's lines: it goes to the log instead.
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return str(retry_locked(mlflow.register_model, model_uri, name, tags=tags).version)
+    finally:
+        for line in said.getvalue().splitlines():
+            log.info("mlflow: %s", line)
 
 
 def versions_of_run(name: str, run_id: str) -> list[Version]:
@@ -171,6 +191,55 @@ def set_alias(name: str, alias: str, version: str) -> None:
     client().set_registered_model_alias(name, alias, version)
 
 
+def drop_alias(name: str, alias: str, version: str) -> None:
+    """Removes alias when it names version: one version, one role."""
+    if aliases(name).get(alias) == str(version):
+        client().delete_registered_model_alias(name, alias)
+
+
+def aliases(name: str) -> dict[str, str]:
+    return {a: str(v) for a, v in client().get_registered_model(name).aliases.items()}
+
+
+CARD = "model_card.json"  # on the version's run, beside model_card.md (the version's description)
+
+
+def refresh_cards(name: str, before: dict[str, str], also: tuple[str, ...] = ()) -> dict[str, dict]:
+    """After aliases moved (before: the alias map until then), rewrites the card of every version that gained or lost
+    one, and of `also`: its current aliases and each move of `champion` to or from it (gate, promote, rollback:
+    when, who, why) beside the gate's own decision. Returns the rewritten cards (model_card.json) by version."""
+    import json
+    import tempfile
+
+    from medflow.tracking.card import model_card
+    from medflow.tracking.store import log_artifacts
+
+    now = aliases(name)
+    moved = {v for a in before.keys() | now.keys() if before.get(a) != now.get(a) for v in (before.get(a), now.get(a))}
+    moves = history(name)
+    c = client()
+    done = {}
+    for version in sorted((moved | set(also)) - {None}, key=int):
+        run_id = get_version(name, version).run_id
+        if not run_id or CARD not in {f.path for f in c.list_artifacts(run_id)}:
+            continue  # registered before cards were stored as JSON: its description stays as written
+        with tempfile.TemporaryDirectory() as tmp:
+            card = json.loads(Path(c.download_artifacts(run_id, CARD, tmp)).read_text())
+            card["registry"] = {
+                "aliases": sorted(a for a, v in now.items() if v == version),
+                "moves": [m for m in moves if version in (m["to"], m["from"])],
+            }
+            markdown = model_card(card)
+            (Path(tmp) / "out").mkdir()
+            (Path(tmp) / "out" / CARD).write_text(json.dumps(card, indent=2) + "\n")
+            (Path(tmp) / "out" / "model_card.md").write_text(markdown)
+            for file in (CARD, "model_card.md"):
+                log_artifacts(run_id, Path(tmp) / "out" / file)
+        describe_version(name, version, markdown)
+        done[version] = card
+    return done
+
+
 def set_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
     assert_clean(tags, f"tags of {name} v{version}")
     c = client()
@@ -213,6 +282,7 @@ def promote(name: str, version: str, reason: str) -> Version | None:
     previous = version_by_alias(name, "champion")
     if previous and previous.version == target.version:
         raise ValueError(f"{name} v{version} is already the champion")
+    before = aliases(name)
     tags = {
         "medflow.promoted_by": getpass.getuser(),
         "medflow.promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -222,10 +292,32 @@ def promote(name: str, version: str, reason: str) -> Version | None:
     set_version_tags(name, version, tags)
     set_alias(name, "champion", version)
     record_move(name, previous.version if previous else None, version, "promote", reason.strip())
-    challenger = version_by_alias(name, "challenger")
-    if challenger and challenger.version == version:  # one version, one role
-        client().delete_registered_model_alias(name, "challenger")
+    drop_alias(name, "challenger", version)
+    refresh_cards(name, before)
     return previous
+
+
+def accept_files(name: str, version: str, reason: str) -> str:
+    """Records the files of a version registered without a digest as they are now, with who, when and why; returns
+    the digest. A version that has one keeps it: files that differ from it were changed after registration."""
+    import tempfile
+
+    if not reason.strip():
+        raise ValueError("accept-files needs --reason: what review found these files to be the registered model")
+    target = get_version(name, version)
+    if integrity.DIGEST_TAG in target.tags:
+        raise ValueError(f"{name} v{version} already has the digest recorded at registration: nothing to accept")
+    with tempfile.TemporaryDirectory() as tmp:
+        # From the logged model the version points at: through models:/NAME/VERSION it would be refused unseen.
+        digest = integrity.files_digest(integrity.download(target.source, Path(tmp)))
+    tags = {
+        integrity.DIGEST_TAG: digest,
+        "medflow.files_accepted_by": getpass.getuser(),
+        "medflow.files_accepted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "medflow.files_accepted_reason": reason.strip(),
+    }
+    set_version_tags(name, version, tags)
+    return digest
 
 
 HISTORY = "medflow.history."  # + zero-padded sequence number: model-level tags sort in the order of the moves
@@ -235,7 +327,14 @@ def history(name: str) -> list[dict]:
     """Every recorded move of `champion`, oldest first, from the registered model's own tags."""
     import json
 
-    tags = client().get_registered_model(name).tags
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = client().get_registered_model(name).tags
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ValueError(f"the registry has no model {name} (register.model_name; medflow ui lists them)") from None
     return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(HISTORY))]
 
 
@@ -271,18 +370,32 @@ def record_move(
     return entry
 
 
+class NothingToRollBack(ValueError):
+    """str() says why; `medflow_fix` what to do instead (the command line prints both on one line)."""
+
+    def __init__(self, what: str, fix: str):
+        super().__init__(what)
+        self.medflow_fix = fix
+
+
 def rollback(name: str, reason: str) -> tuple[str, str]:
     """Moves `champion` back to the version it replaced, as the history records it; returns (from, to)."""
     current = version_by_alias(name, "champion")
+    fix = f"nothing was moved; `medflow promote {name} VERSION --reason ...` moves champion to a version of your choice"
     if current is None:
-        raise ValueError(f"model {name} has no champion to roll back")
+        raise NothingToRollBack(f"model {name} has no champion to roll back", fix)
     # What the current champion replaced when it was promoted; a rollback's own entry is no promotion to undo.
     moves = [m for m in history(name) if m["to"] == current.version and m["from"] and m["how"] != "rollback"]
     if not moves:
-        raise ValueError(f"{name} v{current.version} has no previous champion in the history: nothing to roll back to")
+        raise NothingToRollBack(
+            f"{name} v{current.version} replaced no champion (see medflow history {name}): nothing to roll back to", fix
+        )
     target = moves[-1]["from"]
+    before = aliases(name)
     set_alias(name, "champion", target)
     record_move(name, current.version, target, "rollback", reason.strip() or f"rollback of v{current.version}")
+    drop_alias(name, "challenger", target)
+    refresh_cards(name, before)
     return current.version, target
 
 

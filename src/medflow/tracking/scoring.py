@@ -7,11 +7,13 @@ The checks are the registered pyfunc's own (models/bundle.py), so this file, `ml
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from medflow.models.bundle import BatchRejected
+from medflow.tracking.integrity import verified_copy
 from medflow.tracking.registry import resolve
 
 
@@ -47,8 +49,10 @@ def predict_file(model_uri: str, input_path: Path, output_path: Path) -> dict:
 
     name, version = resolve(model_uri)
     batch = read_batch(Path(input_path))
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
-    scored = model.unwrap_python_model().predictor.score(batch)
+    # The copy that was checked is the copy loaded; its code stays importable while the batch is scored.
+    with tempfile.TemporaryDirectory() as tmp:
+        model = mlflow.pyfunc.load_model(str(verified_copy(name, version.version, version.tags, Path(tmp))))
+        scored = model.unwrap_python_model().predictor.score(batch)
     scored.insert(1, "model", name)
     scored.insert(2, "version", version.version)
     write_atomic(scored.rename(columns={"prediction": "label"}), Path(output_path))
