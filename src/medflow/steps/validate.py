@@ -532,20 +532,20 @@ def _run_images(params: Params, paths: Paths) -> dict:
     valid[CONTENT_HASH] = [image_validation.content_hash(im) for im in pixels]
     held = table[bad].copy()
     held.insert(1, "reason", [reasons[r] for r in held[ROW_ID]])
-    # As for tables: the patient id leaves validate as its salted key only; identifiers and (in quarantine, where
-    # the row number finds the row) file paths, which can carry names, not at all.
+    # As for tables: the patient id leaves validate as its salted key only; identifiers not at all, nor (in
+    # quarantine, where the row number finds the row) file paths, which can carry names, or other text.
     identifiers = [*data.identifiers, *([data.patient_id] if data.patient_id else [])]
     for frame in (valid, held):
         if data.patient_id:
             frame.insert(2 if "reason" in frame else 1, PATIENT_KEY, _key(frame[data.patient_id], salt))
         frame.drop(columns=identifiers, inplace=True)
-    held = held.drop(columns=[data.image_column])
     known = image_validation.column_kinds(table, data, params.validate_) | suite_kinds(suite)
     kinds = {c: known[c] for c in table.columns if c in known}
 
     valid.to_parquet(paths.valid_rows, index=False)
     np.save(out / "images.npy", pixels)
-    held.to_csv(out / "quarantine.csv", index=False, lineterminator="\n")
+    held[_held_columns(kinds, list(held.columns.drop("reason")))].to_csv(out / "quarantine.csv", index=False,
+                                                                       lineterminator="\n")  # fmt: skip
     _write_json(out / "columns.json", kinds)
     profile = image_validation.image_profile(valid[data.target], pixels, data.target, params.validate_)
     (out / "profile").mkdir()
