@@ -44,7 +44,10 @@ def test_clean_quarantines_duplicate_images_and_keeps_images_aligned(image_proje
     summary = clean.run(params, paths)
     assert summary == {**summary, "rows_in": 122, "rows_out": 121, "rows_quarantined": 1, "kind": "image"}
     q = pd.read_csv(paths.step_dir("clean") / "quarantine.csv")
-    assert q["path"].tolist() == ["copy.png"] and q["reason"].str.startswith("duplicate").all()
+    validated = pd.read_parquet(paths.valid_rows)
+    copy = validated.loc[validated["path"] == "copy.png", "_row_id"].tolist()
+    assert list(q.columns) == ["_row_id", "reason"] and q["_row_id"].tolist() == copy
+    assert q["reason"].str.startswith("duplicate").all()
     cleaned = pd.read_parquet(paths.cleaned)
     images = np.load(paths.images)
     assert images.shape == (121, 12, 12, 1)

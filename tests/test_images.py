@@ -125,7 +125,7 @@ def test_manifest_rows_quarantined_with_reasons_and_images_aligned(tmp_path):
     assert pixels.shape == (5, 64, 64, 1) and pixels.dtype == np.uint8 and len(valid) == len(pixels)
     # The patient id leaves validate as its salted key; the quarantine holds no file path either.
     assert list(valid.columns) == ["_row_id", "_patient_key", "path", "label", "view", CONTENT_HASH]
-    assert list(held.columns) == ["_row_id", "reason", "_patient_key", "label", "view"]
+    assert list(held.columns) == ["_row_id", "reason", "_patient_key"]  # no text: the row number finds the row
     assert held["_patient_key"].isna().sum() == 1 and not {"p1", "p2"} & set(valid["_patient_key"])
     row = valid.index[valid["path"] == "c.npy"][0]
     np.testing.assert_array_equal(pixels[row, ..., 0], np.load(paths.data_dir / "xray" / "c.npy"))

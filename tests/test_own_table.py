@@ -146,3 +146,27 @@ def test_infinities_are_quarantined_per_row_and_a_text_column_is_named(tmp_path,
         f"not a feature: 'albumin' ({(n + 3) // 4} of {n} values are not numbers (validate.type_mostly=0.9): read "
         "as text" in done.stdout
     ), done.stdout[-2000:]
+
+
+def test_a_new_users_path_ends_with_a_card_that_matches_the_aliases(project):
+    """Issue 28's path in one test: own table -> first champion (the fixture) -> predict on the training file ->
+    monitor a batch -> a second version -> promote -> card. No row training accepted is refused, no file under data/
+    changes (no --update), and each card names the alias its version carries."""
+    from mlflow import MlflowClient
+
+    root = project
+    data = {p: p.read_bytes() for p in (root / "data").rglob("*") if p.is_file()}
+    done = sh(".venv/bin/medflow predict --model models:/own@champion --input data/visits.csv --output p.csv", root)
+    assert done.stdout.strip().splitlines()[-1].endswith(" 0 refused (reason in the row's `reason` column)")
+    (root / "incoming").mkdir(exist_ok=True)
+    visits(90, seed=11, first_mrn=950000).to_csv(root / "incoming" / "path.csv", index=False)
+    sh(".venv/bin/medflow monitor --batch incoming/path.csv", root, timeout=600, **SALT)
+    assert {p: p.read_bytes() for p in (root / "data").rglob("*") if p.is_file()} == data
+    done = sh(f".venv/bin/medflow run {OWN} -P train.max_epochs=4 -P register.promote=never", root, timeout=600, **SALT)
+    assert "registered own v2 (not promoted: " in done.stdout, done.stdout[-2000:]
+    sh(".venv/bin/medflow promote own 2 --reason 'reviewed with the ward team'", root)
+    store = f"sqlite:///{root / 'mlruns/mlflow.db'}"
+    registry = MlflowClient(store, registry_uri=store)
+    assert registry.get_model_version_by_alias("own", "champion").version == "2"
+    assert "Current alias: `champion`." in registry.get_model_version("own", "2").description
+    assert "Current alias: none." in registry.get_model_version("own", "1").description

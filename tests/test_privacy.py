@@ -1,12 +1,27 @@
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
+from medflow.privacy import classify
 from medflow.privacy.scanner import PhiLeak, assert_clean, scan, scan_path, scan_text
 
 PHI = {
     "email": ["contact jane.doe@example.org today", "J_Doe+lab@mail.hospital.co.uk"],
-    "phone": ["+1-555-123-4567", "(555) 123-4567", "call 555-123-4567.", "555.123.4567", "+44 20 7946 0958"],
+    "phone": [
+        "+1-555-123-4567",
+        "(555) 123-4567",
+        "call 555-123-4567.",
+        "555.123.4567",
+        "+44 20 7946 0958",
+        "07700 900123",
+        "+49 30 123456",
+        "0612345678",
+        "(02) 9876 5432",
+        "06.12.34.56.78",
+        "+4930123456",
+    ],
     "ssn": ["ssn 123-45-6789", "123 45 6789"],
     "mrn": ["MRN0001234", "mrn: 1234567", "MRN_00012345"],
 }
@@ -33,6 +48,10 @@ BENIGN = [
     '{"a": 555.123, "b": 4567}',
     "0.555 123.4567",
     "000-12-3456",  # never-issued SSN area
+    "01.02.2020",  # a date, not a French number
+    "0.123456789",
+    "0 0 0 0 0 0 0 0 0 0",
+    "I21.4",
     "@property",
 ]
 
@@ -86,3 +105,67 @@ def test_scan_path_reads_text_files_and_skips_binaries(tmp_path):
 def test_nested_lists_and_numbers():
     assert scan([1, 2.5, None, ("ok", "x 123-45-6789")], "params")[0].location == "params[3][1]"
     assert_clean({"train": {"hidden": [64, 32], "lr": 0.001}}, "params")
+
+
+# Identifiers as people write them, each in a column of its own table (300 rows), and what must pass the screen.
+_N = 300
+_GIVEN = ["maria", "jose", "wei", "fatima", "olivia", "kenji", "zanele", "ivan", "priya", "omar", "chloe", "lucas"]
+_FAMILY = ["garcia", "nguyen", "okafor", "kowalski", "tanaka", "haddad", "murphy", "rossi", "dubois", "novak"]
+
+
+def _names(fmt: str) -> list[str]:
+    return [fmt.format(g=_GIVEN[i % 12], f=_FAMILY[i * 7 % 10]) for i in range(_N)]
+
+
+def _sparse(fmt: str, every: int, rest: str = "routine follow up") -> list[str]:
+    return [fmt.format(i) if i % every == 0 else rest for i in range(_N)]
+
+
+IDENTIFIER_CORPUS = {
+    "lowercase names": ("person names", _names("{g} {f}")),
+    "upper-case family, given": ("person names", [v.upper() for v in _names("{f}, {g}")]),
+    "names with a title": ("person names", _names("dr {g} {f}")),
+    "uk mobile in notes": ("phone numbers", _sparse("ring 07700 9{:05d} re results", 20)),
+    "uk landline": ("phone numbers", _sparse("+44 20 7946 {:04d}", 25)),
+    "german": ("phone numbers", _sparse("tel +49 30 12{:04d}", 30)),
+    "french": ("phone numbers", _sparse("06123{:05d}", 30)),
+    "french spaced": ("phone numbers", _sparse("06 12 34 {:02d} 78", 30)),
+    "australian": ("phone numbers", _sparse("(02) 9876 {:04d}", 30)),
+    "us in notes": ("phone numbers", _sparse("seen by dr x; callback 617-555-{:04d}", 5)),
+}
+BENIGN_COLUMNS = {
+    "lab numbers": [f"{v:.1f}" for v in np.random.default_rng(0).normal(220, 40, _N)],
+    "levels": ["none", "low", "high"] * (_N // 3),
+    "icd codes": ["I21.4", "I50.9", "E11.9", "J18.9", "C50.911"] * (_N // 5),
+    "dates": [f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}" for i in range(_N)],
+    "plans": ["routine follow up", "no change", "refer to cardiology", "repeat labs in two weeks"] * (_N // 4),
+    "site_id": [str(i % 5) for i in range(_N)],
+    "decimals": [f"0.{i:09d}" for i in range(_N)],
+    "european dates": [f"{1 + i % 28:02d}.{1 + i % 12:02d}.2024" for i in range(_N)],
+}
+
+
+@pytest.mark.parametrize("case", IDENTIFIER_CORPUS)
+def test_the_screen_finds_identifiers_in_the_formats_people_write_them(case):
+    kind, values = IDENTIFIER_CORPUS[case]
+    (found,) = classify.suspects(pd.DataFrame({"c": values}), set())
+    assert found.kind == kind and str(found).startswith("column 'c': ")
+    assert not {v for v in values if v in str(found)}
+
+
+@pytest.mark.parametrize("column", ["ID", "id", "subject_id", "patientId", "PatientID", "record-id"])
+def test_id_columns_of_arbitrary_ids_are_identifiers_and_repeated_ones_the_patient_id(column):
+    ids = np.random.default_rng(1).choice(np.arange(10_000, 99_999), _N, replace=False)
+    numbers = {column}
+    (unique,) = classify.suspects(pd.DataFrame({column: ids}), set(), numbers, None, patient_id=True)
+    assert unique.kind == "id" and unique.repeats is None
+    visits = pd.DataFrame({column: np.repeat(ids[: _N // 3], 3)})
+    (repeated,) = classify.suspects(visits, set(), numbers, None, patient_id=True)
+    assert repeated.repeats == (_N // 3, _N) and str(repeated).endswith("a patient id")
+    # Declared elsewhere, a patient id is not proposed twice.
+    assert classify.suspects(visits, set(), numbers, None, patient_id=False)[0].repeats is None
+
+
+def test_what_is_no_identifier_passes_the_screen():
+    df = pd.DataFrame(BENIGN_COLUMNS | {"covid": ["yes", "no"] * (_N // 2), "paid": ["y", "n"] * (_N // 2)})
+    assert classify.suspects(df, set(), {"lab numbers", "site_id"}) == []

@@ -185,6 +185,19 @@ def test_preprocessor_uses_training_statistics_and_handles_unseen_values():
     assert np.isfinite(out).all()
 
 
+def test_rare_categories_share_one_other_column_in_training_and_in_scoring():
+    schema = Schema(target="y", classes=["a", "b"], numeric=[], categorical=["c"])
+    train = coerce_features(pd.DataFrame({"c": ["x"] * 6 + ["y"] * 5 + ["Rare Name", "617-555-0142"]}), schema)
+    pre = Preprocessor(schema.numeric, schema.categorical, small_count=5).fit(train)
+    assert pre.feature_names == ["c=x", "c=y", "c=<other>"]
+    assert "Rare" not in json.dumps(pre.to_dict()) and "617" not in json.dumps(pre.to_dict())
+    out = pre.transform(train)
+    np.testing.assert_array_equal(out[-2:], [[0, 0, 1], [0, 0, 1]])  # rare in training -> <other>
+    # Scoring maps a value unseen in training to the same column, and the bundle round-trips with it.
+    scored = Preprocessor.from_dict(pre.to_dict()).transform(coerce_features(pd.DataFrame({"c": ["new", "y"]}), schema))
+    np.testing.assert_array_equal(scored, [[0, 0, 1], [0, 1, 0]])
+
+
 def test_preprocessor_writes_every_block_where_its_feature_names_say():
     schema = Schema(target="y", classes=["a", "b"], numeric=["u", "v"], categorical=["c", "d"])
     rows = pd.DataFrame({"u": ["0", "2"], "v": ["1", None], "c": ["x", "y"], "d": ["p", "p"]})

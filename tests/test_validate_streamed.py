@@ -112,7 +112,7 @@ def test_a_suite_inferred_from_a_sample_takes_its_sets_and_counts_from_every_row
         "site": rng.choice(["north", "south"], n).astype(object),
         "outcome": rng.choice(["disease", "healthy"], n).astype(object),
     })  # fmt: skip
-    df.loc[[2100, 2700], "site"] = "island"  # two rows: in the set (category_min_count 2), yet rarely sampled
+    df.loc[[2100, 2700], "site"] = "island"  # two rows: pooled as <other> in the set, yet rarely sampled
     df.loc[2500, "outcome"] = "rare"
     df.loc[rng.choice(n, 300, replace=False), "age"] = np.nan
     params = {"source": "data/cohort.csv", "identifiers": []}
@@ -128,7 +128,8 @@ def test_a_suite_inferred_from_a_sample_takes_its_sets_and_counts_from_every_row
                   "expect_table_row_count_to_be_between"):  # fmt: skip
         assert kwargs(suites[1], type_) == kwargs(suites[0], type_), type_
     sets = kwargs(suites[1], "expect_column_values_to_be_in_set")
-    assert "island" in sets["site"]["value_set"] and "rare" in sets["outcome"]["value_set"]
+    # Counted on every row, the rare site is pooled (a sample without it would leave the set closed), never named.
+    assert sets["site"]["value_set"] == ["north", "south", "<other>"] and "rare" in sets["outcome"]["value_set"]
     meta = suites[1]["meta"]["medflow"]
     assert meta["reference_rows"] == n and meta["sampled_rows"] == 200
     assert meta["columns"] == suites[0]["meta"]["medflow"]["columns"]

@@ -16,6 +16,9 @@ import pandas as pd
 from medflow.data.numbers import NumberFormat, parse
 
 MISSING = "<missing>"
+# Categories with fewer rows than validate.small_count, pooled under one name wherever categories are stored (suite,
+# profile, preprocessor, monitoring reference): a rare value can single out a patient.
+OTHER = "<other>"
 # Bounds a numeric feature as validate's inferred suite does (data/suite.py, validate.range_margin): robust
 # quantiles of the training split widened by twice their span. Scoring refuses a row outside them (a unit slip,
 # a misplaced decimal) instead of extrapolating; quantiles, not min/max, so no single patient's value is stored.
@@ -60,6 +63,12 @@ class Schema:
         return cls(**json.loads(path.read_text()))
 
 
+def pool_rare(counts: pd.Series, k: int) -> tuple[dict[str, int], int]:
+    """({value: rows} of the values of counts (value -> rows) with at least k rows, the rows of all the others)."""
+    common = counts >= k
+    return {str(v): int(n) for v, n in counts[common].items()}, int(counts[~common].sum())
+
+
 def coerce_features(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     """Raw text columns -> typed feature columns, numbers read as validate read them for training; a column the
     model needs but the table lacks is an error."""
@@ -80,6 +89,8 @@ class Preprocessor:
     """Median imputation with missing-value indicators, standardisation, one-hot encoding.
 
     Fitted on the training split alone so that no statistic of validation or test rows leaks into training.
+    Categories with fewer than small_count training rows share one OTHER column, as do values unseen in training at
+    scoring time; so the bundle names no rare value.
     """
 
     numeric: list[str]
@@ -90,6 +101,7 @@ class Preprocessor:
     indicators: list[str] = field(default_factory=list)
     categories: dict[str, list[str]] = field(default_factory=dict)
     ranges: dict[str, list[float]] = field(default_factory=dict)  # absent from bundles made before scoring checks
+    small_count: int = 1  # 1 in bundles made before rare values were pooled: each value its own column
 
     def fit(self, df: pd.DataFrame) -> Preprocessor:
         for col in self.numeric:
@@ -107,7 +119,8 @@ class Preprocessor:
                 margin = RANGE_MARGIN * (hi - lo)
                 self.ranges[col] = [max(lo - margin, 0.0) if lo >= 0 else lo - margin, hi + margin]
         for col in self.categorical:
-            self.categories[col] = sorted(df[col].astype(str).unique().tolist())
+            common, rare = pool_rare(df[col].astype(str).value_counts(), self.small_count)
+            self.categories[col] = sorted(common) + ([OTHER] if rare else [])
         return self
 
     @property
@@ -138,8 +151,11 @@ class Preprocessor:
                 j += len(self.indicators)
         for col in self.categorical:
             cats = self.categories[col]
-            # Unseen categories encode as all zeros rather than failing at scoring time.
+            # Values pooled in training, and values unseen there, take the OTHER column; with none pooled in
+            # training, an unseen value encodes as all zeros rather than failing at scoring time.
             codes = pd.Categorical(df[col].astype(str), categories=cats).codes
+            if cats[-1:] == [OTHER]:
+                codes = np.where(codes >= 0, codes, len(cats) - 1)
             onehot = out[:, j : j + len(cats)]
             onehot[:] = 0.0
             known = codes >= 0

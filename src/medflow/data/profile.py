@@ -1,7 +1,8 @@
 """A data profile made of aggregates only: read by people, it may be attached to reviews and model cards.
 
-Counts below `small_count` are shown as "<k" so that no small group can be singled out; identifier, patient id
-and free-text/date columns show only their name, kind and missingness.
+Counts below `small_count` are shown as "<k" so that no small group can be singled out, and categories with fewer
+rows are pooled as "<other>", unnamed; identifier, patient id and free-text/date columns show only their name, kind
+and missingness.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medflow.data.features import OTHER, pool_rare
 from medflow.params import DataParams, ValidateParams
 
 _QUANTILES = {"p1": 0.01, "p25": 0.25, "median": 0.5, "p75": 0.75, "p99": 0.99}
@@ -127,8 +129,8 @@ def build_profile(df: pd.DataFrame, kinds: dict[str, str], data: DataParams, vp:
             entry["quantiles"] = {name: float(f"{v:.4g}") for name, v in zip(_QUANTILES, q, strict=True)}
             entry["association"] = aucs[col]
         if kind == "categorical":
-            counts = df[col].value_counts()
-            entry["counts"] = {str(v): shown(int(c), k) for v, c in counts.items()}
+            common, rare = pool_rare(df[col].value_counts(), k)
+            entry["counts"] = {v: shown(c, k) for v, c in common.items()} | ({OTHER: shown(rare, k)} if rare else {})
             entry["association"] = association(df[col], kind, labels, positive)
         columns.append(entry)
     counts = labels.value_counts()

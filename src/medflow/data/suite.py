@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from medflow.data.features import OTHER, pool_rare
 from medflow.data.numbers import (
     NUMBER_REGEX,
     NUMBER_REGEXES,
@@ -43,7 +44,9 @@ _TEXT_CHECKS = {"expect_column_values_to_match_regex", "expect_column_values_to_
 NOTES = (
     "Inferred by medflow from reference data; review and edit by hand. meta.level 'batch': a failure stops "
     "the run. meta.level 'row': failing rows are quarantined with a reason, and the run stops only if fewer "
-    "than `mostly` of the rows pass. Numeric columns are checked as numbers (text that does not parse counts "
+    "than `mostly` of the rows pass. A category set holding '<other>' admits any value outside it: the reference's "
+    "values rarer than validate.small_count are pooled under that name, never named (remove it to close the set). "
+    "Numeric columns are checked as numbers (text that does not parse counts "
     "as missing) except by match_regex and not_be_null, which see the text. meta.medflow records the column "
     "kinds (used by the clean step) and reference statistics; delete this file to infer it again."
 )
@@ -358,8 +361,10 @@ def infer_suite(
                 )
             )
         elif kind == "categorical":
-            counts = value_counts(col)
-            allowed = sorted(counts[counts >= vp.category_min_count].index)
+            # A value rarer than small_count could single out a patient in a file that is committed: it stands in
+            # the set as OTHER, which admits any value outside the set (the model pools them the same way).
+            common, rare = pool_rare(value_counts(col), max(vp.small_count, vp.category_min_count))
+            allowed = sorted(common) + ([OTHER] if rare else [])
             exps.append(_expect("expect_column_values_to_be_in_set", "row", column=col, value_set=allowed))
         elif kind == "target":
             labels = sorted(value_counts(col).index)
@@ -369,7 +374,7 @@ def infer_suite(
         "reference_rows": n,
         **({"sampled_rows": len(df)} if len(df) < n else {}),
         "columns": stats,
-        "inferred_with": vp.model_dump(mode="json", exclude={"leakage_auc", "small_count", *STREAMING}),
+        "inferred_with": vp.model_dump(mode="json", exclude={"leakage_auc", *STREAMING}),
     }
     return {"name": name, "expectations": exps, "meta": {"medflow": meta}, "notes": NOTES}
 
@@ -485,7 +490,7 @@ def _native(type_: str, kw: dict, frame: pd.DataFrame, parsed: Parsed) -> dict:
         elif type_ == "expect_column_values_to_match_regex":
             ok = values.astype(str).str.contains(kw["regex"], regex=True)
         elif type_ == "expect_column_values_to_be_in_set":
-            ok = values.isin(kw["value_set"])
+            ok = values.isin(kw["value_set"]) | (OTHER in kw["value_set"])
         else:
             lo, hi = kw.get("min_value"), kw.get("max_value")
             ok = pd.Series(True, index=values.index)

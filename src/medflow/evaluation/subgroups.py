@@ -1,7 +1,8 @@
 """Test metrics per subgroup (a categorical column's values, a numeric column's bins), with patient-bootstrap CIs.
 
-A group with fewer than min_patients patients is suppressed: its size is shown as "<k" and none of its
-metrics are computed, so no report, card or plot can single out a handful of patients.
+A group with fewer than min_patients patients is suppressed: its size is shown as "<k", none of its metrics are
+computed, and a category's small groups share one row named "<other>", so no report, card or plot can single out a
+handful of patients.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from medflow.data.features import OTHER
 from medflow.evaluation.metrics import bootstrap_ci, weighted_metrics
 
 MISSING = "missing"
@@ -71,6 +73,11 @@ def subgroup_report(
             n_patients = len(np.unique(patients[mask]))
             row: dict = {"column": col, "group": name}
             if n_patients < min_patients:
+                # A small category is not named either (a rare value singles out its patients): one pooled row.
+                if name.startswith(f"{col}="):
+                    row["group"] = f"{col}={OTHER}"
+                if row["group"] != name and any(r["group"] == row["group"] for r in rows):
+                    continue
                 rows.append({**row, "patients": f"<{min_patients}", "suppressed": True})
                 continue
             ys, ps = y[mask], proba[mask]

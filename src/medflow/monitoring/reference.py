@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medflow.data.features import MISSING, Schema, coerce_features
+from medflow.data.features import MISSING, OTHER, Schema, coerce_features, pool_rare
 
-OTHER = "<other>"
 VERSION = 1
 
 
@@ -65,9 +64,7 @@ def numeric_reference(values: np.ndarray, bins: int, k: int) -> dict:
 
 def categorical_reference(values: pd.Series, k: int) -> dict:
     present = values[values != MISSING]
-    counts = present.value_counts()
-    kept = {str(c): int(n) for c, n in counts.items() if n >= k}
-    pooled = int(counts[counts < k].sum())
+    kept, pooled = pool_rare(present.value_counts(), k)
     return {
         "kind": "categorical",
         "n": int(len(values)),

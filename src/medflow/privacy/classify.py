@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,23 @@ _NAME = re.compile(
     r"^(?:(?:Dr|Mr|Mrs|Ms|Prof)\.?\s+)?[A-ZÀ-Þ][a-zß-ÿ'’-]+,?(?:\s+(?:(?:van|von|de|da|del|der|le|la)\s+)?"
     r"[A-ZÀ-Þ][a-zß-ÿ'’.-]*){1,3}$"
 )
+# The same shape in any case ("jane roe", "ROE, JANE"): taken for names only when many values are distinct and
+# no word is one that phrases ("follow up", "none") are made of.
+_NAME_ANY_CASE = re.compile(
+    r"^(?:(?:dr|mr|mrs|ms|prof)\.?\s+)?[a-zß-ÿ][a-zß-ÿ'’-]+,?(?:\s+(?:(?:van|von|de|da|del|der|le|la)\s+)?"
+    r"[a-zß-ÿ][a-zß-ÿ'’.-]*){1,3}$",
+    re.IGNORECASE,
+)
+_PHRASE_WORD = re.compile(
+    r"\b(?:a|an|the|of|to|in|on|at|by|for|with|and|or|no|not|none|up|off|per|as|is|was|non|post|pre|left|right"
+    r"|high|low|normal|mild|severe|stable|positive|negative|follow|routine|pain|day|days|week|weeks|unknown|other)\b",
+    re.IGNORECASE,
+)
+# Names of id columns (ID, id, subject_id, patientId, PatientID), whose values, unless they are row numbers or a
+# few codes (site_id), single out a record.
+_ID_NAME = re.compile(r"(?:^|[^A-Za-z0-9])[Ii][Dd]$|[a-z0-9](?:Id|ID)$|^ID$")
+# Share of distinct values above which a column's values single out records or people, not a handful of codes.
+DISTINCT = 0.1
 # Record numbers: a short letter prefix glued to 4+ digits (MRN0012345, P-000123), or 6+ digits with a leading 0.
 _RECORD = re.compile(r"^(?:[A-Za-z]{1,5}[-_#:]?\d{4,}|0\d{5,})$")
 _STREET = re.compile(
@@ -47,15 +64,25 @@ class Suspect:
     kind: str  # what the column looks like: "name" (by its header), "person name", "e-mail", ...
     count: int  # values that look like it (0 for a header match)
     of: int
+    # (distinct values, rows) of a record-number column whose values repeat, as a patient's visits do: the
+    # patient id, which must keep a patient's rows in one split, not only an identifier to drop.
+    repeats: tuple[int, int] | None = None
 
     def __str__(self) -> str:
         if self.kind == "name":
-            return f"column {self.column!r} is named like an identifier"
-        if self.kind == "row numbers":
+            said = f"column {self.column!r} is named like an identifier"
+        elif self.kind == "id":
+            said = f"column {self.column!r} is named like an id and {self.count} of its {self.of} values are distinct"
+        elif self.kind == "row numbers":
             unnamed = " (no name in the header)" if self.column.startswith("Unnamed: ") else ""
             return (f"column {self.column!r}{unnamed}: its {self.of} values are the rows' numbers in the file, a row "
                     "index the exporting tool wrote (R's write.csv, pandas' to_csv), not a measurement")  # fmt: skip
-        return f"column {self.column!r}: {self.count} of {self.of} sampled values look like {self.kind}"
+        else:
+            said = f"column {self.column!r}: {self.count} of {self.of} sampled values look like {self.kind}"
+        if self.repeats:
+            said += (f"; its values repeat over rows as a patient's visits do ({self.repeats[0]} distinct in "
+                     f"{self.repeats[1]} rows): a patient id")  # fmt: skip
+        return said
 
 
 def _sample(values: pd.Series) -> pd.Series:
@@ -79,11 +106,20 @@ def _birth_dates(values: pd.Series) -> int:
     return len(years) if hi - lo >= BIRTH_SPAN_YEARS else 0
 
 
-def suspect_by_values(column: str, values: pd.Series, free_text: bool = False) -> Suspect | None:
+def _lowercase_names(counts: pd.Series) -> int:
+    """Rows of names written in any case: values of name shape, no phrase word, many of them distinct (names
+    repeat only with a patient's visits, categories over and over)."""
+    names = counts[[_NAME_ANY_CASE.match(v.strip()) is not None and not _PHRASE_WORD.search(v) for v in counts.index]]
+    rows = int(names.sum())
+    return rows if len(names) >= 10 and len(names) >= DISTINCT * rows else 0
+
+
+def suspect_by_values(column: str, values: pd.Series) -> Suspect | None:
     """The first kind of identifier that a share of the column's values looks like, or None.
 
-    In free text one e-mail, phone, SSN or record number is enough: a note names one patient at a time. A column
-    of names or dates with every value distinct looks like free text, so the shape rules apply to it as well.
+    One e-mail, phone, SSN or record number among text is enough, whatever kind the column is taken for: a note
+    names one patient at a time, and a column of notes that repeat ("routine follow up") reads as categories. A
+    column of names or dates with every value distinct looks like free text, so the shape rules apply to it too.
     """
     sample = _sample(values)
     n = len(sample)
@@ -96,7 +132,7 @@ def suspect_by_values(column: str, values: pd.Series, free_text: bool = False) -
     counts = sample.value_counts()
     for kind, pattern in _ANY.items():
         hits = _share(counts, pattern, anywhere=True)
-        if hits and (free_text or hits >= SHARE * n):
+        if hits:
             return Suspect(column, {"email": "e-mail addresses", "phone": "phone numbers", "ssn": "SSNs",
                                     "mrn": "record numbers"}[kind], hits, n)  # fmt: skip
     distinct = len(counts)
@@ -109,6 +145,9 @@ def suspect_by_values(column: str, values: pd.Series, free_text: bool = False) -
         hits = _share(counts, pattern) if plausible else 0
         if plausible and hits >= SHARE * n:
             return Suspect(column, kind, hits, n)
+    hits = _lowercase_names(counts)
+    if hits >= SHARE * n:
+        return Suspect(column, "person names", hits, n)
     hits = _birth_dates(sample)
     if hits >= SHARE * n:
         return Suspect(column, "dates of birth", hits, n)
@@ -143,16 +182,48 @@ def _row_numbers(numbers: Mapping[str, np.ndarray], positions: np.ndarray) -> di
     return found
 
 
+def _id_column(column: str, values: pd.Series) -> Suspect | None:
+    """A column named like an id whose values are too many to be a few codes."""
+    if not _ID_NAME.search(column.strip()):
+        return None
+    present = values.dropna()
+    distinct = int(present.nunique())
+    return (
+        Suspect(column, "id", distinct, len(present))
+        if distinct >= 10 and distinct >= DISTINCT * len(present)
+        else None
+    )
+
+
+# Headers of record numbers (beside an id-named column's): the ones whose repeated values are a patient's visits.
+_RECORD_NAME = re.compile(
+    r"(?:^|_)(?:mrn|medical_?record\w*|record_?(?:number|no|nr)|nhs_?number|member_?id|patient_?(?:no|nr|number))"
+    r"(?:$|_)",
+    re.IGNORECASE,
+)
+
+
+def _as_patient_id(found: Suspect, values: pd.Series) -> Suspect:
+    """found, marked as the patient id when it holds record numbers that repeat across rows."""
+    record = found.kind in ("id", "record numbers") or (
+        found.kind == "name" and _RECORD_NAME.search(re.sub(r"[^0-9A-Za-z]+", "_", found.column)) is not None
+    )
+    present = values.dropna()
+    distinct = int(present.nunique()) if record else 0
+    return replace(found, repeats=(distinct, len(present))) if record and 2 <= distinct < len(present) else found
+
+
 def suspects(
     df: pd.DataFrame,
     declared: set[str],
-    text_columns: set[str],
     numeric_columns: set[str] = frozenset(),
     rows: tuple[np.ndarray, Mapping[str, np.ndarray]] | None = None,
+    patient_id: bool = False,
 ) -> list[Suspect]:
     """Undeclared columns that look like identifiers by name or by values, in column order. numeric_columns (every
-    value a plain number) are only checked for record numbers, and, given rows (each row's position in the file, 0
-    for its first data row, and the numbers each numeric column parsed to), for row numbers."""
+    value a plain number) are only checked for record numbers and ids, and, given rows (each row's position in the
+    file, 0 for its first data row, and the numbers each numeric column parsed to), for row numbers. With
+    patient_id (none is declared), the first record-number column whose values repeat is marked as the patient id."""
     by_name = {c for c in df.columns if c not in declared and looks_like_identifier(str(c))}
     checked = [c for c in df.columns if c in numeric_columns and c not in declared | by_name]
     padded = _zero_padded(df[checked])
@@ -164,9 +235,16 @@ def suspects(
         if col in declared:
             continue
         if col in by_name:
-            found.append(Suspect(col, "name", 0, 0))
-        elif col in numeric_columns:
-            found += [padded[col]] if col in padded else []
-        elif hit := suspect_by_values(col, df[col], free_text=col in text_columns):
-            found.append(hit)
+            hit = Suspect(col, "name", 0, 0)
+        elif col in padded:
+            hit = padded[col]
+        else:
+            hit = _id_column(str(col), df[col])
+            if hit is None and col not in numeric_columns:
+                hit = suspect_by_values(col, df[col])
+        if hit is None:
+            continue
+        if patient_id and not any(f.repeats for f in found):
+            hit = _as_patient_id(hit, df[col])
+        found.append(hit)
     return found

@@ -25,6 +25,12 @@ PATTERNS: dict[str, re.Pattern[str]] = {
         r"\+\d{1,3}(?:[-. ]\d{2,4}){2,4}"  # +1-555-123-4567, +44 20 7946 0958
         r"|(?:1[-. ]?)?\(\d{3}\) ?\d{3}[-. ]\d{4}"  # (555) 123-4567
         r"|(?:1[-.])?\d{3}([-.])\d{3}\1\d{4}"  # 555-123-4567, 555.123.4567 (one separator kind)
+        # Other countries: a country code and 8-15 digits in groups (+49 30 123456, +33 6 12 34 56 78, +4930123456)
+        r"|\+(?=(?:[-. ]?\(?\d\)?){8,15}(?![-. ]?\d))\d{1,3}(?:[-. ]?\(?\d{1,6}\)?){1,6}"
+        # or a trunk 0 and 9-11 digits, the area code's first no 0 (07700 900123, 0612345678, (02) 9876 5432,
+        # 030 123456); dots only as French or British numbers group them: 0.123456789 and 01.02.2020 stay numbers
+        r"|(?=\(?0(?:[- )]{0,2}\d){8,10}(?![- )]{0,2}\d))\(?0[1-9]\d{0,3}\)?(?:[- ]?\d{2,4}){1,4}"
+        r"|0[1-9](?:\.\d{2}){4}|0[1-9]\d{1,3}\.\d{3,4}\.\d{3,4}"
         r")" + _E
     ),
     # Area 000/666/9xx, group 00 and serial 0000 are never issued.

@@ -131,7 +131,8 @@ def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
         config = {"name": model, "in_shape": [c, h, w], "n_classes": len(schema.classes)}
         config |= vision.options(model, params.train)
     else:
-        pre = Preprocessor(schema.numeric, schema.categorical).fit(df.iloc[positions["train"]])
+        pre = Preprocessor(schema.numeric, schema.categorical, small_count=params.validate_.small_count)
+        pre = pre.fit(df.iloc[positions["train"]])
         x = {s: torch.from_numpy(pre.transform(df.iloc[pos])) for s, pos in positions.items()}
         config = {
             "name": model,

@@ -125,21 +125,25 @@ def _declared(df: pd.DataFrame, data: DataParams, where: str) -> None:
 
 
 def _refuse_suspects(df: pd.DataFrame, data: DataParams, kinds: dict[str, str], where: str, parsed: Parsed) -> None:
+    # Every other column is screened as text, whatever kind it was taken for: notes that mostly repeat read as
+    # categories, and a categorical column's values reach the suite, the profile and the model.
     numeric = {c for c, k in kinds.items() if k == "numeric" and parsed.count(c) == parsed.present[c]}
-    text = {c for c, k in kinds.items() if k == "text"}
     # The numbers each column parsed to, as parsed once for every check: not parsed again per screen.
     rows = (df[ROW_ID].to_numpy(dtype="float64"), {c: parsed[c].to_numpy() for c in numeric})
-    found = classify.suspects(df.drop(columns=ROW_ID), set(roles(data)), text, numeric, rows)
+    found = classify.suspects(df.drop(columns=ROW_ID), set(roles(data)), numeric, rows, not data.patient_id)
     if found:
-        cols = [s.column for s in found]
-        declare = yaml_list([*data.identifiers, *cols])
-        drop = yaml_list([*data.exclude, *cols])
+        patient = [s.column for s in found if s.repeats]
+        cols = [s.column for s in found if not s.repeats]
+        fix = [f"-P data.patient_id={patient[0]}"] if patient else []
+        fix += [f"-P 'data.identifiers={yaml_list([*data.identifiers, *cols])}'"] if cols else []
+        drop = yaml_list([*data.exclude, *patient, *cols])
         raise ValidationFailed(
             f"{where}: {len(found)} undeclared column(s) look like patient identifiers or row numbers (nothing was "
             "written): "
             + "; ".join(map(str, found))
-            + f". Declare them (-P 'data.identifiers={declare}') to keep them out of every output, or drop them "
-            f"as the table is read (-P 'data.exclude={drop}')"
+            + f". Declare them ({' '.join(fix)}) to keep them out of every output"
+            + (" and each patient's visits in one split" if patient else "")
+            + f", or drop them as the table is read (-P 'data.exclude={drop}')"
         )
 
 
@@ -188,6 +192,13 @@ def _written_columns(kinds: dict[str, str]) -> list[str]:
     return [c for c, k in kinds.items() if k in ("numeric", "categorical", "target")]
 
 
+def _held_columns(kinds: dict[str, str], keep: list[str]) -> list[str]:
+    """What quarantine.csv holds: the row number (which finds the row in the source), the reason, the salted key and
+    the numeric columns. Never the text of another column: a category a suite did not know may be a name or a note
+    that got past every screen, and the reason names its column and rule."""
+    return [ROW_ID, "reason", *(c for c in keep[1:] if c == PATIENT_KEY or kinds.get(c) == "numeric")]
+
+
 def run(params: Params, paths: Paths) -> dict:
     out = paths.step_dir("validate")
     # A failed run must not leave the previous run's valid rows behind for `clean`.
@@ -222,7 +233,7 @@ def run(params: Params, paths: Paths) -> dict:
     numbers, categorical = _groupable(df, kinds, parsed)
     groups = Groups.of(numbers, categorical)
     groups.add(numbers, df[categorical], df[ROW_ID].isin(held[ROW_ID]).to_numpy())
-    held[[ROW_ID, "reason", *keep[1:]]].to_csv(out / "quarantine.csv", index=False, lineterminator="\n")
+    held[_held_columns(kinds, keep)].to_csv(out / "quarantine.csv", index=False, lineterminator="\n")
     _refuse_selection(groups, checks, len(df), len(held), vp, where)
     _adopt(suite, created, paths, where, dataset)
     # Numeric columns leave as the floats parsed here: clean parsing their text again took 7 of its 12 s at 1M rows.
@@ -519,8 +530,8 @@ def _run_streamed(params: Params, paths: Paths, files: list[Path]) -> dict:
                 if writer is None:
                     writer = pq.ParquetWriter(valid_part, _schema(rows_out, kinds))
                 writer.write_table(pa.Table.from_pandas(rows_out, schema=writer.schema, preserve_index=False))
-                held[[ROW_ID, "reason", *keep[1:]]].to_csv(held_file, header=not chunks, index=False,
-                                                           lineterminator="\n")  # fmt: skip
+                held[_held_columns(kinds, keep)].to_csv(held_file, header=not chunks, index=False,
+                                                        lineterminator="\n")  # fmt: skip
                 profiled.append(valid[np.isin(valid[ROW_ID].to_numpy(), sampled)])
                 rows, valid_rows, chunks = rows + len(chunk), valid_rows + len(valid), chunks + 1
         if rows != totals.rows:
@@ -601,20 +612,20 @@ def _run_images(params: Params, paths: Paths) -> dict:
     valid[CONTENT_HASH] = [image_validation.content_hash(im) for im in pixels]
     held = table[bad].copy()
     held.insert(1, "reason", [reasons[r] for r in held[ROW_ID]])
-    # As for tables: the patient id leaves validate as its salted key only; identifiers and (in quarantine, where
-    # the row number finds the row) file paths, which can carry names, not at all.
+    # As for tables: the patient id leaves validate as its salted key only; identifiers not at all, nor (in
+    # quarantine, where the row number finds the row) file paths, which can carry names, or other text.
     identifiers = [*data.identifiers, *([data.patient_id] if data.patient_id else [])]
     for frame in (valid, held):
         if data.patient_id:
             frame.insert(2 if "reason" in frame else 1, PATIENT_KEY, _key(frame[data.patient_id], salt))
         frame.drop(columns=identifiers, inplace=True)
-    held = held.drop(columns=[data.image_column])
     known = image_validation.column_kinds(table, data, params.validate_) | suite_kinds(suite)
     kinds = {c: known[c] for c in table.columns if c in known}
 
     valid.to_parquet(paths.valid_rows, index=False)
     np.save(out / "images.npy", pixels)
-    held.to_csv(out / "quarantine.csv", index=False, lineterminator="\n")
+    held[_held_columns(kinds, list(held.columns.drop("reason")))].to_csv(out / "quarantine.csv", index=False,
+                                                                       lineterminator="\n")  # fmt: skip
     _write_json(out / "columns.json", kinds)
     profile = image_validation.image_profile(valid[data.target], pixels, data.target, params.validate_)
     (out / "profile").mkdir()

@@ -60,7 +60,7 @@ def read_train_val(paths: Paths) -> tuple[pd.DataFrame, np.ndarray, Schema]:
     return df.assign(_split=split.to_numpy()), positions[by_position], Schema.load(paths.schema)
 
 
-def trial_data(paths: Paths) -> TrialData:
+def trial_data(paths: Paths, small_count: int) -> TrialData:
     df, positions, schema = read_train_val(paths)
     masks = {s: (df["_split"] == s).to_numpy() for s in SPLITS}
     for s, m in masks.items():
@@ -72,6 +72,6 @@ def trial_data(paths: Paths) -> TrialData:
         x = {s: torch.from_numpy(np.ascontiguousarray(images[positions[m]])) for s, m in masks.items()}
         pre = ImageNormaliser.fit(x["train"].numpy())
     else:
-        pre = Preprocessor(schema.numeric, schema.categorical).fit(df[masks["train"]])
+        pre = Preprocessor(schema.numeric, schema.categorical, small_count=small_count).fit(df[masks["train"]])
         x = {s: torch.from_numpy(pre.transform(df[m])) for s, m in masks.items()}
     return TrialData(x, y, pre, schema)

@@ -255,7 +255,7 @@ def run(
     t = params.tune
     trials = trials or t.trials
     timeout_s = timeout_s or t.timeout_s
-    data = trial_data(paths)
+    data = trial_data(paths, params.validate_.small_count)
     for model in t.space["model"].choices if "model" in t.space else [params.train.model]:
         model_config(params.train.model_copy(update={"model": model}), data)  # a model unfit for the data fails now
     out = tune_dir(paths)
