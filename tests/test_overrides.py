@@ -82,3 +82,12 @@ def test_keys_the_file_does_not_write_and_flow_mappings(tmp_path):
     with pytest.raises(ParamsError, match="split.val"):
         write(file, ["split.val.x=1"])  # a number is no section: nothing is written
     assert "val: 0.15\n" in file.read_text()
+
+
+def test_a_block_list_at_its_keys_indent_is_replaced_whole(tmp_path):
+    """`dvc exp run -S` writes lists as blocks whose items sit at their key's indent: -P after it replaced the key's
+    line only, and left the items below it, a file no YAML reader takes."""
+    file = tmp_path / "p.yaml"
+    file.write_text("train:\n  hidden:      # widths\n  - 64\n  - 32\n  lr: 0.001\n")
+    write(file, ["train.hidden=[128, 64]"])
+    assert file.read_text() == "train:\n  hidden: [128, 64] # widths\n  lr: 0.001\n"

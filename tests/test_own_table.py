@@ -47,7 +47,7 @@ def test_training_file_scores_through_predict_with_no_row_refused(project):
     assert done.stdout.strip().splitlines()[-1].startswith(f"p.csv: {rows} rows scored by own v1, {rows} ok, 0 refused")
 
 
-def test_scoring_paths_build_the_feature_matrix_training_built_row_for_row(project, monkeypatch):
+def test_scoring_paths_build_the_feature_matrix_training_built_row_for_row(project):
     root = project
     raw = pd.read_csv(root / "data/visits.csv", dtype=str, keep_default_na=False)
     cleaned = pd.read_parquet(root / "artifacts/clean/cleaned.parquet")
@@ -57,7 +57,9 @@ def test_scoring_paths_build_the_feature_matrix_training_built_row_for_row(proje
     scored = features(coerce_features(raw.iloc[cleaned["_row_id"].to_numpy()], bundle.schema))
     np.testing.assert_array_equal(scored, training)
     # The registered pyfunc, given the rows as `mlflow models serve` decodes a JSON request (all text).
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    store = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(store)  # the conftest fixture unsets both after the test
+    mlflow.set_registry_uri(store)
     model = mlflow.pyfunc.load_model("models:/own@champion")
     request = pd.read_json(io.StringIO(raw.to_json(orient="split")), orient="split", dtype=False)
     out = model.predict(request)
@@ -167,6 +169,6 @@ def test_a_new_users_path_ends_with_a_card_that_matches_the_aliases(project):
     sh(".venv/bin/medflow promote own 2 --reason 'reviewed with the ward team'", root)
     store = f"sqlite:///{root / 'mlruns/mlflow.db'}"
     registry = MlflowClient(store, registry_uri=store)
-    assert registry.get_model_version_by_alias("own", "champion").version == "2"
+    assert str(registry.get_model_version_by_alias("own", "champion").version) == "2"
     assert "Current alias: `champion`." in registry.get_model_version("own", "2").description
     assert "Current alias: none." in registry.get_model_version("own", "1").description

@@ -28,7 +28,7 @@ WORKER = (
     "DO_NOT_TRACK=1 MLFLOW_DISABLE_TELEMETRY=true GX_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1 \\\n"
     "    .venv/bin/prefect worker start --pool medflow &"
 )
-MONITOR_NOW = ".venv/bin/prefect deployment run medflow-monitor/medflow-monitor --watch"
+MONITOR_NOW = ".venv/bin/prefect deployment run medflow-monitor/medflow-monitor --param update=true --watch"
 
 
 def post(url: str, path: str, body: dict) -> list | dict:

@@ -105,6 +105,7 @@ def test_lineage_reads_git_and_dvc(project, params, monkeypatch):
         "medflow.params_hash": params.digest(),
         "medflow.flow_run_id": "none",
         "medflow.dvc_experiment": "none",
+        "medflow.data_batches": "none",  # no monitored batch was added to the data
     }
     (project.root / "params.yaml").write_text("seed: 1\n")
     assert tracking.lineage(params, project)["medflow.git_commit"] == f"{sha}-dirty"

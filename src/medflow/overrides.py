@@ -52,6 +52,13 @@ def _content(line: str) -> bool:
     return bool(text) and not text.startswith("#")
 
 
+def _ends_block(line: str, indent: int) -> bool:
+    """Whether line, below a key at indent, is no longer part of that key's value."""
+    if not _content(line) or _indent(line) > indent:
+        return False
+    return _indent(line) < indent or not line.lstrip(" ").startswith("- ")
+
+
 def _comment_at(text: str) -> int:
     """Index of the comment in text (a # after whitespace, outside quotes), or -1."""
     quote = None
@@ -103,9 +110,10 @@ def edit_text(text: str, keys: list[str], value: str, merged: dict[str, Any]) ->
             new = _nested(keys[depth:], value, indent)
             lines[at:at] = ["", *new] if depth == 0 and lines and lines[-1].strip() else new
             return "\n".join(lines) + "\n"
-        # The key's block: the lines below it indented deeper (comments and blank lines between them included).
+        # The key's block: the lines below it indented deeper (comments and blank lines between them included), and
+        # the items of a block list at its own indent, as `dvc exp run -S` writes lists.
         stop = found + 1
-        while stop < end and not (_content(lines[stop]) and _indent(lines[stop]) <= indent):
+        while stop < end and not _ends_block(lines[stop], indent):
             stop += 1
         while stop > found + 1 and not _content(lines[stop - 1]):
             stop -= 1

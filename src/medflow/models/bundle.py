@@ -91,7 +91,9 @@ class Predictor:
         if arr.ndim == 3:
             arr = arr[..., None]
         if arr.shape[1:] != (h, w, c):
-            raise ValueError(f"images of shape {list(arr.shape[1:])} given; this model takes [H, W, C] = {[h, w, c]}")
+            raise BatchRejected(
+                f"images of shape {list(arr.shape[1:])} given; this model takes [H, W, C] = {[h, w, c]}"
+            )
         return arr
 
     def predict_proba(self, raw) -> np.ndarray:
