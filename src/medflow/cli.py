@@ -27,6 +27,9 @@ QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "GX_ANALYTICS_ENABLED": "false",
     "DVC_NO_ANALYTICS": "1",
+    # MLflow's INFO lines ("Creating initial MLflow database tables...") land between medflow's own on the terminal;
+    # its warnings still show, and every record reaches the log file.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
     # Under load the temporary server has taken minutes to start; a run waits for it rather than failing.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "900",
 }
