@@ -107,6 +107,7 @@ def test_a_quarantine_of_the_sickest_patients_stops_with_one_line(tmp_path, migr
         spaced.to_csv(root / "data" / "visits.csv", index=False)
         done = sh(f".venv/bin/medflow step validate {OWN}", root, check=False, **SALT)
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stdout[-2000:] + done.stderr
+        assert done.stderr.startswith("medflow step: error: validate: data/visits.csv: ")  # the step, not "setup"
         held = int(spaced["ldh"].str.contains(" ").sum())
         if above == 1000:
             assert f"ldh: {held} of {len(df)} non-null values do not parse as numbers" in done.stderr, done.stderr

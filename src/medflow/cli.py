@@ -277,7 +277,11 @@ def cmd_step(args: argparse.Namespace, paths: Paths) -> int:
 
     # No DVC calls here: under `dvc repro` the repository lock is held by the caller.
     params = params_mod.load(Path(args.params) if args.params else paths.params_file, args.override)
-    summary = run_step(args.name, params, Paths.for_params(paths.root, args.params))
+    try:
+        summary = run_step(args.name, params, Paths.for_params(paths.root, args.params))
+    except Exception as exc:
+        exc.medflow_step = args.name  # the one-line error names the step, as `medflow run`'s does
+        raise
     print(f"{args.name}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list)))
     return 0
 
