@@ -15,7 +15,7 @@ export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup test-debs run repro test lint ui bench clean
+.PHONY: setup test-debs run repro test test-fast lint ui bench clean
 
 # A linked .venv (a scratch clone or worktree borrowing another checkout's venv) is that checkout's to install:
 # installing from here would repoint its editable medflow at this folder.
@@ -59,6 +59,11 @@ test-debs:
 test: setup test-debs
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# For ourselves, between edits (< 3 min on 2 cores): the unit tests and one shrunk run of the real executable.
+test-fast: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m 'smoke or not (e2e or slow or gpu)'
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -488,6 +488,7 @@ def clone(tmp_path_factory, base):
     return scratch_clone(tmp_path_factory.mktemp("corpus-clone"))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("case", "args", "fragments"),
     [

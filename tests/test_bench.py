@@ -7,6 +7,8 @@ import json
 import pytest
 from usercmd import scratch_clone, sh
 
+pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
+
 PIPELINE = ".venv/bin/python bench/pipeline.py"
 PIPELINE_LONG = ".venv/bin/python bench/pipeline.py --long"
 VALIDATE = ".venv/bin/python bench/validate_throughput.py"

@@ -10,6 +10,8 @@ import pytest
 import yaml
 from usercmd import scratch_clone, sh
 
+pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
+
 SALT = {"MEDFLOW_SALT": "data-versions-salt", "OMP_NUM_THREADS": "1"}
 TINY = "-P train.max_epochs=3 -P train.patience=2 -P evaluate.n_boot=100 -P register.gate.n_boot=100"
 MODEL = "medflow-breast-cancer"

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 from usercmd import scratch_clone, sh
 
+pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
+
 SALT = {"MEDFLOW_SALT": "exports-salt"}
 
 

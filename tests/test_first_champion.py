@@ -16,6 +16,8 @@ from usercmd import scratch_clone, sh, user_env
 
 from medflow.data.synthetic import synthetic_cohort
 
+pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
+
 TABLE = "-P data.source=data/visits.csv -P data.target=outcome -P data.patient_id=mrn -P data.positive_class=disease"
 TABLE += " -P 'data.identifiers=[name, dob, phone]' -P 'data.exclude=[outcome_code]' -P register.model_name=first"
 # A small net, few epochs; the baseline comparison is opened: this is about floors and cards, not the model.

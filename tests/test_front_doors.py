@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from usercmd import REPO, free_port, scratch_clone, user_env
 
+pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
+
 QUIET = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",

@@ -2,11 +2,14 @@
 
 import json
 
+import pytest
 from test_register import cohort, make_project, train_and_register
 from usercmd import scratch_clone, sh
 
 from medflow import tracking
 from medflow.paths import Paths
+
+pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
 
 
 def test_history_rollback_and_lineage_as_a_user_types_them(tmp_path, migrated_mlflow_db):

@@ -20,6 +20,8 @@ from medflow.data.synthetic import synthetic_cohort
 from medflow.monitoring import drift, reference
 from medflow.params import MonitorParams
 
+pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
+
 # README's "Monitoring", as printed.
 MONITOR = ".venv/bin/medflow monitor --batch incoming/2026-12.csv"
 COHORT = (

@@ -54,6 +54,7 @@ def assert_only_the_six_lines(root, file: str) -> None:
     assert values["train"]["lr"] == 3e-4 and values["register"]["gate"]["test"] == "non_inferiority"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("file", ["params.yaml", "other.yaml"])
 def test_six_overrides_change_six_lines_and_stay_when_the_run_stops(clone, file):
     params = "" if file == "params.yaml" else f"--params {file} "
@@ -65,6 +66,7 @@ def test_six_overrides_change_six_lines_and_stay_when_the_run_stops(clone, file)
     sh(f"git checkout -- {file}", clone)
 
 
+@pytest.mark.e2e
 def test_a_bad_value_writes_nothing(clone):
     done = sh(".venv/bin/medflow run -P train.lr=fast -P train.dropout=0.3", clone, check=False)
     assert done.returncode == 2 and "train.lr" in done.stderr

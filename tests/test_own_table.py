@@ -16,6 +16,8 @@ from usercmd import scratch_clone, sh
 from medflow.data.features import coerce_features
 from medflow.models.bundle import Predictor
 
+pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
+
 SALT = {"MEDFLOW_SALT": "own-table-salt"}
 OWN = (
     "-P data.source=data/visits.csv -P data.target=outcome -P data.patient_id=mrn -P 'data.identifiers=[name]' "

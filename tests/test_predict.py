@@ -16,6 +16,8 @@ from usercmd import free_port, scratch_clone, sh, stop, user_env, wait_http
 from medflow import tracking
 from medflow.paths import Paths
 
+pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
+
 SECRET = "PATIENT-SECRET-8841"  # text typed into the numeric column `a`
 # As README.md prints it; the fixture's table stands in for the real one, with the same file name.
 PREDICT = (

@@ -12,6 +12,8 @@ from usercmd import REPO, scratch_clone, sh, stop, user_env
 
 from medflow.paths import STEPS
 
+pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
+
 # README's "Scheduled runs", as printed; the server and PREFECT_API_URL are the session's own (conftest).
 SERVE = '.venv/bin/medflow serve --cron "0 2 * * *"'
 POOL = ".venv/bin/prefect work-pool create medflow --type process"

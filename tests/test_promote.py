@@ -11,6 +11,8 @@ from usercmd import scratch_clone, sh
 from medflow import tracking
 from medflow.paths import Paths
 
+pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
+
 
 def test_promote_moves_champion_and_records_who_when_why_and_the_previous(tmp_path, migrated_mlflow_db, monkeypatch):
     from mlflow import MlflowClient

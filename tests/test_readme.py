@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 from usercmd import REPO, free_port, sh, stop, user_env, wait_http
 
+pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
+
 README = REPO / "README.md"
 EXEMPT_MARK = "not run by CI"
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from usercmd import scratch_clone, sh, user_env
 
+pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
+
 RUN_TINY = ".venv/bin/medflow run --force -P train.max_epochs=3 -P train.lr=3e-4"
 
 

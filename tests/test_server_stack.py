@@ -15,6 +15,8 @@ from test_monitor import COHORT, SALT, TINY, shifted, visits
 from test_readme import CREATEDB, TO_SERVER, TRACKING_SERVER, Background, postgres_up
 from usercmd import REPO, free_port, scratch_clone, sh, wait_http
 
+pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
+
 PREFECT_DB = "createdb -h 127.0.0.1 -U postgres prefect"
 PREFECT_SERVER = (
     "PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 \\\n"

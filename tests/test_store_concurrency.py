@@ -15,6 +15,8 @@ import pytest
 from test_register import cohort, make_project
 from usercmd import free_port, serving
 
+pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
+
 # The best is not last (a racy gate would leave a worse champion), and clearly best: the gate's paired test on the
 # same test patients must find it superior to whichever version is champion when it registers.
 AUCS = [0.91, 0.99, 0.93, 0.95]

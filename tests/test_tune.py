@@ -17,6 +17,8 @@ from medflow.params import ParamsError, TrainParams, from_dict, load, tuned_file
 from medflow.steps.clean import LABEL, ROW_ID
 from medflow.tuning.search import suggest
 
+pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
+
 TUNE = ".venv/bin/medflow tune --trials 20"
 RUN_TUNED = ".venv/bin/medflow run"
 # Small enough for CI: a handful of epochs per trial, few bootstrap resamples in evaluate and register.

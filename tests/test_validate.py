@@ -400,6 +400,7 @@ def test_an_expectation_type_medflow_does_not_infer_is_evaluated_by_gx(first_run
 BENCH_WIDE = ".venv/bin/python bench/validate_wide.py"
 
 
+@pytest.mark.e2e
 def test_wide_table_benchmark_runs_small(tmp_path):
     from usercmd import scratch_clone, sh
 
