@@ -29,7 +29,6 @@ _DECIMAL_COMMA = re.compile(r"^[-+]?\d+,\d+$")
 _PERCENT = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+))\s*%$")
 _UNIT = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-zµ°][A-Za-zµ°/0-9^.]*)$")
 
-READINGS = ("plain", "percent", "unit", "decimal", "thousands")
 _HOW = {
     "percent": ("percent signs", "{what} removed from {n} values (numbers are percentages)"),
     "unit": (None, "{what} removed from {n} values"),
@@ -42,7 +41,7 @@ _HOW = {
 class NumberFormat:
     """The way a column writes its numbers besides plain ones; what the model records and scoring reads."""
 
-    reading: str = "plain"  # one of READINGS
+    reading: str = "plain"  # plain | percent | unit | decimal | thousands
     unit: str | None = None  # lower-cased, for the reading "unit": "12 mg" and "12 MG" are one unit
 
     def to_dict(self) -> dict:
