@@ -204,7 +204,7 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
         x, y, pre, config = features(params, paths, df, schema)
         if opened:
             run_id = opened.result().run_id  # a run that cannot open (a busy store, PHI in params) stops here
-        seed_everything(params.seed, p.deterministic, p.compile)
+        seed_everything(params.seed, p.deterministic)
         model = build(**config)
         balanced = p.class_weights == "balanced"
         cfg = FitConfig(
