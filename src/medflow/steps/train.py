@@ -37,7 +37,6 @@ from medflow.models.tabular import IMAGE_MODELS, build, check_kind
 from medflow.params import Params
 from medflow.params import load as load_params
 from medflow.paths import Paths
-from medflow.sidecar import sidecar
 from medflow.steps.clean import LABEL, ROW_ID
 from medflow.training import distributed
 from medflow.training.loop import FitConfig, Progress, fit, pick_device, seed_everything
@@ -97,7 +96,6 @@ def log_inputs(run: tracking.OpenedRun, params: Params, paths: Paths, schema: Sc
     tracking.log_epoch(run.run_id, upstream_counts(paths), step=0)
     tracking.log_training_data(run.run_id, run.tags, params, paths, schema)
     profile = paths.step_dir("validate") / "profile"
-    sidecar.drawn()  # validate's figures, drawn beside the run
     if profile.exists():
         tracking.log_artifacts(run.run_id, profile, "data_profile")
 

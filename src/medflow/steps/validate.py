@@ -53,7 +53,6 @@ from medflow.params import DataParams, Params, ValidateParams, yaml_list
 from medflow.paths import Paths
 from medflow.privacy import classify
 from medflow.privacy.keys import PATIENT_KEY, pseudonymise, resolve_salt
-from medflow.sidecar import sidecar
 
 __all__ = ["ValidationFailed", "batch_failures", "quarantine", "report", "run"]
 
@@ -389,7 +388,7 @@ def _finish(
         profile["sample_of"] = counts["rows_valid"]
     (out / "profile").mkdir()
     (out / "profile" / "profile.md").write_text(to_markdown(profile, dataset))
-    sidecar.draw("validate's profile figures", save_figures, profile, out / "profile")
+    save_figures(profile, out / "profile")
 
     rules = {c.rule: len(c.row_ids) for c in checks if c.level == "row" and c.row_ids}
     summary = {
@@ -630,7 +629,7 @@ def _run_images(params: Params, paths: Paths) -> dict:
     profile = image_validation.image_profile(valid[data.target], pixels, data.target, params.validate_)
     (out / "profile").mkdir()
     (out / "profile" / "profile.md").write_text(image_validation.profile_markdown(profile, dataset))
-    sidecar.draw("validate's profile figures", image_validation.save_profile_figures, profile, out / "profile")
+    image_validation.save_profile_figures(profile, out / "profile")
 
     summary = {
         "dataset": dataset,
