@@ -72,7 +72,7 @@ UI_PORT ?= 5000
 ui: setup
 	$(BIN)/medflow ui --port $(UI_PORT)
 
-# Every benchmark of the README's Performance section, each writing bench/results/<name>.json (13-21 min on 2 cores).
+# Every benchmark of bench/README.md, each writing bench/results/<name>.json (13-21 min on 2 cores).
 BENCH := cold_start evaluate_bootstrap logging_overhead train_vs_bare train_vs_seed validate_throughput scaling pipeline
 bench: setup
 	set -e; for b in $(BENCH); do $(BIN)/python bench/$$b.py; done

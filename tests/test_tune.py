@@ -1,4 +1,4 @@
-"""medflow tune: the search space, the sealed test split, and the README's commands on a scratch clone."""
+"""medflow tune: the search space, the sealed test split, and docs/tuning.md's commands on a scratch clone."""
 
 from __future__ import annotations
 
