@@ -23,8 +23,9 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from test_monitor import COHORT, SALT, TINY, visits
 from test_readme import Background, postgres_up
-from usercmd import VENV_BIN, free_port, sh
+from usercmd import VENV_BIN, free_port, scratch_clone, sh
 
 pytestmark = pytest.mark.e2e  # three servers on PostgreSQL: `make test`, not `make test-fast`
 
@@ -235,7 +236,6 @@ open(folder + "/weights.txt", "w").write("weights")
 c.log_artifact(run, folder + "/weights.txt", "model")  # through the artifact proxy
 c.log_param(run, "lr", "0.1")
 c.set_terminated(run)
-c.create_registered_model("{model}")
 versions = [c.create_model_version("{model}", f"runs:/{{run}}/model", run_id=run).version for _ in range(2)]
 c.set_registered_model_alias("{model}", "champion", versions[0])
 try:
@@ -252,7 +252,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import VariableCreate
 
 c = MlflowClient()
-c.set_registered_model_alias("{model}", "champion", "2")
+c.set_registered_model_alias("{model}", "champion", "3")
 champion = c.get_model_version_by_alias("{model}", "champion").version
 
 async def schedule():
@@ -289,7 +289,7 @@ async def websocket_answer(url: str, ca: str, token: str | None, subprotocol: bo
         return f"close {exc.rcvd.code if exc.rcvd else None}"
 
 
-def test_nobody_writes_where_not_granted_and_no_secret_leaks(stack):
+def test_nobody_writes_where_not_granted_and_no_secret_leaks(stack, tmp_path):
     secrets = stack.secrets
     assert {"mlflow-admin-password", "prefect-auth-string", "users/alice", "users/bob", "users/medflow-worker"} <= set(
         secrets
@@ -297,12 +297,24 @@ def test_nobody_writes_where_not_granted_and_no_secret_leaks(stack):
     for private in [*(stack.root / ".team" / "secrets").rglob("*"), stack.root / ".team" / "basic_auth.ini"]:
         assert private.stat().st_mode & 0o077 == 0, f"{private} is readable by others"
 
+    # medflow itself, as the worker: runs, artifacts, the first version and its champion, the flow on Prefect.
+    started = time.monotonic()
+    project = scratch_clone(tmp_path / "medflow")
+    (project / "data").mkdir(exist_ok=True)
+    visits(200, seed=1, first_id=100000).to_csv(project / "data" / "visits.csv", index=False)
+    cohort = COHORT.replace("register.model_name=monitored", f"register.model_name={MODEL}")
+    client = stack.client("medflow-worker").replace(".team/", f"{stack.root}/.team/")
+    ran = sh(f"{client}\n.venv/bin/medflow run {cohort} {TINY}", project, timeout=600, OMP_NUM_THREADS="1", **SALT)
+    assert f"registered {MODEL} v1 (champion" in ran.stdout, ran.stdout[-2000:]
+    assert not (project / "mlruns" / "mlflow.db").exists()  # all of it on the servers
+    medflow_seconds = time.monotonic() - started
+
     # The worker and a maintainer, through the clients' environment alone (https, the test's CA).
     made = json.loads(as_client(stack, "medflow-worker", WORKER_REGISTERS))
-    assert made["versions"] == ["1", "2"]
+    assert made["versions"] == ["2", "3"]
     assert made["outside_source"] == "INVALID_PARAMETER_VALUE"  # a version may point only at the server's artifacts
-    promoted, deployment, flow_run = as_client(stack, "alice", MAINTAINER).split()
-    assert promoted == "2"
+    promoted, deployment, _ = as_client(stack, "alice", MAINTAINER).split()
+    assert promoted == "3"
 
     fill = {"{model}": MODEL, "{exp}": made["exp"], "{run}": made["run"], "{dep}": deployment}
 
@@ -342,7 +354,7 @@ def test_nobody_writes_where_not_granted_and_no_secret_leaks(stack):
         health = [http.get(f"{stack.prefect}/api/{p}").status_code for p in ("health", "ready")]
     wrong = [a for a in answers if a[4] != a[5] or a[4] not in (401, 403)]
     assert not wrong, "\n".join(f"{s} {m} {p} as {who}: {code}, expected {want}" for s, m, p, who, code, want in wrong)
-    assert champion == "2", "bob, who may only read the model, moved its champion"
+    assert champion == "3", "bob, who may only read the model, moved its champion"
     assert health == [200, 200]
 
     ws = stack.prefect.replace("https://", "wss://")
@@ -362,6 +374,9 @@ def test_nobody_writes_where_not_granted_and_no_secret_leaks(stack):
         dump = sh(f"pg_dump -h 127.0.0.1 -U postgres --data-only {db}", stack.root).stdout
         assert MODEL in dump or name != "medflow"  # the dump holds the registry (a grep of nothing cannot fail)
         seen[f"database {name}"] = dump
+    for log in (project / "artifacts" / "logs").glob("*"):
+        seen[f"medflow log {log.name}"] = log.read_text(errors="replace")
+    seen["medflow run output"] = ran.stdout + ran.stderr
     leaks = [
         f"{name} in {where}"
         for name, value in secrets.items()
@@ -369,4 +384,4 @@ def test_nobody_writes_where_not_granted_and_no_secret_leaks(stack):
         if any(part in text for part in {value, value.rpartition(":")[2]})
     ]
     assert not leaks, leaks
-    print(f"stack up in {stack.up_seconds:.0f} s; {len(answers)} requests refused; flow run {flow_run}")
+    print(f"stack up in {stack.up_seconds:.0f} s, medflow run {medflow_seconds:.0f} s; {len(answers)} requests refused")

@@ -241,18 +241,24 @@ class Admin:
         return role
 
 
-def grant_team(admin: Admin, state: Path, model: str, maintainers: list[str], readers: list[str]) -> None:
-    """Users as named (passwords in state/secrets/users/, 0600); the model's experiment and registered model
-    granted by name: the worker and maintainers may register versions and move aliases, readers only read."""
-    experiment = admin.experiment(model)
+def grant_team(admin: Admin, state: Path, model: str | None, maintainers: list[str], readers: list[str]) -> None:
+    """Users as named (passwords in state/secrets/users/, 0600); the model's experiment and registered model made
+    when missing and granted by name: the worker and maintainers may register versions and move aliases, readers
+    only read."""
     role = admin.writers_role()
-    for user in [WORKER, *maintainers]:
+    for user in [WORKER, *maintainers, *readers]:
         admin.user(user, secret(state, f"users/{user}", what=f"MLflow password of {user}"))
+    for user in [WORKER, *maintainers]:
         admin.call("POST", "/3.0/mlflow/roles/assign", ok=("RESOURCE_ALREADY_EXISTS",), json={
             "username": user, "role_id": role,
         })  # fmt: skip
+    if model is None:
+        return
+    experiment = admin.experiment(model)
+    # With workspaces on, MLflow answers 403, not 404, for a model that does not exist yet, so medflow's first
+    # registration could not tell "missing" from "forbidden": the model exists, empty, from the start.
+    admin.call("POST", "/2.0/mlflow/registered-models/create", ok=("RESOURCE_ALREADY_EXISTS",), json={"name": model})
     for user, level in [(WORKER, "EDIT")] + [(u, "MANAGE") for u in maintainers] + [(u, "READ") for u in readers]:
-        admin.user(user, secret(state, f"users/{user}", what=f"MLflow password of {user}"))
         admin.grant(user, "experiment", experiment, level)
         admin.grant(user, "registered_model", model, level)
 
@@ -341,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medflow.team", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start MLflow, Prefect and Caddy; grant the team; stop all on Ctrl-C")
-    up.add_argument("--model", required=True, help="the registered model (and experiment) to grant")
+    up.add_argument("--model", help="the registered model (and experiment) to make and grant (docs/team.md)")
     up.add_argument("--maintainers", type=names, default=[], help="users who may register versions, move aliases")
     up.add_argument("--readers", type=names, default=[], help="users who may only read the model and its runs")
     args = parser.parse_args(argv)
