@@ -110,6 +110,15 @@ ENDPOINTS = [
     ("prefect", "POST", "/api/health", {}, 401, 401),
     ("prefect", "GET", "/api/health/../variables/", None, 401, 401),
 ]  # fmt: skip
+# Reads need credentials too: nobody without them sees a run, a model or an artifact.
+READS = [
+    ("mlflow", "/api/2.0/mlflow/registered-models/search"),
+    ("mlflow", "/api/2.0/mlflow/experiments/search?max_results=10"),
+    ("mlflow", "/api/2.0/mlflow-artifacts/artifacts/{exp}/{run}/artifacts/model/weights.txt"),
+    ("mlflow", "/get-artifact?path=model/weights.txt&run_uuid={run}"),
+    ("prefect", "/api/variables/name/team_check"),
+    ("prefect", "/api/deployments/{dep}"),
+]
 # Prefect's events websocket: without the `prefect` subprotocol the upgrade is refused (HTTP 403); with it, an auth
 # message with no or a wrong token is answered by closing with 1008 (policy violation).
 WEBSOCKETS = [("/api/events/in", "http 403", "close 1008"), ("/api/events/out", "http 403", "close 1008")]
@@ -182,8 +191,7 @@ def stack(tmp_path_factory):
     def mine(command: str) -> str:
         """The docs' command on this test's own databases, ports and certificates."""
         command = command.replace("/etc/medflow/tls", str(root / "tls"))
-        for printed, port in ports.items():
-            command = command.replace(f":{printed}", f":{port}")
+        command = re.sub(r":(8443|8444|5000|4200)\b", lambda m: f":{ports[m[1]]}", command)  # one pass: no chains
         return re.sub(r"(-U postgres )(\w+)$", lambda m: m[1] + dbs[m[2]], command)
 
     pg = "postgresql+psycopg2://postgres@127.0.0.1:5432"
@@ -308,6 +316,26 @@ def test_nobody_writes_where_not_granted_and_no_secret_leaks(stack, tmp_path):
     assert f"registered {MODEL} v1 (champion" in ran.stdout, ran.stdout[-2000:]
     assert not (project / "mlruns" / "mlflow.db").exists()  # all of it on the servers
     medflow_seconds = time.monotonic() - started
+    team = {"Authorization": "Basic " + base64.b64encode(secrets["prefect-auth-string"].encode()).decode()}
+    # Task runs reach Prefect only as events, over the events websocket: counted, they show its auth worked too.
+    tasks = httpx.post(f"{stack.prefect}/api/task_runs/filter", json={}, headers=team, verify=stack.ca, timeout=60)
+    assert {"validate", "train", "register"} <= {t["name"].rsplit("-", 1)[0] for t in tasks.json()}, tasks.text[:500]
+
+    # A Prefect worker with the worker's environment: it must reach the pool and heartbeat through Caddy.
+    worker_log = tmp_path / "prefect-worker.log"
+    worker = Background(f"{client}\n.venv/bin/prefect worker start --pool team-check --type process &", project,
+                        worker_log)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            polled = httpx.post(f"{stack.prefect}/api/work_pools/team-check/workers/filter", json={}, headers=team,
+                                verify=stack.ca, timeout=60)  # fmt: skip
+            if polled.status_code == 200 and [w for w in polled.json() if w["status"] == "ONLINE"]:
+                break
+            assert worker.proc.poll() is None and time.monotonic() < deadline, worker_log.read_text()[-3000:]
+            time.sleep(1)
+    finally:
+        worker.stop()
 
     # The worker and a maintainer, through the clients' environment alone (https, the test's CA).
     made = json.loads(as_client(stack, "medflow-worker", WORKER_REGISTERS))
@@ -346,6 +374,9 @@ def test_nobody_writes_where_not_granted_and_no_secret_leaks(stack, tmp_path):
                 )  # noqa: E501
                 code = http.request(method, url, **kwargs).status_code
                 answers.append((server, method, path, who, code, want))
+        for server, path in READS:
+            code = http.get((stack.mlflow if server == "mlflow" else stack.prefect) + filled(path)).status_code
+            answers.append((server, "GET", path, "anon", code, 401))
         champion = http.get(
             f"{stack.mlflow}/api/2.0/mlflow/registered-models/alias",
             params={"name": MODEL, "alias": "champion"},
@@ -377,6 +408,7 @@ def test_nobody_writes_where_not_granted_and_no_secret_leaks(stack, tmp_path):
     for log in (project / "artifacts" / "logs").glob("*"):
         seen[f"medflow log {log.name}"] = log.read_text(errors="replace")
     seen["medflow run output"] = ran.stdout + ran.stderr
+    seen["prefect worker log"] = worker_log.read_text(errors="replace")
     leaks = [
         f"{name} in {where}"
         for name, value in secrets.items()

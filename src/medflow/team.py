@@ -367,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5)
     finally:
         dead = [s for s in servers if s.process.poll() is not None]
+        for server in servers:  # all told at once: each takes seconds to close its connections
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.process.pid, signal.SIGTERM)
         for server in reversed(servers):
             server.stop()
     if dead and not stopping:
