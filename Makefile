@@ -46,8 +46,9 @@ repro: setup
 	$(BIN)/medflow data
 	$(BIN)/dvc repro
 
-# Debian packages the tests drive: Chromium for the registry UI test. apt-get update only when one is missing.
-TEST_DEBS := chromium chromium-driver
+# Debian packages the tests drive: Chromium for the registry UI test, Caddy for the team stack's TLS
+# (tests/test_team_stack.py). apt-get update only when one is missing.
+TEST_DEBS := chromium chromium-driver caddy
 test-debs:
 	@missing=$$(for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
