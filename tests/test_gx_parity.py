@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medflow.data import suite as suite_mod
-from medflow.data.suite import DATE_REGEX, NUMBER_REGEX, ROW_ID, run_suite
+from medflow.data.columns import ROW_ID
+from medflow.data.suite import DATE_REGEX, NUMBER_REGEX, run_suite
 
 EXAMPLES = 400  # tables and suites; each holds 1-4 columns of 1-3 expectations, ~1,500 cases in all
 CASES = 1000

@@ -12,16 +12,15 @@ import torch
 
 import medflow
 from medflow import tracking
+from medflow.data.columns import LABEL, PATIENT_KEY, ROW_ID
 from medflow.data.features import Preprocessor, Schema, coerce_features
 from medflow.data.sources import read_table
 from medflow.models.bundle import Predictor, save_bundle
 from medflow.models.tabular import build
 from medflow.params import Params
 from medflow.paths import Paths
-from medflow.privacy.keys import PATIENT_KEY
 from medflow.privacy.scanner import PhiLeak, scan_text
 from medflow.steps import register
-from medflow.steps.clean import LABEL, ROW_ID
 
 SCHEMA = Schema(
     target="y",

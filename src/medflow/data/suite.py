@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from medflow.data.columns import ROW_ID
 from medflow.data.features import OTHER, pool_rare
 from medflow.data.numbers import (
     NUMBER_REGEX,
@@ -31,7 +32,6 @@ from medflow.data.numbers import (
 )
 from medflow.params import DataParams, ValidateParams
 
-ROW_ID = "_row_id"
 # Dates are patient data (HIPAA counts them as identifiers), so a date column never gets a category set.
 # A prefix match: whatever follows a date (seconds, a time zone) does not make it less of a date.
 DATE_REGEX = r"^\s*(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})"

@@ -21,18 +21,18 @@ import numpy as np
 import pandas as pd
 
 from medflow import tracking
+from medflow.data.columns import LABEL, ROW_ID, SPLIT
 from medflow.data.features import Schema, coerce_features
+from medflow.data.manifest import load_split
 from medflow.data.sources import dataset_name
 from medflow.evaluation.baselines import baseline_proba, flat_pixels
+from medflow.evaluation.heldout import patient_keys, score
 from medflow.evaluation.metrics import Delta, bootstrap_draws, interval, paired_delta, weighted_metric
 from medflow.evaluation.subgroups import group_labels, subgroup_report
 from medflow.models.bundle import Predictor
 from medflow.monitoring import reference
 from medflow.params import Params, yaml_list
 from medflow.paths import Paths
-from medflow.steps.clean import LABEL, ROW_ID
-from medflow.steps.evaluate import patient_keys, score
-from medflow.steps.train import load_split
 from medflow.tracking.bundles import download_bundle
 from medflow.tracking.card import card_data, gate_markdown, model_card
 from medflow.tracking.gate import Comparison, subgroup_regressions
@@ -106,7 +106,7 @@ def test_split(paths: Paths) -> TestSplit:
     for path, step in ((paths.cleaned, "clean"), (paths.manifest, "split")):
         _require(path, paths, step)
     df, _ = load_split(paths)
-    test, train = df[df["_split"] == "test"], df[df["_split"] == "train"]
+    test, train = df[df[SPLIT] == "test"], df[df[SPLIT] == "train"]
     return TestSplit(test, test[LABEL].to_numpy(), patient_keys(paths, test[ROW_ID]), train)
 
 

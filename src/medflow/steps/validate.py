@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from medflow.data import image_validation, images, sources
-from medflow.data.features import CONTENT_HASH
+from medflow.data.columns import CONTENT_HASH, PATIENT_KEY, ROW_ID
 from medflow.data.numbers import Conversion
 from medflow.data.profile import (
     association,
@@ -30,7 +30,6 @@ from medflow.data.profile import (
 from medflow.data.selection import Groups, concentrated
 from medflow.data.suite import (
     COUNTED,
-    ROW_ID,
     Check,
     Parsed,
     Totals,
@@ -52,7 +51,7 @@ from medflow.data.suite import (
 from medflow.params import DataParams, Params, ValidateParams, yaml_list
 from medflow.paths import Paths
 from medflow.privacy import classify
-from medflow.privacy.keys import PATIENT_KEY, pseudonymise, resolve_salt
+from medflow.privacy.keys import pseudonymise, resolve_salt
 from medflow.sidecar import sidecar
 
 __all__ = ["ValidationFailed", "batch_failures", "quarantine", "report", "run"]

@@ -2,7 +2,7 @@
 
 from medflow.tracking.card import model_card
 from medflow.tracking.gate import Comparison, Decision, decide
-from medflow.tracking.lineage import lineage, lineage_of_run
+from medflow.tracking.lineage import lineage
 from medflow.tracking.registry import (
     Version,
     accept_files,
@@ -14,6 +14,7 @@ from medflow.tracking.registry import (
     get_description,
     get_version,
     history,
+    lineage_of_run,
     log_model,
     logged_model_of_run,
     mark_complete,
