@@ -9,6 +9,7 @@ from medflow import tracking
 from medflow.params import Params
 from medflow.paths import Paths
 from medflow.privacy.scanner import PhiLeak
+from medflow.promotion.gate import Comparison, decide, subgroup_regressions
 from medflow.tracking import store
 
 
@@ -186,15 +187,15 @@ def _paired(cand_noise: float, ref_noise: float, n: int = 200):
 
 
 def comparison(delta, test="superiority", margin=0.01, reference="champion v1"):
-    return tracking.Comparison(reference, delta, test, margin)
+    return Comparison(reference, delta, test, margin)
 
 
 def test_equal_scores_are_refused_under_superiority_and_accepted_under_non_inferiority():
     tie = _paired(0.5, 0.5)
     assert (tie.delta, tie.ci_low, tie.ci_high) == (0.0, 0.0, 0.0)
-    refused = tracking.decide("test_roc_auc", 0.95, 0.9, "1", comparison(tie))
+    refused = decide("test_roc_auc", 0.95, 0.9, "1", comparison(tie))
     assert not refused.promoted and "lower bound above +0.0000: not met, champion v1 stays" in refused.reason
-    accepted = tracking.decide("test_roc_auc", 0.95, 0.9, "1", comparison(tie, "non_inferiority", 0.01))
+    accepted = decide("test_roc_auc", 0.95, 0.9, "1", comparison(tie, "non_inferiority", 0.01))
     assert (
         accepted.promoted
         and "non-inferiority, margin 0.01 (register.gate.margin) needs the lower bound above -0.0100: met"
@@ -205,8 +206,8 @@ def test_equal_scores_are_refused_under_superiority_and_accepted_under_non_infer
 def test_a_clearly_better_candidate_passes_superiority_and_a_worse_one_fails_non_inferiority():
     better, worse = _paired(0.2, 1.5), _paired(1.5, 0.2)
     assert better.ci_low > 0 > worse.ci_high
-    assert tracking.decide("test_roc_auc", 0.95, 0.9, "1", comparison(better)).promoted
-    refused = tracking.decide("test_roc_auc", 0.95, 0.9, "1", comparison(worse, "non_inferiority", 0.05))
+    assert decide("test_roc_auc", 0.95, 0.9, "1", comparison(better)).promoted
+    refused = decide("test_roc_auc", 0.95, 0.9, "1", comparison(worse, "non_inferiority", 0.05))
     assert not refused.promoted and f"95% CI [{worse.ci_low:+.4f}, {worse.ci_high:+.4f}]" in refused.reason
 
 
@@ -222,12 +223,11 @@ def test_a_clearly_better_candidate_passes_superiority_and_a_worse_one_fails_non
     ],
 )
 def test_gate_floors_and_missing_evidence(value, floor, kwargs, promoted, says):
-    decision = tracking.decide("test_roc_auc", value, floor, **kwargs)
+    decision = decide("test_roc_auc", value, floor, **kwargs)
     assert decision.promoted is promoted and says in decision.reason
 
 
 def test_a_subgroup_regression_refuses_a_better_candidate():
-    from medflow.tracking.gate import subgroup_regressions
 
     def report(values):
         groups = [{"group": g, "roc_auc": v} for g, v in values.items()]
@@ -235,7 +235,7 @@ def test_a_subgroup_regression_refuses_a_better_candidate():
 
     lost = subgroup_regressions(report({"site=A": 0.99, "site=B": 0.80}), report({"site=A": 0.9, "site=B": 0.9}), 0.05)
     assert lost == ("subgroup site=B roc_auc falls from 0.9000 to 0.8000 (more than the tolerance 0.05)",)
-    decision = tracking.decide("test_roc_auc", 0.95, 0.9, "1", comparison(_paired(0.2, 1.5)), regressions=lost)
+    decision = decide("test_roc_auc", 0.95, 0.9, "1", comparison(_paired(0.2, 1.5)), regressions=lost)
     assert not decision.promoted and ": met; subgroup site=B" in decision.reason
 
 

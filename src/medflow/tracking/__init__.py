@@ -1,7 +1,5 @@
 """The only way medflow reaches MLflow. Importing this package imports no mlflow and configures nothing."""
 
-from medflow.tracking.card import model_card
-from medflow.tracking.gate import Comparison, Decision, decide
 from medflow.tracking.lineage import lineage
 from medflow.tracking.registry import (
     Version,
@@ -49,14 +47,11 @@ from medflow.tracking.store import (
 )
 
 __all__ = [
-    "Comparison",
-    "Decision",
     "StoreBusy",
     "Version",
     "accept_files",
     "aliases",
     "configure",
-    "decide",
     "describe_version",
     "drop_alias",
     "end_orphaned_run",
@@ -77,7 +72,6 @@ __all__ = [
     "logged_model_of_run",
     "mark_complete",
     "metric_of",
-    "model_card",
     "model_lock",
     "promote",
     "record_move",

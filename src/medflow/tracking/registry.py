@@ -223,7 +223,7 @@ def refresh_cards(name: str, before: dict[str, str], also: tuple[str, ...] = ())
     import json
     import tempfile
 
-    from medflow.tracking.card import model_card
+    from medflow.promotion.card import model_card
     from medflow.tracking.store import log_artifacts
 
     now = aliases(name)
