@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from medflow import tracking
+from medflow.lineage import lineage
 from medflow.params import Params
 from medflow.paths import Paths
 from medflow.privacy.scanner import PhiLeak
@@ -82,7 +83,7 @@ def test_default_run_name_tells_model_data_and_time_apart(project, params, monke
     monkeypatch.delenv("MEDFLOW_FLOW_RUN_ID", raising=False)
     run_id = tracking.start_run(params, project)
     run = mlflow.MlflowClient().get_run(run_id)
-    data = tracking.lineage(params, project)["medflow.data_md5"][:8]
+    data = lineage(params, project)["medflow.data_md5"][:8]
     assert re.fullmatch(rf"medflow-breast-cancer-data\.{data}-\d{{8}}-\d{{6}}", run.info.run_name)
     assert run.data.tags["mlflow.source.type"] == "LOCAL"
 
@@ -98,7 +99,7 @@ def test_lineage_reads_git_and_dvc(project, params, monkeypatch):
     git(project.root, "add", ".")
     git(project.root, "commit", "-qm", "init")
     sha = git(project.root, "rev-parse", "HEAD")
-    tags = tracking.lineage(params, project)
+    tags = lineage(params, project)
     assert tags == {
         "medflow.git_commit": sha,
         "medflow.data_md5": hashlib.md5((project.data_dir / "t.csv").read_bytes()).hexdigest(),
@@ -109,7 +110,7 @@ def test_lineage_reads_git_and_dvc(project, params, monkeypatch):
         "medflow.data_batches": "none",  # no monitored batch was added to the data
     }
     (project.root / "params.yaml").write_text("seed: 1\n")
-    assert tracking.lineage(params, project)["medflow.git_commit"] == f"{sha}-dirty"
+    assert lineage(params, project)["medflow.git_commit"] == f"{sha}-dirty"
 
 
 def test_log_epoch_and_metrics(project, params):
@@ -256,7 +257,7 @@ def test_training_data_is_logged_as_a_dataset_input_without_rows(project, params
     tracking.log_training_data(run_id, run.tags, params, project, schema)
     (logged,) = mlflow.MlflowClient().get_run(run_id).inputs.dataset_inputs
     ds = logged.dataset
-    assert (ds.name, ds.digest) == ("t", tracking.lineage(params, project)["medflow.data_md5"][:16])
+    assert (ds.name, ds.digest) == ("t", lineage(params, project)["medflow.data_md5"][:16])
     assert json.loads(ds.source)["uri"] == "data/t.csv"
     assert json.loads(ds.profile) == {
         "num_rows": 10,

@@ -1,6 +1,5 @@
 """The only way medflow reaches MLflow. Importing this package imports no mlflow and configures nothing."""
 
-from medflow.tracking.lineage import lineage
 from medflow.tracking.registry import (
     Version,
     accept_files,
@@ -61,7 +60,6 @@ __all__ = [
     "get_description",
     "get_version",
     "history",
-    "lineage",
     "lineage_of_run",
     "log_artifacts",
     "log_dataset",

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medflow.lineage import lineage
 from medflow.privacy.scanner import assert_clean
 from medflow.tracking import integrity
-from medflow.tracking.lineage import lineage
 from medflow.tracking.store import client, retry_locked
 
 if TYPE_CHECKING:
