@@ -46,8 +46,9 @@ repro: setup
 	$(BIN)/medflow data
 	$(BIN)/dvc repro
 
-# Debian packages the tests drive: Chromium for the registry UI test. apt-get update only when one is missing.
-TEST_DEBS := chromium chromium-driver
+# Debian packages the tests drive: Chromium for the registry UI test, Caddy for the team stack's TLS
+# (tests/test_team_stack.py). apt-get update only when one is missing.
+TEST_DEBS := chromium chromium-driver caddy
 test-debs:
 	@missing=$$(for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -72,7 +73,7 @@ UI_PORT ?= 5000
 ui: setup
 	$(BIN)/medflow ui --port $(UI_PORT)
 
-# Every benchmark of the README's Performance section, each writing bench/results/<name>.json (13-21 min on 2 cores).
+# Every benchmark of bench/README.md, each writing bench/results/<name>.json (13-21 min on 2 cores).
 BENCH := cold_start evaluate_bootstrap logging_overhead train_vs_bare train_vs_seed validate_throughput scaling pipeline
 bench: setup
 	set -e; for b in $(BENCH); do $(BIN)/python bench/$$b.py; done

@@ -56,6 +56,7 @@ def cifar_like(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def image_project(root: Path, x: np.ndarray, y: np.ndarray, n_val: int) -> Paths:
     """What validate, clean and split leave for train, for uint8 images x and labels y (the last n_val rows are
     the validation split): so that a benchmark times the pipeline's real train step on exactly the bare loop's data."""
+    from medflow.data.columns import LABEL, ROW_ID
     from medflow.data.features import Schema
 
     paths = Paths(root=root)
@@ -63,7 +64,7 @@ def image_project(root: Path, x: np.ndarray, y: np.ndarray, n_val: int) -> Paths
         paths.step_dir(step).mkdir(parents=True, exist_ok=True)
     n = len(x)
     np.save(paths.images, x)
-    pd.DataFrame({"_row_id": np.arange(n), "_label": y.astype("int64")}).to_parquet(paths.cleaned, index=False)
+    pd.DataFrame({ROW_ID: np.arange(n), LABEL: y.astype("int64")}).to_parquet(paths.cleaned, index=False)
     classes = [str(c) for c in range(int(y.max()) + 1)]
     shape = list(x.shape[1:])
     schema = Schema(target="label", classes=classes, numeric=[], categorical=[], kind="image", image_shape=shape)

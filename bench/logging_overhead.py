@@ -16,19 +16,22 @@ from pathlib import Path
 import torch
 from common import paired, table_project, timed
 
+from medflow.data.manifest import load_split
+from medflow.models.tabular import build
 from medflow.params import from_dict
 from medflow.pipeline import run_step
 from medflow.steps import train
 from medflow.training.loop import FitConfig, fit, seed_everything
+from medflow.training.settings import LOOP_SETTINGS
 
 
 def bare_loop(params, paths) -> None:
-    df, schema = train.load_split(paths)
+    df, schema = load_split(paths)
     x, y, _, config = train.features(params, paths, df, schema)
     seed_everything(params.seed, params.train.deterministic)
-    settings = params.train.model_dump(include=train.LOOP_SETTINGS)
+    settings = params.train.model_dump(include=LOOP_SETTINGS)
     cfg = FitConfig(**settings, seed=params.seed, device="cpu", checkpoint=None)
-    fit(train.build(**config), x["train"], y["train"], x["val"], y["val"], cfg)
+    fit(build(**config), x["train"], y["train"], x["val"], y["val"], cfg)
 
 
 def main() -> None:

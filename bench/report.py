@@ -1,4 +1,4 @@
-"""The tables of bench/results/*.json, as the README's Performance section prints them (markdown): every ratio,
+"""The tables of bench/results/*.json, as bench/README.md prints them (markdown): every ratio,
 then scaling's wall seconds and peak RSS per step and size.
 
 .venv/bin/python bench/report.py

@@ -120,10 +120,10 @@ def trigger_training(deployment: str, root: str, timeout: float) -> str:
 def add_and_retrain(root: str, files: list[str]) -> dict:
     """Adds the labelled batch to the training data as a new file, records the data version, retrains, and reads the
     gate's decision."""
+    from medflow.lineage import dvc_md5
     from medflow.runlock import run_lock
     from medflow.staleness import ensure_data
     from medflow.tracking.drift import version_numbers
-    from medflow.tracking.lineage import dvc_md5
 
     paths = Paths(root=Path(root))
     params = params_mod.load(paths.params_file)

@@ -14,7 +14,7 @@ from prefect import flow, task
 def predict(model: str, input_path: str, output_path: str, root: str = ".") -> dict:
     from medflow import tracking
     from medflow.paths import Paths
-    from medflow.tracking.scoring import predict_file
+    from medflow.predict import predict_file
 
     tracking.configure(Paths(root=Path(root)))
     return predict_file(model, Path(input_path), Path(output_path))

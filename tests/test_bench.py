@@ -1,4 +1,4 @@
-"""Every benchmark of the README's Performance section runs, small (--quick), as typed in a scratch clone, and
+"""Every benchmark of bench/README.md runs, small (--quick), as typed in a scratch clone, and
 writes its JSON: name, ours, baseline, ratio = ours / baseline in seconds, unit, target, pairs, spread, load.
 No timing is asserted (performance lives in bench/, never in tests)."""
 

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 from cohort import KINDS, cohort_params, valid_rows
 
+from medflow.data.features import encode_labels
 from medflow.privacy.keys import SaltMissing
 from medflow.steps import clean
 
@@ -55,7 +56,7 @@ def test_positive_class_folds_extra_label_values_into_negative():
     df = valid_rows(60)
     schema = clean.build_schema(KINDS, cohort_params().data, df["outcome"])
     assert schema.classes == ["not_disease", "disease"]
-    y = clean.encode_labels(df["outcome"], schema)
+    y = encode_labels(df["outcome"], schema)
     assert y.sum() == (df["outcome"] == "disease").sum()
     assert "inconclusive" in set(df["outcome"])  # the cohort carries a third label value
 
@@ -68,7 +69,7 @@ def test_a_boolean_positive_class_names_the_label_as_the_table_spells_it(spelt):
     labels = df["outcome"].map({"disease": spelt}).fillna(false)
     schema = clean.build_schema(KINDS, cohort_params(positive_class=True).data, labels)
     assert schema.classes == [f"not_{spelt}", spelt] and schema.positive_class == spelt
-    assert clean.encode_labels(labels, schema).sum() == (df["outcome"] == "disease").sum()
+    assert encode_labels(labels, schema).sum() == (df["outcome"] == "disease").sum()
 
 
 def test_a_label_spelt_two_ways_takes_the_positive_class_only_as_written():
@@ -82,7 +83,7 @@ def test_multiclass_without_positive_class():
     df = valid_rows(60)
     schema = clean.build_schema(KINDS, cohort_params(positive_class=None).data, df["outcome"])
     assert schema.classes == ["disease", "healthy", "inconclusive"]
-    assert set(clean.encode_labels(df["outcome"], schema)) == {0, 1, 2}
+    assert set(encode_labels(df["outcome"], schema)) == {0, 1, 2}
 
 
 def test_undeclared_identifier_named_column_is_dropped():

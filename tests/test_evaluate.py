@@ -11,6 +11,7 @@ import torch
 from sklearn import metrics as skm
 
 from medflow import tracking
+from medflow.data.columns import LABEL, PATIENT_KEY, ROW_ID
 from medflow.data.features import Preprocessor, Schema, coerce_features
 from medflow.data.synthetic import synthetic_cohort
 from medflow.evaluation.metrics import (
@@ -31,7 +32,6 @@ from medflow.models.bundle import save_bundle
 from medflow.models.tabular import build
 from medflow.params import Params
 from medflow.steps import evaluate
-from medflow.steps.clean import LABEL, PATIENT_KEY, ROW_ID
 
 
 def binary_sample(n=400, seed=0):

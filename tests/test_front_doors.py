@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from usercmd import REPO, free_port, scratch_clone, user_env
+from usercmd import free_port, scratch_clone, user_documents, user_env
 
 pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
 
@@ -171,7 +171,7 @@ def printed_commands(doc: Path) -> list[str]:
 
 
 def test_every_printed_server_command_turns_telemetry_off():
-    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    docs = user_documents()
     seen = {}
     for doc in docs:
         for command in printed_commands(doc):
@@ -185,4 +185,4 @@ def test_every_printed_server_command_turns_telemetry_off():
                     assert not missing, f"{doc.name}: `{command}` lacks {missing}"
     printed = {server for _, server in seen}
     assert printed == set(SWITCHES), f"servers no longer printed: {set(SWITCHES) - printed}"
-    assert ("cluster.md", "prefect worker start") in seen and ("README.md", "mlflow server") in seen
+    assert ("cluster.md", "prefect worker start") in seen and ("team.md", "mlflow server") in seen

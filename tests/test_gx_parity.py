@@ -11,8 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medflow.data import suite as suite_mod
-from medflow.data.suite import DATE_REGEX, NUMBER_REGEX, ROW_ID, run_suite
+from medflow.data import native_checks
+from medflow.data.checks import run_suite
+from medflow.data.columns import ROW_ID
+from medflow.data.numbers import NUMBER_REGEX
+from medflow.data.suite import DATE_REGEX
 
 EXAMPLES = 400  # tables and suites; each holds 1-4 columns of 1-3 expectations, ~1,500 cases in all
 CASES = 1000
@@ -107,9 +110,9 @@ def test_the_parity_run_covered_a_thousand_cases_and_fails_on_a_broken_check(mon
              "meta": {"medflow": {"columns": {"x": {"kind": "numeric"}}}}}  # fmt: skip
     assert _verdicts(run_suite(df, suite)) == _verdicts(run_suite(df, suite, gx_only=True))
     source = re.sub(r"np\.where\(strict_lo, x <= lo, x < lo\)", "x < lo", _batched_source())
-    namespace = dict(vars(suite_mod))
-    exec(compile(source, suite_mod.__file__, "exec"), namespace)  # noqa: S102 - the module's own function, mutated
-    monkeypatch.setattr(suite_mod, "_batched", namespace["_batched"])
+    namespace = dict(vars(native_checks))
+    exec(compile(source, native_checks.__file__, "exec"), namespace)  # noqa: S102 - the module's own function, mutated
+    monkeypatch.setattr(native_checks, "batched", namespace["batched"])
     with pytest.raises(AssertionError):
         assert _verdicts(run_suite(df, suite)) == _verdicts(run_suite(df, suite, gx_only=True))
 
@@ -117,4 +120,4 @@ def test_the_parity_run_covered_a_thousand_cases_and_fails_on_a_broken_check(mon
 def _batched_source() -> str:
     import inspect
 
-    return inspect.getsource(suite_mod._batched)
+    return inspect.getsource(native_checks.batched)

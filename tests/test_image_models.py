@@ -106,8 +106,8 @@ def test_cutmix_pastes_one_box_and_weighs_labels_by_the_area_kept():
 
 
 def test_the_train_step_builds_resnet_small_from_params_and_normalises_with_the_training_split(project, monkeypatch):
+    from medflow.data.manifest import load_split
     from medflow.pipeline import run_step
-    from medflow.steps.train import load_split
 
     monkeypatch.setenv("MEDFLOW_SALT", "s")
     train = {"model": "resnet_small", "channels": [8, 16], "blocks": 1, "max_epochs": 8, "lr": 0.003, "mixup": 0.2}

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from medflow.data.features import CONTENT_HASH, Schema
+from medflow.data.columns import CONTENT_HASH
+from medflow.data.features import Schema
 from medflow.params import from_dict
 from medflow.steps import clean, split, validate
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from medflow.data import images
-from medflow.data.features import CONTENT_HASH
+from medflow.data.columns import CONTENT_HASH
 from medflow.data.sources import SourceError
 from medflow.data.suite import ValidationFailed
 from medflow.params import from_dict

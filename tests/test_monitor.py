@@ -22,7 +22,7 @@ from medflow.params import MonitorParams
 
 pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
 
-# README's "Monitoring", as printed.
+# docs/monitoring.md, as printed.
 MONITOR = ".venv/bin/medflow monitor --batch incoming/2026-12.csv"
 COHORT = (
     "-P data.source=data/visits.csv -P data.target=outcome -P data.patient_id=mrn -P data.positive_class=disease "

@@ -19,7 +19,7 @@ from medflow.paths import Paths
 pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
 
 SECRET = "PATIENT-SECRET-8841"  # text typed into the numeric column `a`
-# As README.md prints it; the fixture's table stands in for the real one, with the same file name.
+# As docs/predict.md prints it; the fixture's table stands in for the real one, with the same file name.
 PREDICT = (
     ".venv/bin/medflow predict --model models:/medflow-breast-cancer@champion \\\n"
     "    --input data/breast_cancer.csv --output preds.csv"

@@ -1,4 +1,4 @@
-"""Scheduled runs against a real Prefect server, as the README prints them: `medflow serve --cron ...`, and
+"""Scheduled runs against a real Prefect server, as docs/scheduling.md prints them: `medflow serve --cron ...`, and
 `prefect deploy` of prefect.yaml to a process work pool with a worker; each triggered by `prefect deployment run`."""
 
 import json
@@ -8,13 +8,13 @@ import time
 import urllib.request
 
 import pytest
-from usercmd import REPO, scratch_clone, sh, stop, user_env
+from usercmd import documented, scratch_clone, sh, stop, user_env
 
 from medflow.paths import STEPS
 
 pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
 
-# README's "Scheduled runs", as printed; the server and PREFECT_API_URL are the session's own (conftest).
+# docs/scheduling.md, as printed; the server and PREFECT_API_URL are the session's own (conftest).
 SERVE = '.venv/bin/medflow serve --cron "0 2 * * *"'
 POOL = ".venv/bin/prefect work-pool create medflow --type process"
 DEPLOY = ".venv/bin/prefect deploy --all"
@@ -85,8 +85,8 @@ def test_medflow_serve_and_a_deployment_on_a_process_work_pool_complete_triggere
     # The serving process and the worker look for due runs every 10 s by default; a test has no time to spare.
     env |= {"PREFECT_RUNNER_POLL_FREQUENCY": "1", "PREFECT_WORKER_QUERY_SECONDS": "1"}
 
-    readme = (REPO / "README.md").read_text()
-    assert all(f"\n{c}" in readme for c in (SERVE, POOL, DEPLOY, WORKER, RUN_NOW))
+    printed = documented()
+    assert all(f"\n{c}" in printed for c in (SERVE, POOL, DEPLOY, WORKER, RUN_NOW))
     serve = background(SERVE, root, env)
     try:
         wait_for_deployment(url, "medflow-scheduled", serve)

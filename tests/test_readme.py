@@ -1,9 +1,10 @@
-"""README.md as a newcomer follows it: every command block run as printed, in one scratch clone of the project.
+"""README.md and docs/ as a newcomer follows them: every command block run as printed, in one scratch clone.
 
-A `make run` costs a minute, so the module shares one clone and its tests run in file order, each taking the
-project as the README's previous commands left it. A README command that no test runs (here, or verbatim in
-another test module, as the Prefect ones in test_prefect.py) fails test_every_readme_command_is_run; one that
-cannot run in CI says "not run by CI" in its own comment. None is marked slow: CI runs every printed command once.
+A `make run` costs a minute, so the module shares one trained clone and its tests run in file order, each taking
+the project as the previous commands left it. A command of README.md, docs/*.md or bench/README.md that no test
+runs (here, or verbatim in another test module, as the Prefect ones in test_prefect.py) fails
+test_every_documented_command_is_run; one that cannot run in CI says "not run by CI: why" in its own comment. None
+is marked slow: CI runs every printed command once.
 """
 
 from __future__ import annotations
@@ -21,19 +22,20 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from usercmd import REPO, free_port, sh, stop, user_env, wait_http
+from usercmd import REPO, free_port, sh, stop, user_documents, user_env, wait_http
 
 pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
 
-README = REPO / "README.md"
 EXEMPT_MARK = "not run by CI"
 
-# What the tests below run, exactly as README.md prints it (trailing comments aside).
+# What the tests below run, exactly as README.md and docs/ print it (trailing comments aside).
 MAKE_RUN = "make run"
 MAKE_TEST = "make test"
 MAKE_UI = "make ui"
 OVERRIDE_RUN = ".venv/bin/medflow run -P train.lr=3e-4 -P 'train.hidden=[128, 64]'"
 DVC_REPRO = ".venv/bin/dvc repro"
+DVC_STATUS = ".venv/bin/dvc status"
+DVC_CHECKOUT = ".venv/bin/dvc checkout data.dvc"
 DVC_EXP_RUN = ".venv/bin/dvc exp run -S train.lr=0.003"
 DVC_EXP_SHOW = ".venv/bin/dvc exp show --drop '.*' --keep 'Experiment|train.lr|test_roc_auc$|test_accuracy$'"
 DVC_METRICS_DIFF = ".venv/bin/dvc metrics diff"
@@ -65,12 +67,12 @@ TRACKING_SERVER = (
     '    --artifacts-destination "$PWD/mlruns/server-artifacts" &'
 )
 TO_SERVER = "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000"
-RUN_ON_SERVER = ".venv/bin/medflow run --force"
+RUN_ON_SERVER = ".venv/bin/medflow run --force"  # docs/troubleshooting.md prints it too
 
 RUN = {
     MAKE_RUN, MAKE_TEST, MAKE_UI, OVERRIDE_RUN, DVC_REPRO, DVC_EXP_RUN, DVC_EXP_SHOW, DVC_METRICS_DIFF,
     DVC_PARAMS_DIFF, DVC_PLOTS_SHOW, DVC_REMOTE_ADD, DVC_PUSH, SALT, OWN_TABLE, DIGITS_RUN, DIGITS_DVC, SERVE,
-    SCORE, CREATEDB, TRACKING_SERVER, TO_SERVER, RUN_ON_SERVER,
+    SCORE, CREATEDB, TRACKING_SERVER, TO_SERVER, RUN_ON_SERVER, DVC_STATUS, DVC_CHECKOUT,
 }  # fmt: skip
 
 
@@ -87,24 +89,42 @@ def strip_comment(line: str) -> str:
     return line.rstrip()
 
 
-def readme_commands() -> list[tuple[str, str]]:
-    """(command, its comment) for each logical line of README's bash blocks, continuation lines kept."""
-    out = []
-    for block in re.findall(r"^```bash\n(.*?)^```", README.read_text(), flags=re.S | re.M):
-        logical = re.split(r"(?<!\\)\n", block.rstrip("\n"))
-        for text in logical:
-            lines = text.split("\n")
-            command = "\n".join([*lines[:-1], strip_comment(lines[-1])])
-            out.append((command, lines[-1][len(strip_comment(lines[-1])) :]))
+def fenced_blocks(doc: Path) -> list[tuple[str, str]]:
+    """(language, text) of each fenced block, indented ones (in a list item) dedented as Markdown reads them."""
+    out, lang, indent, lines = [], None, "", []
+    for line in doc.read_text().splitlines():
+        fence = re.match(r"( *)```([\w-]*)\s*$", line)
+        if lang is None and fence:
+            indent, lang, lines = fence[1], fence[2], []
+        elif lang is not None and line.strip() == "```" and line.startswith(indent):
+            out.append((lang, "".join(f"{text.removeprefix(indent)}\n" for text in lines)))
+            lang = None
+        elif lang is not None:
+            lines.append(line)
     return out
 
 
-def readme_python() -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+def printed_commands() -> list[tuple[str, str, str]]:
+    """(document, command, its comment) for each logical line of the user documents' shell blocks, continuation
+    lines kept. A bare fence counts too: only a language (`text`, `yaml`) says a block holds no command."""
+    out = []
+    for doc in user_documents():
+        for lang, block in fenced_blocks(doc):
+            if lang not in ("", "bash", "sh", "shell", "console"):
+                continue
+            for text in re.split(r"(?<!\\)\n", block.rstrip("\n")):
+                lines = text.split("\n")
+                command = "\n".join([*lines[:-1], strip_comment(lines[-1])])
+                out.append((doc.relative_to(REPO).as_posix(), command, lines[-1][len(strip_comment(lines[-1])) :]))
+    return out
+
+
+def documented_python() -> list[str]:
+    return [block for doc in user_documents() for lang, block in fenced_blocks(doc) if lang == "python"]
 
 
 class Background:
-    """A README line ending in `&`: started in its own process group, stopped with everything it started."""
+    """A printed line ending in `&`: started in its own process group, stopped with everything it started."""
 
     def __init__(self, command: str, root: Path, log: Path, **env: str) -> None:
         assert command.endswith("&")
@@ -164,19 +184,30 @@ def run_elsewhere(command: str) -> bool:
     )
 
 
-def test_every_readme_command_is_run():
-    commands = readme_commands()
-    exempt = {c for c, comment in commands if EXEMPT_MARK in comment}
-    printed = {c for c, _ in commands} - exempt
-    missing = {c for c in printed - RUN if not run_elsewhere(c)}
-    assert missing == set(), "README commands no test runs (run them in a test, or mark them 'not run by CI')"
-    assert RUN - printed == set(), "commands this module runs that README no longer prints"
-    assert len(readme_python()) == 1, "each python block of README.md needs a test that runs it"
-    assert all(re.search(rf"{EXEMPT_MARK}: \w", comment) for c, comment in commands if c in exempt), "say why"
+def test_every_documented_command_is_run():
+    commands = printed_commands()
+    assert {doc for doc, _, _ in commands} >= {
+        "README.md",
+        "docs/getting-started.md",
+        "docs/predict.md",
+        "bench/README.md",
+    }
+    exempt = {c for _, c, comment in commands if EXEMPT_MARK in comment}
+    printed = {c for _, c, _ in commands} - exempt
+    missing = sorted((doc, c) for doc, c, _ in commands if c in printed - RUN and not run_elsewhere(c))
+    assert missing == [], "printed commands no test runs (run them in a test, or mark them 'not run by CI: why')"
+    assert RUN - printed == set(), "commands this module runs that no document prints any longer"
+    assert len(documented_python()) == 1, "each python block of the documents needs a test that runs it"
+    unexplained = [
+        (doc, c) for doc, c, comment in commands if c in exempt and not re.search(rf"{EXEMPT_MARK}: \w", comment)
+    ]
+    assert unexplained == [], "a command not run by CI says why in its comment"
 
 
 def test_make_run_leaves_dvc_status_clean(made):
-    assert "up to date" in sh(".venv/bin/dvc status", made).stdout
+    assert "up to date" in sh(DVC_STATUS, made).stdout
+    sh(DVC_CHECKOUT, made)  # data/ already holds the version data.dvc records: nothing to change
+    assert "up to date" in sh(DVC_STATUS, made).stdout
     metrics = json.loads((made / "artifacts/evaluate/metrics.json").read_text())
     assert metrics["test_roc_auc"] >= 0.95
 
@@ -248,7 +279,7 @@ def test_make_ui_shows_the_champion_and_its_model_card(made):
 
 
 def test_scoring_with_pyfunc_as_printed(made):
-    (made / "score.py").write_text(readme_python()[0])
+    (made / "score.py").write_text(documented_python()[0])
     out = sh(".venv/bin/python score.py", made).stdout
     assert "prediction" in out and len(out.strip().splitlines()) >= 6, out
 
@@ -361,7 +392,7 @@ def test_digits_as_the_dvc_pipeline(made):
 
 def test_make_test_runs_ruff_and_pytest_in_a_clone(clone):
     # The whole suite inside the suite would recurse: the clone's `make test` runs one test module.
-    done = sh(MAKE_TEST, clone, timeout=600, PYTEST_ADDOPTS="-k every_readme_command")
+    done = sh(MAKE_TEST, clone, timeout=600, PYTEST_ADDOPTS="-k every_documented_command")
     assert "ruff check ." in done.stdout and re.search(r"\b1 passed\b", done.stdout), done.stdout[-2000:]
 
 

@@ -12,16 +12,16 @@ import torch
 
 import medflow
 from medflow import tracking
+from medflow.data.columns import LABEL, PATIENT_KEY, ROW_ID
 from medflow.data.features import Preprocessor, Schema, coerce_features
 from medflow.data.sources import read_table
+from medflow.lineage import lineage
 from medflow.models.bundle import Predictor, save_bundle
 from medflow.models.tabular import build
 from medflow.params import Params
 from medflow.paths import Paths
-from medflow.privacy.keys import PATIENT_KEY
 from medflow.privacy.scanner import PhiLeak, scan_text
 from medflow.steps import register
-from medflow.steps.clean import LABEL, ROW_ID
 
 SCHEMA = Schema(
     target="y",
@@ -159,9 +159,9 @@ def test_first_version_becomes_champion_with_lineage_and_metrics(proj):
     client = MlflowClient()
     version = client.get_model_version("first", "1")
     run = client.get_run(summary["run_id"])
-    lineage = tracking.lineage(params_for("first"), proj)
+    recorded = lineage(params_for("first"), proj)
     for tags in (version.tags, run.data.tags):
-        assert lineage.items() <= tags.items()
+        assert recorded.items() <= tags.items()
         assert tags["medflow.gate"].startswith("promoted: ")
     assert version.tags["medflow.state"] == "complete" and version.tags["medflow.dataset"] == "cohort"
     assert "test_roc_auc" not in version.tags and run.data.metrics["test_roc_auc"] == 0.95

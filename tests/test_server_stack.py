@@ -1,7 +1,7 @@
 """The configuration a hospital runs, for real: MLflow and Prefect servers on PostgreSQL (databases of their own,
 created and dropped here), the local registry migrated onto the MLflow server, a process worker running the
 monitoring deployment, which finds drift and runs the training deployment through the same worker, whose candidate
-the gate judges on the server. Commands as README's "Scaling out" and "Monitoring" print them."""
+the gate judges on the server. Commands as docs/team.md and docs/monitoring.md print them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from test_monitor import COHORT, SALT, TINY, shifted, visits
 from test_readme import CREATEDB, TO_SERVER, TRACKING_SERVER, Background, postgres_up
-from usercmd import REPO, free_port, scratch_clone, sh, wait_http
+from usercmd import documented, free_port, scratch_clone, sh, wait_http
 
 pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
 
@@ -74,8 +74,8 @@ def test_servers_on_postgres_a_migrated_registry_and_flows_through_a_worker(tmp_
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL is not listening on 127.0.0.1:5432")
         pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-    readme = (REPO / "README.md").read_text()
-    assert all(c in readme for c in (PREFECT_DB, PREFECT_SERVER, MIGRATE, MONITOR_NOW))
+    printed = documented()
+    assert all(c in printed for c in (PREFECT_DB, PREFECT_SERVER, MIGRATE, MONITOR_NOW))
     root = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
     (root / "data").mkdir(exist_ok=True)
     visits(200, seed=1, first_id=100000).to_csv(root / "data" / "visits.csv", index=False)
@@ -87,7 +87,7 @@ def test_servers_on_postgres_a_migrated_registry_and_flows_through_a_worker(tmp_
     mlflow_port, prefect_port = str(free_port()), str(free_port())
 
     def mine(command: str) -> str:
-        """The README's command on this test's own databases and ports."""
+        """The printed command on this test's own databases and ports."""
         command = command.replace("5432/medflow", f"5432/{mlflow_db}")
         command = command.replace("postgres medflow", f"postgres {mlflow_db}").replace("5000", mlflow_port)
         return command.replace("5432/prefect ", f"5432/{prefect_db} ").replace(

@@ -6,9 +6,11 @@ import sys
 import pytest
 
 from medflow import tracking
+from medflow.lineage import lineage
 from medflow.params import Params
 from medflow.paths import Paths
 from medflow.privacy.scanner import PhiLeak
+from medflow.promotion.gate import Comparison, decide, subgroup_regressions
 from medflow.tracking import store
 
 
@@ -81,7 +83,7 @@ def test_default_run_name_tells_model_data_and_time_apart(project, params, monke
     monkeypatch.delenv("MEDFLOW_FLOW_RUN_ID", raising=False)
     run_id = tracking.start_run(params, project)
     run = mlflow.MlflowClient().get_run(run_id)
-    data = tracking.lineage(params, project)["medflow.data_md5"][:8]
+    data = lineage(params, project)["medflow.data_md5"][:8]
     assert re.fullmatch(rf"medflow-breast-cancer-data\.{data}-\d{{8}}-\d{{6}}", run.info.run_name)
     assert run.data.tags["mlflow.source.type"] == "LOCAL"
 
@@ -97,7 +99,7 @@ def test_lineage_reads_git_and_dvc(project, params, monkeypatch):
     git(project.root, "add", ".")
     git(project.root, "commit", "-qm", "init")
     sha = git(project.root, "rev-parse", "HEAD")
-    tags = tracking.lineage(params, project)
+    tags = lineage(params, project)
     assert tags == {
         "medflow.git_commit": sha,
         "medflow.data_md5": hashlib.md5((project.data_dir / "t.csv").read_bytes()).hexdigest(),
@@ -108,7 +110,7 @@ def test_lineage_reads_git_and_dvc(project, params, monkeypatch):
         "medflow.data_batches": "none",  # no monitored batch was added to the data
     }
     (project.root / "params.yaml").write_text("seed: 1\n")
-    assert tracking.lineage(params, project)["medflow.git_commit"] == f"{sha}-dirty"
+    assert lineage(params, project)["medflow.git_commit"] == f"{sha}-dirty"
 
 
 def test_log_epoch_and_metrics(project, params):
@@ -185,15 +187,15 @@ def _paired(cand_noise: float, ref_noise: float, n: int = 200):
 
 
 def comparison(delta, test="superiority", margin=0.01, reference="champion v1"):
-    return tracking.Comparison(reference, delta, test, margin)
+    return Comparison(reference, delta, test, margin)
 
 
 def test_equal_scores_are_refused_under_superiority_and_accepted_under_non_inferiority():
     tie = _paired(0.5, 0.5)
     assert (tie.delta, tie.ci_low, tie.ci_high) == (0.0, 0.0, 0.0)
-    refused = tracking.decide("test_roc_auc", 0.95, 0.9, "1", comparison(tie))
+    refused = decide("test_roc_auc", 0.95, 0.9, "1", comparison(tie))
     assert not refused.promoted and "lower bound above +0.0000: not met, champion v1 stays" in refused.reason
-    accepted = tracking.decide("test_roc_auc", 0.95, 0.9, "1", comparison(tie, "non_inferiority", 0.01))
+    accepted = decide("test_roc_auc", 0.95, 0.9, "1", comparison(tie, "non_inferiority", 0.01))
     assert (
         accepted.promoted
         and "non-inferiority, margin 0.01 (register.gate.margin) needs the lower bound above -0.0100: met"
@@ -204,8 +206,8 @@ def test_equal_scores_are_refused_under_superiority_and_accepted_under_non_infer
 def test_a_clearly_better_candidate_passes_superiority_and_a_worse_one_fails_non_inferiority():
     better, worse = _paired(0.2, 1.5), _paired(1.5, 0.2)
     assert better.ci_low > 0 > worse.ci_high
-    assert tracking.decide("test_roc_auc", 0.95, 0.9, "1", comparison(better)).promoted
-    refused = tracking.decide("test_roc_auc", 0.95, 0.9, "1", comparison(worse, "non_inferiority", 0.05))
+    assert decide("test_roc_auc", 0.95, 0.9, "1", comparison(better)).promoted
+    refused = decide("test_roc_auc", 0.95, 0.9, "1", comparison(worse, "non_inferiority", 0.05))
     assert not refused.promoted and f"95% CI [{worse.ci_low:+.4f}, {worse.ci_high:+.4f}]" in refused.reason
 
 
@@ -221,12 +223,11 @@ def test_a_clearly_better_candidate_passes_superiority_and_a_worse_one_fails_non
     ],
 )
 def test_gate_floors_and_missing_evidence(value, floor, kwargs, promoted, says):
-    decision = tracking.decide("test_roc_auc", value, floor, **kwargs)
+    decision = decide("test_roc_auc", value, floor, **kwargs)
     assert decision.promoted is promoted and says in decision.reason
 
 
 def test_a_subgroup_regression_refuses_a_better_candidate():
-    from medflow.tracking.gate import subgroup_regressions
 
     def report(values):
         groups = [{"group": g, "roc_auc": v} for g, v in values.items()]
@@ -234,7 +235,7 @@ def test_a_subgroup_regression_refuses_a_better_candidate():
 
     lost = subgroup_regressions(report({"site=A": 0.99, "site=B": 0.80}), report({"site=A": 0.9, "site=B": 0.9}), 0.05)
     assert lost == ("subgroup site=B roc_auc falls from 0.9000 to 0.8000 (more than the tolerance 0.05)",)
-    decision = tracking.decide("test_roc_auc", 0.95, 0.9, "1", comparison(_paired(0.2, 1.5)), regressions=lost)
+    decision = decide("test_roc_auc", 0.95, 0.9, "1", comparison(_paired(0.2, 1.5)), regressions=lost)
     assert not decision.promoted and ": met; subgroup site=B" in decision.reason
 
 
@@ -255,7 +256,7 @@ def test_training_data_is_logged_as_a_dataset_input_without_rows(project, params
     tracking.log_training_data(run_id, run.tags, params, project, schema)
     (logged,) = mlflow.MlflowClient().get_run(run_id).inputs.dataset_inputs
     ds = logged.dataset
-    assert (ds.name, ds.digest) == ("t", tracking.lineage(params, project)["medflow.data_md5"][:16])
+    assert (ds.name, ds.digest) == ("t", lineage(params, project)["medflow.data_md5"][:16])
     assert json.loads(ds.source)["uri"] == "data/t.csv"
     assert json.loads(ds.profile) == {
         "num_rows": 10,

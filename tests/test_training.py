@@ -298,12 +298,11 @@ def test_train_step_on_images_trains_a_vision_model_and_bundles_the_normaliser(p
 
 def test_the_steps_after_split_find_each_rows_split_by_its_id_in_the_manifest(project):
     from medflow.data import manifest
-    from medflow.steps import train
 
     write_upstream(project, n=40)
     listed = pd.read_csv(project.manifest).sample(frac=1, random_state=0)  # any order: rows are found by id
     listed.to_csv(project.manifest, index=False)
-    df, _ = train.load_split(project)
+    df, _ = manifest.load_split(project)
     assert df["_split"].tolist() == listed.set_index("row_id").loc[df["_row_id"], "split"].tolist()
     found = manifest.lookup(project, "split", pd.Series([3, 999, 0]))
     assert found.iloc[[0, 2]].tolist() == listed.set_index("row_id").loc[[3, 0], "split"].tolist()
@@ -311,10 +310,10 @@ def test_the_steps_after_split_find_each_rows_split_by_its_id_in_the_manifest(pr
 
     listed[listed["row_id"] != 7].to_csv(project.manifest, index=False)
     with pytest.raises(ValueError, match="1 cleaned row"):
-        train.load_split(project)
+        manifest.load_split(project)
     pd.concat([listed, listed.head(2)]).to_csv(project.manifest, index=False)
     with pytest.raises(ValueError, match="manifest.csv: 2 row id"):
-        train.load_split(project)
+        manifest.load_split(project)
 
 
 def run_count(paths) -> int:

@@ -1,4 +1,4 @@
-"""medflow tune: the search space, the sealed test split, and the README's commands on a scratch clone."""
+"""medflow tune: the search space, the sealed test split, and docs/tuning.md's commands on a scratch clone."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import yaml
 from usercmd import scratch_clone, sh
 
+from medflow.data.columns import LABEL, ROW_ID
 from medflow.params import ParamsError, TrainParams, from_dict, load, tuned_file
-from medflow.steps.clean import LABEL, ROW_ID
 from medflow.tuning.search import suggest
 
 pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`

@@ -7,6 +7,7 @@ import pytest
 from cohort import cohort_params
 
 from medflow.data import sources
+from medflow.data.checks import Check
 from medflow.data.profile import (
     average_ranks,
     build_profile,
@@ -15,12 +16,13 @@ from medflow.data.profile import (
     univariate_auc,
     univariate_aucs,
 )
-from medflow.data.suite import Check, infer_suite
+from medflow.data.suite import ValidationFailed, infer_suite
 from medflow.data.synthetic import synthetic_cohort
 from medflow.params import DataParams, ValidateParams, from_dict
 from medflow.paths import Paths
 from medflow.privacy import classify
 from medflow.steps import validate
+from medflow.validation.quarantine import quarantine
 
 PHI = ["mrn", "name", "dob", "phone", "visit_date"]
 
@@ -145,7 +147,7 @@ def test_suite_is_reinferred_byte_identical_and_holds_no_patient_values(first_ru
 )
 def test_batch_level_failures_stop_the_run_with_a_message_naming_them(first_run, cohort, tmp_path, change, named):
     paths = _project(tmp_path, change(cohort), suite_from=first_run[0])
-    with pytest.raises(validate.ValidationFailed) as err:
+    with pytest.raises(ValidationFailed) as err:
         validate.run(cohort_params(), paths)
     message = str(err.value)
     assert message.startswith("data/cohort.csv: 1 batch-level expectation(s) failed:")
@@ -159,7 +161,7 @@ def test_batch_level_failures_stop_the_run_with_a_message_naming_them(first_run,
 def test_numeric_and_target_failures_name_the_rule(first_run, cohort, tmp_path):
     changed = cohort.assign(glucose="high", outcome=cohort["outcome"].replace("healthy", "well"))
     paths = _project(tmp_path, changed, suite_from=first_run[0])
-    with pytest.raises(validate.ValidationFailed, match="2 batch-level") as err:
+    with pytest.raises(ValidationFailed, match="2 batch-level") as err:
         validate.run(cohort_params(), paths)
     n = len(cohort)
     assert f"match_regex: glucose: {n} of {n} non-null values do not parse as numbers" in str(err.value)
@@ -177,7 +179,7 @@ def test_editing_a_range_in_the_suite_quarantines_more_rows(first_run, cohort, t
     paths.suite("cohort").write_text(json.dumps(suite))
     rule = "age: expect_column_values_to_be_between"
     # Most of the cohort is older than 60: such a quarantine would bias the table, and stops the run.
-    with pytest.raises(validate.ValidationFailed, match=rf"quarantine takes \d+ of {len(cohort)} rows .*{rule}"):
+    with pytest.raises(ValidationFailed, match=rf"quarantine takes \d+ of {len(cohort)} rows .*{rule}"):
         validate.run(cohort_params(), paths)
     assert not paths.valid_rows.exists()
     params = cohort_params()
@@ -212,7 +214,7 @@ def test_profile_holds_aggregates_only_and_suppresses_small_counts(first_run, co
 def test_a_copy_of_the_label_stops_the_run_unless_accepted(cohort, tmp_path):
     leaky = cohort.assign(lab_flag=(cohort["outcome"] == "disease").astype(int))
     paths = _project(tmp_path, leaky)
-    with pytest.raises(validate.ValidationFailed) as err:
+    with pytest.raises(ValidationFailed) as err:
         validate.run(cohort_params(), paths)
     assert "'lab_flag' alone predicts 'outcome' with ROC-AUC 1.000" in str(err.value)
     assert "data.exclude=[lab_flag]" in str(err.value) and "validate.accept_leakage=[lab_flag]" in str(err.value)
@@ -245,7 +247,7 @@ def test_a_row_failing_several_checks_is_quarantined_once_with_every_reason():
         Check("expect_column_values_to_be_in_set", "a", "row", False, False, 2, (1, 2), "['1']", ""),
         Check("expect_column_values_to_not_be_null", "a", "batch", False, True, 1, (0,), "", ""),
     ]
-    valid, held = validate.quarantine(df, checks)
+    valid, held = quarantine(df, checks)
     assert valid["_row_id"].tolist() == [0]
     assert held["_row_id"].tolist() == [1, 2] and list(held.columns) == ["_row_id", "reason", "a"]
     assert held["reason"].tolist() == [
@@ -360,7 +362,7 @@ def test_an_expectation_gx_cannot_evaluate_stops_the_run(first_run, cohort, tmp_
     between = {"column": "sex", "min_value": 0, "max_value": 1}  # a hand edit that compares text with numbers
     suite["expectations"].append({"type": "expect_column_values_to_be_between", "kwargs": between, "meta": {}})
     paths.suite("cohort").write_text(json.dumps(suite))
-    with pytest.raises(validate.ValidationFailed, match="be_between: sex: could not be evaluated"):
+    with pytest.raises(ValidationFailed, match="be_between: sex: could not be evaluated"):
         validate.run(cohort_params(), paths)
 
 

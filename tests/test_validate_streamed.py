@@ -12,10 +12,12 @@ import pytest
 from cohort import cohort_params
 
 from medflow.data.sources import SourceError
+from medflow.data.suite import ValidationFailed
 from medflow.data.synthetic import synthetic_cohort
 from medflow.params import from_dict
 from medflow.paths import Paths
 from medflow.steps import validate
+from medflow.validation import streamed as streaming
 
 SAME = ["quarantine.csv", "report.json", "columns.json"]
 
@@ -96,7 +98,7 @@ def test_the_sample_is_the_same_rows_whatever_the_chunk_size(cohort, tmp_path):
     picked = []
     for rows in (10, 333):
         paths = _project(tmp_path / str(rows), cohort)
-        sample, totals = validate._survey([paths.data_dir / "cohort.csv"], "t", _params(True).data,
+        sample, totals = streaming.survey([paths.data_dir / "cohort.csv"], "t", _params(True).data,
                                           _params(True, chunk_rows=rows, sample_rows=40).validate_, 0)  # fmt: skip
         picked.append(sample["_row_id"].tolist())
         assert totals.rows == len(cohort)
@@ -154,7 +156,7 @@ def test_batch_checks_of_a_streamed_table_are_judged_on_the_whole_table(in_memor
         paths = _project(tmp_path / str(streamed), CHANGES[change](cohort), suite_from=in_memory[0])
         try:
             outcomes.append(("passed", validate.run(_params(streamed, sample_rows=60), paths)["rows_valid"]))
-        except validate.ValidationFailed as exc:
+        except ValidationFailed as exc:
             outcomes.append(("failed", str(exc)))
             assert not paths.valid_rows.exists() and not list(paths.step_dir("validate").glob("*.part"))
         outcomes[-1] += ((paths.step_dir("validate") / "report.json").read_text(),)
@@ -168,9 +170,9 @@ def test_a_chunk_writing_a_columns_numbers_another_way_stops_the_run(cohort, tmp
     df["bmi"] = bmi.str.replace(".", ",", regex=False).where(df.index < 1045, bmi + "%")
     paths = _project(tmp_path, df)
     params = _params(True, chunk_rows=209, sample_rows=50)  # the last chunk: rows 1045-1051
-    sample, _ = validate._survey([paths.data_dir / "cohort.csv"], "t", params.data, params.validate_, params.seed)
+    sample, _ = streaming.survey([paths.data_dir / "cohort.csv"], "t", params.data, params.validate_, params.seed)
     assert sample["_row_id"].max() < 1045  # the sample holds decimal commas only; the last chunk, percent signs
-    with pytest.raises(validate.ValidationFailed) as err:
+    with pytest.raises(ValidationFailed) as err:
         validate.run(params, paths)
     message = str(err.value)
     assert message.startswith("data/cohort.csv: column 'bmi' mixes number formats: ")
@@ -182,7 +184,7 @@ def test_a_chunk_writing_a_columns_numbers_another_way_stops_the_run(cohort, tmp
 def test_a_column_mixing_two_number_formats_is_refused_in_memory_too(cohort, tmp_path):
     bmi = pd.to_numeric(cohort["bmi"], errors="coerce").round(1).astype(str)
     df = cohort.assign(bmi=bmi.str.replace(".", ",", regex=False).where(cohort.index % 3 > 0, bmi + "%"))
-    with pytest.raises(validate.ValidationFailed, match="column 'bmi' mixes number formats"):
+    with pytest.raises(ValidationFailed, match="column 'bmi' mixes number formats"):
         validate.run(_params(False), _project(tmp_path, df))
 
 
@@ -200,7 +202,7 @@ def test_an_expectation_left_to_gx_is_refused_when_the_table_streams(in_memory, 
     suite = json.loads(paths.suite("cohort").read_text())
     suite["expectations"].append({"type": "expect_column_values_to_be_unique", "kwargs": {"column": "site"}})
     paths.suite("cohort").write_text(json.dumps(suite))
-    with pytest.raises(validate.ValidationFailed) as err:
+    with pytest.raises(ValidationFailed) as err:
         validate.run(_params(True), paths)
     assert str(err.value).startswith(
         "expectations/cohort.json: expectation type(s) ['expect_column_values_to_be_unique'] are evaluated by Great "
@@ -237,7 +239,7 @@ def test_a_gzipped_csv_streams_like_the_plain_one(in_memory, cohort, tmp_path):
 
 def test_a_file_that_changes_between_the_passes_stops_the_run_and_leaves_nothing(cohort, tmp_path, monkeypatch):
     paths = _project(tmp_path, cohort)
-    survey = validate._survey
+    survey = streaming.survey
 
     def then_truncated(files, *args):
         found = survey(files, *args)
@@ -245,8 +247,8 @@ def test_a_file_that_changes_between_the_passes_stops_the_run_and_leaves_nothing
         path.write_text("\n".join(path.read_text().splitlines()[:500]) + "\n")  # an export still being written
         return found
 
-    monkeypatch.setattr(validate, "_survey", then_truncated)
-    with pytest.raises(validate.ValidationFailed) as err:
+    monkeypatch.setattr(streaming, "survey", then_truncated)
+    with pytest.raises(ValidationFailed) as err:
         validate.run(_params(True), paths)
     assert str(err.value) == (
         f"data/cohort.csv: {len(cohort)} rows on the first pass, 499 on the second: the file changed while it was "
@@ -265,7 +267,7 @@ def _both(tmp_path, df: pd.DataFrame, suite_from: Paths | None = None, name: str
         try:
             s = validate.run(_params(streamed, source=f"data/{name}", **kw), paths)
             out.append((s["rows_valid"], s["quarantine_reasons"], pd.read_parquet(paths.valid_rows)))
-        except (validate.ValidationFailed, SourceError) as exc:
+        except (ValidationFailed, SourceError) as exc:
             out.append(str(exc))
     return out
 

@@ -1,8 +1,8 @@
 """Commands as a user types them: a scratch clone of the project and a shell where the venv is NOT activated.
 
-The README's commands are run through bash exactly as printed (`.venv/bin/medflow run ...`, `make ui`), in a
-copy of the tracked and untracked-but-not-ignored files, which is what a fresh clone holds. `.venv` in the copy
-is a link to the venv running the tests, so nothing is installed twice.
+The commands of README.md and docs/ are run through bash exactly as printed (`.venv/bin/medflow run ...`,
+`make ui`), in a copy of the tracked and untracked-but-not-ignored files, which is what a fresh clone holds. `.venv`
+in the copy is a link to the venv running the tests, so nothing is installed twice.
 """
 
 from __future__ import annotations
@@ -27,6 +27,16 @@ GIT_ID = {
     "GIT_COMMITTER_NAME": "medflow-test",
     "GIT_COMMITTER_EMAIL": "test@medflow.invalid",
 }
+
+
+def user_documents() -> list[Path]:
+    """What users read, every command of which a test runs: the README, the documentation site, the benchmarks."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "bench" / "README.md"]
+
+
+def documented() -> str:
+    """All user documents as one text: where a test finds the commands it runs as printed."""
+    return "\n".join(doc.read_text() for doc in user_documents())
 
 
 def project_files() -> list[str]:

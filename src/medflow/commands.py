@@ -273,7 +273,7 @@ def cmd_lineage(args: argparse.Namespace, tracking) -> int:
 
 @registry_command("predict")
 def cmd_predict(args: argparse.Namespace, tracking) -> int:
-    from medflow.tracking.scoring import predict_file
+    from medflow.predict import predict_file
 
     done = predict_file(args.model, Path(args.input), Path(args.output))
     print(

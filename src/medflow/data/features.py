@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medflow.data.columns import CONTENT_HASH
 from medflow.data.numbers import NumberFormat, parse
 
 MISSING = "<missing>"
@@ -24,7 +25,6 @@ OTHER = "<other>"
 # a misplaced decimal) instead of extrapolating; quantiles, not min/max, so no single patient's value is stored.
 RANGE_QUANTILES = (0.005, 0.995)
 RANGE_MARGIN = 2.0
-CONTENT_HASH = "_content_hash"  # sha256 of an image's decoded pixels
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,14 @@ def pool_rare(counts: pd.Series, k: int) -> tuple[dict[str, int], int]:
     """({value: rows} of the values of counts (value -> rows) with at least k rows, the rows of all the others)."""
     common = counts >= k
     return {str(v): int(n) for v, n in counts[common].items()}, int(counts[~common].sum())
+
+
+def encode_labels(labels: pd.Series, schema: Schema) -> np.ndarray:
+    values = labels.astype(str).str.strip()
+    if schema.positive_class is not None:
+        return (values == schema.positive_class).to_numpy().astype("int64")
+    index = {c: i for i, c in enumerate(schema.classes)}
+    return values.map(index).to_numpy().astype("int64")
 
 
 def coerce_features(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:

@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medflow.data.checks import Check
+from medflow.data.columns import ROW_ID
 from medflow.data.images import ImageSet
 from medflow.data.profile import shown
-from medflow.data.suite import DATE_REGEX, ROW_ID, Check, roles
+from medflow.data.suite import DATE_REGEX, roles
 from medflow.params import DataParams, ValidateParams
 
 NOTES = (

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medflow.data.columns import ROW_ID
 from medflow.data.sources import SourceError, read_table
-from medflow.data.suite import ROW_ID, ValidationFailed
+from medflow.data.suite import ValidationFailed
 from medflow.params import DataParams
 from medflow.paths import Paths
 

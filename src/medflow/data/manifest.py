@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from medflow.data.columns import ROW_ID, SPLIT
+from medflow.data.features import Schema
 from medflow.paths import Paths
 
 
@@ -15,3 +17,11 @@ def lookup(paths: Paths, column: str, row_ids: pd.Series, dtype: str | None = No
     if not ids.is_unique:
         raise ValueError(f"{paths.manifest}: {int(ids.duplicated().sum())} row id(s) are listed twice; rerun split")
     return row_ids.map(pd.Series(manifest[column].array, index=ids))
+
+
+def load_split(paths: Paths) -> tuple[pd.DataFrame, Schema]:
+    df = pd.read_parquet(paths.cleaned)
+    split = lookup(paths, "split", df[ROW_ID])
+    if split.isna().any():
+        raise ValueError(f"{paths.manifest}: {int(split.isna().sum())} cleaned row(s) have no split")
+    return df.assign(**{SPLIT: split.to_numpy()}), Schema.load(paths.schema)

@@ -146,3 +146,48 @@ def unreadable(values: pd.Series, number: pd.Series) -> np.ndarray:
     text = values.astype(str).str.strip().str.lower()
     given = values.notna() & ~text.isin(MISSING_LOWER)
     return (given & number.isna()).to_numpy()
+
+
+class Parsed(dict):
+    """plain_numbers() of each column of one frame, computed on first use: a 2,000-column table is parsed once per
+    column, not once per check."""
+
+    def __init__(self, df: pd.DataFrame):
+        super().__init__()
+        self.df = df
+        self.counts: dict[str, int] = {}
+        self.present = df.notna().sum()
+
+    def __missing__(self, col: str) -> pd.Series:
+        self[col] = plain_numbers(self.df[col])
+        self.counts[col] = int(np.count_nonzero(~np.isnan(self[col].to_numpy())))
+        return self[col]
+
+    def count(self, col: str) -> int:
+        """Values of col that parse as numbers."""
+        if col not in self.counts:
+            self[col]  # noqa: B018 - parses and counts
+        return self.counts[col]
+
+    def matrix(self, cols: list[str], index: pd.Index) -> np.ndarray:
+        """The parsed columns as one float matrix, rows of index (labels of self.df)."""
+        if not cols:
+            return np.empty((len(index), 0))
+        rows = self.df.index.get_indexer(index)
+        return np.column_stack([self[c].to_numpy() for c in cols])[rows]
+
+    def rebase(self, df: pd.DataFrame, changed: list[str]) -> None:
+        self.df = df
+        self.present = df.notna().sum()
+        for col in changed:
+            self.pop(col, None)
+            self.counts.pop(col, None)
+
+
+def typed(df: pd.DataFrame, kinds: dict[str, str], parsed: Parsed | None = None) -> pd.DataFrame:
+    """df (or some of its rows) with numeric columns as floats."""
+    cache = Parsed(df) if parsed is None else parsed
+    cols = [col for col, kind in kinds.items() if kind == "numeric" and col in df]
+    # One concat, not a column assignment per column: 2,000 assignments fragment the frame.
+    parsed = pd.DataFrame(cache.matrix(cols, df.index), index=df.index, columns=cols)
+    return pd.concat([df.drop(columns=cols), parsed], axis=1)[list(df.columns)]

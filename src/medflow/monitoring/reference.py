@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medflow.data.columns import SPLIT
 from medflow.data.features import MISSING, OTHER, Schema, coerce_features, pool_rare
 
 VERSION = 1
@@ -119,12 +120,12 @@ def write(reference: dict, path: Path) -> Path:
 
 def from_pipeline(params, paths, threshold: float | None) -> dict:
     """The reference of the model in artifacts/train, from the cleaned table and split manifest (register's inputs)."""
+    from medflow.data.manifest import load_split
+    from medflow.evaluation.heldout import score
     from medflow.models.bundle import Predictor
-    from medflow.steps.evaluate import score
-    from medflow.steps.train import load_split
 
     df, schema = load_split(paths)
-    held_out = df[df["_split"].isin(["val", "test"])]
+    held_out = df[df[SPLIT].isin(["val", "test"])]
     proba = score(Predictor(paths.model_bundle), paths, held_out, schema.kind)
     k, bins = params.validate_.small_count, params.monitor.bins
-    return build(df[df["_split"] == "train"], schema, positive_score(proba), threshold, bins, k)
+    return build(df[df[SPLIT] == "train"], schema, positive_score(proba), threshold, bins, k)

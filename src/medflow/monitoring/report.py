@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medflow.data.features import coerce_features
+from medflow.data.features import coerce_features, encode_labels
 from medflow.evaluation.metrics import bootstrap_ci, patient_groups, weighted_metric
 from medflow.models.bundle import Predictor
 from medflow.monitoring import drift
 from medflow.monitoring.reference import positive_score
-from medflow.steps.clean import encode_labels
 
 
 def performance(batch: pd.DataFrame, proba: np.ndarray, ok: np.ndarray, predictor: Predictor, params) -> dict | None:

@@ -12,7 +12,6 @@ from medflow.params import Params
 
 # Only for the built-in demos, whose "patients" are public or synthetic: real data must bring its own salt.
 DEMO_SALT = "medflow-demo-salt"
-PATIENT_KEY = "_patient_key"
 
 
 class SaltMissing(ValueError):

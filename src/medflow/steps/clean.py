@@ -11,15 +11,15 @@ import logging
 import numpy as np
 import pandas as pd
 
-from medflow.data.features import CONTENT_HASH, Schema, coerce_features
+from medflow.data.columns import CONTENT_HASH, LABEL, PATIENT_KEY, ROW_ID
+from medflow.data.features import Schema, coerce_features, encode_labels
 from medflow.params import DataParams, Params
 from medflow.paths import Paths
-from medflow.privacy.keys import PATIENT_KEY, pseudonymise, resolve_salt
+from medflow.privacy.keys import pseudonymise, resolve_salt
 from medflow.privacy.phi import undeclared_identifiers
 
 log = logging.getLogger(__name__)
 
-ROW_ID, LABEL = "_row_id", "_label"
 DECLARED = ("identifier", "patient_id")  # kinds params.data gives: the user knows these are no features
 
 
@@ -92,14 +92,6 @@ def build_schema(
         dropped=dropped,
         formats={c: f for c, f in (formats or {}).items() if c in numeric},
     )
-
-
-def encode_labels(labels: pd.Series, schema: Schema) -> np.ndarray:
-    values = labels.astype(str).str.strip()
-    if schema.positive_class is not None:
-        return (values == schema.positive_class).to_numpy().astype("int64")
-    index = {c: i for i, c in enumerate(schema.classes)}
-    return values.map(index).to_numpy().astype("int64")
 
 
 def split_duplicates(df: pd.DataFrame, cols: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:

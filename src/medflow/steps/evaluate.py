@@ -9,12 +9,13 @@ import json
 import math
 
 import numpy as np
-import pandas as pd
 
 from medflow import tracking
-from medflow.data import manifest
+from medflow.data.columns import LABEL, ROW_ID, SPLIT
+from medflow.data.manifest import load_split
 from medflow.evaluation.calibration import fit_temperature, scale
-from medflow.evaluation.metrics import bootstrap_ci, patient_groups, point_metrics, weighted_metrics
+from medflow.evaluation.heldout import patient_keys, score
+from medflow.evaluation.metrics import bootstrap_ci, point_metrics, weighted_metrics
 from medflow.evaluation.plots import (
     confusion_counts,
     plot_confusion,
@@ -33,20 +34,8 @@ from medflow.evaluation.threshold import choose_threshold
 from medflow.models.bundle import Predictor
 from medflow.params import Params
 from medflow.paths import Paths
-from medflow.steps.clean import LABEL, ROW_ID
-from medflow.steps.train import load_split
 
 LEARNING_CURVE_KEYS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
-
-
-def score(predictor: Predictor, paths: Paths, rows: pd.DataFrame, kind: str) -> np.ndarray:
-    if kind == "image":
-        return predictor.predict_proba(np.load(paths.images, mmap_mode="r")[rows.index.to_numpy()])
-    return predictor.predict_proba(rows)
-
-
-def patient_keys(paths: Paths, row_ids: pd.Series) -> np.ndarray | None:
-    return patient_groups(manifest.lookup(paths, "patient_key", row_ids, dtype="string"))
 
 
 def _finite(d: dict) -> dict:
@@ -122,7 +111,7 @@ def _report_md(report: dict, metrics: dict) -> str:
 def run(params: Params, paths: Paths) -> dict:
     ep = params.evaluate
     df, schema = load_split(paths)
-    test = df[df["_split"] == "test"]
+    test = df[df[SPLIT] == "test"]
     if test.empty:
         raise ValueError(f"{paths.manifest}: the test split is empty; enlarge the data or split.test")
     # Scoring goes through the same Predictor the registered model uses.
@@ -132,7 +121,7 @@ def run(params: Params, paths: Paths) -> dict:
     groups = patient_keys(paths, test[ROW_ID])
     binary = len(schema.classes) == 2
 
-    val = df[df["_split"] == "val"]
+    val = df[df[SPLIT] == "val"]
     y_val, proba_val = val[LABEL].to_numpy(), score(predictor, paths, val, schema.kind)
     threshold, method = None, None
     if binary:

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from medflow.data.columns import LABEL, PATIENT_KEY, ROW_ID
 from medflow.data.features import Schema
 from medflow.params import Params, SplitParams
 from medflow.paths import Paths
-from medflow.steps.clean import LABEL, PATIENT_KEY, ROW_ID
 
 SPLITS = ("train", "val", "test")
 

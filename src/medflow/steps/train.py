@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,53 +28,19 @@ import pandas as pd
 import torch
 
 from medflow import tracking
-from medflow.data import manifest
+from medflow.data.columns import LABEL, SPLIT
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema
+from medflow.data.manifest import load_split
 from medflow.models import vision
 from medflow.models.bundle import save_bundle
-from medflow.models.tabular import IMAGE_MODELS, build, check_kind
+from medflow.models.tabular import build, check_kind
 from medflow.params import Params
 from medflow.params import load as load_params
 from medflow.paths import Paths
-from medflow.steps.clean import LABEL, ROW_ID
 from medflow.training import distributed
 from medflow.training.loop import FitConfig, Progress, fit, pick_device, seed_everything
+from medflow.training.settings import LOOP_SETTINGS, balanced_weights, cpu_threads
 from medflow.tuning.tuned import note as tuning_note
-
-# TrainParams settings that the loop takes as they are.
-LOOP_SETTINGS = {
-    "lr",
-    "weight_decay",
-    "batch_size",
-    "max_epochs",
-    "patience",
-    "optimizer",
-    "momentum",
-    "label_smoothing",
-    "augment_flip",
-    "augment_translate",
-    "amp",
-    "channels_last",
-    "compile",
-    "checkpoint_every",
-    "checkpoint_interval_s",
-    "resume",
-    "mixup",
-    "cutmix",
-}
-
-
-def load_split(paths: Paths) -> tuple[pd.DataFrame, Schema]:
-    df = pd.read_parquet(paths.cleaned)
-    split = manifest.lookup(paths, "split", df[ROW_ID])
-    if split.isna().any():
-        raise ValueError(f"{paths.manifest}: {int(split.isna().sum())} cleaned row(s) have no split")
-    return df.assign(_split=split.to_numpy()), Schema.load(paths.schema)
-
-
-def balanced_weights(y: np.ndarray, n_classes: int) -> list[float]:
-    counts = np.bincount(y, minlength=n_classes).astype(float)
-    return (len(y) / (n_classes * np.maximum(counts, 1))).tolist()
 
 
 def open_run(params: Params, paths: Paths) -> tracking.OpenedRun:
@@ -114,7 +79,7 @@ def upstream_counts(paths: Paths) -> dict[str, int]:
 def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
     """Tensors of the train/val splits, the fitted preprocessing and the model config, for either kind of data."""
     model = params.train.model
-    positions = {s: np.flatnonzero(df["_split"].to_numpy() == s) for s in ("train", "val")}
+    positions = {s: np.flatnonzero(df[SPLIT].to_numpy() == s) for s in ("train", "val")}
     y = {s: torch.from_numpy(df[LABEL].to_numpy()[pos]) for s, pos in positions.items()}
     if schema.kind == "image":
         images = np.load(paths.images, mmap_mode="r")
@@ -140,19 +105,6 @@ def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
             "dropout": params.train.dropout,
         }
     return x, y, pre, config
-
-
-def cpu_threads(p, world: int) -> int:
-    """train.threads, else OMP_NUM_THREADS when set, else 1 for the MLPs (a 64-row batch through 64 units is too
-    little work to share: on a busy 2-core box 2 threads ran up to 10x slower) and the cores for conv nets."""
-    if p.threads:
-        return p.threads
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    if p.model not in IMAGE_MODELS:
-        return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // world)
 
 
 def run(params: Params, paths: Paths) -> dict:

@@ -1,8 +1,5 @@
 """The only way medflow reaches MLflow. Importing this package imports no mlflow and configures nothing."""
 
-from medflow.tracking.card import model_card
-from medflow.tracking.gate import Comparison, Decision, decide
-from medflow.tracking.lineage import lineage, lineage_of_run
 from medflow.tracking.registry import (
     Version,
     accept_files,
@@ -14,6 +11,7 @@ from medflow.tracking.registry import (
     get_description,
     get_version,
     history,
+    lineage_of_run,
     log_model,
     logged_model_of_run,
     mark_complete,
@@ -48,14 +46,11 @@ from medflow.tracking.store import (
 )
 
 __all__ = [
-    "Comparison",
-    "Decision",
     "StoreBusy",
     "Version",
     "accept_files",
     "aliases",
     "configure",
-    "decide",
     "describe_version",
     "drop_alias",
     "end_orphaned_run",
@@ -65,7 +60,6 @@ __all__ = [
     "get_description",
     "get_version",
     "history",
-    "lineage",
     "lineage_of_run",
     "log_artifacts",
     "log_dataset",
@@ -76,7 +70,6 @@ __all__ = [
     "logged_model_of_run",
     "mark_complete",
     "metric_of",
-    "model_card",
     "model_lock",
     "promote",
     "record_move",

@@ -15,10 +15,16 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from medflow.lineage import lineage
 from medflow.privacy.scanner import assert_clean
 from medflow.tracking import integrity
 from medflow.tracking.store import client, retry_locked
+
+if TYPE_CHECKING:
+    from medflow.params import Params
+    from medflow.paths import Paths
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,12 @@ def logged_model_of_run(run_id: str) -> str | None:
     experiment = c.get_run(run_id).info.experiment_id
     found = c.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'", max_results=1)
     return f"models:/{found[0].model_id}" if found else None
+
+
+def lineage_of_run(run_id: str, params: Params, paths: Paths) -> dict[str, str]:
+    """What the run recorded when it started wins: code, data or params may have moved on since training."""
+    recorded = client().get_run(run_id).data.tags
+    return {k: recorded.get(k, v) for k, v in lineage(params, paths).items()}
 
 
 def ensure_model(name: str, description: str, tags: dict[str, str]) -> None:
@@ -211,7 +223,7 @@ def refresh_cards(name: str, before: dict[str, str], also: tuple[str, ...] = ())
     import json
     import tempfile
 
-    from medflow.tracking.card import model_card
+    from medflow.promotion.card import model_card
     from medflow.tracking.store import log_artifacts
 
     now = aliases(name)

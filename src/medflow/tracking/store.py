@@ -232,7 +232,7 @@ def open_run(params: Params, paths: Paths, run_name: str | None = None) -> Opene
     from mlflow.entities import Param, RunTag
 
     from medflow.data.sources import dataset_name
-    from medflow.tracking.lineage import lineage
+    from medflow.lineage import lineage
 
     configure(paths)
     flat = {k: str(v) for k, v in flatten(params.as_dict()).items()}

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import torch
 
 from medflow.data import manifest
+from medflow.data.columns import LABEL, ROW_ID, SPLIT
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema
 from medflow.paths import Paths
-from medflow.steps.clean import LABEL, ROW_ID
 
 SPLITS = ("train", "val")
 
@@ -57,12 +57,12 @@ def read_train_val(paths: Paths) -> tuple[pd.DataFrame, np.ndarray, Schema]:
     by_position = np.argsort(positions)  # the table's order, as the train step reads it
     df = df.iloc[by_position].reset_index(drop=True)
     split = manifest.lookup(paths, "split", df[ROW_ID])
-    return df.assign(_split=split.to_numpy()), positions[by_position], Schema.load(paths.schema)
+    return df.assign(**{SPLIT: split.to_numpy()}), positions[by_position], Schema.load(paths.schema)
 
 
 def trial_data(paths: Paths, small_count: int) -> TrialData:
     df, positions, schema = read_train_val(paths)
-    masks = {s: (df["_split"] == s).to_numpy() for s in SPLITS}
+    masks = {s: (df[SPLIT] == s).to_numpy() for s in SPLITS}
     for s, m in masks.items():
         if not m.any():
             raise ValueError(f"{paths.manifest}: the {s} split is empty; enlarge the data or split.{s}")

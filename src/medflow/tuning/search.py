@@ -24,9 +24,9 @@ from medflow.models import vision
 from medflow.models.tabular import build, check_kind
 from medflow.params import Dimension, Params, ParamsError, TrainParams, study_record, tuned_file
 from medflow.paths import Paths
-from medflow.steps.train import LOOP_SETTINGS, balanced_weights, cpu_threads
 from medflow.tracking import study as runs
 from medflow.training.loop import FitConfig, fit, pick_device, seed_everything
+from medflow.training.settings import LOOP_SETTINGS, balanced_weights, cpu_threads
 from medflow.tuning.data import TrialData, trial_data
 from medflow.tuning.tuned import short, tune_dir
 

@@ -1,13 +1,15 @@
-"""The model card: Markdown built from names, counts and metrics only, never from row values."""
+"""The model card (each version's description) and the registered model's own description: Markdown built from
+names, counts and metrics only, never from row values."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from medflow.tracking.gate import Decision
+from medflow.promotion.gate import Decision
 
-if TYPE_CHECKING:  # registry commands import this package: not numpy and pandas with it
+if TYPE_CHECKING:  # registry commands import this module: not numpy and pandas with it
     from medflow.data.features import Schema
+    from medflow.params import Params
 
 
 def _table(rows: dict[str, object], head: tuple[str, str]) -> list[str]:
@@ -15,6 +17,25 @@ def _table(rows: dict[str, object], head: tuple[str, str]) -> list[str]:
     for k, v in rows.items():
         out.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
     return out
+
+
+def model_description(schema: Schema, dataset: str, metric: str) -> str:
+    return (
+        f"{schema.task.capitalize()} classification of `{schema.target}` ({', '.join(schema.classes)}), trained "
+        f"by medflow on `{dataset}`. Alias `champion` is the version in use, `challenger` the latest one that was "
+        f"not promoted; each version's description is its model card and its tags hold lineage and the gate "
+        f"decision on `{metric}`. Load with `mlflow.pyfunc.load_model('models:/<name>@champion')`."
+    )
+
+
+def split_policy(params: Params, schema: Schema) -> str:
+    """How the card says the rows were split."""
+    unit = "patient (all of a patient's rows in one split)" if schema.patient_id else "row (no patient id)"
+    return (
+        f"by {unit}, identical feature rows kept together; validation {params.split.val:.0%}, "
+        f"test {params.split.test:.0%}, seed {params.seed}. The threshold is chosen on validation, every metric "
+        "is measured on test."
+    )
 
 
 def card_data(

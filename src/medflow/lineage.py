@@ -58,11 +58,3 @@ def lineage(params: Params, paths: Paths) -> dict[str, str]:
         # Set by DVC in every stage of `dvc exp run`: such runs are experiments, challengers at most.
         "medflow.dvc_experiment": os.environ.get("DVC_EXP_NAME") or "none",
     }
-
-
-def lineage_of_run(run_id: str, params: Params, paths: Paths) -> dict[str, str]:
-    """What the run recorded when it started wins: code, data or params may have moved on since training."""
-    from medflow.tracking.store import client
-
-    recorded = client().get_run(run_id).data.tags
-    return {k: recorded.get(k, v) for k, v in lineage(params, paths).items()}

@@ -1,20 +1,18 @@
-"""Batch scoring with a registered model: every input row comes back once, scored or refused with its reason.
+"""Batch scoring of a file: every input row comes back once, scored or refused with its reason.
 
-The checks are the registered pyfunc's own (models/bundle.py), so this file, `mlflow.pyfunc` and
-`mlflow models serve` refuse the same rows. Messages name columns, files and counts, never an input value.
+The checks are the bundle's own (bundle.py), which the registered pyfunc runs too, so `medflow predict`,
+`mlflow.pyfunc` and `mlflow models serve` refuse the same rows. Messages name columns, files and counts, never an
+input value.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from medflow.models.bundle import BatchRejected
-from medflow.tracking.integrity import verified_copy
-from medflow.tracking.registry import resolve
 
 
 def read_batch(path: Path) -> pd.DataFrame:
@@ -42,19 +40,10 @@ def write_atomic(frame: pd.DataFrame, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def predict_file(model_uri: str, input_path: Path, output_path: Path) -> dict:
-    """Scores input_path with the model and writes output_path; returns counts. Raises BatchRejected, writing
-    nothing, when the batch as a whole cannot be scored."""
-    import mlflow.pyfunc
-
-    name, version = resolve(model_uri)
-    batch = read_batch(Path(input_path))
-    # The copy that was checked is the copy loaded; its code stays importable while the batch is scored.
-    with tempfile.TemporaryDirectory() as tmp:
-        model = mlflow.pyfunc.load_model(str(verified_copy(name, version.version, version.tags, Path(tmp))))
-        scored = model.unwrap_python_model().predictor.score(batch)
+def write_scored(scored: pd.DataFrame, name: str, version: str, output_path: Path) -> dict:
+    """Writes Predictor.score's table, labelled with the model that scored it, to output_path; returns counts."""
     scored.insert(1, "model", name)
-    scored.insert(2, "version", version.version)
+    scored.insert(2, "version", version)
     write_atomic(scored.rename(columns={"prediction": "label"}), Path(output_path))
     ok = int(scored["status"].eq("ok").sum())
-    return {"model": name, "version": version.version, "rows": len(scored), "ok": ok, "refused": len(scored) - ok}
+    return {"model": name, "version": version, "rows": len(scored), "ok": ok, "refused": len(scored) - ok}

@@ -1,0 +1,19 @@
+"""`medflow predict` and the predict flow: a batch file scored by a registered model, every row back once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medflow.models.scoring import read_batch, write_scored
+from medflow.tracking.bundles import registered_predictor
+from medflow.tracking.registry import resolve
+
+
+def predict_file(model_uri: str, input_path: Path, output_path: Path) -> dict:
+    """Scores input_path with the model and writes output_path; returns counts. Raises BatchRejected, writing
+    nothing, when the batch as a whole cannot be scored."""
+    name, version = resolve(model_uri)
+    batch = read_batch(Path(input_path))
+    with registered_predictor(name, version) as predictor:
+        scored = predictor.score(batch)
+    return write_scored(scored, name, version.version, Path(output_path))

@@ -1,0 +1,220 @@
+"""The evidence the gate reads: candidate, champion and simple baselines scored on the same test patients, the
+paired bootstrap of the primary metric, subgroup regressions and the leak check. Aggregates only, never rows.
+
+Whether the candidate is comparable with the champion at all (same dataset and input schema), and whether the run
+is an experiment, are read here too: the gate (gate.py) decides from these, on numbers it is handed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from medflow.data.columns import LABEL, ROW_ID, SPLIT
+from medflow.data.features import Schema, coerce_features
+from medflow.data.manifest import load_split
+from medflow.data.sources import dataset_name
+from medflow.evaluation.baselines import baseline_proba, flat_pixels
+from medflow.evaluation.heldout import patient_keys, score
+from medflow.evaluation.metrics import Delta, bootstrap_draws, interval, paired_delta, weighted_metric
+from medflow.evaluation.subgroups import group_labels, subgroup_report
+from medflow.models.bundle import Predictor
+from medflow.params import Params
+from medflow.paths import Paths
+from medflow.promotion.gate import Comparison, subgroup_regressions
+from medflow.promotion.leakage import leak_check
+
+log = logging.getLogger(__name__)
+
+
+def schema_hash(schema: Schema) -> str:
+    """What a caller must send and gets back: two versions with different hashes take different inputs."""
+    keys = ("kind", "target", "classes", "numeric", "categorical", "image_shape")
+    text = json.dumps({k: getattr(schema, k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def exploratory(params: Params) -> str | None:
+    # DVC sets DVC_EXP_NAME in every stage of `dvc exp run` (and not under `dvc repro`).
+    if os.environ.get("DVC_EXP_NAME"):
+        return "run from a DVC experiment (dvc exp run)"
+    if params.register.promote == "never":
+        return "register.promote is never (exploratory run)"
+    return None
+
+
+def mismatch(champion_tags: dict[str, str], identity: dict[str, str]) -> str | None:
+    """How the candidate's inputs differ from the champion's; a champion that records none is not comparable."""
+    what = {"medflow.dataset": f"dataset `{identity['medflow.dataset']}`", "medflow.schema_hash": "input schema"}
+    differ = [what[k] for k, v in identity.items() if champion_tags.get(k) != v]
+    if not differ:
+        return None
+    return " and ".join(differ) + (" differ" if len(differ) > 1 else " differs")
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The champion as the gate meets it: its model when it loaded and is comparable, else why not (note)."""
+
+    version: str
+    model: Predictor | None
+    note: str | None = None
+
+
+def not_rescored(version: str, exc: Exception) -> str:
+    """Why the champion has no scores: the error's type only, as another library's message may quote a value."""
+    return f"champion v{version} could not be re-scored ({type(exc).__name__})"
+
+
+@dataclass
+class TestSplit:
+    """The current test split as the gate sees it: the rows evaluate scored, keyed by patient."""
+
+    rows: pd.DataFrame
+    y: np.ndarray
+    groups: np.ndarray | None
+    train: pd.DataFrame
+
+
+def test_split(paths: Paths) -> TestSplit:
+    for path, step in ((paths.cleaned, "clean"), (paths.manifest, "split")):
+        if not path.exists():
+            raise FileNotFoundError(f"{path.relative_to(paths.root)} not found: run the {step} step first")
+    df, _ = load_split(paths)
+    test, train = df[df[SPLIT] == "test"], df[df[SPLIT] == "train"]
+    return TestSplit(test, test[LABEL].to_numpy(), patient_keys(paths, test[ROW_ID]), train)
+
+
+def _baseline_features(predictor: Predictor, paths: Paths, rows: pd.DataFrame) -> np.ndarray:
+    if predictor.schema.kind == "image":
+        return flat_pixels(np.load(paths.images, mmap_mode="r")[rows.index.to_numpy()])
+    return predictor.preprocessor.transform(coerce_features(rows, predictor.schema))
+
+
+def gate_evidence(
+    params: Params, paths: Paths, metrics: dict, champion: Champion | None
+) -> tuple[Comparison | None, tuple[str, ...], dict]:
+    """Scores candidate, champion (when it loaded) and baselines on the same test rows; returns the paired test the
+    gate reads, the subgroups that regressed, and the report (aggregates only)."""
+    gp, ep = params.register.gate, params.evaluate
+    metric = ep.primary_metric
+    split = test_split(paths)
+    predictor = Predictor(paths.model_bundle)
+    kind = predictor.schema.kind
+    cand = score(predictor, paths, split.rows, kind)
+    n_classes = len(predictor.classes)
+    baselines = baseline_proba(
+        _baseline_features(predictor, paths, split.train),
+        split.train[LABEL].to_numpy(),
+        _baseline_features(predictor, paths, split.rows),
+        n_classes,
+        params.seed,
+    )
+    probas = {"candidate": cand} | {f"baseline {b}": proba for b, proba in baselines.items()}
+
+    comparison, champion_proba, note = None, None, champion.note if champion else None
+    if champion is not None and champion.model is not None:
+        try:
+            champion_proba = score(champion.model, paths, split.rows, kind)
+        except Exception as exc:  # any failure leaves a person to decide; the type says which
+            note = not_rescored(champion.version, exc)
+            log.warning("register: %s", note)
+        if champion_proba is not None:
+            probas[f"champion v{champion.version}"] = champion_proba
+
+    # Every model on the same resampled patients, drawn once: each interval and each paired difference reads
+    # these draws, the very ones a bootstrap of its own with the same seed would make.
+    one = np.ones((1, len(split.y)))
+    point = {who: float(weighted_metric(metric, split.y, p, one)[0]) for who, p in probas.items()}
+    every = bootstrap_draws(split.y, list(probas.values()), split.groups, metric, gp.n_boot, params.seed)
+    draws = dict(zip(probas, every, strict=True))
+    models = {}
+    for who, d in draws.items():
+        lo, hi = interval(d)
+        models[who] = {metric: point[who], "ci_low": lo, "ci_high": hi}
+
+    def versus(ref: str) -> Delta:
+        return paired_delta(metric, [point["candidate"], point[ref]], np.stack([draws["candidate"], draws[ref]]))
+
+    # Candidate minus each baseline: the model card shows them side by side.
+    deltas = {f"baseline {b}": versus(f"baseline {b}") for b in baselines}
+    if champion_proba is not None:
+        ref = f"champion v{champion.version}"
+        comparison = Comparison(ref, versus(ref), gp.test, gp.margin)
+    elif champion is None:
+        best = max(baselines, key=lambda b: np.nan_to_num(models[f"baseline {b}"][metric], nan=-np.inf))
+        comparison = Comparison(
+            f"baseline {best}",
+            deltas[f"baseline {best}"],
+            "non_inferiority",
+            gp.baseline_margin,
+            "register.gate.baseline_margin",
+        )
+
+    regressions, subgroups = (), []
+    threshold = metrics.get("threshold")
+    if ep.subgroups:
+        labels = group_labels(split.rows[predictor.schema.features], ep.subgroups, ep.subgroup_bins)
+        reports = {
+            who: subgroup_report(
+                split.y, p, split.groups, labels, metric, ep.min_group_patients, gp.n_boot, params.seed, threshold
+            )
+            for who, p in (("candidate", cand), ("champion", champion_proba))
+            if p is not None
+        }
+        ref_groups = {r["group"]: r for r in reports["champion"]["groups"]} if "champion" in reports else {}
+        for r in reports["candidate"]["groups"]:
+            other = ref_groups.get(r["group"], {})
+            row = {"group": r["group"], "patients": r["patients"]}
+            subgroups.append(row | {"candidate": r.get(metric), "champion": other.get(metric)})
+        if "champion" in reports:
+            regressions = subgroup_regressions(reports["candidate"], reports["champion"], gp.subgroup_tolerance)
+
+    report = {
+        "primary_metric": metric,
+        "test": {
+            "rows": len(split.y),
+            "patients": len(np.unique(split.groups)) if split.groups is not None else len(split.y),
+            "resampled": "patients" if split.groups is not None else "rows (no patient id)",
+        },
+        "thresholds": {
+            "min_primary": params.register.floor(dataset_name(params.data.source)),
+            "min_sensitivity": gp.min_sensitivity,
+            "test": gp.test,
+            "margin": gp.margin,
+            "baseline_margin": gp.baseline_margin,
+            "subgroup_tolerance": gp.subgroup_tolerance,
+            "n_boot": gp.n_boot,
+            "decision_threshold": threshold,
+        },
+        "models": models,
+        "comparison": None
+        if comparison is None
+        else {
+            "reference": comparison.reference,
+            "metric": metric,
+            "test": comparison.test,
+            "margin": comparison.margin,
+            "delta": comparison.delta.delta,
+            "ci_low": comparison.delta.ci_low,
+            "ci_high": comparison.delta.ci_high,
+            "n_boot": comparison.delta.n_boot,
+            "bound": comparison.bound,
+            "passed": comparison.passed,
+        },
+        "champion_note": note,
+        "baseline_deltas": {
+            who: {"delta": d.delta, "ci_low": d.ci_low, "ci_high": d.ci_high, "n_boot": d.n_boot}
+            for who, d in deltas.items()
+        },
+        "subgroups": subgroups,
+        "subgroup_regressions": list(regressions),
+        "leak_check": leak_check(params, predictor, split.rows, split.y, metrics.get("test_roc_auc")),
+    }
+    return comparison, regressions, report

@@ -1,0 +1,105 @@
+"""Validating an image set: one valid.parquet row per valid image, row i <-> images.npy[i]."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+
+from medflow.data import image_validation, images
+from medflow.data.columns import CONTENT_HASH, PATIENT_KEY, ROW_ID
+from medflow.data.suite import ValidationFailed, role_mismatches, suite_kinds
+from medflow.params import Params
+from medflow.paths import Paths
+from medflow.privacy.keys import resolve_salt
+from medflow.validation.outputs import relative, write_json
+from medflow.validation.quarantine import batch_failures, held_columns, patient_key, report
+
+log = logging.getLogger(__name__)
+
+
+def validate_images(params: Params, paths: Paths) -> dict:
+    """The image path of run(): one valid.parquet row per valid image, row i <-> images.npy[i]."""
+    data, out = params.data, paths.step_dir("validate")
+    salt = resolve_salt(params)
+    dataset = images.dataset_name(data.source)
+    suite_path = paths.suite(dataset)
+    suite_name = relative(suite_path, paths.root)
+    suite = json.loads(suite_path.read_text()) if suite_path.exists() else None
+    if suite is not None:
+        if suite.get("kind") != "image":
+            raise ValidationFailed(f"{suite_name}: not an image suite (data.kind is image); delete it to infer one")
+        mismatches = role_mismatches(suite, data)
+        if mismatches:
+            raise ValidationFailed(
+                f"{suite_name}: column roles differ from params.data: {'; '.join(mismatches)}. Fix params or the "
+                "suite's meta.medflow.columns, or delete the suite to infer it again."
+            )
+    try:
+        src = images.load_image_source(data, paths, required=suite["required_columns"] if suite else ())
+    except ValidationFailed as exc:
+        write_json(out / "report.json", {"dataset": dataset, "source": data.source, **report([], [str(exc)])})
+        raise
+    created = suite is None
+    if created:
+        suite = image_validation.infer_image_suite(src, data, params.validate_, name=dataset)
+
+    checks, reasons = image_validation.check_images(src, data, suite)
+    failures = batch_failures(checks)
+    write_json(out / "report.json", {"dataset": dataset, "source": src.where, **report(checks, failures)})
+    if failures:
+        raise ValidationFailed(
+            f"{src.where}: {len(failures)} batch-level expectation(s) failed:\n  " + "\n  ".join(failures)
+        )
+    if created:
+        # Written only once the batch passes: a suite inferred from a broken batch would bless it.
+        suite_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(suite_path, suite)
+        log.info("inferred %s from %s: review it and commit it", suite_path, src.where)
+
+    table = src.table
+    bad = table[ROW_ID].isin(reasons).to_numpy()
+    keep = np.flatnonzero(~bad)
+    pixels = src.images[keep] if isinstance(src.images, np.ndarray) else np.stack([src.images[i] for i in keep])
+    valid = table.iloc[keep].reset_index(drop=True)
+    valid[data.target] = valid[data.target].astype(str)
+    valid[CONTENT_HASH] = [image_validation.content_hash(im) for im in pixels]
+    held = table[bad].copy()
+    held.insert(1, "reason", [reasons[r] for r in held[ROW_ID]])
+    # As for tables: the patient id leaves validate as its salted key only; identifiers not at all, nor (in
+    # quarantine, where the row number finds the row) file paths, which can carry names, or other text.
+    identifiers = [*data.identifiers, *([data.patient_id] if data.patient_id else [])]
+    for frame in (valid, held):
+        if data.patient_id:
+            frame.insert(2 if "reason" in frame else 1, PATIENT_KEY, patient_key(frame[data.patient_id], salt))
+        frame.drop(columns=identifiers, inplace=True)
+    known = image_validation.column_kinds(table, data, params.validate_) | suite_kinds(suite)
+    kinds = {c: known[c] for c in table.columns if c in known}
+
+    valid.to_parquet(paths.valid_rows, index=False)
+    np.save(out / "images.npy", pixels)
+    held[held_columns(kinds, list(held.columns.drop("reason")))].to_csv(out / "quarantine.csv", index=False,
+                                                                       lineterminator="\n")  # fmt: skip
+    write_json(out / "columns.json", kinds)
+    profile = image_validation.image_profile(valid[data.target], pixels, data.target, params.validate_)
+    (out / "profile").mkdir()
+    (out / "profile" / "profile.md").write_text(image_validation.profile_markdown(profile, dataset))
+    image_validation.save_profile_figures(profile, out / "profile")
+
+    summary = {
+        "dataset": dataset,
+        "source": src.where,
+        "suite": suite_name,
+        "suite_created": created,
+        "image_shape": suite["image_shape"],
+        "rows_in": len(table),
+        "rows_valid": len(valid),
+        "rows_quarantined": len(held),
+        "quarantine_reasons": dict(sorted((c.rule, len(c.row_ids)) for c in checks if c.row_ids)),
+        "leakage_suspects": [],
+    }
+    assert summary["rows_in"] == summary["rows_valid"] + summary["rows_quarantined"]
+    write_json(paths.summary("validate"), summary)
+    log.info("validate %s: %d images, %d valid, %d quarantined", dataset, len(table), len(valid), len(held))
+    return summary
