@@ -344,7 +344,7 @@ def cmd_tune(args: argparse.Namespace, paths: Paths) -> int:
     params_mod.load(params_file, args.override, tuned=False)  # a bad key fails before anything starts
     with run_lock(paths, args.wait):
         load_flow(paths, args.log, ["validate", "clean", "split"])
-        (flows,) = imports.import_then_freeze(["flows.tune", "medflow.tuning.search"])
+        (flows,) = imports.import_then_freeze(["flows.tune"])
         with orchestration.flow_settings():
             s = flows.tune(
                 root=str(paths.root),
