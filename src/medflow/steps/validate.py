@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medflow.data import image_validation, images, sources
+from medflow.data import data_docs, image_validation, images, sources
 from medflow.data.features import CONTENT_HASH
 from medflow.data.numbers import Conversion
 from medflow.data.profile import (
@@ -225,7 +225,7 @@ def run(params: Params, paths: Paths) -> dict:
 
     checks = run_suite(df, suite, parsed) + magnitude_checks(df, suite_kinds(suite), vp.max_abs, parsed)
     dataset = sources.dataset_name(params.data.source)
-    _judge(checks, paths, where, dataset)
+    _judge(checks, paths, where, dataset, suite)
     kinds, keep = _kinds(suite, df.columns, data)
     if data.patient_id:
         df.insert(1, PATIENT_KEY, _key(df[data.patient_id], salt))
@@ -333,8 +333,9 @@ def _positive_occurs(df: pd.DataFrame, data: DataParams, where: str, totals: Tot
         )
 
 
-def _judge(checks: list[Check], paths: Paths, where: str, dataset: str) -> None:
-    """Writes report.json; fails when a batch-level expectation failed."""
+def _judge(checks: list[Check], paths: Paths, where: str, dataset: str, suite: dict) -> None:
+    """Writes report.json and the Data Docs; fails when a batch-level expectation failed."""
+    data_docs.write(paths.data_docs, suite, checks, dataset)
     failures = batch_failures(checks)
     _write_json(paths.step_dir("validate") / "report.json",
                 {"dataset": dataset, "source": where, **report(checks, failures)})  # fmt: skip
@@ -539,7 +540,7 @@ def _run_streamed(params: Params, paths: Paths, files: list[Path]) -> dict:
                                    "changed while it was validated; run again once it is written")  # fmt: skip
         writer.close()
         checks = combine(parts, suite, rows, vp.max_abs)
-        _judge(checks, paths, where, dataset)
+        _judge(checks, paths, where, dataset, suite)
     except BaseException:
         if writer is not None:
             writer.close()

@@ -1,0 +1,85 @@
+"""validate writes Great Expectations Data Docs: the suite's expectations and the failing counts, never a value. A
+table is validated once against a suite inferred from its clean version, with distinctive values seeded in rows that
+fail: a nine-digit age (out of range), text where bmi holds numbers, a site no suite knows."""
+
+import json
+import re
+import time
+
+import pytest
+from cohort import cohort_params
+
+from medflow.data.synthetic import synthetic_cohort
+from medflow.paths import Paths
+from medflow.steps import validate
+
+SEEDS = {"age": "918273645", "bmi": "Zq-Quokka-4471", "site": "Wx-Narwhal-Vale"}
+SEEDED_ROWS = (3, 5, 8)
+
+pytestmark = pytest.mark.usefixtures("salted")
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory) -> Paths:
+    paths = Paths(root=tmp_path_factory.mktemp("docs"))
+    paths.data_dir.mkdir(parents=True)
+    df = synthetic_cohort()
+    df.to_csv(paths.data_dir / "cohort.csv", index=False)
+    validate.run(cohort_params(), paths)  # infers the suite from the clean table
+    df = df.astype(object)
+    for row, (col, value) in zip(SEEDED_ROWS, SEEDS.items(), strict=True):
+        df.loc[row, col] = value
+    df.to_csv(paths.data_dir / "cohort.csv", index=False)
+    validate.run(cohort_params(), paths)
+    return paths
+
+
+def _failed(paths: Paths) -> dict[str, int]:
+    report = json.loads((paths.step_dir("validate") / "report.json").read_text())
+    return {f"{e['column']}: {e['type']}": e["unexpected_count"] for e in report["expectations"] if not e["success"]}
+
+
+def test_data_docs_hold_no_value_of_the_table(validated):
+    docs = validated.data_docs
+    files = [f for f in docs.rglob("*") if f.is_file()]
+    assert (docs / "index.html") in files and len(list(docs.glob("validations/cohort/**/*.html"))) == 1
+    # The seeds are in the source and their rows failed: GX would have listed them as unexpected values.
+    assert {"age: expect_column_values_to_be_between", "site: expect_column_values_to_be_in_set"} <= set(
+        _failed(validated)
+    )
+    for f in files:
+        data = f.read_bytes()
+        for value in SEEDS.values():
+            assert value.encode() not in data, (f, value)
+
+
+def test_the_validation_page_shows_each_expectation_and_the_failing_counts(validated):
+    page = next(validated.data_docs.glob("validations/cohort/**/*.html")).read_text()
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
+    suite = json.loads(validated.suite("cohort").read_text())
+    for column in {e["kwargs"]["column"] for e in suite["expectations"] if "column" in e["kwargs"]}:
+        assert column in text
+    for rule, count in _failed(validated).items():
+        assert f"{count} unexpected values found" in text, rule
+
+
+def test_chromium_opens_the_docs_and_finds_the_failures_and_no_value(validated):
+    """Offline, as the test machine is: the index links to the validation page without a script from a CDN."""
+    from selenium.webdriver.common.by import By
+    from test_readme import chrome
+
+    started = time.perf_counter()
+    browser = chrome()
+    try:
+        browser.get((validated.data_docs / "index.html").as_uri())
+        browser.find_element(By.CSS_SELECTOR, "a[href*='validations/cohort/']").click()
+        body = browser.find_element(By.TAG_NAME, "body").text
+        assert "Expectation Suite: cohort" in body and "Status: Failed" in body
+        assert "must be greater than or equal to" in body and "must belong to this set" in body
+        for rule, count in _failed(validated).items():
+            assert f"{count} unexpected values found" in body, rule
+        for value in SEEDS.values():
+            assert value not in browser.page_source
+    finally:
+        browser.quit()
+    assert time.perf_counter() - started < 30
