@@ -6,9 +6,12 @@ import json
 import re
 import time
 
+import pandas as pd
 import pytest
 from cohort import cohort_params
 
+from medflow.data import data_docs
+from medflow.data.suite import ROW_ID, run_suite
 from medflow.data.synthetic import synthetic_cohort
 from medflow.paths import Paths
 from medflow.steps import validate
@@ -83,3 +86,21 @@ def test_chromium_opens_the_docs_and_finds_the_failures_and_no_value(validated):
     finally:
         browser.quit()
     assert time.perf_counter() - started < 30
+
+
+def test_a_wide_suite_shows_its_failures_first_and_counts_every_check(tmp_path, monkeypatch):
+    df = pd.DataFrame({"alpha": ["1", "2", "x"], "beta": ["1", None, "3"], "gamma": ["5", "6", "7"], ROW_ID: [0, 1, 2]})
+    exps = [{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": c}, "meta": {"level": "row"}}
+            for c in ("alpha", "beta", "gamma")]  # fmt: skip
+    exps.append({"type": "expect_column_values_to_be_between", "kwargs": {"column": "gamma", "max_value": 6.0}})
+    kinds = {c: {"kind": "numeric"} for c in ("alpha", "beta", "gamma")}
+    suite = {"name": "wide", "expectations": exps, "meta": {"medflow": {"columns": kinds}}}
+    checks = run_suite(df, suite)
+    assert [c.success for c in checks] == [True, False, True, False]
+    monkeypatch.setattr(data_docs, "SHOWN", 2)
+    data_docs.write(tmp_path, suite, checks, "wide")
+    page = next(tmp_path.glob("validations/wide/**/*.html")).read_text()
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
+    assert "Evaluated Expectations 4 Successful Expectations 2 Unsuccessful Expectations 2" in text
+    assert text.count("unexpected values found") == 2 and "beta" in text and "alpha" not in text
+    assert "4 checks, 2 shown here" in next(tmp_path.glob("expectations/*.html")).read_text()
