@@ -4,6 +4,7 @@ fail: a nine-digit age (out of range), text where bmi holds numbers, a site no s
 
 import json
 import re
+import shutil
 import time
 
 import pandas as pd
@@ -13,6 +14,7 @@ from cohort import cohort_params
 from medflow.data import data_docs
 from medflow.data.suite import ROW_ID, run_suite
 from medflow.data.synthetic import synthetic_cohort
+from medflow.params import from_dict
 from medflow.paths import Paths
 from medflow.steps import validate
 
@@ -104,3 +106,23 @@ def test_a_wide_suite_shows_its_failures_first_and_counts_every_check(tmp_path, 
     assert "Evaluated Expectations 4 Successful Expectations 2 Unsuccessful Expectations 2" in text
     assert text.count("unexpected values found") == 2 and "beta" in text and "alpha" not in text
     assert "4 checks, 2 shown here" in next(tmp_path.glob("expectations/*.html")).read_text()
+
+
+def _page_text(paths: Paths) -> str:
+    """The validation page's text, less its run time."""
+    page = next(paths.data_docs.glob("validations/cohort/**/*.html")).read_text()
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style).*?</\1>", "", page, flags=re.S)))
+    return re.sub(r"\d{4}-\d\d-\d\d[T ][\d:.]+(Z| UTC)", "<time>", text)
+
+
+def test_a_streamed_table_gets_the_pages_of_the_whole_table(validated, tmp_path):
+    """Chunk by chunk, the counts on the pages are those of the table validated in one piece."""
+    paths = Paths(root=tmp_path)
+    paths.data_dir.mkdir(parents=True)
+    paths.expectations_dir.mkdir()
+    shutil.copy(validated.data_dir / "cohort.csv", paths.data_dir / "cohort.csv")
+    shutil.copy(validated.suite("cohort"), paths.suite("cohort"))
+    raw = cohort_params().as_dict()
+    raw["validate"] |= {"stream_above_mb": 0, "chunk_rows": 97}
+    validate.run(from_dict(raw), paths)
+    assert _page_text(paths) == _page_text(validated)
