@@ -8,9 +8,10 @@ only: GX would render the values it samples (partial_unexpected_list, observed m
 must never reach a page, the run's artifacts or a browser's history.
 
 GX's page templates load scripts from public CDNs and its logo from S3 (with the context id and the time in the
-address) when a page is opened, and fill their tables in by script. OfflineView renders with medflow's templates
-(data_docs_views/) before GX's: tables in HTML, no script, the logo from the site's own static/. GX's pages still link
-stylesheets on CDNs (Bootstrap, bootstrap-table, Font Awesome): a browser offline shows them unstyled.
+address) when a page is opened, and fill their tables in by script. The site's views (OfflinePageView,
+OfflineIndexPageView) read medflow's templates (data_docs_views/) before GX's: tables in HTML, no script, the logo
+from the site's own static/. GX's pages still link stylesheets on CDNs (Bootstrap, bootstrap-table, Font Awesome): a
+browser offline shows them unstyled.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _shown(checks: list[Check]) -> list[Check]:
 
 
 def _result(check: Check) -> dict:
-    """Counts and shares, as GX words them, of a check; an aggregate's observed value only where it is a count."""
+    """A check's counts and shares, under the names GX's renderers read."""
     res = {k: getattr(check, k) for k in COUNTS if getattr(check, k) is not None}
     n, missing, bad = res.get("element_count"), res.get("missing_count", 0), res.get("unexpected_count")
     if n and bad is not None:
