@@ -161,6 +161,7 @@ def test_no_patient_value_reaches_mlflow_prefect_or_dvc_records(tiny_project):
     stores = [root / "mlruns", root / ".prefect", root / "dvc.lock", root / "expectations"]
     files = [f for s in stores for f in ([s] if s.is_file() else s.rglob("*")) if f.is_file()]
     assert any(f.name == "mlflow.db" for f in files) and any(f.suffix == ".md" for f in files)
+    assert any(f.name == "index.html" and "data_docs" in f.parts for f in files)  # validate's, logged by train
     leaks = []
     for f in files:
         blob = f.read_bytes()

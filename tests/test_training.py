@@ -258,6 +258,8 @@ def test_train_step_on_a_table_writes_bundle_run_and_summary(project, capsys):
     from medflow.steps import train
 
     write_upstream(project)
+    project.data_docs.mkdir(parents=True)
+    (project.data_docs / "index.html").write_text("<html><body>validate's Data Docs</body></html>\n")
     summary = train.run(step_params(max_epochs=6, patience=6, hidden=[8]), project)
     assert summary["epochs_run"] == 6 and summary["features"] == 4 and summary["world_size"] == 1
     assert {p.name for p in project.model_bundle.iterdir()} == {
@@ -271,6 +273,8 @@ def test_train_step_on_a_table_writes_bundle_run_and_summary(project, capsys):
     assert json.loads(project.summary("train").read_text()) == summary
     run = MlflowClient(f"sqlite:///{project.mlflow_db}").get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["train_rows"] == 140
+    client = MlflowClient(f"sqlite:///{project.mlflow_db}")
+    assert [a.path for a in client.list_artifacts(run_id, "data_docs")] == ["data_docs/index.html"]
     assert "rows/s" in capsys.readouterr().out
 
 

@@ -51,7 +51,12 @@ def project_files() -> list[str]:
 
 
 def scratch_clone(dest: Path, mlflow_db: Path | None = None) -> Path:
-    """A fresh-clone-like copy of the project at dest, committed to its own git repo."""
+    """A fresh-clone-like copy of the project at dest, committed to its own git repo.
+
+    Clone before training, never copy a trained clone: MLflow's SQLite store records absolute file:// artifact
+    locations (experiments, model versions) and `dvc exp` absolute paths, so a copy would read and write the
+    original's artifacts.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     for rel in project_files():
         target = dest / rel

@@ -92,6 +92,11 @@ class Paths:
         return self.step_dir("validate") / "valid.parquet"
 
     @property
+    def data_docs(self) -> Path:
+        """validate's Great Expectations Data Docs (a site: index.html and the pages it links)."""
+        return self.step_dir("validate") / "data_docs"
+
+    @property
     def number_formats(self) -> Path:
         """How each numeric column writes its numbers, as validate read them: the model records it for scoring."""
         return self.step_dir("validate") / "formats.json"

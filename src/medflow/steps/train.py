@@ -52,7 +52,7 @@ def open_run(params: Params, paths: Paths) -> tracking.OpenedRun:
 
 def log_inputs(run: tracking.OpenedRun, params: Params, paths: Paths, schema: Schema) -> None:
     """What the model version points back to: the run's params (one write), the dataset (another), the data
-    profile's files, and the data-quality counts, which wait to go out with the epochs' metrics."""
+    profile's files and Data Docs, and the data-quality counts, which wait to go out with the epochs' metrics."""
     tags = {}
     if tuned := tuning_note(params, paths):
         print(f"train: {tuned}", flush=True)
@@ -63,6 +63,9 @@ def log_inputs(run: tracking.OpenedRun, params: Params, paths: Paths, schema: Sc
     profile = paths.step_dir("validate") / "profile"
     if profile.exists():
         tracking.log_artifacts(run.run_id, profile, "data_profile")
+    # validate opens no MLflow run: its Data Docs go with the run its valid rows train.
+    if paths.data_docs.exists():
+        tracking.log_artifacts(run.run_id, paths.data_docs, "data_docs")
 
 
 def upstream_counts(paths: Paths) -> dict[str, int]:

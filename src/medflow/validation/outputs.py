@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medflow.data import sources
+from medflow.data import data_docs, sources
 from medflow.data.checks import Check
 from medflow.data.numbers import Conversion
 from medflow.data.profile import build_profile, save_figures, to_markdown
@@ -36,8 +36,9 @@ def where_read(files: list[Path], root: Path) -> str:
     return relative(files[0], root) + more
 
 
-def judge(checks: list[Check], paths: Paths, where: str, dataset: str) -> None:
-    """Writes report.json; fails when a batch-level expectation failed."""
+def judge(checks: list[Check], paths: Paths, where: str, dataset: str, suite: dict) -> None:
+    """Writes report.json and the Data Docs; fails when a batch-level expectation failed."""
+    data_docs.write(paths.data_docs, suite, checks, dataset)
     failures = batch_failures(checks)
     write_json(paths.step_dir("validate") / "report.json",
                 {"dataset": dataset, "source": where, **report(checks, failures)})  # fmt: skip
