@@ -28,7 +28,6 @@ from medflow import params as params_mod
 from medflow import tracking
 from medflow.monitoring import batch as batches
 from medflow.monitoring import report as reports
-from medflow.orchestration import TEMPORARY
 from medflow.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -86,7 +85,7 @@ def check(root: str, batch: str) -> dict:
 
 def trigger_training(deployment: str, root: str, timeout: float) -> str:
     """Runs the training deployment and waits for it; without a reachable one, the pipeline flow in this process."""
-    if not os.environ.get("PREFECT_API_URL") or os.environ.get(TEMPORARY):
+    if not os.environ.get("PREFECT_API_URL"):
         reason = "no Prefect server (PREFECT_API_URL is not set)"
     else:
         from prefect.client.orchestration import get_client
@@ -122,7 +121,7 @@ def add_and_retrain(root: str, files: list[str]) -> dict:
     """Adds the labelled batch to the training data as a new file, records the data version, retrains, and reads the
     gate's decision."""
     from medflow.lineage import dvc_md5
-    from medflow.pipeline import run_lock
+    from medflow.runlock import run_lock
     from medflow.staleness import ensure_data
     from medflow.tracking.drift import version_numbers
 

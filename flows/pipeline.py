@@ -8,7 +8,9 @@ Entry points: `medflow run`, `medflow serve`, and the deployment in prefect.yaml
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -18,19 +20,15 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from medflow import params as params_mod
+from medflow.dvc_record import record_in_dvc
 from medflow.paths import Paths
-from medflow.pipeline import StepFailed, run_lock, run_step
-from medflow.sidecar import sidecar
+from medflow.pipeline import StepFailed, run_step
+from medflow.runlock import run_lock
 from medflow.staleness import plan
 
 # Writes to MLflow and DVC can fail on a busy store or lock; a step's own error (bad input) fails the same again.
 RETRIED = {"train", "register"}
-# StepFailed: the failure of work a step handed over beside the run, reaching its record; retrying cannot mend it.
-PERMANENT = (params_mod.ParamsError, ValueError, KeyError, FileNotFoundError, TimeoutError, StepFailed)
-
-
-# Recorded before the next step starts: a run killed just after them would otherwise repeat them.
-RECORD_FIRST = {"train"}
+PERMANENT = (params_mod.ParamsError, ValueError, KeyError, FileNotFoundError, TimeoutError)
 
 
 def transient(task, task_run, state) -> bool:
@@ -45,20 +43,7 @@ def step(name: str, params: dict, root: str, pipeline: str = "") -> dict:
 
 @task(cache_policy=NO_CACHE, persist_result=False)
 def record(name: str, root: str) -> None:
-    # What the step handed over beside the run (evaluate's plots into MLflow) is part of it: recorded once done.
-    sidecar.finished(name)
-    sidecar.record(Paths(root=Path(root)), [name])
-
-
-def settle(name: str, future, timeout_s: float) -> None:
-    """Waits for the record of step `name`; its failure is named after the record, as `record-<step>`, and a failure
-    of the step's own work beside the run after the step."""
-    try:
-        future.result(timeout=timeout_s)
-    except StepFailed:
-        raise
-    except Exception as exc:
-        raise StepFailed(f"record-{name}", exc) from exc
+    record_in_dvc(Paths(root=Path(root)), [name])
 
 
 def model_link(model_name: str, version: str | int) -> str:
@@ -91,10 +76,6 @@ def publish(summaries: dict) -> None:
     create_markdown_artifact(key="run-summary", markdown="Steps run, with their counts:\n\n" + "\n".join(counts))
 
 
-# The steps this process has finished, newest last: an interrupt after them is named after the last one.
-finished: list[str] = []
-
-
 @flow(name="medflow-pipeline", log_prints=True, persist_result=False)
 def pipeline(
     root: str = ".",
@@ -125,35 +106,31 @@ def pipeline(
         f = params.flow
         retry = {"retries": f.retries, "retry_delay_seconds": exponential_backoff(f.retry_delay_s)}
         retry["retry_condition_fn"] = transient
-        summaries, records = {}, []
-        # DVC's records and the figures go to a process of their own, started now: ready when validate ends.
-        with sidecar.started():
-            for name in todo:
-                timeout = f.train_timeout_s if name == "train" else f.timeout_s
-                run = step.with_options(name=name, timeout_seconds=timeout, **(retry if name in RETRIED else {}))
-                try:
-                    summaries[name] = run(name, params.as_dict(), str(paths.root), paths.pipeline)
-                except Exception as exc:
-                    raise StepFailed(name, exc) from exc
-                except BaseException as exc:  # an interrupt: named, not wrapped, so that it still stops everything
-                    exc.medflow_step = name
-                    raise
-                finished.append(name)
+        summaries: dict = {}
+        # A step is finished, its record in dvc.lock included, before the next one starts: as under `dvc repro`, and
+        # a run killed mid-way resumes at the step it was in.
+        for name in todo:
+            timeout = f.train_timeout_s if name == "train" else f.timeout_s
+            run = step.with_options(name=name, timeout_seconds=timeout, **(retry if name in RETRIED else {}))
+            with named(name):
+                summaries[name] = run(name, params.as_dict(), str(paths.root), paths.pipeline)
                 if recorded:
-                    # Recorded while the next step runs, one record after the other; a step never touches the files
-                    # of the ones before it.
-                    # A timeout cannot interrupt a task in a thread: settle() applies flow.timeout_s instead.
-                    after = [records[-1][1]] if records else []
-                    future = record.with_options(name=f"record-{name}", **retry).submit(
-                        name, str(paths.root), wait_for=after
+                    record.with_options(name=f"record-{name}", timeout_seconds=f.timeout_s, **retry)(
+                        name, str(paths.root)
                     )
-                    records.append((name, future))
-                    if name in RECORD_FIRST:
-                        # In order: a record that failed is named, not the later ones that then never ran.
-                        for done, earlier in records:
-                            settle(done, earlier, f.timeout_s)
-            publish(summaries)  # its API calls overlap the last record
-            for name, future in records:
-                settle(name, future, f.timeout_s)
-            sidecar.finished()  # a run that records nothing (another params file) waits for its steps' work here
+        with named(f"the run, after {todo[-1]} finished,"):
+            publish(summaries)
         return summaries
+
+
+@contextlib.contextmanager
+def named(what: str) -> Iterator[None]:
+    """A failure inside is raised as StepFailed(what); an interrupt carries `what` to the one-line error, unwrapped so
+    that it still stops everything."""
+    try:
+        yield
+    except Exception as exc:
+        raise StepFailed(what, exc) from exc
+    except BaseException as exc:
+        exc.medflow_step = what
+        raise

@@ -6,7 +6,6 @@ Entry points: `medflow tune [--trials N] [--timeout S]`, and a deployment of `fl
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -15,8 +14,8 @@ from prefect.cache_policies import NO_CACHE
 from flows.pipeline import record, step
 from medflow import params as params_mod
 from medflow.paths import Paths
-from medflow.pipeline import StepFailed, run_lock
-from medflow.sidecar import sidecar
+from medflow.pipeline import StepFailed
+from medflow.runlock import run_lock
 from medflow.staleness import plan
 from medflow.tuning import search as search_mod
 from medflow.tuning.tuned import check_overrides
@@ -51,16 +50,15 @@ def tune(
         recorded = Path(file).resolve() == paths.params_file
         todo = [s for s in plan(params, paths, force=not recorded) if s in UPSTREAM]
         logger.info("upstream steps to run: %s", ", ".join(todo) or "none (up to date)")
-        with sidecar.started() if todo else contextlib.nullcontext():
-            for name in todo:
-                try:
-                    step.with_options(name=name, timeout_seconds=params.flow.timeout_s)(
-                        name, params.as_dict(), str(paths.root), paths.pipeline
-                    )
-                    if recorded:
-                        record.with_options(name=f"record-{name}")(name, str(paths.root))
-                except Exception as exc:
-                    raise StepFailed(name, exc) from exc
+        for name in todo:
+            try:
+                step.with_options(name=name, timeout_seconds=params.flow.timeout_s)(
+                    name, params.as_dict(), str(paths.root), paths.pipeline
+                )
+                if recorded:
+                    record.with_options(name=f"record-{name}")(name, str(paths.root))
+            except Exception as exc:
+                raise StepFailed(name, exc) from exc
         try:
             return search.with_options(timeout_seconds=params.flow.train_timeout_s)(
                 params.as_dict(), str(paths.root), paths.pipeline, str(file), trials, timeout_s

@@ -86,8 +86,8 @@ def test_registry_commands_load_the_mlflow_client_and_not_the_training_stack(pro
     tracking.configure(project)
     tracking.ensure_model("light", "test model", {})
     probe = (
-        "import sys; from medflow.cli import command; "
-        f"command(['--root', {str(project.root)!r}, 'history', 'light']); "
+        "import sys; from medflow.cli import main; "
+        f"main(['--root', {str(project.root)!r}, 'history', 'light']); "
         "print(sorted(m for m in ('sklearn', 'torch', 'prefect', 'great_expectations') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)

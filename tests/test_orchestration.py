@@ -1,66 +1,70 @@
-"""The temporary Prefect server medflow starts for a run without PREFECT_API_URL."""
+"""The Prefect server a run reports to: PREFECT_API_URL's, else Prefect's own temporary server, set up through
+Prefect's public settings only."""
 
+import ast
 import os
+import subprocess
+import sys
 import urllib.request
 
 import pytest
+from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-from medflow.orchestration import CLIENT_CHECKS, TEMPORARY, TemporaryServer
-
-
-def test_the_temporary_server_is_waited_for_after_the_work_meanwhile_runs_out_and_stops_with_its_variables(
-    tmp_path, monkeypatch
-):
-    for name in ("PREFECT_API_URL", "PREFECT_UI_URL", TEMPORARY, *CLIENT_CHECKS):
-        monkeypatch.delenv(name, raising=False)
-    done = []
-    server = TemporaryServer(tmp_path / ".prefect")
-    try:
-        assert os.environ["PREFECT_API_URL"] == server.api_url and os.environ[TEMPORARY] == "1"
-        # Our own server, our own Prefect: no version or CSRF-token round trips at the start of each flow.
-        assert all(os.environ[name] == "false" for name in CLIENT_CHECKS)
-        # One chore takes no time: the server (~2.6 s to start) is still coming up when the chores run out.
-        server.wait([lambda: done.append(1)])
-        assert done == [1]
-        with urllib.request.urlopen(f"{server.api_url}/health", timeout=5) as answer:
-            assert answer.status == 200
-        # Its output is its own file's, not the command's: a caller reading medflow's output (CI, a pipe) would
-        # otherwise wait for the server's shutdown after medflow has ended.
-        for fd in (1, 2):
-            assert os.readlink(f"/proc/{server.process.pid}/fd/{fd}") == str(server.log)
-    finally:
-        process = server.process
-        server.stop()
-    assert process.poll() is not None
-    assert not {"PREFECT_API_URL", TEMPORARY, *CLIENT_CHECKS} & set(os.environ)
+from medflow import orchestration
 
 
-def test_flows_send_no_heartbeats_to_the_temporary_server_only(monkeypatch):
+@pytest.fixture
+def no_server(tmp_path):
+    """No PREFECT_API_URL, and a home of the test's own for the temporary server's database."""
+    updates = {"api.url": None, "home": tmp_path / ".prefect", "server.ephemeral.enabled": True}
+    updates["server.ephemeral.startup_timeout_seconds"] = 600  # as the CLI's: a busy box has taken minutes
+    with temporary_settings(updates=updates):
+        yield
+
+
+def test_without_a_configured_server_prefect_starts_its_own_and_the_run_reaches_it(no_server):
+    from prefect.client.orchestration import get_client
+
+    assert orchestration.temporary()
+    orchestration.connect()
+    with get_client(sync_client=True) as client:
+        url = client.api_url
+        assert client.server_type.value == "EPHEMERAL"
+    with urllib.request.urlopen(f"{str(url).rstrip('/')}/health", timeout=10) as answer:
+        assert answer.status == 200
+
+
+def test_a_temporary_server_that_does_not_start_is_a_one_line_error_with_its_fix(tmp_path):
+    # A process of its own: Prefect keeps one temporary server per process, and an earlier test's is up.
+    probe = (
+        "from medflow import orchestration; from medflow.errors import explain\n"
+        "try:\n    orchestration.connect()\nexcept orchestration.ServerUnavailable as exc:\n    print(explain(exc))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {
+        "PREFECT_HOME": str(tmp_path / ".prefect"),
+        "PREFECT_SERVER_EPHEMERAL_ENABLED": "true",
+        # A database it cannot open: the server's start-up fails, and Prefect waits out its start-up timeout.
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path}/no/such/dir/x.db",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "3",
+    }
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    what, todo, code = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    assert what.startswith("Prefect's temporary server did not start") and "\n" not in what
+    assert "PREFECT_API_URL" in todo and "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in todo and code == 1
+
+
+def test_a_configured_server_is_used_as_it_is():
+    with temporary_settings(updates={"api.url": "http://127.0.0.1:4200/api"}):
+        assert not orchestration.temporary()
+        orchestration.connect()  # nothing started, nothing asked: the run's own calls report what is wrong
+        assert PREFECT_API_URL.value() == "http://127.0.0.1:4200/api"
+
+
+def test_flows_send_no_heartbeats_to_the_temporary_server_only(no_server):
     # Prefect's heartbeat thread sleeps in 1 s steps and holds the end of every flow until it wakes; heartbeats
     # tell a lasting server that a run crashed, and the temporary one ends with its command.
-    from prefect.settings import get_current_settings
-
-    from medflow import orchestration
-
-    monkeypatch.setattr(orchestration, "_server", None)
-    with orchestration.flow_settings():
-        assert get_current_settings().flows.heartbeat_frequency is not None
-    monkeypatch.setattr(orchestration, "_server", object())
     with orchestration.flow_settings():
         assert get_current_settings().flows.heartbeat_frequency is None
-
-
-def test_a_server_that_cannot_start_fails_in_one_line_with_its_last_words(tmp_path, monkeypatch):
-    for name in ("PREFECT_API_URL", TEMPORARY, *CLIENT_CHECKS):
-        monkeypatch.delenv(name, raising=False)
-    # A database it cannot open: the server's start-up fails and it exits.
-    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{tmp_path}/no/such/dir/x.db")
-    server = TemporaryServer(tmp_path / ".prefect")
-    try:
-        with pytest.raises(RuntimeError, match=r"exited with code \d+ as it started: .*unable to open database") as e:
-            server.wait()
-        message = str(e.value)
-        assert "\n" not in message and str(server.log) in message  # one line; the traceback stays in the file
-        assert "Traceback" in server.log.read_text()
-    finally:
-        server.stop()
+    with temporary_settings(updates={"api.url": "http://127.0.0.1:4200/api"}), orchestration.flow_settings():
+        assert get_current_settings().flows.heartbeat_frequency is not None

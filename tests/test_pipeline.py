@@ -32,6 +32,34 @@ def test_dvc_yaml_the_step_list_and_the_flow_agree():
     assert "run_step" in flow_src and "plan(params, paths" in flow_src
 
 
+def test_each_step_is_finished_and_recorded_before_the_next_one_starts(tmp_path, monkeypatch, prefect_server):
+    """As under `dvc repro`: a step's outputs and its dvc.lock record are written before the next step starts."""
+    import time
+
+    from prefect.settings import temporary_settings
+
+    sys.path.insert(0, str(REPO))
+    monkeypatch.delitem(sys.modules, "flows.pipeline", raising=False)
+    from flows import pipeline as flow
+
+    events = []
+
+    def run_step(name, params, paths):
+        events.append(f"start {name}")
+        return {}
+
+    def record_in_dvc(paths, steps):
+        time.sleep(0.2)  # slower than handing over: a record written beside the next step would come after it
+        events.append(f"recorded {steps[0]}")
+
+    monkeypatch.setattr(flow, "run_step", run_step)
+    monkeypatch.setattr(flow, "record_in_dvc", record_in_dvc)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    with temporary_settings(updates={"api.url": prefect_server}):
+        flow.pipeline(root=str(tmp_path), steps=list(STEPS))
+    assert events == [e for name in STEPS for e in (f"start {name}", f"recorded {name}")]
+
+
 def medflow_env(root: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "PREFECT_API"))}
     env.update(PATH=f"{BIN}:{env['PATH']}", PREFECT_HOME=str(root / ".prefect"), MEDFLOW_SALT="test-salt")

@@ -132,7 +132,7 @@ def test_a_run_killed_during_evaluate_resumes_at_evaluate_without_retraining(clo
 
 
 def test_a_step_that_fails_mid_run_leaves_its_one_line_last_with_nothing_after_it(clone):
-    """The sidecar may still be answering when the run ends on a failed step: it must not print a traceback."""
+    """A failed step ends the run: its one-line error is the last thing printed, with no traceback after it."""
     params = (clone / "params.yaml").read_text()
     (clone / "convnet.yaml").write_text(params.replace("model: tabular_mlp", "model: cifar_convnet"))
     bad = sh(".venv/bin/medflow run --params convnet.yaml", clone, check=False)
@@ -182,7 +182,7 @@ HOLD_THE_LOCK = """
 import sys, time
 from pathlib import Path
 from medflow.paths import Paths
-from medflow.pipeline import run_lock
+from medflow.runlock import run_lock
 with run_lock(Paths(root=Path(sys.argv[1]))):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -191,7 +191,7 @@ with run_lock(Paths(root=Path(sys.argv[1]))):
 
 def test_the_run_lock_names_its_holder_or_waits_for_it(tmp_path):
     from medflow.paths import Paths
-    from medflow.pipeline import Busy, run_lock
+    from medflow.runlock import Busy, run_lock
 
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_THE_LOCK, str(tmp_path), "3"], stdout=subprocess.PIPE, text=True

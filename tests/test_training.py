@@ -427,15 +427,13 @@ def test_image_normaliser_matches_per_channel_statistics_over_chunks():
     np.testing.assert_allclose(norm.std, flat.std(0) + 1e-6, rtol=1e-6)
 
 
-def test_seeding_makes_kernels_deterministic_and_loads_the_compiler_only_for_a_compiled_model():
+def test_seeding_makes_kernels_deterministic_through_torchs_public_switch():
     probe = (
-        "import sys, torch; from medflow.training.loop import seed_everything; seed_everything(0, True, {});"
+        "import torch; from medflow.training.loop import seed_everything; seed_everything(0, True);"
+        "import torch._inductor.config as compiler;"
         "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),"
-        "'torch._inductor.config' in sys.modules and sys.modules['torch._inductor.config'].deterministic)"
+        "compiler.deterministic)"
     )
-    eager, compiled = (
-        subprocess.run([sys.executable, "-c", probe.format(c)], capture_output=True, text=True, check=True).stdout
-        for c in (False, True)
-    )
-    assert eager.split() == ["True", "True", "False"]  # the inductor (~0.8 s of imports) stays unloaded
-    assert compiled.split() == ["True", "True", "True"]
+    seeded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    # A compiled model's kernels too: torch.compile's inductor reads its own flag, which the public call sets.
+    assert seeded.split() == ["True", "True", "True"]

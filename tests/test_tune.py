@@ -236,7 +236,7 @@ def test_a_trial_a_kill_left_running_is_failed_when_the_study_resumes(tmp_path):
 
 
 def test_a_run_override_of_a_tuned_key_edits_the_tuned_file_so_that_it_takes_effect(tmp_path):
-    from medflow.cli import write_overrides
+    from medflow.overrides import write_overrides
 
     base = tmp_path / "params.yaml"
     base.write_text("train:\n  lr: 0.001  # AdamW\n  dropout: 0.1\n")

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from medflow import params
 from medflow.params import ParamsError, apply_overrides, parse_override, read_yaml
 
 _KEY = re.compile(r"([A-Za-z_][\w.-]*)\s*:(?=\s|$)")
@@ -154,3 +155,26 @@ def write(path: Path, overrides: list[str]) -> None:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text)
         tmp.replace(path)  # a kill mid-write leaves the previous file whole
+
+
+def write_overrides(path: Path, overrides: list[str]) -> dict[str, list[str]]:
+    """Edits the params file the run reads, only the lines of the keys named, as `dvc exp run -S` edits params.yaml,
+    so the file (and dvc.lock, for params.yaml) records what ran. A train.* key that the tuned file sets is edited
+    there instead, when its values apply: they are layered over the params file's. Returns file name -> keys."""
+    # Only where they apply: the tuned values of another table's study are ignored, and so would be an edit there.
+    wanted = params.apply_overrides(params.read_yaml(path.read_text()) or {}, overrides)
+    tuned = set(params.tuned_values(path)) if params.tuned_mismatch(path, wanted) is None else set()
+
+    def in_tuned(text: str) -> bool:
+        keys, _ = params.parse_override(text)
+        return len(keys) == 2 and keys[0] == "train" and keys[1] in tuned
+
+    written = {}
+    for file, texts in (
+        (path, [o for o in overrides if not in_tuned(o)]),
+        (params.tuned_file(path), [o for o in overrides if in_tuned(o)]),
+    ):
+        if texts:
+            write(file, texts)
+            written[file.name] = [t.partition("=")[0].strip() for t in texts]
+    return written

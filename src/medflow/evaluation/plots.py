@@ -1,8 +1,7 @@
 """Evaluation figures, drawn from aggregates of the test split only (curve points, counts, bin means), never a row.
 
-The aggregates are computed where the scores are (sklearn's curves, in the run's process); the drawing functions
-need numpy and matplotlib alone, so the sidecar process that draws them beside the run imports no sklearn and is
-handed no patient's score.
+The aggregates are computed in the evaluate step (sklearn's curves) and handed to the drawing functions, which need
+numpy and matplotlib alone (the Agg backend, imported at the first figure): a figure never sees a patient's score.
 """
 
 from __future__ import annotations

@@ -34,7 +34,6 @@ from medflow.evaluation.threshold import choose_threshold
 from medflow.models.bundle import Predictor
 from medflow.params import Params
 from medflow.paths import Paths
-from medflow.sidecar import sidecar
 
 LEARNING_CURVE_KEYS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
 
@@ -143,22 +142,20 @@ def run(params: Params, paths: Paths) -> dict:
     operating = None
     if threshold is not None and "specificity" in point and "sensitivity" in point:
         operating = (1 - point["specificity"], point["sensitivity"])
-    # Drawn beside the run while this step and the next go on (bootstraps, subgroups, register).
-    drawing = "evaluate's plots"
-    sidecar.draw(drawing, plot_roc, roc_curves(y, proba, schema.classes), plots / "roc.png", operating)
-    sidecar.draw(drawing, plot_pr, pr_curves(y, proba, schema.classes), plots / "precision_recall.png", binary)
+    plot_roc(roc_curves(y, proba, schema.classes), plots / "roc.png", operating)
+    plot_pr(pr_curves(y, proba, schema.classes), plots / "precision_recall.png", binary)
     if threshold is not None:
         pred, title = (proba[:, 1] >= threshold).astype(int), f"Confusion matrix at threshold {threshold:.3f} (test)"
     else:
         pred, title = proba.argmax(axis=1), "Confusion matrix, most probable class (test)"
     counts = confusion_counts(y, pred, len(schema.classes))
-    sidecar.draw(drawing, plot_confusion, counts, schema.classes, plots / "confusion_matrix.png", title)
+    plot_confusion(counts, schema.classes, plots / "confusion_matrix.png", title)
     if binary:
         confidence, hit, label = proba[:, 1], (y == 1).astype(float), f"P({schema.classes[1]})"
     else:
         confidence, hit, label = proba.max(axis=1), (proba.argmax(axis=1) == y).astype(float), "top-class confidence"
     bins = reliability_bins(confidence, hit, ep.calibration_bins)
-    sidecar.draw(drawing, plot_reliability, bins, plots / "reliability.png", label)
+    plot_reliability(bins, plots / "reliability.png", label)
     ci = bootstrap_ci(y, proba, groups, ep.n_boot, params.seed, threshold, ep.calibration_bins)
     metrics = _finite({f"test_{k}": v for k, v in point.items()})
     for k, (lo, hi) in ci.items():
@@ -201,7 +198,7 @@ def run(params: Params, paths: Paths) -> dict:
 
     (out / "roc.json").write_text(json.dumps(roc_points(y, proba, schema.classes)) + "\n")
     if "subgroups" in report:
-        sidecar.draw(drawing, plot_forest, report["subgroups"], plots / "subgroups.png", point[ep.primary_metric])
+        plot_forest(report["subgroups"], plots / "subgroups.png", point[ep.primary_metric])
 
     run_id = json.loads(paths.train_run.read_text())["run_id"]
     tracking.configure(paths)
@@ -209,14 +206,13 @@ def run(params: Params, paths: Paths) -> dict:
     report["learning_curves"] = sorted(history) or None
     if history:
         best = json.loads(paths.summary("train").read_text()).get("best_epoch")
-        sidecar.draw(drawing, plot_learning_curves, history, plots / "learning_curves.png", best)
+        plot_learning_curves(history, plots / "learning_curves.png", best)
 
     paths.metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(_report_md(report, metrics))
     tracking.log_metrics(run_id, metrics)
-    # Logged once the sidecar has drawn them, while the next step runs; the step's DVC record waits for it.
-    sidecar.after_drawing("evaluate", tracking.log_artifacts, run_id, plots, "evaluation")
+    tracking.log_artifacts(run_id, plots, "evaluation")
     for name in ("report.json", "report.md"):
         tracking.log_artifacts(run_id, out / name, "evaluation")
     return {"run_id": run_id, **{k: metrics[k] for k in sorted(metrics) if not k.endswith(("_low", "_high"))}}

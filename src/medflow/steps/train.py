@@ -37,7 +37,6 @@ from medflow.models.tabular import build, check_kind
 from medflow.params import Params
 from medflow.params import load as load_params
 from medflow.paths import Paths
-from medflow.sidecar import sidecar
 from medflow.training import distributed
 from medflow.training.loop import FitConfig, Progress, fit, pick_device, seed_everything
 from medflow.training.settings import LOOP_SETTINGS, balanced_weights, cpu_threads
@@ -62,7 +61,6 @@ def log_inputs(run: tracking.OpenedRun, params: Params, paths: Paths, schema: Sc
     tracking.log_epoch(run.run_id, upstream_counts(paths), step=0)
     tracking.log_training_data(run.run_id, run.tags, params, paths, schema)
     profile = paths.step_dir("validate") / "profile"
-    sidecar.drawn()  # validate's figures, drawn beside the run
     if profile.exists():
         tracking.log_artifacts(run.run_id, profile, "data_profile")
     # validate opens no MLflow run: its Data Docs go with the run its valid rows train.
@@ -159,7 +157,7 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
         x, y, pre, config = features(params, paths, df, schema)
         if opened:
             run_id = opened.result().run_id  # a run that cannot open (a busy store, PHI in params) stops here
-        seed_everything(params.seed, p.deterministic, p.compile)
+        seed_everything(params.seed, p.deterministic)
         model = build(**config)
         balanced = p.class_weights == "balanced"
         cfg = FitConfig(

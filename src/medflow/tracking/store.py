@@ -16,7 +16,6 @@ import logging
 import os
 import random
 import sys
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -37,6 +36,8 @@ _exported: str | None = None
 # Stores this process has already opened under the init lock.
 _initialised: set[str] = set()
 
+# Seconds MLflow's asynchronous logging gathers epochs for, before one write of them all (log_epoch).
+ASYNC_BUFFER_S = 10
 LOCKED = ("database is locked", "database table is locked")
 LOCK_RETRIES = 6  # each try already waits up to MLflow's 20 s SQLite busy timeout
 
@@ -115,12 +116,14 @@ def configure(paths: Paths) -> str:
     global _exported
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # pipeline logs, not a terminal
+    os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", str(ASYNC_BUFFER_S))
     import mlflow
 
     logging.getLogger("mlflow.store.db.utils").addFilter(_QUIET_LOCKED)  # added once, however often called
     uri = tracking_uri(paths)
     override = uri != f"sqlite:///{paths.mlflow_db}"
     paths.mlruns.mkdir(parents=True, exist_ok=True)
+    flush()  # epochs logged against the store being left are written there
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     _exported = None if override else uri
@@ -128,37 +131,22 @@ def configure(paths: Paths) -> str:
     return uri
 
 
-# Epoch metrics wait here and go out in one log_batch every FLUSH_S seconds: a write per epoch (a client and a
-# SQLite transaction of ~14 statements) cost a third of a small model's training time. They are keyed by the store
-# they were logged against: a process that moves to another store still writes them where their run lives.
-FLUSH_S = 10.0
-MAX_BATCH = 1000  # metrics per log_batch, MLflow's limit
-_pending: dict[tuple[str, str], list] = {}
-_pending_lock = threading.Lock()  # train logs a run's inputs from a thread while its epochs are buffered
-_last_flush = 0.0
-
-
 def client() -> MlflowClient:
-    """A client for the configured store, once this process's buffered metrics are written: every later call,
-    a read included, sees them."""
-    global _last_flush
+    """A client for the configured store."""
     from mlflow import MlflowClient
 
     if _exported is None and not os.environ.get("MLFLOW_TRACKING_URI"):
         # Without it MLflow would quietly create ./mlflow.db wherever the process happens to run.
         raise RuntimeError("medflow.tracking.configure(paths) must be called first")
-    c = _RetryingClient(MlflowClient())
-    current = c.tracking_uri
-    while True:
-        with _pending_lock:
-            if not _pending:
-                break
-            (uri, run_id), metrics = _pending.popitem()
-        target = c if uri == current else _RetryingClient(MlflowClient(tracking_uri=uri, registry_uri=uri))
-        for i in range(0, len(metrics), MAX_BATCH):
-            target.log_batch(run_id, metrics=metrics[i : i + MAX_BATCH])
-    _last_flush = time.monotonic()
-    return c
+    return _RetryingClient(MlflowClient())
+
+
+def flush() -> None:
+    """Returns once the epochs handed to MLflow's asynchronous logging are in the configured store."""
+    import mlflow
+
+    if _initialised:  # before configure() MLflow's default store would be created in the working directory
+        mlflow.flush_async_logging()
 
 
 def is_local(uri: str) -> bool:
@@ -273,6 +261,7 @@ def open_run(params: Params, paths: Paths, run_name: str | None = None) -> Opene
 
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:
+    flush()
     client().set_terminated(run_id, status)
 
 
@@ -292,22 +281,21 @@ def end_orphaned_run(run_id: str) -> bool:
 
 
 def log_epoch(run_id: str, metrics: dict[str, float], step: int) -> None:
-    """Buffers one epoch's metrics, stamped with the time they were measured; they are written within FLUSH_S
-    seconds, and before any other call to the store (end_run, a read) goes out."""
-    import mlflow
+    """One epoch's metrics, stamped with the time they were measured, handed to MLflow's asynchronous logging: its
+    thread gathers them into one write every ASYNC_BUFFER_S (a write per epoch, a client and a SQLite transaction of
+    ~14 statements, cost a third of a small model's training time). end_run and log_metrics write them first."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    with _pending_lock:
-        batch = _pending.setdefault((mlflow.get_tracking_uri(), run_id), [])
-        batch.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
-    if time.monotonic() - _last_flush >= FLUSH_S:
-        client()
+    client().log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()], synchronous=False)
 
 
 def log_metrics(run_id: str, metrics: dict[str, float]) -> None:
-    log_epoch(run_id, metrics, step=0)
-    client()
+    from mlflow.entities import Metric
+
+    flush()
+    now = int(time.time() * 1000)
+    client().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
 
 def set_tags(run_id: str, tags: dict[str, Any]) -> None:

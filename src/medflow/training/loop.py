@@ -157,17 +157,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int, deterministic: bool, compiled: bool = False) -> None:
+def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         # cuBLAS is reproducible only with a fixed workspace; it reads this when first used.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    if compiled:
-        torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    else:
-        # The public call also sets the flag of torch.compile's inductor, importing it (~0.8 s) for a model that
-        # is never compiled; the eager kernels read only this one.
-        torch._C._set_deterministic_algorithms(deterministic, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     # Autotuned convolution kernels are fastest but chosen by timing, so they may differ between runs.
     torch.backends.cudnn.benchmark = not deterministic
 

@@ -113,7 +113,7 @@ class Objective:
             raise ParamsError(f"tune.space gave trial {trial.number} invalid train values: {exc}") from None
         run_id = runs.start_trial_run(self.parent, trial.number, values)
         trial.set_user_attr("mlflow_run_id", run_id)
-        seed_everything(p.seed, train.deterministic, train.compile)
+        seed_everything(p.seed, train.deterministic)
         model = build(**model_config(train, self.data))
         x, y, pre = self.data.x, self.data.y, self.data.preprocessor
         images = self.data.schema.kind == "image"

@@ -13,7 +13,6 @@ from medflow.data.suite import ValidationFailed, role_mismatches, suite_kinds
 from medflow.params import Params
 from medflow.paths import Paths
 from medflow.privacy.keys import resolve_salt
-from medflow.sidecar import sidecar
 from medflow.validation.outputs import relative, write_json
 from medflow.validation.quarantine import batch_failures, held_columns, patient_key, report
 
@@ -86,7 +85,7 @@ def validate_images(params: Params, paths: Paths) -> dict:
     profile = image_validation.image_profile(valid[data.target], pixels, data.target, params.validate_)
     (out / "profile").mkdir()
     (out / "profile" / "profile.md").write_text(image_validation.profile_markdown(profile, dataset))
-    sidecar.draw("validate's profile figures", image_validation.save_profile_figures, profile, out / "profile")
+    image_validation.save_profile_figures(profile, out / "profile")
 
     summary = {
         "dataset": dataset,

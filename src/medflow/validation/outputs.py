@@ -17,7 +17,6 @@ from medflow.data.profile import build_profile, save_figures, to_markdown
 from medflow.data.suite import ValidationFailed
 from medflow.params import Params
 from medflow.paths import Paths
-from medflow.sidecar import sidecar
 from medflow.validation.quarantine import batch_failures, report
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,7 @@ def finish(
         profile["sample_of"] = counts["rows_valid"]
     (out / "profile").mkdir()
     (out / "profile" / "profile.md").write_text(to_markdown(profile, dataset))
-    sidecar.draw("validate's profile figures", save_figures, profile, out / "profile")
+    save_figures(profile, out / "profile")
 
     rules = {c.rule: len(c.row_ids) for c in checks if c.level == "row" and c.row_ids}
     summary = {
