@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 from pathlib import Path
 
 from medflow.data.checks import Check
@@ -104,6 +105,8 @@ def write(folder: Path, suite: dict, checks: list[Check], dataset: str) -> Path:
     )
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
+    # A site keeps every validation it was given: the last run's pages alone say what this data version is.
+    shutil.rmtree(folder, ignore_errors=True)
     context = gx.get_context(mode="ephemeral")
     page, index = ({"module_name": __name__, "class_name": c} for c in ("OfflinePageView", "OfflineIndexPageView"))
     site = {"class_name": "SiteBuilder", "show_how_to_buttons": False,
