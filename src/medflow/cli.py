@@ -453,6 +453,41 @@ def cmd_predict(args: argparse.Namespace, tracking) -> int:
     return 0
 
 
+@registry_command("audit")
+def cmd_audit(args: argparse.Namespace, tracking) -> int:
+    """verify: exit 1 naming the first broken record; show: one model's records; export: JSON lines of every chain."""
+    import json
+
+    from medflow.audit import ChainBroken
+
+    if args.action == "verify":
+        for name in [args.name] if args.name else tracking.audit.chains():
+            try:
+                n = tracking.audit.verify(name)
+            except ChainBroken as exc:
+                print(f"medflow audit: error: verify: {exc}; {exc.medflow_fix}", file=sys.stderr)
+                return 1
+            print(f"{name}: {n} audit records, chain intact")
+        return 0
+    if args.action == "show":
+        for r in tracking.audit.records(args.name):
+            b = r.body
+            if args.version and not b["resource"].startswith(f"models:/{args.name}/{args.version}"):
+                continue
+            run = f" run {b['run_id']}" if b["run_id"] else ""
+            change = f"{json.dumps(b['before'])} -> {json.dumps(b['after'])}"
+            print(f"{b['seq']:>5} {b['at']} {b['who']} {b['action']} {b['resource']}: {change}{run} [{r.hash[:12]}]")
+        return 0
+    lines = 0
+    with open(args.to, "w", encoding="utf-8") as out:
+        for name in [args.name] if args.name else tracking.audit.chains():
+            for r in tracking.audit.records(name):
+                out.write(json.dumps(r.line(), sort_keys=True, ensure_ascii=False) + "\n")
+                lines += 1
+    print(f"{args.to}: {lines} audit records as JSON lines")
+    return 0
+
+
 def cmd_monitor(args: argparse.Namespace, paths: Paths) -> int:
     # Before Prefect starts: a mistyped batch path is a one-line error in a second, not after a server start-up.
     params_mod.load(paths.params_file)
@@ -603,6 +638,16 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate-store", help="copy the local MLflow store (runs, registry) to a server")
     migrate.add_argument("--to", required=True, help="target tracking URI, e.g. http://mlflow.internal:5000")
     migrate.add_argument("--from", dest="source", help="source tracking URI (default: the project's mlruns/mlflow.db)")
+    audit = sub.add_parser("audit", help="the registry's audit trail: verify its hash chain, show, export")
+    audit_sub = audit.add_subparsers(dest="action", required=True)
+    verify = audit_sub.add_parser("verify", help="check that no record was edited or removed (exit 1 if one was)")
+    verify.add_argument("name", nargs="?", help="registered model (default: every model's trail)")
+    show = audit_sub.add_parser("show", help="a model's audit records, oldest first")
+    show.add_argument("name", help="registered model name")
+    show.add_argument("--version", help="only the records of this version")
+    export = audit_sub.add_parser("export", help="write the records as JSON lines, for a hospital's log system")
+    export.add_argument("--to", required=True, help="the .jsonl file to write")
+    export.add_argument("name", nargs="?", help="registered model (default: every model's trail)")
     tune = sub.add_parser("tune", help="search train.* with Optuna on the train/val splits; writes params.tuned.yaml")
     with_params(tune)
     tune.add_argument("--trials", type=int, metavar="N", help="finished trials the study should hold (tune.trials)")
@@ -628,6 +673,7 @@ COMMANDS = {
     "tune": cmd_tune,
     "monitor": cmd_monitor,
     "migrate-store": cmd_migrate_store,
+    "audit": cmd_audit,
 }
 
 

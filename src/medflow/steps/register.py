@@ -173,6 +173,15 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
     else:
         version = pending.version
         tracking.set_version_tags(name, version, tags)
+    # Recorded again when a kill cut the registration short: a verdict twice in the trail beats one missing.
+    verdict = {
+        "promoted": decision.promoted,
+        "reason": decision.reason,
+        key: primary,
+        "resumed": bool(standing.resumed),
+    }
+    champion_before = champion.version if champion else None
+    tracking.audit.append(name, "gate.verdict", f"models:/{name}/{version}", champion_before, verdict, run_id)
 
     split = paths.summary("split")
     rows = json.loads(split.read_text())["rows"] if split.exists() else {"test": metrics.get("n_test")}

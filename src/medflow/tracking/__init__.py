@@ -1,9 +1,11 @@
 """The only way medflow reaches MLflow. Importing this package imports no mlflow and configures nothing."""
 
+from medflow.tracking import audit
 from medflow.tracking.registry import (
     Version,
     accept_files,
     aliases,
+    audit_of_version,
     describe_version,
     drop_alias,
     ensure_model,
@@ -49,6 +51,8 @@ __all__ = [
     "StoreBusy",
     "Version",
     "accept_files",
+    "audit",
+    "audit_of_version",
     "aliases",
     "configure",
     "describe_version",
