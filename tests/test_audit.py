@@ -205,3 +205,39 @@ def test_runs_promotions_and_a_rollback_each_leave_their_record_and_tampering_fa
     assert removed.returncode == 1 and len(removed.stderr.strip().splitlines()) == 1, removed.stderr
     assert f"record {target.seq + 1} of chain {NAME} (run " in removed.stderr
     assert f"record {target.seq} before it was removed" in removed.stderr
+
+
+def test_only_versions_medflow_registered_are_loaded(tmp_path, migrated_mlflow_db):
+    """A registered model runs code when it loads: predict, monitor and the gate (download_bundle) and
+    mlflow.pyfunc.load_model refuse a version of a medflow model that medflow's registration did not make."""
+    import mlflow
+    from mlflow import MlflowClient
+    from test_register import params_for
+
+    from medflow.predict import predict_file
+    from medflow.tracking.bundles import download_bundle
+    from medflow.tracking.integrity import NotMadeByMedflow
+
+    work = make_project(tmp_path / "work", migrated_mlflow_db, cohort())
+    run_id = tracking.start_run(params_for("m"), work, "train")
+    tracking.ensure_model("m", "test model", {"medflow.task": "binary"})
+    made = tracking.register_version("m", tracking.log_model(run_id, work.model_bundle), {})
+    tracking.mark_complete("m", made)
+    unfinished = tracking.register_version("m", tracking.log_model(run_id, work.model_bundle), {})
+    client = MlflowClient()
+    first = client.get_model_version("m", made)
+    # By hand, with every tag of a medflow version copied: only the audit trail tells it apart.
+    forged = client.create_model_version("m", first.source, run_id, tags=first.tags, model_id=first.model_id).version
+    cohort(12).drop(columns=["y"]).to_csv(tmp_path / "batch.csv", index=False)
+
+    assert predict_file("models:/m/1", tmp_path / "batch.csv", tmp_path / "p.csv")["rows"] == 12
+    with pytest.raises(NotMadeByMedflow, match=r"^m v3 has no record of its registration in the audit trail"):
+        predict_file(f"models:/m/{forged}", tmp_path / "batch.csv", tmp_path / "p3.csv")
+    with pytest.raises(NotMadeByMedflow, match=r"^m v2 is no completed medflow registration \(medflow.state: regi"):
+        download_bundle("m", unfinished, tmp_path / "b2")
+    with pytest.raises(NotMadeByMedflow, match="has no record of its registration"):
+        mlflow.pyfunc.load_model(f"models:/m/{forged}")
+    client.set_model_version_tag("m", made, "medflow.files_sha256", "0" * 64)
+    with pytest.raises(NotMadeByMedflow, match="its medflow.files_sha256 tag differs from the digest its audit"):
+        mlflow.pyfunc.load_model("models:/m/1")
+    assert not (tmp_path / "p3.csv").exists()

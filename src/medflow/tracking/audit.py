@@ -38,6 +38,10 @@ PREFIX = "medflow-audit/"
 RECORD_TAG = "medflow.audit.record"
 HASH_TAG = "medflow.audit.hash"
 SEQ_TAG = "medflow.audit.seq"
+# Copies of the record's action and resource, so that one version's records are found without reading the trail;
+# find() trusts a record only as far as its hashed JSON says the same.
+ACTION_TAG = "medflow.audit.action"
+RESOURCE_TAG = "medflow.audit.resource"
 HEAD_TAG = "medflow.audit.head"
 NOTE = (
     "medflow's audit trail of registered model `{}`: one run per record (tag medflow.audit.record), each holding "
@@ -122,7 +126,8 @@ def append(chain: str, action: str, resource: str, before=None, after=None, run_
         )
         text = audit.canonical(record.body).decode()
         assert_clean(text, f"audit record {record.seq} of {chain}")
-        tags = {RECORD_TAG: text, HASH_TAG: record.hash, SEQ_TAG: f"{record.seq:09d}"}
+        tags = {RECORD_TAG: text, HASH_TAG: record.hash, SEQ_TAG: f"{record.seq:09d}", ACTION_TAG: action}
+        tags[RESOURCE_TAG] = resource
         run = c.create_run(
             experiment.experiment_id, start_time=int(time.time() * 1000), run_name=f"{record.seq} {action}", tags=tags
         )
@@ -152,6 +157,27 @@ def records(chain: str) -> list[audit.Record]:
         token = page.token
         if not token:
             return out
+
+
+def find(chain: str, resource: str, actions: tuple[str, ...], c=None) -> list[audit.Record]:
+    """The chain's records of `resource` whose action is one of `actions`, oldest first; only those whose JSON
+    matches its hash and says the same. c: the client to read with (default: the configured store's)."""
+    c = c or client()
+    experiment = c.get_experiment_by_name(PREFIX + chain)
+    if experiment is None:
+        return []
+    found = c.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{RESOURCE_TAG}` = '{resource}'",
+        order_by=[f"tags.`{SEQ_TAG}` ASC"],
+        max_results=PAGE,
+    )
+    out = [_record(r) for r in found]
+    return [
+        r
+        for r in out
+        if audit.digest(r.body) == r.hash and r.body["resource"] == resource and r.body["action"] in actions
+    ]
 
 
 def verify(chain: str) -> int:

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATE = "medflow.state"
-COMPLETE = "complete"
+STATE = integrity.STATE
+COMPLETE = integrity.COMPLETE
 # A registration unfinished for this long was cut short; a younger one may still be running in another process.
 STALE_S = 600.0
 
