@@ -241,3 +241,36 @@ def test_only_versions_medflow_registered_are_loaded(tmp_path, migrated_mlflow_d
     with pytest.raises(NotMadeByMedflow, match="its medflow.files_sha256 tag differs from the digest its audit"):
         mlflow.pyfunc.load_model("models:/m/1")
     assert not (tmp_path / "p3.csv").exists()
+
+
+APPENDER = """
+import sys, time
+from pathlib import Path
+from medflow import tracking
+from medflow.paths import Paths
+from medflow.tracking import audit
+root = Path(sys.argv[1])
+tracking.configure(Paths(root=root))
+audit.records("m")  # mlflow imported and the store open before the start
+(root / f"ready-{sys.argv[2]}").touch()
+while not (root / "go").exists():
+    time.sleep(0.01)
+for i in range(10):
+    audit.append("m", "predict.batch", "models:/m/1", None, {"rows": i, "ok": i, "refused": 0})
+"""
+
+
+def test_two_processes_appending_at_once_leave_one_unforked_chain(project):
+    import subprocess
+    import sys
+
+    tracking.configure(project)
+    trail.append("m", "model.create", "models:/m", None, {})  # the trail's experiment exists before the race
+    writers = [subprocess.Popen([sys.executable, "-c", APPENDER, str(project.root), str(i)]) for i in range(2)]
+    deadline = time.monotonic() + 300
+    while not all((project.root / f"ready-{i}").exists() for i in range(2)):
+        assert time.monotonic() < deadline and all(w.poll() is None for w in writers)
+        time.sleep(0.05)
+    (project.root / "go").touch()
+    assert [w.wait(timeout=300) for w in writers] == [0, 0]
+    assert trail.verify("m") == 21
