@@ -274,3 +274,30 @@ def test_two_processes_appending_at_once_leave_one_unforked_chain(project):
     (project.root / "go").touch()
     assert [w.wait(timeout=300) for w in writers] == [0, 0]
     assert trail.verify("m") == 21
+
+
+def test_a_registration_killed_before_its_creation_record_gets_it_when_finished(
+    tmp_path, migrated_mlflow_db, monkeypatch
+):
+    from test_register import train
+
+    from medflow.steps import register
+    from medflow.tracking.bundles import download_bundle
+
+    work = make_project(tmp_path / "work", migrated_mlflow_db, cohort())
+    params = train(work, "late", 0.95)
+    append = trail.append
+
+    def killed(chain, action, *args, **kwargs):
+        if action == "version.create":
+            raise KeyboardInterrupt  # as a kill between the version and its record
+        return append(chain, action, *args, **kwargs)
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(trail, "append", killed)
+        register.run(params, work)
+    assert register.run(params, work)["version"] == "1"
+    (created,) = [r for r in trail.records("late") if r.body["action"] == "version.create"]
+    assert created.body["after"]["recorded_late"] == "true"
+    assert download_bundle("late", "1", tmp_path / "bundle").exists()  # medflow's own, finished: it loads
+    assert trail.verify("late") == len(trail.records("late"))

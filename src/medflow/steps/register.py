@@ -172,6 +172,7 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
         version = tracking.register_version(name, model_uri, tags)
     else:
         version = pending.version
+        tracking.record_creation(name, version)  # a kill may have come between the version and its record
         tracking.set_version_tags(name, version, tags)
     # Recorded again when a kill cut the registration short: a verdict twice in the trail beats one missing.
     verdict = {

@@ -150,6 +150,16 @@ def register_version(name: str, model_uri: str, tags: dict[str, str]) -> str:
     return version
 
 
+def record_creation(name: str, version: str) -> None:
+    """The creation record of a version whose registration a kill cut short before it was written: without it the
+    finished version would never load (integrity.check_made). Its tags as they are, the digest among them."""
+    resource = _of(name, version)
+    if not audit.find(name, resource, ("version.create",)):
+        mv = client().get_model_version(name, version)
+        after = {"source": mv.source, **mv.tags, "recorded_late": "true"}
+        audit.append(name, "version.create", resource, None, after, mv.run_id)
+
+
 def versions_of_run(name: str, run_id: str) -> list[Version]:
     from mlflow.exceptions import MlflowException
 
@@ -177,6 +187,7 @@ def finish_interrupted(name: str, keep_run_id: str) -> list[str]:
         # Search results leave ModelVersion.aliases empty: the model's alias map is the record.
         held = [a for a, v in c.get_registered_model(name).aliases.items() if str(v) == str(mv.version)]
         if held:
+            record_creation(name, mv.version)
             mark_complete(name, mv.version)
             done.append(f"completed v{mv.version} (alias {', '.join(held)} already written)")
         else:
