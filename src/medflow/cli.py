@@ -461,7 +461,10 @@ def cmd_audit(args: argparse.Namespace, tracking) -> int:
     from medflow.audit import ChainBroken
 
     if args.action == "verify":
-        for name in [args.name] if args.name else tracking.audit.chains():
+        names = [args.name] if args.name else tracking.audit.chains()
+        if not names:
+            print("no audit trail in this store: medflow starts one with a model's first registration")
+        for name in names:
             try:
                 n = tracking.audit.verify(name)
             except ChainBroken as exc:
@@ -472,7 +475,7 @@ def cmd_audit(args: argparse.Namespace, tracking) -> int:
     if args.action == "show":
         for r in tracking.audit.records(args.name):
             b = r.body
-            if args.version and not b["resource"].startswith(f"models:/{args.name}/{args.version}"):
+            if args.version and b["resource"] != f"models:/{args.name}/{args.version}":
                 continue
             run = f" run {b['run_id']}" if b["run_id"] else ""
             change = f"{json.dumps(b['before'])} -> {json.dumps(b['after'])}"
