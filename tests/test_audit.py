@@ -301,3 +301,25 @@ def test_a_registration_killed_before_its_creation_record_gets_it_when_finished(
     assert created.body["after"]["recorded_late"] == "true"
     assert download_bundle("late", "1", tmp_path / "bundle").exists()  # medflow's own, finished: it loads
     assert trail.verify("late") == len(trail.records("late"))
+
+
+def test_a_version_medflow_deletes_leaves_its_record(tmp_path, migrated_mlflow_db, monkeypatch):
+    from test_register import params_for
+
+    from medflow.tracking import registry
+
+    work = make_project(tmp_path / "work", migrated_mlflow_db, cohort())
+    run_id = tracking.start_run(params_for("gone"), work, "train")
+    tracking.ensure_model("gone", "test model", {})
+    tracking.register_version("gone", tracking.log_model(run_id, work.model_bundle), {})  # then killed: no alias
+    monkeypatch.setattr(registry, "STALE_S", 0.0)
+    assert tracking.finish_interrupted("gone", "another-run") == [
+        "removed v1 (registration interrupted before its alias)"
+    ]
+    last = trail.records("gone")[-1].body
+    assert (last["action"], last["resource"], last["before"], last["after"]) == (
+        "version.delete",
+        "models:/gone/1",
+        "registering",
+        None,
+    )
