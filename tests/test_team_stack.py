@@ -316,6 +316,13 @@ def test_nobody_writes_where_not_granted_and_no_secret_leaks(stack, tmp_path):
     assert f"registered {MODEL} v1 (champion" in ran.stdout, ran.stdout[-2000:]
     assert not (project / "mlruns" / "mlflow.db").exists()  # all of it on the servers
     medflow_seconds = time.monotonic() - started
+    # Its audit trail, on the server: intact, every record by the user the server authenticated.
+    verified = sh(f"{client}\n.venv/bin/medflow audit verify {MODEL}", project)
+    assert verified.stdout.strip().endswith("audit records, chain intact"), verified.stdout
+    sh(f"{client}\n.venv/bin/medflow audit export --to audit.jsonl", project)
+    trail = [json.loads(line) for line in (project / "audit.jsonl").read_text().splitlines()]
+    assert {r["who"] for r in trail} == {"medflow-worker"}
+    assert {"data.read", "version.create", "gate.verdict", "alias.set", "version.state"} <= {r["action"] for r in trail}
     team = {"Authorization": "Basic " + base64.b64encode(secrets["prefect-auth-string"].encode()).decode()}
     # Task runs reach Prefect only as events, over the events websocket: counted, they show its auth worked too.
     tasks = httpx.post(f"{stack.prefect}/api/task_runs/filter", json={}, headers=team, verify=stack.ca, timeout=60)
@@ -383,6 +390,17 @@ def test_nobody_writes_where_not_granted_and_no_secret_leaks(stack, tmp_path):
             auth=bob,
         ).json()["model_version"]["version"]
         health = [http.get(f"{stack.prefect}/api/{p}").status_code for p in ("health", "ready")]
+        # bob may append to the audit trail (predict records its batches) but not delete it.
+        trail_id = http.get(
+            f"{stack.mlflow}/api/2.0/mlflow/experiments/get-by-name",
+            auth=bob,
+            params={"experiment_name": f"medflow-audit/{MODEL}"},
+        ).json()["experiment"]["experiment_id"]
+        for who in (None, bob):
+            code = http.post(f"{stack.mlflow}/api/2.0/mlflow/experiments/delete", json={"experiment_id": trail_id},
+                             auth=who).status_code  # fmt: skip
+            answers.append(("mlflow", "POST", "/api/2.0/mlflow/experiments/delete (audit trail)", who and "bob",
+                            code, 403 if who else 401))  # fmt: skip
     wrong = [a for a in answers if a[4] != a[5] or a[4] not in (401, 403)]
     assert not wrong, "\n".join(f"{s} {m} {p} as {who}: {code}, expected {want}" for s, m, p, who, code, want in wrong)
     assert champion == "3", "bob, who may only read the model, moved its champion"

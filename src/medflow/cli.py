@@ -109,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate-store", help="copy the local MLflow store (runs, registry) to a server")
     migrate.add_argument("--to", required=True, help="target tracking URI, e.g. http://mlflow.internal:5000")
     migrate.add_argument("--from", dest="source", help="source tracking URI (default: the project's mlruns/mlflow.db)")
+    audit = sub.add_parser("audit", help="the registry's audit trail: verify its hash chain, show, export")
+    audit_sub = audit.add_subparsers(dest="action", required=True)
+    verify = audit_sub.add_parser("verify", help="check that no record was edited or removed (exit 1 if one was)")
+    verify.add_argument("name", nargs="?", help="registered model (default: every model's trail)")
+    show = audit_sub.add_parser("show", help="a model's audit records, oldest first")
+    show.add_argument("name", help="registered model name")
+    show.add_argument("--version", help="only the records of this version")
+    export = audit_sub.add_parser("export", help="write the records as JSON lines, for a hospital's log system")
+    export.add_argument("--to", required=True, help="the .jsonl file to write")
+    export.add_argument("name", nargs="?", help="registered model (default: every model's trail)")
     tune = sub.add_parser("tune", help="search train.* with Optuna on the train/val splits; writes params.tuned.yaml")
     with_params(tune)
     tune.add_argument("--trials", type=int, metavar="N", help="finished trials the study should hold (tune.trials)")
@@ -134,6 +144,7 @@ COMMANDS = {
     "tune": commands.cmd_tune,
     "monitor": commands.cmd_monitor,
     "migrate-store": commands.cmd_migrate_store,
+    "audit": commands.cmd_audit,
 }
 
 

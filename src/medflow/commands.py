@@ -283,6 +283,44 @@ def cmd_predict(args: argparse.Namespace, tracking) -> int:
     return 0
 
 
+@registry_command("audit")
+def cmd_audit(args: argparse.Namespace, tracking) -> int:
+    """verify: exit 1 naming the first broken record; show: one model's records; export: JSON lines of every chain."""
+    import json
+
+    from medflow.audit import ChainBroken
+
+    if args.action == "verify":
+        names = [args.name] if args.name else tracking.audit.chains()
+        if not names:
+            print("no audit trail in this store: medflow starts one with a model's first registration")
+        for name in names:
+            try:
+                n = tracking.audit.verify(name)
+            except ChainBroken as exc:
+                print(f"medflow audit: error: verify: {exc}; {exc.medflow_fix}", file=sys.stderr)
+                return 1
+            print(f"{name}: {n} audit records, chain intact")
+        return 0
+    if args.action == "show":
+        for r in tracking.audit.records(args.name):
+            b = r.body
+            if args.version and b["resource"] != f"models:/{args.name}/{args.version}":
+                continue
+            run = f" run {b['run_id']}" if b["run_id"] else ""
+            change = f"{json.dumps(b['before'])} -> {json.dumps(b['after'])}"
+            print(f"{b['seq']:>5} {b['at']} {b['who']} {b['action']} {b['resource']}: {change}{run} [{r.hash[:12]}]")
+        return 0
+    lines = 0
+    with open(args.to, "w", encoding="utf-8") as out:
+        for name in [args.name] if args.name else tracking.audit.chains():
+            for r in tracking.audit.records(name):
+                out.write(json.dumps(r.line(), sort_keys=True, ensure_ascii=False) + "\n")
+                lines += 1
+    print(f"{args.to}: {lines} audit records as JSON lines")
+    return 0
+
+
 def cmd_monitor(args: argparse.Namespace, paths: Paths) -> int:
     # Before Prefect starts: a mistyped batch path is a one-line error in a second, not after a server start-up.
     params_mod.load(paths.params_file)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medflow.models.scoring import read_batch, write_scored
+from medflow.tracking import audit
 from medflow.tracking.bundles import registered_predictor
 from medflow.tracking.registry import resolve
 
@@ -16,4 +17,7 @@ def predict_file(model_uri: str, input_path: Path, output_path: Path) -> dict:
     batch = read_batch(Path(input_path))
     with registered_predictor(name, version) as predictor:
         scored = predictor.score(batch)
-    return write_scored(scored, name, version.version, Path(output_path))
+    done = write_scored(scored, name, version.version, Path(output_path))
+    counts = {k: done[k] for k in ("rows", "ok", "refused")}  # counts only: nothing of the rows or the files
+    audit.append(name, "predict.batch", f"models:/{name}/{version.version}", None, counts, version.run_id)
+    return done

@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from medflow.servers import WebServer, check_port
+from medflow.tracking.audit import PREFIX as AUDIT_PREFIX
 
 CADDYFILE = Path(__file__).resolve().parents[2] / "deploy" / "team" / "Caddyfile"
 ADMIN = "medflow-admin"
@@ -261,6 +262,11 @@ def grant_team(admin: Admin, state: Path, model: str | None, maintainers: list[s
     for user, level in [(WORKER, "EDIT")] + [(u, "MANAGE") for u in maintainers] + [(u, "READ") for u in readers]:
         admin.grant(user, "experiment", experiment, level)
         admin.grant(user, "registered_model", model, level)
+    # The model's audit trail: whoever changes the registry or scores with it appends records (EDIT); no one but
+    # the admin manages, so deletes, it. An edited or removed record shows in `medflow audit verify`.
+    trail = admin.experiment(AUDIT_PREFIX + model)
+    for user in [WORKER, *maintainers, *readers]:
+        admin.grant(user, "experiment", trail, "EDIT")
 
 
 def start(settings: Settings, args: argparse.Namespace) -> list[WebServer]:

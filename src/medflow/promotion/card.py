@@ -216,6 +216,8 @@ def model_card(card: dict) -> str:
     ]
     if "registry" in card:
         lines += _registry(card["registry"])
+    if "audit" in card:
+        lines += _audit(card["name"], card["version"], card["audit"])
     if card["baselines"]:
         lines += _baselines(card)
     lines += [
@@ -241,6 +243,23 @@ def _registry(registry: dict) -> list[str]:
         for m in registry["moves"]:
             was = f"v{m['from']}" if m["from"] else "none"
             lines.append(f"| {m['n']} | {m['at']} | {m['how']} | {was} → v{m['to']} | {m['who']} | {m['reason']} |")
+        lines.append("")
+    return lines
+
+
+def _audit(name: str, version: str, trail: dict) -> list[str]:
+    """The version's entries in the registry's audit trail when the card was written, each by number and hash, so a
+    reader can find them in an export and check them."""
+    lines = [
+        "## Audit trail",
+        f"The registry's audit trail of `{name}` (`medflow audit show {name} --version {version}`) records every "
+        f"change to this version; `medflow audit verify {name}` checks that none was edited or removed.",
+        "",
+    ]
+    if trail["records"]:
+        lines += ["| # | when (UTC) | what | by | sha256 |", "|---|---|---|---|---|"]
+        for r in trail["records"]:
+            lines.append(f"| {r['seq']} | {r['at']} | {r['action']} | {r['who']} | `{r['hash'][:16]}` |")
         lines.append("")
     return lines
 

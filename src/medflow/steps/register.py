@@ -172,7 +172,17 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
         version = tracking.register_version(name, model_uri, tags)
     else:
         version = pending.version
+        tracking.record_creation(name, version)  # a kill may have come between the version and its record
         tracking.set_version_tags(name, version, tags)
+    # Recorded again when a kill cut the registration short: a verdict twice in the trail beats one missing.
+    verdict = {
+        "promoted": decision.promoted,
+        "reason": decision.reason,
+        key: primary,
+        "resumed": bool(standing.resumed),
+    }
+    champion_before = champion.version if champion else None
+    tracking.audit.append(name, "gate.verdict", f"models:/{name}/{version}", champion_before, verdict, run_id)
 
     split = paths.summary("split")
     rows = json.loads(split.read_text())["rows"] if split.exists() else {"test": metrics.get("n_test")}

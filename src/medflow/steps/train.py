@@ -45,6 +45,9 @@ from medflow.tuning.tuned import note as tuning_note
 
 def open_run(params: Params, paths: Paths) -> tracking.OpenedRun:
     run = tracking.open_run(params, paths)
+    # The data version this run read, in the audit trail of the model it trains: hashes, never rows.
+    read = {k: v for k, v in run.tags.items() if k.startswith(("medflow.data_", "medflow.params_hash"))}
+    tracking.audit.append(params.register.model_name, "data.read", f"runs:/{run.run_id}", None, read, run.run_id)
     # One training at a time per pipeline (the run lock): a run id left here is one a kill left RUNNING.
     paths.training_run.write_text(run.run_id)
     return run

@@ -1,9 +1,11 @@
 """The only way medflow reaches MLflow. Importing this package imports no mlflow and configures nothing."""
 
+from medflow.tracking import audit
 from medflow.tracking.registry import (
     Version,
     accept_files,
     aliases,
+    audit_of_version,
     describe_version,
     drop_alias,
     ensure_model,
@@ -18,6 +20,7 @@ from medflow.tracking.registry import (
     metric_of,
     model_lock,
     promote,
+    record_creation,
     record_move,
     refresh_cards,
     register_version,
@@ -49,6 +52,8 @@ __all__ = [
     "StoreBusy",
     "Version",
     "accept_files",
+    "audit",
+    "audit_of_version",
     "aliases",
     "configure",
     "describe_version",
@@ -72,6 +77,7 @@ __all__ = [
     "metric_of",
     "model_lock",
     "promote",
+    "record_creation",
     "record_move",
     "refresh_cards",
     "register_version",

@@ -12,6 +12,9 @@ import hashlib
 from pathlib import Path
 
 DIGEST_TAG = "medflow.files_sha256"
+# A version's last write at registration (registry.py): until it reads complete, the version is no candidate.
+STATE = "medflow.state"
+COMPLETE = "complete"
 # MLflow itself writes this file (the version's name and number) into every registered model it downloads.
 MLFLOW_META = "registered_model_meta"
 
@@ -24,6 +27,43 @@ class ModelFilesChanged(ValueError):
     def __init__(self, what: str, fix: str):
         super().__init__(what)
         self.medflow_fix = fix
+
+
+class NotMadeByMedflow(ModelFilesChanged):
+    """A version of a medflow model that medflow's own registration did not make (or never finished)."""
+
+    def __init__(self, what: str):
+        super().__init__(
+            what,
+            "medflow loads only versions it registered (a registered model runs code when loaded): register one with "
+            "medflow (medflow run) and promote it; docs/team.md says who may register",
+        )
+
+
+def check_made(name: str, version: str, tags: dict[str, str], c=None) -> None:
+    """Refuses a version unless medflow registered it: its registration completed (medflow.state) and the model's
+    audit trail records its creation, with the digest its tag holds (or the one `accept-files` recorded)."""
+    from medflow.tracking import audit
+
+    if tags.get(STATE) != COMPLETE:
+        raise NotMadeByMedflow(
+            f"{name} v{version} is no completed medflow registration ({STATE}: {tags.get(STATE, 'missing')}): "
+            "nothing in it was loaded"
+        )
+    records = audit.find(name, f"models:/{name}/{version}", ("version.create", "version.tags"), c)
+    if not any(r.body["action"] == "version.create" for r in records):
+        raise NotMadeByMedflow(
+            f"{name} v{version} has no record of its registration in the audit trail (medflow audit show {name}): "
+            "medflow did not register it, and nothing in it was loaded"
+        )
+    recorded = None
+    for r in records:
+        recorded = (r.body["after"] or {}).get(DIGEST_TAG, recorded)
+    if DIGEST_TAG in tags and tags[DIGEST_TAG] != recorded:
+        raise NotMadeByMedflow(
+            f"{name} v{version}: its {DIGEST_TAG} tag differs from the digest its audit records hold: the tag was "
+            "changed outside medflow, and nothing in it was loaded"
+        )
 
 
 def files_digest(root: Path) -> str:
@@ -63,7 +103,8 @@ def check(name: str, version: str, tags: dict[str, str], root: Path) -> None:
 
 
 def verified_copy(name: str, version: str, tags: dict[str, str], dst: Path) -> Path:
-    """The version's files copied into dst, once they match the digest recorded at registration."""
+    """The version's files copied into dst, once medflow's registration of them and their digest are confirmed."""
+    check_made(name, version, tags)
     root = download(f"models:/{name}/{version}", dst)
     check(name, version, tags, root)
     return root

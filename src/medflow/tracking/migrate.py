@@ -3,9 +3,10 @@ team that moves from the project's SQLite file to a server keeps its history.
 
 Copied: experiments (tags), runs (name, times, status, params, tags, every metric's history, dataset inputs,
 artifacts), the logged models that versions point at (their artifacts), registered models (description, tags, the
-champion history kept in them), versions in their numbers (description = model card, tags) and aliases. Run ids and
-model ids are new on the target; tags that name a run keep the old id. A model already on the target is refused, so
-a second migration cannot interleave versions.
+champion history kept in them), versions in their numbers (description = model card, tags) and aliases. The
+audit trail (experiments `medflow-audit/NAME`, medflow.tracking.audit) is experiments and runs: copied with them. Run
+ids and model ids are new on the target; tags that name a run keep the old id. A model already on the target is
+refused, so a second migration cannot interleave versions.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ An MLflow artifact-repository plugin (pyproject.toml: entry point `mlflow.artifa
 MLflow registers plugins after its own schemes, so wherever medflow is installed, `mlflow.pyfunc.load_model` and
 `mlflow models serve -m models:/...` fetch a version medflow registered through this class: the whole model is
 copied into a fresh folder and compared with the digest recorded at registration (integrity.py) before MLflow
-reads its MLmodel or runs its code. Single files, logged models (`models:/m-...`) and versions that medflow did not
-register download as MLflow's own class downloads them.
+reads its MLmodel or runs its code. A version of a model medflow registers (its registered model carries medflow's
+tags) loads only when medflow made it (integrity.check_made: its completed registration and its audit record).
+Single files, logged models (`models:/m-...`) and the versions of other models download as MLflow's own class
+downloads them.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ class VerifiedModelsArtifactRepository(ModelsArtifactRepository):
             return super().download_artifacts(artifact_path, dst_path, lineage_header_info)
         from mlflow import MlflowClient
 
-        tags = MlflowClient(registry_uri=self.registry_uri).get_model_version(self.model_name, self.model_version).tags
-        if not any(k.startswith("medflow.") for k in tags):
+        c = MlflowClient(tracking_uri=self.registry_uri, registry_uri=self.registry_uri)
+        tags = c.get_model_version(self.model_name, self.model_version).tags
+        ours = any(k.startswith("medflow.") for k in c.get_registered_model(self.model_name).tags)
+        if not ours and not any(k.startswith("medflow.") for k in tags):
             return super().download_artifacts(artifact_path, dst_path, lineage_header_info)
+        integrity.check_made(self.model_name, str(self.model_version), tags, c)
         # A local store would hand back its own folder, which the next writer can change after the check.
         dst = dst_path or tempfile.mkdtemp(prefix="medflow-model-")
         root = super().download_artifacts(artifact_path, dst, lineage_header_info)

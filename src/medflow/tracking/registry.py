@@ -3,6 +3,9 @@
 A version is made in steps (version with tags, card, alias) that a kill can interrupt; its last write is the tag
 `medflow.state=complete`. Until then it is no candidate, and the next `register` of the same training run finishes
 that version instead of adding another, so one run is one version.
+
+Every write here appends a record to the model's audit trail (medflow.tracking.audit) after it succeeded: what was
+written, before -> after.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from medflow.lineage import lineage
 from medflow.privacy.scanner import assert_clean
-from medflow.tracking import integrity
+from medflow.tracking import audit, integrity
 from medflow.tracking.store import client, retry_locked
 
 if TYPE_CHECKING:
@@ -28,8 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATE = "medflow.state"
-COMPLETE = "complete"
+STATE = integrity.STATE
+COMPLETE = integrity.COMPLETE
 # A registration unfinished for this long was cut short; a younger one may still be running in another process.
 STALE_S = 600.0
 
@@ -44,6 +47,14 @@ class Version:
     @property
     def complete(self) -> bool:
         return self.tags.get(STATE) == COMPLETE
+
+
+def _model(name: str) -> str:
+    return f"models:/{name}"
+
+
+def _of(name: str, version: str) -> str:
+    return f"models:/{name}/{version}"
 
 
 def _version(mv) -> Version:
@@ -99,6 +110,7 @@ def ensure_model(name: str, description: str, tags: dict[str, str]) -> None:
     c = client()
     try:
         c.create_registered_model(name, tags=tags, description=description)
+        audit.append(name, "model.create", _model(name), None, {"description": description, "tags": tags})
         return
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -106,9 +118,12 @@ def ensure_model(name: str, description: str, tags: dict[str, str]) -> None:
     current = c.get_registered_model(name)
     if current.description != description:
         c.update_registered_model(name, description=description)
-    for k, v in tags.items():
-        if current.tags.get(k) != v:
-            c.set_registered_model_tag(name, k, v)
+        audit.append(name, "model.description", _model(name), current.description, description)
+    changed = {k: v for k, v in tags.items() if current.tags.get(k) != v}
+    for k, v in changed.items():
+        c.set_registered_model_tag(name, k, v)
+    if changed:
+        audit.append(name, "model.tags", _model(name), {k: current.tags.get(k) for k in changed}, changed)
 
 
 def register_version(name: str, model_uri: str, tags: dict[str, str]) -> str:
@@ -126,10 +141,23 @@ def register_version(name: str, model_uri: str, tags: dict[str, str]) -> str:
     said = io.StringIO()
     try:
         with contextlib.redirect_stderr(said):
-            return str(retry_locked(mlflow.register_model, model_uri, name, tags=tags).version)
+            made = retry_locked(mlflow.register_model, model_uri, name, tags=tags)
     finally:
         for line in said.getvalue().splitlines():
             log.info("mlflow: %s", line)
+    version = str(made.version)
+    audit.append(name, "version.create", _of(name, version), None, {"source": model_uri, **tags}, made.run_id)
+    return version
+
+
+def record_creation(name: str, version: str) -> None:
+    """The creation record of a version whose registration a kill cut short before it was written: without it the
+    finished version would never load (integrity.check_made). Its tags as they are, the digest among them."""
+    resource = _of(name, version)
+    if not audit.find(name, resource, ("version.create",)):
+        mv = client().get_model_version(name, version)
+        after = {"source": mv.source, **mv.tags, "recorded_late": "true"}
+        audit.append(name, "version.create", resource, None, after, mv.run_id)
 
 
 def versions_of_run(name: str, run_id: str) -> list[Version]:
@@ -159,10 +187,12 @@ def finish_interrupted(name: str, keep_run_id: str) -> list[str]:
         # Search results leave ModelVersion.aliases empty: the model's alias map is the record.
         held = [a for a, v in c.get_registered_model(name).aliases.items() if str(v) == str(mv.version)]
         if held:
+            record_creation(name, mv.version)
             mark_complete(name, mv.version)
             done.append(f"completed v{mv.version} (alias {', '.join(held)} already written)")
         else:
             c.delete_model_version(name, mv.version)
+            audit.append(name, "version.delete", _of(name, mv.version), mv.tags.get(STATE), None, mv.run_id)
             done.append(f"removed v{mv.version} (registration interrupted before its alias)")
     return done
 
@@ -200,13 +230,16 @@ def metric_of(v: Version, key: str) -> float | None:
 
 
 def set_alias(name: str, alias: str, version: str) -> None:
+    before = aliases(name).get(alias)
     client().set_registered_model_alias(name, alias, version)
+    audit.append(name, "alias.set", f"{_model(name)}@{alias}", before, str(version))
 
 
 def drop_alias(name: str, alias: str, version: str) -> None:
     """Removes alias when it names version: one version, one role."""
     if aliases(name).get(alias) == str(version):
         client().delete_registered_model_alias(name, alias)
+        audit.append(name, "alias.delete", f"{_model(name)}@{alias}", str(version), None)
 
 
 def aliases(name: str) -> dict[str, str]:
@@ -241,6 +274,7 @@ def refresh_cards(name: str, before: dict[str, str], also: tuple[str, ...] = ())
                 "aliases": sorted(a for a, v in now.items() if v == version),
                 "moves": [m for m in moves if version in (m["to"], m["from"])],
             }
+            card["audit"] = {"chain": name, "records": audit_of_version(name, version)}
             markdown = model_card(card)
             (Path(tmp) / "out").mkdir()
             (Path(tmp) / "out" / CARD).write_text(json.dumps(card, indent=2) + "\n")
@@ -255,12 +289,20 @@ def refresh_cards(name: str, before: dict[str, str], also: tuple[str, ...] = ())
 def set_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
     assert_clean(tags, f"tags of {name} v{version}")
     c = client()
-    for k, v in tags.items():
+    mv = c.get_model_version(name, version)
+    changed = {k: v for k, v in tags.items() if mv.tags.get(k) != v}
+    for k, v in changed.items():
         c.set_model_version_tag(name, version, k, v)
+    if changed:
+        before = {k: mv.tags.get(k) for k in changed}
+        audit.append(name, "version.tags", _of(name, version), before, changed, mv.run_id)
 
 
 def mark_complete(name: str, version: str) -> None:
-    client().set_model_version_tag(name, version, STATE, COMPLETE)
+    c = client()
+    mv = c.get_model_version(name, version)
+    c.set_model_version_tag(name, version, STATE, COMPLETE)
+    audit.append(name, "version.state", _of(name, version), mv.tags.get(STATE), COMPLETE, mv.run_id)
 
 
 def get_description(name: str, version: str) -> str:
@@ -268,8 +310,35 @@ def get_description(name: str, version: str) -> str:
 
 
 def describe_version(name: str, version: str, description: str) -> None:
+    """The description is the model card: its record holds the card's digest, before and after."""
     assert_clean(description, f"description of {name} v{version}")
-    client().update_model_version(name, version, description=description)
+    c = client()
+    mv = c.get_model_version(name, version)
+    if (mv.description or "") == description:
+        return
+    c.update_model_version(name, version, description=description)
+    audit.append(name, "version.card", _of(name, version), _sha(mv.description), _sha(description), mv.run_id)
+
+
+def _sha(text: str | None) -> str | None:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest() if text else None
+
+
+# What the card lists of its version's audit entries: the registry's writes and the gate, not every predict batch.
+CARD_ACTIONS = ("version.", "alias.", "gate.")
+
+
+def audit_of_version(name: str, version: str) -> list[dict]:
+    """The audit records of one version (its writes, the gate's verdict on it, alias moves to or from it)."""
+    out = []
+    for r in audit.records(name):
+        b = r.body
+        mine = b["resource"] == _of(name, version) or (
+            b["resource"].startswith(f"{_model(name)}@") and str(version) in (b["before"], b["after"])
+        )
+        if mine and b["action"].startswith(CARD_ACTIONS):
+            out.append({"seq": b["seq"], "at": b["at"], "action": b["action"], "who": b["who"], "hash": r.hash})
+    return out
 
 
 def promote(name: str, version: str, reason: str) -> Version | None:
@@ -379,6 +448,7 @@ def record_move(
     value = json.dumps(entry, separators=(",", ":"))
     assert_clean(value, f"history of {name}")
     client().set_registered_model_tag(name, f"{HISTORY}{entry['n']:06d}", value)
+    audit.append(name, "history.append", f"{_model(name)}#{HISTORY}{entry['n']:06d}", None, entry)
     return entry
 
 
