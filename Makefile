@@ -59,11 +59,13 @@ test-debs:
 
 test: setup test-debs
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 # For ourselves, between edits (< 3 min on 2 cores): the unit tests and one shrunk run of the real executable.
 test-fast: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -m 'smoke or not (e2e or slow or gpu)'
 
 lint: setup

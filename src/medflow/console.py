@@ -12,6 +12,12 @@ from pathlib import Path
 from medflow.paths import Paths
 
 
+def say(line: str) -> None:
+    """A line for the person at the terminal: a step's summary, a resumed checkpoint, a trial's result. The one print
+    of medflow's library code; inside a Prefect flow (log_prints) it becomes a record of the flow run's log too."""
+    print(line, flush=True)
+
+
 class OnlyOurErrors(logging.Filter):
     """Keeps Prefect's error records and tracebacks off the terminal; the log file still receives them."""
 

@@ -14,6 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
+from medflow.console import say
 from medflow.data import sources
 from medflow.params import Params
 from medflow.paths import STEPS, Paths
@@ -126,7 +127,7 @@ def _ensure_data(repo, params: Params, paths: Paths, rehash: bool) -> None:
             f"`{fix}` and medflow run again; to keep data/ as it is, record it with `dvc add data`"
         )
     # Rows a user added, a table of their own, a batch `medflow monitor --update` wrote: a new data version.
-    print(f"data/ changed since data.dvc ({expected} -> {actual}): recording the new version with DVC (dvc add data)")
+    say(f"data/ changed since data.dvc ({expected} -> {actual}): recording the new version with DVC (dvc add data)")
     logging.getLogger("dvc").setLevel(logging.WARNING)
     repo.add(str(paths.data_dir))
 

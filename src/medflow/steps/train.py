@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from medflow import tracking
+from medflow.console import say
 from medflow.data.columns import LABEL, SPLIT
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema
 from medflow.data.manifest import load_split
@@ -58,7 +59,7 @@ def log_inputs(run: tracking.OpenedRun, params: Params, paths: Paths, schema: Sc
     profile's files and Data Docs, and the data-quality counts, which wait to go out with the epochs' metrics."""
     tags = {}
     if tuned := tuning_note(params, paths):
-        print(f"train: {tuned}", flush=True)
+        say(f"train: {tuned}")
         tags["medflow.tuned"] = tuned
     run.describe(tags)
     tracking.log_epoch(run.run_id, upstream_counts(paths), step=0)
@@ -142,7 +143,7 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         tracking.configure(paths)
         if paths.training_run.exists() and tracking.end_orphaned_run(paths.training_run.read_text().strip()):
-            print("the MLflow run of a killed training was still RUNNING: marked KILLED", flush=True)
+            say("the MLflow run of a killed training was still RUNNING: marked KILLED")
         # The run is opened and its inputs logged from a thread while the data loads and the features are built:
         # the lineage's hashing and git, pyarrow and numpy leave the interpreter lock free much of that time, and
         # the store's ~30 ms of round trips hold it.
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = Paths.for_params(args.root, args.params)
     summary = run(load_params(Path(args.params) if args.params else paths.params_file, args.override), paths)
     if summary["run_id"]:  # rank 0's
-        print("train: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list)))
+        say("train: " + ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list)))
     return 0
 
 

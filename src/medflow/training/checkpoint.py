@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from medflow.console import say
+
 # Settings that change how a run is kept, not what it computes.
 _NOT_FINGERPRINTED = {"checkpoint", "checkpoint_every", "checkpoint_interval_s", "resume"}
 
@@ -51,7 +53,7 @@ def load(path: Path, expected: str) -> dict[str, Any] | None:
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("fingerprint") != expected:
-        print(f"{path}: written for another configuration or data; starting from scratch", flush=True)
+        say(f"{path}: written for another configuration or data; starting from scratch")
         return None
     return state
 

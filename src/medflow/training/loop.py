@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from medflow.console import say
 from medflow.training import augment, checkpoint, distributed
 from medflow.training.data import Split, fits
 
@@ -270,7 +271,7 @@ def fit(
         best_state = {k: v.to(device) for k, v in saved["best_state"].items()} if saved["best_state"] else None
         history, resumed_from = saved["history"], saved["epoch"]
         if rank == 0:
-            print(f"{cfg.checkpoint}: resuming after epoch {epoch}", flush=True)
+            say(f"{cfg.checkpoint}: resuming after epoch {epoch}")
 
     net = model
     if world > 1:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from medflow import tracking
+from medflow.console import say
 from medflow.models import vision
 from medflow.models.tabular import build, check_kind
 from medflow.params import Dimension, Params, ParamsError, TrainParams, study_record, tuned_file
@@ -233,7 +234,7 @@ def plots(study, out: Path) -> list[Path]:
                 warnings.simplefilter("ignore", ExperimentalWarning)  # matplotlib plots are "experimental" since v2
                 ax = draw(study)
         except (ValueError, RuntimeError) as exc:
-            print(f"tune: no {name} plot ({exc})")
+            say(f"tune: no {name} plot ({exc})")
             continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.set_size_inches(8, 5)
@@ -274,11 +275,10 @@ def run(
     done_before = _finished(study)
     parent = runs.start_study_run(params, paths, name, study.user_attrs.get("mlflow_run_id"))
     study.set_user_attr("mlflow_run_id", parent)
-    print(
+    say(
         f"tune: study {name} ({storage_url(params, paths).split(':', 1)[0]} storage), {done_before} trial(s) already "
         f"finished{f', {orphans} left running by a kill marked failed' if orphans else ''}; "
-        f"train {data.rows['train']} rows, val {data.rows['val']} rows, test split not read",
-        flush=True,
+        f"train {data.rows['train']} rows, val {data.rows['val']} rows, test split not read"
     )
     device = pick_device(params.train.device)
     if device.type == "cpu":
@@ -291,7 +291,7 @@ def run(
                 Objective(params, data, parent, device),
                 n_trials=remaining,
                 timeout=timeout_s,
-                callbacks=[lambda s, tr: print(_report(tr, t.metric, t.space), flush=True)],
+                callbacks=[lambda s, tr: say(_report(tr, t.metric, t.space))],
             )
     except BaseException as exc:
         tracking.end_run(parent, "FAILED" if isinstance(exc, Exception) else "KILLED")
