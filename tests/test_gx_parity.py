@@ -19,7 +19,7 @@ from medflow.data.columns import ROW_ID
 from medflow.data.numbers import NUMBER_REGEXES
 from medflow.data.suite import DATE_REGEX
 
-EXAMPLES = 220  # examples of 2-8 tables each: ~1,030 tables and suites
+EXAMPLES = 220  # examples of 5-8 tables each: at least 1,100 tables and suites
 TABLES = 1000
 # Text as tables hold it (missing words are already None): numbers in every spelling a reader meets, and not.
 NUMBERISH = ["0", "1", "-2.5", "3.25", "1e3", "-1E-2", " 7", "8 ", ".5", "5.", "+4", "007", "1e500", "-1e500", "inf",
@@ -103,7 +103,7 @@ def table_and_suite(draw, rows: int):
 @st.composite
 def tables_and_suites(draw):
     rows = draw(st.integers(1, 25))
-    return draw(st.lists(table_and_suite(rows), min_size=2, max_size=8))
+    return draw(st.lists(table_and_suite(rows), min_size=5, max_size=8))
 
 
 def _verdicts(checks, rename=lambda col: col):

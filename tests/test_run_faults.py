@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from usercmd import scratch_clone, sh, user_env
 
+from medflow.tracking.audit import PREFIX as AUDIT
+
 pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
 
 RUN_TINY = ".venv/bin/medflow run --force -P train.max_epochs=3 -P train.lr=3e-4"
@@ -47,7 +49,8 @@ def mlflow_runs(root) -> list:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns/mlflow.db'}")
-    ids = [e.experiment_id for e in client.search_experiments()]
+    # The audit trail's records are runs too, in experiments of their own.
+    ids = [e.experiment_id for e in client.search_experiments() if not e.name.startswith(AUDIT)]
     return client.search_runs(ids, order_by=["attributes.start_time DESC"])
 
 

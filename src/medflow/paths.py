@@ -93,10 +93,8 @@ class Paths:
 
     @property
     def data_docs(self) -> Path:
-        """validate's Great Expectations Data Docs (a site: index.html and the pages it links). Beside
-        artifacts/validate, not in it: the pages carry the run's time, and clean depends on artifacts/validate, so a
-        validate that reruns and keeps the same rows (a changed threshold) would otherwise retrain the model."""
-        return self.artifacts / "data_docs"
+        """validate's Great Expectations Data Docs (a site: index.html and the pages it links)."""
+        return self.step_dir("validate") / "data_docs"
 
     @property
     def number_formats(self) -> Path:

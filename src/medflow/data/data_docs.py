@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import shutil
 from pathlib import Path
 
 from medflow.data.checks import Check
@@ -105,8 +104,8 @@ def write(folder: Path, suite: dict, checks: list[Check], dataset: str) -> Path:
     )
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
-    # A site keeps every validation it was given: the last run's pages alone say what this data version is.
-    shutil.rmtree(folder, ignore_errors=True)
+    # GX announces at INFO the temporary folder of an ephemeral context's default site, which Prefect prints.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     page, index = ({"module_name": __name__, "class_name": c} for c in ("OfflinePageView", "OfflineIndexPageView"))
     site = {"class_name": "SiteBuilder", "show_how_to_buttons": False,
