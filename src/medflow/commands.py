@@ -353,7 +353,7 @@ def server_answers(url: str) -> None:
         with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=10):
             pass
     except OSError as exc:
-        raise ValueError(f"no MLflow server answers at {url} ({exc}): start it (README: Scaling out)") from exc
+        raise ValueError(f"no MLflow server answers at {url} ({exc}): start it (docs/team.md)") from exc
 
 
 def cmd_migrate_store(args: argparse.Namespace, paths: Paths) -> int:

@@ -68,7 +68,7 @@ def explain(exc: BaseException) -> tuple[str, str, int]:
             return (
                 f"{step}: MLflow store error: {cause}",
                 "check MLFLOW_TRACKING_URI and retry; for several concurrent writers use an MLflow server "
-                "(README: Scaling out)",
+                "(docs/team.md)",
                 1,
             )
         case ValueError() | KeyError() | FileNotFoundError():

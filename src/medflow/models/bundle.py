@@ -136,7 +136,9 @@ class Predictor:
         A batch without a feature column is refused whole (BatchRejected); a row failing a row check keeps its
         place with empty probabilities and its reason, so callers never get a confident score for a bad row."""
         if self.schema.kind == "image":
-            raise BatchRejected("an image model scores arrays or image files: load it with mlflow.pyfunc (README)")
+            raise BatchRejected(
+                "an image model scores arrays or image files: load it with mlflow.pyfunc (docs/predict.md)"
+            )
         if not isinstance(raw, pd.DataFrame):
             raise BatchRejected(f"expected a table with the feature columns, got {type(raw).__name__}")
         missing = [c for c in self.schema.features if c not in raw.columns]
