@@ -47,6 +47,9 @@ def check(root: str, batch: str) -> dict:
 
     paths = Paths(root=Path(root))
     params = params_mod.load(paths.params_file)
+    if params.data.task != "classification":
+        # Its score drift and labelled performance read class probabilities.
+        raise ValueError(f"medflow monitor: not yet for {params.data.task} (data.task={params.data.task})")
     tracking.configure(paths)
     name = params.register.model_name
     champion = tracking.version_by_alias(name, "champion")

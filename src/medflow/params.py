@@ -32,6 +32,8 @@ class _Section(BaseModel):
 
 class DataParams(_Section):
     kind: Literal["tabular", "image"] = "tabular"
+    # What the target is (medflow.tasks): classes to tell apart, or a number to estimate.
+    task: Literal["classification", "regression"] = "classification"
     # tabular: a CSV/Parquet path (relative to the project root) or a built-in demo name (medflow.data.sources).
     # image: a manifest CSV (file path, label, optional patient id), an MNIST-format idx folder, a CIFAR-10
     # "python version" batch folder, or a built-in image demo (digits, fashion_mnist).
@@ -137,6 +139,7 @@ class TrainParams(_Section):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    loss: Literal["mse", "huber"] = "mse"  # regression only, on the target standardised on the training split
     augment_flip: bool = False  # random horizontal flips, batched on the device (images)
     augment_translate: int = Field(0, ge=0)  # random shifts of up to this many pixels (images)
     amp: bool = True  # mixed precision on CUDA: bf16 where supported, else fp16 with a grad scaler
@@ -209,7 +212,8 @@ class TuneParams(_Section):
 
 
 class EvaluateParams(_Section):
-    primary_metric: Literal["roc_auc", "pr_auc", "accuracy", "balanced_accuracy", "f1"] = "roc_auc"
+    # Classification: roc_auc, pr_auc, accuracy, balanced_accuracy, f1; regression: mae (its default), rmse, r2.
+    primary_metric: Literal["roc_auc", "pr_auc", "accuracy", "balanced_accuracy", "f1", "mae", "rmse", "r2"] = "roc_auc"
     # Resamples of test patients (rows when there is no patient id) behind every 95% interval.
     n_boot: int = Field(1000, ge=100)
     # Binary tasks: the decision threshold is chosen on the validation split, by Youden's J or as the highest
@@ -245,12 +249,15 @@ class GateParams(_Section):
     leak_drop: float = Field(0.1, gt=0, le=1)
 
 
-Floor = Annotated[float, Field(ge=0, le=1)]
+# A floor for a higher-is-better primary metric, a ceiling for a lower-is-better one (regression's MAE, in the
+# target's units): any finite number.
+Floor = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class RegisterParams(_Section):
     model_name: str = "medflow-breast-cancer"
-    # A version becomes champion only when its test primary metric reaches this floor: one number for every table,
+    # A version becomes champion only when its test primary metric reaches this floor (stays under this ceiling for
+    # a lower-is-better metric such as mae): one number for every table,
     # or one per dataset ({breast_cancer: 0.95}, keyed as data.source's file stem or demo name), so that a floor set
     # for one table never refuses another's first champion unseen; null: no floor...
     min_primary: Floor | dict[str, Floor] | None = None
@@ -310,6 +317,17 @@ with warnings.catch_warnings():
         monitor: MonitorParams = Field(default_factory=MonitorParams)
 
         model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+        @model_validator(mode="before")
+        @classmethod
+        def _task_primary(cls, raw: Any) -> Any:
+            # A regression run that names no primary metric is judged by MAE, not by the classification default.
+            if not isinstance(raw, dict) or (raw.get("data") or {}).get("task") != "regression":
+                return raw
+            evaluate = raw.get("evaluate") or {}
+            if isinstance(evaluate, dict) and "primary_metric" not in evaluate:
+                return {**raw, "evaluate": {**evaluate, "primary_metric": "mae"}}
+            return raw
 
         def as_dict(self) -> dict[str, Any]:
             return self.model_dump(mode="json", by_alias=True)

@@ -17,7 +17,8 @@ def predict_file(model_uri: str, input_path: Path, output_path: Path) -> dict:
     batch = read_batch(Path(input_path))
     with registered_predictor(name, version) as predictor:
         scored = predictor.score(batch)
-    done = write_scored(scored, name, version.version, Path(output_path))
+        classes = bool(predictor.classes)
+    done = write_scored(scored, name, version.version, Path(output_path), classes)
     counts = {k: done[k] for k in ("rows", "ok", "refused")}  # counts only: nothing of the rows or the files
     audit.append(name, "predict.batch", f"models:/{name}/{version.version}", None, counts, version.run_id)
     return done

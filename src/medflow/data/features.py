@@ -41,9 +41,14 @@ class Schema:
     # numeric column -> NumberFormat.to_dict(), how validate read its numbers besides plain ones ("1,262"): scoring
     # reads them the same way. Absent from bundles made before it (plain numbers only).
     formats: dict[str, dict] = field(default_factory=dict)
+    # data.task the table was cleaned for (medflow.tasks); bundles made before it are classifiers. A regression
+    # schema has no classes and its LABEL holds the target as a float.
+    outcome: str = "classification"
 
     @property
     def task(self) -> str:
+        if self.outcome != "classification":
+            return self.outcome
         return "binary" if len(self.classes) == 2 else "multiclass"
 
     @property
@@ -70,6 +75,9 @@ def pool_rare(counts: pd.Series, k: int) -> tuple[dict[str, int], int]:
 
 
 def encode_labels(labels: pd.Series, schema: Schema) -> np.ndarray:
+    if schema.outcome == "regression":
+        # validate let through only rows whose target reads as a number (its text-coded ones rewritten plain).
+        return pd.to_numeric(labels, errors="coerce").to_numpy(dtype="float64")
     values = labels.astype(str).str.strip()
     if schema.positive_class is not None:
         return (values == schema.positive_class).to_numpy().astype("int64")

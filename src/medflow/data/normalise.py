@@ -64,7 +64,8 @@ def normalise_numbers(
     role = roles(data)
     out, done = df, {}
     for col in df.columns:
-        if col in role or col == ROW_ID:
+        # A regression target is read as a number is: "151 mg/dL" and "1,262" become plain numbers too.
+        if (col in role and not (col == data.target and data.task == "regression")) or col == ROW_ID:
             continue
         n = parsed.present[col]
         if not n or parsed.count(col) == n:

@@ -111,7 +111,9 @@ def build_profile(df: pd.DataFrame, kinds: dict[str, str], data: DataParams, vp:
     n = len(df)
     labels = df[data.target].astype("string")
     classes = sorted(labels.dropna().unique())
-    positive = positives(classes, data)
+    # A regression target has no classes to score features against, and its values are no categories to count.
+    regression = data.task == "regression"
+    positive = [] if regression else positives(classes, data)
     numeric = [c for c, kind in kinds.items() if kind == "numeric"]
     x = df[numeric].astype("float64")
     aucs = numeric_associations(x, labels.fillna(""), positive)
@@ -134,6 +136,9 @@ def build_profile(df: pd.DataFrame, kinds: dict[str, str], data: DataParams, vp:
             entry["association"] = association(df[col], kind, labels, positive)
         columns.append(entry)
     counts = labels.value_counts()
+    if regression:
+        number = pd.to_numeric(labels, errors="coerce")
+        counts = pd.Series({"numbers": int(number.notna().sum()), "missing": int(number.isna().sum())})
     leaks = [c["name"] for c in columns if (c.get("association") or 0) >= vp.leakage_auc]
     return {
         "rows": n,
@@ -144,9 +149,17 @@ def build_profile(df: pd.DataFrame, kinds: dict[str, str], data: DataParams, vp:
             "name": data.target,
             "positive_class": positive[0] if data.positive_class is not None else None,
             "counts": {str(v): shown(int(c), k) for v, c in counts.items()},
+            **({"quantiles": _target_quantiles(number)} if regression else {}),
         },
         "leakage_suspects": leaks,
     }
+
+
+def _target_quantiles(number: pd.Series) -> dict[str, float]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no number at all: no quantiles
+        q = np.nanquantile(number.to_numpy(dtype="float64"), list(_QUANTILES.values()))
+    return {name: float(f"{v:.4g}") for name, v in zip(_QUANTILES, q, strict=True)}
 
 
 def _cell(x: object) -> str:

@@ -38,6 +38,14 @@ def _breast_cancer() -> pd.DataFrame:
     return df
 
 
+def _diabetes() -> pd.DataFrame:
+    """scikit-learn's diabetes table in its original units: disease progression one year on (a number) from age,
+    sex, BMI, blood pressure and six serum measurements."""
+    from sklearn.datasets import load_diabetes
+
+    return load_diabetes(as_frame=True, scaled=False).frame.rename(columns={"target": "progression"})
+
+
 def _synthetic_cohort() -> pd.DataFrame:
     from medflow.data.synthetic import synthetic_cohort
 
@@ -49,6 +57,7 @@ RECORDED_DEMO = "breast_cancer"
 
 DEMOS: dict[str, Callable[[], pd.DataFrame]] = {
     "breast_cancer": _breast_cancer,
+    "diabetes": _diabetes,
     "synthetic_cohort": _synthetic_cohort,
 }
 

@@ -83,6 +83,13 @@ def column_kinds(
     return kinds
 
 
+def _robust(x: pd.Series, vp: ValidateParams) -> list[float]:
+    """A column's robust quantiles as the suite reads each numeric column's, impossible values left out."""
+    x = x.to_numpy(dtype="float64")
+    x = x[np.abs(x) < vp.max_abs]
+    return np.quantile(x, [0.005, 0.995]).tolist() if len(x) else [0.0, 0.0]
+
+
 def _sig(x: float) -> float:
     return float(f"{x:.6g}")
 
@@ -132,6 +139,11 @@ def infer_suite(
             "bring a larger reference batch, or write expectations/<name>.json by hand"
         )
     classes = len(value_counts(data.target))
+    if classes < 2 and data.task == "regression":
+        raise ValidationFailed(
+            f"{source}: target column {data.target!r} has {classes} distinct non-null value(s) in {n} rows (rule: a "
+            "regression target needs 2 or more values; a constant has nothing to learn)"
+        )
     if classes < 2:
         raise ValidationFailed(
             f"{source}: target column {data.target!r} has {classes} distinct non-null value(s) in "
@@ -162,7 +174,9 @@ def infer_suite(
         mostly = round(max(0.0, 1 - null_rate - vp.null_rate_slack), 4)
         level = "row" if kind in ("target", "patient_id") else "batch"
         exps.append(_expect("expect_column_values_to_not_be_null", level, column=col, mostly=mostly))
-        if kind == "numeric":
+        if kind == "numeric" or (kind == "target" and data.task == "regression"):
+            # A regression target is checked as a number is, row by row: a row whose target is text or out of
+            # range is quarantined with that reason, never guessed.
             exps.append(
                 _expect(
                     "expect_column_values_to_match_regex",
@@ -172,7 +186,7 @@ def infer_suite(
                     mostly=vp.type_mostly,
                 )
             )
-            q_lo, q_hi = q[:, numeric.index(col)].tolist()
+            q_lo, q_hi = q[:, numeric.index(col)].tolist() if kind == "numeric" else _robust(parsed[col], vp)
             margin = vp.range_margin * (q_hi - q_lo)
             low = max(q_lo - margin, 0.0) if q_lo >= 0 else q_lo - margin
             exps.append(

@@ -1,6 +1,7 @@
-"""Simple baselines a first champion must not lose to: the majority class and a regularised logistic regression.
+"""Simple baselines a first champion must not lose to. Classification: the majority class and a regularised logistic
+regression; regression (regression_baselines): the training mean, ridge regression and gradient-boosted trees.
 
-Both are fitted on the train split only. Tables reach the logistic regression through the model's own fitted
+All are fitted on the train split only. Tables reach the linear and tree models through the model's own fitted
 preprocessing (imputation, scaling, one-hot), so the comparison is about the model, not the features; images reach
 it as flattened pixels scaled to [0, 1] (a linear probe).
 """
@@ -39,3 +40,21 @@ def baseline_proba(
 
 def flat_pixels(images: np.ndarray) -> np.ndarray:
     return np.asarray(images, dtype=np.float32).reshape(len(images), -1) / 255.0
+
+
+def regression_baselines(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Test predictions (rows x 1, the target's units) of the training mean, a ridge regression and gradient-boosted
+    trees (scikit-learn's histogram GBM with its defaults and early stopping off, so the fit is deterministic)."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.linear_model import Ridge
+
+    y_train = np.asarray(y_train, dtype=float)
+    out = {"training_mean": np.full((len(x_test), 1), y_train.mean() if len(y_train) else np.nan)}
+    if len(x_train) < 2:
+        return out
+    out["ridge"] = Ridge(alpha=1.0).fit(x_train, y_train).predict(x_test)[:, None]
+    trees = HistGradientBoostingRegressor(early_stopping=False, random_state=seed).fit(x_train, y_train)
+    out["gradient_boosted_trees"] = trees.predict(x_test)[:, None]
+    return out

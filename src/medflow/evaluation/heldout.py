@@ -13,9 +13,10 @@ from medflow.paths import Paths
 
 
 def score(predictor: Predictor, paths: Paths, rows: pd.DataFrame, kind: str) -> np.ndarray:
+    """Class probabilities, or a regression's predictions in the target's units (rows x 1)."""
     if kind == "image":
         return predictor.predict_proba(np.load(paths.images, mmap_mode="r")[rows.index.to_numpy()])
-    return predictor.predict_proba(rows)
+    return predictor.outputs(rows)
 
 
 def patient_keys(paths: Paths, row_ids: pd.Series) -> np.ndarray | None:

@@ -149,11 +149,56 @@ def plot_reliability(bins: dict, out: Path, label: str) -> None:
     _save(fig, out)
 
 
-def plot_learning_curves(history: dict[str, list[tuple[int, float]]], out: Path, best_epoch: int | None) -> None:
-    """history: metric name -> (epoch, value), as train logged them: losses left, accuracies right."""
+def prediction_bins(y: np.ndarray, pred: np.ndarray, n_bins: int = 10, min_rows: int = 5) -> dict[str, list[float]]:
+    """A regression's test rows in bins of equal size by prediction (fewer bins when rows are few, none under
+    min_rows rows): each bin's mean prediction, mean observed value, mean residual (observed - predicted) and its
+    standard deviation. Bins, not points: a scatter would draw each patient's outcome."""
+    order = np.argsort(pred, kind="stable")
+    k = max(1, min(n_bins, len(y) // min_rows))
+    parts = [p for p in np.array_split(order, k) if len(p)]
+    residual = y - pred
+    return {
+        "predicted": [float(pred[p].mean()) for p in parts],
+        "observed": [float(y[p].mean()) for p in parts],
+        "residual": [float(residual[p].mean()) for p in parts],
+        "residual_sd": [float(residual[p].std()) for p in parts],
+        "counts": [len(p) for p in parts],
+    }
+
+
+def plot_predicted_observed(bins: dict, out: Path, target: str) -> None:
+    """bins: prediction_bins(); the diagonal is a model whose predictions are right on average in every bin."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    lo = min(bins["predicted"] + bins["observed"])
+    hi = max(bins["predicted"] + bins["observed"])
+    ax.plot([lo, hi], [lo, hi], "k:", label="observed = predicted")
+    ax.plot(bins["predicted"], bins["observed"], "s-", label="model (bins of test rows by prediction)")
+    ax.set(xlabel=f"mean predicted {target}", ylabel=f"mean observed {target}")
+    ax.set_title("Predicted vs observed (test split)")
+    ax.legend(loc="upper left", fontsize=8)
+    _save(fig, out)
+
+
+def plot_residuals(bins: dict, out: Path, target: str) -> None:
+    """bins: prediction_bins(); each bin's mean residual with one standard deviation either side."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.axhline(0, color="k", ls=":")
+    ax.errorbar(bins["predicted"], bins["residual"], yerr=bins["residual_sd"], fmt="o", capsize=3)
+    ax.set(xlabel=f"mean predicted {target}", ylabel="observed - predicted (mean ± 1 sd)")
+    ax.set_title("Residuals by predicted value (test split)")
+    _save(fig, out)
+
+
+def plot_learning_curves(
+    history: dict[str, list[tuple[int, float]]], out: Path, best_epoch: int | None, score: str = "accuracy"
+) -> None:
+    """history: metric name -> (epoch, value), as train logged them: losses left, the task's score (accuracy, mae)
+    right."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-    for ax, kind in zip(axes, ("loss", "accuracy"), strict=True):
+    for ax, kind in zip(axes, ("loss", score), strict=True):
         for split in ("train", "val"):
             points = history.get(f"{split}_{kind}", [])
             if points:

@@ -66,6 +66,8 @@ class Predictor:
         kind = ImageNormaliser if self.schema.kind == "image" else Preprocessor
         self.preprocessor = kind.from_dict(json.loads((bundle / "preprocessor.json").read_text()))
         config = json.loads((bundle / "model.json").read_text())
+        # Regression bundles only: {"mean", "std"} of the training split's target, which the one output is scaled by.
+        self.target_scale = config.pop("target_scale", None)
         self.model = build(config.pop("name"), **config)
         self.model.load_state_dict(torch.load(bundle / "weights.pt", map_location="cpu", weights_only=True))
         self.model.eval()
@@ -96,7 +98,19 @@ class Predictor:
             )
         return arr
 
+    def outputs(self, raw) -> np.ndarray:
+        """What the model answers for each row: class probabilities (rows x classes), or a regression's predictions
+        in the target's units (rows x 1)."""
+        if self.target_scale is None:
+            return self.predict_proba(raw)
+        x = torch.from_numpy(self.preprocessor.transform(coerce_features(raw, self.schema)))
+        with torch.inference_mode():
+            z = self.model(x).double().numpy()
+        return z * self.target_scale["std"] + self.target_scale["mean"]
+
     def predict_proba(self, raw) -> np.ndarray:
+        if self.target_scale is not None:
+            raise BatchRejected("a regression model predicts values, not probabilities: use predict")
         if self.schema.kind == "image":
             return self._predict_images(self.images(raw))
         x = torch.from_numpy(self.preprocessor.transform(coerce_features(raw, self.schema)))
@@ -131,7 +145,8 @@ class Predictor:
         return self.score(raw)
 
     def score(self, raw: pd.DataFrame) -> pd.DataFrame:
-        """row (1-based input row number), prediction, proba_<class>, status (`ok` or `refused`) and reason.
+        """row (1-based input row number), prediction, proba_<class>, status (`ok` or `refused`) and reason; a
+        regression's prediction is a number in the target's units and it has no probabilities.
 
         A batch without a feature column is refused whole (BatchRejected); a row failing a row check keeps its
         place with empty probabilities and its reason, so callers never get a confident score for a bad row."""
@@ -146,6 +161,14 @@ class Predictor:
             raise BatchRejected(f"batch of {len(raw)} rows lacks {len(missing)} feature column(s) {missing}")
         reasons = row_problems(raw, self.schema, self.preprocessor.ranges)
         ok = reasons.eq("").to_numpy()
+        if self.target_scale is not None:
+            values = np.full(len(raw), np.nan)
+            if ok.any():
+                values[ok] = self.outputs(raw[ok])[:, 0]
+            out = pd.DataFrame({"row": np.arange(1, len(raw) + 1), "prediction": values}, index=raw.index)
+            out["status"] = np.where(ok, "ok", "refused")
+            out["reason"] = reasons.to_numpy()
+            return out
         proba = np.full((len(raw), len(self.classes)), np.nan)
         labels = np.full(len(raw), None, dtype=object)
         if ok.any():

@@ -40,10 +40,11 @@ def write_atomic(frame: pd.DataFrame, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_scored(scored: pd.DataFrame, name: str, version: str, output_path: Path) -> dict:
-    """Writes Predictor.score's table, labelled with the model that scored it, to output_path; returns counts."""
+def write_scored(scored: pd.DataFrame, name: str, version: str, output_path: Path, classes: bool = True) -> dict:
+    """Writes Predictor.score's table, labelled with the model that scored it, to output_path; returns counts. A
+    classifier's prediction is written as `label`; a regression's stays `prediction`, a number in the target's units."""
     scored.insert(1, "model", name)
     scored.insert(2, "version", version)
-    write_atomic(scored.rename(columns={"prediction": "label"}), Path(output_path))
+    write_atomic(scored.rename(columns={"prediction": "label"}) if classes else scored, Path(output_path))
     ok = int(scored["status"].eq("ok").sum())
     return {"model": name, "version": version, "rows": len(scored), "ok": ok, "refused": len(scored) - ok}

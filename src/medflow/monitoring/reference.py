@@ -90,6 +90,7 @@ def score_reference(score: np.ndarray, threshold: float | None, bins: int, k: in
 
 
 def positive_score(proba: np.ndarray) -> np.ndarray:
+    """The score monitored: P(positive) (binary), the top class's probability, or a regression's prediction."""
     return proba[:, 1] if proba.shape[1] == 2 else proba.max(axis=1)
 
 
@@ -109,7 +110,8 @@ def build(train_rows: pd.DataFrame, schema: Schema, scores: np.ndarray, threshol
         "train_rows": int(len(train_rows)),
         "classes": schema.classes,
         "features": features,
-        "score": score_reference(scores, threshold, bins, k),
+        # A regression's predictions (no classes) are binned as a numeric feature is, in the target's units.
+        "score": score_reference(scores, threshold, bins, k) if schema.classes else numeric_reference(scores, bins, k),
     }
 
 

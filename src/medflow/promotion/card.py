@@ -19,9 +19,16 @@ def _table(rows: dict[str, object], head: tuple[str, str]) -> list[str]:
     return out
 
 
+def _what(schema: Schema) -> str:
+    """What the model does, as the card's first words say it."""
+    if schema.classes:
+        return f"{schema.task.capitalize()} classification of `{schema.target}` ({', '.join(schema.classes)})"
+    return f"{schema.task.capitalize()} of `{schema.target}` (a number, predicted in its own units)"
+
+
 def model_description(schema: Schema, dataset: str, metric: str) -> str:
     return (
-        f"{schema.task.capitalize()} classification of `{schema.target}` ({', '.join(schema.classes)}), trained "
+        f"{_what(schema)}, trained "
         f"by medflow on `{dataset}`. Alias `champion` is the version in use, `challenger` the latest one that was "
         f"not promoted; each version's description is its model card and its tags hold lineage and the gate "
         f"decision on `{metric}`. Load with `mlflow.pyfunc.load_model('models:/<name>@champion')`."
@@ -33,8 +40,9 @@ def split_policy(params: Params, schema: Schema) -> str:
     unit = "patient (all of a patient's rows in one split)" if schema.patient_id else "row (no patient id)"
     return (
         f"by {unit}, identical feature rows kept together; validation {params.split.val:.0%}, "
-        f"test {params.split.test:.0%}, seed {params.seed}. The threshold is chosen on validation, every metric "
-        "is measured on test."
+        f"test {params.split.test:.0%}, seed {params.seed}. "
+        + ("The threshold is chosen on validation, every metric " if schema.classes else "Every metric ")
+        + "is measured on test."
     )
 
 
@@ -75,10 +83,12 @@ def card_data(
     return {
         "name": name,
         "version": version,
-        "task": f"{schema.task} classification of `{schema.target}`",
+        "task": f"{schema.task} classification of `{schema.target}`"
+        if schema.classes
+        else f"{schema.task} of `{schema.target}`",
         "classes": list(schema.classes),
         "intended_use": (
-            f"{schema.task.capitalize()} classification of `{schema.target}` ({', '.join(schema.classes)}) from "
+            f"{_what(schema)} from "
             f"{'images' if schema.kind == 'image' else 'tabular features'}, as decision support for research and "
             "quality-improvement work. Not a medical device: every prediction needs review by a qualified clinician."
         ),
@@ -127,6 +137,7 @@ def card_data(
             "comparison": gate.get("comparison"),
         },
         "candidate": gate.get("models", {}).get("candidate"),
+        **({"lower_is_better": True} if gate.get("lower_is_better") else {}),
         "baselines": {
             k.removeprefix("baseline "): {**v, "delta": gate.get("baseline_deltas", {}).get(k)}
             for k, v in gate.get("models", {}).items()
@@ -137,9 +148,12 @@ def card_data(
             "Evaluated on one held-out split of one dataset; performance on other sites, devices or populations is "
             "unknown until measured there.",
             "Measured only on inputs like the training split's; rows that scoring refuses (a missing feature column, "
-            "text in a numeric column, a value outside the training range) get no probability.",
+            "text in a numeric column, a value outside the training range) get no "
+            + ("probability." if schema.classes else "prediction."),
             "Probabilities are not calibrated unless the calibration section says so; the temperature is reported, "
-            "not applied.",
+            "not applied."
+            if schema.classes
+            else "Calibration-in-the-large and the calibration slope are measured on test; nothing recalibrates.",
             "Subgroups are only those named in evaluate.subgroups; groups under the minimum size show no metrics.",
         ],
         "environment": environment,
@@ -279,7 +293,14 @@ def _baselines(card: dict) -> list[str]:
             f"on the validation split; the study never read the test split. Tuned values: {values}.",
             "",
         ]
-    lines += [f"| model | {metric} [95% CI] | Δ this model − baseline [95% CI] |", "|---|---|---|"]
+    if card.get("lower_is_better"):
+        lines += [
+            f"Lower {metric} is better: each Δ is the improvement, baseline − this model, positive when this model "
+            "is better.",
+            "",
+        ]
+    change = "baseline − this model" if card.get("lower_is_better") else "this model − baseline"
+    lines += [f"| model | {metric} [95% CI] | Δ {change} [95% CI] |", "|---|---|---|"]
     cand = card.get("candidate")
     if cand:
         who = f"this model (tuned: trial {t['best_trial']})" if t else "this model"
@@ -331,8 +352,9 @@ def gate_markdown(report: dict) -> str:
     if c is None:
         lines.append(report.get("champion_note") or "No reference to compare with.")
     else:
+        minus = f"{c['reference']} − candidate (lower is better)" if report.get("lower_is_better") else None
         lines += [
-            f"Δ {metric} = candidate − {c['reference']} = {c['delta']:+.4f}, 95% CI [{c['ci_low']:+.4f}, "
+            f"Δ {metric} = {minus or 'candidate − ' + c['reference']} = {c['delta']:+.4f}, 95% CI [{c['ci_low']:+.4f}, "
             f"{c['ci_high']:+.4f}] ({c['n_boot']} paired resamples). Rule: {c['test']}, lower bound must exceed "
             f"{c['bound']:+.4f}: {'met' if c['passed'] else 'not met'}.",
         ]

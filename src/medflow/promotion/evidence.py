@@ -20,15 +20,16 @@ from medflow.data.columns import LABEL, ROW_ID, SPLIT
 from medflow.data.features import Schema, coerce_features
 from medflow.data.manifest import load_split
 from medflow.data.sources import dataset_name
-from medflow.evaluation.baselines import baseline_proba, flat_pixels
+from medflow.evaluation.baselines import flat_pixels
 from medflow.evaluation.heldout import patient_keys, score
-from medflow.evaluation.metrics import Delta, bootstrap_draws, interval, paired_delta, weighted_metric
+from medflow.evaluation.metrics import Delta, interval, paired_delta
 from medflow.evaluation.subgroups import group_labels, subgroup_report
 from medflow.models.bundle import Predictor
 from medflow.params import Params
 from medflow.paths import Paths
 from medflow.promotion.gate import Comparison, subgroup_regressions
 from medflow.promotion.leakage import leak_check
+from medflow.tasks import for_params
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +104,20 @@ def gate_evidence(
     """Scores candidate, champion (when it loaded) and baselines on the same test rows; returns the paired test the
     gate reads, the subgroups that regressed, and the report (aggregates only)."""
     gp, ep = params.register.gate, params.evaluate
+    task = for_params(params)
     metric = ep.primary_metric
+    # Every delta is an improvement, positive = better: candidate - reference, or the reverse for a metric that is
+    # better lower (MAE), so the gate's one rule (the lower bound above a bound) holds in either direction.
+    sign = 1.0 if task.higher_is_better(metric) else -1.0
     split = test_split(paths)
     predictor = Predictor(paths.model_bundle)
     kind = predictor.schema.kind
     cand = score(predictor, paths, split.rows, kind)
-    n_classes = len(predictor.classes)
-    baselines = baseline_proba(
+    baselines = task.baselines(
         _baseline_features(predictor, paths, split.train),
         split.train[LABEL].to_numpy(),
         _baseline_features(predictor, paths, split.rows),
-        n_classes,
+        predictor.schema,
         params.seed,
     )
     probas = {"candidate": cand} | {f"baseline {b}": proba for b, proba in baselines.items()}
@@ -130,9 +134,8 @@ def gate_evidence(
 
     # Every model on the same resampled patients, drawn once: each interval and each paired difference reads
     # these draws, the very ones a bootstrap of its own with the same seed would make.
-    one = np.ones((1, len(split.y)))
-    point = {who: float(weighted_metric(metric, split.y, p, one)[0]) for who, p in probas.items()}
-    every = bootstrap_draws(split.y, list(probas.values()), split.groups, metric, gp.n_boot, params.seed)
+    point = {who: task.point(metric, split.y, p) for who, p in probas.items()}
+    every = task.draws(split.y, list(probas.values()), split.groups, metric, gp.n_boot, params.seed)
     draws = dict(zip(probas, every, strict=True))
     models = {}
     for who, d in draws.items():
@@ -140,21 +143,32 @@ def gate_evidence(
         models[who] = {metric: point[who], "ci_low": lo, "ci_high": hi}
 
     def versus(ref: str) -> Delta:
-        return paired_delta(metric, [point["candidate"], point[ref]], np.stack([draws["candidate"], draws[ref]]))
+        pair = np.stack([draws["candidate"], draws[ref]])
+        return paired_delta(metric, [sign * point["candidate"], sign * point[ref]], sign * pair)
 
     # Candidate minus each baseline: the model card shows them side by side.
     deltas = {f"baseline {b}": versus(f"baseline {b}") for b in baselines}
+
+    def margin(value: float, key: str, ref: str) -> tuple[float, str]:
+        # A metric better lower is in the target's units (MAE): its margins are fractions of the reference's value.
+        if sign > 0:
+            return value, key
+        return value * abs(point[ref]), f"{key}={value:g} of {ref}'s {metric}"
+
     if champion_proba is not None:
         ref = f"champion v{champion.version}"
-        comparison = Comparison(ref, versus(ref), gp.test, gp.margin)
-    elif champion is None:
-        best = max(baselines, key=lambda b: np.nan_to_num(models[f"baseline {b}"][metric], nan=-np.inf))
         comparison = Comparison(
-            f"baseline {best}",
-            deltas[f"baseline {best}"],
+            ref, versus(ref), gp.test, *margin(gp.margin, "register.gate.margin", ref), lower_is_better=sign < 0
+        )
+    elif champion is None:
+        best = max(baselines, key=lambda b: np.nan_to_num(sign * models[f"baseline {b}"][metric], nan=-np.inf))
+        ref = f"baseline {best}"
+        comparison = Comparison(
+            ref,
+            deltas[ref],
             "non_inferiority",
-            gp.baseline_margin,
-            "register.gate.baseline_margin",
+            *margin(gp.baseline_margin, "register.gate.baseline_margin", ref),
+            lower_is_better=sign < 0,
         )
 
     regressions, subgroups = (), []
@@ -178,6 +192,8 @@ def gate_evidence(
 
     report = {
         "primary_metric": metric,
+        # Only where lower is better, so a classifier's report reads as it always has.
+        **({"lower_is_better": True} if sign < 0 else {}),
         "test": {
             "rows": len(split.y),
             "patients": len(np.unique(split.groups)) if split.groups is not None else len(split.y),

@@ -33,6 +33,8 @@ class Comparison:
     test: str  # superiority | non_inferiority
     margin: float  # non_inferiority only
     margin_key: str = "register.gate.margin"  # the parameter that set margin, named in every refusal
+    # The metric is better lower (MAE): delta is then reference - candidate, an improvement as for every metric.
+    lower_is_better: bool = False
 
     @property
     def bound(self) -> float:
@@ -48,8 +50,9 @@ class Comparison:
             rule = "superiority (register.gate.test)"
         else:
             rule = f"non-inferiority, margin {self.margin:g} ({self.margin_key})"
+        what = f"improvement in {d.metric} ({self.reference} - candidate)" if self.lower_is_better else d.metric
         return (
-            f"delta {d.metric} vs {self.reference} = {d.delta:+.4f} (95% CI [{d.ci_low:+.4f}, {d.ci_high:+.4f}]); "
+            f"delta {what} vs {self.reference} = {d.delta:+.4f} (95% CI [{d.ci_low:+.4f}, {d.ci_high:+.4f}]); "
             f"{rule} needs the lower bound above {self.bound:+.4f}"
         )
 
@@ -67,13 +70,16 @@ def decide(
     mismatch: str | None = None,
     exploratory: str | None = None,
     leak: str | None = None,
+    higher_is_better: bool = True,
 ) -> Decision:
     """comparison: the paired test against the champion, or against the best baseline when there is none;
-    regressions: subgroups that lost more than the tolerance; mismatch: how the candidate's inputs differ from the
+    regressions: subgroups that lost more than the tolerance; higher_is_better: False makes floor a ceiling;
+    mismatch: how the candidate's inputs differ from the
     champion's; exploratory: why the run is an experiment; leak: why its score looks learnt from a leak."""
     decision = _by_evidence(
-        metric, value, floor, champion_version, comparison, sensitivity, min_sensitivity, regressions, mismatch
-    )
+        metric, value, floor, champion_version, comparison, sensitivity, min_sensitivity, regressions, mismatch,
+        higher_is_better,
+    )  # fmt: skip
     if leak:
         return Decision(False, f"{leak}; {decision.reason}")
     if decision.promoted and exploratory:
@@ -91,11 +97,17 @@ def _by_evidence(
     min_sensitivity: float | None,
     regressions: tuple[str, ...],
     mismatch: str | None,
+    higher_is_better: bool = True,
 ) -> Decision:
     if not math.isfinite(value):
         return Decision(False, f"{metric} is not a number")
     failed = []
-    if floor is not None and value < floor:
+    if floor is not None and not higher_is_better and value > floor:
+        failed.append(
+            f"{metric}={value:.4f} is above the ceiling {floor:.4f} (register.min_primary, a ceiling for a metric "
+            "where lower is better; -P register.min_primary=VALUE changes it, null removes it)"
+        )
+    if floor is not None and higher_is_better and value < floor:
         failed.append(
             f"{metric}={value:.4f} is below the floor {floor:.4f} (register.min_primary; "
             "-P register.min_primary=VALUE changes it, null removes it)"

@@ -17,6 +17,7 @@ from medflow.params import DataParams, Params
 from medflow.paths import Paths
 from medflow.privacy.keys import pseudonymise, resolve_salt
 from medflow.privacy.phi import undeclared_identifiers
+from medflow.tasks import for_params
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,10 @@ def build_schema(
     labels: pd.Series,
     formats: dict[str, dict] | None = None,
     text_why: dict[str, str] | None = None,
+    has_classes: bool = True,
 ) -> Schema:
-    """text_why: validate's reason why each text column is one (columns.not_features of its summary)."""
+    """text_why: validate's reason why each text column is one (columns.not_features of its summary); has_classes:
+    whether data.task's target is a class (medflow.tasks)."""
     dropped: dict[str, str] = {}
     for col, kind in kinds.items():
         if kind == "identifier":
@@ -81,7 +84,7 @@ def build_schema(
     categorical = [c for c in candidates if kinds[c] == "categorical" and c not in dropped]
     if not numeric + categorical:
         raise CleanError(f"no feature column left after dropping identifiers and text columns: {dropped}")
-    classes = label_classes(labels, data)
+    classes = label_classes(labels, data) if has_classes else []
     return Schema(
         target=data.target,
         classes=classes,
@@ -91,6 +94,7 @@ def build_schema(
         positive_class=None if data.positive_class is None else classes[1],
         dropped=dropped,
         formats={c: f for c, f in (formats or {}).items() if c in numeric},
+        outcome=data.task,
     )
 
 
@@ -120,6 +124,7 @@ def clean_table(df: pd.DataFrame, schema: Schema, salt: str | None) -> pd.DataFr
 
 
 def run(params: Params, paths: Paths) -> dict:
+    task = for_params(params)
     kinds = json.loads((paths.step_dir("validate") / "columns.json").read_text())
     df = pd.read_parquet(paths.valid_rows)
     salt = None if PATIENT_KEY in df else resolve_salt(params)
@@ -136,7 +141,7 @@ def run(params: Params, paths: Paths) -> dict:
         formats = json.loads(paths.number_formats.read_text()) if paths.number_formats.exists() else {}
         validated = json.loads(paths.summary("validate").read_text()) if paths.summary("validate").exists() else {}
         text_why = validated.get("columns", {}).get("not_features")
-        schema = build_schema(kinds, params.data, df[params.data.target], formats, text_why)
+        schema = build_schema(kinds, params.data, df[params.data.target], formats, text_why, task.has_classes)
         kept, duplicates = split_duplicates(df)
     cleaned = clean_table(kept, schema, salt)
     cleaned.to_parquet(paths.cleaned, index=False)
@@ -153,9 +158,12 @@ def run(params: Params, paths: Paths) -> dict:
         "dropped_columns": sorted(schema.dropped),
         # Columns the table has that the model does not use, without being declared so: said on the terminal.
         "not_features": {c: why for c, why in schema.dropped.items() if kinds.get(c) not in DECLARED},
-        "classes": schema.classes,
-        "class_counts": np.bincount(cleaned[LABEL], minlength=len(schema.classes)).tolist(),
     }
+    if task.has_classes:
+        summary |= {
+            "classes": schema.classes,
+            "class_counts": np.bincount(cleaned[LABEL], minlength=len(schema.classes)).tolist(),
+        }
     assert summary["rows_in"] == summary["rows_out"] + summary["rows_quarantined"]
     paths.summary("clean").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -13,6 +13,7 @@ import numpy as np
 from medflow import tracking
 from medflow.data.columns import LABEL, ROW_ID, SPLIT
 from medflow.data.manifest import load_split
+from medflow.evaluation import regression
 from medflow.evaluation.calibration import fit_temperature, scale
 from medflow.evaluation.heldout import patient_keys, score
 from medflow.evaluation.metrics import bootstrap_ci, point_metrics, weighted_metrics
@@ -22,9 +23,12 @@ from medflow.evaluation.plots import (
     plot_forest,
     plot_learning_curves,
     plot_pr,
+    plot_predicted_observed,
     plot_reliability,
+    plot_residuals,
     plot_roc,
     pr_curves,
+    prediction_bins,
     reliability_bins,
     roc_curves,
     roc_points,
@@ -34,8 +38,9 @@ from medflow.evaluation.threshold import choose_threshold
 from medflow.models.bundle import Predictor
 from medflow.params import Params
 from medflow.paths import Paths
+from medflow.tasks import for_params
 
-LEARNING_CURVE_KEYS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+LEARNING_CURVE_KEYS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "train_mae", "val_mae")
 
 
 def _finite(d: dict) -> dict:
@@ -108,14 +113,67 @@ def _report_md(report: dict, metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _regression_md(report: dict, metrics: dict) -> str:
+    lines = [
+        "# Evaluation (test split)",
+        "",
+        f"{report['test_rows']} rows, {report['test_patients']} patients; intervals: 95% percentile bootstrap "
+        f"over {report['resampled']} ({report['n_boot']} resamples). MAE and RMSE in the target's units (lower is "
+        "better); calibration-in-the-large is mean observed - mean predicted (0 is calibrated), the calibration "
+        "slope that of observed on predicted (1 is calibrated).",
+        "",
+        "| metric | value | 95% CI |",
+        "|---|---|---|",
+    ]
+    for name in regression.METRICS:
+        k = f"test_{name}"
+        if k in metrics:
+            lo, hi = metrics.get(f"{k}_ci_low"), metrics.get(f"{k}_ci_high")
+            ci = f"[{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else ""
+            lines.append(f"| {name} | {metrics[k]:.4f} | {ci} |")
+    if report.get("learning_curves") is None:
+        lines += ["", "No per-epoch history on the training run: no learning curves."]
+    return "\n".join(lines) + "\n"
+
+
+def _regression(params: Params, paths: Paths, test, predictor: Predictor, target: str) -> tuple[dict, dict]:
+    """A regression's metrics with their patient-bootstrap intervals, its report and its binned plots."""
+    ep = params.evaluate
+    y, pred = test[LABEL].to_numpy(dtype="float64"), score(predictor, paths, test, "tabular")[:, 0]
+    groups = patient_keys(paths, test[ROW_ID])
+    metrics = _finite({f"test_{k}": v for k, v in regression.point_metrics(y, pred).items()})
+    for k, (lo, hi) in regression.bootstrap_ci(y, pred, groups, ep.n_boot, params.seed).items():
+        if f"test_{k}" in metrics:
+            metrics |= _finite({f"test_{k}_ci_low": lo, f"test_{k}_ci_high": hi})
+    n_patients = len(np.unique(groups)) if groups is not None else len(test)
+    metrics |= {"n_test": len(test), "n_test_patients": n_patients}
+    plots = paths.step_dir("evaluate") / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    bins = prediction_bins(y, pred, ep.calibration_bins, params.validate_.small_count)
+    plot_predicted_observed(bins, plots / "predicted_vs_observed.png", target)
+    plot_residuals(bins, plots / "residuals.png", target)
+    report = {
+        "test_rows": len(test),
+        "test_patients": n_patients,
+        "resampled": "rows (no patient id)" if groups is None else "patients",
+        "n_boot": ep.n_boot,
+        "bins": {k: bins[k] for k in ("predicted", "observed", "residual", "counts")},
+    }
+    return metrics, report
+
+
 def run(params: Params, paths: Paths) -> dict:
     ep = params.evaluate
+    task = for_params(params)
     df, schema = load_split(paths)
     test = df[df[SPLIT] == "test"]
     if test.empty:
         raise ValueError(f"{paths.manifest}: the test split is empty; enlarge the data or split.test")
     # Scoring goes through the same Predictor the registered model uses.
     predictor = Predictor(paths.model_bundle)
+    if not task.has_classes:
+        metrics, report = _regression(params, paths, test, predictor, schema.target)
+        return _finish(params, paths, metrics, report, _regression_md, task.epoch_metric)
     proba = score(predictor, paths, test, schema.kind)
     y = test[LABEL].to_numpy()
     groups = patient_keys(paths, test[ROW_ID])
@@ -170,10 +228,6 @@ def run(params: Params, paths: Paths) -> dict:
     metrics |= _finite(
         {"temperature": temperature, "test_ece_scaled": scaled["ece"][0], "test_brier_scaled": scaled["brier"][0]}
     )
-    primary = f"test_{ep.primary_metric}"
-    if primary not in metrics:
-        raise ValueError(f"evaluate.primary_metric={ep.primary_metric!r} is undefined on this test split")
-
     report: dict = {
         "test_rows": len(test),
         "test_patients": n_patients,
@@ -199,18 +253,27 @@ def run(params: Params, paths: Paths) -> dict:
     (out / "roc.json").write_text(json.dumps(roc_points(y, proba, schema.classes)) + "\n")
     if "subgroups" in report:
         plot_forest(report["subgroups"], plots / "subgroups.png", point[ep.primary_metric])
+    return _finish(params, paths, metrics, report, _report_md, task.epoch_metric)
 
+
+def _finish(params: Params, paths: Paths, metrics: dict, report: dict, markdown, score: str) -> dict:
+    """Learning curves, then metrics.json, report.json and report.md written and logged to the training run."""
+    out = paths.step_dir("evaluate")
+    plots = out / "plots"
+    primary = f"test_{params.evaluate.primary_metric}"
+    if primary not in metrics:
+        raise ValueError(f"evaluate.primary_metric={params.evaluate.primary_metric!r} is undefined on this test split")
     run_id = json.loads(paths.train_run.read_text())["run_id"]
     tracking.configure(paths)
     history = _history(run_id)
     report["learning_curves"] = sorted(history) or None
     if history:
         best = json.loads(paths.summary("train").read_text()).get("best_epoch")
-        plot_learning_curves(history, plots / "learning_curves.png", best)
+        plot_learning_curves(history, plots / "learning_curves.png", best, score)
 
     paths.metrics.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(_report_md(report, metrics))
+    (out / "report.md").write_text(markdown(report, metrics))
     tracking.log_metrics(run_id, metrics)
     tracking.log_artifacts(run_id, plots, "evaluation")
     for name in ("report.json", "report.md"):

@@ -26,6 +26,7 @@ from medflow.promotion.card import card_data, gate_markdown, model_card, model_d
 from medflow.promotion.evidence import Champion, exploratory, gate_evidence, mismatch, not_rescored, schema_hash
 from medflow.promotion.gate import decide
 from medflow.promotion.leakage import leak_reason
+from medflow.tasks import for_params
 from medflow.tracking.bundles import download_bundle
 from medflow.tracking.integrity import ModelFilesChanged
 from medflow.tuning.tuned import study_of
@@ -159,6 +160,7 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
             mismatch=differs,
             exploratory=exploratory(params),
             leak=leak_reason(report["leak_check"], params),
+            higher_is_better=for_params(params).higher_is_better(params.evaluate.primary_metric),
         )
     gate = resume.gate_line(decision)
     tags = {**lineage, **identity, **resume.decision_tags(decision, params, pending)}

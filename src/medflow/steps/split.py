@@ -16,6 +16,7 @@ from medflow.data.columns import LABEL, PATIENT_KEY, ROW_ID
 from medflow.data.features import Schema
 from medflow.params import Params, SplitParams
 from medflow.paths import Paths
+from medflow.tasks import of
 
 SPLITS = ("train", "val", "test")
 
@@ -95,6 +96,10 @@ def run(params: Params, paths: Paths) -> dict:
     df = pd.read_parquet(paths.cleaned)
     schema = Schema.load(paths.schema)
     labels = df[LABEL].to_numpy()
+    classed = of(schema).has_classes
+    if not classed:
+        # A continuous target: the groups are stratified by its quintile, so each split spans its range.
+        labels = np.searchsorted(np.nanquantile(labels, [0.2, 0.4, 0.6, 0.8]), labels)
     split = assign_splits(leakage_groups(df, schema.identity_columns), labels, params.split, params.seed)
     check_no_leakage(df, split, schema.identity_columns)
 
@@ -110,7 +115,10 @@ def run(params: Params, paths: Paths) -> dict:
     manifest.to_csv(paths.manifest, index=False)
     summary = {
         "rows": {s: int((split == s).sum()) for s in SPLITS},
-        "class_counts": {s: np.bincount(labels[split == s], minlength=len(schema.classes)).tolist() for s in SPLITS},
+        # Regression: rows per quintile of the target, the strata.
+        "class_counts" if classed else "quintile_counts": {
+            s: np.bincount(labels[split == s], minlength=len(schema.classes)).tolist() for s in SPLITS
+        },
         "patients": {s: int(manifest.loc[split == s, "patient_key"].nunique()) for s in SPLITS}
         if schema.patient_id
         else None,

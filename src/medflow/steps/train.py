@@ -38,6 +38,7 @@ from medflow.models.tabular import build, check_kind
 from medflow.params import Params
 from medflow.params import load as load_params
 from medflow.paths import Paths
+from medflow.tasks import for_params
 from medflow.training import distributed
 from medflow.training.loop import FitConfig, Progress, fit, pick_device, seed_everything
 from medflow.training.settings import LOOP_SETTINGS, balanced_weights, cpu_threads
@@ -83,11 +84,23 @@ def upstream_counts(paths: Paths) -> dict[str, int]:
     return counts
 
 
+def targets(df: pd.DataFrame, positions: dict[str, np.ndarray], has_classes: bool):
+    """Each split's labels as the network learns them, and how to read its output in the target's units (None for
+    classes): a regression target standardised by the training split's mean and standard deviation."""
+    y = {s: df[LABEL].to_numpy()[pos] for s, pos in positions.items()}
+    if has_classes:
+        return {s: torch.from_numpy(v) for s, v in y.items()}, None
+    mean, std = float(y["train"].mean()), float(y["train"].std()) or 1.0
+    return {s: torch.from_numpy(((v - mean) / std).astype("float32")) for s, v in y.items()}, {"mean": mean, "std": std}
+
+
 def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
-    """Tensors of the train/val splits, the fitted preprocessing and the model config, for either kind of data."""
+    """Tensors of the train/val splits, the fitted preprocessing, the model config and the target's scale (None for
+    classes), for either kind of data."""
     model = params.train.model
+    task = for_params(params)
     positions = {s: np.flatnonzero(df[SPLIT].to_numpy() == s) for s in ("train", "val")}
-    y = {s: torch.from_numpy(df[LABEL].to_numpy()[pos]) for s, pos in positions.items()}
+    y, scale = targets(df, positions, task.has_classes)
     if schema.kind == "image":
         images = np.load(paths.images, mmap_mode="r")
         if len(images) != len(df) or list(images.shape[1:]) != schema.image_shape:
@@ -98,7 +111,7 @@ def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
         x = {s: torch.from_numpy(np.ascontiguousarray(images[pos])) for s, pos in positions.items()}
         pre = ImageNormaliser.fit(x["train"].numpy())
         h, w, c = schema.image_shape
-        config = {"name": model, "in_shape": [c, h, w], "n_classes": len(schema.classes)}
+        config = {"name": model, "in_shape": [c, h, w], "n_classes": task.head_width(schema)}
         config |= vision.options(model, params.train)
     else:
         pre = Preprocessor(schema.numeric, schema.categorical, small_count=params.validate_.small_count)
@@ -107,11 +120,11 @@ def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
         config = {
             "name": model,
             "n_in": len(pre.feature_names),
-            "n_classes": len(schema.classes),
+            "n_classes": task.head_width(schema),
             "hidden": params.train.hidden,
             "dropout": params.train.dropout,
         }
-    return x, y, pre, config
+    return x, y, pre, config, scale
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -131,6 +144,9 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
     rank, world = distributed.rank_world()
     # What refuses the run is checked before one opens: a misconfiguration leaves no FAILED run behind.
     schema = Schema.load(paths.schema)
+    task = for_params(params)
+    if task.name != schema.outcome:
+        raise ValueError(f"{paths.schema}: cleaned for data.task={schema.outcome}; rerun clean for {task.name}")
     check_kind(p.model, schema.kind)
     rows = json.loads(paths.summary("split").read_text())["rows"]
     for name in ("train", "val"):
@@ -158,12 +174,12 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
 
     try:
         df, schema = load_split(paths)
-        x, y, pre, config = features(params, paths, df, schema)
+        x, y, pre, config, scale = features(params, paths, df, schema)
         if opened:
             run_id = opened.result().run_id  # a run that cannot open (a busy store, PHI in params) stops here
         seed_everything(params.seed, p.deterministic)
         model = build(**config)
-        balanced = p.class_weights == "balanced"
+        balanced = p.class_weights == "balanced" and task.has_classes
         cfg = FitConfig(
             **p.model_dump(include=LOOP_SETTINGS),
             seed=params.seed,
@@ -172,6 +188,9 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
             mean=tuple(pre.mean) if schema.kind == "image" else None,
             std=tuple(pre.std) if schema.kind == "image" else None,
             checkpoint=ckpt,
+            task=task.name,
+            loss=p.loss,
+            metric_scale=scale["std"] if scale else 1.0,
         )
         unit = "img/s" if schema.kind == "image" else "rows/s"
         result = fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch, Progress(p.max_epochs, unit))
@@ -185,7 +204,8 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
             tracking.end_run(opened.result().run_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
             paths.training_run.unlink(missing_ok=True)
         raise
-    best_acc = result.history[result.best_epoch - 1]["val_accuracy"] if result.best_epoch else None
+    score = f"val_{task.epoch_metric}"
+    best_score = result.history[result.best_epoch - 1][score] if result.best_epoch else None
     summary = {
         "run_id": run_id,
         "device": str(device),
@@ -194,7 +214,7 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
         "epochs_run": result.epochs_run,
         "resumed_from": result.resumed_from,
         "best_val_loss": round(result.best_val_loss, 6),
-        "best_val_accuracy": best_acc,
+        f"best_{score}": best_score,
         "train_rows": len(x["train"]),
         "val_rows": len(x["val"]),
     }
@@ -208,7 +228,8 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
     for epoch, row in enumerate(result.history[: result.resumed_from], start=1):
         tracking.log_epoch(run_id, row, step=epoch)
     model.cpu()
-    save_bundle(paths.model_bundle, model, config, pre, schema)
+    # A regression bundle records its target's scale: the Predictor answers in the target's units.
+    save_bundle(paths.model_bundle, model, config | ({"target_scale": scale} if scale else {}), pre, schema)
     ckpt.unlink(missing_ok=True)  # the bundle is the result: a finished run leaves nothing to resume
     tracking.log_metrics(
         run_id,

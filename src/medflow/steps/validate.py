@@ -21,6 +21,7 @@ from medflow.data.suite import ValidationFailed, suite_kinds
 from medflow.params import Params
 from medflow.paths import Paths
 from medflow.privacy.keys import resolve_salt
+from medflow.tasks import for_params
 from medflow.validation.images import validate_images
 from medflow.validation.outputs import adopt, finish, judge, where_read
 from medflow.validation.quarantine import groupable, held_columns, kinds_of, not_features, patient_key, quarantine
@@ -29,6 +30,7 @@ from medflow.validation.streamed import validate_streamed
 
 
 def run(params: Params, paths: Paths) -> dict:
+    for_params(params)  # a task its params do not suit stops here, before anything is read or removed
     out = paths.step_dir("validate")
     # A failed run must not leave the previous run's valid rows behind for `clean`.
     shutil.rmtree(out, ignore_errors=True)
@@ -59,7 +61,7 @@ def run(params: Params, paths: Paths) -> dict:
     if data.patient_id:
         df.insert(1, PATIENT_KEY, patient_key(df[data.patient_id], salt))
     valid, held = quarantine(df, checks)
-    numbers, categorical = groupable(df, kinds, parsed)
+    numbers, categorical = groupable(df, kinds, parsed, numeric_target=data.task == "regression")
     groups = Groups.of(numbers, categorical)
     groups.add(numbers, df[categorical], df[ROW_ID].isin(held[ROW_ID]).to_numpy())
     held[held_columns(kinds, keep)].to_csv(out / "quarantine.csv", index=False, lineterminator="\n")

@@ -87,6 +87,13 @@ def signature(schema: Schema) -> ModelSignature | None:
     """
     if schema.kind == "image":
         return None  # arrays, lists of paths or a DataFrame of paths: the Predictor checks the shape itself
+    if not schema.classes:  # regression: the prediction in the target's units
+        return ModelSignature(
+            outputs=ColumnSchema(
+                [ColSpec("long", "row"), ColSpec("double", "prediction", required=False)]
+                + [ColSpec("string", "status"), ColSpec("string", "reason")]
+            ),
+        )
     return ModelSignature(
         outputs=ColumnSchema(
             [ColSpec("long", "row"), ColSpec("string", "prediction", required=False)]

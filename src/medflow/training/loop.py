@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import TextIO
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from medflow.console import say
+from medflow.tasks import named
 from medflow.training import augment, checkpoint, distributed
 from medflow.training.data import Split, fits
 
@@ -65,6 +65,11 @@ class FitConfig:
     resume: bool = True
     mixup: float = 0.0  # Beta alpha of mixup (augment.py); 0: off
     cutmix: float = 0.0  # Beta alpha of cutmix, images only; 0: off
+    task: str = "classification"  # data.task (medflow.tasks): the loss and the epoch's score are the task's
+    loss: str = "mse"  # regression: mse | huber
+    # Regression: the training split's target standard deviation, which takes the epoch's MAE from the standardised
+    # scale the network learns on back to the target's units.
+    metric_scale: float = 1.0
 
 
 @dataclass
@@ -121,10 +126,11 @@ class Progress:
         done = epoch - self.first
         eta = elapsed / done * (self.total - epoch) if done else 0.0
         best = " *best" if epoch == best_epoch else f" (best {best_epoch})"
+        score = next(k for k in row if k.startswith("val_") and k != "val_loss")  # the task's: val_accuracy, val_mae
         return (
             f"epoch {epoch}/{self.total}  elapsed {clock_text(elapsed)}  eta {clock_text(eta)}  "
             f"train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}{best}  "
-            f"val_acc {row['val_accuracy']:.4f}  {row['rows_per_s']:,.0f} {self.unit}"
+            f"{'val_acc' if score == 'val_accuracy' else score} {row[score]:.4f}  {row['rows_per_s']:,.0f} {self.unit}"
         )
 
     def update(self, epoch: int, row: dict[str, float], best_epoch: int) -> None:
@@ -169,15 +175,17 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Split, batch: int, autocast: Callable) -> torch.Tensor:
-    """[summed loss, correct] over data, on the device. Unweighted: early stopping tracks the real class mix."""
+def evaluate(model: nn.Module, data: Split, batch: int, autocast: Callable, cfg: FitConfig) -> torch.Tensor:
+    """[summed loss, summed score] over data, on the device: the task's (tasks/), for classification the unweighted
+    cross-entropy (early stopping tracks the real class mix) and the rows classified right."""
+    task = named(cfg.task)
     model.eval()
     sums = torch.zeros(2, device=data.device)
     for i in range(0, len(data), batch):
         xb, yb = data.batch(slice(i, i + batch))
         with autocast():
-            logits = model(xb).float()
-        sums += torch.stack([F.cross_entropy(logits, yb, reduction="sum"), (logits.argmax(1) == yb).sum().float()])
+            out = model(xb).float()
+        sums += torch.stack([task.loss_sum(cfg, out, yb), task.epoch_score(out, yb)])
     return sums
 
 
@@ -241,8 +249,8 @@ def fit(
     # Each rank scores its own slice of the validation set; the sums are all-reduced.
     val = Split(place(x_val[rank::world]), y_val[rank::world].to(home), device, **norm)
 
-    weight = None if cfg.class_weights is None else torch.tensor(cfg.class_weights, device=device)
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    task = named(cfg.task)
+    loss_fn = task.loss(cfg, device)
     # Fused on CUDA and CPU: one kernel per parameter for the whole update instead of ~10 (a fifth of a small
     # MLP's epoch on the CPU). None elsewhere: torch's default (False would force its slowest for-loop version).
     opt = make_optimizer(model, cfg, fused=True if device.type in ("cuda", "cpu") else None)
@@ -314,23 +322,24 @@ def fit(
                 loss.backward()
                 opt.step()
             loss_sum.add_(loss.detach(), alpha=len(yb))
-            correct.add_((logits.detach().argmax(1) == yb).sum())
+            correct.add_(task.epoch_score(logits.detach().float(), yb))
         # Rank 0's clock decides when to checkpoint; its vote rides in the epoch's one all-reduce, so all ranks agree.
         due = rank == 0 and time.monotonic() - last_saved >= cfg.checkpoint_interval_s
         sums = torch.cat(
             [
                 torch.stack([loss_sum, correct]),
-                evaluate(model, val, eval_batch, autocast),
+                evaluate(model, val, eval_batch, autocast, cfg),
                 torch.tensor([float(due)], device=device),
             ]
         )
         train_loss, train_correct, val_loss, val_correct, due = distributed.all_reduce(sums).tolist()  # the one sync
         seconds = time.perf_counter() - t0
+        score = task.epoch_metric
         row = {
             "train_loss": train_loss / n_seen,
-            "train_accuracy": train_correct / n_seen,
+            f"train_{score}": train_correct / n_seen * cfg.metric_scale,
             "val_loss": val_loss / n_val,
-            "val_accuracy": val_correct / n_val,
+            f"val_{score}": val_correct / n_val * cfg.metric_scale,
             "rows_per_s": n_seen / seconds if seconds > 0 else 0.0,
         }
         history.append(row)

@@ -254,6 +254,9 @@ def run(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t = params.tune
+    if params.data.task != "classification":
+        # Its metric (tune.metric: val_accuracy) and trial data (class indices) are a classifier's.
+        raise ParamsError(f"medflow tune: not yet for {params.data.task} (data.task={params.data.task})")
     trials = trials or t.trials
     timeout_s = timeout_s or t.timeout_s
     data = trial_data(paths, params.validate_.small_count)

@@ -93,10 +93,14 @@ def not_features(kinds: dict[str, str], parsed: Parsed, vp: ValidateParams) -> d
     return why
 
 
-def groupable(frame: pd.DataFrame, kinds: dict[str, str], parsed: Parsed) -> tuple[dict[str, np.ndarray], list[str]]:
-    """The columns a quarantine could select patients by: numbers (as parsed) and categories, the target's too."""
-    numeric = [c for c, k in kinds.items() if k == "numeric" and c in frame]
+def groupable(
+    frame: pd.DataFrame, kinds: dict[str, str], parsed: Parsed, numeric_target: bool = False
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The columns a quarantine could select patients by: numbers (as parsed) and categories, the target's too (a
+    number when numeric_target: a regression's)."""
+    number_kinds = ("numeric", "target") if numeric_target else ("numeric",)
+    numeric = [c for c, k in kinds.items() if k in number_kinds and c in frame]
     x = parsed.matrix(numeric, frame.index)
     return {c: x[:, j] for j, c in enumerate(numeric)}, [
-        c for c, k in kinds.items() if k in ("categorical", "target") and c in frame
+        c for c, k in kinds.items() if k in ("categorical", "target") and c in frame and c not in numeric
     ]

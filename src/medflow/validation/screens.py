@@ -70,7 +70,10 @@ def _refuse_suspects(df: pd.DataFrame, data: DataParams, kinds: dict[str, str], 
 
 
 def leakage(df: pd.DataFrame, kinds: dict[str, str], data: DataParams, vp: ValidateParams) -> dict[str, dict]:
-    """{column: {"auc", "rule"}} for features that alone predict the target at leakage_auc or better."""
+    """{column: {"auc", "rule"}} for features that alone predict the target at leakage_auc or better. The screen
+    scores classes; a regression target has none, and the gate's shuffle check is what it has."""
+    if data.task == "regression":
+        return {}
     df = df[df[data.target].notna()]
     labels = df[data.target].astype("string")
     positive = positives(sorted(labels.dropna().unique()), data)
