@@ -239,7 +239,9 @@ class GateParams(_Section):
     margin: float = Field(0.01, ge=0, le=1)  # primary-metric units; used by non_inferiority only
     # With no champion, the candidate is compared the same way with the best baseline (majority class, logistic
     # regression), by non-inferiority: a network that only matches a linear model is still worth a first champion.
-    baseline_margin: float = Field(0.05, ge=0, le=1)  # primary-metric units; 0.05 is a usual margin for ROC-AUC
+    # Primary-metric units, 0.05 a usual margin for ROC-AUC; for a metric better lower (MAE, in the target's units)
+    # this and margin are fractions of the reference's value (docs/tasks.md).
+    baseline_margin: float = Field(0.05, ge=0, le=1)
     # No subgroup shown in both models' reports may lose more than this much of the primary metric.
     subgroup_tolerance: float = Field(0.05, ge=0, le=1)
     n_boot: int = Field(1000, ge=100)  # paired resamples of test patients

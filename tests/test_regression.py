@@ -1,0 +1,179 @@
+"""data.task=regression: its metrics against scikit-learn and numpy, the task's params checks, the gate's ceiling,
+its bad input (text in the target, a constant target, a classification metric) and the steps on the diabetes table
+from validate to the gate's evidence, predicting in the target's units."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+from usercmd import scratch_clone, sh
+
+from medflow.data.sources import DEMOS
+from medflow.evaluation import regression
+from medflow.evaluation.metrics import resample_weights
+from medflow.models.bundle import Predictor
+from medflow.params import ParamsError, from_dict
+from medflow.paths import Paths
+from medflow.pipeline import run_step
+from medflow.promotion.evidence import gate_evidence
+from medflow.promotion.gate import decide
+from medflow.tasks import for_params
+
+
+def _params(**over):
+    raw = {
+        "data": {"source": "data/diabetes.csv", "target": "progression", "task": "regression",
+                 "positive_class": None},
+        "train": {"max_epochs": 15, "patience": 5, "hidden": [16]},
+        "evaluate": {"n_boot": 200},
+        "register": {"model_name": "test-diabetes", "gate": {"n_boot": 200}},
+    }  # fmt: skip
+    for key, value in over.items():
+        section, name = key.split("__")
+        raw.setdefault(section, {})[name] = value
+    return from_dict(raw)
+
+
+def _table(paths: Paths, df: pd.DataFrame) -> None:
+    paths.data_dir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(paths.data_dir / "diabetes.csv", index=False)
+
+
+@pytest.fixture(scope="module")
+def diabetes() -> pd.DataFrame:
+    return DEMOS["diabetes"]()
+
+
+def test_metrics_match_scikit_learn_and_a_bootstrap_weighs_each_patient_by_its_draws():
+    rng = np.random.default_rng(0)
+    y = rng.normal(100, 30, 300)
+    pred = 0.7 * y + rng.normal(20, 15, 300)
+    got = regression.point_metrics(y, pred)
+    assert got["mae"] == pytest.approx(skm.mean_absolute_error(y, pred))
+    assert got["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(y, pred)))
+    assert got["r2"] == pytest.approx(skm.r2_score(y, pred))
+    assert got["calibration_in_the_large"] == pytest.approx(y.mean() - pred.mean())
+    assert got["calibration_slope"] == pytest.approx(np.polyfit(pred, y, 1)[0])
+    # Patients of 1-3 rows: a resample's metric is the one of its rows weighted by their patient's draws.
+    groups = np.repeat(np.arange(150), 2).astype(str)
+    draws = regression.bootstrap_draws(y, [pred], groups, "mae", 50, seed=3)[0]
+    w = next(resample_weights(groups, len(y), 50, 3))
+    expected = (w * np.abs(pred - y)).sum(axis=1) / w.sum(axis=1)
+    np.testing.assert_allclose(draws, expected)
+    lo, hi = regression.bootstrap_ci(y, pred, groups, 200, 3)["mae"]
+    assert lo < got["mae"] < hi
+
+
+def test_the_task_decides_the_default_metric_and_refuses_the_other_tasks_in_one_line():
+    assert _params().evaluate.primary_metric == "mae"
+    assert from_dict({}).evaluate.primary_metric == "roc_auc"
+    with pytest.raises(ParamsError) as err:
+        for_params(_params(evaluate__primary_metric="roc_auc"))
+    assert "\n" not in str(err.value) and "regression takes one of mae, rmse, r2" in str(err.value)
+    with pytest.raises(ParamsError, match="classification takes one of roc_auc"):
+        for_params(from_dict({"evaluate": {"primary_metric": "mae"}}))
+
+
+def test_min_primary_is_a_ceiling_for_a_metric_better_lower():
+    refused = decide("test_mae", 50.0, 40.0, higher_is_better=False)
+    assert not refused.promoted and "above the ceiling 40.0000" in refused.reason
+    assert decide("test_mae", 30.0, 40.0, higher_is_better=False).promoted
+    assert not decide("test_roc_auc", 0.8, 0.9).promoted  # a floor, as ever
+
+
+def test_text_in_some_target_rows_is_quarantined_and_counted(diabetes, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDFLOW_SALT", "regression-salt")
+    df = diabetes.astype(object)
+    df.loc[[3, 50, 200], "progression"] = "pending"
+    df.loc[[7, 8], "progression"] = [f"{v:g} units" for v in diabetes.loc[[7, 8], "progression"]]
+    paths = Paths(root=tmp_path)
+    _table(paths, df)
+    summary = run_step("validate", _params(), paths)
+    assert summary["rows_in"] == len(df) == summary["rows_valid"] + summary["rows_quarantined"]
+    assert summary["rows_quarantined"] == 3
+    assert summary["quarantine_reasons"] == {"progression: expect_column_values_to_match_regex": 3}
+    held = pd.read_csv(paths.step_dir("validate") / "quarantine.csv")
+    assert sorted(held["_row_id"]) == [3, 50, 200] and "progression" not in held
+    cleaned = run_step("clean", _params(), paths)
+    assert cleaned["rows_out"] == len(df) - 3
+
+
+def test_a_constant_target_stops_with_one_line(diabetes, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDFLOW_SALT", "regression-salt")
+    paths = Paths(root=tmp_path)
+    _table(paths, diabetes.assign(progression=140.0))
+    with pytest.raises(ValueError) as err:
+        run_step("validate", _params(), paths)
+    message = str(err.value)
+    assert "\n" not in message and "140" not in message
+    assert "'progression' has 1 distinct non-null value(s)" in message and "regression target needs 2" in message
+    assert not paths.valid_rows.exists()
+
+
+def test_a_classification_metric_on_a_regression_stops_validate_in_one_line(diabetes, tmp_path):
+    paths = Paths(root=tmp_path)
+    _table(paths, diabetes)
+    with pytest.raises(ParamsError) as err:
+        run_step("validate", _params(evaluate__primary_metric="roc_auc"), paths)
+    assert "\n" not in str(err.value) and "'roc_auc' is a classification metric" in str(err.value)
+    assert not paths.valid_rows.exists() and not paths.expectations_dir.exists()
+
+
+def test_the_steps_predict_in_the_target_units_and_the_gate_counts_improvement(diabetes, project, monkeypatch):
+    monkeypatch.setenv("MEDFLOW_SALT", "regression-salt")
+    _table(project, diabetes)
+    params = _params()
+    for step in ("validate", "clean", "split", "train"):
+        run_step(step, params, project)
+    train = json.loads(project.summary("train").read_text())
+    assert "best_val_mae" in train and "best_val_accuracy" not in train
+    metrics = run_step("evaluate", params, project)
+    assert {"test_mae", "test_rmse", "test_r2", "test_calibration_slope"} <= set(metrics)
+    stored = json.loads(project.metrics.read_text())
+    assert stored["test_mae_ci_low"] < stored["test_mae"] < stored["test_mae_ci_high"]
+    assert (project.step_dir("evaluate") / "plots" / "predicted_vs_observed.png").exists()
+
+    predictor = Predictor(project.model_bundle)
+    batch = diabetes.drop(columns="progression").astype(str)
+    batch.loc[5, "bmi"] = "heavy"
+    scored = predictor.score(batch)
+    assert list(scored.columns) == ["row", "prediction", "status", "reason"] and len(scored) == len(batch)
+    assert scored.loc[5, "status"] == "refused" and np.isnan(scored.loc[5, "prediction"])
+    ok = scored["status"].eq("ok")
+    # In the target's units: the predictions' mean lies near the target's, far from the standardised scale.
+    assert abs(scored.loc[ok, "prediction"].mean() - diabetes["progression"].mean()) < 25
+
+    comparison, _, report = gate_evidence(params, project, stored, None)
+    assert report["lower_is_better"] and set(report["baseline_deltas"]) == {
+        "baseline training_mean", "baseline ridge", "baseline gradient_boosted_trees",
+    }  # fmt: skip
+    cand = report["models"]["candidate"]["mae"]
+    mean = report["models"]["baseline training_mean"]["mae"]
+    # Improvement over the training mean: its MAE minus the candidate's, positive when the candidate is better.
+    assert report["baseline_deltas"]["baseline training_mean"]["delta"] == pytest.approx(mean - cand)
+    assert mean > cand and comparison.reference.startswith("baseline ")
+
+
+@pytest.mark.e2e
+def test_the_diabetes_example_registers_a_champion_and_predicts_every_row(tmp_path, migrated_mlflow_db):
+    from mlflow import MlflowClient
+
+    clone = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
+    done = sh(".venv/bin/medflow run --params examples/diabetes.yaml -P train.max_epochs=80", clone, timeout=900)
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("registered medflow-diabetes v1 (champion: delta improvement in mae"), last
+    store = f"sqlite:///{clone / 'mlruns/mlflow.db'}"
+    card = MlflowClient(store, registry_uri=store).get_model_version("medflow-diabetes", "1").description
+    assert "Regression of `progression`" in card and "Primary metric: `test_mae`" in card
+    assert "| calibration_slope |" in card and "| r2 |" in card
+    assert "Lower mae is better: each Δ is the improvement, baseline − this model" in card
+    for baseline in ("training_mean", "ridge", "gradient_boosted_trees"):
+        assert f"| {baseline} |" in card
+    sh(".venv/bin/medflow predict --model models:/medflow-diabetes@champion --input data/diabetes.csv "
+       "--output out/scored.csv", clone)  # fmt: skip
+    scored = pd.read_csv(clone / "out/scored.csv")
+    assert len(scored) == len(pd.read_csv(clone / "data/diabetes.csv"))
+    assert list(scored.columns) == ["row", "model", "version", "prediction", "status", "reason"]
+    assert scored["status"].eq("ok").all() and scored["prediction"].between(0, 400).all()
