@@ -122,9 +122,9 @@ def run_suite(df: pd.DataFrame, suite: dict, parsed: Parsed | None = None, gx_on
     are evaluated natively, column by column in pandas; any other type a person adds goes to GX. gx_only: every
     column expectation goes to GX, the reference the native evaluator is held to (tests/test_gx_parity.py)."""
     kinds = suite_kinds(suite)
-    # A column with a range is read as numbers whatever its role: a regression's target has one.
+    # A target with a range is a regression's: its range check reads it as numbers.
     ranged = {e["kwargs"]["column"] for e in suite["expectations"] if e["type"] == "expect_column_values_to_be_between"}
-    kinds = kinds | dict.fromkeys(ranged & set(kinds), "numeric")
+    kinds = kinds | dict.fromkeys({c for c, k in kinds.items() if k == "target"} & ranged, "numeric")
     parsed = Parsed(df) if parsed is None else parsed
     frames = {"table": df.drop(columns=ROW_ID), "text": df, "number": typed(df, kinds, parsed)}
     checks, to_gx = [], {k: [] for k in frames}
