@@ -29,7 +29,8 @@ import numpy as np
 from medflow.evaluation.metrics import _cum0, _patients, _resample_counts, interval
 
 # Above this many rows the C-index's interval is the infinitesimal jackknife's: 1,000 exact resamples of 10k rows
-# take a few seconds on a 2-core box, and there the two intervals agree to a few thousandths.
+# take a few seconds on a 2-core box, and from a few thousand rows on the two intervals' ends agree to a tenth of
+# the interval's width (tests/test_survival.py).
 EXACT_BOOTSTRAP_ROWS = 10_000
 _Z = 1.959963984540054  # the normal quantile of metrics.LEVEL (95%)
 
@@ -47,7 +48,7 @@ def _stable_order(block: np.ndarray) -> np.ndarray:
     if block.max(initial=0) < 1 << 16:
         return np.argsort(block.astype(np.uint16), kind="stable")
     order = np.argsort((block & 0xFFFF).astype(np.uint16), kind="stable")
-    return order[np.argsort((block[order] >> 16).astype(np.uint32), kind="stable")]
+    return order[np.argsort((block[order] >> 16).astype(np.uint16), kind="stable")]  # ranks < 2^32: rows
 
 
 def _in_blocks(at: np.ndarray, block: np.ndarray, w: np.ndarray, queries: list[tuple[np.ndarray, np.ndarray]]):
