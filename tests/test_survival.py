@@ -126,3 +126,21 @@ def test_risk_groups_split_by_quantiles_and_the_plot_is_drawn(tmp_path):
     assert curves[2]["predicted"][-1] < curves[0]["predicted"][-1]
     out = sv.plot_km_by_group(curves, tmp_path / "km.png", unit="days")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("uno", [False, True])
+def test_each_rows_share_of_the_pairs_is_the_brute_force_count(uno):
+    """The jackknife reads each row's concordant and comparable pair weight, from both sides of its pairs: the
+    same as counting every pair (i an event, j followed longer or censored at i's time) one by one."""
+    time, event, risk = table(80, 11, times=12)
+    u = np.random.default_rng(0).uniform(1, 3, 80) if uno else np.ones(80)
+    pairs = sv._Pairs.of(time, event, risk)
+    conc, comp = pairs.influence(u[pairs.order][pairs.events])
+    want_conc, want_comp = np.zeros(80), np.zeros(80)
+    for i in np.flatnonzero(event):
+        for j in range(80):
+            if time[j] > time[i] or (time[j] == time[i] and not event[j]):
+                credit = u[i] * ((risk[i] > risk[j]) + 0.5 * (risk[i] == risk[j]))
+                want_conc[[i, j]] += credit
+                want_comp[[i, j]] += u[i]
+    assert np.allclose(conc, want_conc[pairs.order]) and np.allclose(comp, want_comp[pairs.order])

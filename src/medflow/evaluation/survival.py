@@ -51,27 +51,34 @@ def _stable_order(block: np.ndarray) -> np.ndarray:
     return order[np.argsort((block[order] >> 16).astype(np.uint16), kind="stable")]  # ranks < 2^32: rows
 
 
-def _in_blocks(at: np.ndarray, block: np.ndarray, w: np.ndarray, queries: list[tuple[np.ndarray, np.ndarray]]):
-    """Per query set (start, qblock) and query q: the weight (a row of w per resample) of the points of block
-    qblock[q] whose at >= start[q]. The points come sorted by at, so a stable sort by block orders them by
-    (block, at), and each answer is a difference of cumulative sums."""
+def _in_blocks(at: np.ndarray, block: np.ndarray, w: np.ndarray | None, queries: list[tuple[np.ndarray, np.ndarray]]):
+    """Per query set (start, qblock) and query q: the weight (a row of w per resample; None: each point weighs 1)
+    of the points of block qblock[q] whose at >= start[q]. The points come sorted by at, so a stable sort by block
+    orders them by (block, at), and each answer is a difference of cumulative sums. The queries come sorted by
+    start, so a stable sort by block sorts them too, and numpy's search runs ~3x faster along sorted needles."""
     order = _stable_order(block)
     span = int(max(at[-1] if len(at) else 0, *(s.max(initial=0) for s, _ in queries))) + 2
     key = block[order] * span + at[order]
-    cum = _cum0(w[:, order])
+    cum = np.arange(len(at) + 1.0)[None, :] if w is None else _cum0(w[:, order])
     ends = np.cumsum(np.bincount(block, minlength=int(max(q.max(initial=0) for _, q in queries)) + 1))
-    return [cum[:, ends[qb]] - cum[:, np.searchsorted(key, qb * span + start)] for start, qb in queries]
+    found = []
+    for start, qb in queries:
+        by_block = _stable_order(qb)
+        lo = np.empty(len(qb), np.int64)
+        lo[by_block] = np.searchsorted(key, (qb * span + start)[by_block])
+        found.append(cum[:, ends[qb]] - cum[:, lo])
+    return found
 
 
-def _below(at: np.ndarray, rank: np.ndarray, w: np.ndarray, start: np.ndarray, bound: np.ndarray):
+def _below(at: np.ndarray, rank: np.ndarray, w: np.ndarray | None, start: np.ndarray, bound: np.ndarray):
     """Per query q: (the weight of the points whose at >= start[q] and rank < bound[q], of those whose at >=
-    start[q] and rank == bound[q]); rank, bound >= 0 integers.
+    start[q] and rank == bound[q]); rank, bound >= 0 integers; w as _in_blocks'.
 
     [0, bound) splits into one block of ranks per bit set in bound: at level k, the block of 2^k ranks below
     bound's own ((bound >> k) - 1 in units of 2^k). So each level is one sort and cumulative sums; the ties are
     bound's own block at level 0.
     """
-    below = np.zeros((w.shape[0], len(start)))
+    below = np.zeros((1 if w is None else w.shape[0], len(start)))
     tied = None
     for k in range(max(int(bound.max(initial=0)).bit_length(), 1)):
         on = np.flatnonzero((bound >> k) & 1)
@@ -98,7 +105,12 @@ class _Pairs:
     @classmethod
     def of(cls, time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> _Pairs:
         time, event = np.asarray(time, float), np.asarray(event, bool)
-        order = np.lexsort((~event, time))
+        # By time, then events first within a time; rows alike in both may come in any order. Two unstable sorts
+        # (the second by 64-bit integers) cost a third of np.lexsort's.
+        by_time = np.argsort(time)
+        t = time[by_time]
+        key = np.cumsum(np.r_[False, t[1:] != t[:-1]]) * 2 + ~event[by_time]
+        order = by_time[np.argsort(key)]
         t, e = time[order], event[order]
         change = np.r_[True, (t[1:] != t[:-1]) | (e[1:] != e[:-1])]
         ends = np.r_[np.flatnonzero(change)[1:], len(t)]
@@ -107,33 +119,35 @@ class _Pairs:
         events = np.flatnonzero(e)
         return cls(order, rank, events, run_end[events])
 
-    def sums(self, w: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(concordant, comparable) pair weight per resample: w (resamples x sorted rows) weighs both rows of a
-        pair, u (per event) the event's side only (Uno's IPCW; 1 for Harrell's)."""
-        at = np.arange(len(self.rank))
-        q = self.rank[self.events]
-        lower, tied = _below(at, self.rank, w, self.after, q)
-        cum = _cum0(w)
-        later = cum[:, -1:] - cum[:, self.after]
-        side = w[:, self.events] * u
+    def sums(self, w: np.ndarray | None, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(concordant, comparable) pair weight per resample: w (resamples x sorted rows; None: one resample, every
+        row weighing 1) weighs both rows of a pair, u (per event) the event's side only (Uno's IPCW; 1: Harrell's)."""
+        n = len(self.rank)
+        lower, tied = _below(np.arange(n), self.rank, w, self.after, self.rank[self.events])
+        if w is None:
+            later, side = (n - self.after)[None, :], u[None, :]
+        else:
+            cum = _cum0(w)
+            later, side = cum[:, -1:] - cum[:, self.after], w[:, self.events] * u
         return np.einsum("ij,ij->i", side, lower + 0.5 * tied), np.einsum("ij,ij->i", side, later)
 
     def influence(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per sorted row: the (concordant, comparable) weight of the pairs it is in, on either side, unit weights."""
-        n, ones = len(self.rank), np.ones((1, len(self.rank)))
+        n = len(self.rank)
         at, q = np.arange(n), self.rank[self.events]
         conc, comp = np.zeros(n), np.zeros(n)
-        lower, tied = _below(at, self.rank, ones, self.after, q)
+        lower, tied = _below(at, self.rank, None, self.after, q)
         conc[self.events] = u * (lower[0] + 0.5 * tied[0])
         comp[self.events] = u * (n - self.after)
         # The later side: events whose `after` is at or before the row (n - after >= n - position), riskier
-        # (reversed rank below the row's), or tied with it for half; the events reversed, so sorted by n - after.
+        # (reversed rank below the row's), or tied with it for half. Events and rows reversed, so that each is
+        # sorted by its n - after or n - position.
         top, back = int(self.rank.max(initial=0)), slice(None, None, -1)
-        ev_at, ev_q, uw = (n - self.after)[back], q[back], u[None, back]
-        lower, tied = _below(ev_at, top - ev_q, uw, n - at, top - self.rank)
-        conc += lower[0] + 0.5 * tied[0]
+        uw = None if (u == 1).all() else u[None, back]
+        lower, tied = _below((n - self.after)[back], (top - q)[back], uw, (n - at)[back], (top - self.rank)[back])
+        conc += (lower[0] + 0.5 * tied[0])[back]
         ordered = np.argsort(self.after, kind="stable")
-        comp += _cum0(uw[:, ordered])[0][np.searchsorted(self.after[ordered], at, "right")]
+        comp += np.r_[0, np.cumsum(u[ordered])][np.searchsorted(self.after[ordered], at, "right")]
         return conc, comp
 
 
@@ -210,7 +224,7 @@ def concordance(
             conc, comp = np.bincount(inverse, conc, k), np.bincount(inverse, comp, k)
         se = float(np.sqrt(np.sum(((conc - value * comp) / den) ** 2)))
         return Concordance(value, value - _Z * se, value + _Z * se, "jackknife", 0)
-    num, den = pairs.sums(np.ones((1, len(time))), u)
+    num, den = pairs.sums(None, u)
     value = float(num[0] / den[0]) if den[0] > 0 else float("nan")
     if n_boot == 0 or np.isnan(value):
         return Concordance(value, float("nan"), float("nan"), "none", 0)
