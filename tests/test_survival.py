@@ -43,8 +43,10 @@ def test_no_comparable_pair_is_nan_and_bad_input_is_one_line():
     assert np.isnan(sv.harrell_c(np.array([1.0, 2.0]), np.array([False, False]), np.array([0.1, 0.2])))
     with pytest.raises(ValueError, match="one value per row: 2, 2, 3"):
         sv.concordance(np.ones(2), np.ones(2), np.ones(3))
-    with pytest.raises(ValueError, match="1 are not finite"):
+    with pytest.raises(ValueError, match="risk scores: 1 are not finite"):
         sv.concordance(np.ones(2), np.ones(2), np.array([0.5, np.nan]))
+    with pytest.raises(ValueError, match="times: 2 are not finite"):
+        sv.concordance(np.array([np.nan, np.inf]), np.ones(2), np.ones(2))
 
 
 def test_bootstrap_draws_are_sksurv_on_each_resample_of_patients():

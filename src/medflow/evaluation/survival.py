@@ -166,8 +166,10 @@ class Concordance:
 def _check(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> None:
     if not len(time) == len(event) == len(risk):
         raise ValueError(f"time, event and risk need one value per row: {len(time)}, {len(event)}, {len(risk)}")
-    if not np.isfinite(np.asarray(risk, float)).all():
-        raise ValueError(f"risk scores: {int((~np.isfinite(np.asarray(risk, float))).sum())} are not finite")
+    for name, values in (("risk scores", risk), ("times", time)):
+        bad = int((~np.isfinite(np.asarray(values, float))).sum())
+        if bad:
+            raise ValueError(f"{name}: {bad} are not finite")
 
 
 def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
