@@ -21,6 +21,8 @@ ORDER = [
     "train_vs_seed",
     "cold_start",
     "evaluate_bootstrap",
+    "survival_cindex",
+    "survival_cindex_ci",
     "scaling",
 ]
 

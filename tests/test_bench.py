@@ -17,6 +17,7 @@ TRAIN_BARE = ".venv/bin/python bench/train_vs_bare.py"
 TRAIN_SEED = ".venv/bin/python bench/train_vs_seed.py"
 COLD = ".venv/bin/python bench/cold_start.py"
 BOOTSTRAP = ".venv/bin/python bench/evaluate_bootstrap.py"
+SURVIVAL = ".venv/bin/python bench/survival_metrics.py"
 SCALING = ".venv/bin/python bench/scaling.py"
 STREAMED = ".venv/bin/python bench/validate_streamed.py"
 REPORT = ".venv/bin/python bench/report.py"
@@ -41,6 +42,7 @@ def result(clone, name: str) -> dict:
     [
         (COLD, ["cold_start"]),
         (BOOTSTRAP, ["evaluate_bootstrap"]),
+        (SURVIVAL, ["survival_cindex", "survival_cindex_ci"]),
         (LOGGING, ["logging_overhead"]),
         (TRAIN_BARE, ["train_vs_bare"]),
         (TRAIN_SEED, ["train_vs_seed"]),

@@ -89,6 +89,9 @@ class ValidateParams(_Section):
     type_mostly: float = Field(0.9, gt=0, le=1)
     # A single feature whose univariate ROC-AUC reaches this is flagged as suspected target leakage.
     leakage_auc: float = Field(0.995, gt=0.5, le=1)
+    # A numeric feature named as a follow-up time (time, lenfol, days to death, ...) whose univariate ROC-AUC reaches
+    # this is stopped as a suspected follow-up time: a survival table forced into a binary target.
+    followup_auc: float = Field(0.6, gt=0.5, le=1)
     # Columns whose suspected leakage is accepted: they stay features, and the decision is recorded in the summary.
     accept_leakage: list[str] = Field(default_factory=list)
     # A suite is inferred only from a batch of at least this many rows.

@@ -52,6 +52,34 @@ def _synthetic_cohort() -> pd.DataFrame:
     return synthetic_cohort()
 
 
+def _survival_table(features: pd.DataFrame, outcome) -> pd.DataFrame:
+    """A survival package's features and its (event, time) record as one table, both columns named as the package
+    names them: the event as 1/0, whole-number times as integers (days, weeks) rather than "2178.0"."""
+    import numpy as np
+
+    df = features.copy()
+    event, time = outcome.dtype.names
+    df[event] = outcome[event].astype(int)
+    t = outcome[time]
+    df[time] = t.astype(int) if np.array_equal(t, np.round(t)) else t
+    return df
+
+
+def _sksurv(name: str) -> Callable[[], pd.DataFrame]:
+    def load() -> pd.DataFrame:
+        from sksurv import datasets
+
+        return _survival_table(*getattr(datasets, f"load_{name}")())
+
+    return load
+
+
+def _rossi() -> pd.DataFrame:
+    from lifelines.datasets import load_rossi
+
+    return load_rossi()
+
+
 # The table data.dvc records in a fresh clone (written on first use, as the clone has no DVC remote).
 RECORDED_DEMO = "breast_cancer"
 
@@ -59,6 +87,12 @@ DEMOS: dict[str, Callable[[], pd.DataFrame]] = {
     "breast_cancer": _breast_cancer,
     "diabetes": _diabetes,
     "synthetic_cohort": _synthetic_cohort,
+    # Time-to-event tables, as scikit-survival and lifelines ship them (time and event columns named as there).
+    "whas500": _sksurv("whas500"),  # Worcester Heart Attack Study: lenfol (days), fstat
+    "gbsg2": _sksurv("gbsg2"),  # German Breast Cancer Study Group 2: time (days), cens
+    "veterans": _sksurv("veterans_lung_cancer"),  # VA lung cancer trial: Survival_in_days, Status
+    "aids": _sksurv("aids"),  # AIDS Clinical Trials Group 320: time (days), censor
+    "rossi": _rossi,  # recidivism after release from prison: week, arrest
 }
 
 

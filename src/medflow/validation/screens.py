@@ -6,6 +6,7 @@ rows are checked) a quarantine too large or concentrated on one group to train o
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 
@@ -69,10 +70,45 @@ def _refuse_suspects(df: pd.DataFrame, data: DataParams, kinds: dict[str, str], 
         )
 
 
+# The words people name a follow-up time with (tokens of a column name, lower case): the time itself, a unit of
+# time alone ("days") or with what it runs to or from ("days_to_death", "months_until_relapse", "weeks since").
+_TIME_WORDS = {"time", "times", "duration", "followup", "fu", "futime", "fuptime", "lenfol", "lenfu", "survival",
+               "surv", "survtime", "stime", "ftime", "dtime", "tte", "los"}  # fmt: skip
+_UNITS = {"day", "days", "week", "weeks", "month", "months", "year", "years", "yr", "yrs", "wk", "wks"}
+_RUNS = {"to", "until", "till", "since", "from", "in"}
+_PHRASES = (("follow", "up"), ("length", "of", "stay"))
+
+
+def _tokens(name: str) -> list[str]:
+    """A column's name as lower-case words: split at anything not a letter or digit and at camelCase humps."""
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name)
+    return [t for t in re.split(r"[^a-z0-9]+", spaced.lower()) if t]
+
+
+def named_as_time(name: str) -> bool:
+    """Whether a column's name says it is a follow-up time, in the words people use for one."""
+    words = _tokens(name)
+    pairs = list(zip(words, words[1:], strict=False))
+    return (
+        any(w in _TIME_WORDS for w in words)
+        or (len(words) == 1 and words[0] in _UNITS)  # "days", not "age_years"
+        or any(a in _UNITS and b in _RUNS or a in _RUNS and b in _UNITS for a, b in pairs)
+        or any(tuple(words[i : i + len(p)]) == p for p in _PHRASES for i in range(len(words)))
+    )
+
+
 def leakage(df: pd.DataFrame, kinds: dict[str, str], data: DataParams, vp: ValidateParams) -> dict[str, dict]:
-    """{column: {"auc", "rule"}} for features that alone predict the target at leakage_auc or better. The screen
-    scores classes; a regression target has none, and the gate's shuffle check is what it has."""
-    if data.task == "regression":
+    """{column: {"auc", "rule"}} for features that alone predict the target at leakage_auc or better, and numeric
+    features named as a follow-up time that alone predict it at followup_auc or better.
+
+    A follow-up time is how long each patient was watched, and the outcome decides it (an event ends it early,
+    the censored are watched to the study's end): as a feature of a binary target it leaks the outcome while
+    scoring 0.6-0.9 alone (the packaged survival tables: 0.62-0.98), far below leakage_auc, where a real predictor
+    may score as much. Neither sign alone is enough, so both are asked: a name of the words people use for a
+    follow-up time, and an effect size (the ROC-AUC the general screen computes anyway) rather than a test's
+    p-value, which a large table makes small for any faint relation and a small one never does.
+    """
+    if data.task == "regression":  # the screen scores classes; a regression target has the gate's shuffle check
         return {}
     df = df[df[data.target].notna()]
     labels = df[data.target].astype("string")
@@ -88,11 +124,16 @@ def leakage(df: pd.DataFrame, kinds: dict[str, str], data: DataParams, vp: Valid
             pairs = df[[col, data.target]].dropna().drop_duplicates()
             recoded = pairs[col].is_unique and pairs[data.target].is_unique
             found[col] = {"auc": auc, "rule": "a 1:1 recoding of the target" if recoded else "single-feature ROC-AUC"}
+        elif auc is not None and auc >= vp.followup_auc and col in numeric and named_as_time(col):
+            found[col] = {"auc": auc, "rule": FOLLOWUP}
     return found
 
 
+FOLLOWUP = "a follow-up time by its name and ROC-AUC"
+
+
 def _refuse_leaks(leaks: dict[str, dict], data: DataParams, vp: ValidateParams, where: str) -> None:
-    stopped = {c: v for c, v in leaks.items() if c not in vp.accept_leakage}
+    stopped = {c: v for c, v in leaks.items() if c not in vp.accept_leakage and v["rule"] != FOLLOWUP}
     if stopped:
         raise ValidationFailed(
             f"{where}: suspected target leakage in {len(stopped)} column(s): "
@@ -103,6 +144,17 @@ def _refuse_leaks(leaks: dict[str, dict], data: DataParams, vp: ValidateParams, 
             + f" (validate.leakage_auc={vp.leakage_auc}). If it is recorded after the outcome, drop it "
             f"(-P 'data.exclude={yaml_list([*data.exclude, *stopped])}'); if it is a legitimate predictor, accept it "
             f"(-P 'validate.accept_leakage={yaml_list([*vp.accept_leakage, *stopped])}')"
+        )
+    times = {c: v for c, v in leaks.items() if c not in vp.accept_leakage and v["rule"] == FOLLOWUP}
+    if times:
+        raise ValidationFailed(
+            f"{where}: suspected follow-up time in {len(times)} column(s): "
+            + "; ".join(f"{c!r} (ROC-AUC {v['auc']:.3f} alone for {data.target!r})" for c, v in times.items())
+            + f" is named as a time and tells the outcome apart (validate.followup_auc={vp.followup_auc}): how long "
+            "a patient was followed is decided by the outcome, so a model would learn it rather than the patient. "
+            f"If this is a time-to-event table, drop it (-P 'data.exclude={yaml_list([*data.exclude, *times])}'); "
+            "if it was measured before the outcome, accept it "
+            f"(-P 'validate.accept_leakage={yaml_list([*vp.accept_leakage, *times])}')"
         )
 
 
