@@ -1,4 +1,4 @@
-"""The Cox loss of training/cox.py: a linear model trained with it is the Cox model of lifelines and
+"""The Cox loss of models/cox.py: a linear model trained with it is the Cox model of lifelines and
 scikit-survival (Efron and Breslow ties) on the Rossi recidivism table, its Breslow baseline gives lifelines'
 survival, and the batches it needs each hold an event."""
 
@@ -10,7 +10,7 @@ from lifelines.datasets import load_rossi
 from sksurv.linear_model import CoxPHSurvivalAnalysis
 
 from medflow.evaluation.survival import surv
-from medflow.training.cox import Baseline, cox_loss, event_batches
+from medflow.models.cox import Baseline, cox_loss, event_batches
 
 HORIZONS = [5, 10, 20, 30, 40, 52]
 

@@ -32,14 +32,20 @@ class _Section(BaseModel):
 
 class DataParams(_Section):
     kind: Literal["tabular", "image"] = "tabular"
-    # What the target is (medflow.tasks): classes to tell apart, or a number to estimate.
-    task: Literal["classification", "regression"] = "classification"
+    # What the target is (medflow.tasks): classes to tell apart, a number to estimate, or a time to an event.
+    task: Literal["classification", "regression", "survival"] = "classification"
     # tabular: a CSV/Parquet path (relative to the project root) or a built-in demo name (medflow.data.sources).
     # image: a manifest CSV (file path, label, optional patient id), an MNIST-format idx folder, a CIFAR-10
     # "python version" batch folder, or a built-in image demo (digits, fashion_mnist).
     source: str = "data/breast_cancer.csv"
     target: str = "diagnosis"
     patient_id: str | None = None
+    # Survival only: the follow-up time (any unit, read as numbers are) and the event column (1 event, 0 censored,
+    # or the table's words with event_value the word meaning an event). The event is the target (data.target is
+    # set to it); neither is ever a feature.
+    time: str | None = None
+    event: str | None = None
+    event_value: str | int | None = None
     # Direct identifiers: never features, never logged, dropped by `clean`.
     identifiers: list[str] = Field(default_factory=list)
     # Makes a binary target out of a multi-valued column: this value is 1, every other value 0.
@@ -215,8 +221,11 @@ class TuneParams(_Section):
 
 
 class EvaluateParams(_Section):
-    # Classification: roc_auc, pr_auc, accuracy, balanced_accuracy, f1; regression: mae (its default), rmse, r2.
-    primary_metric: Literal["roc_auc", "pr_auc", "accuracy", "balanced_accuracy", "f1", "mae", "rmse", "r2"] = "roc_auc"
+    # Classification: roc_auc, pr_auc, accuracy, balanced_accuracy, f1; regression: mae (its default), rmse, r2;
+    # survival: c_index (Harrell's, its only primary).
+    primary_metric: Literal[
+        "roc_auc", "pr_auc", "accuracy", "balanced_accuracy", "f1", "mae", "rmse", "r2", "c_index"
+    ] = "roc_auc"
     # Resamples of test patients (rows when there is no patient id) behind every 95% interval.
     n_boot: int = Field(1000, ge=100)
     # Binary tasks: the decision threshold is chosen on the validation split, by Youden's J or as the highest
@@ -229,6 +238,9 @@ class EvaluateParams(_Section):
     subgroup_bins: dict[str, list[float]] = Field(default_factory=dict)  # column -> edges, groups are [a, b)
     # A group with fewer patients than this shows as "<k" only: no metrics, in every report and plot.
     min_group_patients: int = Field(10, ge=1)
+    # Survival: the times (in the time column's units) at which survival is predicted, and AUC, Brier score and
+    # calibration measured; null: the training split's event-time quartiles (tasks/survival.py).
+    horizons: list[float] | None = None
 
 
 class GateParams(_Section):
@@ -326,12 +338,16 @@ with warnings.catch_warnings():
         @model_validator(mode="before")
         @classmethod
         def _task_primary(cls, raw: Any) -> Any:
-            # A regression run that names no primary metric is judged by MAE, not by the classification default.
-            if not isinstance(raw, dict) or (raw.get("data") or {}).get("task") != "regression":
+            # A regression run that names no primary metric is judged by MAE, a survival run by Harrell's C-index,
+            # not by the classification default; a survival run's target is its event column.
+            task = (raw.get("data") or {}).get("task") if isinstance(raw, dict) else None
+            if task not in ("regression", "survival"):
                 return raw
             evaluate = raw.get("evaluate") or {}
             if isinstance(evaluate, dict) and "primary_metric" not in evaluate:
-                return {**raw, "evaluate": {**evaluate, "primary_metric": "mae"}}
+                raw = {**raw, "evaluate": {**evaluate, "primary_metric": "mae" if task == "regression" else "c_index"}}
+            if task == "survival" and raw["data"].get("event") is not None:
+                raw = {**raw, "data": {**raw["data"], "target": raw["data"]["event"]}}
             return raw
 
         def as_dict(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from medflow.data.columns import CONTENT_HASH
+from medflow.data.events import event_flags
 from medflow.data.numbers import NumberFormat, parse
 
 MISSING = "<missing>"
@@ -44,6 +45,9 @@ class Schema:
     # data.task the table was cleaned for (medflow.tasks); bundles made before it are classifiers. A regression
     # schema has no classes and its LABEL holds the target as a float.
     outcome: str = "classification"
+    # Survival only: the follow-up time column (cleaned into TIME) and the event's value when the table words it.
+    time: str | None = None
+    event_value: str | None = None
 
     @property
     def task(self) -> str:
@@ -75,6 +79,9 @@ def pool_rare(counts: pd.Series, k: int) -> tuple[dict[str, int], int]:
 
 
 def encode_labels(labels: pd.Series, schema: Schema) -> np.ndarray:
+    if schema.outcome == "survival":
+        # validate refused a table with any other event than 1/0 (or the two words, event_value the event's).
+        return event_flags(labels, schema.event_value).to_numpy(dtype="int64")
     if schema.outcome == "regression":
         # validate let through only rows whose target reads as a number (its text-coded ones rewritten plain).
         return pd.to_numeric(labels, errors="coerce").to_numpy(dtype="float64")

@@ -58,3 +58,20 @@ def regression_baselines(
     trees = HistGradientBoostingRegressor(early_stopping=False, random_state=seed).fit(x_train, y_train)
     out["gradient_boosted_trees"] = trees.predict(x_test)[:, None]
     return out
+
+
+def survival_baselines(
+    x_train: np.ndarray, time: np.ndarray, event: np.ndarray, x_test: np.ndarray, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Test risk scores (rows x 1, higher = earlier event) of a Cox proportional-hazards model with a small ridge
+    penalty (scikit-survival's, Efron ties: one-hot and missing-indicator columns are collinear without it) and of
+    gradient-boosted trees on the Cox partial likelihood (scikit-survival's, its defaults)."""
+    from sksurv.ensemble import GradientBoostingSurvivalAnalysis
+    from sksurv.linear_model import CoxPHSurvivalAnalysis
+
+    from medflow.evaluation.survival import surv
+
+    y = surv(time, event)
+    cox = CoxPHSurvivalAnalysis(alpha=0.1, ties="efron").fit(x_train, y)
+    trees = GradientBoostingSurvivalAnalysis(random_state=seed).fit(x_train, y)
+    return {"cox": cox.predict(x_test)[:, None], "gradient_boosted_trees": trees.predict(x_test)[:, None]}

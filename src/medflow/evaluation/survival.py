@@ -324,3 +324,25 @@ def plot_km_by_group(groups: list[dict], out: Path, unit: str = "time") -> Path:
     ax.legend(fontsize=7)
     _save(fig, out)
     return out
+
+
+def bootstrap_draws(
+    time: np.ndarray, event: np.ndarray, risks: list[np.ndarray], groups: np.ndarray | None, n_boot: int, seed: int
+) -> np.ndarray:
+    """Harrell's C of each model on the same n_boot patient resamples, (models, n_boot), NaN where a resample holds
+    no comparable pair: the gate pairs them as it pairs metrics.bootstrap_draws'. Each resample weighs a row by its
+    patient's draws, whichever model's order its pairs are counted in; exact at any size (no jackknife)."""
+    for risk in risks:
+        _check(time, event, np.asarray(risk, float).reshape(-1))
+    inverse, k = _patients(groups, len(time))
+    pairs = [_Pairs.of(time, event, np.asarray(r, float).reshape(-1)) for r in risks]
+    parts = []
+    for counts in _resample_counts(k, len(time), n_boot, seed):
+        w = counts if inverse is None else counts[:, inverse]
+        row = []
+        for p in pairs:
+            num, den = p.sums(w[:, p.order], np.ones(len(p.events)))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                row.append(np.where(den > 0, num / den, np.nan))
+        parts.append(np.stack(row))
+    return np.concatenate(parts, axis=1) if parts else np.empty((len(risks), 0))

@@ -57,6 +57,11 @@ def save_bundle(
     schema.save(out / "schema.json")
 
 
+def survival_column(horizon: float) -> str:
+    """predict's column of the survival probability at a horizon: survival_at_365, survival_at_182.5."""
+    return f"survival_at_{horizon:g}"
+
+
 class Predictor:
     def __init__(self, bundle: Path, threshold: float | None = None):
         """threshold: evaluate's decision threshold on the positive class (binary); None labels by argmax."""
@@ -68,6 +73,8 @@ class Predictor:
         config = json.loads((bundle / "model.json").read_text())
         # Regression bundles only: {"mean", "std"} of the training split's target, which the one output is scaled by.
         self.target_scale = config.pop("target_scale", None)
+        # Survival bundles only: the Breslow baseline (times, cumhaz, shift) and the horizons predict answers at.
+        self.survival = config.pop("survival", None)
         self.model = build(config.pop("name"), **config)
         self.model.load_state_dict(torch.load(bundle / "weights.pt", map_location="cpu", weights_only=True))
         self.model.eval()
@@ -100,17 +107,32 @@ class Predictor:
 
     def outputs(self, raw) -> np.ndarray:
         """What the model answers for each row: class probabilities (rows x classes), or a regression's predictions
-        in the target's units (rows x 1)."""
-        if self.target_scale is None:
+        in the target's units (rows x 1), or a survival model's risk score (rows x 1, higher = earlier event)."""
+        if self.target_scale is None and self.survival is None:
             return self.predict_proba(raw)
         x = torch.from_numpy(self.preprocessor.transform(coerce_features(raw, self.schema)))
         with torch.inference_mode():
             z = self.model(x).double().numpy()
+        if self.survival is not None:
+            return z
         return z * self.target_scale["std"] + self.target_scale["mean"]
 
+    @property
+    def horizons(self) -> list[float]:
+        return self.survival["horizons"] if self.survival else []
+
+    def survival_at(self, risk: np.ndarray, horizons=None) -> np.ndarray:
+        """(rows, horizons) probabilities of no event by each horizon (the bundle's unless given), from the
+        Breslow baseline fitted on the training split's risk scores."""
+        from medflow.models.cox import Baseline
+
+        s = self.survival
+        base = Baseline(np.asarray(s["times"], float), np.asarray(s["cumhaz"], float), float(s["shift"]))
+        return base.survival(risk, self.horizons if horizons is None else horizons)
+
     def predict_proba(self, raw) -> np.ndarray:
-        if self.target_scale is not None:
-            raise BatchRejected("a regression model predicts values, not probabilities: use predict")
+        if self.target_scale is not None or self.survival is not None:
+            raise BatchRejected("a regression or survival model predicts values, not probabilities: use predict")
         if self.schema.kind == "image":
             return self._predict_images(self.images(raw))
         x = torch.from_numpy(self.preprocessor.transform(coerce_features(raw, self.schema)))
@@ -146,7 +168,8 @@ class Predictor:
 
     def score(self, raw: pd.DataFrame) -> pd.DataFrame:
         """row (1-based input row number), prediction, proba_<class>, status (`ok` or `refused`) and reason; a
-        regression's prediction is a number in the target's units and it has no probabilities.
+        regression's prediction is a number in the target's units and it has no probabilities; a survival model's
+        columns are risk and survival_at_<horizon> in place of prediction and probabilities.
 
         A batch without a feature column is refused whole (BatchRejected); a row failing a row check keeps its
         place with empty probabilities and its reason, so callers never get a confident score for a bad row."""
@@ -161,6 +184,18 @@ class Predictor:
             raise BatchRejected(f"batch of {len(raw)} rows lacks {len(missing)} feature column(s) {missing}")
         reasons = row_problems(raw, self.schema, self.preprocessor.ranges)
         ok = reasons.eq("").to_numpy()
+        if self.survival is not None:
+            risk = np.full(len(raw), np.nan)
+            if ok.any():
+                risk[ok] = self.outputs(raw[ok])[:, 0]
+            out = pd.DataFrame({"row": np.arange(1, len(raw) + 1), "risk": risk}, index=raw.index)
+            at = np.full((len(raw), len(self.horizons)), np.nan)
+            at[ok] = self.survival_at(risk[ok])
+            for h, column in zip(self.horizons, at.T, strict=True):
+                out[survival_column(h)] = column
+            out["status"] = np.where(ok, "ok", "refused")
+            out["reason"] = reasons.to_numpy()
+            return out
         if self.target_scale is not None:
             values = np.full(len(raw), np.nan)
             if ok.any():

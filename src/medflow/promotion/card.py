@@ -23,6 +23,11 @@ def _what(schema: Schema) -> str:
     """What the model does, as the card's first words say it."""
     if schema.classes:
         return f"{schema.task.capitalize()} classification of `{schema.target}` ({', '.join(schema.classes)})"
+    if schema.outcome == "survival":
+        return (
+            f"Time to the event `{schema.target}` over the follow-up `{schema.time}` (a risk score and survival "
+            "probabilities at the horizons, Cox proportional hazards)"
+        )
     return f"{schema.task.capitalize()} of `{schema.target}` (a number, predicted in its own units)"
 
 
@@ -153,7 +158,10 @@ def card_data(
             "Probabilities are not calibrated unless the calibration section says so; the temperature is reported, "
             "not applied."
             if schema.classes
-            else "Calibration-in-the-large and the calibration slope are measured on test; nothing recalibrates.",
+            else "Calibration-in-the-large and the calibration slope are measured on test; nothing recalibrates."
+            if schema.outcome == "regression"
+            else "Survival probabilities assume proportional hazards; calibration by risk group at each horizon is "
+            "measured on test (the evaluation report); nothing recalibrates.",
             "Subgroups are only those named in evaluate.subgroups; groups under the minimum size show no metrics.",
         ],
         "environment": environment,

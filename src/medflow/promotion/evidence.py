@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from medflow.data.columns import LABEL, ROW_ID, SPLIT
+from medflow.data.columns import LABEL, ROW_ID, SPLIT, TIME
 from medflow.data.features import Schema, coerce_features
 from medflow.data.manifest import load_split
 from medflow.data.sources import dataset_name
@@ -89,7 +89,12 @@ def test_split(paths: Paths) -> TestSplit:
             raise FileNotFoundError(f"{path.relative_to(paths.root)} not found: run the {step} step first")
     df, _ = load_split(paths)
     test, train = df[df[SPLIT] == "test"], df[df[SPLIT] == "train"]
-    return TestSplit(test, test[LABEL].to_numpy(), patient_keys(paths, test[ROW_ID]), train)
+    return TestSplit(test, outcome(test), patient_keys(paths, test[ROW_ID]), train)
+
+
+def outcome(rows: pd.DataFrame) -> np.ndarray:
+    """What the task's metrics read: the labels, or a survival table's (time, event) pairs (rows x 2)."""
+    return rows[[TIME, LABEL]].to_numpy(dtype="float64") if TIME in rows else rows[LABEL].to_numpy()
 
 
 def _baseline_features(predictor: Predictor, paths: Paths, rows: pd.DataFrame) -> np.ndarray:
@@ -115,7 +120,7 @@ def gate_evidence(
     cand = score(predictor, paths, split.rows, kind)
     baselines = task.baselines(
         _baseline_features(predictor, paths, split.train),
-        split.train[LABEL].to_numpy(),
+        outcome(split.train),
         _baseline_features(predictor, paths, split.rows),
         predictor.schema,
         params.seed,

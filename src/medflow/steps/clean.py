@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from medflow.data.columns import CONTENT_HASH, LABEL, PATIENT_KEY, ROW_ID
+from medflow.data.columns import CONTENT_HASH, LABEL, PATIENT_KEY, ROW_ID, TIME
 from medflow.data.features import Schema, coerce_features, encode_labels
 from medflow.params import DataParams, Params
 from medflow.paths import Paths
@@ -76,7 +76,9 @@ def build_schema(
             dropped[col] = "declared identifier"
         elif kind == "text":
             dropped[col] = (text_why or {}).get(col, "free text or dates") + ": not used as a feature"
-    candidates = [c for c, k in kinds.items() if k in ("numeric", "categorical")]
+        elif col == data.time and data.task == "survival":
+            dropped[col] = "data.time: the follow-up time, half of the outcome"
+    candidates = [c for c, k in kinds.items() if k in ("numeric", "categorical") and c not in dropped]
     for col in undeclared_identifiers(candidates, data.identifiers, [data.target, data.patient_id or ""]):
         dropped[col] = "named like an identifier: declare it in data.identifiers"
         log.warning("column %r looks like an identifier and is not used as a feature", col)
@@ -95,7 +97,12 @@ def build_schema(
         dropped=dropped,
         formats={c: f for c, f in (formats or {}).items() if c in numeric},
         outcome=data.task,
+        **({"time": data.time, "event_value": _text(data.event_value)} if data.task == "survival" else {}),
     )
+
+
+def _text(value: str | int | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def split_duplicates(df: pd.DataFrame, cols: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -120,6 +127,8 @@ def clean_table(df: pd.DataFrame, schema: Schema, salt: str | None) -> pd.DataFr
         # Image manifests reach clean with the patient id; tables arrive already keyed by validate.
         out.insert(1, PATIENT_KEY, pseudonymise(df[schema.patient_id], salt or ""))
     out[LABEL] = encode_labels(df[schema.target], schema)
+    if schema.time:
+        out[TIME] = pd.to_numeric(df[schema.time]).to_numpy(dtype="float64")
     return out.reset_index(drop=True)
 
 

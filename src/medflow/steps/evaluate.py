@@ -11,9 +11,9 @@ import math
 import numpy as np
 
 from medflow import tracking
-from medflow.data.columns import LABEL, ROW_ID, SPLIT
+from medflow.data.columns import LABEL, ROW_ID, SPLIT, TIME
 from medflow.data.manifest import load_split
-from medflow.evaluation import regression
+from medflow.evaluation import regression, survival
 from medflow.evaluation.calibration import fit_temperature, scale
 from medflow.evaluation.heldout import patient_keys, score
 from medflow.evaluation.metrics import bootstrap_ci, point_metrics, weighted_metrics
@@ -40,7 +40,9 @@ from medflow.params import Params
 from medflow.paths import Paths
 from medflow.tasks import for_params
 
-LEARNING_CURVE_KEYS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "train_mae", "val_mae")
+LEARNING_CURVE_KEYS = (
+    "train_loss", "val_loss", "train_accuracy", "val_accuracy", "train_mae", "val_mae", "train_c_index", "val_c_index"
+)  # fmt: skip
 
 
 def _finite(d: dict) -> dict:
@@ -162,6 +164,95 @@ def _regression(params: Params, paths: Paths, test, predictor: Predictor, target
     return metrics, report
 
 
+def _survival_md(report: dict, metrics: dict) -> str:
+    lines = [
+        "# Evaluation (test split)",
+        "",
+        f"{report['test_rows']} rows, {report['test_patients']} patients, {report['test_events']} events; "
+        f"intervals: 95% percentile bootstrap over {report['resampled']} ({report['n_boot']} resamples). Harrell's "
+        "and Uno's C (Uno's truncated at the last horizon) and the AUC at each horizon: higher is better; the Brier "
+        "score and its integral over time: lower is better. Censoring weights come from the training split. "
+        f"Horizons in the time column's units: {', '.join(f'{h:g}' for h in report['horizons'])}"
+        + (f" ({report['horizons_note']})." if report.get("horizons_note") else "."),
+        "",
+        "| metric | value | 95% CI |",
+        "|---|---|---|",
+    ]
+    for k in sorted(m for m in metrics if m.startswith("test_") and not m.endswith(("_low", "_high"))):
+        lo, hi = metrics.get(f"{k}_ci_low"), metrics.get(f"{k}_ci_high")
+        ci = f"[{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else ""
+        lines.append(f"| {k.removeprefix('test_')} | {metrics[k]:.4f} | {ci} |")
+    lines += [
+        "",
+        "Calibration: mean predicted survival against the Kaplan-Meier estimate of each risk group (1 lowest risk).",
+        "",
+        "| horizon | risk group | rows | predicted | observed (KM) |",
+        "|---|---|---|---|---|",
+    ]
+    for c in report["calibration"]:
+        lines.append(
+            f"| {c['horizon']:g} | {c['group'] + 1} | {c['rows']} | {c['predicted']:.3f} | {c['observed']:.3f} |"
+        )
+    if report.get("learning_curves") is None:
+        lines += ["", "No per-epoch history on the training run: no learning curves."]
+    return "\n".join(lines) + "\n"
+
+
+def _survival(params: Params, paths: Paths, df, test, predictor: Predictor) -> tuple[dict, dict]:
+    """A survival model's C-indices with their patient-bootstrap intervals, AUC and Brier score at each horizon the
+    test follow-up spans, the integrated Brier score, calibration by risk group and the Kaplan-Meier plot."""
+    ep, seed = params.evaluate, params.seed
+    train = df[df[SPLIT] == "train"]
+    t0, e0 = train[TIME].to_numpy(dtype="float64"), train[LABEL].to_numpy() > 0
+    time, event = test[TIME].to_numpy(dtype="float64"), test[LABEL].to_numpy() > 0
+    risk = score(predictor, paths, test, "tabular")[:, 0]
+    groups = patient_keys(paths, test[ROW_ID])
+    metrics = {}
+    # The time-dependent metrics need each horizon inside the test split's follow-up and before the training
+    # split's last time (beyond it the censoring weights are undefined: scikit-survival refuses). A test row followed
+    # past the training split's last time is censored there for them: its status at every horizon is unchanged.
+    end = t0.max()
+    horizons = [h for h in predictor.horizons if time.min() <= h < min(time.max(), end)]
+    past = time > end
+    t_w, e_w = np.where(past, end, time), event & ~past
+    tau = max(horizons) if horizons else None
+    for name, weights in (("c_index", None), ("uno_c", survival.uno_weights(t0, e0, time, event, tau))):
+        c = survival.concordance(time, event, risk, groups, weights, ep.n_boot, seed)
+        metrics |= _finite(
+            {f"test_{name}": c.value, f"test_{name}_ci_low": c.ci_low, f"test_{name}_ci_high": c.ci_high}
+        )
+    calibration, km = [], []
+    if horizons:
+        at = predictor.survival_at(risk, horizons)
+        auc, mean_auc = survival.time_auc(t0, e0, t_w, e_w, risk, horizons)
+        score_at = survival.brier(t0, e0, t_w, e_w, at, horizons)
+        for h, a, b in zip(horizons, auc, score_at, strict=True):
+            metrics |= _finite({f"test_auc_at_{h:g}": a, f"test_brier_at_{h:g}": b})
+        metrics |= _finite({"test_mean_auc": mean_auc})
+        calibration = survival.calibration(time, event, risk, at, horizons)
+        grid = np.linspace(*np.quantile(t_w, [0.05, 0.95]), 50)
+        on_grid = predictor.survival_at(risk, grid)
+        metrics |= _finite({"test_integrated_brier": survival.integrated_brier(t0, e0, t_w, e_w, on_grid, grid)})
+        km = survival.km_by_group(time, event, risk, on_grid, grid)
+        plots = paths.step_dir("evaluate") / "plots"
+        plots.mkdir(parents=True, exist_ok=True)
+        survival.plot_km_by_group(km, plots / "km_by_risk_group.png", f"{params.data.time} (time column's units)")
+    n_patients = len(np.unique(groups)) if groups is not None else len(test)
+    metrics |= {"n_test": len(test), "n_test_patients": n_patients, "n_test_events": int(event.sum())}
+    left = [h for h in predictor.horizons if h not in horizons]
+    report = {
+        "test_rows": len(test),
+        "test_patients": n_patients,
+        "test_events": int(event.sum()),
+        "resampled": "rows (no patient id)" if groups is None else "patients",
+        "n_boot": ep.n_boot,
+        "horizons": horizons,
+        "horizons_note": f"{len(left)} horizon(s) outside the test follow-up left out" if left else None,
+        "calibration": calibration,
+    }
+    return metrics, report
+
+
 def run(params: Params, paths: Paths) -> dict:
     ep = params.evaluate
     task = for_params(params)
@@ -171,6 +262,9 @@ def run(params: Params, paths: Paths) -> dict:
         raise ValueError(f"{paths.manifest}: the test split is empty; enlarge the data or split.test")
     # Scoring goes through the same Predictor the registered model uses.
     predictor = Predictor(paths.model_bundle)
+    if task.name == "survival":
+        metrics, report = _survival(params, paths, df, test, predictor)
+        return _finish(params, paths, metrics, report, _survival_md, task.epoch_metric)
     if not task.has_classes:
         metrics, report = _regression(params, paths, test, predictor, schema.target)
         return _finish(params, paths, metrics, report, _regression_md, task.epoch_metric)

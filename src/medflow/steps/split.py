@@ -97,11 +97,24 @@ def run(params: Params, paths: Paths) -> dict:
     schema = Schema.load(paths.schema)
     labels = df[LABEL].to_numpy()
     classed = of(schema).has_classes
-    if not classed:
+    # Survival: stratified by event (a patient with any event against none), so every split holds events.
+    events = schema.outcome == "survival"
+    if not classed and not events:
         # A continuous target: the groups are stratified by its quintile, so each split spans its range.
         labels = np.searchsorted(np.nanquantile(labels, [0.2, 0.4, 0.6, 0.8]), labels)
-    split = assign_splits(leakage_groups(df, schema.identity_columns), labels, params.split, params.seed)
+    groups = leakage_groups(df, schema.identity_columns)
+    # A group's stratum is whether any of its rows is an event, not its majority.
+    strata = pd.Series(labels).groupby(groups).transform("max").to_numpy() if events else labels
+    split = assign_splits(groups, strata, params.split, params.seed)
     check_no_leakage(df, split, schema.identity_columns)
+    if events:
+        for name in SPLITS:
+            if not labels[split == name].any():
+                raise ValueError(
+                    f"{paths.manifest}: the {name} split holds {int((split == name).sum())} rows and no event (rule: "
+                    "every split needs events, the C-index and the partial likelihood compare them); enlarge the "
+                    "data or split.val and split.test"
+                )
 
     out = paths.step_dir("split")
     out.mkdir(parents=True, exist_ok=True)
@@ -115,8 +128,8 @@ def run(params: Params, paths: Paths) -> dict:
     manifest.to_csv(paths.manifest, index=False)
     summary = {
         "rows": {s: int((split == s).sum()) for s in SPLITS},
-        # Regression: rows per quintile of the target, the strata.
-        "class_counts" if classed else "quintile_counts": {
+        # Regression: rows per quintile of the target, the strata; survival: censored and event rows.
+        "class_counts" if classed else "event_counts" if events else "quintile_counts": {
             s: np.bincount(labels[split == s], minlength=len(schema.classes)).tolist() for s in SPLITS
         },
         "patients": {s: int(manifest.loc[split == s, "patient_key"].nunique()) for s in SPLITS}

@@ -29,7 +29,7 @@ import torch
 
 from medflow import tracking
 from medflow.console import say
-from medflow.data.columns import LABEL, SPLIT
+from medflow.data.columns import LABEL, SPLIT, TIME
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema
 from medflow.data.manifest import load_split
 from medflow.models import vision
@@ -86,12 +86,33 @@ def upstream_counts(paths: Paths) -> dict[str, int]:
 
 def targets(df: pd.DataFrame, positions: dict[str, np.ndarray], has_classes: bool):
     """Each split's labels as the network learns them, and how to read its output in the target's units (None for
-    classes): a regression target standardised by the training split's mean and standard deviation."""
+    classes and survival): a regression target standardised by the training split's mean and standard deviation;
+    a survival table's (time, event) pairs as they are."""
+    if TIME in df:
+        pair = df[[TIME, LABEL]].to_numpy(dtype="float32")
+        return {s: torch.from_numpy(np.ascontiguousarray(pair[pos])) for s, pos in positions.items()}, None
     y = {s: df[LABEL].to_numpy()[pos] for s, pos in positions.items()}
     if has_classes:
         return {s: torch.from_numpy(v) for s, v in y.items()}, None
     mean, std = float(y["train"].mean()), float(y["train"].std()) or 1.0
     return {s: torch.from_numpy(((v - mean) / std).astype("float32")) for s, v in y.items()}, {"mean": mean, "std": std}
+
+
+def survival_curve(params: Params, task, model: torch.nn.Module, x_train: torch.Tensor, y_train: torch.Tensor) -> dict:
+    """The Breslow baseline of the trained model's risk scores on the training split, and the horizons predict
+    answers at (evaluate.horizons, or the training split's event-time quartiles)."""
+    from medflow.models.cox import Baseline
+
+    with torch.inference_mode():
+        risk = model.eval()(x_train).double().numpy()[:, 0]
+    time, event = y_train[:, 0].double().numpy(), y_train[:, 1].numpy() > 0
+    base = Baseline.fit(risk, time, event)
+    return {
+        "times": base.times.tolist(),
+        "cumhaz": base.cumhaz.tolist(),
+        "shift": base.shift,
+        "horizons": task.horizons(params, time, event),
+    }
 
 
 def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
@@ -228,8 +249,12 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
     for epoch, row in enumerate(result.history[: result.resumed_from], start=1):
         tracking.log_epoch(run_id, row, step=epoch)
     model.cpu()
-    # A regression bundle records its target's scale: the Predictor answers in the target's units.
-    save_bundle(paths.model_bundle, model, config | ({"target_scale": scale} if scale else {}), pre, schema)
+    # A regression bundle records its target's scale: the Predictor answers in the target's units; a survival
+    # bundle its Breslow baseline and horizons: the Predictor answers survival probabilities.
+    extra = {"target_scale": scale} if scale else {}
+    if task.name == "survival":
+        extra = {"survival": survival_curve(params, task, model, x["train"], y["train"])}
+    save_bundle(paths.model_bundle, model, config | extra, pre, schema)
     ckpt.unlink(missing_ok=True)  # the bundle is the result: a finished run leaves nothing to resume
     tracking.log_metrics(
         run_id,

@@ -1,6 +1,6 @@
-"""What the target is, decided in one place: classification or regression (data.task; the Schema records it, so a
-bundle knows its own). Every step asks its task for what differs between them (target checks, label encoding, the
-network head and loss, metrics and their direction, baselines, predict's columns) instead of branching on the
+"""What the target is, decided in one place: classification, regression or survival (data.task; the Schema records it,
+so a bundle knows its own). Every step asks its task for what differs between them (target checks, label encoding,
+the network head and loss, metrics and their direction, baselines, predict's columns) instead of branching on the
 target; a new task is a new module here with the same members, registered in TASKS.
 """
 
@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 from medflow.params import Params, ParamsError
 from medflow.tasks.classification import Classification
 from medflow.tasks.regression import Regression
+from medflow.tasks.survival import Survival
 
 if TYPE_CHECKING:
     from medflow.data.features import Schema
 
-Task = Classification | Regression
-TASKS: dict[str, Task] = {t.name: t for t in (Classification(), Regression())}
+Task = Classification | Regression | Survival
+TASKS: dict[str, Task] = {t.name: t for t in (Classification(), Regression(), Survival())}
 
 
 def named(name: str) -> Task:

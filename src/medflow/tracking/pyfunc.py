@@ -6,6 +6,7 @@ Imports mlflow at module level (a PythonModel subclass needs it), so only regist
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import traceback
 import warnings
@@ -24,7 +25,7 @@ from mlflow.types.schema import Schema as ColumnSchema
 
 import medflow
 from medflow.data.features import Schema
-from medflow.models.bundle import BatchRejected
+from medflow.models.bundle import BatchRejected, survival_column
 
 PACKAGE_DIR = Path(medflow.__file__).parent
 
@@ -76,7 +77,7 @@ class BundleModel(mlflow.pyfunc.PythonModel):
             ) from None
 
 
-def signature(schema: Schema) -> ModelSignature | None:
+def signature(schema: Schema, horizons: list[float] | None = None) -> ModelSignature | None:
     """The output columns, typed; no input schema, so that every input value reaches the bundle's own checks.
 
     MLflow 3.17 enforces typed input columns before predict and its refusal of a wrong value (text in a double
@@ -87,6 +88,14 @@ def signature(schema: Schema) -> ModelSignature | None:
     """
     if schema.kind == "image":
         return None  # arrays, lists of paths or a DataFrame of paths: the Predictor checks the shape itself
+    if schema.outcome == "survival":  # the risk score and the survival probability at each of the bundle's horizons
+        return ModelSignature(
+            outputs=ColumnSchema(
+                [ColSpec("long", "row"), ColSpec("double", "risk", required=False)]
+                + [ColSpec("double", survival_column(h), required=False) for h in horizons or []]
+                + [ColSpec("string", "status"), ColSpec("string", "reason")]
+            ),
+        )
     if not schema.classes:  # regression: the prediction in the target's units
         return ModelSignature(
             outputs=ColumnSchema(
@@ -111,6 +120,7 @@ def requirements() -> list[str]:
 def log_model(bundle: Path, threshold: float | None = None) -> str:
     """Logs into the active run; returns the model URI. threshold (evaluate's) travels in the model's config."""
     schema = Schema.load(bundle / "schema.json")
+    horizons = json.loads((bundle / "model.json").read_text()).get("survival", {}).get("horizons")
     # MLflow checks explicit requirements against the environment by mapping every installed distribution to its
     # modules (~2 s a run); requirements() is read from that same environment, so the check can only pass.
     # Where an MLflow release renames it, the check simply runs again.
@@ -129,7 +139,7 @@ def log_model(bundle: Path, threshold: float | None = None) -> str:
             artifacts={"bundle": str(bundle)},
             code_paths=[str(PACKAGE_DIR)],
             pip_requirements=requirements(),
-            signature=signature(schema),
+            signature=signature(schema, horizons),
             metadata={"features": {"numeric": schema.numeric, "categorical": schema.categorical}},
             model_config={"threshold": threshold} if threshold is not None else None,
         )

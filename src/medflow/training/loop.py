@@ -290,6 +290,13 @@ def fit(
     per_rank, batch = n // world, max(1, cfg.batch_size // world)  # world * batch rows per optimizer step
     n_seen, n_val = per_rank * world, max(len(x_val), 1)
     eval_batch = 2 * cfg.batch_size if images else max(cfg.batch_size, 1024)
+    # A task whose loss needs something of each batch deals its own (survival: an event in each); its loss and
+    # score compare rows with one another, so the validation split is scored whole, never summed over batches.
+    deal = getattr(task, "batches", None)
+    if deal is not None:
+        if world > 1:
+            raise ValueError(f"data.task={cfg.task}: not yet under torchrun (its batches differ in size by rank)")
+        eval_batch = n_val
     if rank != 0:
         progress = None
     if progress:
@@ -304,11 +311,14 @@ def fit(
         order = torch.randperm(n, generator=order_gen)[rank:n_seen:world].to(home)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
-        for i in range(0, per_rank, batch):
-            xb, yb = train.batch(order[i : i + batch], cfg.augment_flip, cfg.augment_translate, aug_gen)
+        batches = [order[i : i + batch] for i in range(0, per_rank, batch)]
+        if deal is not None:
+            batches = deal(order, y_train, batch, cfg.seed + epoch)
+        for i, rows in enumerate(batches):
+            xb, yb = train.batch(rows, cfg.augment_flip, cfg.augment_translate, aug_gen)
             mixed = None
             if cfg.mixup > 0 or cfg.cutmix > 0:
-                rng = augment.batch_rng(cfg.seed, rank, epoch, i)
+                rng = augment.batch_rng(cfg.seed, rank, epoch, i * batch)
                 mixed = augment.mix(xb, yb, cfg.mixup, cfg.cutmix, rng, aug_gen)
             with autocast():
                 logits = net(xb if mixed is None else mixed.x)

@@ -13,6 +13,7 @@ import pandas as pd
 from medflow.data import sources
 from medflow.data.checks import Check
 from medflow.data.columns import ROW_ID
+from medflow.data.events import event_flags
 from medflow.data.numbers import Parsed, typed
 from medflow.data.profile import association, numeric_associations, positives
 from medflow.data.selection import Groups, concentrated
@@ -35,7 +36,7 @@ from medflow.validation.outputs import relative
 def declared(df: pd.DataFrame, data: DataParams, where: str) -> None:
     """Every column params.data names must be in the table, and none may be both excluded and used."""
     named = {"data.target": [data.target], "data.patient_id": [data.patient_id] if data.patient_id else [],
-             "data.identifiers": data.identifiers}  # fmt: skip
+             "data.identifiers": data.identifiers, "data.time": [data.time] if data.time else []}  # fmt: skip
     both = sorted(set(data.exclude) & {c for cols in named.values() for c in cols})
     if both:
         raise ValidationFailed(f"{where}: column(s) {both} are in data.exclude and also named in params.data")
@@ -110,6 +111,8 @@ def leakage(df: pd.DataFrame, kinds: dict[str, str], data: DataParams, vp: Valid
     """
     if data.task == "regression":  # the screen scores classes; a regression target has the gate's shuffle check
         return {}
+    # A survival run's follow-up time is its outcome's other half, declared and never a feature.
+    kinds = {c: k for c, k in kinds.items() if c != data.time}
     df = df[df[data.target].notna()]
     labels = df[data.target].astype("string")
     positive = positives(sorted(labels.dropna().unique()), data)
@@ -152,7 +155,8 @@ def _refuse_leaks(leaks: dict[str, dict], data: DataParams, vp: ValidateParams, 
             + "; ".join(f"{c!r} (ROC-AUC {v['auc']:.3f} alone for {data.target!r})" for c, v in times.items())
             + f" is named as a time and tells the outcome apart (validate.followup_auc={vp.followup_auc}): how long "
             "a patient was followed is decided by the outcome, so a model would learn it rather than the patient. "
-            f"If this is a time-to-event table, drop it (-P 'data.exclude={yaml_list([*data.exclude, *times])}'); "
+            f"If this is a time-to-event table, declare it (-P data.task=survival -P data.time={next(iter(times))} "
+            f"-P data.event={data.target}) or drop it (-P 'data.exclude={yaml_list([*data.exclude, *times])}'); "
             "if it was measured before the outcome, accept it "
             f"(-P 'validate.accept_leakage={yaml_list([*vp.accept_leakage, *times])}')"
         )
@@ -177,6 +181,8 @@ def decide_suite(
             )
     # Privacy and leakage come first: until every column has a role, nothing is written.
     _positive_occurs(df, data, where, totals)
+    if data.task == "survival":
+        survival_outcome(df, data, where)
     inferred = column_kinds(df, data, vp, parsed)
     _refuse_suspects(df, data, inferred, where, parsed)
     # Columns the suite does not know yet (a new export field) are judged by their inferred kind.
@@ -187,6 +193,43 @@ def decide_suite(
         dataset = sources.dataset_name(data.source)
         suite = infer_suite(df, data, vp, name=dataset, source=where, parsed=parsed, totals=totals)
     return suite, created, leaks
+
+
+def survival_outcome(df: pd.DataFrame, data: DataParams, where: str) -> None:
+    """A survival table's time and event, each refused in one line (column, rule, count; never a value): times
+    missing, unreadable, negative or 0 (tasks/survival.py says why 0 is refused), an event column holding other
+    values than 1/0 (or, with data.event_value, more than two), and a table without one event."""
+    time = pd.to_numeric(df[data.time], errors="coerce")
+    rules = (
+        (df[data.time].isna(), "a follow-up time is required"),
+        (time.isna() & df[data.time].notna(), "a follow-up time is a number"),
+        (time < 0, "a follow-up time is not negative"),
+        (time == 0, "a follow-up time is above 0"),
+    )
+    for bad, rule in rules:
+        if bad.any():
+            raise ValidationFailed(
+                f"{where}: time column {data.time!r}: {int(bad.sum())} row(s) break the rule: {rule}"
+            )
+    event = df[data.event].astype("string").str.strip()
+    flags = event_flags(df[data.event], data.event_value)
+    values = event.dropna().nunique()
+    if event.isna().any():
+        raise ValidationFailed(
+            f"{where}: event column {data.event!r}: {int(event.isna().sum())} row(s) break the rule: an event or "
+            "censoring is recorded for every row"
+        )
+    if flags.isna().any() or (data.event_value is not None and values > 2):
+        worded = data.event_value is not None
+        rule = "two values, the event and censoring" if worded else "1 (event) or 0 (censored)"
+        fix = "" if worded else "; name the value meaning an event with -P data.event_value=VALUE"
+        bad = f"{int(flags.isna().sum())} row(s)" if flags.isna().any() else f"{values} distinct values"
+        raise ValidationFailed(f"{where}: event column {data.event!r}: {bad} break the rule: {rule}{fix}")
+    if not flags.any():
+        raise ValidationFailed(
+            f"{where}: event column {data.event!r}: all {len(df)} rows are censored (rule: a survival table needs "
+            "events; check data.event_value)"
+        )
 
 
 def _positive_occurs(df: pd.DataFrame, data: DataParams, where: str, totals: Totals | None) -> None:

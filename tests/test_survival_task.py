@@ -1,0 +1,190 @@
+"""data.task=survival: the gate's paired C-index draws against scikit-survival, the task's params, its bad input
+(negative times, worded events without data.event_value, all censored, a follow-up time as a classification
+feature), the steps on WHAS500 from validate to the gate's evidence and predict, and the whas500 example end to end."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sksurv.metrics import concordance_index_censored
+from usercmd import scratch_clone, sh
+
+from medflow.data.sources import DEMOS
+from medflow.evaluation import survival
+from medflow.evaluation.metrics import resample_weights
+from medflow.models.bundle import Predictor
+from medflow.params import ParamsError, from_dict
+from medflow.paths import Paths
+from medflow.pipeline import run_step
+from medflow.promotion.evidence import gate_evidence
+from medflow.tasks import for_params
+
+
+def _params(**over):
+    raw = {
+        "data": {"source": "data/whas500.csv", "task": "survival", "time": "lenfol", "event": "fstat"},
+        "train": {"max_epochs": 15, "patience": 5, "hidden": [16], "batch_size": 64},
+        "evaluate": {"n_boot": 200, "horizons": [365, 730, 1825]},
+        "register": {"model_name": "test-whas500", "gate": {"n_boot": 200}},
+    }
+    for key, value in over.items():
+        section, name = key.split("__")
+        raw.setdefault(section, {})[name] = value
+    return from_dict(raw)
+
+
+def _table(paths: Paths, df: pd.DataFrame) -> None:
+    paths.data_dir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(paths.data_dir / "whas500.csv", index=False)
+
+
+@pytest.fixture(scope="module")
+def whas500() -> pd.DataFrame:
+    return DEMOS["whas500"]()
+
+
+def test_the_gates_draws_are_harrells_c_of_each_model_on_the_same_resampled_rows():
+    rng = np.random.default_rng(0)
+    n = 120
+    time = rng.integers(1, 40, n).astype(float)  # tied times, as days are
+    event = rng.random(n) < 0.4
+    risks = [rng.normal(size=n) - 0.05 * time, rng.normal(size=n)]
+    draws = survival.bootstrap_draws(time, event, risks, None, 20, seed=5)
+    assert draws.shape == (2, 20)
+    # A resample repeats each row as often as it was drawn: Harrell's C of the repeated rows (copies of a row are
+    # never comparable with one another) is the draw's.
+    for b, w in enumerate(next(resample_weights(None, n, 20, 5)).astype(int)):
+        rows = np.repeat(np.arange(n), w)
+        for m, risk in enumerate(risks):
+            expected = concordance_index_censored(event[rows], time[rows], risk[rows])[0]
+            assert draws[m, b] == pytest.approx(expected)
+    same = survival.bootstrap_draws(time, event, [risks[0], risks[0]], None, 20, seed=5)
+    np.testing.assert_array_equal(same[0], same[1])
+
+
+def test_the_task_takes_c_index_and_the_event_as_its_target_and_needs_both_columns():
+    params = _params()
+    assert params.evaluate.primary_metric == "c_index" and params.data.target == "fstat"
+    for_params(params)
+    with pytest.raises(ParamsError) as err:
+        for_params(_params(data__time=None))
+    assert "\n" not in str(err.value) and "needs data.time" in str(err.value)
+    with pytest.raises(ParamsError, match="survival takes c_index"):
+        for_params(_params(evaluate__primary_metric="roc_auc"))
+
+
+@pytest.mark.parametrize(
+    ("change", "over", "expected"),
+    [
+        (lambda df: df.assign(lenfol=df["lenfol"].where(df.index % 50 != 3, -df["lenfol"])), {},
+         "time column 'lenfol': 10 row(s) break the rule: a follow-up time is not negative"),
+        (lambda df: df.assign(lenfol=df["lenfol"].where(df.index % 100 != 7, 0)), {},
+         "time column 'lenfol': 5 row(s) break the rule: a follow-up time is above 0"),
+        (lambda df: df.assign(fstat=df["fstat"].map({1: "dead", 0: "alive"})), {},
+         "event column 'fstat': 500 row(s) break the rule: 1 (event) or 0 (censored); name the value meaning an "
+         "event with -P data.event_value=VALUE"),
+        (lambda df: df.assign(fstat=0), {}, "event column 'fstat': all 500 rows are censored"),
+    ],
+    ids=["negative_time", "time_zero", "worded_event", "all_censored"],
+)  # fmt: skip
+def test_bad_survival_input_stops_validate_in_one_line_naming_column_rule_and_count(
+    whas500, tmp_path, monkeypatch, change, over, expected
+):
+    monkeypatch.setenv("MEDFLOW_SALT", "survival-salt")
+    paths = Paths(root=tmp_path)
+    _table(paths, change(whas500.copy()))
+    with pytest.raises(ValueError) as err:
+        run_step("validate", _params(**over), paths)
+    message = str(err.value)
+    assert "\n" not in message and expected in message, message
+    assert not paths.valid_rows.exists()
+
+
+def test_worded_events_pass_with_event_value(whas500, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDFLOW_SALT", "survival-salt")
+    paths = Paths(root=tmp_path)
+    _table(paths, whas500.assign(fstat=whas500["fstat"].map({1: "Dead", 0: "alive"})))
+    run_step("validate", _params(data__event_value="dead"), paths)
+    run_step("clean", _params(data__event_value="dead"), paths)
+    cleaned = pd.read_parquet(paths.cleaned)
+    assert cleaned["_label"].sum() == whas500["fstat"].sum() and "lenfol" not in cleaned
+    assert cleaned["_time"].tolist() == whas500["lenfol"].astype(float).tolist()
+
+
+def test_a_follow_up_time_as_a_classification_feature_stops_with_the_survival_fix(whas500, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDFLOW_SALT", "survival-salt")
+    paths = Paths(root=tmp_path)
+    _table(paths, whas500)
+    params = from_dict({"data": {"source": "data/whas500.csv", "target": "fstat"}})
+    with pytest.raises(ValueError) as err:
+        run_step("validate", params, paths)
+    message = str(err.value)
+    assert "\n" not in message and "suspected follow-up time" in message and "'lenfol'" in message
+    assert "-P data.task=survival -P data.time=lenfol -P data.event=fstat" in message
+
+
+def test_the_steps_score_c_index_against_both_baselines_and_predict_survival(whas500, project, monkeypatch):
+    monkeypatch.setenv("MEDFLOW_SALT", "survival-salt")
+    _table(project, whas500)
+    params = _params()
+    for step in ("validate", "clean", "split"):
+        run_step(step, params, project)
+    split = json.loads(project.summary("split").read_text())
+    assert all(censored_events[1] > 0 for censored_events in split["event_counts"].values())
+    run_step("train", params, project)
+    train = json.loads(project.summary("train").read_text())
+    assert 0.5 < train["best_val_c_index"] <= 1
+    metrics = run_step("evaluate", params, project)
+    stored = json.loads(project.metrics.read_text())
+    assert stored["test_c_index_ci_low"] < stored["test_c_index"] < stored["test_c_index_ci_high"]
+    for key in ("test_uno_c", "test_auc_at_365", "test_brier_at_730", "test_integrated_brier", "test_mean_auc"):
+        assert key in metrics
+    assert (project.step_dir("evaluate") / "plots" / "km_by_risk_group.png").exists()
+    assert "| 1825 | 5 |" in (project.step_dir("evaluate") / "report.md").read_text()
+
+    comparison, _, report = gate_evidence(params, project, stored, None)
+    assert set(report["baseline_deltas"]) == {"baseline cox", "baseline gradient_boosted_trees"}
+    cox = report["models"]["baseline cox"]
+    assert 0.65 < cox["c_index"] < 0.9 and cox["ci_low"] < cox["c_index"] < cox["ci_high"]
+    assert report["models"]["candidate"]["c_index"] == pytest.approx(stored["test_c_index"])
+    assert comparison.reference.startswith("baseline ")
+
+    predictor = Predictor(project.model_bundle)
+    batch = whas500.drop(columns=["lenfol", "fstat"]).astype(str)
+    batch.loc[5, "age"] = "old"
+    scored = predictor.score(batch)
+    horizons = ["survival_at_365", "survival_at_730", "survival_at_1825"]
+    assert list(scored.columns) == ["row", "risk", *horizons, "status", "reason"] and len(scored) == len(batch)
+    assert scored.loc[5, "status"] == "refused" and scored.loc[5, [*horizons, "risk"]].isna().all()
+    ok = scored[scored["status"].eq("ok")]
+    # Survival falls with time and with risk.
+    assert (ok["survival_at_365"] >= ok["survival_at_730"]).all() and (
+        ok["survival_at_730"] >= ok["survival_at_1825"]
+    ).all()
+    assert np.corrcoef(ok["risk"], ok["survival_at_730"])[0, 1] < -0.9
+
+
+@pytest.mark.e2e
+def test_the_whas500_example_registers_a_champion_and_predicts_every_row(tmp_path, migrated_mlflow_db):
+    from mlflow import MlflowClient
+
+    clone = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
+    done = sh(".venv/bin/medflow run --params examples/whas500.yaml -P train.max_epochs=60", clone, timeout=900)
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("registered medflow-whas500 v1 (champion: delta c_index vs baseline "), last
+    store = f"sqlite:///{clone / 'mlruns/mlflow.db'}"
+    card = MlflowClient(store, registry_uri=store).get_model_version("medflow-whas500", "1").description
+    assert "Time to the event `fstat` over the follow-up `lenfol`" in card and "Primary metric: `test_c_index`" in card
+    assert "| uno_c |" in card and "| brier_at_365 |" in card and "| integrated_brier |" in card
+    assert "`lenfol` (data.time" in card
+    for baseline in ("cox", "gradient_boosted_trees"):
+        assert f"| {baseline} |" in card
+    sh(".venv/bin/medflow predict --model models:/medflow-whas500@champion --input data/whas500.csv "
+       "--output out/scored.csv", clone)  # fmt: skip
+    scored = pd.read_csv(clone / "out/scored.csv")
+    assert len(scored) == len(pd.read_csv(clone / "data/whas500.csv"))
+    assert list(scored.columns) == [
+        "row", "model", "version", "risk", "survival_at_365", "survival_at_730", "survival_at_1825", "status", "reason"
+    ]  # fmt: skip
+    assert scored["status"].eq("ok").all() and scored["survival_at_730"].between(0, 1).all()
