@@ -224,6 +224,17 @@ class EvaluateParams(_Section):
     min_group_patients: int = Field(10, ge=1)
 
 
+class TreeBaselineParams(_Section):
+    """The gate's gradient-boosted-tree baseline (tables): XGBoost on the train split, stopped early on val."""
+
+    n_estimators: int = Field(300, ge=1)  # most boosting rounds
+    early_stopping_rounds: int = Field(20, ge=1)  # rounds without a lower validation loss before it stops
+    max_depth: int = Field(4, ge=1)
+    learning_rate: float = Field(0.1, gt=0, le=1)
+    max_rows: int = Field(100_000, ge=100)  # a larger train split is subsampled (seeded) to this many rows
+    threads: int = Field(1, ge=1)  # XGBoost threads; the same trees at any count, one is enough for its cost
+
+
 class GateParams(_Section):
     """How a version earns `champion`: floors, then a paired patient bootstrap against the champion or baselines."""
 
@@ -243,6 +254,11 @@ class GateParams(_Section):
     # rests its near-perfect score on that feature: a suspected leak, which never promotes (validate.accept_leakage
     # accepts it). Features that leak only together (a date beside its outcome's) pass validate's one-column screen.
     leak_drop: float = Field(0.1, gt=0, le=1)
+    # Tables: gradient-boosted trees beside the other baselines on the same test patients; null: left out.
+    tree_baseline: TreeBaselineParams | None = Field(default_factory=TreeBaselineParams)
+    # A baseline the candidate must beat by superiority (CI of delta above 0), champion or not, e.g.
+    # gradient_boosted_trees; null: none beyond the comparison above.
+    require_superiority_over: str | None = None
 
 
 Floor = Annotated[float, Field(ge=0, le=1)]

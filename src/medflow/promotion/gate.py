@@ -33,6 +33,7 @@ class Comparison:
     test: str  # superiority | non_inferiority
     margin: float  # non_inferiority only
     margin_key: str = "register.gate.margin"  # the parameter that set margin, named in every refusal
+    test_key: str = "register.gate.test"  # the parameter that asked for this test, named likewise
 
     @property
     def bound(self) -> float:
@@ -45,7 +46,7 @@ class Comparison:
     def describe(self) -> str:
         d = self.delta
         if self.test == "superiority":
-            rule = "superiority (register.gate.test)"
+            rule = f"superiority ({self.test_key})"
         else:
             rule = f"non-inferiority, margin {self.margin:g} ({self.margin_key})"
         return (
@@ -67,13 +68,20 @@ def decide(
     mismatch: str | None = None,
     exploratory: str | None = None,
     leak: str | None = None,
+    required: Comparison | str | None = None,
 ) -> Decision:
     """comparison: the paired test against the champion, or against the best baseline when there is none;
     regressions: subgroups that lost more than the tolerance; mismatch: how the candidate's inputs differ from the
-    champion's; exploratory: why the run is an experiment; leak: why its score looks learnt from a leak."""
+    champion's; exploratory: why the run is an experiment; leak: why its score looks learnt from a leak; required:
+    the superiority test over the baseline the project requires it to beat, or why that cannot be tested."""
     decision = _by_evidence(
         metric, value, floor, champion_version, comparison, sensitivity, min_sensitivity, regressions, mismatch
     )
+    unmet = required if isinstance(required, str) else None
+    if isinstance(required, Comparison) and not required.passed:
+        unmet = f"{required.describe()}: not met"
+    if unmet:
+        decision = Decision(False, f"{unmet}; {decision.reason}")
     if leak:
         return Decision(False, f"{leak}; {decision.reason}")
     if decision.promoted and exploratory:

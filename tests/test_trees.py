@@ -1,0 +1,78 @@
+"""The gradient-boosted-tree wrapper on tables medflow did not make: each objective learns what its task asks."""
+
+import numpy as np
+import pytest
+import xgboost as xgb
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
+from sklearn.metrics import mean_absolute_error, r2_score, roc_auc_score
+
+from medflow.models import trees
+
+
+def thirds(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffled train (60%), validation (20%) and test (20%) positions."""
+    idx = np.random.default_rng(seed).permutation(n)
+    a, b = int(0.6 * n), int(0.8 * n)
+    return idx[:a], idx[a:b], idx[b:]
+
+
+def test_regression_on_diabetes_beats_the_training_mean():
+    x, y = load_diabetes(return_X_y=True)
+    tr, va, te = thirds(len(y))
+    booster = trees.fit(x[tr], y[tr], x[va], y[va], "regression", trees.TreeSettings(learning_rate=0.05), seed=0)
+    pred = trees.predict(booster, x[te], "regression")
+    mean = np.full(len(te), y[tr].mean())
+    assert mean_absolute_error(y[te], pred) < 0.85 * mean_absolute_error(y[te], mean)
+    assert r2_score(y[te], pred) > 0.3
+
+
+def test_cox_on_whas500_ranks_who_dies_first():
+    import pandas as pd
+    from sksurv.datasets import load_whas500
+    from sksurv.metrics import concordance_index_censored
+
+    features, outcome = load_whas500()
+    x = pd.get_dummies(features, dtype=float).to_numpy()
+    time, event = outcome["lenfol"], outcome["fstat"]
+    tr, va, te = thirds(len(x))
+    label = trees.cox_label(time, event)
+    assert (label[event] > 0).all() and (label[~event] < 0).all()
+    settings = trees.TreeSettings(learning_rate=0.05)
+    booster = trees.fit(x[tr], label[tr], x[va], label[va], "cox", settings, seed=0)
+    risk = trees.predict(booster, x[te], "cox")
+    assert concordance_index_censored(event[te], time[te], risk)[0] > 0.7
+
+
+def test_classes_early_stopping_and_the_seed():
+    x, y = load_breast_cancer(return_X_y=True)
+    tr, va, te = thirds(len(y))
+    settings = trees.TreeSettings(n_estimators=500, early_stopping_rounds=10, subsample=0.8, colsample_bytree=0.8)
+    booster = trees.fit(x[tr], y[tr], x[va], y[va], "binary", settings, seed=3)
+    assert booster.num_boosted_rounds() < 500  # cut at the best validation round
+    proba = trees.predict(booster, x[te], "binary")
+    assert proba.shape == (len(te), 2) and np.allclose(proba.sum(axis=1), 1)
+    assert roc_auc_score(y[te], proba[:, 1]) > 0.97
+    again = trees.predict(trees.fit(x[tr], y[tr], x[va], y[va], "binary", settings, seed=3), x[te], "binary")
+    other = trees.predict(trees.fit(x[tr], y[tr], x[va], y[va], "binary", settings, seed=4), x[te], "binary")
+    assert np.array_equal(proba, again) and not np.array_equal(proba, other)
+
+    x, y = load_iris(return_X_y=True)
+    tr, va, te = thirds(len(y))
+    booster = trees.fit(x[tr], y[tr], x[va], y[va], "multiclass", trees.TreeSettings(), seed=0, n_classes=3)
+    proba = trees.predict(booster, x[te], "multiclass")
+    assert proba.shape == (len(te), 3) and (proba.argmax(axis=1) == y[te]).mean() > 0.85
+
+
+def test_the_saved_model_is_xgboosts_json_and_scores_the_same(tmp_path):
+    x, y = load_breast_cancer(return_X_y=True)
+    tr, va, te = thirds(len(y))
+    booster = trees.fit(x[tr], y[tr], x[va], y[va], "binary", trees.TreeSettings(), seed=0)
+    booster.save_model(tmp_path / "model.json")
+    loaded = xgb.Booster(model_file=tmp_path / "model.json")
+    assert np.array_equal(trees.predict(loaded, x[te], "binary"), trees.predict(booster, x[te], "binary"))
+
+
+def test_an_unknown_objective_is_named():
+    x = np.zeros((4, 1))
+    with pytest.raises(ValueError, match="tree objective 'poisson' is not one of binary, multiclass"):
+        trees.fit(x, np.zeros(4), x, np.zeros(4), "poisson", trees.TreeSettings(), seed=0)
