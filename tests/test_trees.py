@@ -1,5 +1,8 @@
 """The gradient-boosted-tree wrapper on tables medflow did not make: each objective learns what its task asks."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import xgboost as xgb
@@ -76,3 +79,53 @@ def test_an_unknown_objective_is_named():
     x = np.zeros((4, 1))
     with pytest.raises(ValueError, match="tree objective 'poisson' is not one of binary, multiclass"):
         trees.fit(x, np.zeros(4), x, np.zeros(4), "poisson", trees.TreeSettings(), seed=0)
+
+
+def test_trees_are_for_tables():
+    from medflow.models.tabular import check_kind
+
+    with pytest.raises(ValueError, match=r"^train.model='xgboost' is for tables; image data needs one of \["):
+        check_kind("xgboost", "image")
+
+
+@pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
+def test_xgboost_trains_registers_and_predicts_through_the_pipeline(tmp_path, migrated_mlflow_db):
+    import mlflow
+    import pandas as pd
+    from usercmd import scratch_clone, sh
+
+    from medflow import tracking
+    from medflow.paths import Paths
+
+    root = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
+    n_boot = "-P evaluate.n_boot=200 -P register.gate.n_boot=200"
+    done = sh(f".venv/bin/medflow run -P train.model=xgboost {n_boot}", root, timeout=600)
+    assert "stopped early after epoch" in done.stdout + done.stderr
+    assert "registered medflow-breast-cancer v1 (champion: " in done.stdout, done.stdout[-2000:]
+    bundle = root / "artifacts/train/model"
+    assert (bundle / "trees.json").exists() and not (bundle / "weights.pt").exists()
+    assert json.loads((bundle / "model.json").read_text())["name"] == "xgboost"
+    card = (root / "artifacts/register/model_card.md").read_text()
+    assert "| gradient_boosted_trees |" in card
+
+    sh(
+        ".venv/bin/medflow predict --model models:/medflow-breast-cancer@champion --input data/breast_cancer.csv "
+        "--output preds.csv",
+        root,
+    )
+    raw = pd.read_csv(root / "data/breast_cancer.csv", dtype=str)
+    out = pd.read_csv(root / "preds.csv", keep_default_na=False)
+    assert len(out) == len(raw) and set(out["status"]) == {"ok"}
+    truth = (raw["diagnosis"] == "malignant").to_numpy()
+    assert ((out["label"] == "malignant").to_numpy() == truth).mean() > 0.9
+
+    tracking.configure(Paths(root=root))
+    model = mlflow.pyfunc.load_model("models:/medflow-breast-cancer@champion")
+    batch = raw.drop(columns=["diagnosis"]).head(5)
+    first = batch.columns[-1]
+    batch.loc[batch.index[1], first] = "not measured"
+    scored = model.predict(batch)
+    assert scored["status"].tolist() == ["ok", "refused", "ok", "ok", "ok"]
+    assert scored["reason"].iloc[1] == f"{first}: not a number"
+    needs = Path(mlflow.pyfunc.get_model_dependencies("models:/medflow-breast-cancer@champion")).read_text()
+    assert "xgboost-cpu==" in needs

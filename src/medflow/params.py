@@ -123,7 +123,7 @@ class SplitParams(_Section):
 
 
 class TrainParams(_Section):
-    model: Literal["tabular_mlp", "mnist_mlp", "cifar_convnet", "resnet_small"] = "tabular_mlp"
+    model: Literal["tabular_mlp", "xgboost", "mnist_mlp", "cifar_convnet", "resnet_small"] = "tabular_mlp"
     hidden: list[int] = Field(default_factory=lambda: [64, 32])
     dropout: float = Field(0.1, ge=0, lt=1)
     lr: float = Field(1e-3, gt=0)  # Adam learning rate
@@ -154,6 +154,15 @@ class TrainParams(_Section):
     # resnet_small: channels of each stage (every stage after the first halves the image size), basic blocks per stage
     channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
     blocks: int = Field(2, ge=1)
+    # xgboost (gradient-boosted trees, docs/trees.md): most boosting rounds (patience: rounds without a lower
+    # validation loss before it stops), then XGBoost's own names for the trees.
+    n_estimators: int = Field(500, ge=1)
+    max_depth: int = Field(4, ge=1)
+    learning_rate: float = Field(0.1, gt=0, le=1)
+    min_child_weight: float = Field(1.0, ge=0)
+    subsample: float = Field(1.0, gt=0, le=1)
+    colsample_bytree: float = Field(1.0, gt=0, le=1)
+    reg_lambda: float = Field(1.0, ge=0)
 
 
 class Dimension(_Section):
