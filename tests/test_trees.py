@@ -1,6 +1,7 @@
 """The gradient-boosted-tree wrapper on tables medflow did not make: each objective learns what its task asks."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,30 @@ def test_xgboost_trains_registers_and_predicts_through_the_pipeline(tmp_path, mi
     assert scored["reason"].iloc[1] == f"{first}: not a number"
     needs = Path(mlflow.pyfunc.get_model_dependencies("models:/medflow-breast-cancer@champion")).read_text()
     assert "xgboost-cpu==" in needs
+
+
+@pytest.mark.e2e
+def test_tune_searches_the_tree_space_and_the_next_run_trains_trees_with_its_values(
+    tmp_path, migrated_mlflow_db, prefect_server
+):
+    import yaml
+    from usercmd import scratch_clone, sh
+
+    from medflow.params import TuneParams
+
+    root = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
+    env = {"PREFECT_API_URL": prefect_server}
+    done = sh(".venv/bin/medflow tune --trials 20 -P train.model=xgboost", root, **env)  # as docs/trees.md prints it
+    out = done.stdout + done.stderr
+    assert len(re.findall(r"^.*trial \d+: (val_loss \d|pruned after)", out, flags=re.M)) == 20, out[-3000:]
+    written = yaml.safe_load((root / "params.tuned.yaml").read_text())
+    assert set(written["train"]) == set(TuneParams().tree_space) and written["study"]["train.model"] == "xgboost"
+    n_boot = "-P evaluate.n_boot=200 -P register.gate.n_boot=200"
+    done = sh(f".venv/bin/medflow run -P train.model=xgboost -P train.n_estimators=60 {n_boot}", root, **env)
+    assert "train: tuned values in effect (params.tuned.yaml): " in done.stdout + done.stderr
+    config = json.loads((root / "artifacts/train/model/model.json").read_text())
+    assert config["name"] == "xgboost"
+    assert {k: config[k] for k in ("max_depth", "subsample")} == {
+        "max_depth": written["train"]["max_depth"],
+        "subsample": written["train"]["subsample"],
+    }

@@ -197,6 +197,17 @@ def _default_space() -> dict[str, Dimension]:
     }
 
 
+def _default_tree_space() -> dict[str, Dimension]:
+    return {
+        "max_depth": Dimension(low=2, high=8),
+        "learning_rate": Dimension(low=0.01, high=0.3, log=True),
+        "min_child_weight": Dimension(low=0.5, high=20.0, log=True),
+        "subsample": Dimension(low=0.5, high=1.0),
+        "colsample_bytree": Dimension(low=0.5, high=1.0),
+        "reg_lambda": Dimension(low=1e-3, high=10.0, log=True),
+    }
+
+
 class TuneParams(_Section):
     """`medflow tune`: an Optuna study over train.* on the train and validation splits only."""
 
@@ -207,14 +218,22 @@ class TuneParams(_Section):
     # Study storage URL (sqlite:///..., postgresql+psycopg2://...); null: artifacts/tune/study.db. Never MLflow's.
     storage: str | None = None
     space: dict[str, Dimension] = Field(default_factory=_default_space)  # train.<key> -> its dimension
+    # The space searched instead when train.model is xgboost (gradient-boosted trees).
+    tree_space: dict[str, Dimension] = Field(default_factory=_default_tree_space)
 
     @model_validator(mode="after")
     def _train_keys(self) -> TuneParams:
         fixed = {"device", "deterministic", "amp", "channels_last", "compile", "checkpoint_every", "resume"}
-        unknown = sorted(set(self.space) - (set(TrainParams.model_fields) - fixed))
-        if unknown:
-            raise ValueError(f"tune.space: {', '.join(unknown)} cannot be searched (keys are tunable train.* names)")
+        for key, space in (("space", self.space), ("tree_space", self.tree_space)):
+            unknown = sorted(set(space) - (set(TrainParams.model_fields) - fixed))
+            if unknown:
+                raise ValueError(
+                    f"tune.{key}: {', '.join(unknown)} cannot be searched (keys are tunable train.* names)"
+                )
         return self
+
+    def space_for(self, model: str) -> dict[str, Dimension]:
+        return self.tree_space if model == "xgboost" else self.space
 
 
 class EvaluateParams(_Section):
