@@ -533,7 +533,11 @@ def test_the_tree_baseline_stands_beside_the_others_and_a_project_may_require_be
     assert "Required superiority over baseline gradient_boosted_trees" in (out / "gate.md").read_text()
 
     beaten = train_and_register(proj, "untreed", 0.97, require_superiority_over="majority_class")
-    assert beaten["promoted"]
+    assert beaten["promoted"] and beaten["reason"].startswith("delta roc_auc vs baseline majority_class = +0.")
+    assert (
+        "superiority (register.gate.require_superiority_over) needs the lower bound above +0.0000: met;"
+        in (beaten["reason"])
+    )
     typo = train_and_register(proj, "mistreed", 0.97, require_superiority_over="random_forest")
     assert not typo["promoted"] and typo["reason"].startswith(
         "register.gate.require_superiority_over names random_forest, not a baseline of this run (it has: "

@@ -77,11 +77,11 @@ def decide(
     decision = _by_evidence(
         metric, value, floor, champion_version, comparison, sensitivity, min_sensitivity, regressions, mismatch
     )
-    unmet = required if isinstance(required, str) else None
-    if isinstance(required, Comparison) and not required.passed:
-        unmet = f"{required.describe()}: not met"
-    if unmet:
-        decision = Decision(False, f"{unmet}; {decision.reason}")
+    if isinstance(required, str):
+        decision = Decision(False, f"{required}; {decision.reason}")
+    elif required is not None:
+        verdict = f"{required.describe()}: {'met' if required.passed else 'not met'}"
+        decision = Decision(decision.promoted and required.passed, f"{verdict}; {decision.reason}")
     if leak:
         return Decision(False, f"{leak}; {decision.reason}")
     if decision.promoted and exploratory:
