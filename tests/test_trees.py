@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +95,7 @@ def test_trees_are_for_tables():
 def test_xgboost_trains_registers_and_predicts_through_the_pipeline(tmp_path, migrated_mlflow_db):
     import mlflow
     import pandas as pd
-    from usercmd import scratch_clone, sh
+    from usercmd import free_port, scratch_clone, sh, stop, user_env, wait_http
 
     from medflow import tracking
     from medflow.paths import Paths
@@ -130,6 +132,37 @@ def test_xgboost_trains_registers_and_predicts_through_the_pipeline(tmp_path, mi
     assert scored["reason"].iloc[1] == f"{first}: not a number"
     needs = Path(mlflow.pyfunc.get_model_dependencies("models:/medflow-breast-cancer@champion")).read_text()
     assert "xgboost-cpu==" in needs
+
+    # `mlflow models serve` as docs/predict.md starts it, on the tree champion.
+    port = free_port()
+    env = user_env(root, PATH=f"{root}/.venv/bin:{user_env(root)['PATH']}")
+    env |= {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns/mlflow.db",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    }
+    serve = ["mlflow", "models", "serve", "-m", "models:/medflow-breast-cancer@champion", "--env-manager", "local"]
+    log = tmp_path / "serve.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [*serve, "--port", str(port)],
+            cwd=root,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, log=log)
+        body = batch.to_csv(index=False).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "text/csv"}
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            rows = json.loads(resp.read().decode())["predictions"]
+    finally:
+        stop(proc)
+    assert [r["status"] for r in rows] == ["ok", "refused", "ok", "ok", "ok"]
+    assert [r["proba_malignant"] for r in rows[2:]] == pytest.approx(scored["proba_malignant"].iloc[2:].tolist())
 
 
 @pytest.mark.e2e
