@@ -20,6 +20,7 @@ BOOTSTRAP = ".venv/bin/python bench/evaluate_bootstrap.py"
 SURVIVAL = ".venv/bin/python bench/survival_metrics.py"
 SCALING = ".venv/bin/python bench/scaling.py"
 STREAMED = ".venv/bin/python bench/validate_streamed.py"
+TREES = ".venv/bin/python bench/tree_baseline.py"
 REPORT = ".venv/bin/python bench/report.py"
 
 KEYS = {"name", "ours", "baseline", "ratio", "unit", "target", "pairs", "spread", "load"}
@@ -49,6 +50,7 @@ def result(clone, name: str) -> dict:
         (VALIDATE, ["validate_throughput"]),
         (PIPELINE, ["pipeline_overhead", "rerun_cached"]),
         (PIPELINE_LONG, ["pipeline_overhead_long"]),
+        (TREES, ["tree_baseline"]),
     ],
 )
 def test_each_paired_benchmark_writes_its_ratio_in_seconds(clone, command, names):

@@ -459,9 +459,8 @@ def test_a_worse_challenger_keeps_the_champion_and_the_gate_report_says_why(proj
     assert c["ci_low"] <= c["delta"] <= c["ci_high"] < 0
     assert f"95% CI [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]" in summary["reason"]
     assert gate["test"] == {"rows": 60, "patients": 60, "resampled": "patients"}
-    assert {"candidate", "champion v1", "baseline majority_class", "baseline logistic_regression"} == set(
-        gate["models"]
-    )
+    baselines = {"baseline majority_class", "baseline logistic_regression", "baseline gradient_boosted_trees"}
+    assert {"candidate", "champion v1", *baselines} == set(gate["models"])
     assert (gate["decision"], gate["version"], gate["champion_version"]) == ("not promoted", "2", "1")
     md = (out / "gate.md").read_text()
     assert f"Δ roc_auc = candidate − champion v1 = {c['delta']:+.4f}, 95% CI [{c['ci_low']:+.4f}" in md
@@ -483,7 +482,7 @@ def test_without_a_champion_the_best_baseline_is_the_reference_and_every_card_li
     assert strong["promoted"] and strong["reason"].endswith("met (no champion yet)")
     out = proj.step_dir("register")
     card = json.loads((out / "model_card.json").read_text())
-    assert set(card["baselines"]) == {"majority_class", "logistic_regression"}
+    assert set(card["baselines"]) == {"majority_class", "logistic_regression", "gradient_boosted_trees"}
     assert card["baselines"]["majority_class"]["roc_auc"] == 0.5
     md = (out / "model_card.md").read_text()
     assert "## This model and the baselines (same train split, same test patients)" in md
@@ -495,6 +494,57 @@ def test_without_a_champion_the_best_baseline_is_the_reference_and_every_card_li
     assert card["data"]["data_md5"] and card["environment"]["python"]
     raw = cohort()
     assert scan_text(md + json.dumps(card), forbidden=raw["pid"]) == []
+
+
+def test_the_tree_baseline_stands_beside_the_others_and_a_project_may_require_beating_it(proj):
+    from mlflow import MlflowClient
+
+    # Trees split `a` near 50 as the label does: they rank the test patients about as well as this model.
+    summary = train_and_register(proj, "treed", 0.97, require_superiority_over="gradient_boosted_trees")
+    out = proj.step_dir("register")
+    gate = json.loads((out / "gate.json").read_text())
+    assert gate["models"]["baseline gradient_boosted_trees"]["roc_auc"] > 0.95
+    r = gate["required"]
+    assert (r["reference"], r["test"], r["bound"], r["passed"]) == (
+        "baseline gradient_boosted_trees",
+        "superiority",
+        0.0,
+        False,
+    )
+    assert not summary["promoted"] and aliases("treed") == {"challenger": "1"}
+    assert summary["reason"].startswith(
+        f"delta roc_auc vs baseline gradient_boosted_trees = {r['delta']:+.4f} (95% CI [{r['ci_low']:+.4f}, "
+    )
+    assert (
+        "superiority (register.gate.require_superiority_over) needs the lower bound above +0.0000: not met"
+        in summary["reason"]
+    )
+    d = gate["baseline_deltas"]["baseline gradient_boosted_trees"]
+    logged = MlflowClient().get_run(summary["run_id"]).data.metrics
+    assert (
+        logged["baseline_gradient_boosted_trees_roc_auc"]
+        == gate["models"]["baseline gradient_boosted_trees"]["roc_auc"]
+    )
+    assert (logged["delta_vs_gradient_boosted_trees_ci_low"], logged["delta_vs_gradient_boosted_trees_ci_high"]) == (
+        d["ci_low"],
+        d["ci_high"],
+    )
+    assert "| gradient_boosted_trees |" in (out / "model_card.md").read_text()
+    assert "Required superiority over baseline gradient_boosted_trees" in (out / "gate.md").read_text()
+
+    beaten = train_and_register(proj, "untreed", 0.97, require_superiority_over="majority_class")
+    assert beaten["promoted"] and beaten["reason"].startswith("delta roc_auc vs baseline majority_class = +0.")
+    assert (
+        "superiority (register.gate.require_superiority_over) needs the lower bound above +0.0000: met;"
+        in (beaten["reason"])
+    )
+    typo = train_and_register(proj, "mistreed", 0.97, require_superiority_over="random_forest")
+    assert not typo["promoted"] and typo["reason"].startswith(
+        "register.gate.require_superiority_over names random_forest, not a baseline of this run (it has: "
+        "majority_class, logistic_regression, gradient_boosted_trees)"
+    )
+    train_and_register(proj, "treeless", 0.97, tree_baseline=None)
+    assert "baseline gradient_boosted_trees" not in json.loads((out / "gate.json").read_text())["models"]
 
 
 def test_a_near_perfect_model_resting_on_one_feature_is_a_suspected_leak_until_accepted(proj):

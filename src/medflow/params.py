@@ -134,7 +134,7 @@ class SplitParams(_Section):
 
 
 class TrainParams(_Section):
-    model: Literal["tabular_mlp", "mnist_mlp", "cifar_convnet", "resnet_small"] = "tabular_mlp"
+    model: Literal["tabular_mlp", "xgboost", "mnist_mlp", "cifar_convnet", "resnet_small"] = "tabular_mlp"
     hidden: list[int] = Field(default_factory=lambda: [64, 32])
     dropout: float = Field(0.1, ge=0, lt=1)
     lr: float = Field(1e-3, gt=0)  # Adam learning rate
@@ -166,6 +166,15 @@ class TrainParams(_Section):
     # resnet_small: channels of each stage (every stage after the first halves the image size), basic blocks per stage
     channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
     blocks: int = Field(2, ge=1)
+    # xgboost (gradient-boosted trees, docs/trees.md): most boosting rounds (patience: rounds without a lower
+    # validation loss before it stops), then XGBoost's own names for the trees.
+    n_estimators: int = Field(500, ge=1)
+    max_depth: int = Field(4, ge=1)
+    learning_rate: float = Field(0.1, gt=0, le=1)
+    min_child_weight: float = Field(1.0, ge=0)
+    subsample: float = Field(1.0, gt=0, le=1)
+    colsample_bytree: float = Field(1.0, gt=0, le=1)
+    reg_lambda: float = Field(1.0, ge=0)
 
 
 class Dimension(_Section):
@@ -200,6 +209,17 @@ def _default_space() -> dict[str, Dimension]:
     }
 
 
+def _default_tree_space() -> dict[str, Dimension]:
+    return {
+        "max_depth": Dimension(low=2, high=8),
+        "learning_rate": Dimension(low=0.01, high=0.3, log=True),
+        "min_child_weight": Dimension(low=0.5, high=20.0, log=True),
+        "subsample": Dimension(low=0.5, high=1.0),
+        "colsample_bytree": Dimension(low=0.5, high=1.0),
+        "reg_lambda": Dimension(low=1e-3, high=10.0, log=True),
+    }
+
+
 class TuneParams(_Section):
     """`medflow tune`: an Optuna study over train.* on the train and validation splits only."""
 
@@ -210,14 +230,22 @@ class TuneParams(_Section):
     # Study storage URL (sqlite:///..., postgresql+psycopg2://...); null: artifacts/tune/study.db. Never MLflow's.
     storage: str | None = None
     space: dict[str, Dimension] = Field(default_factory=_default_space)  # train.<key> -> its dimension
+    # The space searched instead when train.model is xgboost (gradient-boosted trees).
+    tree_space: dict[str, Dimension] = Field(default_factory=_default_tree_space)
 
     @model_validator(mode="after")
     def _train_keys(self) -> TuneParams:
         fixed = {"device", "deterministic", "amp", "channels_last", "compile", "checkpoint_every", "resume"}
-        unknown = sorted(set(self.space) - (set(TrainParams.model_fields) - fixed))
-        if unknown:
-            raise ValueError(f"tune.space: {', '.join(unknown)} cannot be searched (keys are tunable train.* names)")
+        for key, space in (("space", self.space), ("tree_space", self.tree_space)):
+            unknown = sorted(set(space) - (set(TrainParams.model_fields) - fixed))
+            if unknown:
+                raise ValueError(
+                    f"tune.{key}: {', '.join(unknown)} cannot be searched (keys are tunable train.* names)"
+                )
         return self
+
+    def space_for(self, model: str) -> dict[str, Dimension]:
+        return self.tree_space if model == "xgboost" else self.space
 
 
 class EvaluateParams(_Section):
@@ -243,6 +271,17 @@ class EvaluateParams(_Section):
     horizons: list[float] | None = None
 
 
+class TreeBaselineParams(_Section):
+    """The gate's gradient-boosted-tree baseline (tables): XGBoost on the train split, stopped early on val."""
+
+    n_estimators: int = Field(300, ge=1)  # most boosting rounds
+    early_stopping_rounds: int = Field(20, ge=1)  # rounds without a lower validation loss before it stops
+    max_depth: int = Field(4, ge=1)
+    learning_rate: float = Field(0.1, gt=0, le=1)
+    max_rows: int = Field(100_000, ge=100)  # a larger train split is subsampled (seeded) to this many rows
+    threads: int = Field(1, ge=1)  # XGBoost threads; the same trees at any count, one is enough for its cost
+
+
 class GateParams(_Section):
     """How a version earns `champion`: floors, then a paired patient bootstrap against the champion or baselines."""
 
@@ -264,6 +303,11 @@ class GateParams(_Section):
     # rests its near-perfect score on that feature: a suspected leak, which never promotes (validate.accept_leakage
     # accepts it). Features that leak only together (a date beside its outcome's) pass validate's one-column screen.
     leak_drop: float = Field(0.1, gt=0, le=1)
+    # Tables: gradient-boosted trees beside the other baselines on the same test patients; null: left out.
+    tree_baseline: TreeBaselineParams | None = Field(default_factory=TreeBaselineParams)
+    # A baseline the candidate must beat by superiority (CI of delta above 0), champion or not, e.g.
+    # gradient_boosted_trees; null: none beyond the comparison above.
+    require_superiority_over: str | None = None
 
 
 # A floor for a higher-is-better primary metric, a ceiling for a lower-is-better one (regression's MAE, in the

@@ -1,15 +1,20 @@
-"""Simple baselines a first champion must not lose to. Classification: the majority class and a regularised logistic
-regression; regression (regression_baselines): the training mean, ridge regression and gradient-boosted trees.
+"""Simple baselines a first champion must not lose to, per task, and on tables gradient-boosted trees (XGBoost: the
+model a tabular deep net must beat). Classification: the majority class, a regularised logistic regression;
+regression (regression_baselines): the training mean, ridge regression; survival (survival_baselines): a Cox
+proportional-hazards model.
 
-All are fitted on the train split only. Tables reach the linear and tree models through the model's own fitted
-preprocessing (imputation, scaling, one-hot), so the comparison is about the model, not the features; images reach
-it as flattened pixels scaled to [0, 1] (a linear probe).
+All are fitted on the train split only (the trees stop early on the validation split). Tables reach the logistic
+regression and the trees through the model's own fitted preprocessing (imputation, scaling, one-hot), so the
+comparison is about the model, not the features; images reach the logistic regression as flattened pixels scaled
+to [0, 1] (a linear probe).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+
+from medflow.models import trees
 
 # A linear probe on many images costs minutes of CPU; this many training rows already pin it down.
 MAX_PROBE_ROWS = 5000
@@ -22,19 +27,37 @@ def _full_proba(model: LogisticRegression, x: np.ndarray, n_classes: int) -> np.
     return out
 
 
+def _rows(x: np.ndarray, y: np.ndarray, most: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(x) <= most:
+        return x, y
+    keep = np.random.default_rng(seed).choice(len(x), most, replace=False)
+    return x[keep], y[keep]
+
+
 def baseline_proba(
-    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_classes: int, seed: int = 0
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    n_classes: int,
+    seed: int = 0,
+    *,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    tree: trees.TreeSettings | None = None,
+    tree_rows: int = 100_000,
 ) -> dict[str, np.ndarray]:
-    """Test probabilities (rows x classes) of each baseline; x_*: features as the model sees them, y: class indices."""
+    """Test probabilities (rows x classes) of each baseline; x_*: features as the model sees them, y: class indices.
+    val (features, class indices) and tree: the gradient-boosted trees too, on at most tree_rows training rows."""
     prior = np.bincount(y_train, minlength=n_classes) / max(len(y_train), 1)
     out = {"majority_class": np.tile(prior, (len(x_test), 1))}
     if len(np.unique(y_train)) < 2:
         return out  # nothing to regress on: the majority class is the only baseline
-    if len(x_train) > MAX_PROBE_ROWS:
-        keep = np.random.default_rng(seed).choice(len(x_train), MAX_PROBE_ROWS, replace=False)
-        x_train, y_train = x_train[keep], y_train[keep]
-    model = LogisticRegression(C=1.0, max_iter=1000).fit(x_train, y_train)
+    x_probe, y_probe = _rows(x_train, y_train, MAX_PROBE_ROWS, seed)
+    model = LogisticRegression(C=1.0, max_iter=1000).fit(x_probe, y_probe)
     out["logistic_regression"] = _full_proba(model, x_test, n_classes)
+    if val is not None and tree is not None:
+        task = trees.classification_objective(n_classes)
+        booster = trees.fit(*_rows(x_train, y_train, tree_rows, seed), *val, task, tree, seed, n_classes)
+        out["gradient_boosted_trees"] = trees.predict(booster, x_test, task)
     return out
 
 
@@ -42,12 +65,23 @@ def flat_pixels(images: np.ndarray) -> np.ndarray:
     return np.asarray(images, dtype=np.float32).reshape(len(images), -1) / 255.0
 
 
+def _trees(x_train, y_train, x_test, val, tree, tree_rows: int, seed: int, task: str) -> np.ndarray:
+    booster = trees.fit(*_rows(x_train, y_train, tree_rows, seed), *val, task, tree, seed)
+    return np.asarray(trees.predict(booster, x_test, task), dtype=float)[:, None]
+
+
 def regression_baselines(
-    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int = 0
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    seed: int = 0,
+    *,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    tree: trees.TreeSettings | None = None,
+    tree_rows: int = 100_000,
 ) -> dict[str, np.ndarray]:
-    """Test predictions (rows x 1, the target's units) of the training mean, a ridge regression and gradient-boosted
-    trees (scikit-learn's histogram GBM with its defaults and early stopping off, so the fit is deterministic)."""
-    from sklearn.ensemble import HistGradientBoostingRegressor
+    """Test predictions (rows x 1, the target's units) of the training mean, a ridge regression and, given val and
+    tree, gradient-boosted trees on squared error."""
     from sklearn.linear_model import Ridge
 
     y_train = np.asarray(y_train, dtype=float)
@@ -55,23 +89,36 @@ def regression_baselines(
     if len(x_train) < 2:
         return out
     out["ridge"] = Ridge(alpha=1.0).fit(x_train, y_train).predict(x_test)[:, None]
-    trees = HistGradientBoostingRegressor(early_stopping=False, random_state=seed).fit(x_train, y_train)
-    out["gradient_boosted_trees"] = trees.predict(x_test)[:, None]
+    if val is not None and tree is not None:
+        val = (val[0], np.asarray(val[1], dtype=float))
+        out["gradient_boosted_trees"] = _trees(x_train, y_train, x_test, val, tree, tree_rows, seed, "regression")
     return out
 
 
 def survival_baselines(
-    x_train: np.ndarray, time: np.ndarray, event: np.ndarray, x_test: np.ndarray, seed: int = 0
+    x_train: np.ndarray,
+    time: np.ndarray,
+    event: np.ndarray,
+    x_test: np.ndarray,
+    seed: int = 0,
+    *,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    tree: trees.TreeSettings | None = None,
+    tree_rows: int = 100_000,
 ) -> dict[str, np.ndarray]:
     """Test risk scores (rows x 1, higher = earlier event) of a Cox proportional-hazards model with a small ridge
-    penalty (scikit-survival's, Efron ties: one-hot and missing-indicator columns are collinear without it) and of
-    gradient-boosted trees on the Cox partial likelihood (scikit-survival's, its defaults)."""
-    from sksurv.ensemble import GradientBoostingSurvivalAnalysis
+    penalty (scikit-survival's, Efron ties: one-hot and missing-indicator columns are collinear without it) and,
+    given val ((features, (rows, 2) time and event)) and tree, gradient-boosted trees on the Cox partial likelihood
+    (XGBoost's survival:cox)."""
     from sksurv.linear_model import CoxPHSurvivalAnalysis
 
     from medflow.evaluation.survival import surv
 
-    y = surv(time, event)
-    cox = CoxPHSurvivalAnalysis(alpha=0.1, ties="efron").fit(x_train, y)
-    trees = GradientBoostingSurvivalAnalysis(random_state=seed).fit(x_train, y)
-    return {"cox": cox.predict(x_test)[:, None], "gradient_boosted_trees": trees.predict(x_test)[:, None]}
+    cox = CoxPHSurvivalAnalysis(alpha=0.1, ties="efron").fit(x_train, surv(time, event))
+    out = {"cox": cox.predict(x_test)[:, None]}
+    if val is not None and tree is not None:
+        val = (val[0], trees.cox_label(val[1][:, 0], val[1][:, 1]))
+        label = trees.cox_label(time, event)
+        # XGBoost's cox predicts the hazard ratio exp(risk): its order is the risk's, which is all the C-index reads.
+        out["gradient_boosted_trees"] = _trees(x_train, label, x_test, val, tree, tree_rows, seed, "cox")
+    return out

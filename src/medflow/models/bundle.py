@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -14,9 +15,12 @@ import torch
 
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema, coerce_features
 from medflow.data.numbers import NumberFormat, parse, unreadable
-from medflow.models.tabular import build
+from medflow.models.tabular import TREE_MODEL, build
 
-FILES = ("weights.pt", "model.json", "preprocessor.json", "schema.json")
+if TYPE_CHECKING:
+    from medflow.models.trees import TreeModel
+
+FILES = ("weights.pt", "model.json", "preprocessor.json", "schema.json")  # a tree model: trees.json, not weights.pt
 
 
 class BatchRejected(ValueError):
@@ -45,13 +49,16 @@ def row_problems(raw: pd.DataFrame, schema: Schema, ranges: dict[str, list[float
 
 def save_bundle(
     out: Path,
-    model: torch.nn.Module,
+    model: torch.nn.Module | TreeModel,
     model_config: dict,
     preprocessor: Preprocessor | ImageNormaliser,
     schema: Schema,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "weights.pt")
+    if isinstance(model, torch.nn.Module):
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "weights.pt")
+    else:
+        model.save(out)
     (out / "model.json").write_text(json.dumps(model_config, indent=2, sort_keys=True) + "\n")
     (out / "preprocessor.json").write_text(json.dumps(preprocessor.to_dict(), indent=2, sort_keys=True) + "\n")
     schema.save(out / "schema.json")
@@ -75,6 +82,12 @@ class Predictor:
         self.target_scale = config.pop("target_scale", None)
         # Survival bundles only: the Breslow baseline (times, cumhaz, shift) and the horizons predict answers at.
         self.survival = config.pop("survival", None)
+        self.trees: TreeModel | None = None
+        if config["name"] == TREE_MODEL:
+            from medflow.models.trees import TreeModel  # a network's bundle scores without XGBoost
+
+            self.trees = TreeModel.load(bundle, config)
+            return
         self.model = build(config.pop("name"), **config)
         self.model.load_state_dict(torch.load(bundle / "weights.pt", map_location="cpu", weights_only=True))
         self.model.eval()
@@ -135,7 +148,10 @@ class Predictor:
             raise BatchRejected("a regression or survival model predicts values, not probabilities: use predict")
         if self.schema.kind == "image":
             return self._predict_images(self.images(raw))
-        x = torch.from_numpy(self.preprocessor.transform(coerce_features(raw, self.schema)))
+        x = self.preprocessor.transform(coerce_features(raw, self.schema))
+        if self.trees is not None:
+            return self.trees.proba(x)
+        x = torch.from_numpy(x)
         with torch.inference_mode():
             return torch.softmax(self.model(x).float(), dim=1).numpy()
 

@@ -30,6 +30,7 @@ class TabularMLP(nn.Module):
 
 
 IMAGE_MODELS = frozenset(vision.BUILDERS)
+TREE_MODEL = "xgboost"  # gradient-boosted trees (medflow.models.trees): no torch module, its own bundle file
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "tabular_mlp": lambda n_in, n_classes, hidden, dropout: TabularMLP(n_in, n_classes, hidden, dropout),
     **vision.BUILDERS,
@@ -41,7 +42,7 @@ def check_kind(model: str, kind: str) -> None:
     if kind == "image" and model not in IMAGE_MODELS:
         raise ValueError(f"train.model={model!r} is for tables; image data needs one of {sorted(IMAGE_MODELS)}")
     if kind != "image" and model in IMAGE_MODELS:
-        raise ValueError(f"train.model={model!r} is for images; tables need tabular_mlp")
+        raise ValueError(f"train.model={model!r} is for images; tables need tabular_mlp or {TREE_MODEL}")
 
 
 def build(name: str, **kwargs) -> nn.Module:

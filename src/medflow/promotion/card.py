@@ -368,6 +368,22 @@ def gate_markdown(report: dict) -> str:
         ]
         if report.get("champion_note"):
             lines += ["", report["champion_note"]]
+    if report.get("baseline_deltas"):
+        lines += ["", f"## Candidate − each baseline ({metric}, paired 95% CI)", ""]
+        lines += ["| baseline | Δ | 95% CI |", "|---|---|---|"]
+        for who, d in report["baseline_deltas"].items():
+            lines.append(
+                f"| {who.removeprefix('baseline ')} | {d['delta']:+.4f} | [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] |"
+            )
+    r = report.get("required")
+    if r:
+        lines.append("")
+        lines.append(
+            r
+            if isinstance(r, str)
+            else f"Required superiority over {r['reference']} (register.gate.require_superiority_over): lower bound "
+            f"{r['ci_low']:+.4f} must exceed {r['bound']:+.4f}: {'met' if r['passed'] else 'not met'}."
+        )
     leak = report.get("leak_check")
     if leak:
         lines += [

@@ -25,6 +25,7 @@ from medflow.evaluation.heldout import patient_keys, score
 from medflow.evaluation.metrics import Delta, interval, paired_delta
 from medflow.evaluation.subgroups import group_labels, subgroup_report
 from medflow.models.bundle import Predictor
+from medflow.models.trees import TreeSettings
 from medflow.params import Params
 from medflow.paths import Paths
 from medflow.promotion.gate import Comparison, subgroup_regressions
@@ -81,6 +82,7 @@ class TestSplit:
     y: np.ndarray
     groups: np.ndarray | None
     train: pd.DataFrame
+    val: pd.DataFrame
 
 
 def test_split(paths: Paths) -> TestSplit:
@@ -88,8 +90,8 @@ def test_split(paths: Paths) -> TestSplit:
         if not path.exists():
             raise FileNotFoundError(f"{path.relative_to(paths.root)} not found: run the {step} step first")
     df, _ = load_split(paths)
-    test, train = df[df[SPLIT] == "test"], df[df[SPLIT] == "train"]
-    return TestSplit(test, outcome(test), patient_keys(paths, test[ROW_ID]), train)
+    test, train, val = (df[df[SPLIT] == s] for s in ("test", "train", "val"))
+    return TestSplit(test, outcome(test), patient_keys(paths, test[ROW_ID]), train, val)
 
 
 def outcome(rows: pd.DataFrame) -> np.ndarray:
@@ -103,11 +105,25 @@ def _baseline_features(predictor: Predictor, paths: Paths, rows: pd.DataFrame) -
     return predictor.preprocessor.transform(coerce_features(rows, predictor.schema))
 
 
+KEY_REQUIRED = "register.gate.require_superiority_over"
+
+
+def _required(name: str | None, deltas: dict[str, Delta]) -> Comparison | str | None:
+    """The superiority test against the baseline a project requires the candidate to beat, or why there is none."""
+    if name is None:
+        return None
+    if f"baseline {name}" not in deltas:
+        have = ", ".join(b.removeprefix("baseline ") for b in deltas) or "none"
+        return f"{KEY_REQUIRED} names {name}, not a baseline of this run (it has: {have})"
+    return Comparison(f"baseline {name}", deltas[f"baseline {name}"], "superiority", 0.0, test_key=KEY_REQUIRED)
+
+
 def gate_evidence(
     params: Params, paths: Paths, metrics: dict, champion: Champion | None
-) -> tuple[Comparison | None, tuple[str, ...], dict]:
+) -> tuple[Comparison | None, Comparison | str | None, tuple[str, ...], dict]:
     """Scores candidate, champion (when it loaded) and baselines on the same test rows; returns the paired test the
-    gate reads, the subgroups that regressed, and the report (aggregates only)."""
+    gate reads, the required superiority over a baseline (or why it cannot be tested), the subgroups that regressed,
+    and the report (aggregates only)."""
     gp, ep = params.register.gate, params.evaluate
     task = for_params(params)
     metric = ep.primary_metric
@@ -118,12 +134,16 @@ def gate_evidence(
     predictor = Predictor(paths.model_bundle)
     kind = predictor.schema.kind
     cand = score(predictor, paths, split.rows, kind)
+    tree = gp.tree_baseline if kind == "tabular" and len(split.val) else None
     baselines = task.baselines(
         _baseline_features(predictor, paths, split.train),
         outcome(split.train),
         _baseline_features(predictor, paths, split.rows),
         predictor.schema,
         params.seed,
+        val=(_baseline_features(predictor, paths, split.val), outcome(split.val)) if tree else None,
+        tree=TreeSettings(**tree.model_dump(exclude={"max_rows"})) if tree else None,
+        tree_rows=tree.max_rows if tree else 0,
     )
     probas = {"candidate": cand} | {f"baseline {b}": proba for b, proba in baselines.items()}
 
@@ -175,6 +195,7 @@ def gate_evidence(
             *margin(gp.baseline_margin, "register.gate.baseline_margin", ref),
             lower_is_better=sign < 0,
         )
+    required = _required(gp.require_superiority_over, deltas)
 
     regressions, subgroups = (), []
     threshold = metrics.get("threshold")
@@ -210,25 +231,14 @@ def gate_evidence(
             "test": gp.test,
             "margin": gp.margin,
             "baseline_margin": gp.baseline_margin,
+            "require_superiority_over": gp.require_superiority_over,
             "subgroup_tolerance": gp.subgroup_tolerance,
             "n_boot": gp.n_boot,
             "decision_threshold": threshold,
         },
         "models": models,
-        "comparison": None
-        if comparison is None
-        else {
-            "reference": comparison.reference,
-            "metric": metric,
-            "test": comparison.test,
-            "margin": comparison.margin,
-            "delta": comparison.delta.delta,
-            "ci_low": comparison.delta.ci_low,
-            "ci_high": comparison.delta.ci_high,
-            "n_boot": comparison.delta.n_boot,
-            "bound": comparison.bound,
-            "passed": comparison.passed,
-        },
+        "comparison": None if comparison is None else _comparison_report(comparison, metric),
+        "required": _comparison_report(required, metric) if isinstance(required, Comparison) else required,
         "champion_note": note,
         "baseline_deltas": {
             who: {"delta": d.delta, "ci_low": d.ci_low, "ci_high": d.ci_high, "n_boot": d.n_boot}
@@ -238,4 +248,32 @@ def gate_evidence(
         "subgroup_regressions": list(regressions),
         "leak_check": leak_check(params, predictor, split.rows, split.y, metrics.get("test_roc_auc")),
     }
-    return comparison, regressions, report
+    return comparison, required, regressions, report
+
+
+def run_metrics(report: dict) -> dict[str, float]:
+    """Each baseline's primary metric and the candidate's paired difference from it, as MLflow run metrics."""
+    metric, out = report["primary_metric"], {}
+    for who, d in report.get("baseline_deltas", {}).items():
+        name = who.removeprefix("baseline ")
+        out[f"baseline_{name}_{metric}"] = report["models"][who][metric]
+        out |= {
+            f"delta_vs_{name}{suffix}": d[k]
+            for k, suffix in (("delta", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high"))
+        }
+    return {k: v for k, v in out.items() if v == v}  # an undefined value (NaN) is left out, not logged as one
+
+
+def _comparison_report(comparison: Comparison, metric: str) -> dict:
+    return {
+        "reference": comparison.reference,
+        "metric": metric,
+        "test": comparison.test,
+        "margin": comparison.margin,
+        "delta": comparison.delta.delta,
+        "ci_low": comparison.delta.ci_low,
+        "ci_high": comparison.delta.ci_high,
+        "n_boot": comparison.delta.n_boot,
+        "bound": comparison.bound,
+        "passed": comparison.passed,
+    }

@@ -35,6 +35,7 @@ class Comparison:
     margin_key: str = "register.gate.margin"  # the parameter that set margin, named in every refusal
     # The metric is better lower (MAE): delta is then reference - candidate, an improvement as for every metric.
     lower_is_better: bool = False
+    test_key: str = "register.gate.test"  # the parameter that asked for this test, named likewise
 
     @property
     def bound(self) -> float:
@@ -47,7 +48,7 @@ class Comparison:
     def describe(self) -> str:
         d = self.delta
         if self.test == "superiority":
-            rule = "superiority (register.gate.test)"
+            rule = f"superiority ({self.test_key})"
         else:
             rule = f"non-inferiority, margin {self.margin:g} ({self.margin_key})"
         what = f"improvement in {d.metric} ({self.reference} - candidate)" if self.lower_is_better else d.metric
@@ -71,15 +72,22 @@ def decide(
     exploratory: str | None = None,
     leak: str | None = None,
     higher_is_better: bool = True,
+    required: Comparison | str | None = None,
 ) -> Decision:
     """comparison: the paired test against the champion, or against the best baseline when there is none;
     regressions: subgroups that lost more than the tolerance; higher_is_better: False makes floor a ceiling;
-    mismatch: how the candidate's inputs differ from the
-    champion's; exploratory: why the run is an experiment; leak: why its score looks learnt from a leak."""
+    mismatch: how the candidate's inputs differ from the champion's; exploratory: why the run is an experiment;
+    leak: why its score looks learnt from a leak; required: the superiority test over the baseline the project
+    requires it to beat, or why that cannot be tested."""
     decision = _by_evidence(
         metric, value, floor, champion_version, comparison, sensitivity, min_sensitivity, regressions, mismatch,
         higher_is_better,
     )  # fmt: skip
+    if isinstance(required, str):
+        decision = Decision(False, f"{required}; {decision.reason}")
+    elif required is not None:
+        verdict = f"{required.describe()}: {'met' if required.passed else 'not met'}"
+        decision = Decision(decision.promoted and required.passed, f"{verdict}; {decision.reason}")
     if leak:
         return Decision(False, f"{leak}; {decision.reason}")
     if decision.promoted and exploratory:

@@ -23,7 +23,15 @@ from medflow.params import Params
 from medflow.paths import Paths
 from medflow.promotion import resume
 from medflow.promotion.card import card_data, gate_markdown, model_card, model_description, split_policy
-from medflow.promotion.evidence import Champion, exploratory, gate_evidence, mismatch, not_rescored, schema_hash
+from medflow.promotion.evidence import (
+    Champion,
+    exploratory,
+    gate_evidence,
+    mismatch,
+    not_rescored,
+    run_metrics,
+    schema_hash,
+)
 from medflow.promotion.gate import decide
 from medflow.promotion.leakage import leak_reason
 from medflow.tasks import for_params
@@ -147,7 +155,8 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
         report = {"primary_metric": params.evaluate.primary_metric, "resumed": "the gate had decided before a kill"}
     else:
         differs = mismatch(champion.tags, identity) if champion else None
-        comparison, regressions, report = gate_evidence(params, paths, metrics, _champion(name, champion, differs))
+        evidence = gate_evidence(params, paths, metrics, _champion(name, champion, differs))
+        comparison, required, regressions, report = evidence
         decision = decide(
             key,
             primary,
@@ -161,6 +170,7 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
             exploratory=exploratory(params),
             leak=leak_reason(report["leak_check"], params),
             higher_is_better=for_params(params).higher_is_better(params.evaluate.primary_metric),
+            required=required,
         )
     gate = resume.gate_line(decision)
     tags = {**lineage, **identity, **resume.decision_tags(decision, params, pending)}
@@ -226,6 +236,8 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
     reference.write(reference.from_pipeline(params, paths, metrics.get("threshold")), out / "reference.json")
     for file in ("gate.json", "gate.md", "model_card.md", "model_card.json", "reference.json"):
         tracking.log_artifacts(run_id, out / file)
+    if beside := run_metrics(report):
+        tracking.log_metrics(run_id, beside)
     tracking.describe_version(name, version, card_md)  # before the alias: a version with an alias has its card
     before = tracking.aliases(name)
     if decision.promoted:

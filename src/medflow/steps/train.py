@@ -34,7 +34,7 @@ from medflow.data.features import ImageNormaliser, Preprocessor, Schema
 from medflow.data.manifest import load_split
 from medflow.models import vision
 from medflow.models.bundle import save_bundle
-from medflow.models.tabular import build, check_kind
+from medflow.models.tabular import TREE_MODEL, build, check_kind
 from medflow.params import Params
 from medflow.params import load as load_params
 from medflow.paths import Paths
@@ -199,22 +199,31 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
         if opened:
             run_id = opened.result().run_id  # a run that cannot open (a busy store, PHI in params) stops here
         seed_everything(params.seed, p.deterministic)
-        model = build(**config)
-        balanced = p.class_weights == "balanced" and task.has_classes
-        cfg = FitConfig(
-            **p.model_dump(include=LOOP_SETTINGS),
-            seed=params.seed,
-            device=str(device),
-            class_weights=balanced_weights(y["train"].numpy(), len(schema.classes)) if balanced else None,
-            mean=tuple(pre.mean) if schema.kind == "image" else None,
-            std=tuple(pre.std) if schema.kind == "image" else None,
-            checkpoint=ckpt,
-            task=task.name,
-            loss=p.loss,
-            metric_scale=scale["std"] if scale else 1.0,
-        )
-        unit = "img/s" if schema.kind == "image" else "rows/s"
-        result = fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch, Progress(p.max_epochs, unit))
+        if p.model == TREE_MODEL:
+            from medflow.training.trees import fit_trees  # XGBoost is imported only to train trees
+
+            arrays = ({s: t.numpy() for s, t in x.items()}, {s: t.numpy() for s, t in y.items()})
+            progress = Progress(p.n_estimators, "rows/s")
+            model, result = fit_trees(*arrays, len(schema.classes), p, params.seed, on_epoch, progress)
+            config = model.config(p.model, len(schema.classes))
+        else:
+            model = build(**config)
+            balanced = p.class_weights == "balanced" and task.has_classes
+            cfg = FitConfig(
+                **p.model_dump(include=LOOP_SETTINGS),
+                seed=params.seed,
+                device=str(device),
+                class_weights=balanced_weights(y["train"].numpy(), len(schema.classes)) if balanced else None,
+                mean=tuple(pre.mean) if schema.kind == "image" else None,
+                std=tuple(pre.std) if schema.kind == "image" else None,
+                checkpoint=ckpt,
+                task=task.name,
+                loss=p.loss,
+                metric_scale=scale["std"] if scale else 1.0,
+            )
+            unit = "img/s" if schema.kind == "image" else "rows/s"
+            progress = Progress(p.max_epochs, unit)
+            result = fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch, progress)
         if inputs:
             inputs.result()
     except BaseException as exc:
@@ -248,7 +257,8 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
     # The epochs before a restart were logged to the failed run; the run that owns the model gets them too.
     for epoch, row in enumerate(result.history[: result.resumed_from], start=1):
         tracking.log_epoch(run_id, row, step=epoch)
-    model.cpu()
+    if isinstance(model, torch.nn.Module):
+        model.cpu()
     # A regression bundle records its target's scale: the Predictor answers in the target's units; a survival
     # bundle its Breslow baseline and horizons: the Predictor answers survival probabilities.
     extra = {"target_scale": scale} if scale else {}

@@ -69,7 +69,8 @@ class Classification:
 
         return bootstrap_draws(y, outs, groups, metric, n_boot, seed)
 
-    def baselines(self, x_train, y_train, x_test, schema: Schema, seed: int) -> dict[str, np.ndarray]:
+    def baselines(self, x_train, y_train, x_test, schema: Schema, seed: int, **trees) -> dict[str, np.ndarray]:
+        """trees: val, tree and tree_rows of the gradient-boosted-tree baseline (evaluation.baselines)."""
         from medflow.evaluation.baselines import baseline_proba
 
-        return baseline_proba(x_train, y_train, x_test, len(schema.classes), seed)
+        return baseline_proba(x_train, y_train, x_test, len(schema.classes), seed, **trees)

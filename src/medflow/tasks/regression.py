@@ -37,6 +37,9 @@ class Regression:
             raise ParamsError("data.positive_class names a class; a regression target has none: set it to null")
         if params.evaluate.subgroups:
             raise ParamsError("evaluate.subgroups: not yet for regression; set evaluate.subgroups=[]")
+        if params.train.model == "xgboost":
+            # Trees reach a regression project as the gate's baseline (evaluation.baselines); as a model, not yet.
+            raise ParamsError("train.model=xgboost: not yet for regression; its trees are the gate's baseline here")
         if params.train.mixup > 0:
             raise ParamsError("train.mixup mixes class labels; a regression run takes train.mixup=0")
 
@@ -75,7 +78,8 @@ class Regression:
 
         return bootstrap_draws(y, outs, groups, metric, n_boot, seed)
 
-    def baselines(self, x_train, y_train, x_test, schema: Schema, seed: int) -> dict[str, np.ndarray]:
+    def baselines(self, x_train, y_train, x_test, schema: Schema, seed: int, **trees) -> dict[str, np.ndarray]:
+        """trees: val, tree and tree_rows of the gradient-boosted-tree baseline (evaluation.baselines)."""
         from medflow.evaluation.baselines import regression_baselines
 
-        return regression_baselines(x_train, y_train, x_test, seed)
+        return regression_baselines(x_train, y_train, x_test, seed, **trees)

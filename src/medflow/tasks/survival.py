@@ -49,6 +49,9 @@ class Survival:
             raise ParamsError("data.positive_class: a survival run names its event's value in data.event_value")
         if params.evaluate.subgroups:
             raise ParamsError("evaluate.subgroups: not yet for survival; set evaluate.subgroups=[]")
+        if params.train.model == "xgboost":
+            # Trees reach a survival project as the gate's baseline (evaluation.baselines); as a model, not yet.
+            raise ParamsError("train.model=xgboost: not yet for survival; its trees are the gate's baseline here")
         if params.train.mixup > 0:
             raise ParamsError("train.mixup mixes class labels; a survival run takes train.mixup=0")
         if any(not h > 0 for h in params.evaluate.horizons or []):
@@ -107,10 +110,11 @@ class Survival:
 
         return bootstrap_draws(y[:, 0], y[:, 1], [np.asarray(o)[:, 0] for o in outs], groups, n_boot, seed)
 
-    def baselines(self, x_train, y_train, x_test, schema: Schema, seed: int) -> dict[str, np.ndarray]:
+    def baselines(self, x_train, y_train, x_test, schema: Schema, seed: int, **trees) -> dict[str, np.ndarray]:
+        """trees: val, tree and tree_rows of the gradient-boosted-tree baseline (evaluation.baselines)."""
         from medflow.evaluation.baselines import survival_baselines
 
-        return survival_baselines(x_train, y_train[:, 0], y_train[:, 1], x_test, seed)
+        return survival_baselines(x_train, y_train[:, 0], y_train[:, 1], x_test, seed, **trees)
 
     def horizons(self, params: Params, time: np.ndarray, event: np.ndarray) -> list[float]:
         """evaluate.horizons, or the training split's event-time quartiles."""

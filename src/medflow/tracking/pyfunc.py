@@ -10,7 +10,7 @@ import json
 import logging
 import traceback
 import warnings
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from unittest import mock
 
@@ -26,6 +26,7 @@ from mlflow.types.schema import Schema as ColumnSchema
 import medflow
 from medflow.data.features import Schema
 from medflow.models.bundle import BatchRejected, survival_column
+from medflow.models.tabular import TREE_MODEL
 
 PACKAGE_DIR = Path(medflow.__file__).parent
 
@@ -112,9 +113,21 @@ def signature(schema: Schema, horizons: list[float] | None = None) -> ModelSigna
     )
 
 
-def requirements() -> list[str]:
+def requirements(bundle: Path) -> list[str]:
     # Pinned to what trained the model, minus local tags such as "+cpu" that no index can serve.
-    return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in ("torch", "pandas", "numpy")]
+    packages = ["torch", "pandas", "numpy"]
+    if json.loads((bundle / "model.json").read_text())["name"] == TREE_MODEL:
+        packages.append(xgboost_distribution())
+    return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in packages]
+
+
+def xgboost_distribution() -> str:
+    """XGBoost's CPU wheel (medflow's dependency) or, where a GPU user installed it instead, the full one."""
+    try:
+        version("xgboost-cpu")
+    except PackageNotFoundError:
+        return "xgboost"
+    return "xgboost-cpu"
 
 
 def log_model(bundle: Path, threshold: float | None = None) -> str:
@@ -138,7 +151,7 @@ def log_model(bundle: Path, threshold: float | None = None) -> str:
             python_model=PACKAGE_DIR / "tracking" / "model_code.py",
             artifacts={"bundle": str(bundle)},
             code_paths=[str(PACKAGE_DIR)],
-            pip_requirements=requirements(),
+            pip_requirements=requirements(bundle),
             signature=signature(schema, horizons),
             metadata={"features": {"numeric": schema.numeric, "categorical": schema.categorical}},
             model_config={"threshold": threshold} if threshold is not None else None,

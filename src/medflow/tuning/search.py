@@ -22,7 +22,7 @@ import torch
 from medflow import tracking
 from medflow.console import say
 from medflow.models import vision
-from medflow.models.tabular import build, check_kind
+from medflow.models.tabular import TREE_MODEL, build, check_kind
 from medflow.params import Dimension, Params, ParamsError, TrainParams, study_record, tuned_file
 from medflow.paths import Paths
 from medflow.tracking import study as runs
@@ -47,7 +47,7 @@ def _md5(path: Path) -> str:
 def study_name(params: Params, paths: Paths) -> str:
     raw = params.as_dict()
     shaping = {k: raw[k] for k in STUDY_SECTIONS}
-    shaping["tune"] = {k: raw["tune"][k] for k in ("metric", "pruner", "space")}
+    shaping["tune"] = {k: raw["tune"][k] for k in ("metric", "pruner", "space", "tree_space")}
     # The manifest holds row ids and splits only: which rows a trial trains and validates on.
     shaping["split_manifest"] = _md5(paths.manifest)
     shaping["schema"] = _md5(paths.schema)
@@ -85,15 +85,20 @@ def model_config(train: TrainParams, data: TrialData) -> dict:
     return {"name": train.model, "n_in": n_in, "n_classes": n_classes, "hidden": train.hidden, "dropout": train.dropout}
 
 
+def _steps(train: TrainParams) -> int:
+    """Most epochs of a trial; boosting rounds for trees."""
+    return train.n_estimators if train.model == TREE_MODEL else train.max_epochs
+
+
 def _pruner(params: Params):
     import optuna
 
     t = params.tune
     if t.pruner == "median":
         # A few trials run to the end before any is compared; no trial is judged on its first epochs.
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=min(5, params.train.max_epochs // 4))
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=min(5, _steps(params.train) // 4))
     if t.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=params.train.max_epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=_steps(params.train))
     return optuna.pruners.NopPruner()
 
 
@@ -107,7 +112,7 @@ class Objective:
         import optuna
 
         p, metric = self.params, self.params.tune.metric
-        values = suggest(trial, p.tune.space)
+        values = suggest(trial, p.tune.space_for(p.train.model))
         try:
             train = TrainParams.model_validate({**p.train.model_dump(), **values})
         except Exception as exc:
@@ -115,7 +120,6 @@ class Objective:
         run_id = runs.start_trial_run(self.parent, trial.number, values)
         trial.set_user_attr("mlflow_run_id", run_id)
         seed_everything(p.seed, train.deterministic)
-        model = build(**model_config(train, self.data))
         x, y, pre = self.data.x, self.data.y, self.data.preprocessor
         images = self.data.schema.kind == "image"
         n_classes = len(self.data.schema.classes)
@@ -133,7 +137,7 @@ class Objective:
         best_loss, value = math.inf, math.nan
         # Each report is a write to the study's storage and each pruning check a read: at most ~50 per trial, at the
         # same epochs in every trial, so that the pruner compares like with like.
-        every = max(1, train.max_epochs // REPORTS)
+        every = max(1, _steps(train) // REPORTS)
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
             nonlocal best_loss, value
@@ -147,7 +151,14 @@ class Objective:
                     raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
         try:
-            result = fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch)
+            if train.model == TREE_MODEL:
+                from medflow.training.trees import fit_trees  # XGBoost is imported only to train trees
+
+                arrays = ({s: v.numpy() for s, v in x.items()}, {s: v.numpy() for s, v in y.items()})
+                _, result = fit_trees(*arrays, n_classes, train, p.seed, on_epoch)
+            else:
+                model = build(**model_config(train, self.data))
+                result = fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch)
         except optuna.TrialPruned:
             tracking.set_tags(run_id, {"medflow.trial_state": "pruned"})
             tracking.end_run(run_id)
@@ -257,10 +268,11 @@ def run(
     if params.data.task != "classification":
         # Its metric (tune.metric: val_accuracy) and trial data (class indices) are a classifier's.
         raise ParamsError(f"medflow tune: not yet for {params.data.task} (data.task={params.data.task})")
+    space = t.space_for(params.train.model)
     trials = trials or t.trials
     timeout_s = timeout_s or t.timeout_s
     data = trial_data(paths, params.validate_.small_count)
-    for model in t.space["model"].choices if "model" in t.space else [params.train.model]:
+    for model in space["model"].choices if "model" in space else [params.train.model]:
         model_config(params.train.model_copy(update={"model": model}), data)  # a model unfit for the data fails now
     out = tune_dir(paths)
     out.mkdir(parents=True, exist_ok=True)
@@ -294,7 +306,7 @@ def run(
                 Objective(params, data, parent, device),
                 n_trials=remaining,
                 timeout=timeout_s,
-                callbacks=[lambda s, tr: say(_report(tr, t.metric, t.space))],
+                callbacks=[lambda s, tr: say(_report(tr, t.metric, space))],
             )
     except BaseException as exc:
         tracking.end_run(parent, "FAILED" if isinstance(exc, Exception) else "KILLED")
@@ -306,7 +318,7 @@ def run(
         tracking.end_run(parent, "FAILED")
         raise ValueError(f"tune: study {name} has no complete trial; raise --trials or tune.timeout_s")
     best = study.best_trial
-    best_values = values_of(best, t.space)
+    best_values = values_of(best, space)
     header = [
         f"Written by `medflow tune` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: study {name}, best of "
         f"{counts['complete']} complete trial(s) ({counts['pruned']} pruned): trial {best.number}, "
