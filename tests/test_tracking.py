@@ -227,6 +227,23 @@ def test_gate_floors_and_missing_evidence(value, floor, kwargs, promoted, says):
     assert decision.promoted is promoted and says in decision.reason
 
 
+def test_a_required_superiority_over_a_baseline_refuses_what_the_other_rules_promote():
+    better, tie = _paired(0.2, 1.5), _paired(0.5, 0.5)
+    key = "register.gate.require_superiority_over"
+
+    def over_trees(delta):
+        return Comparison("baseline gradient_boosted_trees", delta, "superiority", 0.0, test_key=key)
+
+    passes = decide("test_roc_auc", 0.95, 0.9, "1", comparison(better), required=over_trees(better))
+    assert passes.promoted and passes.reason.startswith(f"delta {better.metric} vs baseline gradient_boosted_trees")
+    refused = decide("test_roc_auc", 0.95, 0.9, "1", comparison(better), required=over_trees(tie))
+    assert not refused.promoted and f"superiority ({key}) needs the lower bound above +0.0000: not met;" in (
+        refused.reason
+    )
+    missing = decide("test_roc_auc", 0.95, 0.9, None, comparison(better), required=f"{key} names trees, not a ...")
+    assert not missing.promoted and missing.reason.startswith(f"{key} names trees")
+
+
 def test_a_subgroup_regression_refuses_a_better_candidate():
 
     def report(values):
