@@ -66,7 +66,7 @@ test: setup test-debs
 test-fast: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q -m 'smoke or not (e2e or slow or gpu)'
+	$(BIN)/python -m pytest -q -m 'smoke or not (e2e or slow or gpu or full)'
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -69,6 +69,7 @@ def test_the_validation_page_shows_each_expectation_and_the_failing_counts(valid
         assert f"{count} unexpected values found" in text, rule
 
 
+@pytest.mark.full  # a browser: `make test`, not `make test-fast`
 def test_chromium_opens_the_docs_and_finds_the_failures_and_no_value(validated):
     """Offline, as the test machine is: the index links to the validation page without a script from a CDN."""
     from selenium.webdriver.common.by import By

@@ -22,6 +22,7 @@ from medflow.steps import train
 TRAIN = {"max_epochs": 12, "patience": 12, "hidden": [16], "dropout": 0.0, "class_weights": "none", "batch_size": 32}
 
 
+@pytest.mark.full  # two torchrun ranks and one process, each training: `make test`, not `make test-fast`
 def test_two_gloo_ranks_match_one_process_and_only_rank_0_writes(tmp_path, project):
     root = Paths(root=tmp_path / "ddp")
     root.mlruns.mkdir(parents=True)

@@ -18,6 +18,13 @@ SALT = {"MEDFLOW_SALT": "exports-salt"}
 
 
 @pytest.fixture(scope="module")
+def env(prefect_server):
+    """The session's Prefect server rather than a temporary one started per run (seconds each): this module is
+    about tables."""
+    return SALT | {"PREFECT_API_URL": prefect_server}
+
+
+@pytest.fixture(scope="module")
 def project(tmp_path_factory, migrated_mlflow_db):
     root = scratch_clone(tmp_path_factory.mktemp("exports"), migrated_mlflow_db)
     (root / "data").mkdir(exist_ok=True)
@@ -53,7 +60,7 @@ def printed_fix(stderr: str, key: str) -> str:
     return found[-1]
 
 
-def test_an_r_export_stops_on_its_row_names_and_runs_with_the_printed_fix(project):
+def test_an_r_export_stops_on_its_row_names_and_runs_with_the_printed_fix(project, env):
     root = project
     # R's write.csv: a header cell "" over the row names, strings quoted, logicals as TRUE/FALSE.
     r_export().to_csv(root / "data" / "r_export.csv", index_label="", quoting=csv.QUOTE_NONNUMERIC)
@@ -68,7 +75,7 @@ def test_an_r_export_stops_on_its_row_names_and_runs_with_the_printed_fix(projec
 
     fix = printed_fix(line, "data.exclude")
     assert fix == """-P 'data.exclude=["Unnamed: 0"]'"""
-    done = sh(f".venv/bin/medflow run {args} {fix}", root, **SALT)
+    done = sh(f".venv/bin/medflow run {args} {fix}", root, **env)
     assert "registered r-export v1" in done.stdout + done.stderr
     schema = json.loads((root / "artifacts" / "clean" / "schema.json").read_text())
     assert schema["classes"] == ["not_TRUE", "TRUE"] and "Unnamed: 0" not in schema["numeric"]
@@ -76,17 +83,17 @@ def test_an_r_export_stops_on_its_row_names_and_runs_with_the_printed_fix(projec
     assert summary["columns"]["excluded"] == ["Unnamed: 0"] and summary["rows_valid"] == 300
 
 
-def test_a_model_whose_perfect_score_rests_on_follow_up_columns_is_not_promoted(project):
+def test_a_model_whose_perfect_score_rests_on_follow_up_columns_is_not_promoted(project, env):
     root = project
     follow_up().to_csv(root / "data" / "followup.csv", index=False)
     args = ("-P data.source=data/followup.csv -P data.target=outcome -P data.positive_class=event "
             "-P 'data.exclude=[]' -P register.model_name=follow-up")  # fmt: skip
     # validate stops on the follow-up time by its name and its relation to the outcome; accepted, the run goes on.
-    stopped = sh(f".venv/bin/medflow run {args}", root, check=False, **SALT)
+    stopped = sh(f".venv/bin/medflow run {args}", root, check=False, **env)
     (line,) = [x for x in stopped.stderr.splitlines() if "error:" in x]
     assert stopped.returncode == 2 and "suspected follow-up time in 1 column(s): 'days' (ROC-AUC 0.7" in line, line
     args += " " + printed_fix(line, "validate.accept_leakage")
-    first = sh(f".venv/bin/medflow run {args}", root, **SALT)
+    first = sh(f".venv/bin/medflow run {args}", root, **env)
     out = first.stdout + first.stderr
     # validate's one-column screen lets every other column through: each alone predicts the outcome weakly.
     summary = json.loads((root / "artifacts" / "validate" / "summary.json").read_text())
@@ -100,7 +107,7 @@ def test_a_model_whose_perfect_score_rests_on_follow_up_columns_is_not_promoted(
     assert sorted(gate["leak_check"]["suspects"]) == ["days_to_death", "died"]
 
     fix = printed_fix(line, "data.exclude")
-    again = sh(f".venv/bin/medflow run {args} {fix}", root, **SALT)
+    again = sh(f".venv/bin/medflow run {args} {fix}", root, **env)
     (line,) = [x for x in (again.stdout + again.stderr).splitlines() if x.startswith("registered follow-up v2")]
     assert "suspected target leakage" not in line
     assert json.loads((root / "artifacts" / "register" / "gate.json").read_text())["leak_check"] is None

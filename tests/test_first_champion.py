@@ -27,6 +27,13 @@ SALT = {"MEDFLOW_SALT": "first-champion-salt"}
 
 
 @pytest.fixture(scope="module")
+def env(prefect_server):
+    """The session's Prefect server rather than a temporary one started per run (seconds each): this module is
+    about floors and cards; the Ctrl-C test below keeps the temporary server, as a terminal user meets it."""
+    return SALT | {"PREFECT_API_URL": prefect_server}
+
+
+@pytest.fixture(scope="module")
 def clone(tmp_path_factory, migrated_mlflow_db):
     root = scratch_clone(tmp_path_factory.mktemp("first") / "medflow", migrated_mlflow_db)
     df = synthetic_cohort(n_patients=80, seed=5)
@@ -47,8 +54,8 @@ def card_of(root, version: str) -> str:
     return registry(root).get_model_version("first", version).description
 
 
-def test_a_new_table_starts_from_no_floor_and_a_changed_floor_is_decided_again(clone):
-    done = sh(f".venv/bin/medflow run {TABLE} {TINY} -P register.min_primary=0.999", clone, timeout=900, **SALT)
+def test_a_new_table_starts_from_no_floor_and_a_changed_floor_is_decided_again(clone, env):
+    done = sh(f".venv/bin/medflow run {TABLE} {TINY} -P register.min_primary=0.999", clone, timeout=900, **env)
     out = done.stdout + done.stderr
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("registered first v1 (not promoted: test_roc_auc="), last
@@ -62,7 +69,7 @@ def test_a_new_table_starts_from_no_floor_and_a_changed_floor_is_decided_again(c
     assert "Registered model" not in out and "Created version" not in out
 
     # The floor params.yaml ships is the demo's: on this table there is none, and the gate decides again.
-    again = sh(".venv/bin/medflow run -P 'register.min_primary={breast_cancer: 0.95}'", clone, timeout=600, **SALT)
+    again = sh(".venv/bin/medflow run -P 'register.min_primary={breast_cancer: 0.95}'", clone, timeout=600, **env)
     assert "steps to run: register" in again.stdout + again.stderr
     assert again.stdout.strip().splitlines()[-1].startswith("registered first v1 (champion: "), again.stdout[-2000:]
     gate = json.loads((clone / "artifacts/register/gate.json").read_text())
@@ -74,7 +81,7 @@ def test_a_new_table_starts_from_no_floor_and_a_changed_floor_is_decided_again(c
     )
     assert tags["medflow.gate.2"].startswith("promoted: ") and tags["medflow.gate"] == tags["medflow.gate.2"]
     assert {a: str(v) for a, v in registry(clone).get_registered_model("first").aliases.items()} == {"champion": "1"}
-    nothing = sh(".venv/bin/medflow run", clone, **SALT)
+    nothing = sh(".venv/bin/medflow run", clone, **env)
     assert "nothing to do" in nothing.stdout and "first v1 (champion)" in nothing.stdout
 
 
@@ -87,9 +94,9 @@ def test_the_card_lists_excluded_columns_and_where_the_version_stands(clone):
     assert f"| gate | none → v1 | {getpass.getuser()} |" in md
 
 
-def test_every_alias_move_rewrites_the_cards_it_touches(clone):
+def test_every_alias_move_rewrites_the_cards_it_touches(clone, env):
     # A second version, from an exploratory run: challenger at most, whatever its metrics.
-    done = sh(f".venv/bin/medflow run {TINY} -P train.max_epochs=2 -P register.promote=never", clone, **SALT)
+    done = sh(f".venv/bin/medflow run {TINY} -P train.max_epochs=2 -P register.promote=never", clone, **env)
     assert "registered first v2 (not promoted: " in done.stdout
     assert "Current alias: `challenger`." in card_of(clone, "2")
 

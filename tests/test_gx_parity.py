@@ -140,6 +140,7 @@ def parity(how: settings, seen: list[int]):
     return native_checks_give_great_expectations_verdicts
 
 
+@pytest.mark.full  # 1,000 generated tables, each judged by GX too: `make test`, not `make test-fast`
 def test_native_checks_give_great_expectations_verdicts():
     seen = []
     parity(settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,

@@ -22,6 +22,7 @@ def no_server(tmp_path):
         yield
 
 
+@pytest.mark.full  # a temporary server's start (test-fast's smoke run starts one): `make test`, not `make test-fast`
 def test_without_a_configured_server_prefect_starts_its_own_and_the_run_reaches_it(no_server):
     from prefect.client.orchestration import get_client
 
@@ -34,6 +35,7 @@ def test_without_a_configured_server_prefect_starts_its_own_and_the_run_reaches_
         assert answer.status == 200
 
 
+@pytest.mark.full  # a start that fails after its time-out, in a process of its own: `make test`, not `make test-fast`
 def test_a_temporary_server_that_does_not_start_is_a_one_line_error_with_its_fix(tmp_path):
     # A process of its own: Prefect keeps one temporary server per process, and an earlier test's is up.
     probe = (

@@ -25,17 +25,19 @@ OWN = (
 )
 
 
-def trained(root) -> None:
-    done = sh(f".venv/bin/medflow run {OWN}", root, timeout=600, **SALT)
+def trained(root, prefect_server: str) -> None:
+    # The session's Prefect server rather than a temporary one started per run (seconds each): this module is about
+    # the table's formats; monitor keeps its own default.
+    done = sh(f".venv/bin/medflow run {OWN}", root, timeout=600, **SALT, PREFECT_API_URL=prefect_server)
     assert "registered own v1 (champion" in done.stdout, done.stdout[-2000:]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, migrated_mlflow_db):
+def project(tmp_path_factory, migrated_mlflow_db, prefect_server):
     root = scratch_clone(tmp_path_factory.mktemp("own") / "medflow", migrated_mlflow_db)
     (root / "data").mkdir(exist_ok=True)
     visits().to_csv(root / "data" / "visits.csv", index=False)
-    trained(root)
+    trained(root, prefect_server)
     return root
 
 
@@ -78,14 +80,14 @@ def test_monitor_reads_a_batch_in_the_training_formats_without_refusal_or_drift(
     assert "ldh" not in report["drifted_features"], report["features"]["ldh"]
 
 
-def test_a_rerun_after_plain_numbers_arrive_keeps_every_high_value(tmp_path, migrated_mlflow_db):
+def test_a_rerun_after_plain_numbers_arrive_keeps_every_high_value(tmp_path, migrated_mlflow_db, prefect_server):
     """The issue's path: a first run reads "1,262" as a number; rows written with plain numbers are added; the
     rerun must read the column both ways, not quarantine every LDH of 1,000 and above."""
     root = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
     (root / "data").mkdir(exist_ok=True)
     first = visits()
     first.to_csv(root / "data" / "visits.csv", index=False)
-    trained(root)
+    trained(root, prefect_server)
     later = visits(600, seed=9, first_mrn=800000, grouped=False)
     pd.concat([first, later]).to_csv(root / "data" / "visits.csv", index=False)
     sh(f".venv/bin/medflow step validate {OWN}", root, **SALT)
@@ -122,7 +124,7 @@ def test_a_quarantine_of_the_sickest_patients_stops_with_one_line(tmp_path, migr
         assert all(v not in done.stderr for v in spaced["ldh"] if " " in v)  # counts, never a value
 
 
-def test_infinities_are_quarantined_per_row_and_a_text_column_is_named(tmp_path, migrated_mlflow_db):
+def test_infinities_are_quarantined_per_row_and_a_text_column_is_named(tmp_path, migrated_mlflow_db, prefect_server):
     """crp exported with inf/-inf stays a numeric column whose such rows are quarantined, each with its reason, and
     a fifth of them stops the run naming the column (it was typed as text and dropped without a word); a column of
     mostly numbers read as text is said to be no feature, with why."""
@@ -145,7 +147,9 @@ def test_infinities_are_quarantined_per_row_and_a_text_column_is_named(tmp_path,
     albumin = np.random.default_rng(0).normal(3.9, 0.4, len(df)).round(3).astype(str)
     df["albumin"] = np.where(df.index % 4 == 0, "see note", albumin)  # a quarter not numbers
     df.to_csv(root / "data" / "visits.csv", index=False)
-    done = sh(f".venv/bin/medflow run {OWN} -P train.max_epochs=3", root, timeout=600, **SALT)
+    done = sh(
+        f".venv/bin/medflow run {OWN} -P train.max_epochs=3", root, timeout=600, **SALT, PREFECT_API_URL=prefect_server
+    )
     n = len(df)
     assert (
         f"not a feature: 'albumin' ({(n + 3) // 4} of {n} values are not numbers (validate.type_mostly=0.9): read "
@@ -153,7 +157,7 @@ def test_infinities_are_quarantined_per_row_and_a_text_column_is_named(tmp_path,
     ), done.stdout[-2000:]
 
 
-def test_a_new_users_path_ends_with_a_card_that_matches_the_aliases(project):
+def test_a_new_users_path_ends_with_a_card_that_matches_the_aliases(project, prefect_server):
     """Issue 28's path in one test: own table -> first champion (the fixture) -> predict on the training file ->
     monitor a batch -> a second version -> promote -> card. No row training accepted is refused, no file under data/
     changes (no --update), and each card names the alias its version carries."""
@@ -167,7 +171,8 @@ def test_a_new_users_path_ends_with_a_card_that_matches_the_aliases(project):
     visits(90, seed=11, first_mrn=950000).to_csv(root / "incoming" / "path.csv", index=False)
     sh(".venv/bin/medflow monitor --batch incoming/path.csv", root, timeout=600, **SALT)
     assert {p: p.read_bytes() for p in (root / "data").rglob("*") if p.is_file()} == data
-    done = sh(f".venv/bin/medflow run {OWN} -P train.max_epochs=4 -P register.promote=never", root, timeout=600, **SALT)
+    env = SALT | {"PREFECT_API_URL": prefect_server}
+    done = sh(f".venv/bin/medflow run {OWN} -P train.max_epochs=4 -P register.promote=never", root, timeout=600, **env)
     assert "registered own v2 (not promoted: " in done.stdout, done.stdout[-2000:]
     sh(".venv/bin/medflow promote own 2 --reason 'reviewed with the ward team'", root)
     store = f"sqlite:///{root / 'mlruns/mlflow.db'}"

@@ -108,6 +108,7 @@ BRING_YOUR_OWN = [
 ]  # fmt: skip
 
 
+@pytest.mark.e2e  # the real executable on a project copy: `make test`, not `make test-fast`
 def test_flow_and_dvc_repro_agree_and_dvc_status_is_clean(tiny_project):
     root = tiny_project
     out = sh(["medflow", "run", *BRING_YOUR_OWN], root)
@@ -133,6 +134,7 @@ def test_flow_and_dvc_repro_agree_and_dvc_status_is_clean(tiny_project):
     assert "up to date" in sh(["dvc", "status"], root)
 
 
+@pytest.mark.e2e  # the real executable on a project copy: `make test`, not `make test-fast`
 def test_param_override_is_recorded_and_reruns_only_from_the_changed_step(tiny_project):
     root = tiny_project
     out = sh(["medflow", "run", "-P", "evaluate.primary_metric=pr_auc"], root)
@@ -153,6 +155,7 @@ def test_a_misspelt_parameter_fails_before_anything_runs(tiny_project):
     assert "train.lrr" in done.stderr and "Extra inputs are not permitted" in done.stderr
 
 
+@pytest.mark.e2e  # the real executable on a project copy: `make test`, not `make test-fast`
 def test_no_patient_value_reaches_mlflow_prefect_or_dvc_records(tiny_project):
     """Raw identifiers may sit in data/ and artifacts/ (local, git-ignored), nowhere else."""
     root = tiny_project

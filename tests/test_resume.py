@@ -152,6 +152,7 @@ def test_the_train_step_resumes_after_a_crash_and_clears_its_checkpoint(tmp_path
     assert len(failed) == 1
 
 
+@pytest.mark.full  # two training processes, one killed: `make test`, not `make test-fast`
 def test_a_process_killed_mid_epoch_resumes(tmp_path):
     """SIGKILL in the middle of epoch 4 (no handler runs, epoch 4's updates are lost), then a new process:
     it redoes epoch 4 from epoch 3's checkpoint and ends with the weights of one clean run."""

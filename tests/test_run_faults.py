@@ -22,9 +22,9 @@ pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make te
 RUN_TINY = ".venv/bin/medflow run --force -P train.max_epochs=3 -P train.lr=3e-4"
 
 
-def start(command: str, root) -> subprocess.Popen:
+def start(command: str, root, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
-        ["bash", "-c", f"exec {command}"], cwd=root, env=user_env(root, OMP_NUM_THREADS="1"), text=True,
+        ["bash", "-c", f"exec {command}"], cwd=root, env=user_env(root, OMP_NUM_THREADS="1", **env), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
 
@@ -59,8 +59,15 @@ def clone(tmp_path_factory, migrated_mlflow_db):
     return scratch_clone(tmp_path_factory.mktemp("faults") / "medflow", migrated_mlflow_db)
 
 
-def test_four_runs_at_once_one_runs_the_others_say_busy_and_the_project_stays_consistent(clone):
-    procs = [start(RUN_TINY, clone) for _ in range(4)]
+@pytest.fixture(scope="module")
+def server(prefect_server):
+    """The session's Prefect server, for the runs whose fault is not Prefect's: a temporary server started per run
+    costs seconds each. Signals and the temporary server's own start keep Prefect's default, as users meet it."""
+    return {"PREFECT_API_URL": prefect_server}
+
+
+def test_four_runs_at_once_one_runs_the_others_say_busy_and_the_project_stays_consistent(clone, server):
+    procs = [start(RUN_TINY, clone, **server) for _ in range(4)]
     outputs = [p.communicate(timeout=900) for p in procs]
     done = [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs, strict=True)]
     ran = [(out, err) for rc, out, err in done if rc == 0]
@@ -150,7 +157,7 @@ def test_a_params_file_that_cannot_be_read_twice_is_refused_before_anything_runs
     assert "steps to run" not in bad.stdout
 
 
-def test_a_failure_is_one_line_naming_step_cause_and_remedy_with_the_traceback_in_a_log(clone):
+def test_a_failure_is_one_line_naming_step_cause_and_remedy_with_the_traceback_in_a_log(clone, server):
     bad = sh(".venv/bin/medflow run -P train.lr=fast", clone, check=False)
     assert bad.returncode == 2
     assert "train.lr" in one_error_line(bad.stderr)
@@ -159,7 +166,9 @@ def test_a_failure_is_one_line_naming_step_cause_and_remedy_with_the_traceback_i
     shutil.copy(db, db.with_suffix(".bak"))
     db.write_bytes(b"this is not an SQLite database" * 100)
     try:
-        broken = sh(".venv/bin/medflow run -P train.max_epochs=2 -P flow.retry_delay_s=0.1", clone, check=False)
+        broken = sh(
+            ".venv/bin/medflow run -P train.max_epochs=2 -P flow.retry_delay_s=0.1", clone, check=False, **server
+        )
     finally:
         shutil.move(db.with_suffix(".bak"), db)
     assert broken.returncode == 1
@@ -171,7 +180,7 @@ def test_a_failure_is_one_line_naming_step_cause_and_remedy_with_the_traceback_i
     assert "Traceback" in Path(line.rsplit("log: ", 1)[1].rstrip(")")).read_text()
 
     endless = "-P train.max_epochs=100000 -P train.patience=100000 -P flow.train_timeout_s=3"
-    late = sh(f".venv/bin/medflow run {endless}", clone, check=False, timeout=300)
+    late = sh(f".venv/bin/medflow run {endless}", clone, check=False, timeout=300, **server)
     assert late.returncode == 1
     assert "train timed out" in one_error_line(late.stderr) and "flow.train_timeout_s" in late.stderr
 
@@ -210,11 +219,11 @@ def test_the_run_lock_names_its_holder_or_waits_for_it(tmp_path):
         pass
 
 
-def test_a_run_started_from_another_folder_with_root_records_every_step(clone, tmp_path):
+def test_a_run_started_from_another_folder_with_root_records_every_step(clone, tmp_path, server):
     # DVC's commit resolves stages against the working directory: from elsewhere its records used to fail (and
     # were retried for 15 s) with "file path ... is outside of DVC repo".
     # The tests before this one left a 3-s training timeout in params.yaml.
     tiny = "-P train.max_epochs=2 -P flow.train_timeout_s=3600"
-    done = sh(f"{clone}/.venv/bin/medflow --root {clone} run --force {tiny}", tmp_path)
+    done = sh(f"{clone}/.venv/bin/medflow --root {clone} run --force {tiny}", tmp_path, **server)
     assert "registered medflow-breast-cancer" in done.stdout, done.stderr[-3000:]
     assert "up to date" in sh(".venv/bin/dvc status", clone).stdout
