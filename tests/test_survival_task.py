@@ -188,3 +188,24 @@ def test_the_whas500_example_registers_a_champion_and_predicts_every_row(tmp_pat
         "row", "model", "version", "risk", "survival_at_365", "survival_at_730", "survival_at_1825", "status", "reason"
     ]  # fmt: skip
     assert scored["status"].eq("ok").all() and scored["survival_at_730"].between(0, 1).all()
+
+
+def test_a_study_that_censors_everyone_at_its_end_still_gets_its_time_dependent_metrics(project, monkeypatch):
+    """Rossi's follow-up ends at week 52 for everyone still free, so the training split's censoring estimate reaches
+    0 there: test rows followed to its end are censored there for the IPCW metrics, which then still exist."""
+    monkeypatch.setenv("MEDFLOW_SALT", "survival-salt")
+    rossi = DEMOS["rossi"]()
+    project.data_dir.mkdir(parents=True, exist_ok=True)
+    rossi.to_csv(project.data_dir / "rossi.csv", index=False)
+    params = _params(
+        data__source="data/rossi.csv", data__time="week", data__event="arrest", evaluate__horizons=[13, 26, 52],
+        train__max_epochs=3,
+    )  # fmt: skip
+    for step in ("validate", "clean", "split", "train"):
+        run_step(step, params, project)
+    metrics = run_step("evaluate", params, project)
+    assert {"test_uno_c", "test_brier_at_13", "test_auc_at_26", "test_integrated_brier"} <= set(metrics)
+    report = json.loads((project.step_dir("evaluate") / "report.json").read_text())
+    assert (
+        report["horizons"] == [13, 26] and report["horizons_note"] == "1 horizon(s) outside the test follow-up left out"
+    )

@@ -208,14 +208,15 @@ def _survival(params: Params, paths: Paths, df, test, predictor: Predictor) -> t
     risk = score(predictor, paths, test, "tabular")[:, 0]
     groups = patient_keys(paths, test[ROW_ID])
     metrics = {}
-    # The time-dependent metrics need each horizon inside the test split's follow-up and before the training
-    # split's last time (beyond it the censoring weights are undefined: scikit-survival refuses). A test row followed
-    # past the training split's last time is censored there for them: its status at every horizon is unchanged.
+    # The censoring weights (Uno's C, AUC, Brier) are undefined from the training split's last time on, where its
+    # censoring estimate may reach 0 (scikit-survival refuses): each horizon lies before it and inside the test
+    # follow-up, and a test row followed to it or past is censored there for those metrics, its status at every
+    # horizon unchanged.
     end = t0.max()
-    horizons = [h for h in predictor.horizons if time.min() <= h < min(time.max(), end)]
-    past = time > end
+    past = time >= end
     t_w, e_w = np.where(past, end, time), event & ~past
-    tau = max(horizons) if horizons else None
+    horizons = [h for h in predictor.horizons if t_w.min() <= h < t_w.max()]
+    tau = max(horizons) if horizons else end
     for name, weights in (("c_index", None), ("uno_c", survival.uno_weights(t0, e0, time, event, tau))):
         c = survival.concordance(time, event, risk, groups, weights, ep.n_boot, seed)
         metrics |= _finite(
@@ -231,6 +232,7 @@ def _survival(params: Params, paths: Paths, df, test, predictor: Predictor) -> t
         metrics |= _finite({"test_mean_auc": mean_auc})
         calibration = survival.calibration(time, event, risk, at, horizons)
         grid = np.linspace(*np.quantile(t_w, [0.05, 0.95]), 50)
+        grid = grid[grid < t_w.max()]
         on_grid = predictor.survival_at(risk, grid)
         metrics |= _finite({"test_integrated_brier": survival.integrated_brier(t0, e0, t_w, e_w, on_grid, grid)})
         km = survival.km_by_group(time, event, risk, on_grid, grid)
