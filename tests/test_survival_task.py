@@ -116,12 +116,17 @@ def test_a_follow_up_time_as_a_classification_feature_stops_with_the_survival_fi
     monkeypatch.setenv("MEDFLOW_SALT", "survival-salt")
     paths = Paths(root=tmp_path)
     _table(paths, whas500)
-    params = from_dict({"data": {"source": "data/whas500.csv", "target": "fstat"}})
+    params = from_dict({"data": {"source": "data/whas500.csv", "target": "fstat", "positive_class": 1}})
     with pytest.raises(ValueError) as err:
         run_step("validate", params, paths)
     message = str(err.value)
     assert "\n" not in message and "suspected follow-up time" in message and "'lenfol'" in message
-    assert "-P data.task=survival -P data.time=lenfol -P data.event=fstat" in message
+    assert "-P data.task=survival -P data.time=lenfol -P data.event=fstat -P data.positive_class=null" in message
+    # The fix it gives runs: the same table as a time-to-event one passes validate, lenfol no feature.
+    fixed = from_dict({"data": {**params.data.model_dump(), "task": "survival", "time": "lenfol", "event": "fstat",
+                                "positive_class": None}})  # fmt: skip
+    assert run_step("validate", fixed, paths)["rows_valid"] == len(whas500)
+    assert "lenfol" in run_step("clean", fixed, paths)["dropped_columns"]
 
 
 def test_the_steps_score_c_index_against_both_baselines_and_predict_survival(whas500, project, monkeypatch):

@@ -26,8 +26,9 @@ class Classification:
         primary = params.evaluate.primary_metric
         if primary not in self.primaries:
             raise ParamsError(
-                f"evaluate.primary_metric={primary!r} is a regression metric; classification takes one of "
-                f"{', '.join(self.primaries)} (or -P data.task=regression)"
+                f"evaluate.primary_metric={primary!r} is a {'survival' if primary == 'c_index' else 'regression'} "
+                f"metric; classification takes one of {', '.join(self.primaries)} (or -P data.task=regression, "
+                "or survival)"
             )
         floor = params.register.min_primary
         floors = floor.values() if isinstance(floor, dict) else [] if floor is None else [floor]

@@ -28,7 +28,8 @@ class Regression:
         primary = params.evaluate.primary_metric
         if primary not in self.primaries:
             raise ParamsError(
-                f"evaluate.primary_metric={primary!r} is a classification metric; regression takes one of "
+                f"evaluate.primary_metric={primary!r} is a {'survival' if primary == 'c_index' else 'classification'} "
+                "metric; regression takes one of "
                 f"{', '.join(self.primaries)} (mae when unset)"
             )
         if params.data.kind != "tabular":
