@@ -63,6 +63,24 @@ def test_the_gates_draws_are_harrells_c_of_each_model_on_the_same_resampled_rows
     np.testing.assert_array_equal(same[0], same[1])
 
 
+def test_brier_terms_average_to_scikit_survivals_brier_and_integrated_brier_scores():
+    from sksurv.metrics import brier_score, integrated_brier_score
+
+    rng = np.random.default_rng(1)
+    n = 300
+    train = survival.surv(rng.integers(1, 100, n).astype(float), rng.random(n) < 0.5)
+    time, event = rng.integers(1, 90, n).astype(float), rng.random(n) < 0.5
+    test = survival.surv(time, event)
+    grid = np.linspace(10, 80, 30)
+    curves = np.sort(rng.random((n, len(grid))), axis=1)[:, ::-1]
+    terms = survival.brier_terms(train["time"], train["event"], time, event, curves, grid)
+    np.testing.assert_allclose(terms.mean(axis=0), brier_score(train, test, curves, grid)[1])
+    ibs = np.trapezoid(terms, grid, axis=1) / (grid[-1] - grid[0])
+    assert ibs.mean() == pytest.approx(integrated_brier_score(train, test, curves, grid))
+    (lo, hi), *_ = survival.brier_intervals(terms, None, 300, 0)
+    assert lo < terms[:, 0].mean() < hi
+
+
 def test_the_task_takes_c_index_and_the_event_as_its_target_and_needs_both_columns():
     params = _params()
     assert params.evaluate.primary_metric == "c_index" and params.data.target == "fstat"
@@ -145,6 +163,8 @@ def test_the_steps_score_c_index_against_both_baselines_and_predict_survival(wha
     assert stored["test_c_index_ci_low"] < stored["test_c_index"] < stored["test_c_index_ci_high"]
     for key in ("test_uno_c", "test_auc_at_365", "test_brier_at_730", "test_integrated_brier", "test_mean_auc"):
         assert key in metrics
+    assert stored["test_brier_at_730_ci_low"] < stored["test_brier_at_730"] < stored["test_brier_at_730_ci_high"]
+    assert stored["test_integrated_brier_ci_low"] < stored["test_integrated_brier"]
     assert (project.step_dir("evaluate") / "plots" / "km_by_risk_group.png").exists()
     assert "| 1825 | 5 |" in (project.step_dir("evaluate") / "report.md").read_text()
 

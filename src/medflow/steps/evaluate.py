@@ -199,8 +199,9 @@ def _survival_md(report: dict, metrics: dict) -> str:
 
 
 def _survival(params: Params, paths: Paths, df, test, predictor: Predictor) -> tuple[dict, dict]:
-    """A survival model's C-indices with their patient-bootstrap intervals, AUC and Brier score at each horizon the
-    test follow-up spans, the integrated Brier score, calibration by risk group and the Kaplan-Meier plot."""
+    """A survival model's C-indices, Brier score at each horizon the test follow-up spans and integrated Brier
+    score with their patient-bootstrap intervals, AUC at each horizon, calibration by risk group and the
+    Kaplan-Meier plot."""
     ep, seed = params.evaluate, params.seed
     train = df[df[SPLIT] == "train"]
     t0, e0 = train[TIME].to_numpy(dtype="float64"), train[LABEL].to_numpy() > 0
@@ -226,15 +227,23 @@ def _survival(params: Params, paths: Paths, df, test, predictor: Predictor) -> t
     if horizons:
         at = predictor.survival_at(risk, horizons)
         auc, mean_auc = survival.time_auc(t0, e0, t_w, e_w, risk, horizons)
-        score_at = survival.brier(t0, e0, t_w, e_w, at, horizons)
-        for h, a, b in zip(horizons, auc, score_at, strict=True):
-            metrics |= _finite({f"test_auc_at_{h:g}": a, f"test_brier_at_{h:g}": b})
-        metrics |= _finite({"test_mean_auc": mean_auc})
-        calibration = survival.calibration(time, event, risk, at, horizons)
         grid = np.linspace(*np.quantile(t_w, [0.05, 0.95]), 50)
         grid = grid[grid < t_w.max()]
         on_grid = predictor.survival_at(risk, grid)
-        metrics |= _finite({"test_integrated_brier": survival.integrated_brier(t0, e0, t_w, e_w, on_grid, grid)})
+        # Per row, so that the patient bootstrap weighs them: the Brier score at each horizon, and its integral
+        # over the grid (trapezoids, scikit-survival's integrated_brier_score) divided by the grid's span.
+        terms = survival.brier_terms(t0, e0, t_w, e_w, at, horizons)
+        over = survival.brier_terms(t0, e0, t_w, e_w, on_grid, grid)
+        terms = np.column_stack([terms, np.trapezoid(over, grid, axis=1) / (grid[-1] - grid[0])])
+        names = [f"test_brier_at_{h:g}" for h in horizons] + ["test_integrated_brier"]
+        for name, value, (lo, hi) in zip(
+            names, terms.mean(axis=0), survival.brier_intervals(terms, groups, ep.n_boot, seed), strict=True
+        ):
+            metrics |= _finite({name: value, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
+        for h, a in zip(horizons, auc, strict=True):
+            metrics |= _finite({f"test_auc_at_{h:g}": a})
+        metrics |= _finite({"test_mean_auc": mean_auc})
+        calibration = survival.calibration(time, event, risk, at, horizons)
         km = survival.km_by_group(time, event, risk, on_grid, grid)
         plots = paths.step_dir("evaluate") / "plots"
         plots.mkdir(parents=True, exist_ok=True)
