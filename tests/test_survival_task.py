@@ -124,6 +124,8 @@ def test_worded_events_pass_with_event_value(whas500, tmp_path, monkeypatch):
     paths = Paths(root=tmp_path)
     _table(paths, whas500.assign(fstat=whas500["fstat"].map({1: "Dead", 0: "alive"})))
     run_step("validate", _params(data__event_value="dead"), paths)
+    profile = (paths.step_dir("validate") / "profile" / "profile.md").read_text()
+    assert "Censored (no event seen by the end of follow-up): 57.0%." in profile  # 215 deaths in 500
     run_step("clean", _params(data__event_value="dead"), paths)
     cleaned = pd.read_parquet(paths.cleaned)
     assert cleaned["_label"].sum() == whas500["fstat"].sum() and "lenfol" not in cleaned
