@@ -236,3 +236,20 @@ def test_a_study_that_censors_everyone_at_its_end_still_gets_its_time_dependent_
     assert (
         report["horizons"] == [13, 26] and report["horizons_note"] == "1 horizon(s) outside the test follow-up left out"
     )
+
+
+def test_monitor_and_tune_refuse_a_survival_project_in_one_line(tmp_path):
+    import yaml
+
+    from flows.monitor import check
+    from medflow.tuning.search import run as tune
+
+    params = _params()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.as_dict()))
+    for refuse, expected in (
+        (lambda: check.fn(str(tmp_path), "incoming/batch.csv"), "medflow monitor: not yet for survival"),
+        (lambda: tune(params, Paths(root=tmp_path), tmp_path / "params.yaml"), "medflow tune: not yet for survival"),
+    ):
+        with pytest.raises(ValueError) as err:
+            refuse()
+        assert "\n" not in str(err.value) and str(err.value).startswith(expected)
