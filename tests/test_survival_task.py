@@ -119,6 +119,18 @@ def test_bad_survival_input_stops_validate_in_one_line_naming_column_rule_and_co
     assert not paths.valid_rows.exists()
 
 
+def test_a_table_too_large_to_read_whole_is_refused_for_survival_in_one_line(whas500, tmp_path):
+    paths = Paths(root=tmp_path)
+    _table(paths, whas500)
+    with pytest.raises(ValueError) as err:
+        run_step("validate", _params(validate__stream_above_mb=0), paths)
+    message = str(err.value)
+    assert (
+        "\n" not in message
+        and "data.task=survival is not yet streamed (0 MB, above validate.stream_above_mb=0)" in message
+    )
+
+
 def test_worded_events_pass_with_event_value(whas500, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDFLOW_SALT", "survival-salt")
     paths = Paths(root=tmp_path)
