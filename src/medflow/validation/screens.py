@@ -205,6 +205,7 @@ def survival_outcome(df: pd.DataFrame, data: DataParams, where: str) -> None:
     rules = (
         (df[data.time].isna(), "a follow-up time is required"),
         (time.isna() & df[data.time].notna(), "a follow-up time is a number"),
+        (time.abs() == float("inf"), "a follow-up time is finite"),
         (time < 0, "a follow-up time is not negative"),
         (time == 0, "a follow-up time is above 0"),
     )
