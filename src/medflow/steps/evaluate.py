@@ -152,6 +152,8 @@ def _regression(params: Params, paths: Paths, test, predictor: Predictor, target
     bins = prediction_bins(y, pred, ep.calibration_bins, params.validate_.small_count)
     plot_predicted_observed(bins, plots / "predicted_vs_observed.png", target)
     plot_residuals(bins, plots / "residuals.png", target)
+    # dvc.yaml's ROC plot tracks this file for every task; a regression has no curve to put in it.
+    (paths.step_dir("evaluate") / "roc.json").write_text("[]\n")
     report = {
         "test_rows": len(test),
         "test_patients": n_patients,

@@ -33,6 +33,8 @@ class Classification:
         floors = floor.values() if isinstance(floor, dict) else [] if floor is None else [floor]
         if any(not 0 <= f <= 1 for f in floors):
             raise ParamsError("register.min_primary: a classification metric's floor lies between 0 and 1")
+        if params.monitor.performance_floor is not None and not 0 <= params.monitor.performance_floor <= 1:
+            raise ParamsError("monitor.performance_floor: a classification metric's floor lies between 0 and 1")
 
     def higher_is_better(self, metric: str) -> bool:
         return self.direction[metric]
