@@ -196,9 +196,17 @@ def test_the_diabetes_example_registers_a_champion_and_predicts_every_row(tmp_pa
     assert scored["status"].eq("ok").all() and scored["prediction"].between(0, 400).all()
 
 
-def test_tune_is_not_yet_for_regression_and_says_so_in_one_line(tmp_path):
+def test_tune_minimises_val_mae_and_refuses_a_classifier_metric(diabetes, project, monkeypatch):
     from medflow.tuning import search
 
-    with pytest.raises(ParamsError) as err:
-        search.run(_params(), Paths(root=tmp_path), tmp_path / "params.yaml")
-    assert str(err.value) == "medflow tune: not yet for regression (data.task=regression)"
+    monkeypatch.setenv("MEDFLOW_SALT", "regression-salt")
+    _table(project, diabetes)
+    params = _params(tune__metric="val_mae", tune__trials=3, train__max_epochs=4)
+    for step in ("validate", "clean", "split"):
+        run_step(step, params, project)
+    summary = search.run(params, project, project.root / "params.yaml")
+    assert summary["direction"] == "minimize" and summary["trials"]["complete"] == 3
+    study = json.loads((project.root / "artifacts/tune/summary.json").read_text())
+    assert study["best_value"] == summary["best_value"] < 150  # in the target's units, not standardised ones
+    with pytest.raises(ParamsError, match="tune.metric=val_accuracy is a classifier's; regression tunes val_loss"):
+        search.run(_params(tune__metric="val_accuracy"), project, project.root / "params.yaml")

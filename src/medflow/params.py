@@ -196,7 +196,8 @@ class TuneParams(_Section):
 
     trials: int = Field(20, ge=1)  # finished trials the study should hold (a resumed study runs the rest)
     timeout_s: float | None = Field(None, gt=0)  # start no trial after this many seconds; null: no limit
-    metric: Literal["val_loss", "val_accuracy"] = "val_loss"  # of the best epoch; reported per epoch for pruning
+    # Of the best epoch, reported per epoch for pruning; val_accuracy for classification, val_mae for regression.
+    metric: Literal["val_loss", "val_accuracy", "val_mae"] = "val_loss"
     pruner: Literal["median", "hyperband", "none"] = "median"
     # Study storage URL (sqlite:///..., postgresql+psycopg2://...); null: artifacts/tune/study.db. Never MLflow's.
     storage: str | None = None

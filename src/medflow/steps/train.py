@@ -84,23 +84,13 @@ def upstream_counts(paths: Paths) -> dict[str, int]:
     return counts
 
 
-def targets(df: pd.DataFrame, positions: dict[str, np.ndarray], has_classes: bool):
-    """Each split's labels as the network learns them, and how to read its output in the target's units (None for
-    classes): a regression target standardised by the training split's mean and standard deviation."""
-    y = {s: df[LABEL].to_numpy()[pos] for s, pos in positions.items()}
-    if has_classes:
-        return {s: torch.from_numpy(v) for s, v in y.items()}, None
-    mean, std = float(y["train"].mean()), float(y["train"].std()) or 1.0
-    return {s: torch.from_numpy(((v - mean) / std).astype("float32")) for s, v in y.items()}, {"mean": mean, "std": std}
-
-
 def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
     """Tensors of the train/val splits, the fitted preprocessing, the model config and the target's scale (None for
     classes), for either kind of data."""
     model = params.train.model
     task = for_params(params)
     positions = {s: np.flatnonzero(df[SPLIT].to_numpy() == s) for s in ("train", "val")}
-    y, scale = targets(df, positions, task.has_classes)
+    y, scale = task.learning_targets({s: df[LABEL].to_numpy()[pos] for s, pos in positions.items()})
     if schema.kind == "image":
         images = np.load(paths.images, mmap_mode="r")
         if len(images) != len(df) or list(images.shape[1:]) != schema.image_shape:
