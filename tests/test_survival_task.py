@@ -14,11 +14,14 @@ from medflow.data.sources import DEMOS
 from medflow.evaluation import survival
 from medflow.evaluation.metrics import resample_weights
 from medflow.models.bundle import Predictor
+from medflow.monitoring import reference
+from medflow.monitoring import report as monitor_report
 from medflow.params import ParamsError, from_dict
 from medflow.paths import Paths
 from medflow.pipeline import run_step
 from medflow.promotion.evidence import gate_evidence
 from medflow.tasks import for_params
+from medflow.tuning.search import run as tune
 
 
 def _params(**over):
@@ -180,6 +183,7 @@ def test_the_steps_score_c_index_against_both_baselines_and_predict_survival(wha
     assert stored["test_brier_at_730_ci_low"] < stored["test_brier_at_730"] < stored["test_brier_at_730_ci_high"]
     assert stored["test_integrated_brier_ci_low"] < stored["test_integrated_brier"]
     assert (project.step_dir("evaluate") / "plots" / "km_by_risk_group.png").exists()
+    assert (project.step_dir("evaluate") / "roc.json").read_text() == "[]\n"  # dvc.yaml's plot, empty
     assert "| 1825 | 5 |" in (project.step_dir("evaluate") / "report.md").read_text()
 
     comparison, _, report = gate_evidence(params, project, stored, None)
@@ -202,6 +206,22 @@ def test_the_steps_score_c_index_against_both_baselines_and_predict_survival(wha
         ok["survival_at_730"] >= ok["survival_at_1825"]
     ).all()
     assert np.corrcoef(ok["risk"], ok["survival_at_730"])[0, 1] < -0.9
+
+    # monitor: the risk score drifts as a numeric feature does; a labelled batch is judged by its C-index.
+    train_rows = pd.read_parquet(project.cleaned).iloc[:300]
+    ref = reference.build(train_rows, predictor.schema, predictor.outputs(train_rows)[:, 0], None, 10, 10)
+    labelled = whas500.astype(str)
+    judged = monitor_report.check(labelled, ref, predictor, params)
+    perf = judged["performance"]
+    assert perf["metric"] == "c_index" and perf["ci_low"] < perf["value"] < perf["ci_high"] and "psi" in judged["score"]
+    unlabelled = monitor_report.check(labelled.drop(columns=["lenfol"]), ref, predictor, params)
+    assert unlabelled["performance"] is None and "psi" in unlabelled["score"]
+
+    # tune: the validation C-index, maximised.
+    tuning = _params(tune__metric="val_c_index", tune__trials=2, tune__pruner="none", train__max_epochs=3)
+    (project.root / "params.yaml").write_text("seed: 42\n")
+    study = tune(tuning, project, project.root / "params.yaml")
+    assert study["direction"] == "maximize" and study["trials"]["complete"] == 2 and 0.5 < study["best_value"] <= 1
 
 
 @pytest.mark.e2e
@@ -248,20 +268,3 @@ def test_a_study_that_censors_everyone_at_its_end_still_gets_its_time_dependent_
     assert (
         report["horizons"] == [13, 26] and report["horizons_note"] == "1 horizon(s) outside the test follow-up left out"
     )
-
-
-def test_monitor_and_tune_refuse_a_survival_project_in_one_line(tmp_path):
-    import yaml
-
-    from flows.monitor import check
-    from medflow.tuning.search import run as tune
-
-    params = _params()
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.as_dict()))
-    for refuse, expected in (
-        (lambda: check.fn(str(tmp_path), "incoming/batch.csv"), "medflow monitor: not yet for survival"),
-        (lambda: tune(params, Paths(root=tmp_path), tmp_path / "params.yaml"), "medflow tune: not yet for survival"),
-    ):
-        with pytest.raises(ValueError) as err:
-            refuse()
-        assert "\n" not in str(err.value) and str(err.value).startswith(expected)

@@ -154,6 +154,8 @@ def _regression(params: Params, paths: Paths, test, predictor: Predictor, target
     bins = prediction_bins(y, pred, ep.calibration_bins, params.validate_.small_count)
     plot_predicted_observed(bins, plots / "predicted_vs_observed.png", target)
     plot_residuals(bins, plots / "residuals.png", target)
+    # dvc.yaml's ROC plot tracks this file for every task; a regression has no curve to put in it.
+    (paths.step_dir("evaluate") / "roc.json").write_text("[]\n")
     report = {
         "test_rows": len(test),
         "test_patients": n_patients,
@@ -248,6 +250,8 @@ def _survival(params: Params, paths: Paths, df, test, predictor: Predictor) -> t
         plots = paths.step_dir("evaluate") / "plots"
         plots.mkdir(parents=True, exist_ok=True)
         survival.plot_km_by_group(km, plots / "km_by_risk_group.png", f"{params.data.time} (time column's units)")
+    # dvc.yaml's ROC plot tracks this file for every task; a survival model's curves are the KM plot's.
+    (paths.step_dir("evaluate") / "roc.json").write_text("[]\n")
     n_patients = len(np.unique(groups)) if groups is not None else len(test)
     metrics |= {"n_test": len(test), "n_test_patients": n_patients, "n_test_events": int(event.sum())}
     left = [h for h in predictor.horizons if h not in horizons]

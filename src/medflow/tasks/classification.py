@@ -34,6 +34,17 @@ class Classification:
         floors = floor.values() if isinstance(floor, dict) else [] if floor is None else [floor]
         if any(not 0 <= f <= 1 for f in floors):
             raise ParamsError("register.min_primary: a classification metric's floor lies between 0 and 1")
+        if params.tune.metric not in ("val_loss", f"val_{self.epoch_metric}"):
+            raise ParamsError(f"tune.metric={params.tune.metric} is a regression's; classification tunes val_loss or "
+                              "val_accuracy")  # fmt: skip
+        if params.monitor.performance_floor is not None and not 0 <= params.monitor.performance_floor <= 1:
+            raise ParamsError("monitor.performance_floor: a classification metric's floor lies between 0 and 1")
+
+    def learning_targets(self, y: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], dict | None]:
+        """Each split's labels as the network learns them (class indices), and no scale: outputs are logits."""
+        import torch
+
+        return {s: torch.from_numpy(v) for s, v in y.items()}, None
 
     def higher_is_better(self, metric: str) -> bool:
         return self.direction[metric]

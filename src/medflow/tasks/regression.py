@@ -36,10 +36,26 @@ class Regression:
             raise ParamsError("data.task=regression takes a table (data.kind=tabular)")
         if params.data.positive_class is not None:
             raise ParamsError("data.positive_class names a class; a regression target has none: set it to null")
+        if params.tune.metric not in ("val_loss", f"val_{self.epoch_metric}"):
+            raise ParamsError(
+                f"tune.metric={params.tune.metric} is a classifier's; regression tunes val_loss or val_mae"
+            )
         if params.evaluate.subgroups:
             raise ParamsError("evaluate.subgroups: not yet for regression; set evaluate.subgroups=[]")
-        if params.train.mixup > 0:
-            raise ParamsError("train.mixup mixes class labels; a regression run takes train.mixup=0")
+        mixup = params.tune.space.get("mixup")
+        if params.train.mixup > 0 or (mixup and (mixup.choices or [0]) != [0]) or (mixup and mixup.high):
+            raise ParamsError(
+                "train.mixup mixes class labels: a regression takes train.mixup=0, and no tune.space.mixup"
+            )
+
+    def learning_targets(self, y: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], dict | None]:
+        """Each split's target standardised by the training split's mean and standard deviation (so one learning
+        rate suits a target in any units), and that scale, which reads the network's output in the target's units."""
+        import torch
+
+        mean, std = float(y["train"].mean()), float(y["train"].std()) or 1.0
+        scaled = {s: torch.from_numpy(((v - mean) / std).astype("float32")) for s, v in y.items()}
+        return scaled, {"mean": mean, "std": std}
 
     def higher_is_better(self, metric: str) -> bool:
         return self.direction[metric]
