@@ -35,7 +35,8 @@ class Classification:
         if any(not 0 <= f <= 1 for f in floors):
             raise ParamsError("register.min_primary: a classification metric's floor lies between 0 and 1")
         if params.tune.metric not in ("val_loss", f"val_{self.epoch_metric}"):
-            raise ParamsError(f"tune.metric={params.tune.metric} is a regression's; classification tunes val_loss or "
+            other = "survival model's" if params.tune.metric == "val_c_index" else "regression's"
+            raise ParamsError(f"tune.metric={params.tune.metric} is a {other}; classification tunes val_loss or "
                               "val_accuracy")  # fmt: skip
         if params.monitor.performance_floor is not None and not 0 <= params.monitor.performance_floor <= 1:
             raise ParamsError("monitor.performance_floor: a classification metric's floor lies between 0 and 1")

@@ -37,9 +37,8 @@ class Regression:
         if params.data.positive_class is not None:
             raise ParamsError("data.positive_class names a class; a regression target has none: set it to null")
         if params.tune.metric not in ("val_loss", f"val_{self.epoch_metric}"):
-            raise ParamsError(
-                f"tune.metric={params.tune.metric} is a classifier's; regression tunes val_loss or val_mae"
-            )
+            other = "survival model's" if params.tune.metric == "val_c_index" else "classifier's"
+            raise ParamsError(f"tune.metric={params.tune.metric} is a {other}; regression tunes val_loss or val_mae")
         if params.evaluate.subgroups:
             raise ParamsError("evaluate.subgroups: not yet for regression; set evaluate.subgroups=[]")
         mixup = params.tune.space.get("mixup")
