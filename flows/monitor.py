@@ -47,9 +47,6 @@ def check(root: str, batch: str) -> dict:
 
     paths = Paths(root=Path(root))
     params = params_mod.load(paths.params_file)
-    if params.data.task != "classification":
-        # Its score drift and labelled performance read class probabilities.
-        raise ValueError(f"medflow monitor: not yet for {params.data.task} (data.task={params.data.task})")
     tracking.configure(paths)
     name = params.register.model_name
     champion = tracking.version_by_alias(name, "champion")
@@ -66,7 +63,7 @@ def check(root: str, batch: str) -> dict:
         champion = tracking.get_version(name, str(rows["version"].iloc[0]))
         reference = reference_of(name, champion)
     with tempfile.TemporaryDirectory() as tmp:
-        predictor = Predictor(download_bundle(name, champion.version, Path(tmp)), reference["score"]["threshold"])
+        predictor = Predictor(download_bundle(name, champion.version, Path(tmp)), reference["score"].get("threshold"))
         try:
             report = reports.check(rows, reference, predictor, params)
         except ValueError as exc:

@@ -14,6 +14,8 @@ from medflow.data.sources import DEMOS
 from medflow.evaluation import regression
 from medflow.evaluation.metrics import resample_weights
 from medflow.models.bundle import Predictor
+from medflow.monitoring import reference
+from medflow.monitoring.report import check
 from medflow.params import ParamsError, from_dict
 from medflow.paths import Paths
 from medflow.pipeline import run_step
@@ -155,6 +157,21 @@ def test_the_steps_predict_in_the_target_units_and_the_gate_counts_improvement(d
     assert report["baseline_deltas"]["baseline training_mean"]["delta"] == pytest.approx(mean - cand)
     assert mean > cand and comparison.reference.startswith("baseline ")
 
+    # Monitoring: the predictions' distribution drifts with the features, and a labelled batch is judged by MAE
+    # against monitor.performance_floor as a ceiling.
+    ref = reference.from_pipeline(params, project, None)
+    assert ref["score"]["kind"] == "numeric" and len(ref["score"]["counts"]) > 1
+    shifted = diabetes.sample(150, random_state=1).assign(bmi=lambda d: d["bmi"] + 15, s5=lambda d: d["s5"] + 1)
+    ceiling = from_dict(params.as_dict() | {"monitor": {"performance_floor": 1.0}})
+    report = check(shifted.astype(str), ref, predictor, ceiling)
+    assert {"bmi", "s5"} <= set(report["drifted_features"])
+    perf = report["performance"]
+    assert perf["metric"] == "mae" and perf["lower_is_better"] and perf["ci_low"] < perf["value"] < perf["ci_high"]
+    assert any("above the ceiling 1.0" in why for why in report["retrain_because"])
+    same = check(diabetes.sample(150, random_state=2).astype(str), ref, predictor, params)
+    assert not same["score"]["drifted"] and not same["retrain_because"]
+    assert report["score"]["psi"] > 2 * same["score"]["psi"]  # the predictions moved with them
+
 
 @pytest.mark.e2e
 def test_the_diabetes_example_registers_a_champion_and_predicts_every_row(tmp_path, migrated_mlflow_db):
@@ -177,3 +194,19 @@ def test_the_diabetes_example_registers_a_champion_and_predicts_every_row(tmp_pa
     assert len(scored) == len(pd.read_csv(clone / "data/diabetes.csv"))
     assert list(scored.columns) == ["row", "model", "version", "prediction", "status", "reason"]
     assert scored["status"].eq("ok").all() and scored["prediction"].between(0, 400).all()
+
+
+def test_tune_minimises_val_mae_and_refuses_a_classifier_metric(diabetes, project, monkeypatch):
+    from medflow.tuning import search
+
+    monkeypatch.setenv("MEDFLOW_SALT", "regression-salt")
+    _table(project, diabetes)
+    params = _params(tune__metric="val_mae", tune__trials=3, train__max_epochs=4)
+    for step in ("validate", "clean", "split"):
+        run_step(step, params, project)
+    summary = search.run(params, project, project.root / "params.yaml")
+    assert summary["direction"] == "minimize" and summary["trials"]["complete"] == 3
+    study = json.loads((project.root / "artifacts/tune/summary.json").read_text())
+    assert study["best_value"] == summary["best_value"] < 150  # in the target's units, not standardised ones
+    with pytest.raises(ParamsError, match="tune.metric=val_accuracy is a classifier's; regression tunes val_loss"):
+        search.run(_params(tune__metric="val_accuracy"), project, project.root / "params.yaml")

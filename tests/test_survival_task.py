@@ -14,11 +14,14 @@ from medflow.data.sources import DEMOS
 from medflow.evaluation import survival
 from medflow.evaluation.metrics import resample_weights
 from medflow.models.bundle import Predictor
+from medflow.monitoring import reference
+from medflow.monitoring import report as monitor_report
 from medflow.params import ParamsError, from_dict
 from medflow.paths import Paths
 from medflow.pipeline import run_step
 from medflow.promotion.evidence import gate_evidence
 from medflow.tasks import for_params
+from medflow.tuning.search import run as tune
 
 
 def _params(**over):
@@ -63,6 +66,24 @@ def test_the_gates_draws_are_harrells_c_of_each_model_on_the_same_resampled_rows
     np.testing.assert_array_equal(same[0], same[1])
 
 
+def test_brier_terms_average_to_scikit_survivals_brier_and_integrated_brier_scores():
+    from sksurv.metrics import brier_score, integrated_brier_score
+
+    rng = np.random.default_rng(1)
+    n = 300
+    train = survival.surv(rng.integers(1, 100, n).astype(float), rng.random(n) < 0.5)
+    time, event = rng.integers(1, 90, n).astype(float), rng.random(n) < 0.5
+    test = survival.surv(time, event)
+    grid = np.linspace(10, 80, 30)
+    curves = np.sort(rng.random((n, len(grid))), axis=1)[:, ::-1]
+    terms = survival.brier_terms(train["time"], train["event"], time, event, curves, grid)
+    np.testing.assert_allclose(terms.mean(axis=0), brier_score(train, test, curves, grid)[1])
+    ibs = np.trapezoid(terms, grid, axis=1) / (grid[-1] - grid[0])
+    assert ibs.mean() == pytest.approx(integrated_brier_score(train, test, curves, grid))
+    (lo, hi), *_ = survival.brier_intervals(terms, None, 300, 0)
+    assert lo < terms[:, 0].mean() < hi
+
+
 def test_the_task_takes_c_index_and_the_event_as_its_target_and_needs_both_columns():
     params = _params()
     assert params.evaluate.primary_metric == "c_index" and params.data.target == "fstat"
@@ -101,11 +122,25 @@ def test_bad_survival_input_stops_validate_in_one_line_naming_column_rule_and_co
     assert not paths.valid_rows.exists()
 
 
+def test_a_table_too_large_to_read_whole_is_refused_for_survival_in_one_line(whas500, tmp_path):
+    paths = Paths(root=tmp_path)
+    _table(paths, whas500)
+    with pytest.raises(ValueError) as err:
+        run_step("validate", _params(validate__stream_above_mb=0), paths)
+    message = str(err.value)
+    assert (
+        "\n" not in message
+        and "data.task=survival is not yet streamed (0 MB, above validate.stream_above_mb=0)" in message
+    )
+
+
 def test_worded_events_pass_with_event_value(whas500, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDFLOW_SALT", "survival-salt")
     paths = Paths(root=tmp_path)
     _table(paths, whas500.assign(fstat=whas500["fstat"].map({1: "Dead", 0: "alive"})))
     run_step("validate", _params(data__event_value="dead"), paths)
+    profile = (paths.step_dir("validate") / "profile" / "profile.md").read_text()
+    assert "Censored (no event seen by the end of follow-up): 57.0%." in profile  # 215 deaths in 500
     run_step("clean", _params(data__event_value="dead"), paths)
     cleaned = pd.read_parquet(paths.cleaned)
     assert cleaned["_label"].sum() == whas500["fstat"].sum() and "lenfol" not in cleaned
@@ -116,12 +151,17 @@ def test_a_follow_up_time_as_a_classification_feature_stops_with_the_survival_fi
     monkeypatch.setenv("MEDFLOW_SALT", "survival-salt")
     paths = Paths(root=tmp_path)
     _table(paths, whas500)
-    params = from_dict({"data": {"source": "data/whas500.csv", "target": "fstat"}})
+    params = from_dict({"data": {"source": "data/whas500.csv", "target": "fstat", "positive_class": 1}})
     with pytest.raises(ValueError) as err:
         run_step("validate", params, paths)
     message = str(err.value)
     assert "\n" not in message and "suspected follow-up time" in message and "'lenfol'" in message
-    assert "-P data.task=survival -P data.time=lenfol -P data.event=fstat" in message
+    assert "-P data.task=survival -P data.time=lenfol -P data.event=fstat -P data.positive_class=null" in message
+    # The fix it gives runs: the same table as a time-to-event one passes validate, lenfol no feature.
+    fixed = from_dict({"data": {**params.data.model_dump(), "task": "survival", "time": "lenfol", "event": "fstat",
+                                "positive_class": None}})  # fmt: skip
+    assert run_step("validate", fixed, paths)["rows_valid"] == len(whas500)
+    assert "lenfol" in run_step("clean", fixed, paths)["dropped_columns"]
 
 
 def test_the_steps_score_c_index_against_both_baselines_and_predict_survival(whas500, project, monkeypatch):
@@ -140,7 +180,10 @@ def test_the_steps_score_c_index_against_both_baselines_and_predict_survival(wha
     assert stored["test_c_index_ci_low"] < stored["test_c_index"] < stored["test_c_index_ci_high"]
     for key in ("test_uno_c", "test_auc_at_365", "test_brier_at_730", "test_integrated_brier", "test_mean_auc"):
         assert key in metrics
+    assert stored["test_brier_at_730_ci_low"] < stored["test_brier_at_730"] < stored["test_brier_at_730_ci_high"]
+    assert stored["test_integrated_brier_ci_low"] < stored["test_integrated_brier"]
     assert (project.step_dir("evaluate") / "plots" / "km_by_risk_group.png").exists()
+    assert (project.step_dir("evaluate") / "roc.json").read_text() == "[]\n"  # dvc.yaml's plot, empty
     assert "| 1825 | 5 |" in (project.step_dir("evaluate") / "report.md").read_text()
 
     comparison, _, report = gate_evidence(params, project, stored, None)
@@ -163,6 +206,22 @@ def test_the_steps_score_c_index_against_both_baselines_and_predict_survival(wha
         ok["survival_at_730"] >= ok["survival_at_1825"]
     ).all()
     assert np.corrcoef(ok["risk"], ok["survival_at_730"])[0, 1] < -0.9
+
+    # monitor: the risk score drifts as a numeric feature does; a labelled batch is judged by its C-index.
+    train_rows = pd.read_parquet(project.cleaned).iloc[:300]
+    ref = reference.build(train_rows, predictor.schema, predictor.outputs(train_rows)[:, 0], None, 10, 10)
+    labelled = whas500.astype(str)
+    judged = monitor_report.check(labelled, ref, predictor, params)
+    perf = judged["performance"]
+    assert perf["metric"] == "c_index" and perf["ci_low"] < perf["value"] < perf["ci_high"] and "psi" in judged["score"]
+    unlabelled = monitor_report.check(labelled.drop(columns=["lenfol"]), ref, predictor, params)
+    assert unlabelled["performance"] is None and "psi" in unlabelled["score"]
+
+    # tune: the validation C-index, maximised.
+    tuning = _params(tune__metric="val_c_index", tune__trials=2, tune__pruner="none", train__max_epochs=3)
+    (project.root / "params.yaml").write_text("seed: 42\n")
+    study = tune(tuning, project, project.root / "params.yaml")
+    assert study["direction"] == "maximize" and study["trials"]["complete"] == 2 and 0.5 < study["best_value"] <= 1
 
 
 @pytest.mark.e2e
@@ -188,3 +247,24 @@ def test_the_whas500_example_registers_a_champion_and_predicts_every_row(tmp_pat
         "row", "model", "version", "risk", "survival_at_365", "survival_at_730", "survival_at_1825", "status", "reason"
     ]  # fmt: skip
     assert scored["status"].eq("ok").all() and scored["survival_at_730"].between(0, 1).all()
+
+
+def test_a_study_that_censors_everyone_at_its_end_still_gets_its_time_dependent_metrics(project, monkeypatch):
+    """Rossi's follow-up ends at week 52 for everyone still free, so the training split's censoring estimate reaches
+    0 there: test rows followed to its end are censored there for the IPCW metrics, which then still exist."""
+    monkeypatch.setenv("MEDFLOW_SALT", "survival-salt")
+    rossi = DEMOS["rossi"]()
+    project.data_dir.mkdir(parents=True, exist_ok=True)
+    rossi.to_csv(project.data_dir / "rossi.csv", index=False)
+    params = _params(
+        data__source="data/rossi.csv", data__time="week", data__event="arrest", evaluate__horizons=[13, 26, 52],
+        train__max_epochs=3,
+    )  # fmt: skip
+    for step in ("validate", "clean", "split", "train"):
+        run_step(step, params, project)
+    metrics = run_step("evaluate", params, project)
+    assert {"test_uno_c", "test_brier_at_13", "test_auc_at_26", "test_integrated_brier"} <= set(metrics)
+    report = json.loads((project.step_dir("evaluate") / "report.json").read_text())
+    assert (
+        report["horizons"] == [13, 26] and report["horizons_note"] == "1 horizon(s) outside the test follow-up left out"
+    )

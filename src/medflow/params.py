@@ -225,7 +225,9 @@ class TuneParams(_Section):
 
     trials: int = Field(20, ge=1)  # finished trials the study should hold (a resumed study runs the rest)
     timeout_s: float | None = Field(None, gt=0)  # start no trial after this many seconds; null: no limit
-    metric: Literal["val_loss", "val_accuracy"] = "val_loss"  # of the best epoch; reported per epoch for pruning
+    # Of the best epoch, reported per epoch for pruning; val_accuracy for classification, val_mae for regression,
+    # val_c_index for survival.
+    metric: Literal["val_loss", "val_accuracy", "val_mae", "val_c_index"] = "val_loss"
     pruner: Literal["median", "hyperband", "none"] = "median"
     # Study storage URL (sqlite:///..., postgresql+psycopg2://...); null: artifacts/tune/study.db. Never MLflow's.
     storage: str | None = None
@@ -353,8 +355,9 @@ class MonitorParams(_Section):
     ks_pvalue: float = Field(0.01, gt=0, lt=1)  # when its test (binned KS; chi-square for categories) is below this too
     null_rate_change: float = Field(0.1, gt=0, le=1)  # rise of a feature's null rate (fraction of rows) that is drift
     min_drifted_features: int = Field(1, ge=1)  # retrain when at least this many features drifted (or the score did)
-    # Labelled batch: retrain when the upper 95% bound of the primary metric lies below this; null: no floor.
-    performance_floor: float | None = Field(None, ge=0, le=1)
+    # Labelled batch: retrain when the upper 95% bound of the primary metric lies below this; null: no floor. A
+    # ceiling for a metric better lower (MAE, in the target's units): retrain when the lower bound lies above it.
+    performance_floor: float | None = Field(None, allow_inf_nan=False)
     # Opt-in: on drift a labelled batch becomes a new file under data/batches/ (DVC records it) and the model retrains.
     update: bool = False
     deployment: str = "medflow-pipeline/medflow-train"  # Prefect deployment to trigger; unreachable: run in-process

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from medflow.data.columns import ROW_ID, SPLIT
+from medflow.data.columns import LABEL, ROW_ID, SPLIT, TIME
 from medflow.data.features import Schema
 from medflow.paths import Paths
 
@@ -25,3 +26,9 @@ def load_split(paths: Paths) -> tuple[pd.DataFrame, Schema]:
     if split.isna().any():
         raise ValueError(f"{paths.manifest}: {int(split.isna().sum())} cleaned row(s) have no split")
     return df.assign(**{SPLIT: split.to_numpy()}), Schema.load(paths.schema)
+
+
+def outcome(rows: pd.DataFrame) -> np.ndarray:
+    """What a task learns from and its metrics read: the labels, or a survival table's (time, event) pairs
+    (rows x 2)."""
+    return rows[[TIME, LABEL]].to_numpy(dtype="float64") if TIME in rows else rows[LABEL].to_numpy(copy=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medflow.data.events import event_flags
 from medflow.data.features import OTHER, pool_rare
 from medflow.params import DataParams, ValidateParams
 
@@ -139,6 +140,13 @@ def build_profile(df: pd.DataFrame, kinds: dict[str, str], data: DataParams, vp:
     if regression:
         number = pd.to_numeric(labels, errors="coerce")
         counts = pd.Series({"numbers": int(number.notna().sum()), "missing": int(number.isna().sum())})
+    censoring = {}
+    if data.task == "survival":
+        # The share of rows censored, withheld as missing_rate is where it would reveal a count under k.
+        censored = int((~event_flags(df[data.target], data.event_value)).sum())
+        censoring["censored_rate"] = (
+            round(censored / n, 4) if n and not (0 < censored < k or 0 < n - censored < k) else None
+        )
     leaks = [c["name"] for c in columns if (c.get("association") or 0) >= vp.leakage_auc]
     return {
         "rows": n,
@@ -150,6 +158,7 @@ def build_profile(df: pd.DataFrame, kinds: dict[str, str], data: DataParams, vp:
             "positive_class": positive[0] if data.positive_class is not None else None,
             "counts": {str(v): shown(int(c), k) for v, c in counts.items()},
             **({"quantiles": _target_quantiles(number)} if regression else {}),
+            **censoring,
         },
         "leakage_suspects": leaks,
     }
@@ -203,6 +212,12 @@ def to_markdown(profile: dict, title: str) -> str:
     out += [f"## Target: {tgt['name']}", ""]
     if tgt["positive_class"] is not None:
         out += [f"Positive class: {tgt['positive_class']}.", ""]
+    if "censored_rate" in tgt:
+        rate = tgt["censored_rate"]
+        out += [
+            f"Censored (no event seen by the end of follow-up): {'<k rows' if rate is None else f'{rate:.1%}'}.",
+            "",
+        ]
     out += _table(["value", "rows"], list(tgt["counts"].items())) + ["![target](target.png)", ""]
     scored = _scored(cols)
     out += [

@@ -130,7 +130,14 @@ def decide(report: dict, mp) -> list[str]:
         why.append(f"prediction drift (score PSI {report['score']['psi']:.3f} >= {mp.psi_threshold})")
     perf = report.get("performance")
     floor = mp.performance_floor
-    if perf and floor is not None and perf.get("ci_high") is not None and perf["ci_high"] < floor:
+    if perf and floor is not None and perf.get("lower_is_better"):
+        # A ceiling for a metric better lower: retrain when even the lower bound lies above it.
+        if perf.get("ci_low") is not None and perf["ci_low"] > floor:
+            why.append(
+                f"{perf['metric']} {perf['value']:.3f} (95% CI lower bound {perf['ci_low']:.3f}) above the ceiling "
+                f"{floor} (monitor.performance_floor)"
+            )
+    elif perf and floor is not None and perf.get("ci_high") is not None and perf["ci_high"] < floor:
         why.append(
             f"{perf['metric']} {perf['value']:.3f} (95% CI upper bound {perf['ci_high']:.3f}) below the floor {floor}"
         )

@@ -12,30 +12,59 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medflow.data.events import event_flags
 from medflow.data.features import coerce_features, encode_labels
+from medflow.data.numbers import NumberFormat, parse
+from medflow.evaluation import regression, survival
 from medflow.evaluation.metrics import bootstrap_ci, patient_groups, weighted_metric
 from medflow.models.bundle import Predictor
 from medflow.monitoring import drift
-from medflow.monitoring.reference import positive_score
+from medflow.monitoring.reference import bin_counts, positive_score
+from medflow.tasks import of
+
+
+def _observed(batch: pd.DataFrame, ok: np.ndarray, predictor: Predictor) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows carry a label the model can be judged on, and those labels (class indices, or numbers read as
+    validate reads a regression target: a row whose target is no number is unlabelled)."""
+    schema = predictor.schema
+    if schema.time:
+        # Survival: a row is labelled when its follow-up time is a positive number and its event reads as one.
+        time = parse(batch[schema.time], NumberFormat()).to_numpy(dtype="float64")
+        event = event_flags(batch[schema.target], schema.event_value)
+        labelled = ok & (time > 0) & np.isfinite(time) & event.notna().to_numpy()
+        return labelled, np.column_stack([time[labelled], event[labelled].to_numpy(dtype="float64")])
+    if of(schema).has_classes:
+        labelled = ok & batch[schema.target].notna().to_numpy()
+        return labelled, encode_labels(batch.loc[labelled, schema.target], schema)
+    number = parse(batch[schema.target], NumberFormat()).to_numpy(dtype="float64")
+    labelled = ok & np.isfinite(number)
+    return labelled, number[labelled]
 
 
 def performance(batch: pd.DataFrame, proba: np.ndarray, ok: np.ndarray, predictor: Predictor, params) -> dict | None:
     """The primary metric on a labelled batch with its 95% CI over patients (rows when there is no patient id)."""
     schema, target = predictor.schema, predictor.schema.target
-    if target not in batch.columns:
+    if target not in batch.columns or (schema.time and schema.time not in batch.columns):
         return None
-    labelled = ok & batch[target].notna().to_numpy()
+    labelled, y = _observed(batch, ok, predictor)
     if labelled.sum() < params.monitor.min_rows:
         return {"labelled_rows": int(labelled.sum()), "note": f"fewer than monitor.min_rows={params.monitor.min_rows}"}
-    y = encode_labels(batch.loc[labelled, target], schema)
-    if len(np.unique(y)) < 2:
+    task = of(schema)
+    if task.has_classes and len(np.unique(y)) < 2:
         return {"labelled_rows": int(labelled.sum()), "note": "one class only: no discrimination metric"}
     pid = params.data.patient_id
     groups = patient_groups(batch.loc[labelled, pid]) if pid and pid in batch.columns else None
     metric = params.evaluate.primary_metric
     p = proba[labelled]
-    value = float(weighted_metric(metric, y, p, np.ones((1, len(y))))[0])
-    lo, hi = bootstrap_ci(y, p, groups, params.evaluate.n_boot, params.seed)[metric]
+    if task.has_classes:
+        value = float(weighted_metric(metric, y, p, np.ones((1, len(y))))[0])
+        lo, hi = bootstrap_ci(y, p, groups, params.evaluate.n_boot, params.seed)[metric]
+    elif schema.time:
+        c = survival.concordance(y[:, 0], y[:, 1], p[:, 0], groups, None, params.evaluate.n_boot, params.seed)
+        value, lo, hi = c.value, c.ci_low, c.ci_high
+    else:
+        value = task.point(metric, y, p)
+        lo, hi = regression.bootstrap_ci(y, p, groups, params.evaluate.n_boot, params.seed)[metric]
     return {
         "metric": metric,
         "value": value,
@@ -44,12 +73,28 @@ def performance(batch: pd.DataFrame, proba: np.ndarray, ok: np.ndarray, predicto
         "labelled_rows": int(labelled.sum()),
         "resampled": "patients" if groups is not None else "rows (no patient id)",
         "prevalence": float(y.mean()) if len(predictor.classes) == 2 else None,
+        # A metric better lower (MAE) judges monitor.performance_floor as a ceiling (drift.decide).
+        **({} if task.higher_is_better(metric) else {"lower_is_better": True}),
     }
 
 
-def is_scored(batch: pd.DataFrame, classes: list[str]) -> bool:
-    """A file `medflow predict` wrote (status and a probability per class), rather than new input rows."""
-    return {"status", "version", *(f"proba_{c}" for c in classes)} <= set(batch.columns)
+def output_columns(predictor: Predictor) -> list[str]:
+    """The columns of Predictor.score holding the model's answer: a probability per class, a survival model's risk
+    score, or a prediction."""
+    if predictor.classes:
+        return [f"proba_{c}" for c in predictor.classes]
+    return ["risk"] if predictor.survival else ["prediction"]
+
+
+def is_scored(batch: pd.DataFrame, columns: list[str]) -> bool:
+    """A file `medflow predict` wrote (status and output_columns), rather than new input rows."""
+    return {"status", "version", *columns} <= set(batch.columns)
+
+
+def _prediction_drift(ref: dict, prediction: np.ndarray, mp) -> dict:
+    """A regression's predictions drift as a numeric feature does, over the reference's bins of them; the bin counts
+    go with it for the plot."""
+    return drift.numeric_drift(ref, prediction, mp) | {"counts": bin_counts(prediction, ref["edges"])}
 
 
 def check(batch: pd.DataFrame, reference: dict, predictor: Predictor, params) -> dict:
@@ -58,9 +103,9 @@ def check(batch: pd.DataFrame, reference: dict, predictor: Predictor, params) ->
     output holds no features): score drift only."""
     mp, k = params.monitor, params.validate_.small_count
     schema = predictor.schema
-    columns = [f"proba_{c}" for c in predictor.classes]
+    columns = output_columns(predictor)
     features = {}
-    if is_scored(batch, predictor.classes) and not set(schema.features) & set(batch.columns):
+    if is_scored(batch, columns) and not set(schema.features) & set(batch.columns):
         ok = batch["status"].eq("ok").to_numpy()
         proba = batch[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype="float64")
         perf = None
@@ -81,7 +126,9 @@ def check(batch: pd.DataFrame, reference: dict, predictor: Predictor, params) ->
         "rows": int(len(batch)),
         "refused_rows": int((~ok).sum()),
         "features": features,
-        "score": drift.score_drift(reference["score"], positive_score(proba[ok]), mp),
+        "score": drift.score_drift(reference["score"], positive_score(proba[ok]), mp)
+        if predictor.classes
+        else _prediction_drift(reference["score"], proba[ok][:, 0], mp),
         "performance": perf,
         "thresholds": mp.model_dump(),
     }
@@ -125,11 +172,19 @@ def markdown(report: dict) -> str:
     if new:
         lines += ["", "New categories: " + "; ".join(f"{c}: {', '.join(v)}" for c, v in new.items())]
     s = report["score"]
-    lines += [
-        "",
-        f"Scores: PSI {_num(s['psi'])}; predicted prevalence {_num(s['predicted_prevalence'])} "
-        f"(reference {_num(s['reference_predicted_prevalence'])}).",
-    ]
+    if "predicted_prevalence" in s:
+        lines += [
+            "",
+            f"Scores: PSI {_num(s['psi'])}; predicted prevalence {_num(s['predicted_prevalence'])} "
+            f"(reference {_num(s['reference_predicted_prevalence'])}).",
+        ]
+    else:
+        lines += [
+            "",
+            f"Predictions: PSI {_num(s['psi'])}, KS D {_num(s['ks'])} (p {_num(s['ks_pvalue'], '.2g')}); mean "
+            f"{_num(s.get('mean'))} ({_num(s.get('mean_shift_sd'))} reference standard deviations from the reference's"
+            " mean).",
+        ]
     perf = report.get("performance")
     if perf and "value" in perf:
         lines += [
@@ -175,9 +230,13 @@ def plots(report: dict, reference: dict, out: Path) -> list[Path]:
         x = np.arange(len(ref))
         ax.bar(x - 0.2, ref / ref.sum(), width=0.4, label="reference (validation + test)")
         ax.bar(x + 0.2, cur / cur.sum(), width=0.4, label="batch")
-        edges = [0.0, *reference["score"]["edges"], 1.0]
-        ax.set_xticks(x, [f"{a:.1f}-{b:.1f}" for a, b in zip(edges[:-1], edges[1:], strict=True)], fontsize=7)
-        ax.set(xlabel="model score", ylabel="share of rows", title="Score distribution")
+        inner = reference["score"]["edges"]
+        if "threshold" in reference["score"]:  # probabilities
+            edges, what = [0.0, *inner, 1.0], "model score"
+        else:  # a regression's predictions, in the target's units: the outer bins are open
+            edges, what = [-np.inf, *inner, np.inf], "prediction"
+        ax.set_xticks(x, [f"{a:.3g}-{b:.3g}" for a, b in zip(edges[:-1], edges[1:], strict=True)], fontsize=7)
+        ax.set(xlabel=what, ylabel="share of rows", title=f"{what.capitalize()} distribution")
         ax.legend(fontsize=8)
         _save(fig, out / "score.png")
         made.append(out / "score.png")

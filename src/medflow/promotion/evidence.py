@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from medflow.data.columns import LABEL, ROW_ID, SPLIT, TIME
+from medflow.data.columns import ROW_ID, SPLIT
 from medflow.data.features import Schema, coerce_features
-from medflow.data.manifest import load_split
+from medflow.data.manifest import load_split, outcome
 from medflow.data.sources import dataset_name
 from medflow.evaluation.baselines import flat_pixels
 from medflow.evaluation.heldout import patient_keys, score
@@ -92,11 +92,6 @@ def test_split(paths: Paths) -> TestSplit:
     df, _ = load_split(paths)
     test, train, val = (df[df[SPLIT] == s] for s in ("test", "train", "val"))
     return TestSplit(test, outcome(test), patient_keys(paths, test[ROW_ID]), train, val)
-
-
-def outcome(rows: pd.DataFrame) -> np.ndarray:
-    """What the task's metrics read: the labels, or a survival table's (time, event) pairs (rows x 2)."""
-    return rows[[TIME, LABEL]].to_numpy(dtype="float64") if TIME in rows else rows[LABEL].to_numpy()
 
 
 def _baseline_features(predictor: Predictor, paths: Paths, rows: pd.DataFrame) -> np.ndarray:

@@ -154,6 +154,8 @@ def _regression(params: Params, paths: Paths, test, predictor: Predictor, target
     bins = prediction_bins(y, pred, ep.calibration_bins, params.validate_.small_count)
     plot_predicted_observed(bins, plots / "predicted_vs_observed.png", target)
     plot_residuals(bins, plots / "residuals.png", target)
+    # dvc.yaml's ROC plot tracks this file for every task; a regression has no curve to put in it.
+    (paths.step_dir("evaluate") / "roc.json").write_text("[]\n")
     report = {
         "test_rows": len(test),
         "test_patients": n_patients,
@@ -199,8 +201,9 @@ def _survival_md(report: dict, metrics: dict) -> str:
 
 
 def _survival(params: Params, paths: Paths, df, test, predictor: Predictor) -> tuple[dict, dict]:
-    """A survival model's C-indices with their patient-bootstrap intervals, AUC and Brier score at each horizon the
-    test follow-up spans, the integrated Brier score, calibration by risk group and the Kaplan-Meier plot."""
+    """A survival model's C-indices, Brier score at each horizon the test follow-up spans and integrated Brier
+    score with their patient-bootstrap intervals, AUC at each horizon, calibration by risk group and the
+    Kaplan-Meier plot."""
     ep, seed = params.evaluate, params.seed
     train = df[df[SPLIT] == "train"]
     t0, e0 = train[TIME].to_numpy(dtype="float64"), train[LABEL].to_numpy() > 0
@@ -208,14 +211,15 @@ def _survival(params: Params, paths: Paths, df, test, predictor: Predictor) -> t
     risk = score(predictor, paths, test, "tabular")[:, 0]
     groups = patient_keys(paths, test[ROW_ID])
     metrics = {}
-    # The time-dependent metrics need each horizon inside the test split's follow-up and before the training
-    # split's last time (beyond it the censoring weights are undefined: scikit-survival refuses). A test row followed
-    # past the training split's last time is censored there for them: its status at every horizon is unchanged.
+    # The censoring weights (Uno's C, AUC, Brier) are undefined from the training split's last time on, where its
+    # censoring estimate may reach 0 (scikit-survival refuses): each horizon lies before it and inside the test
+    # follow-up, and a test row followed to it or past is censored there for those metrics, its status at every
+    # horizon unchanged.
     end = t0.max()
-    horizons = [h for h in predictor.horizons if time.min() <= h < min(time.max(), end)]
-    past = time > end
+    past = time >= end
     t_w, e_w = np.where(past, end, time), event & ~past
-    tau = max(horizons) if horizons else None
+    horizons = [h for h in predictor.horizons if t_w.min() <= h < t_w.max()]
+    tau = max(horizons) if horizons else end
     for name, weights in (("c_index", None), ("uno_c", survival.uno_weights(t0, e0, time, event, tau))):
         c = survival.concordance(time, event, risk, groups, weights, ep.n_boot, seed)
         metrics |= _finite(
@@ -225,18 +229,29 @@ def _survival(params: Params, paths: Paths, df, test, predictor: Predictor) -> t
     if horizons:
         at = predictor.survival_at(risk, horizons)
         auc, mean_auc = survival.time_auc(t0, e0, t_w, e_w, risk, horizons)
-        score_at = survival.brier(t0, e0, t_w, e_w, at, horizons)
-        for h, a, b in zip(horizons, auc, score_at, strict=True):
-            metrics |= _finite({f"test_auc_at_{h:g}": a, f"test_brier_at_{h:g}": b})
+        grid = np.linspace(*np.quantile(t_w, [0.05, 0.95]), 50)
+        grid = grid[grid < t_w.max()]
+        on_grid = predictor.survival_at(risk, grid)
+        # Per row, so that the patient bootstrap weighs them: the Brier score at each horizon, and its integral
+        # over the grid (trapezoids, scikit-survival's integrated_brier_score) divided by the grid's span.
+        terms = survival.brier_terms(t0, e0, t_w, e_w, at, horizons)
+        over = survival.brier_terms(t0, e0, t_w, e_w, on_grid, grid)
+        terms = np.column_stack([terms, np.trapezoid(over, grid, axis=1) / (grid[-1] - grid[0])])
+        names = [f"test_brier_at_{h:g}" for h in horizons] + ["test_integrated_brier"]
+        for name, value, (lo, hi) in zip(
+            names, terms.mean(axis=0), survival.brier_intervals(terms, groups, ep.n_boot, seed), strict=True
+        ):
+            metrics |= _finite({name: value, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
+        for h, a in zip(horizons, auc, strict=True):
+            metrics |= _finite({f"test_auc_at_{h:g}": a})
         metrics |= _finite({"test_mean_auc": mean_auc})
         calibration = survival.calibration(time, event, risk, at, horizons)
-        grid = np.linspace(*np.quantile(t_w, [0.05, 0.95]), 50)
-        on_grid = predictor.survival_at(risk, grid)
-        metrics |= _finite({"test_integrated_brier": survival.integrated_brier(t0, e0, t_w, e_w, on_grid, grid)})
         km = survival.km_by_group(time, event, risk, on_grid, grid)
         plots = paths.step_dir("evaluate") / "plots"
         plots.mkdir(parents=True, exist_ok=True)
         survival.plot_km_by_group(km, plots / "km_by_risk_group.png", f"{params.data.time} (time column's units)")
+    # dvc.yaml's ROC plot tracks this file for every task; a survival model's curves are the KM plot's.
+    (paths.step_dir("evaluate") / "roc.json").write_text("[]\n")
     n_patients = len(np.unique(groups)) if groups is not None else len(test)
     metrics |= {"n_test": len(test), "n_test_patients": n_patients, "n_test_events": int(event.sum())}
     left = [h for h in predictor.horizons if h not in horizons]

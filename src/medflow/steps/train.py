@@ -29,9 +29,9 @@ import torch
 
 from medflow import tracking
 from medflow.console import say
-from medflow.data.columns import LABEL, SPLIT, TIME
+from medflow.data.columns import SPLIT
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema
-from medflow.data.manifest import load_split
+from medflow.data.manifest import load_split, outcome
 from medflow.models import vision
 from medflow.models.bundle import save_bundle
 from medflow.models.tabular import TREE_MODEL, build, check_kind
@@ -84,20 +84,6 @@ def upstream_counts(paths: Paths) -> dict[str, int]:
     return counts
 
 
-def targets(df: pd.DataFrame, positions: dict[str, np.ndarray], has_classes: bool):
-    """Each split's labels as the network learns them, and how to read its output in the target's units (None for
-    classes and survival): a regression target standardised by the training split's mean and standard deviation;
-    a survival table's (time, event) pairs as they are."""
-    if TIME in df:
-        pair = df[[TIME, LABEL]].to_numpy(dtype="float32")
-        return {s: torch.from_numpy(np.ascontiguousarray(pair[pos])) for s, pos in positions.items()}, None
-    y = {s: df[LABEL].to_numpy()[pos] for s, pos in positions.items()}
-    if has_classes:
-        return {s: torch.from_numpy(v) for s, v in y.items()}, None
-    mean, std = float(y["train"].mean()), float(y["train"].std()) or 1.0
-    return {s: torch.from_numpy(((v - mean) / std).astype("float32")) for s, v in y.items()}, {"mean": mean, "std": std}
-
-
 def survival_curve(params: Params, task, model: torch.nn.Module, x_train: torch.Tensor, y_train: torch.Tensor) -> dict:
     """The Breslow baseline of the trained model's risk scores on the training split, and the horizons predict
     answers at (evaluate.horizons, or the training split's event-time quartiles)."""
@@ -121,7 +107,7 @@ def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
     model = params.train.model
     task = for_params(params)
     positions = {s: np.flatnonzero(df[SPLIT].to_numpy() == s) for s in ("train", "val")}
-    y, scale = targets(df, positions, task.has_classes)
+    y, scale = task.learning_targets({s: outcome(df.iloc[pos]) for s, pos in positions.items()})
     if schema.kind == "image":
         images = np.load(paths.images, mmap_mode="r")
         if len(images) != len(df) or list(images.shape[1:]) != schema.image_shape:

@@ -26,13 +26,26 @@ class Classification:
         primary = params.evaluate.primary_metric
         if primary not in self.primaries:
             raise ParamsError(
-                f"evaluate.primary_metric={primary!r} is a regression metric; classification takes one of "
-                f"{', '.join(self.primaries)} (or -P data.task=regression)"
+                f"evaluate.primary_metric={primary!r} is a {'survival' if primary == 'c_index' else 'regression'} "
+                f"metric; classification takes one of {', '.join(self.primaries)} (or -P data.task=regression, "
+                "or survival)"
             )
         floor = params.register.min_primary
         floors = floor.values() if isinstance(floor, dict) else [] if floor is None else [floor]
         if any(not 0 <= f <= 1 for f in floors):
             raise ParamsError("register.min_primary: a classification metric's floor lies between 0 and 1")
+        if params.tune.metric not in ("val_loss", f"val_{self.epoch_metric}"):
+            other = "survival model's" if params.tune.metric == "val_c_index" else "regression's"
+            raise ParamsError(f"tune.metric={params.tune.metric} is a {other}; classification tunes val_loss or "
+                              "val_accuracy")  # fmt: skip
+        if params.monitor.performance_floor is not None and not 0 <= params.monitor.performance_floor <= 1:
+            raise ParamsError("monitor.performance_floor: a classification metric's floor lies between 0 and 1")
+
+    def learning_targets(self, y: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], dict | None]:
+        """Each split's labels as the network learns them (class indices), and no scale: outputs are logits."""
+        import torch
+
+        return {s: torch.from_numpy(v) for s, v in y.items()}, None
 
     def higher_is_better(self, metric: str) -> bool:
         return self.direction[metric]

@@ -28,20 +28,36 @@ class Regression:
         primary = params.evaluate.primary_metric
         if primary not in self.primaries:
             raise ParamsError(
-                f"evaluate.primary_metric={primary!r} is a classification metric; regression takes one of "
+                f"evaluate.primary_metric={primary!r} is a {'survival' if primary == 'c_index' else 'classification'} "
+                "metric; regression takes one of "
                 f"{', '.join(self.primaries)} (mae when unset)"
             )
         if params.data.kind != "tabular":
             raise ParamsError("data.task=regression takes a table (data.kind=tabular)")
         if params.data.positive_class is not None:
             raise ParamsError("data.positive_class names a class; a regression target has none: set it to null")
+        if params.tune.metric not in ("val_loss", f"val_{self.epoch_metric}"):
+            other = "survival model's" if params.tune.metric == "val_c_index" else "classifier's"
+            raise ParamsError(f"tune.metric={params.tune.metric} is a {other}; regression tunes val_loss or val_mae")
         if params.evaluate.subgroups:
             raise ParamsError("evaluate.subgroups: not yet for regression; set evaluate.subgroups=[]")
         if params.train.model == "xgboost":
             # Trees reach a regression project as the gate's baseline (evaluation.baselines); as a model, not yet.
             raise ParamsError("train.model=xgboost: not yet for regression; its trees are the gate's baseline here")
-        if params.train.mixup > 0:
-            raise ParamsError("train.mixup mixes class labels; a regression run takes train.mixup=0")
+        mixup = params.tune.space.get("mixup")
+        if params.train.mixup > 0 or (mixup and (mixup.choices or [0]) != [0]) or (mixup and mixup.high):
+            raise ParamsError(
+                "train.mixup mixes class labels: a regression takes train.mixup=0, and no tune.space.mixup"
+            )
+
+    def learning_targets(self, y: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], dict | None]:
+        """Each split's target standardised by the training split's mean and standard deviation (so one learning
+        rate suits a target in any units), and that scale, which reads the network's output in the target's units."""
+        import torch
+
+        mean, std = float(y["train"].mean()), float(y["train"].std()) or 1.0
+        scaled = {s: torch.from_numpy(((v - mean) / std).astype("float32")) for s, v in y.items()}
+        return scaled, {"mean": mean, "std": std}
 
     def higher_is_better(self, metric: str) -> bool:
         return self.direction[metric]

@@ -56,10 +56,21 @@ class Survival:
             raise ParamsError("train.mixup mixes class labels; a survival run takes train.mixup=0")
         if any(not h > 0 for h in params.evaluate.horizons or []):
             raise ParamsError("evaluate.horizons: times above 0, in the time column's units")
+        if params.tune.metric not in ("val_loss", f"val_{self.epoch_metric}"):
+            raise ParamsError(f"tune.metric={params.tune.metric}: survival tunes val_loss or val_c_index")
+        if params.monitor.performance_floor is not None and not 0 <= params.monitor.performance_floor <= 1:
+            raise ParamsError("monitor.performance_floor: a C-index's floor lies between 0 and 1")
         floor = params.register.min_primary
         floors = floor.values() if isinstance(floor, dict) else [] if floor is None else [floor]
         if any(not 0 <= f <= 1 for f in floors):
             raise ParamsError("register.min_primary: a C-index's floor lies between 0 and 1")
+
+    def learning_targets(self, y: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], dict | None]:
+        """Each split's (time, event) pairs (data.manifest.outcome) as the loss reads them, and no scale: the output
+        is a risk score."""
+        import torch
+
+        return {s: torch.from_numpy(np.ascontiguousarray(v, dtype="float32")) for s, v in y.items()}, None
 
     def higher_is_better(self, metric: str) -> bool:
         return self.direction[metric]

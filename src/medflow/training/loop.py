@@ -311,7 +311,7 @@ def fit(
         order = torch.randperm(n, generator=order_gen)[rank:n_seen:world].to(home)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
-        batches = [order[i : i + batch] for i in range(0, per_rank, batch)]
+        batches = (order[i : i + batch] for i in range(0, per_rank, batch))
         if deal is not None:
             batches = deal(order, y_train, batch, cfg.seed + epoch)
         for i, rows in enumerate(batches):

@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 import torch
 
 from medflow.data import manifest
-from medflow.data.columns import LABEL, ROW_ID, SPLIT
+from medflow.data.columns import ROW_ID, SPLIT
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema
 from medflow.paths import Paths
+from medflow.tasks import of
 
 SPLITS = ("train", "val")
 
@@ -28,6 +29,7 @@ class TrialData:
     y: dict[str, torch.Tensor]
     preprocessor: Preprocessor | ImageNormaliser
     schema: Schema
+    scale: dict | None = None  # a regression target's {"mean", "std"} on the train split (tasks/regression.py)
 
     @property
     def rows(self) -> dict[str, int]:
@@ -66,7 +68,7 @@ def trial_data(paths: Paths, small_count: int) -> TrialData:
     for s, m in masks.items():
         if not m.any():
             raise ValueError(f"{paths.manifest}: the {s} split is empty; enlarge the data or split.{s}")
-    y = {s: torch.from_numpy(df[LABEL].to_numpy()[m]) for s, m in masks.items()}
+    y, scale = of(schema).learning_targets({s: manifest.outcome(df[m]) for s, m in masks.items()})
     if schema.kind == "image":
         images = np.load(paths.images, mmap_mode="r")
         x = {s: torch.from_numpy(np.ascontiguousarray(images[positions[m]])) for s, m in masks.items()}
@@ -74,4 +76,4 @@ def trial_data(paths: Paths, small_count: int) -> TrialData:
     else:
         pre = Preprocessor(schema.numeric, schema.categorical, small_count=small_count).fit(df[masks["train"]])
         x = {s: torch.from_numpy(pre.transform(df[m])) for s, m in masks.items()}
-    return TrialData(x, y, pre, schema)
+    return TrialData(x, y, pre, schema, scale)

@@ -25,6 +25,7 @@ from medflow.models import vision
 from medflow.models.tabular import TREE_MODEL, build, check_kind
 from medflow.params import Dimension, Params, ParamsError, TrainParams, study_record, tuned_file
 from medflow.paths import Paths
+from medflow.tasks import for_params, of
 from medflow.tracking import study as runs
 from medflow.training.loop import FitConfig, fit, pick_device, seed_everything
 from medflow.training.settings import LOOP_SETTINGS, balanced_weights, cpu_threads
@@ -71,7 +72,7 @@ def suggest(trial, space: dict[str, Dimension]) -> dict[str, Any]:
 
 
 def model_config(train: TrainParams, data: TrialData) -> dict:
-    schema, n_classes = data.schema, len(data.schema.classes)
+    schema, n_classes = data.schema, of(data.schema).head_width(data.schema)
     check_kind(train.model, schema.kind)
     if schema.kind == "image":
         h, w, c = schema.image_shape
@@ -122,14 +123,17 @@ class Objective:
         seed_everything(p.seed, train.deterministic)
         x, y, pre = self.data.x, self.data.y, self.data.preprocessor
         images = self.data.schema.kind == "image"
-        n_classes = len(self.data.schema.classes)
+        task, scale = of(self.data.schema), self.data.scale
         cfg = FitConfig(
             **train.model_dump(include=LOOP_SETTINGS),
             seed=p.seed,
             device=str(self.device),
-            class_weights=balanced_weights(y["train"].numpy(), n_classes)
-            if train.class_weights == "balanced"
+            class_weights=balanced_weights(y["train"].numpy(), len(self.data.schema.classes))
+            if train.class_weights == "balanced" and task.has_classes
             else None,
+            task=task.name,
+            loss=train.loss,
+            metric_scale=scale["std"] if scale else 1.0,
             mean=tuple(pre.mean) if images else None,
             std=tuple(pre.std) if images else None,
             checkpoint=None,  # a trial is cheap to redo; a killed study reruns the trial it was in
@@ -155,7 +159,7 @@ class Objective:
                 from medflow.training.trees import fit_trees  # XGBoost is imported only to train trees
 
                 arrays = ({s: v.numpy() for s, v in x.items()}, {s: v.numpy() for s, v in y.items()})
-                _, result = fit_trees(*arrays, n_classes, train, p.seed, on_epoch)
+                _, result = fit_trees(*arrays, len(self.data.schema.classes), train, p.seed, on_epoch)
             else:
                 model = build(**model_config(train, self.data))
                 result = fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch)
@@ -265,9 +269,7 @@ def run(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t = params.tune
-    if params.data.task != "classification":
-        # Its metric (tune.metric: val_accuracy) and trial data (class indices) are a classifier's.
-        raise ParamsError(f"medflow tune: not yet for {params.data.task} (data.task={params.data.task})")
+    task = for_params(params)
     space = t.space_for(params.train.model)
     trials = trials or t.trials
     timeout_s = timeout_s or t.timeout_s
@@ -280,7 +282,9 @@ def run(
     study = optuna.create_study(
         storage=storage_url(params, paths),
         study_name=name,
-        direction="minimize" if t.metric == "val_loss" else "maximize",
+        direction="minimize"
+        if t.metric == "val_loss" or not task.higher_is_better(t.metric.removeprefix("val_"))
+        else "maximize",
         sampler=optuna.samplers.TPESampler(seed=params.seed),
         pruner=_pruner(params),
         load_if_exists=True,

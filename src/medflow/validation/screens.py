@@ -150,13 +150,15 @@ def _refuse_leaks(leaks: dict[str, dict], data: DataParams, vp: ValidateParams, 
         )
     times = {c: v for c, v in leaks.items() if c not in vp.accept_leakage and v["rule"] == FOLLOWUP}
     if times:
+        classes = " -P data.positive_class=null" if data.positive_class is not None else ""
         raise ValidationFailed(
             f"{where}: suspected follow-up time in {len(times)} column(s): "
             + "; ".join(f"{c!r} (ROC-AUC {v['auc']:.3f} alone for {data.target!r})" for c, v in times.items())
             + f" is named as a time and tells the outcome apart (validate.followup_auc={vp.followup_auc}): how long "
             "a patient was followed is decided by the outcome, so a model would learn it rather than the patient. "
             f"If this is a time-to-event table, declare it (-P data.task=survival -P data.time={next(iter(times))} "
-            f"-P data.event={data.target}) or drop it (-P 'data.exclude={yaml_list([*data.exclude, *times])}'); "
+            f"-P data.event={data.target}{classes}) or "
+            f"drop it (-P 'data.exclude={yaml_list([*data.exclude, *times])}'); "
             "if it was measured before the outcome, accept it "
             f"(-P 'validate.accept_leakage={yaml_list([*vp.accept_leakage, *times])}')"
         )
@@ -203,6 +205,7 @@ def survival_outcome(df: pd.DataFrame, data: DataParams, where: str) -> None:
     rules = (
         (df[data.time].isna(), "a follow-up time is required"),
         (time.isna() & df[data.time].notna(), "a follow-up time is a number"),
+        (time.abs() == float("inf"), "a follow-up time is finite"),
         (time < 0, "a follow-up time is not negative"),
         (time == 0, "a follow-up time is above 0"),
     )

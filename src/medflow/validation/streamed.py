@@ -88,6 +88,12 @@ def validate_streamed(params: Params, paths: Paths, files: list[Path]) -> dict:
     data, vp, out = params.data, params.validate_, paths.step_dir("validate")
     where = where_read(files, paths.root)
     size_mb = sum(f.stat().st_size for f in files) / 2**20
+    if data.task == "survival":
+        # Its time and event screens read every row before the suite is decided; here they would read a sample.
+        raise ValidationFailed(
+            f"{where}: data.task=survival is not yet streamed ({size_mb:.0f} MB, above validate.stream_above_mb="
+            f"{vp.stream_above_mb:g}); read it whole with a larger -P validate.stream_above_mb=MB"
+        )
     salt = resolve_salt(params)
     sample, totals = survey(files, where, data, vp, params.seed)
     declared(sample, data, where)
