@@ -147,7 +147,7 @@ def test_the_steps_predict_in_the_target_units_and_the_gate_counts_improvement(d
     # In the target's units: the predictions' mean lies near the target's, far from the standardised scale.
     assert abs(scored.loc[ok, "prediction"].mean() - diabetes["progression"].mean()) < 25
 
-    comparison, _, report = gate_evidence(params, project, stored, None)
+    comparison, _, _, report = gate_evidence(params, project, stored, None)
     assert report["lower_is_better"] and set(report["baseline_deltas"]) == {
         "baseline training_mean", "baseline ridge", "baseline gradient_boosted_trees",
     }  # fmt: skip

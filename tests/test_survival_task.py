@@ -27,8 +27,8 @@ from medflow.tuning.search import run as tune
 def _params(**over):
     raw = {
         "data": {"source": "data/whas500.csv", "task": "survival", "time": "lenfol", "event": "fstat"},
-        "train": {"max_epochs": 15, "patience": 5, "hidden": [16], "batch_size": 64},
-        "evaluate": {"n_boot": 200, "horizons": [365, 730, 1825]},
+        "train": {"max_epochs": 15, "patience": 5, "hidden": [16], "batch_size": 64, "horizons": [365, 730, 1825]},
+        "evaluate": {"n_boot": 200},
         "register": {"model_name": "test-whas500", "gate": {"n_boot": 200}},
     }
     for key, value in over.items():
@@ -186,7 +186,7 @@ def test_the_steps_score_c_index_against_both_baselines_and_predict_survival(wha
     assert (project.step_dir("evaluate") / "roc.json").read_text() == "[]\n"  # dvc.yaml's plot, empty
     assert "| 1825 | 5 |" in (project.step_dir("evaluate") / "report.md").read_text()
 
-    comparison, _, report = gate_evidence(params, project, stored, None)
+    comparison, _, _, report = gate_evidence(params, project, stored, None)
     assert set(report["baseline_deltas"]) == {"baseline cox", "baseline gradient_boosted_trees"}
     cox = report["models"]["baseline cox"]
     assert 0.65 < cox["c_index"] < 0.9 and cox["ci_low"] < cox["c_index"] < cox["ci_high"]
@@ -257,7 +257,7 @@ def test_a_study_that_censors_everyone_at_its_end_still_gets_its_time_dependent_
     project.data_dir.mkdir(parents=True, exist_ok=True)
     rossi.to_csv(project.data_dir / "rossi.csv", index=False)
     params = _params(
-        data__source="data/rossi.csv", data__time="week", data__event="arrest", evaluate__horizons=[13, 26, 52],
+        data__source="data/rossi.csv", data__time="week", data__event="arrest", train__horizons=[13, 26, 52],
         train__max_epochs=3,
     )  # fmt: skip
     for step in ("validate", "clean", "split", "train"):

@@ -135,6 +135,10 @@ class SplitParams(_Section):
 
 class TrainParams(_Section):
     model: Literal["tabular_mlp", "xgboost", "mnist_mlp", "cifar_convnet", "resnet_small"] = "tabular_mlp"
+    # Survival: the times (in the time column's units) the bundle answers survival at, and evaluate measures AUC,
+    # Brier score and calibration at; null: the training split's event-time quartiles (tasks/survival.py). Under
+    # train, since the model carries them: changing them retrains, and DVC's train stage sees them in its section.
+    horizons: list[float] | None = None
     hidden: list[int] = Field(default_factory=lambda: [64, 32])
     dropout: float = Field(0.1, ge=0, lt=1)
     lr: float = Field(1e-3, gt=0)  # Adam learning rate
@@ -268,9 +272,6 @@ class EvaluateParams(_Section):
     subgroup_bins: dict[str, list[float]] = Field(default_factory=dict)  # column -> edges, groups are [a, b)
     # A group with fewer patients than this shows as "<k" only: no metrics, in every report and plot.
     min_group_patients: int = Field(10, ge=1)
-    # Survival: the times (in the time column's units) at which survival is predicted, and AUC, Brier score and
-    # calibration measured; null: the training split's event-time quartiles (tasks/survival.py).
-    horizons: list[float] | None = None
 
 
 class TreeBaselineParams(_Section):

@@ -86,7 +86,7 @@ def upstream_counts(paths: Paths) -> dict[str, int]:
 
 def survival_curve(params: Params, task, model: torch.nn.Module, x_train: torch.Tensor, y_train: torch.Tensor) -> dict:
     """The Breslow baseline of the trained model's risk scores on the training split, and the horizons predict
-    answers at (evaluate.horizons, or the training split's event-time quartiles)."""
+    answers at (train.horizons, or the training split's event-time quartiles)."""
     from medflow.models.cox import Baseline
 
     with torch.inference_mode():

@@ -2,7 +2,7 @@
 the target; 0 censored). The network has one output, a risk score, trained by Cox's partial likelihood
 (models/cox.py says why Cox) on batches that each hold an event; Harrell's C-index (higher is better) measures
 it, and the Breslow baseline fitted on the training split's scores turns a score into survival probabilities at
-evaluate.horizons.
+train.horizons.
 
 Times must be finite and above 0: a missing time is no follow-up at all, a negative one an error, and a time of 0
 is an event before follow-up began or a patient never followed, which neither the partial likelihood nor the
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from medflow.data.features import Schema
 
-# With no evaluate.horizons: the quartiles of the training split's event times, so each horizon has events before
+# With no train.horizons: the quartiles of the training split's event times, so each horizon has events before
 # and patients still followed after it.
 DEFAULT_QUANTILES = (0.25, 0.5, 0.75)
 
@@ -54,8 +54,8 @@ class Survival:
             raise ParamsError("train.model=xgboost: not yet for survival; its trees are the gate's baseline here")
         if params.train.mixup > 0:
             raise ParamsError("train.mixup mixes class labels; a survival run takes train.mixup=0")
-        if any(not h > 0 for h in params.evaluate.horizons or []):
-            raise ParamsError("evaluate.horizons: times above 0, in the time column's units")
+        if any(not h > 0 for h in params.train.horizons or []):
+            raise ParamsError("train.horizons: times above 0, in the time column's units")
         if params.tune.metric not in ("val_loss", f"val_{self.epoch_metric}"):
             raise ParamsError(f"tune.metric={params.tune.metric}: survival tunes val_loss or val_c_index")
         if params.monitor.performance_floor is not None and not 0 <= params.monitor.performance_floor <= 1:
@@ -128,7 +128,7 @@ class Survival:
         return survival_baselines(x_train, y_train[:, 0], y_train[:, 1], x_test, seed, **trees)
 
     def horizons(self, params: Params, time: np.ndarray, event: np.ndarray) -> list[float]:
-        """evaluate.horizons, or the training split's event-time quartiles."""
-        if params.evaluate.horizons:
-            return sorted(float(h) for h in params.evaluate.horizons)
+        """train.horizons, or the training split's event-time quartiles."""
+        if params.train.horizons:
+            return sorted(float(h) for h in params.train.horizons)
         return sorted({float(q) for q in np.quantile(time[event > 0], DEFAULT_QUANTILES)})

@@ -309,9 +309,25 @@ def get_description(name: str, version: str) -> str:
     return client().get_model_version(name, version).description or ""
 
 
+# MLflow's SQL stores hold a version's description in VARCHAR(5000): PostgreSQL refuses a longer one (SQLite does
+# not check), so a card that grew past it would register on a laptop and fail on the team's server.
+DESCRIPTION_LIMIT = 5000
+CARD_CONTINUES = "\n_The card continues in `model_card.md` on this version's run (MLflow keeps 5,000 characters)._\n"
+
+
+def fit_description(card: str) -> str:
+    """The card whole when it fits the description column, else its leading sections that do, and where the rest is."""
+    if len(card) <= DESCRIPTION_LIMIT:
+        return card
+    room = DESCRIPTION_LIMIT - len(CARD_CONTINUES)
+    cut = card.rfind("\n## ", 0, room)
+    return card[: cut if cut > 0 else room] + CARD_CONTINUES
+
+
 def describe_version(name: str, version: str, description: str) -> None:
-    """The description is the model card: its record holds the card's digest, before and after."""
+    """The description is the model card (fitted to the column): its record holds its digest, before and after."""
     assert_clean(description, f"description of {name} v{version}")
+    description = fit_description(description)
     c = client()
     mv = c.get_model_version(name, version)
     if (mv.description or "") == description:
