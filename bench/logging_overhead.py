@@ -27,7 +27,7 @@ from medflow.training.settings import LOOP_SETTINGS
 
 def bare_loop(params, paths) -> None:
     df, schema = load_split(paths)
-    x, y, _, config = train.features(params, paths, df, schema)
+    x, y, _, config, _ = train.features(params, paths, df, schema)
     seed_everything(params.seed, params.train.deterministic)
     settings = params.train.model_dump(include=LOOP_SETTINGS)
     cfg = FitConfig(**settings, seed=params.seed, device="cpu", checkpoint=None)
