@@ -15,6 +15,7 @@ import pytest
 from usercmd import scratch_clone, sh, user_env
 
 from medflow.data.synthetic import synthetic_cohort
+from medflow.tracking.registry import fit_description
 
 pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
 
@@ -106,7 +107,8 @@ def test_every_alias_move_rewrites_the_cards_it_touches(clone, env):
     assert f"| promote | v1 → v2 | {getpass.getuser()} | reviewed on site B, ticket 42 |" in v2
     assert "Current alias: none." in v1 and "| promote | v1 → v2 |" in v1
     logged = registry(clone).download_artifacts(registry(clone).get_model_version("first", "2").run_id, "model_card.md")
-    assert Path(logged).read_text() == v2  # the run's copy says the same
+    # The run's copy says the same: whole, or as far as MLflow's description column holds it.
+    assert fit_description(Path(logged).read_text()) == v2
 
     sh(".venv/bin/medflow rollback first --reason 'v2 misses site C'", clone)
     v2, v1 = card_of(clone, "2"), card_of(clone, "1")
@@ -116,18 +118,23 @@ def test_every_alias_move_rewrites_the_cards_it_touches(clone, env):
 
 def test_ctrl_c_after_register_names_the_last_step_that_finished(clone):
     summary = clone / "artifacts/register/summary.json"
-    summary.unlink()
-    proc = subprocess.Popen(
-        ["bash", "-c", "exec .venv/bin/medflow run -P register.gate.n_boot=300"], cwd=clone,
-        env=user_env(clone, **SALT), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 600
-    while not summary.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    # On a busy box the signal can land after the run has ended (exit 0: nothing was left to interrupt), which
+    # says nothing of the message under test: that run is tried again, at most twice.
+    for _ in range(3):
+        summary.unlink()
+        proc = subprocess.Popen(
+            ["bash", "-c", "exec .venv/bin/medflow run -P register.gate.n_boot=300"], cwd=clone,
+            env=user_env(clone, **SALT), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 600
+        while not summary.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            break
     assert proc.returncode == 130, err[-3000:]
     # Prefect's client can still say, after medflow's line, that its server is gone: medflow's own line is the one.
     (line,) = [x for x in err.splitlines() if x.startswith("medflow run: error: ")] or [err[-3000:]]
