@@ -92,3 +92,21 @@ def test_event_batches_each_hold_an_event_cover_every_row_and_repeat_under_a_see
     assert len(few) == 30 and all(event[b].sum() == 1 for b in few)
     with pytest.raises(ValueError, match="none of 3 rows is an event"):
         event_batches(np.zeros(3, bool), 2, 0)
+
+
+def test_training_scores_the_c_index_once_per_epoch_on_the_whole_epochs_outputs(rossi, monkeypatch):
+    """Per batch, the score would copy each batch's risks to the host (a device sync per step on a GPU)."""
+    from medflow.models.tabular import build
+    from medflow.tasks.survival import Survival
+    from medflow.training.loop import FitConfig, fit
+
+    df, cols, x = rossi
+    x = ((x - x.mean(0)) / x.std(0)).float()
+    y = torch.tensor(df[["week", "arrest"]].to_numpy(float)).float()
+    scored, score = [], Survival.epoch_score
+    monkeypatch.setattr(Survival, "epoch_score", lambda self, out, yb: scored.append(len(yb)) or score(self, out, yb))
+    cfg = FitConfig(lr=1e-2, weight_decay=0.0, batch_size=64, max_epochs=3, patience=5, seed=0, task="survival")
+    result = fit(build("tabular_mlp", n_in=len(cols), n_classes=1, hidden=[8], dropout=0.0), x[:300], y[:300], x[300:],
+                 y[300:], cfg)  # fmt: skip
+    assert scored == [300, len(df) - 300] * 3  # the training epoch's rows, then the validation split's
+    assert all(0 < row["train_c_index"] < 1 for row in result.history)

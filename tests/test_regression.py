@@ -20,7 +20,7 @@ from medflow.params import ParamsError, from_dict
 from medflow.paths import Paths
 from medflow.pipeline import run_step
 from medflow.promotion.evidence import gate_evidence
-from medflow.promotion.gate import decide
+from medflow.promotion.gate import decide, subgroup_regressions
 from medflow.tasks import for_params
 
 
@@ -85,6 +85,19 @@ def test_min_primary_is_a_ceiling_for_a_metric_better_lower():
     assert not decide("test_roc_auc", 0.8, 0.9).promoted  # a floor, as ever
 
 
+def test_a_subgroup_regresses_when_its_mae_rises_by_more_than_the_tolerance_of_the_champions():
+    def report(mae: dict) -> dict:
+        groups = [{"group": g, "mae": v} for g, v in mae.items()] + [{"group": "small", "suppressed": True}]
+        return {"primary_metric": "mae", "lower_is_better": True, "groups": groups}
+
+    champion = report({"sex=1": 40.0, "sex=2": 50.0})
+    # 5% of 40 is 2: 41.9 is within it, 52.6 is more than 5% of 50 above it; a lower MAE is never a regression.
+    found = subgroup_regressions(report({"sex=1": 41.9, "sex=2": 52.6}), champion, 0.05)
+    assert found == ("subgroup sex=2 mae rises from 50.0000 to 52.6000 (more than the tolerance 0.05 of the "
+                     "champion's, register.gate.subgroup_tolerance)",)  # fmt: skip
+    assert subgroup_regressions(report({"sex=1": 10.0, "sex=2": 20.0}), champion, 0.05) == ()
+
+
 def test_text_in_some_target_rows_is_quarantined_and_counted(diabetes, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDFLOW_SALT", "regression-salt")
     df = diabetes.astype(object)
@@ -126,7 +139,7 @@ def test_a_classification_metric_on_a_regression_stops_validate_in_one_line(diab
 def test_the_steps_predict_in_the_target_units_and_the_gate_counts_improvement(diabetes, project, monkeypatch):
     monkeypatch.setenv("MEDFLOW_SALT", "regression-salt")
     _table(project, diabetes)
-    params = _params()
+    params = _params(evaluate__subgroups=["sex", "age"], evaluate__subgroup_bins={"age": [40, 60]})
     for step in ("validate", "clean", "split", "train"):
         run_step(step, params, project)
     train = json.loads(project.summary("train").read_text())
@@ -136,6 +149,14 @@ def test_the_steps_predict_in_the_target_units_and_the_gate_counts_improvement(d
     stored = json.loads(project.metrics.read_text())
     assert stored["test_mae_ci_low"] < stored["test_mae"] < stored["test_mae_ci_high"]
     assert (project.step_dir("evaluate") / "plots" / "predicted_vs_observed.png").exists()
+    # Subgroups: each group's MAE with its patient-bootstrap CI; the worst is the highest MAE.
+    sub = json.loads((project.step_dir("evaluate") / "report.json").read_text())["subgroups"]
+    shown = [r for r in sub["groups"] if "mae" in r]
+    assert sub["lower_is_better"] and len(shown) >= 3
+    assert all(r["mae_ci_low"] < r["mae"] < r["mae_ci_high"] for r in shown)
+    assert stored["test_subgroup_worst_mae"] == pytest.approx(max(r["mae"] for r in shown), abs=1e-6)
+    assert "Worst group (highest mae)" in (project.step_dir("evaluate") / "report.md").read_text()
+    assert (project.step_dir("evaluate") / "plots" / "subgroups.png").exists()
 
     predictor = Predictor(project.model_bundle)
     batch = diabetes.drop(columns="progression").astype(str)
@@ -156,6 +177,7 @@ def test_the_steps_predict_in_the_target_units_and_the_gate_counts_improvement(d
     # Improvement over the training mean: its MAE minus the candidate's, positive when the candidate is better.
     assert report["baseline_deltas"]["baseline training_mean"]["delta"] == pytest.approx(mean - cand)
     assert mean > cand and comparison.reference.startswith("baseline ")
+    assert {r["group"] for r in report["subgroups"]} >= {"sex=1.0", "sex=2.0"}
 
     # Monitoring: the predictions' distribution drifts with the features, and a labelled batch is judged by MAE
     # against monitor.performance_floor as a ceiling.
@@ -194,6 +216,16 @@ def test_the_diabetes_example_registers_a_champion_and_predicts_every_row(tmp_pa
     assert len(scored) == len(pd.read_csv(clone / "data/diabetes.csv"))
     assert list(scored.columns) == ["row", "model", "version", "prediction", "status", "reason"]
     assert scored["status"].eq("ok").all() and scored["prediction"].between(0, 400).all()
+    # The trees as the registered model: the same steps from train on, the same predict columns.
+    done = sh(".venv/bin/medflow run --params examples/diabetes.yaml -P train.model=xgboost", clone, timeout=900)
+    assert done.stdout.strip().splitlines()[-1].startswith("registered medflow-diabetes v2 ("), done.stdout
+    card = MlflowClient(store, registry_uri=store).get_model_version("medflow-diabetes", "2").description
+    assert "Primary metric: `test_mae`" in card and "| gradient_boosted_trees |" in card
+    sh(".venv/bin/medflow predict --model models:/medflow-diabetes/2 --input data/diabetes.csv "
+       "--output out/trees.csv", clone)  # fmt: skip
+    trees = pd.read_csv(clone / "out/trees.csv")
+    assert list(trees.columns) == list(scored.columns) and trees["status"].eq("ok").all()
+    assert trees["version"].eq(2).all() and trees["prediction"].between(0, 400).all()
 
 
 def test_tune_minimises_val_mae_and_refuses_a_classifier_metric(diabetes, project, monkeypatch):
@@ -210,3 +242,21 @@ def test_tune_minimises_val_mae_and_refuses_a_classifier_metric(diabetes, projec
     assert study["best_value"] == summary["best_value"] < 150  # in the target's units, not standardised ones
     with pytest.raises(ParamsError, match="tune.metric=val_accuracy is a classifier's; regression tunes val_loss"):
         search.run(_params(tune__metric="val_accuracy"), project, project.root / "params.yaml")
+
+
+def test_xgboost_trains_on_the_standardised_target_and_predicts_in_its_units(diabetes, project, monkeypatch):
+    monkeypatch.setenv("MEDFLOW_SALT", "regression-salt")
+    _table(project, diabetes)
+    params = _params(train__model="xgboost", train__n_estimators=60, train__patience=10)
+    for step in ("validate", "clean", "split", "train"):
+        run_step(step, params, project)
+    train = json.loads(project.summary("train").read_text())
+    assert 30 < train["best_val_mae"] < 70  # in the target's units (its SD is ~77), not standardised ones
+    config = json.loads((project.model_bundle / "model.json").read_text())
+    assert config["name"] == "xgboost" and config["task"] == "regression" and "target_scale" in config
+    assert (project.model_bundle / "trees.json").exists() and not (project.model_bundle / "weights.pt").exists()
+    metrics = run_step("evaluate", params, project)
+    assert 30 < metrics["test_mae"] < 70
+    scored = Predictor(project.model_bundle).score(diabetes.drop(columns="progression").astype(str))
+    assert list(scored.columns) == ["row", "prediction", "status", "reason"] and scored["status"].eq("ok").all()
+    assert abs(scored["prediction"].mean() - diabetes["progression"].mean()) < 25

@@ -146,3 +146,23 @@ def test_each_rows_share_of_the_pairs_is_the_brute_force_count(uno):
                 want_conc[[i, j]] += credit
                 want_comp[[i, j]] += u[i]
     assert np.allclose(conc, want_conc[pairs.order]) and np.allclose(comp, want_comp[pairs.order])
+
+
+def test_time_dependent_auc_draws_are_scikit_survivals_auc_on_each_patient_resample():
+    from sksurv.metrics import cumulative_dynamic_auc
+
+    rng = np.random.default_rng(1)
+    t0, e0 = rng.integers(1, 60, 300).astype(float), rng.random(300) < 0.6
+    t, e = rng.integers(1, 55, 120).astype(float), rng.random(120) < 0.6
+    risk = np.round(rng.normal(size=120) - 0.02 * t, 1)  # tied risks and tied times
+    horizons = [10, 20, 40]
+    point = sv.time_auc_draws(t0, e0, t, e, risk, horizons, None, 0, 0)[0]
+    np.testing.assert_allclose(point, sv.time_auc(t0, e0, t, e, risk, horizons)[0], atol=1e-12)
+    # A resample is scikit-survival's AUC on the rows repeated as often as their patient was drawn.
+    groups = np.repeat(np.arange(60), 2).astype(str)
+    draws = sv.time_auc_draws(t0, e0, t, e, risk, horizons, groups, 5, 3)
+    w = next(resample_weights(groups, len(t), 5, 3)).astype(int)
+    for b in range(5):
+        rows = np.repeat(np.arange(len(t)), w[b])
+        expected = cumulative_dynamic_auc(sv.surv(t0, e0), sv.surv(t[rows], e[rows]), risk[rows], horizons)[0]
+        np.testing.assert_allclose(draws[b], expected, atol=1e-12)

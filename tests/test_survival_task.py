@@ -10,6 +10,8 @@ import pytest
 from sksurv.metrics import concordance_index_censored
 from usercmd import scratch_clone, sh
 
+from medflow.data.columns import LABEL, SPLIT, TIME
+from medflow.data.manifest import load_split
 from medflow.data.sources import DEMOS
 from medflow.evaluation import survival
 from medflow.evaluation.metrics import resample_weights
@@ -167,7 +169,7 @@ def test_a_follow_up_time_as_a_classification_feature_stops_with_the_survival_fi
 def test_the_steps_score_c_index_against_both_baselines_and_predict_survival(whas500, project, monkeypatch):
     monkeypatch.setenv("MEDFLOW_SALT", "survival-salt")
     _table(project, whas500)
-    params = _params()
+    params = _params(evaluate__subgroups=["gender"], evaluate__min_group_patients=20)
     for step in ("validate", "clean", "split"):
         run_step(step, params, project)
     split = json.loads(project.summary("split").read_text())
@@ -181,10 +183,21 @@ def test_the_steps_score_c_index_against_both_baselines_and_predict_survival(wha
     for key in ("test_uno_c", "test_auc_at_365", "test_brier_at_730", "test_integrated_brier", "test_mean_auc"):
         assert key in metrics
     assert stored["test_brier_at_730_ci_low"] < stored["test_brier_at_730"] < stored["test_brier_at_730_ci_high"]
+    assert stored["test_auc_at_365_ci_low"] < stored["test_auc_at_365"] < stored["test_auc_at_365_ci_high"]
     assert stored["test_integrated_brier_ci_low"] < stored["test_integrated_brier"]
     assert (project.step_dir("evaluate") / "plots" / "km_by_risk_group.png").exists()
     assert (project.step_dir("evaluate") / "roc.json").read_text() == "[]\n"  # dvc.yaml's plot, empty
     assert "| 1825 | 5 |" in (project.step_dir("evaluate") / "report.md").read_text()
+    # Subgroups: Harrell's C per group with its CI, each group's C the one of its own rows.
+    sub = json.loads((project.step_dir("evaluate") / "report.json").read_text())["subgroups"]
+    shown = {r["group"]: r for r in sub["groups"] if "c_index" in r}
+    assert set(shown) == {"gender=0.0", "gender=1.0"} and "lower_is_better" not in sub
+    df, _ = load_split(project)
+    women = df[(df[SPLIT] == "test") & (df["gender"] == 1)]
+    risk = Predictor(project.model_bundle).outputs(women)[:, 0]
+    assert shown["gender=1.0"]["c_index"] == pytest.approx(survival.harrell_c(women[TIME], women[LABEL], risk))
+    assert all(r["c_index_ci_low"] < r["c_index"] < r["c_index_ci_high"] for r in shown.values())
+    assert stored["test_subgroup_worst_c_index"] == pytest.approx(min(r["c_index"] for r in shown.values()), abs=1e-6)
 
     comparison, _, _, report = gate_evidence(params, project, stored, None)
     assert set(report["baseline_deltas"]) == {"baseline cox", "baseline gradient_boosted_trees"}
@@ -247,6 +260,16 @@ def test_the_whas500_example_registers_a_champion_and_predicts_every_row(tmp_pat
         "row", "model", "version", "risk", "survival_at_365", "survival_at_730", "survival_at_1825", "status", "reason"
     ]  # fmt: skip
     assert scored["status"].eq("ok").all() and scored["survival_at_730"].between(0, 1).all()
+    # The trees as the registered model: risk from XGBoost's Cox objective, survival from its Breslow baseline.
+    done = sh(".venv/bin/medflow run --params examples/whas500.yaml -P train.model=xgboost", clone, timeout=900)
+    assert done.stdout.strip().splitlines()[-1].startswith("registered medflow-whas500 v2 ("), done.stdout
+    card = MlflowClient(store, registry_uri=store).get_model_version("medflow-whas500", "2").description
+    assert "Primary metric: `test_c_index`" in card and "| cox |" in card
+    sh(".venv/bin/medflow predict --model models:/medflow-whas500/2 --input data/whas500.csv "
+       "--output out/trees.csv", clone)  # fmt: skip
+    trees = pd.read_csv(clone / "out/trees.csv")
+    assert list(trees.columns) == list(scored.columns) and trees["status"].eq("ok").all()
+    assert trees["version"].eq(2).all() and trees["survival_at_730"].between(0, 1).all()
 
 
 def test_a_study_that_censors_everyone_at_its_end_still_gets_its_time_dependent_metrics(project, monkeypatch):
@@ -268,3 +291,45 @@ def test_a_study_that_censors_everyone_at_its_end_still_gets_its_time_dependent_
     assert (
         report["horizons"] == [13, 26] and report["horizons_note"] == "1 horizon(s) outside the test follow-up left out"
     )
+
+
+def test_xgboost_ranks_by_cox_and_predicts_survival_from_its_breslow_baseline(whas500, project, monkeypatch):
+    monkeypatch.setenv("MEDFLOW_SALT", "survival-salt")
+    _table(project, whas500)
+    params = _params(train__model="xgboost", train__n_estimators=60, train__patience=10)
+    for step in ("validate", "clean", "split", "train"):
+        run_step(step, params, project)
+    train = json.loads(project.summary("train").read_text())
+    assert 0.6 < train["best_val_c_index"] <= 1
+    config = json.loads((project.model_bundle / "model.json").read_text())
+    assert (
+        config["name"] == "xgboost" and config["task"] == "cox" and config["survival"]["horizons"] == [365, 730, 1825]
+    )
+    metrics = run_step("evaluate", params, project)
+    assert metrics["test_c_index"] > 0.6 and "test_brier_at_730" in metrics
+    predictor = Predictor(project.model_bundle)
+    scored = predictor.score(whas500.drop(columns=["lenfol", "fstat"]).astype(str))
+    assert list(scored.columns)[:5] == ["row", "risk", "survival_at_365", "survival_at_730", "survival_at_1825"]
+    assert scored["status"].eq("ok").all() and np.corrcoef(scored["risk"], scored["survival_at_730"])[0, 1] < -0.9
+    # The Breslow baseline was fitted on the trees' own training scores: the training split's mean predicted
+    # survival at a horizon is near its Kaplan-Meier estimate.
+    df, _ = load_split(project)
+    rows = df[df[SPLIT] == "train"]
+    mean = predictor.survival_at(predictor.outputs(rows)[:, 0], [730]).mean()
+    assert mean == pytest.approx(survival.km_at(rows[TIME], rows[LABEL], 730), abs=0.05)
+
+
+def test_the_schema_hash_tells_another_time_or_event_word_apart_and_keeps_a_classifiers():
+    import dataclasses
+    import hashlib
+
+    from medflow.data.features import Schema
+    from medflow.promotion.evidence import schema_hash
+
+    base = Schema("fstat", [], ["age", "hr"], ["gender"], outcome="survival", time="lenfol")
+    assert len({schema_hash(base), schema_hash(dataclasses.replace(base, time="los")),
+                schema_hash(dataclasses.replace(base, event_value="dead"))}) == 3  # fmt: skip
+    classifier = Schema("y", ["a", "b"], ["x"], [])
+    keys = ("kind", "target", "classes", "numeric", "categorical", "image_shape")
+    before = json.dumps({k: getattr(classifier, k) for k in keys}, sort_keys=True)  # the hash of earlier versions
+    assert schema_hash(classifier) == hashlib.sha256(before.encode()).hexdigest()[:16]

@@ -190,3 +190,12 @@ def test_tune_searches_the_tree_space_and_the_next_run_trains_trees_with_its_val
         "max_depth": written["train"]["max_depth"],
         "subsample": written["train"]["subsample"],
     }
+
+
+def test_the_cards_environment_names_xgboosts_version(tmp_path):
+    from importlib.metadata import version
+
+    from medflow.paths import Paths
+    from medflow.steps.register import _environment
+
+    assert _environment(Paths(root=tmp_path))["xgboost"] == version("xgboost-cpu") == xgb.__version__

@@ -119,6 +119,5 @@ def survival_baselines(
     if val is not None and tree is not None:
         val = (val[0], trees.cox_label(val[1][:, 0], val[1][:, 1]))
         label = trees.cox_label(time, event)
-        # XGBoost's cox predicts the hazard ratio exp(risk): its order is the risk's, which is all the C-index reads.
         out["gradient_boosted_trees"] = _trees(x_train, label, x_test, val, tree, tree_rows, seed, "cox")
     return out

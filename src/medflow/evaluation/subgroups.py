@@ -58,10 +58,16 @@ def subgroup_report(
     n_boot: int = 1000,
     seed: int = 0,
     threshold: float | None = None,
+    task=None,
 ) -> dict:
-    """Rows per group (suppressed ones as "<k"), the worst shown group on the primary metric, the largest gap."""
+    """Rows per group (suppressed ones as "<k"), the worst shown group on the primary metric, the largest gap.
+
+    y, proba: class indices and probabilities; or, given a task without classes (tasks/), its outcome and outputs,
+    the primary metric then the task's own estimate (MAE, Harrell's C) and "worst" in the metric's direction."""
     patients = groups if groups is not None else np.arange(len(y)).astype(str)
-    shown_keys = [primary, "sensitivity", "specificity"]
+    by_task = task is not None and not task.has_classes
+    higher = task is None or task.higher_is_better(primary)
+    shown_keys = [primary] if by_task else [primary, "sensitivity", "specificity"]
     rows, gaps = [], {}
     for col, lab in labels.items():
         values = []
@@ -80,9 +86,13 @@ def subgroup_report(
                     continue
                 rows.append({**row, "patients": f"<{min_patients}", "suppressed": True})
                 continue
-            ys, ps = y[mask], proba[mask]
-            point = weighted_metrics(ys, ps, np.ones((1, mask.sum())), threshold)
-            ci = bootstrap_ci(ys, ps, None if groups is None else groups[mask], n_boot, seed, threshold)
+            ys, ps, gs = y[mask], proba[mask], None if groups is None else groups[mask]
+            if by_task:
+                value, lo, hi = task.estimate(primary, ys, ps, gs, n_boot, seed)
+                point, ci = {primary: [value]}, {primary: (lo, hi)}
+            else:
+                point = weighted_metrics(ys, ps, np.ones((1, mask.sum())), threshold)
+                ci = bootstrap_ci(ys, ps, gs, n_boot, seed, threshold)
             row |= {"patients": n_patients, "rows": int(mask.sum()), "suppressed": False}
             for k in shown_keys:
                 if k in point and not np.isnan(point[k][0]):
@@ -94,9 +104,10 @@ def subgroup_report(
         if len(values) >= 2:
             gaps[col] = max(values) - min(values)
     shown = [r for r in rows if primary in r]
-    worst = min(shown, key=lambda r: r[primary]) if shown else None
+    worst = (min if higher else max)(shown, key=lambda r: r[primary]) if shown else None
     return {
         "primary_metric": primary,
+        **({} if higher else {"lower_is_better": True}),
         "min_patients": min_patients,
         "groups": rows,
         "worst": None if worst is None else {"group": worst["group"], primary: worst[primary]},

@@ -249,6 +249,41 @@ def time_auc(train_time, train_event, time, event, risk, horizons) -> tuple[np.n
     return np.asarray(auc, float), float(mean)
 
 
+def time_auc_draws(
+    train_time, train_event, time, event, risk, horizons, groups: np.ndarray | None, n_boot: int, seed: int
+) -> np.ndarray:
+    """The cumulative/dynamic AUC at each horizon on n_boot patient resamples, (n_boot, horizons); n_boot=0: the
+    point on all rows, (1, horizons). As scikit-survival's cumulative_dynamic_auc computes it, a case (an event by
+    t, weighted 1 / G(its time), G from the training split) against every control (still followed after t), ties
+    in risk half: with G held fixed a resample weighs each pair by its two rows' draws, so each resample is one
+    cumulative sum over the rows in risk order, never a loop over them."""
+    from sksurv.nonparametric import CensoringDistributionEstimator
+
+    time, event = np.asarray(time, float), np.asarray(event, bool)
+    order = np.argsort(np.asarray(risk, float), kind="stable")
+    r = np.asarray(risk, float)[order]
+    starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+    group = np.cumsum(np.r_[True, r[1:] != r[:-1]]) - 1
+    first, last = starts[group], np.r_[starts[1:], len(r)][group]  # each sorted row's tie block [first, last)
+    cens = CensoringDistributionEstimator().fit(surv(train_time, train_event))
+    ipcw = cens.predict_ipcw(surv(time, event))[order]
+    t, e = time[order], event[order]
+    inverse, k = _patients(None if groups is None else np.asarray(groups)[order], len(t))
+    chunks = [np.ones((1, len(t)))] if n_boot == 0 else _resample_counts(k, len(t), n_boot, seed)
+    out = []
+    for counts in chunks:
+        w = counts if inverse is None else counts[:, inverse]
+        cols = []
+        for h in np.asarray(horizons, float):
+            case = w * (((t <= h) & e) * ipcw)
+            cum = _cum0(w * (t > h))
+            pairs = cum[:, first] + 0.5 * (cum[:, last] - cum[:, first])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cols.append(np.einsum("ij,ij->i", case, pairs) / (case.sum(axis=1) * cum[:, -1]))
+        out.append(np.stack(cols, axis=1))
+    return np.concatenate(out) if out else np.empty((0, len(horizons)))
+
+
 def brier(train_time, train_event, time, event, survival: np.ndarray, horizons) -> np.ndarray:
     """The IPCW Brier score at each horizon (scikit-survival's brier_score, censoring from the training split);
     survival: (rows, horizons) predicted probabilities of no event by each horizon."""

@@ -123,9 +123,12 @@ class Predictor:
         in the target's units (rows x 1), or a survival model's risk score (rows x 1, higher = earlier event)."""
         if self.target_scale is None and self.survival is None:
             return self.predict_proba(raw)
-        x = torch.from_numpy(self.preprocessor.transform(coerce_features(raw, self.schema)))
-        with torch.inference_mode():
-            z = self.model(x).double().numpy()
+        x = self.preprocessor.transform(coerce_features(raw, self.schema))
+        if self.trees is not None:
+            z = np.asarray(self.trees.proba(x), float).reshape(len(x), 1)
+        else:
+            with torch.inference_mode():
+                z = self.model(torch.from_numpy(x)).double().numpy()
         if self.survival is not None:
             return z
         return z * self.target_scale["std"] + self.target_scale["mean"]

@@ -32,7 +32,13 @@ OBJECTIVES = {
     "cox": "survival:cox",
 }
 # Validation metrics per round; early stopping reads the last (the loss), a progress line the first too.
-EVAL_METRICS = {"binary": ["error", "logloss"], "multiclass": ["merror", "mlogloss"]}
+EVAL_METRICS = {
+    "binary": ["error", "logloss"],
+    "multiclass": ["merror", "mlogloss"],
+    "regression": ["mae", "rmse"],
+    "huber": ["mae", "mphe"],
+    "cox": ["cox-nloglik"],
+}
 BOOSTER_FILE = "trees.json"  # XGBoost's own JSON format in the bundle, never a pickle
 
 
@@ -77,7 +83,7 @@ def fit(
 ) -> xgb.Booster:
     """The booster cut at its best validation round. y: class indices (binary, multiclass; n_classes for the
     latter), values (regression, huber) or cox_label (cox); weight: per training row; callbacks see each round's
-    validation metrics (EVAL_METRICS[task] for classes), and the training split's too when watch_train."""
+    validation metrics (EVAL_METRICS[task]), and the training split's too when watch_train."""
     import xgboost as xgb
 
     if task not in OBJECTIVES:
@@ -115,10 +121,11 @@ def fit(
 
 
 def predict(booster: xgb.Booster, x: np.ndarray, task: str) -> np.ndarray:
-    """binary and multiclass: probabilities (rows x classes); regression, huber: values; cox: relative risk."""
+    """binary and multiclass: probabilities (rows x classes); regression, huber: values; cox: the risk score, the
+    log of the hazard ratio (XGBoost's margin), as a Cox model's linear predictor and Breslow's baseline read it."""
     import xgboost as xgb
 
-    out = booster.predict(xgb.DMatrix(x))
+    out = booster.predict(xgb.DMatrix(x), output_margin=task == "cox")
     if task == "binary":
         return np.column_stack([1.0 - out, out])
     return out

@@ -38,7 +38,13 @@ log = logging.getLogger(__name__)
 def schema_hash(schema: Schema) -> str:
     """What a caller must send and gets back: two versions with different hashes take different inputs."""
     keys = ("kind", "target", "classes", "numeric", "categorical", "image_shape")
-    text = json.dumps({k: getattr(schema, k) for k in keys}, sort_keys=True)
+    fields = {k: getattr(schema, k) for k in keys}
+    # A survival model's outcome is its time column with its event (the target, and the word that marks it): another
+    # time column is another question. Only where set, so that a classifier's hash stays what it was.
+    fields |= {k: getattr(schema, k) for k in ("outcome", "time", "event_value") if getattr(schema, k) is not None}
+    if schema.outcome == "classification":
+        fields.pop("outcome")
+    text = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -198,7 +204,7 @@ def gate_evidence(
         labels = group_labels(split.rows[predictor.schema.features], ep.subgroups, ep.subgroup_bins)
         reports = {
             who: subgroup_report(
-                split.y, p, split.groups, labels, metric, ep.min_group_patients, gp.n_boot, params.seed, threshold
+                split.y, p, split.groups, labels, metric, ep.min_group_patients, gp.n_boot, params.seed, threshold, task
             )
             for who, p in (("candidate", cand), ("champion", champion_proba))
             if p is not None

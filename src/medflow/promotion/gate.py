@@ -148,14 +148,25 @@ def _by_evidence(
 
 
 def subgroup_regressions(candidate: dict, reference: dict, tolerance: float) -> tuple[str, ...]:
-    """Groups shown (not suppressed) in both subgroup reports whose primary metric fell by more than tolerance."""
+    """Groups shown (not suppressed) in both subgroup reports whose primary metric got worse by more than tolerance:
+    fell by more than it (a metric better higher), or rose by more than that fraction of the reference group's value
+    (a metric better lower, in the target's units: MAE; as the gate's margins)."""
     metric = candidate["primary_metric"]
+    lower = bool(candidate.get("lower_is_better"))
     ref = {r["group"]: r[metric] for r in reference["groups"] if metric in r}
     out = []
     for r in candidate["groups"]:
-        if metric in r and r["group"] in ref and ref[r["group"]] - r[metric] > tolerance:
+        if metric not in r or r["group"] not in ref:
+            continue
+        was, now = ref[r["group"]], r[metric]
+        if lower and now - was > tolerance * abs(was):
             out.append(
-                f"subgroup {r['group']} {metric} falls from {ref[r['group']]:.4f} to {r[metric]:.4f} "
+                f"subgroup {r['group']} {metric} rises from {was:.4f} to {now:.4f} (more than the tolerance "
+                f"{tolerance:g} of the champion's, register.gate.subgroup_tolerance)"
+            )
+        elif not lower and was - now > tolerance:
+            out.append(
+                f"subgroup {r['group']} {metric} falls from {was:.4f} to {now:.4f} "
                 f"(more than the tolerance {tolerance:g})"
             )
     return tuple(out)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from medflow.data.manifest import load_split
 from medflow.evaluation import regression, survival
 from medflow.evaluation.calibration import fit_temperature, scale
 from medflow.evaluation.heldout import patient_keys, score
-from medflow.evaluation.metrics import bootstrap_ci, point_metrics, weighted_metrics
+from medflow.evaluation.metrics import bootstrap_ci, interval, point_metrics, weighted_metrics
 from medflow.evaluation.plots import (
     confusion_counts,
     plot_confusion,
@@ -60,29 +61,46 @@ def _history(run_id: str) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def _report_md(report: dict, metrics: dict) -> str:
-    lines = ["# Evaluation (test split)", ""]
-    lines += [
-        f"{report['test_rows']} rows, {report['test_patients']} patients; intervals: 95% percentile bootstrap "
-        f"over {report['resampled']} ({report['n_boot']} resamples).",
+def _header(report: dict, note: str = "") -> list[str]:
+    """Every task's report opens alike: what was scored and how its intervals were drawn; note: the task's own."""
+    events = f", {report['test_events']} events" if "test_events" in report else ""
+    return [
+        "# Evaluation (test split)",
+        "",
+        f"{report['test_rows']} rows, {report['test_patients']} patients{events}; intervals: 95% percentile "
+        f"bootstrap over {report['resampled']} ({report['n_boot']} resamples).{note}",
         "",
     ]
-    t = report.get("threshold")
-    if t is not None:
-        lines += [f"Decision threshold {t['value']:.4f}: {t['method']}.", ""]
-    # Two operating points share the table: a reader comparing accuracy with sensitivity must see which is which.
-    at = {m: "most probable class" for m in ("accuracy", "balanced_accuracy", "f1")}
-    if t is not None:
-        at |= {m: f"positive at score >= {t['value']:.4f}" for m in ("sensitivity", "specificity", "ppv", "npv")}
-    lines += ["| metric | value | 95% CI | decision |", "|---|---|---|---|"]
-    for k in sorted(k for k in metrics if k.startswith("test_") and not k.endswith(("_ci_low", "_ci_high"))):
+
+
+def _metric_rows(metrics: dict, names, decision: dict | None = None) -> list[str]:
+    """The metric table: test_<name> with its CI where it has one; decision: a column saying where each is read."""
+    extra = " decision |" if decision is not None else ""
+    lines = [f"| metric | value | 95% CI |{extra}", "|---|---|---|" + ("---|" if extra else "")]
+    for name in names:
+        k = f"test_{name}"
+        if k not in metrics:
+            continue
         lo, hi = metrics.get(f"{k}_ci_low"), metrics.get(f"{k}_ci_high")
         ci = f"[{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else ""
-        name = k.removeprefix("test_")
-        lines.append(f"| {name} | {metrics[k]:.4f} | {ci} | {at.get(name, '')} |")
+        tail = f" {decision.get(name, '')} |" if decision is not None else ""
+        lines.append(f"| {name} | {metrics[k]:.4f} | {ci} |{tail}")
+    return lines
+
+
+def _tested(metrics: dict) -> list[str]:
+    return sorted(
+        k.removeprefix("test_") for k in metrics if k.startswith("test_") and not k.endswith(("_low", "_high"))
+    )
+
+
+def _footer(report: dict) -> list[str]:
+    """The subgroup table, when evaluate.subgroups named columns, and a note when there are no learning curves."""
+    lines = []
     sub = report.get("subgroups")
     if sub:
         p = sub["primary_metric"]
+        worst = "highest" if sub.get("lower_is_better") else "lowest"
         lines += [
             "",
             f"## Subgroups ({p}; groups under {sub['min_patients']} patients suppressed)",
@@ -101,45 +119,45 @@ def _report_md(report: dict, metrics: dict) -> str:
         if sub["worst"]:
             lines += [
                 "",
-                f"Worst group: {sub['worst']['group']} ({sub['worst'][p]:.4f}); "
+                f"Worst group ({worst} {p}): {sub['worst']['group']} ({sub['worst'][p]:.4f}); "
                 f"largest gap within a column: {sub['largest_gap'] or 0:.4f}.",
             ]
+    if report.get("learning_curves") is None:
+        lines += ["", "No per-epoch history on the training run: no learning curves."]
+    return lines
+
+
+def _report_md(report: dict, metrics: dict) -> str:
+    lines = _header(report)
+    t = report.get("threshold")
+    if t is not None:
+        lines += [f"Decision threshold {t['value']:.4f}: {t['method']}.", ""]
+    # Two operating points share the table: a reader comparing accuracy with sensitivity must see which is which.
+    at = {m: "most probable class" for m in ("accuracy", "balanced_accuracy", "f1")}
+    if t is not None:
+        at |= {m: f"positive at score >= {t['value']:.4f}" for m in ("sensitivity", "specificity", "ppv", "npv")}
+    lines += _metric_rows(metrics, _tested(metrics), at)
     lines += [
         "",
         f"Temperature scaling (T = {metrics['temperature']:.3f}, fitted on the validation split, not applied to the"
         f" model) would take the test ECE to {metrics['test_ece_scaled']:.4f} and the Brier score to"
         f" {metrics['test_brier_scaled']:.4f}.",
     ]
-    if report.get("learning_curves") is None:
-        lines += ["", "No per-epoch history on the training run: no learning curves."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _footer(report)) + "\n"
 
 
 def _regression_md(report: dict, metrics: dict) -> str:
-    lines = [
-        "# Evaluation (test split)",
-        "",
-        f"{report['test_rows']} rows, {report['test_patients']} patients; intervals: 95% percentile bootstrap "
-        f"over {report['resampled']} ({report['n_boot']} resamples). MAE and RMSE in the target's units (lower is "
-        "better); calibration-in-the-large is mean observed - mean predicted (0 is calibrated), the calibration "
-        "slope that of observed on predicted (1 is calibrated).",
-        "",
-        "| metric | value | 95% CI |",
-        "|---|---|---|",
-    ]
-    for name in regression.METRICS:
-        k = f"test_{name}"
-        if k in metrics:
-            lo, hi = metrics.get(f"{k}_ci_low"), metrics.get(f"{k}_ci_high")
-            ci = f"[{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else ""
-            lines.append(f"| {name} | {metrics[k]:.4f} | {ci} |")
-    if report.get("learning_curves") is None:
-        lines += ["", "No per-epoch history on the training run: no learning curves."]
-    return "\n".join(lines) + "\n"
+    lines = _header(
+        report,
+        " MAE and RMSE in the target's units (lower is better); calibration-in-the-large is mean observed - mean "
+        "predicted (0 is calibrated), the calibration slope that of observed on predicted (1 is calibrated).",
+    )
+    lines += _metric_rows(metrics, regression.METRICS)
+    return "\n".join(lines + _footer(report)) + "\n"
 
 
-def _regression(params: Params, paths: Paths, test, predictor: Predictor, target: str) -> tuple[dict, dict]:
-    """A regression's metrics with their patient-bootstrap intervals, its report and its binned plots."""
+def _regression(params: Params, paths: Paths, test, predictor: Predictor, task) -> tuple[dict, dict]:
+    """A regression's metrics with their patient-bootstrap intervals, its report, its binned plots and subgroups."""
     ep = params.evaluate
     y, pred = test[LABEL].to_numpy(dtype="float64"), score(predictor, paths, test, "tabular")[:, 0]
     groups = patient_keys(paths, test[ROW_ID])
@@ -152,6 +170,7 @@ def _regression(params: Params, paths: Paths, test, predictor: Predictor, target
     plots = paths.step_dir("evaluate") / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     bins = prediction_bins(y, pred, ep.calibration_bins, params.validate_.small_count)
+    target = predictor.schema.target
     plot_predicted_observed(bins, plots / "predicted_vs_observed.png", target)
     plot_residuals(bins, plots / "residuals.png", target)
     # dvc.yaml's ROC plot tracks this file for every task; a regression has no curve to put in it.
@@ -163,27 +182,21 @@ def _regression(params: Params, paths: Paths, test, predictor: Predictor, target
         "n_boot": ep.n_boot,
         "bins": {k: bins[k] for k in ("predicted", "observed", "residual", "counts")},
     }
+    scored = Scored(y, pred[:, None], groups, metrics.get(f"test_{params.evaluate.primary_metric}"))
+    _subgroups(params, paths, test[predictor.schema.features], scored, metrics, report, task)
     return metrics, report
 
 
 def _survival_md(report: dict, metrics: dict) -> str:
-    lines = [
-        "# Evaluation (test split)",
-        "",
-        f"{report['test_rows']} rows, {report['test_patients']} patients, {report['test_events']} events; "
-        f"intervals: 95% percentile bootstrap over {report['resampled']} ({report['n_boot']} resamples). Harrell's "
-        "and Uno's C (Uno's truncated at the last horizon) and the AUC at each horizon: higher is better; the Brier "
-        "score and its integral over time: lower is better. Censoring weights come from the training split. "
-        f"Horizons in the time column's units: {', '.join(f'{h:g}' for h in report['horizons'])}"
+    lines = _header(
+        report,
+        " Harrell's and Uno's C (Uno's truncated at the last horizon) and the AUC at each horizon: higher is "
+        "better; the Brier score and its integral over time: lower is better. Censoring weights come from the "
+        "training split. Horizons in the time column's units: "
+        + ", ".join(f"{h:g}" for h in report["horizons"])
         + (f" ({report['horizons_note']})." if report.get("horizons_note") else "."),
-        "",
-        "| metric | value | 95% CI |",
-        "|---|---|---|",
-    ]
-    for k in sorted(m for m in metrics if m.startswith("test_") and not m.endswith(("_low", "_high"))):
-        lo, hi = metrics.get(f"{k}_ci_low"), metrics.get(f"{k}_ci_high")
-        ci = f"[{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else ""
-        lines.append(f"| {k.removeprefix('test_')} | {metrics[k]:.4f} | {ci} |")
+    )
+    lines += _metric_rows(metrics, _tested(metrics))
     lines += [
         "",
         "Calibration: mean predicted survival against the Kaplan-Meier estimate of each risk group (1 lowest risk).",
@@ -195,12 +208,10 @@ def _survival_md(report: dict, metrics: dict) -> str:
         lines.append(
             f"| {c['horizon']:g} | {c['group'] + 1} | {c['rows']} | {c['predicted']:.3f} | {c['observed']:.3f} |"
         )
-    if report.get("learning_curves") is None:
-        lines += ["", "No per-epoch history on the training run: no learning curves."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _footer(report)) + "\n"
 
 
-def _survival(params: Params, paths: Paths, df, test, predictor: Predictor) -> tuple[dict, dict]:
+def _survival(params: Params, paths: Paths, df, test, predictor: Predictor, task) -> tuple[dict, dict]:
     """A survival model's C-indices, Brier score at each horizon the test follow-up spans and integrated Brier
     score with their patient-bootstrap intervals, AUC at each horizon, calibration by risk group and the
     Kaplan-Meier plot."""
@@ -242,8 +253,12 @@ def _survival(params: Params, paths: Paths, df, test, predictor: Predictor) -> t
             names, terms.mean(axis=0), survival.brier_intervals(terms, groups, ep.n_boot, seed), strict=True
         ):
             metrics |= _finite({name: value, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
-        for h, a in zip(horizons, auc, strict=True):
-            metrics |= _finite({f"test_auc_at_{h:g}": a})
+        draws = survival.time_auc_draws(t0, e0, t_w, e_w, risk, horizons, groups, ep.n_boot, seed)
+        for h, a, d in zip(horizons, auc, draws.T, strict=True):
+            lo, hi = interval(d)
+            metrics |= _finite(
+                {f"test_auc_at_{h:g}": a, f"test_auc_at_{h:g}_ci_low": lo, f"test_auc_at_{h:g}_ci_high": hi}
+            )
         metrics |= _finite({"test_mean_auc": mean_auc})
         calibration = survival.calibration(time, event, risk, at, horizons)
         km = survival.km_by_group(time, event, risk, on_grid, grid)
@@ -265,6 +280,8 @@ def _survival(params: Params, paths: Paths, df, test, predictor: Predictor) -> t
         "horizons_note": f"{len(left)} horizon(s) outside the test follow-up left out" if left else None,
         "calibration": calibration,
     }
+    scored = Scored(np.column_stack([time, event]), risk[:, None], groups, metrics.get("test_c_index"))
+    _subgroups(params, paths, test[predictor.schema.features], scored, metrics, report, task)
     return metrics, report
 
 
@@ -278,10 +295,10 @@ def run(params: Params, paths: Paths) -> dict:
     # Scoring goes through the same Predictor the registered model uses.
     predictor = Predictor(paths.model_bundle)
     if task.name == "survival":
-        metrics, report = _survival(params, paths, df, test, predictor)
+        metrics, report = _survival(params, paths, df, test, predictor, task)
         return _finish(params, paths, metrics, report, _survival_md, task.epoch_metric)
     if not task.has_classes:
-        metrics, report = _regression(params, paths, test, predictor, schema.target)
+        metrics, report = _regression(params, paths, test, predictor, task)
         return _finish(params, paths, metrics, report, _regression_md, task.epoch_metric)
     proba = score(predictor, paths, test, schema.kind)
     y = test[LABEL].to_numpy()
@@ -347,22 +364,41 @@ def run(params: Params, paths: Paths) -> dict:
         else {"value": threshold, "method": method, "target_sensitivity": ep.target_sensitivity},
         "calibration_bins": ep.calibration_bins,
     }
-    if ep.subgroups:
-        # Features only: the patient key, row id and label are columns too, and no group may be named after them.
-        labels = group_labels(test[schema.features], ep.subgroups, ep.subgroup_bins)
-        sub = subgroup_report(
-            y, proba, groups, labels, ep.primary_metric, ep.min_group_patients, ep.n_boot, params.seed, threshold
-        )
-        report["subgroups"] = sub
-        if sub["worst"]:
-            metrics[f"test_subgroup_worst_{ep.primary_metric}"] = round(sub["worst"][ep.primary_metric], 6)
-        if sub["largest_gap"] is not None:
-            metrics[f"test_subgroup_gap_{ep.primary_metric}"] = round(sub["largest_gap"], 6)
-
+    scored = Scored(y, proba, groups, point[ep.primary_metric])
+    _subgroups(params, paths, test[schema.features], scored, metrics, report, task, threshold)
     (out / "roc.json").write_text(json.dumps(roc_points(y, proba, schema.classes)) + "\n")
-    if "subgroups" in report:
-        plot_forest(report["subgroups"], plots / "subgroups.png", point[ep.primary_metric])
     return _finish(params, paths, metrics, report, _report_md, task.epoch_metric)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The test split as the task scores it: y and out (class indices and probabilities, values and predictions,
+    or (time, event) and risk), each row's patient, and the whole split's primary metric."""
+
+    y: np.ndarray
+    out: np.ndarray
+    groups: np.ndarray | None
+    overall: float | None
+
+
+def _subgroups(params: Params, paths: Paths, features, scored: Scored, metrics, report, task, threshold=None) -> None:
+    """evaluate.subgroups: the primary metric of each group with its patient-bootstrap CI, in the report, the
+    metrics (the worst group, the largest gap) and a forest plot. features: the test rows' feature columns only (the
+    patient key, row id and label are columns too, and no group may be named after them)."""
+    ep = params.evaluate
+    if not ep.subgroups:
+        return
+    labels = group_labels(features, ep.subgroups, ep.subgroup_bins)
+    sub = subgroup_report(
+        scored.y, scored.out, scored.groups, labels, ep.primary_metric, ep.min_group_patients, ep.n_boot,
+        params.seed, threshold, task,
+    )  # fmt: skip
+    report["subgroups"] = sub
+    if sub["worst"]:
+        metrics[f"test_subgroup_worst_{ep.primary_metric}"] = round(sub["worst"][ep.primary_metric], 6)
+    if sub["largest_gap"] is not None:
+        metrics[f"test_subgroup_gap_{ep.primary_metric}"] = round(sub["largest_gap"], 6)
+    plot_forest(sub, paths.step_dir("evaluate") / "plots" / "subgroups.png", scored.overall)
 
 
 def _finish(params: Params, paths: Paths, metrics: dict, report: dict, markdown, score: str) -> dict:

@@ -37,6 +37,7 @@ from medflow.promotion.leakage import leak_reason
 from medflow.tasks import for_params
 from medflow.tracking.bundles import download_bundle
 from medflow.tracking.integrity import ModelFilesChanged
+from medflow.tracking.pyfunc import xgboost_distribution
 from medflow.tuning.tuned import study_of
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ def _environment(paths: Paths) -> dict[str, str]:
         "python": platform.python_version(),
         "torch": version("torch"),
         "scikit-learn": version("scikit-learn"),
+        # The trees of the gate's baseline, and of the model itself under train.model=xgboost.
+        "xgboost": version(xgboost_distribution()),
         "device": str(train.get("device", "unknown")),
         "processes": str(train.get("world_size", 1)),
     }

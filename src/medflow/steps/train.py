@@ -84,13 +84,16 @@ def upstream_counts(paths: Paths) -> dict[str, int]:
     return counts
 
 
-def survival_curve(params: Params, task, model: torch.nn.Module, x_train: torch.Tensor, y_train: torch.Tensor) -> dict:
-    """The Breslow baseline of the trained model's risk scores on the training split, and the horizons predict
-    answers at (train.horizons, or the training split's event-time quartiles)."""
+def survival_curve(params: Params, task, model, x_train: torch.Tensor, y_train: torch.Tensor) -> dict:
+    """The Breslow baseline of the trained model's risk scores (a network's or the trees') on the training split,
+    and the horizons predict answers at (train.horizons, or the training split's event-time quartiles)."""
     from medflow.models.cox import Baseline
 
-    with torch.inference_mode():
-        risk = model.eval()(x_train).double().numpy()[:, 0]
+    if isinstance(model, torch.nn.Module):
+        with torch.inference_mode():
+            risk = model.eval()(x_train).double().numpy()[:, 0]
+    else:
+        risk = model.proba(x_train.numpy())
     time, event = y_train[:, 0].double().numpy(), y_train[:, 1].numpy() > 0
     base = Baseline.fit(risk, time, event)
     return {
@@ -190,7 +193,8 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
 
             arrays = ({s: t.numpy() for s, t in x.items()}, {s: t.numpy() for s, t in y.items()})
             progress = Progress(p.n_estimators, "rows/s")
-            model, result = fit_trees(*arrays, len(schema.classes), p, params.seed, on_epoch, progress)
+            objective, n_classes = task.tree_objective(p, schema), len(schema.classes)
+            model, result = fit_trees(*arrays, objective, n_classes, p, params.seed, on_epoch, progress, scale)
             config = model.config(p.model, len(schema.classes))
         else:
             model = build(**config)

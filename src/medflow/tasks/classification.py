@@ -82,6 +82,12 @@ class Classification:
 
         return bootstrap_draws(y, outs, groups, metric, n_boot, seed)
 
+    def tree_objective(self, p, schema: Schema) -> str:
+        """train.model=xgboost's objective (models/trees.py OBJECTIVES)."""
+        from medflow.models.trees import classification_objective
+
+        return classification_objective(len(schema.classes))
+
     def baselines(self, x_train, y_train, x_test, schema: Schema, seed: int, **trees) -> dict[str, np.ndarray]:
         """trees: val, tree and tree_rows of the gradient-boosted-tree baseline (evaluation.baselines)."""
         from medflow.evaluation.baselines import baseline_proba

@@ -39,11 +39,6 @@ class Regression:
         if params.tune.metric not in ("val_loss", f"val_{self.epoch_metric}"):
             other = "survival model's" if params.tune.metric == "val_c_index" else "classifier's"
             raise ParamsError(f"tune.metric={params.tune.metric} is a {other}; regression tunes val_loss or val_mae")
-        if params.evaluate.subgroups:
-            raise ParamsError("evaluate.subgroups: not yet for regression; set evaluate.subgroups=[]")
-        if params.train.model == "xgboost":
-            # Trees reach a regression project as the gate's baseline (evaluation.baselines); as a model, not yet.
-            raise ParamsError("train.model=xgboost: not yet for regression; its trees are the gate's baseline here")
         mixup = params.tune.space.get("mixup")
         if params.train.mixup > 0 or (mixup and (mixup.choices or [0]) != [0]) or (mixup and mixup.high):
             raise ParamsError(
@@ -93,6 +88,16 @@ class Regression:
         from medflow.evaluation.regression import bootstrap_draws
 
         return bootstrap_draws(y, outs, groups, metric, n_boot, seed)
+
+    def estimate(self, metric: str, y: np.ndarray, out: np.ndarray, groups, n_boot: int, seed: int):
+        """(value, ci_low, ci_high) of metric, 95% patient bootstrap: a subgroup's row in the reports."""
+        from medflow.evaluation.metrics import interval
+
+        return (self.point(metric, y, out), *interval(self.draws(y, [out], groups, metric, n_boot, seed)[0]))
+
+    def tree_objective(self, p, schema: Schema) -> str:
+        """train.model=xgboost's objective (models/trees.py OBJECTIVES): train.loss's, on the standardised target."""
+        return "huber" if p.loss == "huber" else "regression"
 
     def baselines(self, x_train, y_train, x_test, schema: Schema, seed: int, **trees) -> dict[str, np.ndarray]:
         """trees: val, tree and tree_rows of the gradient-boosted-tree baseline (evaluation.baselines)."""

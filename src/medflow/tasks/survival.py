@@ -32,7 +32,7 @@ class Survival:
     direction = {"c_index": True}  # Uno's C, AUC and Brier are reported, never a primary
     primaries = ("c_index",)
     has_classes = False  # LABEL is the event (0/1), TIME the follow-up time
-    epoch_metric = "c_index"  # train_c_index (the mean over batches), val_c_index (the whole split)
+    epoch_metric = "c_index"  # train_c_index (the epoch's training outputs, whole), val_c_index (the whole split)
 
     def check_params(self, params: Params) -> None:
         data = params.data
@@ -47,11 +47,6 @@ class Survival:
             raise ParamsError(f"data.time and data.event both name {data.time!r}: they are two columns")
         if data.positive_class is not None:
             raise ParamsError("data.positive_class: a survival run names its event's value in data.event_value")
-        if params.evaluate.subgroups:
-            raise ParamsError("evaluate.subgroups: not yet for survival; set evaluate.subgroups=[]")
-        if params.train.model == "xgboost":
-            # Trees reach a survival project as the gate's baseline (evaluation.baselines); as a model, not yet.
-            raise ParamsError("train.model=xgboost: not yet for survival; its trees are the gate's baseline here")
         if params.train.mixup > 0:
             raise ParamsError("train.mixup mixes class labels; a survival run takes train.mixup=0")
         if any(not h > 0 for h in params.train.horizons or []):
@@ -91,8 +86,9 @@ class Survival:
         return cox_loss(out[:, 0], y[:, 0], y[:, 1]) * len(y)
 
     def epoch_score(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Harrell's C times the rows (the loop divides by them): of a training batch, or the whole validation
-        split. Read on the CPU, one small copy per batch."""
+        """Harrell's C times the rows (the loop divides by them): of the epoch's training outputs, or of the whole
+        validation split. Read on the CPU: one copy per epoch and split (the loop keeps the batches' outputs on the
+        device until the epoch ends)."""
         import torch
 
         from medflow.evaluation.survival import harrell_c
@@ -120,6 +116,18 @@ class Survival:
         from medflow.evaluation.survival import bootstrap_draws
 
         return bootstrap_draws(y[:, 0], y[:, 1], [np.asarray(o)[:, 0] for o in outs], groups, n_boot, seed)
+
+    def estimate(self, metric: str, y: np.ndarray, out: np.ndarray, groups, n_boot: int, seed: int):
+        """(value, ci_low, ci_high) of Harrell's C, 95% patient bootstrap (the jackknife above
+        survival.EXACT_BOOTSTRAP_ROWS rows): a subgroup's row in the reports."""
+        from medflow.evaluation.survival import concordance
+
+        c = concordance(y[:, 0], y[:, 1], np.asarray(out, float)[:, 0], groups, None, n_boot, seed)
+        return c.value, c.ci_low, c.ci_high
+
+    def tree_objective(self, p, schema: Schema) -> str:
+        """train.model=xgboost's objective (models/trees.py OBJECTIVES): Cox's partial likelihood, as the network's."""
+        return "cox"
 
     def baselines(self, x_train, y_train, x_test, schema: Schema, seed: int, **trees) -> dict[str, np.ndarray]:
         """trees: val, tree and tree_rows of the gradient-boosted-tree baseline (evaluation.baselines)."""

@@ -312,6 +312,7 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         batches = (order[i : i + batch] for i in range(0, per_rank, batch))
+        outs: list[tuple[torch.Tensor, torch.Tensor]] = []  # a dealing task's batch outputs, kept on the device
         if deal is not None:
             batches = deal(order, y_train, batch, cfg.seed + epoch)
         for i, rows in enumerate(batches):
@@ -332,7 +333,12 @@ def fit(
                 loss.backward()
                 opt.step()
             loss_sum.add_(loss.detach(), alpha=len(yb))
-            correct.add_(task.epoch_score(logits.detach().float(), yb))
+            if deal is None:
+                correct.add_(task.epoch_score(logits.detach().float(), yb))
+            else:  # scored once per epoch, below: per batch it would copy to the host at every step
+                outs.append((logits.detach().float(), yb))
+        if outs:
+            correct.add_(task.epoch_score(torch.cat([o for o, _ in outs]), torch.cat([y for _, y in outs])))
         # Rank 0's clock decides when to checkpoint; its vote rides in the epoch's one all-reduce, so all ranks agree.
         due = rank == 0 and time.monotonic() - last_saved >= cfg.checkpoint_interval_s
         sums = torch.cat(

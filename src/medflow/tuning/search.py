@@ -159,7 +159,9 @@ class Objective:
                 from medflow.training.trees import fit_trees  # XGBoost is imported only to train trees
 
                 arrays = ({s: v.numpy() for s, v in x.items()}, {s: v.numpy() for s, v in y.items()})
-                _, result = fit_trees(*arrays, len(self.data.schema.classes), train, p.seed, on_epoch)
+                objective = task.tree_objective(train, self.data.schema)
+                n_classes = len(self.data.schema.classes)
+                _, result = fit_trees(*arrays, objective, n_classes, train, p.seed, on_epoch, scale=scale)
             else:
                 model = build(**model_config(train, self.data))
                 result = fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch)
