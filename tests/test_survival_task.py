@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sksurv.metrics import concordance_index_censored
-from usercmd import scratch_clone, sh
+from usercmd import REPO, scratch_clone, sh
 
 from medflow.data.columns import LABEL, SPLIT, TIME
 from medflow.data.manifest import load_split
@@ -333,3 +333,22 @@ def test_the_schema_hash_tells_another_time_or_event_word_apart_and_keeps_a_clas
     keys = ("kind", "target", "classes", "numeric", "categorical", "image_shape")
     before = json.dumps({k: getattr(classifier, k) for k in keys}, sort_keys=True)  # the hash of earlier versions
     assert schema_hash(classifier) == hashlib.sha256(before.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("example", ["whas500", "diabetes"])
+def test_the_example_is_a_whole_params_file_for_dvc_repro(example):
+    """`cp examples/<example>.yaml params.yaml && dvc repro`: DVC stops on any key its stages list that the file
+    lacks (MissingParamsError), so every such key is written out, and the file loads as the task's params."""
+    import yaml
+
+    from medflow.params import load
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values()
+    keys = {k for s in stages for k in s.get("params", []) if isinstance(k, str)}
+    raw = yaml.safe_load((REPO / "examples" / f"{example}.yaml").read_text())
+    for key in sorted(keys):
+        node = raw
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"examples/{example}.yaml lacks {key} (dvc.yaml lists it)"
+            node = node[part]
+    assert load(REPO / "examples" / f"{example}.yaml").data.source == example
