@@ -98,29 +98,35 @@ def test_a_subgroup_regresses_when_its_mae_rises_by_more_than_the_tolerance_of_t
     assert subgroup_regressions(report({"sex=1": 10.0, "sex=2": 20.0}), champion, 0.05) == ()
 
 
-def test_text_in_some_target_rows_is_quarantined_and_counted(diabetes, tmp_path, monkeypatch):
+STREAMED = {"validate__stream_above_mb": 0, "validate__chunk_rows": 128, "validate__sample_rows": 200}
+
+
+@pytest.mark.parametrize("over", [{}, STREAMED], ids=["in_memory", "streamed"])
+def test_text_in_some_target_rows_is_quarantined_and_counted(diabetes, tmp_path, monkeypatch, over):
     monkeypatch.setenv("MEDFLOW_SALT", "regression-salt")
     df = diabetes.astype(object)
     df.loc[[3, 50, 200], "progression"] = "pending"
     df.loc[[7, 8], "progression"] = [f"{v:g} units" for v in diabetes.loc[[7, 8], "progression"]]
     paths = Paths(root=tmp_path)
     _table(paths, df)
-    summary = run_step("validate", _params(), paths)
+    summary = run_step("validate", _params(**over), paths)
+    assert ("streamed" in summary) == bool(over)
     assert summary["rows_in"] == len(df) == summary["rows_valid"] + summary["rows_quarantined"]
     assert summary["rows_quarantined"] == 3
     assert summary["quarantine_reasons"] == {"progression: expect_column_values_to_match_regex": 3}
     held = pd.read_csv(paths.step_dir("validate") / "quarantine.csv")
     assert sorted(held["_row_id"]) == [3, 50, 200] and "progression" not in held
-    cleaned = run_step("clean", _params(), paths)
+    cleaned = run_step("clean", _params(**over), paths)
     assert cleaned["rows_out"] == len(df) - 3
 
 
-def test_a_constant_target_stops_with_one_line(diabetes, tmp_path, monkeypatch):
+@pytest.mark.parametrize("over", [{}, STREAMED], ids=["in_memory", "streamed"])
+def test_a_constant_target_stops_with_one_line(diabetes, tmp_path, monkeypatch, over):
     monkeypatch.setenv("MEDFLOW_SALT", "regression-salt")
     paths = Paths(root=tmp_path)
     _table(paths, diabetes.assign(progression=140.0))
     with pytest.raises(ValueError) as err:
-        run_step("validate", _params(), paths)
+        run_step("validate", _params(**over), paths)
     message = str(err.value)
     assert "\n" not in message and "140" not in message
     assert "'progression' has 1 distinct non-null value(s)" in message and "regression target needs 2" in message

@@ -111,12 +111,15 @@ def test_the_task_takes_c_index_and_the_event_as_its_target_and_needs_both_colum
     ],
     ids=["negative_time", "time_zero", "worded_event", "all_censored"],
 )  # fmt: skip
+@pytest.mark.parametrize("streamed", [False, True], ids=["in_memory", "streamed"])
 def test_bad_survival_input_stops_validate_in_one_line_naming_column_rule_and_count(
-    whas500, tmp_path, monkeypatch, change, over, expected
+    whas500, tmp_path, monkeypatch, change, over, expected, streamed
 ):
     monkeypatch.setenv("MEDFLOW_SALT", "survival-salt")
     paths = Paths(root=tmp_path)
     _table(paths, change(whas500.copy()))
+    if streamed:  # in chunks of 128 rows, the suite from a sample of 200: the counts are still the whole table's
+        over = over | {"validate__stream_above_mb": 0, "validate__chunk_rows": 128, "validate__sample_rows": 200}
     with pytest.raises(ValueError) as err:
         run_step("validate", _params(**over), paths)
     message = str(err.value)
@@ -124,16 +127,16 @@ def test_bad_survival_input_stops_validate_in_one_line_naming_column_rule_and_co
     assert not paths.valid_rows.exists()
 
 
-def test_a_table_too_large_to_read_whole_is_refused_for_survival_in_one_line(whas500, tmp_path):
-    paths = Paths(root=tmp_path)
-    _table(paths, whas500)
-    with pytest.raises(ValueError) as err:
-        run_step("validate", _params(validate__stream_above_mb=0), paths)
-    message = str(err.value)
-    assert (
-        "\n" not in message
-        and "data.task=survival is not yet streamed (0 MB, above validate.stream_above_mb=0)" in message
-    )
+def test_a_streamed_survival_table_validates_as_it_does_in_memory(whas500, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDFLOW_SALT", "survival-salt")
+    streamed = {"validate__stream_above_mb": 0, "validate__chunk_rows": 128, "validate__sample_rows": 200}
+    found = []
+    for over in ({}, streamed):
+        paths = Paths(root=tmp_path / str(len(over)))
+        _table(paths, whas500)
+        summary = run_step("validate", _params(**over), paths)
+        found.append((summary["rows_valid"], list(pd.read_parquet(paths.valid_rows).columns)))
+    assert found[0] == found[1] and found[0][0] == len(whas500)
 
 
 def test_worded_events_pass_with_event_value(whas500, tmp_path, monkeypatch):

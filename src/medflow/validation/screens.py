@@ -183,7 +183,7 @@ def decide_suite(
             )
     # Privacy and leakage come first: until every column has a role, nothing is written.
     _positive_occurs(df, data, where, totals)
-    if data.task == "survival":
+    if data.task == "survival" and totals is None:  # a streamed table's were tallied on every row (streamed.py)
         survival_outcome(df, data, where)
     inferred = column_kinds(df, data, vp, parsed)
     _refuse_suspects(df, data, inferred, where, parsed)
@@ -197,42 +197,76 @@ def decide_suite(
     return suite, created, leaks
 
 
-def survival_outcome(df: pd.DataFrame, data: DataParams, where: str) -> None:
-    """A survival table's time and event, each refused in one line (column, rule, count; never a value): times
-    missing, unreadable, negative or 0 (tasks/survival.py says why 0 is refused), an event column holding other
-    values than 1/0 (or, with data.event_value, more than two), and a table without one event."""
-    time = pd.to_numeric(df[data.time], errors="coerce")
-    rules = (
-        (df[data.time].isna(), "a follow-up time is required"),
-        (time.isna() & df[data.time].notna(), "a follow-up time is a number"),
-        (time.abs() == float("inf"), "a follow-up time is finite"),
-        (time < 0, "a follow-up time is not negative"),
-        (time == 0, "a follow-up time is above 0"),
-    )
-    for bad, rule in rules:
-        if bad.any():
+MAX_EVENT_VALUES = 10_000
+TIME_RULES = (
+    "a follow-up time is required",
+    "a follow-up time is a number",
+    "a follow-up time is finite",
+    "a follow-up time is not negative",
+    "a follow-up time is above 0",
+)
+
+
+class SurvivalTally:
+    """What the rules of a survival table's time and event need to know of its rows, added a frame at a time: the
+    whole table in memory, or a streamed one chunk by chunk (validation/streamed.py), with the same one-line
+    refusals (column, rule, count; never a value): times missing, unreadable, infinite, negative or 0
+    (tasks/survival.py says why 0 is refused), an event column holding other values than 1/0 (or, with
+    data.event_value, more than two), and a table without one event."""
+
+    def __init__(self, data: DataParams):
+        self.data, self.rows, self.events = data, 0, 0
+        self.time_bad = dict.fromkeys(TIME_RULES, 0)
+        self.no_event = self.unread = 0
+        # The event column's distinct values (two are allowed), up to a bound: a streamed table's memory must not grow.
+        self.values: set[str] = set()
+
+    def add(self, df: pd.DataFrame) -> None:
+        data = self.data
+        raw = df[data.time]
+        time = pd.to_numeric(raw, errors="coerce")
+        masks = (raw.isna(), time.isna() & raw.notna(), time.abs() == float("inf"), time < 0, time == 0)
+        for rule, bad in zip(TIME_RULES, masks, strict=True):
+            self.time_bad[rule] += int(bad.sum())
+        event = df[data.event].astype("string").str.strip()
+        flags = event_flags(df[data.event], data.event_value)
+        self.rows += len(df)
+        self.no_event += int(event.isna().sum())
+        self.unread += int(flags.isna().sum())
+        self.events += int(flags.fillna(False).sum())
+        if len(self.values) <= MAX_EVENT_VALUES:
+            self.values |= set(event.dropna().unique()[: MAX_EVENT_VALUES + 1])
+
+    def check(self, where: str) -> None:
+        data = self.data
+        for rule, bad in self.time_bad.items():
+            if bad:
+                raise ValidationFailed(f"{where}: time column {data.time!r}: {bad} row(s) break the rule: {rule}")
+        if self.no_event:
             raise ValidationFailed(
-                f"{where}: time column {data.time!r}: {int(bad.sum())} row(s) break the rule: {rule}"
+                f"{where}: event column {data.event!r}: {self.no_event} row(s) break the rule: an event or "
+                "censoring is recorded for every row"
             )
-    event = df[data.event].astype("string").str.strip()
-    flags = event_flags(df[data.event], data.event_value)
-    values = event.dropna().nunique()
-    if event.isna().any():
-        raise ValidationFailed(
-            f"{where}: event column {data.event!r}: {int(event.isna().sum())} row(s) break the rule: an event or "
-            "censoring is recorded for every row"
-        )
-    if flags.isna().any() or (data.event_value is not None and values > 2):
-        worded = data.event_value is not None
-        rule = "two values, the event and censoring" if worded else "1 (event) or 0 (censored)"
-        fix = "" if worded else "; name the value meaning an event with -P data.event_value=VALUE"
-        bad = f"{int(flags.isna().sum())} row(s)" if flags.isna().any() else f"{values} distinct values"
-        raise ValidationFailed(f"{where}: event column {data.event!r}: {bad} break the rule: {rule}{fix}")
-    if not flags.any():
-        raise ValidationFailed(
-            f"{where}: event column {data.event!r}: all {len(df)} rows are censored (rule: a survival table needs "
-            "events; check data.event_value)"
-        )
+        values = len(self.values)
+        if self.unread or (data.event_value is not None and values > 2):
+            worded = data.event_value is not None
+            rule = "two values, the event and censoring" if worded else "1 (event) or 0 (censored)"
+            fix = "" if worded else "; name the value meaning an event with -P data.event_value=VALUE"
+            many = f"more than {MAX_EVENT_VALUES}" if values > MAX_EVENT_VALUES else values
+            bad = f"{self.unread} row(s)" if self.unread else f"{many} distinct values"
+            raise ValidationFailed(f"{where}: event column {data.event!r}: {bad} break the rule: {rule}{fix}")
+        if not self.events:
+            raise ValidationFailed(
+                f"{where}: event column {data.event!r}: all {self.rows} rows are censored (rule: a survival table "
+                "needs events; check data.event_value)"
+            )
+
+
+def survival_outcome(df: pd.DataFrame, data: DataParams, where: str) -> None:
+    """A survival table's time and event, checked whole (SurvivalTally's rules)."""
+    tally = SurvivalTally(data)
+    tally.add(df)
+    tally.check(where)
 
 
 def _positive_occurs(df: pd.DataFrame, data: DataParams, where: str, totals: Totals | None) -> None:

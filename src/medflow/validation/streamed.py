@@ -22,7 +22,7 @@ from medflow.paths import Paths
 from medflow.privacy.keys import resolve_salt
 from medflow.validation.outputs import adopt, finish, judge, relative, where_read
 from medflow.validation.quarantine import groupable, held_columns, kinds_of, not_features, patient_key, quarantine
-from medflow.validation.screens import decide_suite, declared, refuse_selection
+from medflow.validation.screens import SurvivalTally, decide_suite, declared, refuse_selection
 
 
 def _chunks(files: list[Path], data: DataParams, vp: ValidateParams):
@@ -38,16 +38,19 @@ def _chunks(files: list[Path], data: DataParams, vp: ValidateParams):
 
 
 def survey(
-    files: list[Path], where: str, data: DataParams, vp: ValidateParams, seed: int
+    files: list[Path], where: str, data: DataParams, vp: ValidateParams, seed: int, tally: SurvivalTally | None = None
 ) -> tuple[pd.DataFrame, Totals]:
     """First pass over a streamed table: a uniform sample of validate.sample_rows rows (each row's chance the same
-    whatever the chunk size: the rows with the smallest random keys) and the Totals its suite needs."""
+    whatever the chunk size: the rows with the smallest random keys) and the Totals its suite needs; every chunk
+    added to tally (a survival table's time and event) too."""
     rng = np.random.default_rng(seed)
     k = vp.sample_rows
     sample, keys = None, np.empty(0)
     rows, missing, counts = 0, None, {}
     for chunk in _chunks(files, data, vp):
         rows += len(chunk)
+        if tally is not None:
+            tally.add(chunk)
         nulls = chunk.isna().sum()
         missing = nulls if missing is None else missing + nulls
         for col in chunk.columns:
@@ -88,14 +91,12 @@ def validate_streamed(params: Params, paths: Paths, files: list[Path]) -> dict:
     data, vp, out = params.data, params.validate_, paths.step_dir("validate")
     where = where_read(files, paths.root)
     size_mb = sum(f.stat().st_size for f in files) / 2**20
-    if data.task == "survival":
-        # Its time and event screens read every row before the suite is decided; here they would read a sample.
-        raise ValidationFailed(
-            f"{where}: data.task=survival is not yet streamed ({size_mb:.0f} MB, above validate.stream_above_mb="
-            f"{vp.stream_above_mb:g}); read it whole with a larger -P validate.stream_above_mb=MB"
-        )
     salt = resolve_salt(params)
-    sample, totals = survey(files, where, data, vp, params.seed)
+    # A survival table's time and event rules read every row on the first pass, before the suite is decided.
+    tally = SurvivalTally(data) if data.task == "survival" else None
+    sample, totals = survey(files, where, data, vp, params.seed, tally)
+    if tally is not None:
+        tally.check(where)
     declared(sample, data, where)
     parsed = Parsed(sample)
     sample, formats = normalise_numbers(sample, data, vp, where, parsed)
@@ -111,7 +112,9 @@ def validate_streamed(params: Params, paths: Paths, files: list[Path]) -> dict:
         )
     kinds, keep = kinds_of(suite, sample.columns, data)
     sampled = sample[ROW_ID].to_numpy()
-    groups = Groups.of(*groupable(sample, kinds, parsed))
+    # A regression's target is grouped as a number, as in memory (steps/validate.py).
+    numeric_target = data.task == "regression"
+    groups = Groups.of(*groupable(sample, kinds, parsed, numeric_target))
     text_why = not_features(kinds, parsed, vp)
     del sample, parsed
     parts, profiled, converted = [], [], dict.fromkeys(formats, 0)
@@ -131,7 +134,7 @@ def validate_streamed(params: Params, paths: Paths, files: list[Path]) -> dict:
                 if data.patient_id:
                     chunk.insert(1, PATIENT_KEY, patient_key(chunk[data.patient_id], salt))
                 valid, held = quarantine(chunk, checks)
-                numbers, categorical = groupable(chunk, kinds, parsed)
+                numbers, categorical = groupable(chunk, kinds, parsed, numeric_target)
                 groups.add(numbers, chunk[categorical], chunk[ROW_ID].isin(held[ROW_ID]).to_numpy())
                 # Only a row check's ids are needed once its chunk is written: a batch check's (a not-null check has
                 # one per missing cell) would make memory grow with the table.
