@@ -3,11 +3,13 @@ its bad input (text in the target, a constant target, a classification metric) a
 from validate to the gate's evidence, predicting in the target's units."""
 
 import json
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn import metrics as skm
+from taskproject import task_params, trained, trees_registered, write_table
 from usercmd import scratch_clone, sh
 
 from medflow.data.sources import DEMOS
@@ -23,24 +25,17 @@ from medflow.promotion.evidence import gate_evidence
 from medflow.promotion.gate import decide, subgroup_regressions
 from medflow.tasks import for_params
 
-
-def _params(**over):
-    raw = {
-        "data": {"source": "data/diabetes.csv", "target": "progression", "task": "regression",
-                 "positive_class": None},
-        "train": {"max_epochs": 15, "patience": 5, "hidden": [16]},
-        "evaluate": {"n_boot": 200},
-        "register": {"model_name": "test-diabetes", "gate": {"n_boot": 200}},
-    }  # fmt: skip
-    for key, value in over.items():
-        section, name = key.split("__")
-        raw.setdefault(section, {})[name] = value
-    return from_dict(raw)
+BASE = {
+    "data": {"source": "data/diabetes.csv", "target": "progression", "task": "regression",
+             "positive_class": None},
+    "train": {"max_epochs": 15, "patience": 5, "hidden": [16]},
+    "evaluate": {"n_boot": 200},
+    "register": {"model_name": "test-diabetes", "gate": {"n_boot": 200}},
+}  # fmt: skip
 
 
-def _table(paths: Paths, df: pd.DataFrame) -> None:
-    paths.data_dir.mkdir(parents=True, exist_ok=True)
-    df.to_csv(paths.data_dir / "diabetes.csv", index=False)
+_params = partial(task_params, BASE)  # section__key=value overrides
+_table = partial(write_table, name="diabetes")  # (paths, df): df as the table _params read
 
 
 @pytest.fixture(scope="module")
@@ -223,15 +218,9 @@ def test_the_diabetes_example_registers_a_champion_and_predicts_every_row(tmp_pa
     assert list(scored.columns) == ["row", "model", "version", "prediction", "status", "reason"]
     assert scored["status"].eq("ok").all() and scored["prediction"].between(0, 400).all()
     # The trees as the registered model: the same steps from train on, the same predict columns.
-    done = sh(".venv/bin/medflow run --params examples/diabetes.yaml -P train.model=xgboost", clone, timeout=900)
-    assert done.stdout.strip().splitlines()[-1].startswith("registered medflow-diabetes v2 ("), done.stdout
-    card = MlflowClient(store, registry_uri=store).get_model_version("medflow-diabetes", "2").description
+    card, trees = trees_registered(clone, "diabetes", store, scored)
     assert "Primary metric: `test_mae`" in card and "| gradient_boosted_trees |" in card
-    sh(".venv/bin/medflow predict --model models:/medflow-diabetes/2 --input data/diabetes.csv "
-       "--output out/trees.csv", clone)  # fmt: skip
-    trees = pd.read_csv(clone / "out/trees.csv")
-    assert list(trees.columns) == list(scored.columns) and trees["status"].eq("ok").all()
-    assert trees["version"].eq(2).all() and trees["prediction"].between(0, 400).all()
+    assert trees["prediction"].between(0, 400).all()
 
 
 def test_tune_minimises_val_mae_and_refuses_a_classifier_metric(diabetes, project, monkeypatch):
@@ -254,11 +243,8 @@ def test_xgboost_trains_on_the_standardised_target_and_predicts_in_its_units(dia
     monkeypatch.setenv("MEDFLOW_SALT", "regression-salt")
     _table(project, diabetes)
     params = _params(train__model="xgboost", train__n_estimators=60, train__patience=10)
-    for step in ("validate", "clean", "split", "train"):
-        run_step(step, params, project)
-    train = json.loads(project.summary("train").read_text())
+    train, config = trained(project, params)
     assert 30 < train["best_val_mae"] < 70  # in the target's units (its SD is ~77), not standardised ones
-    config = json.loads((project.model_bundle / "model.json").read_text())
     assert config["name"] == "xgboost" and config["task"] == "regression" and "target_scale" in config
     assert (project.model_bundle / "trees.json").exists() and not (project.model_bundle / "weights.pt").exists()
     metrics = run_step("evaluate", params, project)

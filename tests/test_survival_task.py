@@ -3,11 +3,13 @@
 feature), the steps on WHAS500 from validate to the gate's evidence and predict, and the whas500 example end to end."""
 
 import json
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import pytest
 from sksurv.metrics import concordance_index_censored
+from taskproject import task_params, trained, trees_registered, write_table
 from usercmd import REPO, scratch_clone, sh
 
 from medflow.data.columns import LABEL, SPLIT, TIME
@@ -25,23 +27,16 @@ from medflow.promotion.evidence import gate_evidence
 from medflow.tasks import for_params
 from medflow.tuning.search import run as tune
 
-
-def _params(**over):
-    raw = {
-        "data": {"source": "data/whas500.csv", "task": "survival", "time": "lenfol", "event": "fstat"},
-        "train": {"max_epochs": 15, "patience": 5, "hidden": [16], "batch_size": 64, "horizons": [365, 730, 1825]},
-        "evaluate": {"n_boot": 200},
-        "register": {"model_name": "test-whas500", "gate": {"n_boot": 200}},
-    }
-    for key, value in over.items():
-        section, name = key.split("__")
-        raw.setdefault(section, {})[name] = value
-    return from_dict(raw)
+BASE = {
+    "data": {"source": "data/whas500.csv", "task": "survival", "time": "lenfol", "event": "fstat"},
+    "train": {"max_epochs": 15, "patience": 5, "hidden": [16], "batch_size": 64, "horizons": [365, 730, 1825]},
+    "evaluate": {"n_boot": 200},
+    "register": {"model_name": "test-whas500", "gate": {"n_boot": 200}},
+}
 
 
-def _table(paths: Paths, df: pd.DataFrame) -> None:
-    paths.data_dir.mkdir(parents=True, exist_ok=True)
-    df.to_csv(paths.data_dir / "whas500.csv", index=False)
+_params = partial(task_params, BASE)  # section__key=value overrides
+_table = partial(write_table, name="whas500")  # (paths, df): df as the table _params read
 
 
 @pytest.fixture(scope="module")
@@ -264,15 +259,9 @@ def test_the_whas500_example_registers_a_champion_and_predicts_every_row(tmp_pat
     ]  # fmt: skip
     assert scored["status"].eq("ok").all() and scored["survival_at_730"].between(0, 1).all()
     # The trees as the registered model: risk from XGBoost's Cox objective, survival from its Breslow baseline.
-    done = sh(".venv/bin/medflow run --params examples/whas500.yaml -P train.model=xgboost", clone, timeout=900)
-    assert done.stdout.strip().splitlines()[-1].startswith("registered medflow-whas500 v2 ("), done.stdout
-    card = MlflowClient(store, registry_uri=store).get_model_version("medflow-whas500", "2").description
+    card, trees = trees_registered(clone, "whas500", store, scored)
     assert "Primary metric: `test_c_index`" in card and "| cox |" in card
-    sh(".venv/bin/medflow predict --model models:/medflow-whas500/2 --input data/whas500.csv "
-       "--output out/trees.csv", clone)  # fmt: skip
-    trees = pd.read_csv(clone / "out/trees.csv")
-    assert list(trees.columns) == list(scored.columns) and trees["status"].eq("ok").all()
-    assert trees["version"].eq(2).all() and trees["survival_at_730"].between(0, 1).all()
+    assert trees["survival_at_730"].between(0, 1).all()
 
 
 def test_a_study_that_censors_everyone_at_its_end_still_gets_its_time_dependent_metrics(project, monkeypatch):
@@ -300,11 +289,8 @@ def test_xgboost_ranks_by_cox_and_predicts_survival_from_its_breslow_baseline(wh
     monkeypatch.setenv("MEDFLOW_SALT", "survival-salt")
     _table(project, whas500)
     params = _params(train__model="xgboost", train__n_estimators=60, train__patience=10)
-    for step in ("validate", "clean", "split", "train"):
-        run_step(step, params, project)
-    train = json.loads(project.summary("train").read_text())
+    train, config = trained(project, params)
     assert 0.6 < train["best_val_c_index"] <= 1
-    config = json.loads((project.model_bundle / "model.json").read_text())
     assert (
         config["name"] == "xgboost" and config["task"] == "cox" and config["survival"]["horizons"] == [365, 730, 1825]
     )

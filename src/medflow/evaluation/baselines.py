@@ -11,6 +11,8 @@ to [0, 1] (a linear probe).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
@@ -18,6 +20,26 @@ from medflow.models import trees
 
 # A linear probe on many images costs minutes of CPU; this many training rows already pin it down.
 MAX_PROBE_ROWS = 5000
+
+
+@dataclass(frozen=True)
+class TreeBaseline:
+    """What the gradient-boosted-tree baseline needs besides the training split: the validation split it stops
+    early on (features, and the outcome as the task's baselines take it), its settings and the most training rows
+    it is fitted on."""
+
+    val: tuple[np.ndarray, np.ndarray]
+    settings: trees.TreeSettings
+    max_rows: int = 100_000
+
+    def fit_predict(self, x_train, y_train, x_test, task: str, seed: int, n_classes: int | None = None) -> np.ndarray:
+        """Test outputs of trees fitted on at most max_rows training rows: probabilities (rows x classes) for classes,
+        else one column (values; cox: the risk score). y_train and val's outcome as the objective reads them."""
+        booster = trees.fit(
+            *_rows(x_train, y_train, self.max_rows, seed), *self.val, task, self.settings, seed, n_classes
+        )
+        out = np.asarray(trees.predict(booster, x_test, task), dtype=float)
+        return out if out.ndim == 2 else out[:, None]
 
 
 def _full_proba(model: LogisticRegression, x: np.ndarray, n_classes: int) -> np.ndarray:
@@ -40,13 +62,10 @@ def baseline_proba(
     x_test: np.ndarray,
     n_classes: int,
     seed: int = 0,
-    *,
-    val: tuple[np.ndarray, np.ndarray] | None = None,
-    tree: trees.TreeSettings | None = None,
-    tree_rows: int = 100_000,
+    tree: TreeBaseline | None = None,
 ) -> dict[str, np.ndarray]:
     """Test probabilities (rows x classes) of each baseline; x_*: features as the model sees them, y: class indices.
-    val (features, class indices) and tree: the gradient-boosted trees too, on at most tree_rows training rows."""
+    tree (its val: features and class indices): the gradient-boosted trees too."""
     prior = np.bincount(y_train, minlength=n_classes) / max(len(y_train), 1)
     out = {"majority_class": np.tile(prior, (len(x_test), 1))}
     if len(np.unique(y_train)) < 2:
@@ -54,10 +73,9 @@ def baseline_proba(
     x_probe, y_probe = _rows(x_train, y_train, MAX_PROBE_ROWS, seed)
     model = LogisticRegression(C=1.0, max_iter=1000).fit(x_probe, y_probe)
     out["logistic_regression"] = _full_proba(model, x_test, n_classes)
-    if val is not None and tree is not None:
+    if tree is not None:
         task = trees.classification_objective(n_classes)
-        booster = trees.fit(*_rows(x_train, y_train, tree_rows, seed), *val, task, tree, seed, n_classes)
-        out["gradient_boosted_trees"] = trees.predict(booster, x_test, task)
+        out["gradient_boosted_trees"] = tree.fit_predict(x_train, y_train, x_test, task, seed, n_classes)
     return out
 
 
@@ -65,23 +83,15 @@ def flat_pixels(images: np.ndarray) -> np.ndarray:
     return np.asarray(images, dtype=np.float32).reshape(len(images), -1) / 255.0
 
 
-def _trees(x_train, y_train, x_test, val, tree, tree_rows: int, seed: int, task: str) -> np.ndarray:
-    booster = trees.fit(*_rows(x_train, y_train, tree_rows, seed), *val, task, tree, seed)
-    return np.asarray(trees.predict(booster, x_test, task), dtype=float)[:, None]
-
-
 def regression_baselines(
     x_train: np.ndarray,
     y_train: np.ndarray,
     x_test: np.ndarray,
     seed: int = 0,
-    *,
-    val: tuple[np.ndarray, np.ndarray] | None = None,
-    tree: trees.TreeSettings | None = None,
-    tree_rows: int = 100_000,
+    tree: TreeBaseline | None = None,
 ) -> dict[str, np.ndarray]:
-    """Test predictions (rows x 1, the target's units) of the training mean, a ridge regression and, given val and
-    tree, gradient-boosted trees on squared error."""
+    """Test predictions (rows x 1, the target's units) of the training mean, a ridge regression and, given tree
+    (its val: features and values), gradient-boosted trees on squared error."""
     from sklearn.linear_model import Ridge
 
     y_train = np.asarray(y_train, dtype=float)
@@ -89,9 +99,9 @@ def regression_baselines(
     if len(x_train) < 2:
         return out
     out["ridge"] = Ridge(alpha=1.0).fit(x_train, y_train).predict(x_test)[:, None]
-    if val is not None and tree is not None:
-        val = (val[0], np.asarray(val[1], dtype=float))
-        out["gradient_boosted_trees"] = _trees(x_train, y_train, x_test, val, tree, tree_rows, seed, "regression")
+    if tree is not None:
+        tree = replace(tree, val=(tree.val[0], np.asarray(tree.val[1], dtype=float)))
+        out["gradient_boosted_trees"] = tree.fit_predict(x_train, y_train, x_test, "regression", seed)
     return out
 
 
@@ -101,23 +111,19 @@ def survival_baselines(
     event: np.ndarray,
     x_test: np.ndarray,
     seed: int = 0,
-    *,
-    val: tuple[np.ndarray, np.ndarray] | None = None,
-    tree: trees.TreeSettings | None = None,
-    tree_rows: int = 100_000,
+    tree: TreeBaseline | None = None,
 ) -> dict[str, np.ndarray]:
     """Test risk scores (rows x 1, higher = earlier event) of a Cox proportional-hazards model with a small ridge
     penalty (scikit-survival's, Efron ties: one-hot and missing-indicator columns are collinear without it) and,
-    given val ((features, (rows, 2) time and event)) and tree, gradient-boosted trees on the Cox partial likelihood
-    (XGBoost's survival:cox)."""
+    given tree (its val: features and (rows, 2) time and event), gradient-boosted trees on the Cox partial
+    likelihood (XGBoost's survival:cox)."""
     from sksurv.linear_model import CoxPHSurvivalAnalysis
 
     from medflow.evaluation.survival import surv
 
     cox = CoxPHSurvivalAnalysis(alpha=0.1, ties="efron").fit(x_train, surv(time, event))
     out = {"cox": cox.predict(x_test)[:, None]}
-    if val is not None and tree is not None:
-        val = (val[0], trees.cox_label(val[1][:, 0], val[1][:, 1]))
-        label = trees.cox_label(time, event)
-        out["gradient_boosted_trees"] = _trees(x_train, label, x_test, val, tree, tree_rows, seed, "cox")
+    if tree is not None:
+        tree = replace(tree, val=(tree.val[0], trees.cox_label(tree.val[1][:, 0], tree.val[1][:, 1])))
+        out["gradient_boosted_trees"] = tree.fit_predict(x_train, trees.cox_label(time, event), x_test, "cox", seed)
     return out

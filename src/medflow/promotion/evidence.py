@@ -20,7 +20,7 @@ from medflow.data.columns import ROW_ID, SPLIT
 from medflow.data.features import Schema, coerce_features
 from medflow.data.manifest import load_split, outcome
 from medflow.data.sources import dataset_name
-from medflow.evaluation.baselines import flat_pixels
+from medflow.evaluation.baselines import TreeBaseline, flat_pixels
 from medflow.evaluation.heldout import patient_keys, score
 from medflow.evaluation.metrics import Delta, interval, paired_delta
 from medflow.evaluation.subgroups import group_labels, subgroup_report
@@ -135,16 +135,18 @@ def gate_evidence(
     predictor = Predictor(paths.model_bundle)
     kind = predictor.schema.kind
     cand = score(predictor, paths, split.rows, kind)
-    tree = gp.tree_baseline if kind == "tabular" and len(split.val) else None
+    tp = gp.tree_baseline if kind == "tabular" and len(split.val) else None
+    tree = None
+    if tp is not None:
+        val = (_baseline_features(predictor, paths, split.val), outcome(split.val))
+        tree = TreeBaseline(val, TreeSettings(**tp.model_dump(exclude={"max_rows"})), tp.max_rows)
     baselines = task.baselines(
         _baseline_features(predictor, paths, split.train),
         outcome(split.train),
         _baseline_features(predictor, paths, split.rows),
         predictor.schema,
         params.seed,
-        val=(_baseline_features(predictor, paths, split.val), outcome(split.val)) if tree else None,
-        tree=TreeSettings(**tree.model_dump(exclude={"max_rows"})) if tree else None,
-        tree_rows=tree.max_rows if tree else 0,
+        tree,
     )
     probas = {"candidate": cand} | {f"baseline {b}": proba for b, proba in baselines.items()}
 

@@ -88,8 +88,8 @@ class Classification:
 
         return classification_objective(len(schema.classes))
 
-    def baselines(self, x_train, y_train, x_test, schema: Schema, seed: int, **trees) -> dict[str, np.ndarray]:
-        """trees: val, tree and tree_rows of the gradient-boosted-tree baseline (evaluation.baselines)."""
+    def baselines(self, x_train, y_train, x_test, schema: Schema, seed: int, tree=None) -> dict[str, np.ndarray]:
+        """tree: the gradient-boosted-tree baseline's evaluation.baselines.TreeBaseline, or None to leave it out."""
         from medflow.evaluation.baselines import baseline_proba
 
-        return baseline_proba(x_train, y_train, x_test, len(schema.classes), seed, **trees)
+        return baseline_proba(x_train, y_train, x_test, len(schema.classes), seed, tree)

@@ -99,8 +99,8 @@ class Regression:
         """train.model=xgboost's objective (models/trees.py OBJECTIVES): train.loss's, on the standardised target."""
         return "huber" if p.loss == "huber" else "regression"
 
-    def baselines(self, x_train, y_train, x_test, schema: Schema, seed: int, **trees) -> dict[str, np.ndarray]:
-        """trees: val, tree and tree_rows of the gradient-boosted-tree baseline (evaluation.baselines)."""
+    def baselines(self, x_train, y_train, x_test, schema: Schema, seed: int, tree=None) -> dict[str, np.ndarray]:
+        """tree: the gradient-boosted-tree baseline's evaluation.baselines.TreeBaseline, or None to leave it out."""
         from medflow.evaluation.baselines import regression_baselines
 
-        return regression_baselines(x_train, y_train, x_test, seed, **trees)
+        return regression_baselines(x_train, y_train, x_test, seed, tree)

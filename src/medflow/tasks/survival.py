@@ -129,11 +129,11 @@ class Survival:
         """train.model=xgboost's objective (models/trees.py OBJECTIVES): Cox's partial likelihood, as the network's."""
         return "cox"
 
-    def baselines(self, x_train, y_train, x_test, schema: Schema, seed: int, **trees) -> dict[str, np.ndarray]:
-        """trees: val, tree and tree_rows of the gradient-boosted-tree baseline (evaluation.baselines)."""
+    def baselines(self, x_train, y_train, x_test, schema: Schema, seed: int, tree=None) -> dict[str, np.ndarray]:
+        """tree: the gradient-boosted-tree baseline's evaluation.baselines.TreeBaseline, or None to leave it out."""
         from medflow.evaluation.baselines import survival_baselines
 
-        return survival_baselines(x_train, y_train[:, 0], y_train[:, 1], x_test, seed, **trees)
+        return survival_baselines(x_train, y_train[:, 0], y_train[:, 1], x_test, seed, tree)
 
     def horizons(self, params: Params, time: np.ndarray, event: np.ndarray) -> list[float]:
         """train.horizons, or the training split's event-time quartiles."""
