@@ -252,3 +252,9 @@ def test_xgboost_trains_on_the_standardised_target_and_predicts_in_its_units(dia
     scored = Predictor(project.model_bundle).score(diabetes.drop(columns="progression").astype(str))
     assert list(scored.columns) == ["row", "prediction", "status", "reason"] and scored["status"].eq("ok").all()
     assert abs(scored["prediction"].mean() - diabetes["progression"].mean()) < 25
+    # tune: tune.tree_space, each trial's value its best round's validation MAE in the target's units.
+    from medflow.tuning import search
+
+    tuning = _params(train__model="xgboost", train__n_estimators=30, tune__metric="val_mae", tune__trials=2)
+    study = search.run(tuning, project, project.root / "params.yaml")
+    assert study["direction"] == "minimize" and study["trials"]["complete"] == 2 and 30 < study["best_value"] < 80

@@ -306,6 +306,11 @@ def test_xgboost_ranks_by_cox_and_predicts_survival_from_its_breslow_baseline(wh
     rows = df[df[SPLIT] == "train"]
     mean = predictor.survival_at(predictor.outputs(rows)[:, 0], [730]).mean()
     assert mean == pytest.approx(survival.km_at(rows[TIME], rows[LABEL], 730), abs=0.05)
+    # tune: tune.tree_space, each trial's value its best round's validation C-index.
+    (project.root / "params.yaml").write_text("seed: 42\n")
+    study = tune(_params(train__model="xgboost", train__n_estimators=30, tune__metric="val_c_index", tune__trials=2,
+                         tune__pruner="none"), project, project.root / "params.yaml")  # fmt: skip
+    assert study["direction"] == "maximize" and study["trials"]["complete"] == 2 and 0.6 < study["best_value"] <= 1
 
 
 def test_the_schema_hash_tells_another_time_or_event_word_apart_and_keeps_a_classifiers():
