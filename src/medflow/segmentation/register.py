@@ -103,7 +103,8 @@ def run(params: Params, paths: Paths) -> dict:
             {"medflow.primary_metric": key, "medflow.task": "segmentation"},
         )
         lineage = tracking.lineage_of_run(run_id, params, paths)
-        tags = {**lineage, **identity, "medflow.gate": "promoted" if decision.promoted else "not promoted"}
+        gate_tag = "promoted" if decision.promoted else "not promoted"
+        tags = {**lineage, **identity, "medflow.task": "segmentation", "medflow.gate": gate_tag}
         version = tracking.register_version(name, uri, tags)
         card = model_card(
             name,

@@ -227,6 +227,7 @@ def _train(params, paths, device, dims, labels, train_rows, val_rows, run_id, lo
         "window": list(window),
         "spacing": json.loads(paths.summary("validate").read_text())["spacing"],
         "orientation": ORIENTATION[:dims],
+        "image_column": params.data.image_column,
     }
     network.save(paths.model_bundle, model, config, pre, schema_of(params))
     ckpt.unlink(missing_ok=True)
