@@ -19,12 +19,12 @@ from medflow.data.features import Schema
 from medflow.data.images import _outside
 from medflow.data.sources import SourceError, inside, read_table
 from medflow.data.suite import ValidationFailed
+from medflow.imaging import phantoms
+from medflow.imaging.geometry import ORIENTATION, canonical, mismatch
+from medflow.imaging.volumes import SeriesGap, VolumeError, read_volume
 from medflow.params import Params
 from medflow.paths import Paths
 from medflow.privacy.keys import DEMO_SALT, pseudonymise, resolve_salt
-from medflow.segmentation import phantoms
-from medflow.segmentation.geometry import ORIENTATION, canonical, mismatch
-from medflow.segmentation.volumes import SeriesGap, VolumeError, read_volume
 
 CASE_COLUMNS = ("dims", "shape", "spacing", "foreground")
 SPLITS = ("train", "val", "test")

@@ -17,10 +17,10 @@ import torch
 
 from medflow import tracking
 from medflow.evaluation.metrics import interval, resample_weights
+from medflow.imaging.network import Segmenter
 from medflow.params import Params
 from medflow.paths import Paths
 from medflow.segmentation.cases import load_case
-from medflow.segmentation.network import Segmenter
 from medflow.segmentation.train import split_rows
 
 IMPLEMENTATION = (

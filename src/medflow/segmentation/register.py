@@ -16,12 +16,12 @@ from medflow import tracking
 from medflow.data.features import Schema
 from medflow.data.sources import dataset_name
 from medflow.evaluation.metrics import paired_delta, resample_weights
+from medflow.imaging.network import Segmenter
 from medflow.params import Params
 from medflow.paths import Paths
 from medflow.promotion.evidence import mismatch, schema_hash
 from medflow.promotion.gate import Comparison, Decision, decide
 from medflow.segmentation.evaluate import _weighted, score_cases
-from medflow.segmentation.network import Segmenter
 from medflow.segmentation.train import split_rows
 from medflow.tracking.bundles import download_bundle
 

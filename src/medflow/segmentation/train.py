@@ -21,11 +21,11 @@ import torch
 from medflow import tracking
 from medflow.console import say
 from medflow.data.columns import CONTENT_HASH, ROW_ID
+from medflow.imaging import network
+from medflow.imaging.geometry import ORIENTATION, fit_window, windowed
 from medflow.params import Params
 from medflow.paths import Paths
-from medflow.segmentation import network
 from medflow.segmentation.cases import load_case, schema_of
-from medflow.segmentation.geometry import ORIENTATION, fit_window, windowed
 from medflow.training import checkpoint
 from medflow.training.loop import pick_device, seed_everything
 from medflow.training.settings import cpu_threads

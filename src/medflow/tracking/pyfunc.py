@@ -61,7 +61,7 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         from medflow.models.bundle import Predictor
 
         if json.loads((Path(context.artifacts["bundle"]) / "model.json").read_text())["name"] == "unet":
-            from medflow.segmentation.predict import CaseTable
+            from medflow.imaging.inference import CaseTable
 
             self.predictor = CaseTable(Path(context.artifacts["bundle"]))
             return

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from medflow.data.features import Schema
-from medflow.segmentation.geometry import windowed
+from medflow.imaging.geometry import windowed
 
 OVERLAP = 0.25  # of the window on each side: a voxel near a window's edge is also seen nearer another's centre
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medflow.segmentation.volumes import Volume
+from medflow.imaging.volumes import Volume
 
 ORIENTATION = "RAS"
 # Spacings closer than this (relative) are one spacing: headers round them differently.
