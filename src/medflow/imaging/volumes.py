@@ -212,7 +212,8 @@ def read_dicom_seg(ds) -> Volume:
         shared = ds.SharedFunctionalGroupsSequence[0]
         orientation = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
         measures = shared.PixelMeasuresSequence[0]
-        per_frame = ds.PerFrameFunctionalGroupsSequence
+        # A file cut to its first frames (as pydicom's liver_1frame.dcm) keeps every frame's functional group.
+        per_frame = list(ds.PerFrameFunctionalGroupsSequence)[: int(ds.get("NumberOfFrames", 1) or 1)]
         segments = [int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber) for f in per_frame]
         positions = [np.asarray(f.PlanePositionSequence[0].ImagePositionPatient, float) for f in per_frame]
     except (AttributeError, IndexError, KeyError, ValueError) as exc:

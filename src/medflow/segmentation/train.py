@@ -49,7 +49,7 @@ def patches(image: np.ndarray, mask: np.ndarray, size: list[int], n: int, seed: 
     from monai.transforms import RandCropByPosNegLabel, SpatialPad
 
     pad = SpatialPad(size)
-    image, mask = pad(np.asarray(image)[None]), pad(np.asarray(mask)[None])
+    image, mask = pad(np.array(image)[None]), pad(np.array(mask)[None])  # copies: the cache is read-only
     crop = RandCropByPosNegLabel(size, pos=1, neg=1, num_samples=n, allow_smaller=False)
     crop.set_random_state(seed)
     # One draw of centres serves both: the same RandomState state before each call.
