@@ -17,7 +17,7 @@ from medflow.params import from_dict
 from medflow.pipeline import run_step
 
 SMALL = {"unet_channels": [8, 16, 32], "unet_strides": [2, 2], "unet_res_units": 0, "patches_per_case": 4,
-         "batch_size": 8, "lr": 0.01, "threads": 2}  # fmt: skip
+         "batch_size": 8, "lr": 0.01}  # fmt: skip
 
 
 def _params(source: str, train: dict, spacing=None) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 
 import numpy as np
@@ -28,9 +29,15 @@ from medflow.paths import Paths
 from medflow.segmentation.cases import load_case, schema_of
 from medflow.training import checkpoint
 from medflow.training.loop import pick_device, seed_everything
-from medflow.training.settings import cpu_threads
 
 WINDOW_SAMPLE = 200_000  # voxels per training case the intensity window is fitted on
+
+
+def cpu_threads(p) -> int:
+    """train.threads, else OMP_NUM_THREADS when set, else every core: a U-Net's convolutions share out as the conv
+    nets' do (training.settings.cpu_threads)."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return p.threads or (int(env) if env.isdigit() else len(os.sched_getaffinity(0)))
 
 
 def split_rows(paths: Paths, name: str) -> list[int]:
@@ -100,7 +107,7 @@ def run(params: Params, paths: Paths) -> dict:
     p = params.train
     device = pick_device(p.device)
     if device.type == "cpu":
-        torch.set_num_threads(cpu_threads(p, 1))
+        torch.set_num_threads(cpu_threads(p))
     validated = json.loads(paths.summary("validate").read_text())
     dims, labels = validated["dims"], list(params.data.labels)
     check(params, dims)
