@@ -12,6 +12,7 @@ import torch
 from medflow.data.features import Schema
 from medflow.imaging.geometry import windowed
 
+SLAB = 16  # slices turned from logits into labels at a time
 OVERLAP = 0.25  # of the window on each side: a voxel near a window's edge is also seen nearer another's centre
 
 
@@ -64,20 +65,19 @@ class Segmenter:
         self.model.to(self.device).eval()
         self.labels = [int(c) for c in self.schema.classes]
 
-    def logits(self, image: np.ndarray, windowed_already: bool = False, sw_device: str | None = None) -> torch.Tensor:
-        """(classes, *spatial) float logits of a canonical image; sw_device "cpu" accumulates the blended output on
-        the host while the windows run on the model's device (a volume larger than the device's memory)."""
-        return infer(
-            self.model,
-            image if windowed_already else windowed(image, self.pre["window"]),
-            self.config["patch_size"],
-            self.device,
-            sw_device,
-        )
+    def logits(self, image: np.ndarray, output_device: str | None = None) -> torch.Tensor:
+        """(classes, *spatial) float logits of a canonical image; output_device "cpu" accumulates the blended output
+        on the host while the windows run on the model's device (a volume larger than the device's memory)."""
+        window = windowed(image, self.pre["window"])
+        return infer(self.model, window, self.config["patch_size"], self.device, output_device)
 
-    def predict(self, image: np.ndarray, sw_device: str | None = None) -> np.ndarray:
+    def predict(self, image: np.ndarray, output_device: str | None = None) -> np.ndarray:
         """Label values (uint8) of a canonical image (RAS, the bundle's spacing)."""
-        index = self.logits(image, sw_device=sw_device).argmax(0).numpy().astype(np.uint8)
+        logits = self.logits(image, output_device=output_device)
+        index = np.empty(logits.shape[1:], dtype=np.uint8)
+        # A slab at a time: argmax's int64 of a whole 512 x 512 x 300 volume alone would take 600 MiB.
+        for start in range(0, logits.shape[-1], SLAB):
+            index[..., start : start + SLAB] = logits[..., start : start + SLAB].argmax(0).numpy()
         return np.asarray(self.labels, dtype=np.uint8)[index]
 
 
@@ -87,10 +87,11 @@ def infer(
     image: np.ndarray,
     patch: list[int],
     device: torch.device,
-    sw_device: str | None = None,
+    output_device: str | None = None,
     batch: int = 4,
 ) -> torch.Tensor:
-    """MONAI's sliding_window_inference over a windowed image; the image is padded to at least one window."""
+    """MONAI's sliding_window_inference over a windowed image, the windows on device and the blended output on
+    output_device (default: device); the image is padded to at least one window. Returns the logits on the host."""
     from monai.inferers import sliding_window_inference
 
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
@@ -100,10 +101,10 @@ def infer(
             x,
             roi_size=patch,
             sw_batch_size=batch,
-            predictor=model,
+            predictor=lambda window: model(window).float(),  # blended in float32, whatever autocast computed in
             overlap=OVERLAP,
             mode="gaussian",
             sw_device=device,
-            device=torch.device(sw_device) if sw_device else device,
+            device=torch.device(output_device) if output_device else device,
         )
-    return out[0].float().cpu()
+    return out[0].cpu()
