@@ -1,6 +1,7 @@
 """Segmentation's readers on real files (nibabel's NIfTI examples, pydicom's CT and DICOM-SEG), its geometry (RAS,
 spacing), and validate's quarantine of unusable pairs; no training here."""
 
+import shutil
 import warnings
 
 import nibabel as nib
@@ -146,7 +147,6 @@ def test_segmentation_params_refused_in_one_line():
 
 def test_tune_and_monitor_refuse_segmentation_in_one_line(project):
     import argparse
-    import shutil
 
     from medflow import commands
 
@@ -156,3 +156,19 @@ def test_tune_and_monitor_refuse_segmentation_in_one_line(project):
         commands.cmd_tune(tune, project)
     with pytest.raises(ParamsError, match=r"^data.task=segmentation: medflow monitor does not watch images yet"):
         commands.cmd_monitor(argparse.Namespace(batch="data", log=None), project)
+
+
+def test_a_series_with_a_missing_slice_stops_validate_naming_it(project, salted):
+    folder = project.data_dir / "mr"
+    folder.mkdir(parents=True)
+    _series(folder / "study7", [0, 2.5, 7.5, 10])
+    shutil.copytree(folder / "study7", folder / "study7_seg")
+    pd.DataFrame({"img": ["study7"], "seg": ["study7_seg"], "pid": ["P1"]}).to_csv(folder / "m.csv", index=False)
+    data = {"kind": "image", "task": "segmentation", "source": "data/mr/m.csv", "image_column": "img",
+            "mask_column": "seg", "target": "seg", "patient_id": "pid"}  # fmt: skip
+    params = from_dict({"data": data, "train": {"model": "unet", "patch_size": [16, 16, 16]}})
+    with pytest.raises(ValidationFailed) as err:
+        validate.run(params, project)
+    assert str(err.value).startswith("image DICOM series study7: 1 of 3 slice gaps differ") and "\n" not in str(
+        err.value
+    )
