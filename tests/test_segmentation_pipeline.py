@@ -93,3 +93,31 @@ def test_3d_volumes_resampled_and_masks_back_on_the_input_grid(project, salted):
     written = nib.load(write_mask(mask, volume, held, project.root, 0))
     assert np.allclose(written.affine, nib.load(held).affine)
     assert row["volume_1"] == pytest.approx((mask == 1).sum() * 1.5 * 1.5 * 2.0)
+
+
+def test_a_killed_training_resumes_where_it_stopped_and_ends_as_an_uninterrupted_one(project, salted, monkeypatch):
+    from medflow import tracking
+
+    write_phantoms(project.data_dir / "ph", 2, 8, 32, seed=4)
+    params = from_dict(_params("data/ph/manifest.csv", {"patch_size": [32, 32], "max_epochs": 3, "batch_size": 4}))
+    for step in ("validate", "clean", "split"):
+        run_step(step, params, project)
+    run_step("train", params, project)
+    whole = json.loads(project.summary("train").read_text())
+    weights = (project.model_bundle / "weights.pt").read_bytes()
+    logged = tracking.log_epoch
+
+    def killed_after_epoch_2(run_id, row, step):
+        logged(run_id, row, step)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracking, "log_epoch", killed_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_step("train", params, project)
+    assert project.checkpoint.exists()
+    monkeypatch.setattr(tracking, "log_epoch", logged)
+    resumed = run_step("train", params, project)
+    assert resumed["resumed_from"] == 1 and not project.checkpoint.exists()  # epoch 2 died before its checkpoint
+    assert resumed["best_val_dice"] == whole["best_val_dice"] and resumed["best_epoch"] == whole["best_epoch"]
+    assert (project.model_bundle / "weights.pt").read_bytes() == weights
