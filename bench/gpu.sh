@@ -3,7 +3,8 @@
 # device-resident and streaming paths, no per-step host sync, torch.compile), then the seed ConvNet through the
 # pipeline's train step against the seed-style loop and a bare loop (img/s, steps/s at batch 128, ratios in seconds),
 # and 200 epochs of 10,000 CIFAR-shaped images, eager and compiled (targets: <= 60 s and <= 30 s on a current
-# data-centre GPU; the ratio to the seed loop: <= 0.1). Needs the project's venv (torch with CUDA).
+# data-centre GPU; the ratio to the seed loop: <= 0.1); last, the 3D U-Net of data.task=segmentation in patches/s and
+# a 512 x 512 x 300 volume by sliding windows. Needs the project's venv (torch with CUDA).
 #   bash bench/gpu.sh            results land in bench/results/*.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,3 +23,6 @@ timeout 120 "$PY" bench/train_vs_bare.py --device cuda --n 50000 --batch 128 --e
 long=(--device cuda --n 10000 --batch 128 --epochs 200 --pairs 1 --no-warmup)
 timeout 150 "$PY" bench/train_vs_bare.py "${long[@]}" --name gpu_200_epochs_eager
 timeout 180 "$PY" bench/train_vs_bare.py "${long[@]}" --compile --name gpu_200_epochs_compiled
+# The 3D U-Net: training patches/s (96^3, batch 4, bf16, flips on the device), then a 512 x 512 x 300 volume by
+# sliding windows on the GPU with the blended output on the host (peak device memory).
+timeout 240 "$PY" bench/unet_patches.py --device cuda --patch 96 --batch 4 --steps 20 --pairs 3

@@ -22,6 +22,8 @@ SCALING = ".venv/bin/python bench/scaling.py"
 STREAMED = ".venv/bin/python bench/validate_streamed.py"
 TREES = ".venv/bin/python bench/tree_baseline.py"
 REPORT = ".venv/bin/python bench/report.py"
+SLIDING = ".venv/bin/python bench/sliding_window.py"
+UNET = ".venv/bin/python bench/unet_patches.py"
 
 KEYS = {"name", "ours", "baseline", "ratio", "unit", "target", "pairs", "spread", "load"}
 
@@ -69,6 +71,16 @@ def test_streamed_validation_benchmark_reports_time_and_memory_against_reading_w
     assert r["rows"] == [20_000, 60_000] and r["ratio"] == pytest.approx(r["ours"] / r["baseline"], rel=0.01)
     assert set(r["peak_rss_mb"]) == {"in_memory", "streamed", "streamed_largest"} and r["mem_ratio"] > 0
     assert "60,000 rows" in out and "streamed" in out and "validate_streamed: " in out
+
+
+def test_segmentation_benchmarks_report_memory_and_patches(clone):
+    out = sh(f"{SLIDING} --quick", clone, timeout=600).stdout
+    r = result(clone, "sliding_window")
+    assert r["unit"] == "MiB" and r["baseline"] == 4096 and r["shape"] == [128, 128, 64] and r["seconds"] > 0
+    assert "sliding_window: ratio" in out
+    out = sh(f"{UNET} --quick", clone, timeout=600).stdout
+    r = result(clone, "unet_patches")
+    assert r["patches_per_s"] > 0 and r["sliding_window"]["shape"] == [32, 32, 32] and "unet_patches: " in out
 
 
 def test_scaling_reports_every_step_at_every_size_and_the_report_tabulates_all(clone):

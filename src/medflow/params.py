@@ -33,7 +33,7 @@ class _Section(BaseModel):
 class DataParams(_Section):
     kind: Literal["tabular", "image"] = "tabular"
     # What the target is (medflow.tasks): classes to tell apart, a number to estimate, or a time to an event.
-    task: Literal["classification", "regression", "survival"] = "classification"
+    task: Literal["classification", "regression", "survival", "segmentation"] = "classification"
     # tabular: a CSV/Parquet path (relative to the project root) or a built-in demo name (medflow.data.sources).
     # image: a manifest CSV (file path, label, optional patient id), an MNIST-format idx folder, a CIFAR-10
     # "python version" batch folder, or a built-in image demo (digits, fashion_mnist).
@@ -61,6 +61,14 @@ class DataParams(_Section):
     encoding: str | None = None
     # Folders besides the project's data/ that data.source and image manifest paths may point into.
     allowed_roots: list[str] = Field(default_factory=list)
+    # Segmentation (docs/segmentation.md): the manifest's mask column (image_column holds the images); the label
+    # values a mask may hold, 0 (background) included; the voxel spacing in mm every case is resampled to, after
+    # reorientation to RAS (null: the first training case's); the intensity window clipped to before scaling to
+    # [0, 1] (null: the training split's 0.5th and 99.5th percentiles).
+    mask_column: str = "mask"
+    labels: list[int] = Field(default_factory=lambda: [0, 1], min_length=2)
+    spacing: list[float] | None = Field(None, min_length=2, max_length=3)
+    window: tuple[float, float] | None = None
 
     @field_validator("positive_class", mode="before")
     @classmethod
@@ -134,7 +142,7 @@ class SplitParams(_Section):
 
 
 class TrainParams(_Section):
-    model: Literal["tabular_mlp", "xgboost", "mnist_mlp", "cifar_convnet", "resnet_small"] = "tabular_mlp"
+    model: Literal["tabular_mlp", "xgboost", "mnist_mlp", "cifar_convnet", "resnet_small", "unet"] = "tabular_mlp"
     # Survival: the times (in the time column's units) the bundle answers survival at, and evaluate measures AUC,
     # Brier score and calibration at; null: the training split's event-time quartiles (tasks/survival.py). Under
     # train, since the model carries them: changing them retrains, and DVC's train stage sees them in its section.
@@ -179,6 +187,14 @@ class TrainParams(_Section):
     subsample: float = Field(1.0, gt=0, le=1)
     colsample_bytree: float = Field(1.0, gt=0, le=1)
     reg_lambda: float = Field(1.0, ge=0)
+    # unet (MONAI's UNet, 2D or 3D by the data): channels per level, the stride between levels (one fewer), residual
+    # units per block; trained on patches of patch_size voxels, patches_per_case per case and epoch, half of them
+    # centred on foreground (MONAI's RandCropByPosNegLabel).
+    unet_channels: list[PositiveInt] = Field(default_factory=lambda: [16, 32, 64], min_length=2)
+    unet_strides: list[PositiveInt] = Field(default_factory=lambda: [2, 2], min_length=1)
+    unet_res_units: int = Field(1, ge=0)
+    patch_size: list[PositiveInt] = Field(default_factory=lambda: [64, 64], min_length=2, max_length=3)
+    patches_per_case: int = Field(4, ge=1)
 
 
 class Dimension(_Section):
@@ -231,7 +247,7 @@ class TuneParams(_Section):
     timeout_s: float | None = Field(None, gt=0)  # start no trial after this many seconds; null: no limit
     # Of the best epoch, reported per epoch for pruning; val_accuracy for classification, val_mae for regression,
     # val_c_index for survival.
-    metric: Literal["val_loss", "val_accuracy", "val_mae", "val_c_index"] = "val_loss"
+    metric: Literal["val_loss", "val_accuracy", "val_mae", "val_c_index", "val_dice"] = "val_loss"
     pruner: Literal["median", "hyperband", "none"] = "median"
     # Study storage URL (sqlite:///..., postgresql+psycopg2://...); null: artifacts/tune/study.db. Never MLflow's.
     storage: str | None = None
@@ -258,7 +274,7 @@ class EvaluateParams(_Section):
     # Classification: roc_auc, pr_auc, accuracy, balanced_accuracy, f1; regression: mae (its default), rmse, r2;
     # survival: c_index (Harrell's, its only primary).
     primary_metric: Literal[
-        "roc_auc", "pr_auc", "accuracy", "balanced_accuracy", "f1", "mae", "rmse", "r2", "c_index"
+        "roc_auc", "pr_auc", "accuracy", "balanced_accuracy", "f1", "mae", "rmse", "r2", "c_index", "mean_dice"
     ] = "roc_auc"
     # Resamples of test patients (rows when there is no patient id) behind every 95% interval.
     n_boot: int = Field(1000, ge=100)
@@ -272,6 +288,8 @@ class EvaluateParams(_Section):
     subgroup_bins: dict[str, list[float]] = Field(default_factory=dict)  # column -> edges, groups are [a, b)
     # A group with fewer patients than this shows as "<k" only: no metrics, in every report and plot.
     min_group_patients: int = Field(10, ge=1)
+    # Segmentation: the normalised surface Dice counts boundary voxels within this distance (mm) as agreeing.
+    nsd_tolerance_mm: float = Field(1.0, gt=0)
 
 
 class TreeBaselineParams(_Section):
@@ -389,11 +407,12 @@ with warnings.catch_warnings():
             # A regression run that names no primary metric is judged by MAE, a survival run by Harrell's C-index,
             # not by the classification default; a survival run's target is its event column.
             task = (raw.get("data") or {}).get("task") if isinstance(raw, dict) else None
-            if task not in ("regression", "survival"):
+            if task not in ("regression", "survival", "segmentation"):
                 return raw
             evaluate = raw.get("evaluate") or {}
             if isinstance(evaluate, dict) and "primary_metric" not in evaluate:
-                raw = {**raw, "evaluate": {**evaluate, "primary_metric": "mae" if task == "regression" else "c_index"}}
+                primary = {"regression": "mae", "survival": "c_index", "segmentation": "mean_dice"}[task]
+                raw = {**raw, "evaluate": {**evaluate, "primary_metric": primary}}
             if task == "survival" and raw["data"].get("event") is not None:
                 raw = {**raw, "data": {**raw["data"], "target": raw["data"]["event"]}}
             return raw

@@ -14,6 +14,13 @@ def predict_file(model_uri: str, input_path: Path, output_path: Path) -> dict:
     """Scores input_path with the model and writes output_path; returns counts. Raises BatchRejected, writing
     nothing, when the batch as a whole cannot be scored."""
     name, version = resolve(model_uri)
+    if version.tags.get("medflow.task") == "segmentation":
+        from medflow.segmentation.predict import predict_file as segment_file
+
+        done = segment_file(name, version, Path(input_path), Path(output_path))
+        counts = {k: done[k] for k in ("rows", "ok", "refused")}
+        audit.append(name, "predict.batch", f"models:/{name}/{version.version}", None, counts, version.run_id)
+        return done
     batch = read_batch(Path(input_path))
     with registered_predictor(name, version) as predictor:
         scored = predictor.score(batch)

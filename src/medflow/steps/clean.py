@@ -134,6 +134,10 @@ def clean_table(df: pd.DataFrame, schema: Schema, salt: str | None) -> pd.DataFr
 
 def run(params: Params, paths: Paths) -> dict:
     task = for_params(params)
+    if task.name == "segmentation":
+        from medflow.segmentation import cases
+
+        return cases.clean(params, paths)
     kinds = json.loads((paths.step_dir("validate") / "columns.json").read_text())
     df = pd.read_parquet(paths.valid_rows)
     salt = None if PATIENT_KEY in df else resolve_salt(params)

@@ -288,6 +288,10 @@ def _survival(params: Params, paths: Paths, df, test, predictor: Predictor, task
 def run(params: Params, paths: Paths) -> dict:
     ep = params.evaluate
     task = for_params(params)
+    if task.name == "segmentation":
+        from medflow.segmentation import evaluate as segmentation
+
+        return segmentation.run(params, paths)
     df, schema = load_split(paths)
     test = df[df[SPLIT] == "test"]
     if test.empty:

@@ -89,6 +89,10 @@ def _write(paths: Paths, card: str, summary: dict) -> dict:
 
 
 def run(params: Params, paths: Paths) -> dict:
+    if params.data.task == "segmentation":
+        from medflow.segmentation import register as segmentation
+
+        return segmentation.run(params, paths)
     run_id = json.loads(_require(paths.train_run, paths, "train").read_text())["run_id"]
     metrics = json.loads(_require(paths.metrics, paths, "evaluate").read_text())
     schema = Schema.load(_require(paths.model_bundle / "schema.json", paths, "train"))

@@ -93,6 +93,10 @@ def check_no_leakage(df: pd.DataFrame, split: np.ndarray, features: list[str]) -
 
 
 def run(params: Params, paths: Paths) -> dict:
+    if params.data.task == "segmentation":
+        from medflow.segmentation import cases
+
+        return cases.split(params, paths)
     df = pd.read_parquet(paths.cleaned)
     schema = Schema.load(paths.schema)
     labels = df[LABEL].to_numpy()

@@ -138,6 +138,10 @@ def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
 
 
 def run(params: Params, paths: Paths) -> dict:
+    if for_params(params).name == "segmentation":
+        from medflow.segmentation import train as segmentation
+
+        return segmentation.run(params, paths)
     p = params.train
     # Before anything is read or written: under torchrun every rank must join the group first.
     device = distributed.setup(pick_device(p.device))

@@ -35,6 +35,10 @@ def run(params: Params, paths: Paths) -> dict:
     # A failed run must not leave the previous run's valid rows behind for `clean`.
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    if params.data.task == "segmentation":
+        from medflow.segmentation import cases
+
+        return cases.validate(params, paths)
     if params.data.kind == "image":
         return validate_images(params, paths)
     data, vp = params.data, params.validate_

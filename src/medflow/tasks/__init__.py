@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING
 from medflow.params import Params, ParamsError
 from medflow.tasks.classification import Classification
 from medflow.tasks.regression import Regression
+from medflow.tasks.segmentation import Segmentation
 from medflow.tasks.survival import Survival
 
 if TYPE_CHECKING:
     from medflow.data.features import Schema
 
-Task = Classification | Regression | Survival
-TASKS: dict[str, Task] = {t.name: t for t in (Classification(), Regression(), Survival())}
+Task = Classification | Regression | Survival | Segmentation
+TASKS: dict[str, Task] = {t.name: t for t in (Classification(), Regression(), Survival(), Segmentation())}
 
 
 def named(name: str) -> Task:

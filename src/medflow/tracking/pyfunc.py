@@ -60,6 +60,11 @@ class BundleModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from medflow.models.bundle import Predictor
 
+        if json.loads((Path(context.artifacts["bundle"]) / "model.json").read_text())["name"] == "unet":
+            from medflow.imaging.inference import CaseTable
+
+            self.predictor = CaseTable(Path(context.artifacts["bundle"]))
+            return
         self.predictor = Predictor(Path(context.artifacts["bundle"]), (context.model_config or {}).get("threshold"))
 
     # A DataFrame hint is one MLflow infers nothing from: the signature below names the columns.
@@ -116,8 +121,11 @@ def signature(schema: Schema, horizons: list[float] | None = None) -> ModelSigna
 def requirements(bundle: Path) -> list[str]:
     # Pinned to what trained the model, minus local tags such as "+cpu" that no index can serve.
     packages = ["torch", "pandas", "numpy"]
-    if json.loads((bundle / "model.json").read_text())["name"] == TREE_MODEL:
+    name = json.loads((bundle / "model.json").read_text())["name"]
+    if name == TREE_MODEL:
         packages.append(xgboost_distribution())
+    if name == "unet":  # segmentation: MONAI's network and inference, nibabel's NIfTI
+        packages += ["monai", "nibabel"]
     return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in packages]
 
 

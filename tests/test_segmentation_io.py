@@ -1,0 +1,174 @@
+"""Segmentation's readers on real files (nibabel's NIfTI examples, pydicom's CT and DICOM-SEG), its geometry (RAS,
+spacing), and validate's quarantine of unusable pairs; no training here."""
+
+import shutil
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from nibabel.testing import data_path
+from pydicom.data import get_testdata_file
+
+from medflow.data.suite import ValidationFailed
+from medflow.imaging.geometry import canonical, mismatch
+from medflow.imaging.volumes import SeriesGap, read_volume
+from medflow.params import ParamsError, from_dict
+from medflow.steps import validate
+from medflow.tasks import for_params
+
+NIFTI = f"{data_path}/anatomical.nii"
+
+
+def _dicom(name: str):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's note that it cannot download its optional test files
+        return get_testdata_file(name)
+
+
+def test_nifti_keeps_its_spacing_and_orientation_and_reorients_to_ras(tmp_path):
+    img = nib.load(NIFTI)
+    vol = read_volume(NIFTI)
+    assert vol.array.shape == img.shape
+    assert np.allclose(vol.spacing, img.header.get_zooms()[:3])
+    assert vol.orientation == "".join(nib.aff2axcodes(img.affine))
+    # The same voxels stored flipped along x (LAS instead of RAS, or the reverse) come back identical once canonical.
+    flipped_affine = img.affine @ np.array([[-1, 0, 0, img.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::-1].copy(), flipped_affine), tmp_path / "flipped.nii.gz")
+    other = read_volume(tmp_path / "flipped.nii.gz")
+    assert other.orientation != vol.orientation
+    a, affine_a = canonical(vol, None, is_mask=False)
+    b, affine_b = canonical(other, None, is_mask=False)
+    assert "".join(nib.aff2axcodes(affine_a)) == "RAS" and np.allclose(affine_a, affine_b)
+    assert np.array_equal(a, b)
+    # Resampled to 2 mm: the field of view is kept, the grid coarser.
+    c, affine_c = canonical(vol, [2.0, 2.0, 2.0], is_mask=False)
+    assert np.allclose(np.sqrt((affine_c[:3, :3] ** 2).sum(0)), 2.0)
+    assert np.allclose(np.array(c.shape) * 2.0, np.array(a.shape) * vol.spacing, atol=2.5)
+
+
+def _series(folder, positions):
+    """CT_small.dcm copied once per slice position (mm along its normal), files named against slice order."""
+    folder.mkdir()
+    ds = pydicom.dcmread(_dicom("CT_small.dcm"))
+    orientation = [float(v) for v in ds.ImageOrientationPatient]
+    normal = np.cross(orientation[:3], orientation[3:])
+    origin = np.array([float(v) for v in ds.ImagePositionPatient])
+    for i, z in enumerate(positions):
+        ds.ImagePositionPatient = [f"{v:.3f}" for v in origin + normal * z]
+        ds.InstanceNumber = i
+        ds.save_as(folder / f"s{len(positions) - i:02d}.dcm")
+    return ds
+
+
+def test_dicom_series_sorted_by_position_and_a_missing_slice_stops(tmp_path):
+    ds = _series(tmp_path / "ok", [0, 2.5, 5, 7.5, 10])
+    vol = read_volume(tmp_path / "ok")
+    assert vol.array.shape == (ds.Columns, ds.Rows, 5)
+    assert np.allclose(vol.spacing, [float(ds.PixelSpacing[1]), float(ds.PixelSpacing[0]), 2.5], atol=1e-3)
+    _series(tmp_path / "gap", [0, 2.5, 7.5, 10])  # the slice at 5 mm is missing
+    with pytest.raises(SeriesGap) as err:
+        read_volume(tmp_path / "gap")
+    msg = str(err.value)
+    assert "gap" in msg and "1 of 3 slice gaps" in msg and "evenly spaced" in msg and "\n" not in msg
+
+
+def test_ct_slice_and_dicom_seg():
+    ct = read_volume(_dicom("CT_small.dcm"))
+    assert ct.array.shape == (128, 128) and np.allclose(ct.spacing, 0.661468, atol=1e-4)
+    seg = read_volume(_dicom("liver_1frame.dcm"))
+    assert seg.array.shape == (512, 512, 1) and set(np.unique(seg.array)) == {0, 1}
+    assert np.allclose(seg.spacing, [0.810547, 0.810547, 1.0], atol=1e-4)
+
+
+def test_mismatched_pairs_are_named():
+    image = read_volume(NIFTI)
+    mask = read_volume(NIFTI)
+    mask.array = (np.asarray(mask.array) > 0).astype(np.uint8)
+    assert mismatch(image, mask, [0, 1]) is None
+    coarse = type(mask)(mask.array, mask.affine @ np.diag([2, 1, 1, 1]))
+    assert mismatch(image, coarse, [0, 1])[0] == "spacing_mismatch"
+    assert mismatch(image, type(mask)(mask.array * 3, mask.affine), [0, 1])[0] == "labels_outside"
+
+
+def _pair(folder, stem, spacing=(1.0, 1.0, 1.0), mask_spacing=None, labels=1, shape=(12, 12, 12)):
+    rng = np.random.default_rng(len(stem))
+    image = rng.normal(size=shape).astype(np.float32)
+    mask = np.zeros(shape, np.uint8)
+    mask[3:8, 3:8, 3:8] = labels
+    nib.save(nib.Nifti1Image(image, np.diag([*spacing, 1])), folder / f"{stem}_img.nii.gz")
+    nib.save(nib.Nifti1Image(mask, np.diag([*(mask_spacing or spacing), 1])), folder / f"{stem}_seg.nii.gz")
+    return f"{stem}_img.nii.gz", f"{stem}_seg.nii.gz"
+
+
+def test_validate_quarantines_each_unusable_pair_with_its_rule(project, salted):
+    folder = project.data_dir / "ct"
+    folder.mkdir(parents=True)
+    rows = [(*_pair(folder, f"ok{i}"), f"P{i}") for i in range(6)]
+    rows.append((*_pair(folder, "spacing", mask_spacing=(1.0, 1.0, 2.0)), "P7"))
+    rows.append((*_pair(folder, "labels", labels=3), "P8"))
+    rows.append(("../../outside.nii.gz", rows[0][1], "P9"))
+    rows.append(("gone.nii.gz", rows[0][1], "P10"))
+    image, _ = _pair(folder, "shape", shape=(12, 12, 10))
+    rows.append((image, rows[0][1], "P11"))
+    pd.DataFrame(rows, columns=["img", "seg", "pid"]).to_csv(folder / "manifest.csv", index=False)
+    data = {"kind": "image", "task": "segmentation", "source": "data/ct/manifest.csv", "image_column": "img",
+            "mask_column": "seg", "target": "seg", "patient_id": "pid", "spacing": [1.0, 1.0, 1.5]}  # fmt: skip
+    params = from_dict({"data": data, "train": {"model": "unet", "patch_size": [16, 16, 16]},
+                        "validate": {"max_quarantine": 0.5}})  # fmt: skip
+    summary = validate.run(params, project)
+    q = pd.read_csv(project.step_dir("validate") / "quarantine.csv")
+    assert dict(zip(q["_row_id"], q["rule"], strict=True)) == {
+        6: "spacing_mismatch", 7: "labels_outside", 8: "path_outside_data", 9: "file_missing", 10: "shape_mismatch"
+    }  # fmt: skip
+    assert summary["rows_valid"] == 6 and summary["spacing"] == [1.0, 1.0, 1.5] and summary["orientation"] == "RAS"
+    cached = np.load(project.step_dir("validate") / "cases" / "0_image.npy", mmap_mode="r")
+    assert cached.shape == (12, 12, 8)  # 12 slices of 1 mm resampled to 1.5 mm
+    assert "P0" not in (project.step_dir("validate") / "valid.parquet").read_bytes().decode("latin-1")
+    with pytest.raises(ValidationFailed, match=r"5 of 11 pairs quarantined .*max_quarantine=0\.2"):
+        validate.run(params.model_copy(update={"validate_": params.validate_.model_copy(
+            update={"max_quarantine": 0.2})}), project)  # fmt: skip
+
+
+def test_segmentation_params_refused_in_one_line():
+    base = {"data": {"kind": "image", "task": "segmentation"}, "train": {"model": "unet"}}
+    assert for_params(from_dict(base)).name == "segmentation"
+    assert from_dict(base).evaluate.primary_metric == "mean_dice"
+    for change, words in (
+        ({"train": {"model": "cifar_convnet"}}, "segmentation trains unet"),
+        ({"data": {**base["data"], "labels": [1, 2]}}, r"0 \(the background\) first"),
+        ({"tune": {"metric": "val_accuracy"}}, "tunes val_loss or val_dice"),
+    ):
+        with pytest.raises(ParamsError, match=words):
+            for_params(from_dict(base | change))
+
+
+def test_tune_and_monitor_refuse_segmentation_in_one_line(project):
+    import argparse
+
+    from medflow import commands
+
+    shutil.copy("examples/phantom_seg2d.yaml", project.params_file)
+    tune = argparse.Namespace(params=str(project.params_file), override=[], wait=False, log=None)
+    with pytest.raises(ParamsError, match=r"^data.task=segmentation: medflow tune does not search a U-Net yet"):
+        commands.cmd_tune(tune, project)
+    with pytest.raises(ParamsError, match=r"^data.task=segmentation: medflow monitor does not watch images yet"):
+        commands.cmd_monitor(argparse.Namespace(batch="data", log=None), project)
+
+
+def test_a_series_with_a_missing_slice_stops_validate_naming_it(project, salted):
+    folder = project.data_dir / "mr"
+    folder.mkdir(parents=True)
+    _series(folder / "study7", [0, 2.5, 7.5, 10])
+    shutil.copytree(folder / "study7", folder / "study7_seg")
+    pd.DataFrame({"img": ["study7"], "seg": ["study7_seg"], "pid": ["P1"]}).to_csv(folder / "m.csv", index=False)
+    data = {"kind": "image", "task": "segmentation", "source": "data/mr/m.csv", "image_column": "img",
+            "mask_column": "seg", "target": "seg", "patient_id": "pid"}  # fmt: skip
+    params = from_dict({"data": data, "train": {"model": "unet", "patch_size": [16, 16, 16]}})
+    with pytest.raises(ValidationFailed) as err:
+        validate.run(params, project)
+    assert str(err.value).startswith("image DICOM series study7: 1 of 3 slice gaps differ") and "\n" not in str(
+        err.value
+    )
