@@ -30,8 +30,32 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class EventParams(_Section):
+    """data.kind=events (docs/sequences.md): a long table of events (data.source) and a table of label rows, one per
+    stay, each with its prediction time and outcome (data.target). Column names are MEDS-like by default."""
+
+    labels: str | None = None  # the label table (CSV/Parquet under data/, or beside a built-in source's events)
+    stay_id: str = "stay_id"  # in both tables; data.patient_id names the patient (a patient may have several stays)
+    time: str = "time"  # event time (date-time text); reduced to hours since the stay's first event at validate
+    code: str = "code"  # the variable measured
+    value: str = "numeric_value"
+    unit: str = "unit"
+    prediction_time: str = "prediction_time"  # label table: the time the outcome is predicted at
+    # variable -> {unit: [scale, offset]} into its first unit (canonical): a row in a unit not listed is quarantined.
+    units: dict[str, dict[str, tuple[float, float]]] = Field(default_factory=dict)
+    window_hours: float = Field(48.0, gt=0)  # observation window: the hours before the prediction time the model sees
+    # What the outcome means: an event within this many hours after the prediction time (recorded on the card; the
+    # label table holds the outcome already decided over it).
+    horizon_hours: float = Field(24.0, gt=0)
+    bin_hours: float = Field(1.0, gt=0)  # width of the regular grid's bins
+    # An event after its stay's prediction time is leakage: stop (default) names the variable and count; drop
+    # quarantines such events with their reason.
+    after_prediction: Literal["stop", "drop"] = "stop"
+    chunk_stays: int = Field(2000, ge=1)  # stays gridded at a time: memory bounded by a chunk, not the cohort
+
+
 class DataParams(_Section):
-    kind: Literal["tabular", "image"] = "tabular"
+    kind: Literal["tabular", "image", "events"] = "tabular"
     # What the target is (medflow.tasks): classes to tell apart, a number to estimate, or a time to an event.
     task: Literal["classification", "regression", "survival"] = "classification"
     # tabular: a CSV/Parquet path (relative to the project root) or a built-in demo name (medflow.data.sources).
@@ -61,6 +85,7 @@ class DataParams(_Section):
     encoding: str | None = None
     # Folders besides the project's data/ that data.source and image manifest paths may point into.
     allowed_roots: list[str] = Field(default_factory=list)
+    events: EventParams = Field(default_factory=EventParams)  # data.kind=events only
 
     @field_validator("positive_class", mode="before")
     @classmethod
@@ -134,7 +159,9 @@ class SplitParams(_Section):
 
 
 class TrainParams(_Section):
-    model: Literal["tabular_mlp", "xgboost", "mnist_mlp", "cifar_convnet", "resnet_small"] = "tabular_mlp"
+    model: Literal[
+        "tabular_mlp", "xgboost", "mnist_mlp", "cifar_convnet", "resnet_small", "gru", "lstm", "transformer"
+    ] = "tabular_mlp"
     # Survival: the times (in the time column's units) the bundle answers survival at, and evaluate measures AUC,
     # Brier score and calibration at; null: the training split's event-time quartiles (tasks/survival.py). Under
     # train, since the model carries them: changing them retrains, and DVC's train stage sees them in its section.

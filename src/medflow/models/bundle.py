@@ -16,6 +16,7 @@ import torch
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema, coerce_features
 from medflow.data.numbers import NumberFormat, parse, unreadable
 from medflow.models.tabular import TREE_MODEL, build
+from medflow.sequences.grid import SequenceNormaliser
 
 if TYPE_CHECKING:
     from medflow.models.trees import TreeModel
@@ -75,7 +76,8 @@ class Predictor:
         bundle = Path(bundle)
         self.threshold = threshold
         self.schema = Schema.load(bundle / "schema.json")
-        kind = ImageNormaliser if self.schema.kind == "image" else Preprocessor
+        kinds = {"image": ImageNormaliser, "events": SequenceNormaliser}
+        kind = kinds.get(self.schema.kind, Preprocessor)
         self.preprocessor = kind.from_dict(json.loads((bundle / "preprocessor.json").read_text()))
         config = json.loads((bundle / "model.json").read_text())
         # Regression bundles only: {"mean", "std"} of the training split's target, which the one output is scaled by.
@@ -148,6 +150,8 @@ class Predictor:
             raise BatchRejected("a regression or survival model predicts values, not probabilities: use predict")
         if self.schema.kind == "image":
             return self._predict_images(self.images(raw))
+        if self.schema.kind == "events":
+            return self._predict_grid(np.asarray(raw))
         x = self.preprocessor.transform(coerce_features(raw, self.schema))
         if self.trees is not None:
             return self.trees.proba(x)
@@ -163,6 +167,15 @@ class Predictor:
             for i in range(0, len(images), batch):
                 x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch])).float().permute(0, 3, 1, 2)
                 out.append(torch.softmax(self.model((x - mean) / std).float(), dim=1))
+        return torch.cat(out).numpy() if out else np.empty((0, len(self.classes)), dtype="float32")
+
+    def _predict_grid(self, raw: np.ndarray, batch: int = 1024) -> np.ndarray:
+        """raw: stays' grids as validate builds them ([stays, bins, variables], canonical units, NaN uncharted)."""
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(raw), batch):
+                x = torch.from_numpy(self.preprocessor.transform(raw[i : i + batch]))
+                out.append(torch.softmax(self.model(x).float(), dim=1))
         return torch.cat(out).numpy() if out else np.empty((0, len(self.classes)), dtype="float32")
 
     def labels(self, proba: np.ndarray) -> np.ndarray:
