@@ -195,6 +195,30 @@ class Predictor:
             return out
         return self.score(raw)
 
+    def score_stays(self, labels: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+        """An event model's score of new stays: one row per label row (row, prediction, proba_<class>, status,
+        reason), a refused row keeping its place with its reason and no numbers. BatchRejected when a table lacks a
+        column the model reads or its text holds an identifier."""
+        from medflow.data.suite import ValidationFailed
+        from medflow.sequences.events import score_stays
+
+        try:
+            raw, reasons = score_stays(labels, events, self.preprocessor.events, self.preprocessor.variables)
+        except ValidationFailed as exc:
+            raise BatchRejected(str(exc)) from None
+        ok = reasons == ""
+        proba = np.full((len(labels), len(self.classes)), np.nan)
+        predicted = np.full(len(labels), None, dtype=object)
+        if ok.any():
+            proba[ok] = self._predict_grid(raw[ok])
+            predicted[ok] = self.labels(proba[ok])
+        out = pd.DataFrame({"row": np.arange(1, len(labels) + 1), "prediction": predicted})
+        for i, c in enumerate(self.classes):
+            out[f"proba_{c}"] = proba[:, i]
+        out["status"] = np.where(ok, "ok", "refused")
+        out["reason"] = reasons
+        return out
+
     def score(self, raw: pd.DataFrame) -> pd.DataFrame:
         """row (1-based input row number), prediction, proba_<class>, status (`ok` or `refused`) and reason; a
         regression's prediction is a number in the target's units and it has no probabilities; a survival model's
@@ -206,6 +230,8 @@ class Predictor:
             raise BatchRejected(
                 "an image model scores arrays or image files: load it with mlflow.pyfunc (docs/predict.md)"
             )
+        if self.schema.kind == "events":
+            raise BatchRejected("an event model scores label rows with their events: medflow predict --events FILE")
         if not isinstance(raw, pd.DataFrame):
             raise BatchRejected(f"expected a table with the feature columns, got {type(raw).__name__}")
         missing = [c for c in self.schema.features if c not in raw.columns]

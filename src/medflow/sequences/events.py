@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medflow.data.columns import ROW_ID
 from medflow.data.sources import SourceError, inside
 from medflow.data.suite import ValidationFailed
 from medflow.params import DataParams, EventParams
@@ -95,13 +96,14 @@ def _labels(raw: pd.DataFrame, data: DataParams, where: str) -> tuple[pd.DataFra
     reason = np.full(len(raw), "", dtype=object)
     at = hours_since(raw[ep.prediction_time])
     reason[np.isnan(at)] = f"{ep.prediction_time}: not a time"
-    reason[raw[data.target].str.strip().eq("").to_numpy()] = f"{data.target}: missing"
+    if data.target in raw:  # new stays to score have no outcome yet
+        reason[raw[data.target].str.strip().eq("").to_numpy()] = f"{data.target}: missing"
     reason[raw[ep.stay_id].str.strip().eq("").to_numpy()] = f"{ep.stay_id}: missing"
     again = raw[ep.stay_id].duplicated(keep="first").to_numpy() & (reason == "")
     reason[again] = f"{ep.stay_id}: a second label row for the stay"
     ok = reason == ""
     held = pd.DataFrame({"row_id": np.flatnonzero(~ok), "reason": reason[~ok]})
-    return raw[ok].assign(_row_id=np.flatnonzero(ok)).reset_index(drop=True), at[ok], held
+    return raw[ok].assign(**{ROW_ID: np.flatnonzero(ok)}).reset_index(drop=True), at[ok], held
 
 
 def check(events: pd.DataFrame, labels: pd.DataFrame, data: DataParams, where: tuple[str, str]) -> Checked:
@@ -196,3 +198,48 @@ def check(events: pd.DataFrame, labels: pd.DataFrame, data: DataParams, where: t
         held_events=held,
         counts=counts,
     )
+
+
+def score_stays(
+    labels: pd.DataFrame, events: pd.DataFrame, stored: dict, variables: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """New stays as a trained model reads them: (raw grid of every label row [rows, bins, variables], the reason
+    each row cannot be scored, "" when it can). stored: data.events as the model was trained (SequenceNormaliser
+    .events; the bundle's JSON sorts its keys, so variables gives the grid's order). A label row is refused when it
+    fails a label check, when no event of its stay falls in its window, or, when the model was trained with
+    after_prediction=stop, when its stay has events after its prediction time."""
+    from medflow.sequences import grid
+
+    units = {v: stored["units"][v] for v in variables}
+    ep = EventParams(**(stored | {"after_prediction": "drop", "units": units}))
+    data = DataParams(kind="events", target="", events=ep)  # new stays have no outcome column
+    for frame, cols, what in (
+        (labels, [ep.stay_id, ep.prediction_time], "label rows"),
+        (events, [ep.stay_id, ep.time, ep.code, ep.value, ep.unit], "events"),
+    ):
+        missing = [c for c in cols if c not in frame.columns]
+        if missing:
+            raise ValidationFailed(f"the {what} lack column(s) {missing}")
+    labels = labels.reset_index(drop=True).astype("string").fillna("")
+    events = events.reset_index(drop=True).astype("string").fillna("")
+    checked = check(events, labels, data, ("events", "label rows"))
+    rows = checked.labels[ROW_ID].to_numpy()
+    n = len(labels)
+    window = grid.build(
+        checked.stay, checked.hour, checked.variable, checked.value, len(rows), len(checked.variables),
+        ep.window_hours, ep.bin_hours, len(rows) or 1,
+    )  # fmt: skip
+    raw = np.full((n, window.shape[1], window.shape[2]), np.nan, dtype=np.float32)
+    raw[rows] = window
+    reason = np.full(n, "", dtype=object)
+    reason[checked.held_labels["row_id"].to_numpy()] = checked.held_labels["reason"].to_numpy()
+    empty = np.isnan(window).all(axis=(1, 2))
+    reason[rows[empty]] = "no event of the stay in its observation window"
+    if stored.get("after_prediction", "stop") == "stop":
+        late = checked.held_events.loc[checked.held_events["reason"].eq(AFTER), "event_row"].to_numpy()
+        stays = events[ep.stay_id].str.strip().to_numpy()[late]
+        per = pd.Series(stays).value_counts()
+        stay_of = labels[ep.stay_id].str.strip().to_numpy()
+        for i in np.flatnonzero(pd.Series(stay_of).isin(per.index).to_numpy()):
+            reason[i] = f"{per[stay_of[i]]} event(s) after the prediction time (leakage)"
+    return raw, reason

@@ -86,6 +86,9 @@ class SequenceNormaliser:
     horizon_hours: float
     means: list[float] = field(default_factory=list)
     stds: list[float] = field(default_factory=list)
+    # data.events and data.patient_id as the model was trained: predict reads and checks new stays the same way.
+    events: dict = field(default_factory=dict)
+    patient_id: str | None = None
 
     def fit(self, grid: np.ndarray) -> SequenceNormaliser:
         flat = grid.reshape(-1, grid.shape[-1])

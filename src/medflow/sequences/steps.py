@@ -113,3 +113,19 @@ def card_section(params: Params, paths: Paths) -> dict:
         "variables": {v: next(iter(units)) for v, units in ep.units.items()},
         "events": counts,
     }
+
+
+def normaliser(paths: Paths, train_rows: np.ndarray, params: Params | None = None) -> grid.SequenceNormaliser:
+    """The grid's normalisation fitted on the training split's rows (positions in the cleaned table); params give the
+    event settings a bundle keeps for predict (tuning trials, which save no bundle, pass none)."""
+    summary = json.loads(paths.summary("validate").read_text())
+    ep = params.data.events if params else None
+    pre = grid.SequenceNormaliser(
+        summary["variables"],
+        summary["window_hours"],
+        summary["bin_hours"],
+        summary["horizon_hours"],
+        events=ep.model_dump(mode="json") if ep else {},
+        patient_id=params.data.patient_id if params else None,
+    )
+    return pre.fit(grid_of(paths)[np.sort(train_rows)])

@@ -38,8 +38,7 @@ from medflow.models.tabular import TREE_MODEL, build, check_kind
 from medflow.params import Params
 from medflow.params import load as load_params
 from medflow.paths import Paths
-from medflow.sequences.grid import SequenceNormaliser
-from medflow.sequences.steps import grid_of
+from medflow.sequences.steps import grid_of, normaliser
 from medflow.tasks import for_params
 from medflow.training import distributed
 from medflow.training.loop import FitConfig, Progress, fit, pick_device, seed_everything
@@ -124,10 +123,9 @@ def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
         config |= vision.options(model, params.train)
     elif schema.kind == "events":
         raw = grid_of(paths)
-        ep = params.data.events
-        pre = SequenceNormaliser(list(params.data.events.units), ep.window_hours, ep.bin_hours, ep.horizon_hours)
-        pre.fit(raw[positions["train"]])
-        x = {s: torch.from_numpy(pre.transform(raw[pos], ep.chunk_stays)) for s, pos in positions.items()}
+        pre = normaliser(paths, positions["train"], params)
+        chunk = params.data.events.chunk_stays
+        x = {s: torch.from_numpy(pre.transform(raw[pos], chunk)) for s, pos in positions.items()}
         config = {"name": model, "n_classes": task.head_width(schema)}
         config |= sequence.options(params.train, pre.channels, raw.shape[1])
     else:
