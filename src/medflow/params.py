@@ -54,8 +54,19 @@ class EventParams(_Section):
     chunk_stays: int = Field(2000, ge=1)  # stays gridded at a time: memory bounded by a chunk, not the cohort
 
 
+class SignalParams(_Section):
+    """data.kind=signals (docs/sequences.md): data.source is a manifest of waveform files (DICOM Waveform, .dcm, or
+    WFDB records, .hea), one row per record with its label (data.target) and patient (data.patient_id)."""
+
+    path_column: str = "path"  # relative paths are relative to the manifest's folder
+    leads: list[str] = Field(default_factory=list)  # the leads the model reads, in order; empty: the first record's
+    rate_hz: float = Field(100.0, gt=0)  # every record is resampled to this rate
+    seconds: float = Field(10.0, gt=0)  # and cut to this long from its start (a shorter record is quarantined)
+    flat_std: float = Field(1e-3, ge=0)  # a lead whose SD (in its units) is below this is flat: quarantined
+
+
 class DataParams(_Section):
-    kind: Literal["tabular", "image", "events"] = "tabular"
+    kind: Literal["tabular", "image", "events", "signals"] = "tabular"
     # What the target is (medflow.tasks): classes to tell apart, a number to estimate, or a time to an event.
     task: Literal["classification", "regression", "survival"] = "classification"
     # tabular: a CSV/Parquet path (relative to the project root) or a built-in demo name (medflow.data.sources).
@@ -86,6 +97,7 @@ class DataParams(_Section):
     # Folders besides the project's data/ that data.source and image manifest paths may point into.
     allowed_roots: list[str] = Field(default_factory=list)
     events: EventParams = Field(default_factory=EventParams)  # data.kind=events only
+    signals: SignalParams = Field(default_factory=SignalParams)  # data.kind=signals only
 
     @field_validator("positive_class", mode="before")
     @classmethod
@@ -160,7 +172,7 @@ class SplitParams(_Section):
 
 class TrainParams(_Section):
     model: Literal[
-        "tabular_mlp", "xgboost", "mnist_mlp", "cifar_convnet", "resnet_small", "gru", "lstm", "transformer"
+        "tabular_mlp", "xgboost", "mnist_mlp", "cifar_convnet", "resnet_small", "gru", "lstm", "transformer", "cnn1d"
     ] = "tabular_mlp"
     # Survival: the times (in the time column's units) the bundle answers survival at, and evaluate measures AUC,
     # Brier score and calibration at; null: the training split's event-time quartiles (tasks/survival.py). Under

@@ -18,7 +18,7 @@ def score(predictor: Predictor, paths: Paths, rows: pd.DataFrame, kind: str) -> 
     """Class probabilities, or a regression's predictions in the target's units (rows x 1)."""
     if kind == "image":
         return predictor.predict_proba(np.load(paths.images, mmap_mode="r")[rows.index.to_numpy()])
-    if kind == "events":
+    if kind in ("events", "signals"):
         return predictor.predict_proba(grid_of(paths)[rows.index.to_numpy()])
     return predictor.outputs(rows)
 

@@ -76,7 +76,7 @@ class Predictor:
         bundle = Path(bundle)
         self.threshold = threshold
         self.schema = Schema.load(bundle / "schema.json")
-        kinds = {"image": ImageNormaliser, "events": SequenceNormaliser}
+        kinds = {"image": ImageNormaliser, "events": SequenceNormaliser, "signals": SequenceNormaliser}
         kind = kinds.get(self.schema.kind, Preprocessor)
         self.preprocessor = kind.from_dict(json.loads((bundle / "preprocessor.json").read_text()))
         config = json.loads((bundle / "model.json").read_text())
@@ -150,7 +150,7 @@ class Predictor:
             raise BatchRejected("a regression or survival model predicts values, not probabilities: use predict")
         if self.schema.kind == "image":
             return self._predict_images(self.images(raw))
-        if self.schema.kind == "events":
+        if self.schema.kind in ("events", "signals"):
             return self._predict_grid(np.asarray(raw))
         x = self.preprocessor.transform(coerce_features(raw, self.schema))
         if self.trees is not None:
@@ -195,6 +195,31 @@ class Predictor:
             return out
         return self.score(raw)
 
+    def _score_records(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """A signal model's score of a manifest: one row per record, refused (with its reason) when the file cannot
+        be read or a lead is missing, flat or short."""
+        from medflow.signals.read import score_records
+
+        column = self.preprocessor.settings.get("path_column", "path")
+        if not isinstance(rows, pd.DataFrame) or column not in rows.columns:
+            raise BatchRejected(f"a signal model scores a manifest with a {column!r} column of waveform files")
+        raw, reasons = score_records(rows, self.preprocessor.settings, self.preprocessor.variables)
+        return self._scored(raw, reasons)
+
+    def _scored(self, raw: np.ndarray, reasons: np.ndarray) -> pd.DataFrame:
+        ok = reasons == ""
+        proba = np.full((len(raw), len(self.classes)), np.nan)
+        predicted = np.full(len(raw), None, dtype=object)
+        if ok.any():
+            proba[ok] = self._predict_grid(raw[ok])
+            predicted[ok] = self.labels(proba[ok])
+        out = pd.DataFrame({"row": np.arange(1, len(raw) + 1), "prediction": predicted})
+        for i, c in enumerate(self.classes):
+            out[f"proba_{c}"] = proba[:, i]
+        out["status"] = np.where(ok, "ok", "refused")
+        out["reason"] = reasons
+        return out
+
     def score_stays(self, labels: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
         """An event model's score of new stays: one row per label row (row, prediction, proba_<class>, status,
         reason), a refused row keeping its place with its reason and no numbers. BatchRejected when a table lacks a
@@ -203,21 +228,10 @@ class Predictor:
         from medflow.sequences.events import score_stays
 
         try:
-            raw, reasons = score_stays(labels, events, self.preprocessor.events, self.preprocessor.variables)
+            raw, reasons = score_stays(labels, events, self.preprocessor.settings, self.preprocessor.variables)
         except ValidationFailed as exc:
             raise BatchRejected(str(exc)) from None
-        ok = reasons == ""
-        proba = np.full((len(labels), len(self.classes)), np.nan)
-        predicted = np.full(len(labels), None, dtype=object)
-        if ok.any():
-            proba[ok] = self._predict_grid(raw[ok])
-            predicted[ok] = self.labels(proba[ok])
-        out = pd.DataFrame({"row": np.arange(1, len(labels) + 1), "prediction": predicted})
-        for i, c in enumerate(self.classes):
-            out[f"proba_{c}"] = proba[:, i]
-        out["status"] = np.where(ok, "ok", "refused")
-        out["reason"] = reasons
-        return out
+        return self._scored(raw, reasons)
 
     def score(self, raw: pd.DataFrame) -> pd.DataFrame:
         """row (1-based input row number), prediction, proba_<class>, status (`ok` or `refused`) and reason; a
@@ -232,6 +246,8 @@ class Predictor:
             )
         if self.schema.kind == "events":
             raise BatchRejected("an event model scores label rows with their events: medflow predict --events FILE")
+        if self.schema.kind == "signals":
+            return self._score_records(raw)
         if not isinstance(raw, pd.DataFrame):
             raise BatchRejected(f"expected a table with the feature columns, got {type(raw).__name__}")
         missing = [c for c in self.schema.features if c not in raw.columns]

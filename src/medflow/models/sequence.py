@@ -1,6 +1,7 @@
 """Sequence models over a stay's grid ([batch, bins, channels]: standardised values carried forward, masks, hours
-since the last value; medflow.sequences.grid). Each builder takes the channel count, the bins, the classes, the
-width (train.hidden[0]), the layers (len(train.hidden)) and dropout; all answer one logit per class."""
+since the last value; medflow.sequences.grid) or a record's leads ([batch, samples, leads]; medflow.signals). Each
+builder takes the channel count, the bins, the classes, the width (train.hidden[0]), the layers (len(train.hidden))
+and dropout; all answer one logit per class."""
 
 from __future__ import annotations
 
@@ -44,7 +45,25 @@ def _recurrent(cell: str):
     return build
 
 
-BUILDERS = {"gru": _recurrent("gru"), "lstm": _recurrent("lstm"), "transformer": Transformer}
+class CNN1d(nn.Module):
+    """Signals: `layers` blocks of convolution (kernel 7), batch norm, ReLU and halving, then the mean over time."""
+
+    def __init__(self, n_in: int, n_classes: int, hidden: int, layers: int, dropout: float, steps: int):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        width = n_in
+        for _ in range(layers):
+            blocks += [nn.Conv1d(width, hidden, 7, padding=3, bias=False), nn.BatchNorm1d(hidden), nn.ReLU()]
+            blocks.append(nn.MaxPool1d(2))
+            width = hidden
+        self.net = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.net(x.transpose(1, 2)).mean(2))
+
+
+BUILDERS = {"gru": _recurrent("gru"), "lstm": _recurrent("lstm"), "transformer": Transformer, "cnn1d": CNN1d}
 
 
 def options(train, n_in: int, steps: int) -> dict:

@@ -41,9 +41,9 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 
 
 def check_kind(model: str, kind: str) -> None:
-    """Refuses a model built for another kind of data (kind: the Schema's, "tabular", "image" or "events")."""
-    if (kind == "events") != (model in SEQUENCE_MODELS):
-        wanted = f"events need one of {sorted(SEQUENCE_MODELS)}" if kind == "events" else f"{kind} data does not"
+    """Refuses a model built for another kind of data (kind: the Schema's: tabular, image, events or signals)."""
+    if (kind in ("events", "signals")) != (model in SEQUENCE_MODELS):
+        wanted = f"it needs one of {sorted(SEQUENCE_MODELS)}" if kind in ("events", "signals") else "it does not"
         raise ValueError(f"train.model={model!r} does not suit data.kind={kind}: {wanted}")
     if kind == "image" and model not in IMAGE_MODELS:
         raise ValueError(f"train.model={model!r} is for tables; image data needs one of {sorted(IMAGE_MODELS)}")

@@ -34,6 +34,8 @@ def _what(schema: Schema) -> str:
 def _inputs(schema: Schema) -> str:
     if schema.kind == "events":
         return "each stay's events in its observation window (Sequences, below)"
+    if schema.kind == "signals":
+        return "physiological signals (each lead resampled and standardised)"
     return "images" if schema.kind == "image" else "tabular features"
 
 
@@ -187,7 +189,7 @@ def _sequence(s: dict) -> list[str]:
         f"outcome horizon: {s['horizon_hours']:g} hours after it. Variables (canonical unit): {units}. The features "
         "above are window aggregates, read by the baselines; the sequence model reads the grid.",
         "",
-        *_table(s["events"], ("events", "count")),
+        "Events: " + ", ".join(f"{n:,} {what}" for what, n in s["events"].items()) + ".",
         "",
     ]
 

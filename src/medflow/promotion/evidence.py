@@ -97,9 +97,10 @@ def test_split(paths: Paths) -> TestSplit:
 def _baseline_features(predictor: Predictor, paths: Paths, rows: pd.DataFrame) -> np.ndarray:
     if predictor.schema.kind == "image":
         return flat_pixels(np.load(paths.images, mmap_mode="r")[rows.index.to_numpy()])
-    if predictor.schema.kind == "events":
-        # Baselines read the window aggregates (last, min, max, mean, count per variable), imputed and scaled by a
-        # Preprocessor fitted on the training split here: the sequence model's own preprocessing is the grid's.
+    if predictor.schema.kind in ("events", "signals"):
+        # Baselines read the window aggregates (last, min, max, mean, count per variable; a signal's per-lead
+        # summaries), imputed and scaled by a Preprocessor fitted on the training split here: the sequence model's
+        # own preprocessing is the grid's.
         return _aggregates(predictor.schema, paths).transform(coerce_features(rows, predictor.schema))
     return predictor.preprocessor.transform(coerce_features(rows, predictor.schema))
 
@@ -138,7 +139,7 @@ def gate_evidence(
     predictor = Predictor(paths.model_bundle)
     kind = predictor.schema.kind
     cand = score(predictor, paths, split.rows, kind)
-    tree = gp.tree_baseline if kind in ("tabular", "events") and len(split.val) else None
+    tree = gp.tree_baseline if kind in ("tabular", "events", "signals") and len(split.val) else None
     baselines = task.baselines(
         _baseline_features(predictor, paths, split.train),
         outcome(split.train),

@@ -205,7 +205,7 @@ def score_stays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """New stays as a trained model reads them: (raw grid of every label row [rows, bins, variables], the reason
     each row cannot be scored, "" when it can). stored: data.events as the model was trained (SequenceNormaliser
-    .events; the bundle's JSON sorts its keys, so variables gives the grid's order). A label row is refused when it
+    .settings; the bundle's JSON sorts its keys, so variables gives the grid's order). A label row is refused when it
     fails a label check, when no event of its stay falls in its window, or, when the model was trained with
     after_prediction=stop, when its stay has events after its prediction time."""
     from medflow.sequences import grid

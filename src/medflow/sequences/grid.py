@@ -86,9 +86,12 @@ class SequenceNormaliser:
     horizon_hours: float
     means: list[float] = field(default_factory=list)
     stds: list[float] = field(default_factory=list)
-    # data.events and data.patient_id as the model was trained: predict reads and checks new stays the same way.
-    events: dict = field(default_factory=dict)
+    # data.events (or data.signals) and data.patient_id as the model was trained: predict reads and checks new
+    # input the same way.
+    settings: dict = field(default_factory=dict)
     patient_id: str | None = None
+    # Signals: one channel per lead, standardised (no gaps to carry forward, nothing to mask).
+    signal: bool = False
 
     def fit(self, grid: np.ndarray) -> SequenceNormaliser:
         flat = grid.reshape(-1, grid.shape[-1])
@@ -103,14 +106,16 @@ class SequenceNormaliser:
 
     @property
     def channels(self) -> int:
-        return 3 * len(self.variables)
+        return len(self.variables) if self.signal else 3 * len(self.variables)
 
     def transform(self, grid: np.ndarray, chunk: int = 2000) -> np.ndarray:
         n, bins, v = grid.shape
         if v != len(self.variables):
             raise ValueError(f"a grid of {v} variables given; this model reads {len(self.variables)}")
-        out = np.empty((n, bins, 3 * v), dtype=np.float32)
         mean, std = np.asarray(self.means, np.float32), np.asarray(self.stds, np.float32)
+        if self.signal:
+            return np.nan_to_num((np.asarray(grid, dtype=np.float32) - mean) / std)
+        out = np.empty((n, bins, 3 * v), dtype=np.float32)
         step = np.arange(bins, dtype=np.float32)[None, :, None]
         for lo in range(0, n, chunk):
             g = np.asarray(grid[lo : lo + chunk], dtype=np.float32)

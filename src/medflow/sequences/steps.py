@@ -1,4 +1,5 @@
-"""validate for data.kind=events, and the grid as clean and the steps after it keep it.
+"""validate for data.kind=events, and the grid (or signals' array, medflow.signals) as clean and the steps after it
+keep it.
 
 validate writes artifacts/validate/: valid.parquet (one row per valid label row: row id, salted patient key,
 outcome and the window aggregates), sequences.npy (the raw grid, [rows, bins, variables], canonical units),
@@ -103,8 +104,9 @@ def card_section(params: Params, paths: Paths) -> dict:
     ep = params.data.events
     summary = json.loads(paths.summary("validate").read_text())
     counts = {"in the table": summary["events_in"], "on the grid": summary["events_on_grid"]}
-    counts |= {f"quarantined: {why}": n for why, n in summary["events_by_reason"].items()}
-    counts |= {f"converted: {what}": n for what, n in summary["unit_conversions"].items()}
+    # By reason in the validate step's summary: the card stays within what MLflow's description holds.
+    counts["quarantined"] = summary["events_quarantined"]
+    counts["converted to the canonical unit"] = sum(summary["unit_conversions"].values())
     return {
         "window_hours": ep.window_hours,
         "horizon_hours": ep.horizon_hours,
@@ -119,13 +121,15 @@ def normaliser(paths: Paths, train_rows: np.ndarray, params: Params | None = Non
     """The grid's normalisation fitted on the training split's rows (positions in the cleaned table); params give the
     event settings a bundle keeps for predict (tuning trials, which save no bundle, pass none)."""
     summary = json.loads(paths.summary("validate").read_text())
-    ep = params.data.events if params else None
+    signal = summary["kind"] == "signals"
+    ep = (params.data.signals if signal else params.data.events) if params else None
     pre = grid.SequenceNormaliser(
         summary["variables"],
         summary["window_hours"],
         summary["bin_hours"],
         summary["horizon_hours"],
-        events=ep.model_dump(mode="json") if ep else {},
+        settings=ep.model_dump(mode="json") if ep else {},
         patient_id=params.data.patient_id if params else None,
+        signal=signal,
     )
     return pre.fit(grid_of(paths)[np.sort(train_rows)])

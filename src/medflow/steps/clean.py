@@ -154,8 +154,8 @@ def run(params: Params, paths: Paths) -> dict:
         text_why = validated.get("columns", {}).get("not_features")
         schema = build_schema(kinds, params.data, df[params.data.target], formats, text_why, task.has_classes)
         kept, duplicates = split_duplicates(df)
-        if params.data.kind == "events":  # the features are window aggregates; the grid goes on row for row
-            schema = dataclasses.replace(schema, kind="events")
+        if params.data.kind in ("events", "signals"):  # features: aggregates; the grid goes on row for row
+            schema = dataclasses.replace(schema, kind=params.data.kind)
             keep_grid(paths, kept.index.to_numpy())
     cleaned = clean_table(kept, schema, salt)
     cleaned.to_parquet(paths.cleaned, index=False)

@@ -121,7 +121,7 @@ def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
         h, w, c = schema.image_shape
         config = {"name": model, "in_shape": [c, h, w], "n_classes": task.head_width(schema)}
         config |= vision.options(model, params.train)
-    elif schema.kind == "events":
+    elif schema.kind in ("events", "signals"):
         raw = grid_of(paths)
         pre = normaliser(paths, positions["train"], params)
         chunk = params.data.events.chunk_stays
@@ -244,7 +244,7 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
     }
     if schema.kind == "image":
         summary["image_shape"] = schema.image_shape
-    elif schema.kind == "events":
+    elif schema.kind in ("events", "signals"):
         summary["grid"] = [int(x["train"].shape[1]), int(x["train"].shape[2])]
     else:
         summary["features"] = len(pre.feature_names)

@@ -74,7 +74,7 @@ def trial_data(paths: Paths, small_count: int) -> TrialData:
         images = np.load(paths.images, mmap_mode="r")
         x = {s: torch.from_numpy(np.ascontiguousarray(images[positions[m]])) for s, m in masks.items()}
         pre = ImageNormaliser.fit(x["train"].numpy())
-    elif schema.kind == "events":
+    elif schema.kind in ("events", "signals"):
         pre = normaliser(paths, positions[masks["train"]])
         raw = grid_of(paths)
         x = {s: torch.from_numpy(pre.transform(raw[positions[m]])) for s, m in masks.items()}

@@ -82,7 +82,7 @@ def model_config(train: TrainParams, data: TrialData) -> dict:
             "n_classes": n_classes,
             **vision.options(train.model, train),
         }
-    if schema.kind == "events":
+    if schema.kind in ("events", "signals"):
         grid = sequence.options(train, data.preprocessor.channels, data.x["train"].shape[1])
         return {"name": train.model, "n_classes": n_classes} | grid
     n_in = len(data.preprocessor.feature_names)
