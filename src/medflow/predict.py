@@ -19,8 +19,12 @@ def predict_file(model_uri: str, input_path: Path, output_path: Path, events_pat
     batch = read_batch(Path(input_path))
     events = read_batch(Path(events_path)) if events_path else None
     with registered_predictor(name, version) as predictor:
-        if predictor.schema.kind == "events" and events is None:
-            raise BatchRejected(f"{name} scores stays from their events: give them with --events FILE")
+        if (predictor.schema.kind == "events") != (events is not None):
+            raise BatchRejected(
+                f"{name} scores stays from their events: give them with --events FILE"
+                if events is None
+                else f"{name} is no event model: --events is for models trained with data.kind=events"
+            )
         scored = predictor.score(batch) if events is None else predictor.score_stays(batch, events)
         classes = bool(predictor.classes)
     done = write_scored(scored, name, version.version, Path(output_path), classes)
