@@ -76,7 +76,7 @@ ui: setup
 	$(BIN)/medflow ui --port $(UI_PORT)
 
 # Every benchmark of bench/README.md, each writing bench/results/<name>.json (13-21 min on 2 cores).
-BENCH := cold_start evaluate_bootstrap survival_metrics logging_overhead train_vs_bare train_vs_seed validate_throughput scaling pipeline tree_baseline
+BENCH := cold_start evaluate_bootstrap survival_metrics logging_overhead train_vs_bare train_vs_seed validate_throughput scaling pipeline tree_baseline sequence_grid
 bench: setup
 	set -e; for b in $(BENCH); do $(BIN)/python bench/$$b.py; done
 	$(BIN)/python bench/pipeline.py --long

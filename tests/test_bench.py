@@ -21,6 +21,7 @@ SURVIVAL = ".venv/bin/python bench/survival_metrics.py"
 SCALING = ".venv/bin/python bench/scaling.py"
 STREAMED = ".venv/bin/python bench/validate_streamed.py"
 TREES = ".venv/bin/python bench/tree_baseline.py"
+SEQUENCES = ".venv/bin/python bench/sequence_grid.py"
 REPORT = ".venv/bin/python bench/report.py"
 SLIDING = ".venv/bin/python bench/sliding_window.py"
 UNET = ".venv/bin/python bench/unet_patches.py"
@@ -63,6 +64,14 @@ def test_each_paired_benchmark_writes_its_ratio_in_seconds(clone, command, names
         if name != "rerun_cached":  # one pair: the median ratio is that pair's
             assert r["ratio"] == pytest.approx(r["ours"] / r["baseline"], rel=0.01)
         assert f"{name}: ratio" in out
+
+
+def test_the_sequence_grid_benchmark_reports_time_and_peak_memory_of_each_stage(clone):
+    out = sh(f"{SEQUENCES} --quick", clone, timeout=600).stdout
+    r = json.loads((clone / "bench" / "results" / "sequence_grid.json").read_text())  # no ratio: seconds and MiB
+    assert r["stays"] == 200 and r["grid"] == [200, 48, 5] and r["events"] > 0
+    assert r["validate_peak_rss_mb"] > 0 and r["tensors_peak_rss_mb"] > 0 and r["target_mb"] == 2048
+    assert "sequence_grid: peak RSS" in out
 
 
 def test_streamed_validation_benchmark_reports_time_and_memory_against_reading_whole(clone):

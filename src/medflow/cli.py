@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
     predict.add_argument("--input", required=True, help="CSV or Parquet file with the model's feature columns")
     predict.add_argument("--output", required=True, help="CSV or Parquet file to write (nothing when refused)")
+    predict.add_argument("--events", help="event models: the events of the stays --input lists (docs/sequences.md)")
     monitor = sub.add_parser("monitor", help="drift of a new batch against the champion; a report, data unchanged")
     monitor.add_argument("--batch", default="incoming", help="CSV/Parquet file, or a folder of them (new files)")
     monitor.add_argument(

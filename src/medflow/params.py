@@ -30,8 +30,43 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class EventParams(_Section):
+    """data.kind=events (docs/sequences.md): a long table of events (data.source) and a table of label rows, one per
+    stay, each with its prediction time and outcome (data.target). Column names are MEDS-like by default."""
+
+    labels: str | None = None  # the label table (CSV/Parquet under data/, or beside a built-in source's events)
+    stay_id: str = "stay_id"  # in both tables; data.patient_id names the patient (a patient may have several stays)
+    time: str = "time"  # event time (date-time text); reduced to hours since the stay's first event at validate
+    code: str = "code"  # the variable measured
+    value: str = "numeric_value"
+    unit: str = "unit"
+    prediction_time: str = "prediction_time"  # label table: the time the outcome is predicted at
+    # variable -> {unit: [scale, offset]} into its first unit (canonical): a row in a unit not listed is quarantined.
+    units: dict[str, dict[str, tuple[float, float]]] = Field(default_factory=dict)
+    window_hours: float = Field(48.0, gt=0)  # observation window: the hours before the prediction time the model sees
+    # What the outcome means: an event within this many hours after the prediction time (recorded on the card; the
+    # label table holds the outcome already decided over it).
+    horizon_hours: float = Field(24.0, gt=0)
+    bin_hours: float = Field(1.0, gt=0)  # width of the regular grid's bins
+    # An event after its stay's prediction time is leakage: stop (default) names the variable and count; drop
+    # quarantines such events with their reason.
+    after_prediction: Literal["stop", "drop"] = "stop"
+    chunk_stays: int = Field(2000, ge=1)  # stays gridded at a time: memory bounded by a chunk, not the cohort
+
+
+class SignalParams(_Section):
+    """data.kind=signals (docs/sequences.md): data.source is a manifest of waveform files (DICOM Waveform, .dcm, or
+    WFDB records, .hea), one row per record with its label (data.target) and patient (data.patient_id)."""
+
+    path_column: str = "path"  # relative paths are relative to the manifest's folder
+    leads: list[str] = Field(default_factory=list)  # the leads the model reads, in order; empty: the first record's
+    rate_hz: float = Field(100.0, gt=0)  # every record is resampled to this rate
+    seconds: float = Field(10.0, gt=0)  # and cut to this long from its start (a shorter record is quarantined)
+    flat_std: float = Field(1e-3, ge=0)  # a lead whose SD (in its units) is below this is flat: quarantined
+
+
 class DataParams(_Section):
-    kind: Literal["tabular", "image"] = "tabular"
+    kind: Literal["tabular", "image", "events", "signals"] = "tabular"
     # What the target is (medflow.tasks): classes to tell apart, a number to estimate, or a time to an event.
     task: Literal["classification", "regression", "survival", "segmentation"] = "classification"
     # tabular: a CSV/Parquet path (relative to the project root) or a built-in demo name (medflow.data.sources).
@@ -69,6 +104,8 @@ class DataParams(_Section):
     labels: list[int] = Field(default_factory=lambda: [0, 1], min_length=2)
     spacing: list[float] | None = Field(None, min_length=2, max_length=3)
     window: tuple[float, float] | None = None
+    events: EventParams = Field(default_factory=EventParams)  # data.kind=events only
+    signals: SignalParams = Field(default_factory=SignalParams)  # data.kind=signals only
 
     @field_validator("positive_class", mode="before")
     @classmethod
@@ -142,7 +179,18 @@ class SplitParams(_Section):
 
 
 class TrainParams(_Section):
-    model: Literal["tabular_mlp", "xgboost", "mnist_mlp", "cifar_convnet", "resnet_small", "unet"] = "tabular_mlp"
+    model: Literal[
+        "tabular_mlp",
+        "xgboost",
+        "mnist_mlp",
+        "cifar_convnet",
+        "resnet_small",
+        "unet",
+        "gru",
+        "lstm",
+        "transformer",
+        "cnn1d",
+    ] = "tabular_mlp"
     # Survival: the times (in the time column's units) the bundle answers survival at, and evaluate measures AUC,
     # Brier score and calibration at; null: the training split's event-time quartiles (tasks/survival.py). Under
     # train, since the model carries them: changing them retrains, and DVC's train stage sees them in its section.

@@ -37,7 +37,7 @@ class Schema:
     patient_id: str | None = None
     positive_class: str | None = None
     dropped: dict[str, str] = field(default_factory=dict)  # column -> why it is not a feature
-    kind: str = "tabular"  # or "image"
+    kind: str = "tabular"  # or "image", "events" (a grid per row), "signals" (leads per row)
     image_shape: list[int] | None = None  # [H, W, C] of every image (images are stored uint8, HWC)
     # numeric column -> NumberFormat.to_dict(), how validate read its numbers besides plain ones ("1,262"): scoring
     # reads them the same way. Absent from bundles made before it (plain numbers only).

@@ -16,6 +16,7 @@ import torch
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema, coerce_features
 from medflow.data.numbers import NumberFormat, parse, unreadable
 from medflow.models.tabular import TREE_MODEL, build
+from medflow.sequences.grid import SequenceNormaliser
 
 if TYPE_CHECKING:
     from medflow.models.trees import TreeModel
@@ -75,7 +76,8 @@ class Predictor:
         bundle = Path(bundle)
         self.threshold = threshold
         self.schema = Schema.load(bundle / "schema.json")
-        kind = ImageNormaliser if self.schema.kind == "image" else Preprocessor
+        kinds = {"image": ImageNormaliser, "events": SequenceNormaliser, "signals": SequenceNormaliser}
+        kind = kinds.get(self.schema.kind, Preprocessor)
         self.preprocessor = kind.from_dict(json.loads((bundle / "preprocessor.json").read_text()))
         config = json.loads((bundle / "model.json").read_text())
         # Regression bundles only: {"mean", "std"} of the training split's target, which the one output is scaled by.
@@ -151,6 +153,8 @@ class Predictor:
             raise BatchRejected("a regression or survival model predicts values, not probabilities: use predict")
         if self.schema.kind == "image":
             return self._predict_images(self.images(raw))
+        if self.schema.kind in ("events", "signals"):
+            return self._predict_grid(np.asarray(raw))
         x = self.preprocessor.transform(coerce_features(raw, self.schema))
         if self.trees is not None:
             return self.trees.proba(x)
@@ -166,6 +170,15 @@ class Predictor:
             for i in range(0, len(images), batch):
                 x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch])).float().permute(0, 3, 1, 2)
                 out.append(torch.softmax(self.model((x - mean) / std).float(), dim=1))
+        return torch.cat(out).numpy() if out else np.empty((0, len(self.classes)), dtype="float32")
+
+    def _predict_grid(self, raw: np.ndarray, batch: int = 1024) -> np.ndarray:
+        """raw: stays' grids as validate builds them ([stays, bins, variables], canonical units, NaN uncharted)."""
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(raw), batch):
+                x = torch.from_numpy(self.preprocessor.transform(raw[i : i + batch]))
+                out.append(torch.softmax(self.model(x).float(), dim=1))
         return torch.cat(out).numpy() if out else np.empty((0, len(self.classes)), dtype="float32")
 
     def labels(self, proba: np.ndarray) -> np.ndarray:
@@ -185,6 +198,44 @@ class Predictor:
             return out
         return self.score(raw)
 
+    def _score_records(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """A signal model's score of a manifest: one row per record, refused (with its reason) when the file cannot
+        be read or a lead is missing, flat or short."""
+        from medflow.signals.read import score_records
+
+        column = self.preprocessor.settings.get("path_column", "path")
+        if not isinstance(rows, pd.DataFrame) or column not in rows.columns:
+            raise BatchRejected(f"a signal model scores a manifest with a {column!r} column of waveform files")
+        raw, reasons = score_records(rows, self.preprocessor.settings, self.preprocessor.variables)
+        return self._scored(raw, reasons)
+
+    def _scored(self, raw: np.ndarray, reasons: np.ndarray) -> pd.DataFrame:
+        ok = reasons == ""
+        proba = np.full((len(raw), len(self.classes)), np.nan)
+        predicted = np.full(len(raw), None, dtype=object)
+        if ok.any():
+            proba[ok] = self._predict_grid(raw[ok])
+            predicted[ok] = self.labels(proba[ok])
+        out = pd.DataFrame({"row": np.arange(1, len(raw) + 1), "prediction": predicted})
+        for i, c in enumerate(self.classes):
+            out[f"proba_{c}"] = proba[:, i]
+        out["status"] = np.where(ok, "ok", "refused")
+        out["reason"] = reasons
+        return out
+
+    def score_stays(self, labels: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+        """An event model's score of new stays: one row per label row (row, prediction, proba_<class>, status,
+        reason), a refused row keeping its place with its reason and no numbers. BatchRejected when a table lacks a
+        column the model reads or its text holds an identifier."""
+        from medflow.data.suite import ValidationFailed
+        from medflow.sequences.events import score_stays
+
+        try:
+            raw, reasons = score_stays(labels, events, self.preprocessor.settings, self.preprocessor.variables)
+        except ValidationFailed as exc:
+            raise BatchRejected(str(exc)) from None
+        return self._scored(raw, reasons)
+
     def score(self, raw: pd.DataFrame) -> pd.DataFrame:
         """row (1-based input row number), prediction, proba_<class>, status (`ok` or `refused`) and reason; a
         regression's prediction is a number in the target's units and it has no probabilities; a survival model's
@@ -196,6 +247,10 @@ class Predictor:
             raise BatchRejected(
                 "an image model scores arrays or image files: load it with mlflow.pyfunc (docs/predict.md)"
             )
+        if self.schema.kind == "events":
+            raise BatchRejected("an event model scores label rows with their events: medflow predict --events FILE")
+        if self.schema.kind == "signals":
+            return self._score_records(raw)
         if not isinstance(raw, pd.DataFrame):
             raise BatchRejected(f"expected a table with the feature columns, got {type(raw).__name__}")
         missing = [c for c in self.schema.features if c not in raw.columns]

@@ -31,6 +31,14 @@ def _what(schema: Schema) -> str:
     return f"{schema.task.capitalize()} of `{schema.target}` (a number, predicted in its own units)"
 
 
+def _inputs(schema: Schema) -> str:
+    if schema.kind == "events":
+        return "each stay's events in its observation window (Sequences, below)"
+    if schema.kind == "signals":
+        return "physiological signals (each lead resampled and standardised)"
+    return "images" if schema.kind == "image" else "tabular features"
+
+
 def model_description(schema: Schema, dataset: str, metric: str) -> str:
     return (
         f"{_what(schema)}, trained "
@@ -69,12 +77,14 @@ def card_data(
     split_policy: str,
     environment: dict[str, str],
     tuning: dict | None = None,
+    sequence: dict | None = None,
 ) -> dict:
     """model_card.json: names, counts, hashes and aggregate metrics only; model_card renders it as Markdown.
 
     excluded: the columns data.exclude dropped as validate read the table; metrics: evaluate's metrics.json;
     evaluation: its report.json; gate: the gate report (gate.json); tuning: the
-    `medflow tune` study whose best trial this model was trained with (medflow.tuning.tuned.study_of), or None.
+    `medflow tune` study whose best trial this model was trained with (medflow.tuning.tuned.study_of), or None;
+    sequence: an event model's window, horizon, grid and variables (medflow.sequences.steps.card_section).
     """
 
     def with_ci(key: str) -> dict[str, float]:
@@ -94,7 +104,7 @@ def card_data(
         "classes": list(schema.classes),
         "intended_use": (
             f"{_what(schema)} from "
-            f"{'images' if schema.kind == 'image' else 'tabular features'}, as decision support for research and "
+            f"{_inputs(schema)}, as decision support for research and "
             "quality-improvement work. Not a medical device: every prediction needs review by a qualified clinician."
         ),
         "data": {
@@ -117,6 +127,7 @@ def card_data(
                 )
             ),
         },
+        **({"sequence": sequence} if sequence else {}),
         "primary_metric": primary_metric,
         "test_metrics": {k.removeprefix("test_"): with_ci(k) for k in tested},
         "test_rows": metrics.get("n_test"),
@@ -169,6 +180,20 @@ def card_data(
     }
 
 
+def _sequence(s: dict) -> list[str]:
+    units = ", ".join(f"`{v}` ({u})" for v, u in s["variables"].items())
+    return [
+        "## Sequences",
+        f"Observation window: the {s['window_hours']:g} hours before each stay's prediction time, in "
+        f"{s['bins']} bins of {s['bin_hours']:g} h (values carried forward, masks, hours since the last value); "
+        f"outcome horizon: {s['horizon_hours']:g} hours after it. Variables (canonical unit): {units}. The features "
+        "above are window aggregates, read by the baselines; the sequence model reads the grid.",
+        "",
+        "Events: " + ", ".join(f"{n:,} {what}" for what, n in s["events"].items()) + ".",
+        "",
+    ]
+
+
 def _ci(m: dict) -> str:
     if "ci_low" in m:
         return f"{m['value']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
@@ -204,6 +229,7 @@ def model_card(card: dict) -> str:
         "",
         f"Excluded: {', '.join(excluded) or 'none'}.",
         "",
+        *(_sequence(card["sequence"]) if "sequence" in card else []),
         "## Test metrics",
         f"Primary metric: `{card['primary_metric']}`. Intervals: 95% bootstrap over {card['resampled']} "
         f"({card['test_patients'] or '?'} patients, {card['test_rows'] or '?'} test rows).",

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from medflow.data.columns import ROW_ID, SPLIT
-from medflow.data.features import Schema, coerce_features
+from medflow.data.features import Preprocessor, Schema, coerce_features
 from medflow.data.manifest import load_split, outcome
 from medflow.data.sources import dataset_name
 from medflow.evaluation.baselines import TreeBaseline, flat_pixels
@@ -103,7 +103,17 @@ def test_split(paths: Paths) -> TestSplit:
 def _baseline_features(predictor: Predictor, paths: Paths, rows: pd.DataFrame) -> np.ndarray:
     if predictor.schema.kind == "image":
         return flat_pixels(np.load(paths.images, mmap_mode="r")[rows.index.to_numpy()])
+    if predictor.schema.kind in ("events", "signals"):
+        # Baselines read the window aggregates (last, min, max, mean, count per variable; a signal's per-lead
+        # summaries), imputed and scaled by a Preprocessor fitted on the training split here: the sequence model's
+        # own preprocessing is the grid's.
+        return _aggregates(predictor.schema, paths).transform(coerce_features(rows, predictor.schema))
     return predictor.preprocessor.transform(coerce_features(rows, predictor.schema))
+
+
+def _aggregates(schema: Schema, paths: Paths) -> Preprocessor:
+    train = test_split(paths).train
+    return Preprocessor(schema.numeric, []).fit(coerce_features(train, schema))
 
 
 KEY_REQUIRED = "register.gate.require_superiority_over"
@@ -135,7 +145,7 @@ def gate_evidence(
     predictor = Predictor(paths.model_bundle)
     kind = predictor.schema.kind
     cand = score(predictor, paths, split.rows, kind)
-    tp = gp.tree_baseline if kind == "tabular" and len(split.val) else None
+    tp = gp.tree_baseline if kind in ("tabular", "events", "signals") and len(split.val) else None
     tree = None
     if tp is not None:
         val = (_baseline_features(predictor, paths, split.val), outcome(split.val))

@@ -18,10 +18,10 @@ def leak_check(
     params: Params, predictor: Predictor, test_rows: pd.DataFrame, y: np.ndarray, roc_auc: float | None
 ) -> dict | None:
     """What shuffling each feature on the test split costs a near-perfect tabular model's ROC-AUC, and the features
-    whose loss reaches register.gate.leak_drop (aggregates only); None for image models and models below
+    whose loss reaches register.gate.leak_drop (aggregates only); None for image and sequence models and models below
     validate.leakage_auc."""
     vp, gp = params.validate_, params.register.gate
-    if predictor.schema.kind == "image" or roc_auc is None or roc_auc < vp.leakage_auc:
+    if predictor.schema.kind != "tabular" or roc_auc is None or roc_auc < vp.leakage_auc:
         return None
     rng = np.random.default_rng(params.seed)
     take = np.sort(rng.permutation(len(y))[:LEAK_ROWS])

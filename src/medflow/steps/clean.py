@@ -5,6 +5,7 @@ needs a salt and none is set, or no feature column is left.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -17,6 +18,7 @@ from medflow.params import DataParams, Params
 from medflow.paths import Paths
 from medflow.privacy.keys import pseudonymise, resolve_salt
 from medflow.privacy.phi import undeclared_identifiers
+from medflow.sequences.steps import keep_grid
 from medflow.tasks import for_params
 
 log = logging.getLogger(__name__)
@@ -156,6 +158,9 @@ def run(params: Params, paths: Paths) -> dict:
         text_why = validated.get("columns", {}).get("not_features")
         schema = build_schema(kinds, params.data, df[params.data.target], formats, text_why, task.has_classes)
         kept, duplicates = split_duplicates(df)
+        if params.data.kind in ("events", "signals"):  # features: aggregates; the grid goes on row for row
+            schema = dataclasses.replace(schema, kind=params.data.kind)
+            keep_grid(paths, kept.index.to_numpy())
     cleaned = clean_table(kept, schema, salt)
     cleaned.to_parquet(paths.cleaned, index=False)
     schema.save(paths.schema)

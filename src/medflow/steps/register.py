@@ -34,6 +34,7 @@ from medflow.promotion.evidence import (
 )
 from medflow.promotion.gate import decide
 from medflow.promotion.leakage import leak_reason
+from medflow.sequences.steps import card_section
 from medflow.tasks import for_params
 from medflow.tracking.bundles import download_bundle
 from medflow.tracking.integrity import ModelFilesChanged
@@ -231,6 +232,7 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
         split_policy=split_policy(params, schema),
         environment=_environment(paths),
         tuning=study_of(params, paths),
+        sequence=card_section(params, paths) if schema.kind == "events" else None,
     )
     card_md = model_card(card)
     out = paths.step_dir("register")

@@ -32,12 +32,13 @@ from medflow.console import say
 from medflow.data.columns import SPLIT
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema
 from medflow.data.manifest import load_split, outcome
-from medflow.models import vision
+from medflow.models import sequence, vision
 from medflow.models.bundle import save_bundle
 from medflow.models.tabular import TREE_MODEL, build, check_kind
 from medflow.params import Params
 from medflow.params import load as load_params
 from medflow.paths import Paths
+from medflow.sequences.steps import grid_of, normaliser
 from medflow.tasks import for_params
 from medflow.training import distributed
 from medflow.training.loop import FitConfig, Progress, fit, pick_device, seed_everything
@@ -123,6 +124,13 @@ def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
         h, w, c = schema.image_shape
         config = {"name": model, "in_shape": [c, h, w], "n_classes": task.head_width(schema)}
         config |= vision.options(model, params.train)
+    elif schema.kind in ("events", "signals"):
+        raw = grid_of(paths)
+        pre = normaliser(paths, positions["train"], params)
+        chunk = params.data.events.chunk_stays
+        x = {s: torch.from_numpy(pre.transform(raw[pos], chunk)) for s, pos in positions.items()}
+        config = {"name": model, "n_classes": task.head_width(schema)}
+        config |= sequence.options(params.train, pre.channels, raw.shape[1])
     else:
         pre = Preprocessor(schema.numeric, schema.categorical, small_count=params.validate_.small_count)
         pre = pre.fit(df.iloc[positions["train"]])
@@ -244,6 +252,8 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
     }
     if schema.kind == "image":
         summary["image_shape"] = schema.image_shape
+    elif schema.kind in ("events", "signals"):
+        summary["grid"] = [int(x["train"].shape[1]), int(x["train"].shape[2])]
     else:
         summary["features"] = len(pre.feature_names)
     if rank != 0:

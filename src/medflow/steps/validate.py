@@ -21,6 +21,8 @@ from medflow.data.suite import ValidationFailed, suite_kinds
 from medflow.params import Params
 from medflow.paths import Paths
 from medflow.privacy.keys import resolve_salt
+from medflow.sequences.steps import validate as validate_events
+from medflow.signals.steps import validate as validate_signals
 from medflow.tasks import for_params
 from medflow.validation.images import validate_images
 from medflow.validation.outputs import adopt, finish, judge, where_read
@@ -41,6 +43,10 @@ def run(params: Params, paths: Paths) -> dict:
         return cases.validate(params, paths)
     if params.data.kind == "image":
         return validate_images(params, paths)
+    if params.data.kind == "events":
+        return validate_events(params, paths)
+    if params.data.kind == "signals":
+        return validate_signals(params, paths)
     data, vp = params.data, params.validate_
     files = sources.source_files(data.source, paths, data.allowed_roots)
     if sum(f.stat().st_size for f in files) > vp.stream_above_mb * 2**20:

@@ -18,6 +18,7 @@ from medflow.data import manifest
 from medflow.data.columns import ROW_ID, SPLIT
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema
 from medflow.paths import Paths
+from medflow.sequences.steps import grid_of, normaliser
 from medflow.tasks import of
 
 SPLITS = ("train", "val")
@@ -25,7 +26,7 @@ SPLITS = ("train", "val")
 
 @dataclass
 class TrialData:
-    x: dict[str, torch.Tensor]  # split -> float [N, F] rows or uint8 [N, H, W, C] images
+    x: dict[str, torch.Tensor]  # split -> float [N, F] rows, uint8 [N, H, W, C] images or float [N, bins, C] grids
     y: dict[str, torch.Tensor]
     preprocessor: Preprocessor | ImageNormaliser
     schema: Schema
@@ -73,6 +74,10 @@ def trial_data(paths: Paths, small_count: int) -> TrialData:
         images = np.load(paths.images, mmap_mode="r")
         x = {s: torch.from_numpy(np.ascontiguousarray(images[positions[m]])) for s, m in masks.items()}
         pre = ImageNormaliser.fit(x["train"].numpy())
+    elif schema.kind in ("events", "signals"):
+        pre = normaliser(paths, positions[masks["train"]])
+        raw = grid_of(paths)
+        x = {s: torch.from_numpy(pre.transform(raw[positions[m]])) for s, m in masks.items()}
     else:
         pre = Preprocessor(schema.numeric, schema.categorical, small_count=small_count).fit(df[masks["train"]])
         x = {s: torch.from_numpy(pre.transform(df[m])) for s, m in masks.items()}

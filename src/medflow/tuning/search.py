@@ -21,7 +21,7 @@ import torch
 
 from medflow import tracking
 from medflow.console import say
-from medflow.models import vision
+from medflow.models import sequence, vision
 from medflow.models.tabular import TREE_MODEL, build, check_kind
 from medflow.params import Dimension, Params, ParamsError, TrainParams, study_record, tuned_file
 from medflow.paths import Paths
@@ -82,6 +82,9 @@ def model_config(train: TrainParams, data: TrialData) -> dict:
             "n_classes": n_classes,
             **vision.options(train.model, train),
         }
+    if schema.kind in ("events", "signals"):
+        grid = sequence.options(train, data.preprocessor.channels, data.x["train"].shape[1])
+        return {"name": train.model, "n_classes": n_classes} | grid
     n_in = len(data.preprocessor.feature_names)
     return {"name": train.model, "n_in": n_in, "n_classes": n_classes, "hidden": train.hidden, "dropout": train.dropout}
 
