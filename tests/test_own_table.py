@@ -26,8 +26,8 @@ OWN = (
 
 
 def trained(root, prefect_server: str) -> None:
-    # The session's Prefect server rather than a temporary one started per run (seconds each): this module is about
-    # the table's formats; monitor keeps its own default.
+    # The session's Prefect server rather than a temporary one started per command (~10 CPU-s each on a busy box):
+    # this module is about the table's formats.
     done = sh(f".venv/bin/medflow run {OWN}", root, timeout=600, **SALT, PREFECT_API_URL=prefect_server)
     assert "registered own v1 (champion" in done.stdout, done.stdout[-2000:]
 
@@ -74,20 +74,23 @@ def test_monitor_reads_a_batch_in_the_training_formats_without_refusal_or_drift(
     root = project
     (root / "incoming").mkdir(exist_ok=True)
     visits(120, seed=7, first_mrn=900000).to_csv(root / "incoming" / "next.csv", index=False)
+    # On Prefect's temporary server, as a user's monitor runs by default (test_monitor's go to the session's).
     done = sh(".venv/bin/medflow monitor --batch incoming/next.csv", root, timeout=600, **SALT)
     report = json.loads(next((root / "artifacts" / "monitor").glob("*/report.json")).read_text())
     assert report["refused_rows"] == 0, done.stdout[-2000:]
     assert "ldh" not in report["drifted_features"], report["features"]["ldh"]
 
 
-def test_a_rerun_after_plain_numbers_arrive_keeps_every_high_value(tmp_path, migrated_mlflow_db, prefect_server):
+def test_a_rerun_after_plain_numbers_arrive_keeps_every_high_value(tmp_path, migrated_mlflow_db):
     """The issue's path: a first run reads "1,262" as a number; rows written with plain numbers are added; the
-    rerun must read the column both ways, not quarantine every LDH of 1,000 and above."""
+    rerun must read the column both ways, not quarantine every LDH of 1,000 and above. Both are validate's readings
+    (its suite and formats): the first run is validate's step, as `dvc repro` runs it."""
     root = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
     (root / "data").mkdir(exist_ok=True)
     first = visits()
     first.to_csv(root / "data" / "visits.csv", index=False)
-    trained(root, prefect_server)
+    sh(f".venv/bin/medflow step validate {OWN}", root, **SALT)
+    assert json.loads((root / "artifacts/validate/formats.json").read_text())["ldh"]["reading"] == "thousands"
     later = visits(600, seed=9, first_mrn=800000, grouped=False)
     pd.concat([first, later]).to_csv(root / "data" / "visits.csv", index=False)
     sh(f".venv/bin/medflow step validate {OWN}", root, **SALT)
@@ -169,9 +172,9 @@ def test_a_new_users_path_ends_with_a_card_that_matches_the_aliases(project, pre
     assert done.stdout.strip().splitlines()[-1].endswith(" 0 refused (reason in the row's `reason` column)")
     (root / "incoming").mkdir(exist_ok=True)
     visits(90, seed=11, first_mrn=950000).to_csv(root / "incoming" / "path.csv", index=False)
-    sh(".venv/bin/medflow monitor --batch incoming/path.csv", root, timeout=600, **SALT)
-    assert {p: p.read_bytes() for p in (root / "data").rglob("*") if p.is_file()} == data
     env = SALT | {"PREFECT_API_URL": prefect_server}
+    sh(".venv/bin/medflow monitor --batch incoming/path.csv", root, timeout=600, **env)
+    assert {p: p.read_bytes() for p in (root / "data").rglob("*") if p.is_file()} == data
     done = sh(f".venv/bin/medflow run {OWN} -P train.max_epochs=4 -P register.promote=never", root, timeout=600, **env)
     assert "registered own v2 (not promoted: " in done.stdout, done.stdout[-2000:]
     sh(".venv/bin/medflow promote own 2 --reason 'reviewed with the ward team'", root)

@@ -220,7 +220,7 @@ def test_a_repeated_record_number_is_proposed_as_the_patient_id(tmp_path_factory
     assert "patientId" not in valid and valid["_patient_key"].nunique() == df["patientId"].nunique()
 
 
-def test_a_failed_run_leaves_the_champion_as_it_was(project):
+def test_a_failed_run_leaves_the_champion_as_it_was(project, prefect_server):
     root, df = project
     from mlflow.tracking import MlflowClient
 
@@ -228,7 +228,8 @@ def test_a_failed_run_leaves_the_champion_as_it_was(project):
     before = client.get_model_version_by_alias("phi-e2e", "champion").version
     leaky = df.assign(lab_result=np.where(df["outcome"] == "disease", "positive", "negative"))
     leaky.to_csv(root / "data" / "visits.csv", index=False)
-    failed = sh(".venv/bin/medflow run", root, check=False, MEDFLOW_SALT="e2e-salt")
+    # The session's Prefect server: the run above met the temporary one, whose store it searched.
+    failed = sh(".venv/bin/medflow run", root, check=False, MEDFLOW_SALT="e2e-salt", PREFECT_API_URL=prefect_server)
     assert failed.returncode == 2
     assert "'lab_result' alone predicts 'outcome'" in failed.stderr
     assert client.get_model_version_by_alias("phi-e2e", "champion").version == before

@@ -167,6 +167,13 @@ def clone(tmp_path_factory, migrated_mlflow_db) -> Path:
 
 
 @pytest.fixture(scope="module")
+def prefect(prefect_server) -> dict[str, str]:
+    """The session's Prefect server for the commands after `make run`: `make run` meets Prefect's temporary server as
+    a new user does; each later run would start its own (~10 CPU-s measured on a busy box) for nothing checked here."""
+    return {"PREFECT_API_URL": prefect_server}
+
+
+@pytest.fixture(scope="module")
 def made(clone) -> Path:
     """The project after the README's first command."""
     done = sh(MAKE_RUN, clone, timeout=600)
@@ -327,16 +334,16 @@ def test_dvc_push_to_a_local_remote(made):
     assert len(stored) >= 5, stored
 
 
-def test_override_run_writes_yaml_values_into_params(made):
+def test_override_run_writes_yaml_values_into_params(made, prefect):
     from ruamel.yaml import YAML
 
-    sh(OVERRIDE_RUN, made, timeout=600)
+    sh(OVERRIDE_RUN, made, timeout=600, **prefect)
     train = YAML(typ="safe").load((made / "params.yaml").read_text())["train"]
     assert train["hidden"] == [128, 64] and train["lr"] == 3e-4  # a number, as `dvc exp run -S` writes it
     assert "up to date" in sh(".venv/bin/dvc status", made).stdout
 
 
-def test_digits_pipeline_keeps_its_own_outputs_and_scores_arrays_and_files(made, tmp_path):
+def test_digits_pipeline_keeps_its_own_outputs_and_scores_arrays_and_files(made, prefect, tmp_path):
     import mlflow
     import numpy as np
     from PIL import Image
@@ -347,7 +354,7 @@ def test_digits_pipeline_keeps_its_own_outputs_and_scores_arrays_and_files(made,
 
     skip = {"digits", "logs", "ui", ".run.lock"}
     before = tree_digest(made / "artifacts", skip), sh(".venv/bin/dvc status", made).stdout
-    sh(DIGITS_RUN, made, timeout=600)
+    sh(DIGITS_RUN, made, timeout=600, **prefect)
     after = tree_digest(made / "artifacts", skip), sh(".venv/bin/dvc status", made).stdout
     assert after == before, "the digits pipeline changed the default one's outputs or its dvc status"
     assert sh("git status --porcelain expectations", made).stdout == ""
@@ -372,11 +379,11 @@ def test_digits_pipeline_keeps_its_own_outputs_and_scores_arrays_and_files(made,
         model.predict(np.zeros((2, 28, 28), dtype=np.uint8))
 
 
-def test_bring_your_own_table(made):
+def test_bring_your_own_table(made, prefect):
     from medflow.data.synthetic import synthetic_cohort
 
     synthetic_cohort(n_patients=150, seed=3).to_csv(made / "data/visits.csv", index=False)
-    out = sh(f"{SALT}\n{OWN_TABLE}", made, timeout=600).stdout
+    out = sh(f"{SALT}\n{OWN_TABLE}", made, timeout=600, **prefect).stdout
     assert "registered visits-outcome v" in out, out[-2000:]
     assert (made / "expectations/visits.json").exists()
 
@@ -391,8 +398,10 @@ def test_digits_as_the_dvc_pipeline(made):
 
 
 def test_make_test_runs_ruff_and_pytest_in_a_clone(clone):
-    # The whole suite inside the suite would recurse: the clone's `make test` runs one test module.
-    done = sh(MAKE_TEST, clone, timeout=600, PYTEST_ADDOPTS="-k every_documented_command")
+    # The whole suite inside the suite would recurse: the clone's `make test` runs one test of one module, without
+    # workers (each would import every test module's libraries again to collect).
+    addopts = "-n 0 -k every_documented_command tests/test_readme.py"
+    done = sh(MAKE_TEST, clone, timeout=600, PYTEST_ADDOPTS=addopts)
     assert "ruff check ." in done.stdout and re.search(r"\b1 passed\b", done.stdout), done.stdout[-2000:]
 
 
@@ -404,7 +413,7 @@ def postgres_up() -> bool:
         return False
 
 
-def test_scale_out_on_a_postgres_backed_tracking_server(made):
+def test_scale_out_on_a_postgres_backed_tracking_server(made, prefect):
     if not postgres_up():
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL is not listening on 127.0.0.1:5432")
@@ -418,7 +427,7 @@ def test_scale_out_on_a_postgres_backed_tracking_server(made):
     server = Background(mine(TRACKING_SERVER), made, made / "tracking-server.log")
     try:
         wait_http(f"http://127.0.0.1:{port}/health", server.proc, timeout=180)
-        sh(f"{mine(TO_SERVER)}\n{RUN_ON_SERVER}", made, timeout=600)
+        sh(f"{mine(TO_SERVER)}\n{RUN_ON_SERVER}", made, timeout=600, **prefect)
         query = urllib.parse.urlencode({"filter": f"name='{params_model(made)}'"})
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/model-versions/search?{query}") as answer:
             assert json.load(answer)["model_versions"], "nothing registered on the server"

@@ -120,7 +120,7 @@ def test_ctrl_c_in_a_terminal_stops_the_run_and_its_temporary_server_within_seco
         pass
 
 
-def test_a_run_killed_during_evaluate_resumes_at_evaluate_without_retraining(clone):
+def test_a_run_killed_during_evaluate_resumes_at_evaluate_without_retraining(clone, server):
     evaluate = clone / "artifacts/evaluate"
     marker = evaluate / "left-by-the-last-run"
     evaluate.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def test_a_run_killed_during_evaluate_resumes_at_evaluate_without_retraining(clo
     killed = proc.communicate(timeout=60)[1]
     trained = (clone / "artifacts/train/run.json").read_text()
 
-    again = sh(".venv/bin/medflow run", clone)
+    again = sh(".venv/bin/medflow run", clone, **server)
     output = again.stdout + again.stderr
     assert "steps to run: evaluate, register" in output, killed[-3000:] + output[-3000:]
     assert not re.search(r"epoch \d+/", output)
