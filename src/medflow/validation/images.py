@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 
 from medflow.data import image_validation, images
 from medflow.data.columns import CONTENT_HASH, PATIENT_KEY, ROW_ID
+from medflow.data.image_store import StoreWriter, rows_within
 from medflow.data.suite import ValidationFailed, role_mismatches, suite_kinds
 from medflow.params import Params
 from medflow.paths import Paths
@@ -36,13 +38,18 @@ def validate_images(params: Params, paths: Paths) -> dict:
                 f"{suite_name}: column roles differ from params.data: {'; '.join(mismatches)}. Fix params or the "
                 "suite's meta.medflow.columns, or delete the suite to infer it again."
             )
+    required = suite["required_columns"] if suite else ()
+    budget = params.train.memory_budget_mb
     try:
-        src = images.load_image_source(data, paths, required=suite["required_columns"] if suite else ())
+        manifest = images.open_manifest(data, paths, required) if budget is not None else None
+        src = None if manifest else images.load_image_source(data, paths, required)
     except ValidationFailed as exc:
         write_json(out / "report.json", {"dataset": dataset, "source": data.source, **report([], [str(exc)])})
         raise
     created = suite is None
-    if created:
+    if manifest:
+        src, suite, hashes, sums = decode_in_chunks(manifest, data, params, suite, dataset, out / "images.npy")
+    elif created:
         suite = image_validation.infer_image_suite(src, data, params.validate_, name=dataset)
 
     checks, reasons = image_validation.check_images(src, data, suite)
@@ -61,10 +68,17 @@ def validate_images(params: Params, paths: Paths) -> dict:
     table = src.table
     bad = table[ROW_ID].isin(reasons).to_numpy()
     keep = np.flatnonzero(~bad)
-    pixels = src.images[keep] if isinstance(src.images, np.ndarray) else np.stack([src.images[i] for i in keep])
     valid = table.iloc[keep].reset_index(drop=True)
     valid[data.target] = valid[data.target].astype(str)
-    valid[CONTENT_HASH] = [image_validation.content_hash(im) for im in pixels]
+    if manifest:
+        valid[CONTENT_HASH] = [hashes[r] for r in valid[ROW_ID]]
+    else:
+        pixels = src.images[keep] if isinstance(src.images, np.ndarray) else np.stack([src.images[i] for i in keep])
+        valid[CONTENT_HASH] = [image_validation.content_hash(im) for im in pixels]
+        np.save(out / "images.npy", pixels)
+        sums = image_validation.PixelSums(pixels.shape[-1])
+        for i in range(0, len(pixels), 4096):
+            sums.add(pixels[i : i + 4096])
     held = table[bad].copy()
     held.insert(1, "reason", [reasons[r] for r in held[ROW_ID]])
     # As for tables: the patient id leaves validate as its salted key only; identifiers not at all, nor (in
@@ -78,11 +92,12 @@ def validate_images(params: Params, paths: Paths) -> dict:
     kinds = {c: known[c] for c in table.columns if c in known}
 
     valid.to_parquet(paths.valid_rows, index=False)
-    np.save(out / "images.npy", pixels)
     held[held_columns(kinds, list(held.columns.drop("reason")))].to_csv(out / "quarantine.csv", index=False,
                                                                        lineterminator="\n")  # fmt: skip
     write_json(out / "columns.json", kinds)
-    profile = image_validation.image_profile(valid[data.target], pixels, data.target, params.validate_)
+    profile = image_validation.image_profile(
+        valid[data.target], sums, suite["image_shape"], data.target, params.validate_
+    )
     (out / "profile").mkdir()
     (out / "profile" / "profile.md").write_text(image_validation.profile_markdown(profile, dataset))
     image_validation.save_profile_figures(profile, out / "profile")
@@ -99,7 +114,57 @@ def validate_images(params: Params, paths: Paths) -> dict:
         "quarantine_reasons": dict(sorted((c.rule, len(c.row_ids)) for c in checks if c.row_ids)),
         "leakage_suspects": [],
     }
+    if manifest:
+        summary["decoded_in_chunks_of"] = chunk_rows(manifest, budget)
     assert summary["rows_in"] == summary["rows_valid"] + summary["rows_quarantined"]
     write_json(paths.summary("validate"), summary)
     log.info("validate %s: %d images, %d valid, %d quarantined", dataset, len(table), len(valid), len(held))
     return summary
+
+
+def chunk_rows(manifest: images.Manifest, budget_mb: float) -> int:
+    """Manifest rows decoded at once: a quarter of the budget holds a chunk's images (as decoded, then as written),
+    sized by the first image (a chunk of larger ones costs more)."""
+    first = next((im for im in manifest.decode(0, 64).images if im is not None), None)
+    return rows_within(budget_mb, first.nbytes if first is not None else 1, parts=4)
+
+
+def decode_in_chunks(
+    manifest: images.Manifest, data, params: Params, suite: dict | None, dataset: str, store: Path
+) -> tuple[images.ImageSet, dict, dict[int, str], image_validation.PixelSums]:
+    """Decodes the manifest's files a chunk at a time (train.memory_budget_mb), appending each valid image to the
+    store as it goes. Returns the whole set as the checks see it (each image a zero-byte stand-in of its shape),
+    the suite (inferred when None: its image_shape the most common of the first chunk, as the store's shape must be
+    known before the first write), each valid row's content hash and the pixel sums of the profile."""
+    table, n = manifest.table, chunk_rows(manifest, params.train.memory_budget_mb)
+    shapes: list[np.ndarray | None] = []
+    errors: dict[int, tuple[str, str]] = {}
+    hashes: dict[int, str] = {}
+    required = [c for c in (data.target, data.patient_id) if c]
+    writer, sums = None, None
+    for lo in range(0, len(table), n):
+        part = manifest.decode(lo, lo + n)
+        if suite is None:
+            whole = images.ImageSet(
+                table, part.images, {}, manifest.where
+            )  # all labels and columns, one chunk's shapes
+            suite = image_validation.infer_image_suite(whole, data, params.validate_, name=dataset)
+        if writer is None and suite["image_shape"]:
+            writer = StoreWriter(store, suite["image_shape"])
+            sums = image_validation.PixelSums(suite["image_shape"][-1])
+        errors |= part.errors
+        labelled = part.table[required].notna().all(axis=1).to_numpy()
+        keep = []
+        for rid, image, ok in zip(part.table[ROW_ID].tolist(), part.images, labelled, strict=True):
+            shapes.append(None if image is None else np.broadcast_to(np.uint8(0), image.shape))
+            if image is not None and ok and list(image.shape) == suite["image_shape"]:
+                hashes[rid] = image_validation.content_hash(image)
+                keep.append(image)
+        if keep:
+            chunk = np.stack(keep)
+            writer.append(chunk)
+            sums.add(chunk)
+    if writer is None:  # not one readable image: the checks stop the run
+        writer, sums = StoreWriter(store, [0, 0, 1]), image_validation.PixelSums(1)
+    writer.close()
+    return images.ImageSet(table, shapes, errors, manifest.where), suite, hashes, sums
