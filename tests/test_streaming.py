@@ -1,9 +1,17 @@
 """Images larger than train.memory_budget_mb: decoded in chunks into an on-disk store, trained streamed from it."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
+from usercmd import REPO
 
 from medflow.data.image_store import ImageStore, StoreRows
 from medflow.params import from_dict
@@ -116,3 +124,44 @@ def test_streamed_training_matches_in_memory(tmp_path, budget):
     else:
         assert not all(torch.equal(memory[k], streamed[k]) for k in memory)
         assert abs(acc - acc_streamed) <= 0.05 and min(acc, acc_streamed) >= 0.95
+
+
+PEAK = (
+    "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); sys.exit(r.returncode)"
+)
+
+
+def peak_mb(root, step: str) -> int:
+    """Peak RSS (MB) of `medflow step <step>` in a fresh process, as the kernel counts it."""
+    medflow = str(Path(sys.executable).parent / "medflow")
+    env = os.environ | {"MEDFLOW_SALT": "s"}
+    cmd = [sys.executable, "-c", PEAK, medflow, "--root", str(root), "step", step]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return int(done.stdout.split()[-1])
+
+
+@pytest.mark.e2e
+def test_memory_of_a_manifest_over_budget_does_not_grow_with_it(tmp_path):
+    """2,000 NPY images of 128x128 (32 MB decoded) against a 4 MB budget train streamed, and validate's and clean's
+    peaks stay within budget + 24 MB of theirs on 200 of the same images (3 MB): every byte of pixels they hold at
+    once is in a chunk the budget sizes (validate: a quarter of it decoded, then stacked and squared; clean: half of
+    it read, then gathered), and 24 MB covers the rest that grows with rows (the table, the hashes). Reading the whole
+    set, validate would hold its 32 MB twice over."""
+    peaks = {}
+    for n in (200, 2000):
+        root = tmp_path / str(n)
+        manifest(root / "data" / "scans", n, size=128)
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        params["data"] |= {"kind": "image", "source": "data/scans/manifest.csv", "target": "label"}
+        params["data"] |= {"positive_class": None, "patient_id": None, "identifiers": []}
+        params["train"] |= {"model": "mnist_mlp", "max_epochs": 1, "memory_budget_mb": 4}
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        peaks[n] = {step: peak_mb(root, step) for step in ("validate", "clean")}
+    for step in ("validate", "clean"):
+        assert peaks[2000][step] <= peaks[200][step] + 4 + 24, peaks
+    peak_mb(root, "split")
+    peak_mb(root, "train")
+    trained = json.loads((root / "artifacts" / "train" / "summary.json").read_text())
+    assert trained["streamed"] and trained["train_rows"] + trained["val_rows"] > 1600

@@ -241,6 +241,7 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
     }
     if schema.kind == "image":
         summary["image_shape"] = schema.image_shape
+        summary["streamed"] = isinstance(x["train"], StoreRows)  # from the store on disk (train.memory_budget_mb)
     else:
         summary["features"] = len(pre.feature_names)
     if rank != 0:
