@@ -74,9 +74,10 @@ class ImageStore:
     def nbytes(self) -> int:
         return self.rows * self.row_bytes
 
-    def read(self, lo: int, hi: int) -> np.ndarray:
-        """Rows lo..hi-1, one contiguous read."""
-        out = np.empty((hi - lo, *self.shape), dtype=np.uint8)
+    def read(self, lo: int, hi: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows lo..hi-1, one contiguous read (into `out`, C-contiguous, when given)."""
+        if out is None:
+            out = np.empty((hi - lo, *self.shape), dtype=np.uint8)
         with self.path.open("rb", buffering=0) as f:
             f.seek(self.offset + lo * self.row_bytes)
             if f.readinto(memoryview(out).cast("B")) != out.nbytes:
@@ -113,12 +114,6 @@ class StoreRows:
 
     def __len__(self) -> int:
         return len(self.rows)
-
-    def take(self, positions: np.ndarray, chunk_rows: int) -> np.ndarray:
-        """The images at `positions` (ascending) of these rows, chunk_rows of the store read at a time."""
-        if not len(positions):
-            return np.empty((0, *self.store.shape), dtype=np.uint8)
-        return np.concatenate(list(self.store.scan(self.rows[positions], chunk_rows)))
 
     def __getitem__(self, part: slice) -> np.ndarray:
         rows = self.rows[part]

@@ -108,8 +108,8 @@ class StreamedSplit:
     anywhere in it; rows of one block share a window, so a batch mixes rows of up to window_blocks blocks spread over
     the store rather than rows of the whole store: a store sorted by class still gives batches of many classes. With
     one window (the split fits in it) the order is exactly the in-memory loop's: one permutation of all the rows.
-    A thread reads and permutes the next window while the current one trains (pinned when the device is CUDA):
-    at most four windows are held at once (one training, one queued, one being read and its permuted copy).
+    A thread reads each window (one read per block, straight into the window's array) and gathers its batches (into
+    pinned memory when the device is CUDA) a few batches ahead of the training: at most two windows are held at once.
     """
 
     rows: StoreRows  # this split's rows of the store, ascending
@@ -124,17 +124,27 @@ class StreamedSplit:
     def __len__(self) -> int:
         return len(self.y)
 
-    def _windows(self, blocks: list[np.ndarray]):
-        """(images, labels) of each run of window_blocks blocks (arrays of positions in self.rows)."""
-        for i in range(0, len(blocks), self.window_blocks):
-            picked = np.concatenate(blocks[i : i + self.window_blocks])
-            picked.sort()
-            yield self.rows.take(picked, self.block_rows), self.y[torch.from_numpy(picked)]
-
     def _blocks(self) -> list[np.ndarray]:
-        # Positions in self.rows of the rows of each block of the store that holds any.
-        cut = np.searchsorted(self.rows.rows, np.arange(0, self.rows.store.rows + self.block_rows, self.block_rows))
+        """Positions in self.rows of the rows of each block of the store that holds any."""
+        rows, store = self.rows.rows, self.rows.store
+        cut = np.searchsorted(rows, np.arange(0, len(store) + self.block_rows, self.block_rows))
         return [np.arange(a, b) for a, b in zip(cut[:-1], cut[1:], strict=True) if b > a]
+
+    def _windows(self, blocks: list[np.ndarray]):
+        """(images, where each row of the split is in them, labels) of each run of window_blocks blocks: the
+        stretch of each block from its first to its last row of the split, read in store order."""
+        store, rows = self.rows.store, self.rows.rows
+        for i in range(0, len(blocks), self.window_blocks):
+            group = sorted(blocks[i : i + self.window_blocks], key=lambda b: b[0])
+            spans = [(int(rows[b[0]]), int(rows[b[-1]]) + 1) for b in group]
+            images = np.empty((sum(hi - lo for lo, hi in spans), *store.shape), dtype=np.uint8)
+            where, at = [], 0
+            for (lo, hi), b in zip(spans, group, strict=True):
+                store.read(lo, hi, images[at : at + hi - lo])
+                where.append(rows[b] - lo + at)
+                at += hi - lo
+            picked = torch.from_numpy(np.concatenate(group))
+            yield torch.from_numpy(images), torch.from_numpy(np.concatenate(where)), self.y[picked]
 
     def epoch(self, order_gen: torch.Generator, seed: int, epoch: int, batch: int):
         blocks = self._blocks()
@@ -142,20 +152,32 @@ class StreamedSplit:
         blocks = [blocks[i] for i in torch.randperm(len(blocks), generator=block_gen).tolist()]
 
         def shuffled():
-            for x, y in self._windows(blocks):
+            for x, where, y in self._windows(blocks):
                 # Drawn in window order from the one generator: resumable from its checkpointed state.
                 perm = torch.randperm(len(y), generator=order_gen)
-                yield self._pinned(torch.from_numpy(x).index_select(0, perm), y.index_select(0, perm))
+                yield x, where[perm], y[perm]
 
-        return _batched(_prefetch(shuffled()), batch)
+        return _prefetch(self._gathered(shuffled(), batch))
 
     def in_order(self, batch: int):
-        whole = (self._pinned(torch.from_numpy(x), y) for x, y in self._windows(self._blocks()))
-        return _batched(_prefetch(whole), batch)
+        return _prefetch(self._gathered(self._windows(self._blocks()), batch))
 
-    def _pinned(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Batches sliced from a pinned window copy to the device without a staging copy.
-        return (x.pin_memory(), y.pin_memory()) if self.device.type == "cuda" else (x, y)
+    def _gathered(self, windows, batch: int):
+        """(images, where, labels) windows -> (images, labels) batches of exactly `batch` rows in that order (the
+        last may be shorter), gathered as the in-memory loop gathers them."""
+        held, count = [], 0
+        pin = self.device.type == "cuda"
+        for x, where, y in windows:
+            i = 0
+            while i < len(y):
+                take = min(batch - count, len(y) - i)
+                held.append((x.index_select(0, where[i : i + take]), y[i : i + take]))
+                count, i = count + take, i + take
+                if count == batch:
+                    yield _joined(held, pin)
+                    held, count = [], 0
+        if count:
+            yield _joined(held, pin)
 
     def batch(
         self, xy: tuple[torch.Tensor, torch.Tensor], flip: bool = False, translate: int = 0, gen=None
@@ -164,29 +186,13 @@ class StreamedSplit:
         return prepare(xb.permute(0, 3, 1, 2), yb, self, flip, translate, gen)
 
 
-def _batched(windows, batch: int):
-    """(x, y) windows -> (x, y) batches of exactly `batch` rows in the same order (the last may be shorter)."""
-    held, count = [], 0
-    for x, y in windows:
-        i = 0
-        while i < len(y):
-            take = min(batch - count, len(y) - i)
-            held.append((x[i : i + take], y[i : i + take]))
-            count, i = count + take, i + take
-            if count == batch:
-                yield _joined(held)
-                held, count = [], 0
-    if count:
-        yield _joined(held)
+def _joined(parts, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = parts[0] if len(parts) == 1 else (torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]))
+    # Pinned, the copy to the GPU is asynchronous and needs no staging buffer.
+    return (x.pin_memory(), y.pin_memory()) if pin else (x, y)
 
 
-def _joined(parts):
-    if len(parts) == 1:
-        return parts[0]
-    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
-
-
-def _prefetch(items, depth: int = 1):
+def _prefetch(items, depth: int = 4):
     """Runs the iterator `items` in a thread, up to `depth` items ahead of the consumer; its errors are raised
     here. Reading and permuting the next window releases the interpreter lock (file reads, torch copies)."""
     q: queue.Queue = queue.Queue(depth)

@@ -257,7 +257,7 @@ def fit(
     if streamed:
         if world > 1:
             raise ValueError("train.memory_budget_mb: streaming images from disk does not yet run under torchrun")
-        # A fifth of the budget per window: at most four are held at once (training/data.py).
+        # A fifth of the budget per window: two are held at once (training/data.py), and the batches in flight.
         window = rows_within(cfg.memory_budget_mb, x_train.store.row_bytes, parts=5)
         blocks = {"block_rows": max(1, window // 16), "window_blocks": 16}
         train = StreamedSplit(x_train, y_train, device, **norm, **blocks)
