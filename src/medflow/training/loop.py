@@ -229,12 +229,13 @@ def fit(
     if images and (cfg.mean is None or cfg.std is None):
         raise ValueError("uint8 images need cfg.mean and cfg.std (the training split's ImageNormaliser)")
     fmt = torch.channels_last if images and cfg.channels_last and device.type == "cuda" else torch.contiguous_format
-    data = (
-        (*_store_tensors(x_train), y_train, *_store_tensors(x_val), y_val)
-        if streamed
-        else (x_train, y_train, x_val, y_val)
-    )
-    fingerprint = checkpoint.fingerprint(cfg, model, world, data) if cfg.checkpoint else ""
+    fingerprint = ""
+    if cfg.checkpoint:
+        # Images on disk are fingerprinted by the store's digest and the rows taken, not read into memory.
+        data = (x_train, y_train, x_val, y_val)
+        if streamed:
+            data = (*_store_tensors(x_train), y_train, *_store_tensors(x_val), y_val)
+        fingerprint = checkpoint.fingerprint(cfg, model, world, data)
     model.to(device, memory_format=fmt)
 
     nbytes = sum(t.nbytes for t in (x_train, y_train, x_val, y_val))
