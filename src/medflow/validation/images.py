@@ -140,6 +140,7 @@ def decode_in_chunks(
     shapes: list[np.ndarray | None] = []
     errors: dict[int, tuple[str, str]] = {}
     hashes: dict[int, str] = {}
+    stand_in: dict[tuple[int, ...], np.ndarray] = {}
     required = [c for c in (data.target, data.patient_id) if c]
     writer, sums = None, None
     for lo in range(0, len(table), n):
@@ -156,7 +157,9 @@ def decode_in_chunks(
         labelled = part.table[required].notna().all(axis=1).to_numpy()
         keep = []
         for rid, image, ok in zip(part.table[ROW_ID].tolist(), part.images, labelled, strict=True):
-            shapes.append(None if image is None else np.broadcast_to(np.uint8(0), image.shape))
+            if image is not None and image.shape not in stand_in:
+                stand_in[image.shape] = np.broadcast_to(np.uint8(0), image.shape)  # one per shape: rows share it
+            shapes.append(None if image is None else stand_in[image.shape])
             if image is not None and ok and list(image.shape) == suite["image_shape"]:
                 hashes[rid] = image_validation.content_hash(image)
                 keep.append(image)
