@@ -5,6 +5,7 @@ memory as the number of images grows.
                 streamed from the on-disk store, interleaved pairs; the ratio of images per second (target >= 0.8)
     memory      peak RSS of a fresh process that validates an NPY manifest in chunks and then trains one epoch
                 streamed, at 20,000 and 200,000 images (target: within +-10%)
+    loader      the same for the training alone, from a store written here (no image files)
     run         `medflow run` on a 100,000-image manifest with the budget below its size; the run's peak RSS
 
 Each writes bench/results/image_streaming_<what>.json.
@@ -133,6 +134,50 @@ print(json.dumps({"rows_valid": summary["rows_valid"], "imports_mb": base // 102
 """
 
 
+LOADER = """
+import json, resource, sys
+from pathlib import Path
+import numpy as np, torch
+from medflow.data.image_store import ImageStore, StoreRows
+from medflow.training.loop import FitConfig, fit
+from medflow.models.vision import MnistMLP
+torch.set_num_threads(1)
+store, budget = ImageStore(Path(sys.argv[1])), float(sys.argv[2])
+y = torch.from_numpy(np.load(sys.argv[3]))
+rows = np.arange(len(store))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cfg = FitConfig(lr=2e-3, weight_decay=0, batch_size=256, max_epochs=1, patience=1, seed=0, mean=(100.0,),
+                std=(60.0,), augment_flip=True, memory_budget_mb=budget)
+fit(MnistMLP([1, 28, 28], 10), StoreRows(store, rows[rows % 7 != 0]), y[rows % 7 != 0],
+    StoreRows(store, rows[rows % 7 == 0]), y[rows % 7 == 0], cfg)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"imports_mb": base // 1024, "peak_mb": peak // 1024}))
+"""
+
+
+def loader(sizes: list[int]) -> dict:
+    """Peak RSS of a process that trains one epoch streamed from a store of n images (written in chunks here)."""
+    from medflow.data.image_store import StoreWriter
+
+    out = {}
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            labels = []
+            with StoreWriter(Path(tmp) / "images.npy", (28, 28, 1)) as store:
+                for seed, lo in enumerate(range(0, n, 10_000)):
+                    x, y = fashion_like(min(10_000, n - lo), seed)
+                    store.append(x)
+                    labels.append(y)
+            np.save(Path(tmp) / "labels.npy", np.concatenate(labels))
+            t = time.perf_counter()
+            cmd = [sys.executable, "-c", LOADER, f"{tmp}/images.npy", str(BUDGET_MB), f"{tmp}/labels.npy"]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            out[str(n)] = json.loads(done.stdout.strip().splitlines()[-1]) | {"s": round(time.perf_counter() - t)}
+        print(n, out[str(n)], flush=True)
+    peaks = [v["peak_mb"] for v in out.values()]
+    return {"budget_mb": BUDGET_MB, "runs": out, "peak_ratio": round(max(peaks) / min(peaks), 3), "target": "<= 1.10"}
+
+
 def memory(sizes: list[int]) -> dict:
     out = {}
     for n in sizes:
@@ -186,7 +231,7 @@ def run(n: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=["throughput", "memory", "run"])
+    ap.add_argument("what", choices=["throughput", "memory", "loader", "run"])
     ap.add_argument("--n", type=int, help="images (throughput: 60,000; run: 100,000)")
     ap.add_argument("--sizes", default="20000,200000", help="memory: image counts")
     ap.add_argument("--pairs", type=int, default=3)
@@ -195,6 +240,8 @@ def main() -> int:
         result = throughput(args.n or 60_000, args.pairs)
     elif args.what == "memory":
         result = memory([int(s) for s in args.sizes.split(",")])
+    elif args.what == "loader":
+        result = loader([int(s) for s in args.sizes.split(",")])
     else:
         result = run(args.n or 100_000)
     result["load"] = os.getloadavg()
