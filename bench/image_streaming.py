@@ -199,25 +199,26 @@ def run(n: int) -> dict:
     import yaml
     from usercmd import scratch_clone, sh
 
-    with tempfile.TemporaryDirectory() as tmp:
-        root = scratch_clone(Path(tmp) / "clone")
-        write_manifest(root / "data" / "scans", n)
-        params = yaml.safe_load((REPO / "examples" / "digits.yaml").read_text())
-        params["data"]["source"] = "data/scans/manifest.csv"
-        params["train"] |= {"model": "mnist_mlp", "max_epochs": 2, "patience": 2, "memory_budget_mb": BUDGET_MB}
-        params["register"] |= {"model_name": "streamed-100k", "min_primary": 0.5}
-        (root / "streamed.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        wrapper = (
-            "import resource, subprocess, sys; "
-            "r = subprocess.run(['.venv/bin/medflow', 'run', '--params', 'streamed.yaml']); "
-            "print('PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
-        )
-        t = time.perf_counter()
-        done = sh(f'python3 -c "{wrapper}"', root, timeout=3600, MEDFLOW_SALT="bench")
-        seconds = time.perf_counter() - t
-        peak = int(next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("PEAK_KB")))
-        train = json.loads((root / "artifacts" / "streamed" / "train" / "summary.json").read_text())
-        metrics = json.loads((root / "artifacts" / "streamed" / "evaluate" / "metrics.json").read_text())
+    # Not a TemporaryDirectory: deleting 100,000 files can take longer than the run; the path is printed.
+    root = scratch_clone(Path(tempfile.mkdtemp(prefix="image-streaming-")) / "clone")
+    print(f"clone: {root} (delete it when done)", flush=True)
+    write_manifest(root / "data" / "scans", n)
+    params = yaml.safe_load((REPO / "examples" / "digits.yaml").read_text())
+    params["data"]["source"] = "data/scans/manifest.csv"
+    params["train"] |= {"model": "mnist_mlp", "max_epochs": 2, "patience": 2, "memory_budget_mb": BUDGET_MB}
+    params["register"] |= {"model_name": "streamed-100k", "min_primary": 0.5}
+    (root / "streamed.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    wrapper = (
+        "import resource, subprocess, sys; "
+        "r = subprocess.run(['.venv/bin/medflow', 'run', '--params', 'streamed.yaml']); "
+        "print('PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+    )
+    t = time.perf_counter()
+    done = sh(f'python3 -c "{wrapper}"', root, timeout=3600, MEDFLOW_SALT="bench")
+    seconds = time.perf_counter() - t
+    peak = int(next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("PEAK_KB")))
+    train = json.loads((root / "artifacts" / "streamed" / "train" / "summary.json").read_text())
+    metrics = json.loads((root / "artifacts" / "streamed" / "evaluate" / "metrics.json").read_text())
     return {
         "images": n,
         "decoded_mb": round(n * 784 / 2**20, 1),
