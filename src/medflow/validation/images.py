@@ -48,7 +48,8 @@ def validate_images(params: Params, paths: Paths) -> dict:
         raise
     created = suite is None
     if manifest:
-        src, suite, hashes, sums = decode_in_chunks(manifest, data, params, suite, dataset, out / "images.npy")
+        chunk = chunk_rows(manifest, budget)
+        src, suite, hashes, sums = decode_in_chunks(manifest, chunk, params, suite, dataset, out / "images.npy")
     elif created:
         suite = image_validation.infer_image_suite(src, data, params.validate_, name=dataset)
 
@@ -115,7 +116,7 @@ def validate_images(params: Params, paths: Paths) -> dict:
         "leakage_suspects": [],
     }
     if manifest:
-        summary["decoded_in_chunks_of"] = chunk_rows(manifest, budget)
+        summary["decoded_in_chunks_of"] = chunk
     assert summary["rows_in"] == summary["rows_valid"] + summary["rows_quarantined"]
     write_json(paths.summary("validate"), summary)
     log.info("validate %s: %d images, %d valid, %d quarantined", dataset, len(table), len(valid), len(held))
@@ -124,19 +125,21 @@ def validate_images(params: Params, paths: Paths) -> dict:
 
 def chunk_rows(manifest: images.Manifest, budget_mb: float) -> int:
     """Manifest rows decoded at once: a quarter of the budget holds a chunk's images (as decoded, then as written),
-    sized by the first image (a chunk of larger ones costs more)."""
-    first = next((im for im in manifest.decode(0, 64).images if im is not None), None)
-    return rows_within(budget_mb, first.nbytes if first is not None else 1, parts=4)
+    sized by the first readable image of the first 64 (a chunk of larger ones costs more)."""
+    for i in range(min(64, len(manifest.table))):
+        if (image := manifest.decode(i, i + 1).images[0]) is not None:
+            return rows_within(budget_mb, image.nbytes, parts=4)
+    return rows_within(budget_mb, 1, parts=4)
 
 
 def decode_in_chunks(
-    manifest: images.Manifest, data, params: Params, suite: dict | None, dataset: str, store: Path
+    manifest: images.Manifest, n: int, params: Params, suite: dict | None, dataset: str, store: Path
 ) -> tuple[images.ImageSet, dict, dict[int, str], image_validation.PixelSums]:
-    """Decodes the manifest's files a chunk at a time (train.memory_budget_mb), appending each valid image to the
+    """Decodes the manifest's files n rows at a time (train.memory_budget_mb), appending each valid image to the
     store as it goes. Returns the whole set as the checks see it (each image a zero-byte stand-in of its shape),
     the suite (inferred when None: its image_shape the most common of the first chunk, as the store's shape must be
     known before the first write), each valid row's content hash and the pixel sums of the profile."""
-    table, n = manifest.table, chunk_rows(manifest, params.train.memory_budget_mb)
+    table, data = manifest.table, params.data
     shapes: list[np.ndarray | None] = []
     errors: dict[int, tuple[str, str]] = {}
     hashes: dict[int, str] = {}
@@ -146,9 +149,8 @@ def decode_in_chunks(
     for lo in range(0, len(table), n):
         part = manifest.decode(lo, lo + n)
         if suite is None:
-            whole = images.ImageSet(
-                table, part.images, {}, manifest.where
-            )  # all labels and columns, one chunk's shapes
+            # The whole table's labels and columns, the first chunk's shapes.
+            whole = images.ImageSet(table, part.images, {}, manifest.where)
             suite = image_validation.infer_image_suite(whole, data, params.validate_, name=dataset)
         if writer is None and suite["image_shape"]:
             writer = StoreWriter(store, suite["image_shape"])
