@@ -72,7 +72,7 @@ def validate_images(params: Params, paths: Paths) -> dict:
     valid = table.iloc[keep].reset_index(drop=True)
     valid[data.target] = valid[data.target].astype(str)
     if manifest:
-        valid[CONTENT_HASH] = [hashes[r] for r in valid[ROW_ID]]
+        valid[CONTENT_HASH] = hashes  # one per valid row, in order: the rows the checks pass are those written
     else:
         pixels = src.images[keep] if isinstance(src.images, np.ndarray) else np.stack([src.images[i] for i in keep])
         valid[CONTENT_HASH] = [image_validation.content_hash(im) for im in pixels]
@@ -134,7 +134,7 @@ def chunk_rows(manifest: images.Manifest, budget_mb: float) -> int:
 
 def decode_in_chunks(
     manifest: images.Manifest, n: int, params: Params, suite: dict | None, dataset: str, store: Path
-) -> tuple[images.ImageSet, dict, dict[int, str], image_validation.PixelSums]:
+) -> tuple[images.ImageSet, dict, list[str], image_validation.PixelSums]:
     """Decodes the manifest's files n rows at a time (train.memory_budget_mb), appending each valid image to the
     store as it goes. Returns the whole set as the checks see it (each image a zero-byte stand-in of its shape),
     the suite (inferred when None: its image_shape the most common of the first chunk, as the store's shape must be
@@ -142,7 +142,7 @@ def decode_in_chunks(
     table, data = manifest.table, params.data
     shapes: list[np.ndarray | None] = []
     errors: dict[int, tuple[str, str]] = {}
-    hashes: dict[int, str] = {}
+    hashes: list[str] = []  # not a dict by row id: ~100 bytes a row less, at 200,000 rows 20 MB
     stand_in: dict[tuple[int, ...], np.ndarray] = {}
     required = [c for c in (data.target, data.patient_id) if c]
     writer, sums = None, None
@@ -158,12 +158,12 @@ def decode_in_chunks(
         errors |= part.errors
         labelled = part.table[required].notna().all(axis=1).to_numpy()
         keep = []
-        for rid, image, ok in zip(part.table[ROW_ID].tolist(), part.images, labelled, strict=True):
+        for image, ok in zip(part.images, labelled, strict=True):
             if image is not None and image.shape not in stand_in:
                 stand_in[image.shape] = np.broadcast_to(np.uint8(0), image.shape)  # one per shape: rows share it
             shapes.append(None if image is None else stand_in[image.shape])
             if image is not None and ok and list(image.shape) == suite["image_shape"]:
-                hashes[rid] = image_validation.content_hash(image)
+                hashes.append(image_validation.content_hash(image))
                 keep.append(image)
         if keep:
             chunk = np.stack(keep)
