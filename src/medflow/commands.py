@@ -85,9 +85,13 @@ def wrote_suite(paths: Paths, validate: dict | None) -> None:
     if not validate or not validate.get("suite_created"):
         return
     suite = validate["suite"]
-    count = len(json.loads((paths.root / suite).read_text())["expectations"])
+    written = json.loads((paths.root / suite).read_text())
+    if written.get("kind") == "image":  # an image suite holds a shape and a label set, no expectations
+        what = f"the image shape and {len(written['labels'])} labels inferred from these images"
+    else:
+        what = f"{len(written['expectations'])} expectations inferred from this table"
     print(
-        f"wrote {suite}: {count} expectations inferred from this table, which later runs validate against; review "
+        f"wrote {suite}: {what}, which later runs validate against; review "
         f"them (less {suite}), edit ranges or category sets, and commit the file (git add {suite})"
     )
 

@@ -220,6 +220,10 @@ class TrainParams(_Section):
     # torch CPU threads; null: 1 for the MLPs (their matrices are too small to share), the process's cores for
     # conv nets (divided among torchrun's ranks).
     threads: int | None = Field(None, ge=1)
+    # Images: MB of decoded pixels the pipeline may hold at once; null: all of them. Set, validate and clean decode
+    # and copy in chunks within it, and a dataset larger than it trains streamed from artifacts/clean/images.npy
+    # (docs/images.md). Under train, as the loader it picks is training's; validate and clean read it too.
+    memory_budget_mb: float | None = Field(None, gt=0)
     resume: bool = True  # continue from artifacts/.checkpoints/train.pt when it matches this configuration
     mixup: float = Field(0.0, ge=0)  # Beta(a, a) of the mixing weight of mixup, batched on the device; 0: off
     cutmix: float = Field(0.0, ge=0)  # images: Beta(a, a) of the area kept by cutmix; 0: off

@@ -204,11 +204,13 @@ class ImageNormaliser:
 
     @classmethod
     def fit(cls, images: np.ndarray) -> ImageNormaliser:
-        """images: uint8 [N, H, W, C]; sums in float64 chunk by chunk (a float copy of CIFAR-10 is 1.2 GB)."""
+        """images: uint8 [N, H, W, C] (or StoreRows, read from disk a chunk at a time); sums in float64 chunk by
+        chunk of at most 32 MB (a float copy of CIFAR-10 is 1.2 GB)."""
         c = images.shape[-1]
+        step = max(1, 2**22 // int(np.prod(images.shape[1:])))
         total, squares, count = np.zeros(c), np.zeros(c), 0
-        for i in range(0, len(images), 4096):
-            chunk = np.asarray(images[i : i + 4096], dtype="float64").reshape(-1, c)
+        for i in range(0, len(images), step):
+            chunk = np.asarray(images[i : i + step], dtype="float64").reshape(-1, c)
             total += chunk.sum(0)
             squares += (chunk**2).sum(0)
             count += len(chunk)

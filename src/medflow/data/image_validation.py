@@ -134,20 +134,35 @@ def check_images(src: ImageSet, data: DataParams, suite: dict) -> tuple[list[Che
     return checks, {rid: "; ".join(reasons) for rid, reasons in problems.items()}
 
 
-def image_profile(labels: pd.Series, images: np.ndarray, target: str, vp: ValidateParams) -> dict:
+class PixelSums:
+    """Per-channel sums of pixels and of their squares, added up a chunk of images at a time: exact in float64
+    (uint8 squares summed stay below 2**53 up to ~1e11 pixels), so chunks give what the whole would."""
+
+    def __init__(self, channels: int):
+        self.images, self.pixels = 0, 0
+        self.total, self.squares = np.zeros(channels), np.zeros(channels)
+
+    def add(self, images: np.ndarray) -> None:
+        flat = images.reshape(-1, images.shape[-1])
+        self.images += len(images)
+        self.pixels += len(flat)
+        self.total += flat.sum(0, dtype=np.float64)
+        self.squares += np.square(flat, dtype=np.uint16).sum(0, dtype=np.float64)
+
+
+def image_profile(labels: pd.Series, sums: PixelSums, shape: list[int], target: str, vp: ValidateParams) -> dict:
     """Aggregates of the valid images: class balance (small counts suppressed), shape, per-channel mean/std."""
     k = vp.small_count
-    flat = images.reshape(-1, images.shape[-1])
-    mean = flat.mean(0, dtype=np.float64)
-    std = np.sqrt(np.maximum(np.square(flat, dtype=np.uint16).mean(0, dtype=np.float64) - mean**2, 0))
+    mean = sums.total / max(sums.pixels, 1)
+    std = np.sqrt(np.maximum(sums.squares / max(sums.pixels, 1) - mean**2, 0))
     channels = [
         {"channel": i, "mean": round(float(m), 2), "std": round(float(s), 2)}
         for i, (m, s) in enumerate(zip(mean, std, strict=True))
     ]
     return {
-        "rows": len(images),
+        "rows": sums.images,
         "small_count": k,
-        "image_shape": list(images.shape[1:]),
+        "image_shape": list(shape),
         "channels": channels,
         "target": {
             "name": target,

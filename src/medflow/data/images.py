@@ -237,7 +237,44 @@ def _outside(cell: str, folder: Path, roots: list[Path]) -> str | None:
     return "a link out of the data folder" if ".." not in Path(cell).parts else "'..' leads out of the data folder"
 
 
-def _manifest(path: Path, data: DataParams, required: set[str], where: str, roots: list[Path]) -> ImageSet:
+def _decode(cell: object, folder: Path, roots: list[Path]) -> tuple[np.ndarray | None, tuple[str, str] | None]:
+    """One manifest cell -> (image, None) or (None, (rule, detail))."""
+    if not isinstance(cell, str) or not cell.strip():
+        return None, ("file_missing", "no path given")
+    if why := _outside(cell.strip(), folder, roots):
+        return None, ("path_outside_data", why)
+    try:
+        return read_image(folder / cell.strip()), None
+    except FileNotFoundError:
+        return None, ("file_missing", "")
+    except ImageError as exc:
+        return None, ("decode_failed", str(exc))
+
+
+@dataclass
+class Manifest:
+    """A manifest's table, its files decoded a slice of rows at a time."""
+
+    table: pd.DataFrame  # ROW_ID, then the manifest's columns
+    folder: Path
+    roots: list[Path]
+    column: str
+    where: str
+
+    def decode(self, lo: int = 0, hi: int | None = None) -> ImageSet:
+        """Rows lo..hi-1 as an ImageSet (its table keeps the manifest's index)."""
+        part = self.table.iloc[lo:hi]
+        images: list[np.ndarray | None] = []
+        errors = {}
+        for rid, cell in zip(part[ROW_ID].tolist(), part[self.column], strict=True):
+            image, problem = _decode(cell, self.folder, self.roots)
+            images.append(image)
+            if problem:
+                errors[rid] = problem
+        return ImageSet(part, images, errors, self.where)
+
+
+def _manifest(path: Path, data: DataParams, required: set[str], where: str, roots: list[Path]) -> Manifest:
     table = read_table(path, data.exclude, data.delimiter, data.encoding)
     missing = sorted(required - set(table.columns))
     if missing:
@@ -246,39 +283,39 @@ def _manifest(path: Path, data: DataParams, required: set[str], where: str, root
     if data.max_rows is not None:
         table = table.iloc[: data.max_rows]
     table.insert(0, ROW_ID, np.arange(len(table), dtype="int64"))
-    images: list[np.ndarray | None] = []
-    errors = {}
-    for rid, cell in zip(table[ROW_ID].tolist(), table[data.image_column], strict=True):
-        image, problem = None, None
-        if not isinstance(cell, str) or not cell.strip():
-            problem = ("file_missing", "no path given")
-        elif why := _outside(cell.strip(), path.parent, roots):
-            problem = ("path_outside_data", why)
-        else:
-            try:
-                image = read_image(path.parent / cell.strip())
-            except FileNotFoundError:
-                problem = ("file_missing", "")
-            except ImageError as exc:
-                problem = ("decode_failed", str(exc))
-        images.append(image)
-        if problem:
-            errors[rid] = problem
-    return ImageSet(table.reset_index(drop=True), images, errors, where)
+    return Manifest(table.reset_index(drop=True), path.parent, roots, data.image_column, where)
+
+
+def _where(path: Path, paths: Paths) -> str:
+    return path.relative_to(paths.root).as_posix() if path.is_relative_to(paths.root) else str(path)
+
+
+def _required(data: DataParams, required: Iterable[str]) -> set[str]:
+    return {c for c in (data.image_column, data.target, data.patient_id, *data.identifiers, *required) if c}
+
+
+def open_manifest(data: DataParams, paths: Paths, required: Iterable[str] = ()) -> Manifest | None:
+    """data.source as a Manifest when it is a manifest .csv (nothing decoded yet), else None."""
+    if data.source in DEMOS:
+        return None
+    path = paths.source(data.source)
+    if not (path.is_file() and path.suffix.lower() == ".csv"):
+        return None
+    roots = [r.resolve() for r in (paths.data_dir, *(paths.source(a) for a in data.allowed_roots))]
+    return _manifest(path, data, _required(data, required), _where(path, paths), roots)
 
 
 def load_image_source(data: DataParams, paths: Paths, required: Iterable[str] = ()) -> ImageSet:
     """data.source (kind "image") -> ImageSet. Fails (ValidationFailed) when a manifest lacks a column named in
     params.data or in `required`; array sources (idx, CIFAR, demos) have only the label and image columns."""
-    required = {c for c in (data.image_column, data.target, data.patient_id, *data.identifiers, *required) if c}
+    required = _required(data, required)
     if data.source in DEMOS:
         where, arrays = data.source, DEMOS[data.source]()
     else:
+        if manifest := open_manifest(data, paths, required):
+            return manifest.decode()
         path = paths.source(data.source)
-        where = path.relative_to(paths.root).as_posix() if path.is_relative_to(paths.root) else str(path)
-        if path.is_file() and path.suffix.lower() == ".csv":
-            roots = [r.resolve() for r in (paths.data_dir, *(paths.source(a) for a in data.allowed_roots))]
-            return _manifest(path, data, required, where, roots)
+        where = _where(path, paths)
         if (path / "batches.meta").is_file():
             arrays = read_cifar_folder(path)
         elif path.is_dir() and _idx_pairs(path):

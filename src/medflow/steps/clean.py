@@ -14,6 +14,7 @@ import pandas as pd
 
 from medflow.data.columns import CONTENT_HASH, LABEL, PATIENT_KEY, ROW_ID, TIME
 from medflow.data.features import Schema, coerce_features, encode_labels
+from medflow.data.image_store import copy_rows
 from medflow.params import DataParams, Params
 from medflow.paths import Paths
 from medflow.privacy.keys import pseudonymise, resolve_salt
@@ -146,12 +147,16 @@ def run(params: Params, paths: Paths) -> dict:
     out = paths.step_dir("clean")
     out.mkdir(parents=True, exist_ok=True)
     if params.data.kind == "image":
-        images = np.load(paths.step_dir("validate") / "images.npy", mmap_mode="r")
+        images = paths.step_dir("validate") / "images.npy"
         shape = json.loads(paths.summary("validate").read_text())["image_shape"]
         schema = build_image_schema(kinds, params.data, df[params.data.target], shape)
         # The same picture with the same label is one example, whoever it was filed under.
         kept, duplicates = split_duplicates(df, [CONTENT_HASH, params.data.target])
-        np.save(paths.images, np.ascontiguousarray(images[kept.index.to_numpy()]))
+        rows, budget = kept.index.to_numpy(), params.train.memory_budget_mb
+        if budget is None:
+            np.save(paths.images, np.ascontiguousarray(np.load(images, mmap_mode="r")[rows]))
+        else:
+            copy_rows(images, rows, paths.images, budget)
     else:
         formats = json.loads(paths.number_formats.read_text()) if paths.number_formats.exists() else {}
         validated = json.loads(paths.summary("validate").read_text()) if paths.summary("validate").exists() else {}

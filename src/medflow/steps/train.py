@@ -31,6 +31,7 @@ from medflow import tracking
 from medflow.console import say
 from medflow.data.columns import SPLIT
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema
+from medflow.data.image_store import ImageStore, StoreRows
 from medflow.data.manifest import load_split, outcome
 from medflow.models import sequence, vision
 from medflow.models.bundle import save_bundle
@@ -113,14 +114,18 @@ def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
     positions = {s: np.flatnonzero(df[SPLIT].to_numpy() == s) for s in ("train", "val")}
     y, scale = task.learning_targets({s: outcome(df.iloc[pos]) for s, pos in positions.items()})
     if schema.kind == "image":
-        images = np.load(paths.images, mmap_mode="r")
-        if len(images) != len(df) or list(images.shape[1:]) != schema.image_shape:
+        store = ImageStore(paths.images)
+        if len(store) != len(df) or list(store.shape) != schema.image_shape:
             raise ValueError(
-                f"images.npy holds {images.shape}; cleaned.parquet and schema.json expect "
+                f"images.npy holds {[len(store), *store.shape]}; cleaned.parquet and schema.json expect "
                 f"{[len(df), *schema.image_shape]}"
             )
-        x = {s: torch.from_numpy(np.ascontiguousarray(images[pos])) for s, pos in positions.items()}
-        pre = ImageNormaliser.fit(x["train"].numpy())
+        x = {s: StoreRows(store, pos) for s, pos in positions.items()}
+        budget = params.train.memory_budget_mb
+        if budget is None or sum(r.nbytes for r in x.values()) <= budget * 2**20:
+            images = np.load(paths.images, mmap_mode="r")
+            x = {s: torch.from_numpy(np.ascontiguousarray(images[r.rows])) for s, r in x.items()}
+        pre = ImageNormaliser.fit(x["train"] if isinstance(x["train"], StoreRows) else x["train"].numpy())
         h, w, c = schema.image_shape
         config = {"name": model, "in_shape": [c, h, w], "n_classes": task.head_width(schema)}
         config |= vision.options(model, params.train)
@@ -252,6 +257,7 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
     }
     if schema.kind == "image":
         summary["image_shape"] = schema.image_shape
+        summary["streamed"] = isinstance(x["train"], StoreRows)  # from the store on disk (train.memory_budget_mb)
     elif schema.kind in ("events", "signals"):
         summary["grid"] = [int(x["train"].shape[1]), int(x["train"].shape[2])]
     else:

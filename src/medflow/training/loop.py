@@ -30,9 +30,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from medflow.console import say
+from medflow.data.image_store import StoreRows, rows_within
 from medflow.tasks import named
 from medflow.training import augment, checkpoint, distributed
-from medflow.training.data import Split, fits
+from medflow.training.data import Split, StreamedSplit, fits
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class FitConfig:
     channels_last: bool = True  # CUDA only
     compile: bool = False
     stream: bool | None = None  # None: stream from host memory only when the data does not fit on the device
+    # Images given as StoreRows (on disk): MB of pixels held at once while streaming them (training/data.py).
+    memory_budget_mb: float | None = None
     checkpoint: Path | None = None  # None: no checkpoints
     checkpoint_every: int = 1  # epochs
     # Seconds between checkpoints (0: every checkpoint_every epochs). A full-state save per epoch of a small
@@ -181,8 +184,8 @@ def evaluate(model: nn.Module, data: Split, batch: int, autocast: Callable, cfg:
     task = named(cfg.task)
     model.eval()
     sums = torch.zeros(2, device=data.device)
-    for i in range(0, len(data), batch):
-        xb, yb = data.batch(slice(i, i + batch))
+    for rows in data.in_order(batch):
+        xb, yb = data.batch(rows)
         with autocast():
             out = model(xb).float()
         sums += torch.stack([task.loss_sum(cfg, out, yb), task.epoch_score(out, yb)])
@@ -221,15 +224,22 @@ def fit(
     """
     device = torch.device(cfg.device)
     rank, world = distributed.rank_world()
-    images = x_train.dtype == torch.uint8
+    streamed = isinstance(x_train, StoreRows)
+    images = streamed or x_train.dtype == torch.uint8
     if images and (cfg.mean is None or cfg.std is None):
         raise ValueError("uint8 images need cfg.mean and cfg.std (the training split's ImageNormaliser)")
     fmt = torch.channels_last if images and cfg.channels_last and device.type == "cuda" else torch.contiguous_format
-    fingerprint = checkpoint.fingerprint(cfg, model, world, (x_train, y_train, x_val, y_val)) if cfg.checkpoint else ""
+    fingerprint = ""
+    if cfg.checkpoint:
+        # Images on disk are fingerprinted by the store's digest and the rows taken, not read into memory.
+        data = (x_train, y_train, x_val, y_val)
+        if streamed:
+            data = (*_store_tensors(x_train), y_train, *_store_tensors(x_val), y_val)
+        fingerprint = checkpoint.fingerprint(cfg, model, world, data)
     model.to(device, memory_format=fmt)
 
     nbytes = sum(t.nbytes for t in (x_train, y_train, x_val, y_val))
-    stream = not fits(device, nbytes) if cfg.stream is None else cfg.stream
+    stream = streamed or (not fits(device, nbytes) if cfg.stream is None else cfg.stream)
     home = torch.device("cpu") if stream else device
     nhwc = fmt == torch.channels_last
     norm = {}
@@ -245,9 +255,18 @@ def fit(
         # NHWC as given for channels_last, else NCHW once.
         return x.to(home).permute(0, 3, 1, 2).contiguous() if images and not nhwc else x.to(home)
 
-    train = Split(place(x_train), y_train.to(home), device, **norm)
-    # Each rank scores its own slice of the validation set; the sums are all-reduced.
-    val = Split(place(x_val[rank::world]), y_val[rank::world].to(home), device, **norm)
+    if streamed:
+        if world > 1:
+            raise ValueError("train.memory_budget_mb: streaming images from disk does not yet run under torchrun")
+        # A fifth of the budget per window: two are held at once (training/data.py), and the batches in flight.
+        window = rows_within(cfg.memory_budget_mb, x_train.store.row_bytes, parts=5)
+        blocks = {"block_rows": max(1, window // 16), "window_blocks": 16}
+        train = StreamedSplit(x_train, y_train, device, **norm, **blocks)
+        val = StreamedSplit(x_val, y_val, device, **norm, **blocks)
+    else:
+        train = Split(place(x_train), y_train.to(home), device, **norm)
+        # Each rank scores its own slice of the validation set; the sums are all-reduced.
+        val = Split(place(x_val[rank::world]), y_val[rank::world].to(home), device, **norm)
 
     task = named(cfg.task)
     loss_fn = task.loss(cfg, device)
@@ -308,10 +327,13 @@ def fit(
         epoch += 1
         net.train()
         t0 = time.perf_counter()
-        order = torch.randperm(n, generator=order_gen)[rank:n_seen:world].to(home)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
-        batches = (order[i : i + batch] for i in range(0, per_rank, batch))
+        if streamed:
+            batches = train.epoch(order_gen, cfg.seed, epoch, batch)
+        else:
+            order = torch.randperm(n, generator=order_gen)[rank:n_seen:world].to(home)
+            batches = (order[i : i + batch] for i in range(0, per_rank, batch))
         outs: list[tuple[torch.Tensor, torch.Tensor]] = []  # a dealing task's batch outputs, kept on the device
         if deal is not None:
             batches = deal(order, y_train, batch, cfg.seed + epoch)
@@ -394,3 +416,9 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     return FitResult(best_epoch, best_loss, epoch, history, resumed_from)
+
+
+def _store_tensors(rows: StoreRows) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a checkpoint's fingerprint hashes of images on disk: the store's digest and which rows of it."""
+    digest = torch.frombuffer(bytearray.fromhex(rows.store.digest()), dtype=torch.uint8)
+    return digest, torch.from_numpy(rows.rows)

@@ -28,6 +28,7 @@ LOOP_SETTINGS = {
     "resume",
     "mixup",
     "cutmix",
+    "memory_budget_mb",
 }
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 
 from medflow.data import image_validation, images
 from medflow.data.columns import CONTENT_HASH, PATIENT_KEY, ROW_ID
+from medflow.data.image_store import StoreWriter, rows_within
 from medflow.data.suite import ValidationFailed, role_mismatches, suite_kinds
 from medflow.params import Params
 from medflow.paths import Paths
@@ -36,13 +38,19 @@ def validate_images(params: Params, paths: Paths) -> dict:
                 f"{suite_name}: column roles differ from params.data: {'; '.join(mismatches)}. Fix params or the "
                 "suite's meta.medflow.columns, or delete the suite to infer it again."
             )
+    required = suite["required_columns"] if suite else ()
+    budget = params.train.memory_budget_mb
     try:
-        src = images.load_image_source(data, paths, required=suite["required_columns"] if suite else ())
+        manifest = images.open_manifest(data, paths, required) if budget is not None else None
+        src = None if manifest else images.load_image_source(data, paths, required)
     except ValidationFailed as exc:
         write_json(out / "report.json", {"dataset": dataset, "source": data.source, **report([], [str(exc)])})
         raise
     created = suite is None
-    if created:
+    if manifest:
+        chunk = chunk_rows(manifest, budget)
+        src, suite, hashes, sums = decode_in_chunks(manifest, chunk, params, suite, dataset, out / "images.npy")
+    elif created:
         suite = image_validation.infer_image_suite(src, data, params.validate_, name=dataset)
 
     checks, reasons = image_validation.check_images(src, data, suite)
@@ -61,10 +69,17 @@ def validate_images(params: Params, paths: Paths) -> dict:
     table = src.table
     bad = table[ROW_ID].isin(reasons).to_numpy()
     keep = np.flatnonzero(~bad)
-    pixels = src.images[keep] if isinstance(src.images, np.ndarray) else np.stack([src.images[i] for i in keep])
     valid = table.iloc[keep].reset_index(drop=True)
     valid[data.target] = valid[data.target].astype(str)
-    valid[CONTENT_HASH] = [image_validation.content_hash(im) for im in pixels]
+    if manifest:
+        valid[CONTENT_HASH] = hashes  # one per valid row, in order: the rows the checks pass are those written
+    else:
+        pixels = src.images[keep] if isinstance(src.images, np.ndarray) else np.stack([src.images[i] for i in keep])
+        valid[CONTENT_HASH] = [image_validation.content_hash(im) for im in pixels]
+        np.save(out / "images.npy", pixels)
+        sums = image_validation.PixelSums(pixels.shape[-1])
+        for i in range(0, len(pixels), 4096):
+            sums.add(pixels[i : i + 4096])
     held = table[bad].copy()
     held.insert(1, "reason", [reasons[r] for r in held[ROW_ID]])
     # As for tables: the patient id leaves validate as its salted key only; identifiers not at all, nor (in
@@ -78,11 +93,12 @@ def validate_images(params: Params, paths: Paths) -> dict:
     kinds = {c: known[c] for c in table.columns if c in known}
 
     valid.to_parquet(paths.valid_rows, index=False)
-    np.save(out / "images.npy", pixels)
     held[held_columns(kinds, list(held.columns.drop("reason")))].to_csv(out / "quarantine.csv", index=False,
                                                                        lineterminator="\n")  # fmt: skip
     write_json(out / "columns.json", kinds)
-    profile = image_validation.image_profile(valid[data.target], pixels, data.target, params.validate_)
+    profile = image_validation.image_profile(
+        valid[data.target], sums, suite["image_shape"], data.target, params.validate_
+    )
     (out / "profile").mkdir()
     (out / "profile" / "profile.md").write_text(image_validation.profile_markdown(profile, dataset))
     image_validation.save_profile_figures(profile, out / "profile")
@@ -99,7 +115,61 @@ def validate_images(params: Params, paths: Paths) -> dict:
         "quarantine_reasons": dict(sorted((c.rule, len(c.row_ids)) for c in checks if c.row_ids)),
         "leakage_suspects": [],
     }
+    if manifest:
+        summary["decoded_in_chunks_of"] = chunk
     assert summary["rows_in"] == summary["rows_valid"] + summary["rows_quarantined"]
     write_json(paths.summary("validate"), summary)
     log.info("validate %s: %d images, %d valid, %d quarantined", dataset, len(table), len(valid), len(held))
     return summary
+
+
+def chunk_rows(manifest: images.Manifest, budget_mb: float) -> int:
+    """Manifest rows decoded at once: a quarter of the budget holds a chunk's images (as decoded, then as written),
+    sized by the first readable image of the first 64 (a chunk of larger ones costs more)."""
+    for i in range(min(64, len(manifest.table))):
+        if (image := manifest.decode(i, i + 1).images[0]) is not None:
+            return rows_within(budget_mb, image.nbytes, parts=4)
+    return rows_within(budget_mb, 1, parts=4)
+
+
+def decode_in_chunks(
+    manifest: images.Manifest, n: int, params: Params, suite: dict | None, dataset: str, store: Path
+) -> tuple[images.ImageSet, dict, list[str], image_validation.PixelSums]:
+    """Decodes the manifest's files n rows at a time (train.memory_budget_mb), appending each valid image to the
+    store as it goes. Returns the whole set as the checks see it (each image a zero-byte stand-in of its shape),
+    the suite (inferred when None: its image_shape the most common of the first chunk, as the store's shape must be
+    known before the first write), each valid row's content hash and the pixel sums of the profile."""
+    table, data = manifest.table, params.data
+    shapes: list[np.ndarray | None] = []
+    errors: dict[int, tuple[str, str]] = {}
+    hashes: list[str] = []  # not a dict by row id: ~100 bytes a row less, at 200,000 rows 20 MB
+    stand_in: dict[tuple[int, ...], np.ndarray] = {}
+    required = [c for c in (data.target, data.patient_id) if c]
+    writer, sums = None, None
+    for lo in range(0, len(table), n):
+        part = manifest.decode(lo, lo + n)
+        if suite is None:
+            # The whole table's labels and columns, the first chunk's shapes.
+            whole = images.ImageSet(table, part.images, {}, manifest.where)
+            suite = image_validation.infer_image_suite(whole, data, params.validate_, name=dataset)
+        if writer is None and suite["image_shape"]:
+            writer = StoreWriter(store, suite["image_shape"])
+            sums = image_validation.PixelSums(suite["image_shape"][-1])
+        errors |= part.errors
+        labelled = part.table[required].notna().all(axis=1).to_numpy()
+        keep = []
+        for image, ok in zip(part.images, labelled, strict=True):
+            if image is not None and image.shape not in stand_in:
+                stand_in[image.shape] = np.broadcast_to(np.uint8(0), image.shape)  # one per shape: rows share it
+            shapes.append(None if image is None else stand_in[image.shape])
+            if image is not None and ok and list(image.shape) == suite["image_shape"]:
+                hashes.append(image_validation.content_hash(image))
+                keep.append(image)
+        if keep:
+            chunk = np.stack(keep)
+            writer.append(chunk)
+            sums.add(chunk)
+    if writer is None:  # not one readable image: the checks stop the run
+        writer, sums = StoreWriter(store, [0, 0, 1]), image_validation.PixelSums(1)
+    writer.close()
+    return images.ImageSet(table, shapes, errors, manifest.where), suite, hashes, sums
