@@ -46,8 +46,9 @@ def test_a_bundle_config_rebuilds_the_same_network():
 def test_registry_names_match_params_and_unknown_names_fail():
     from medflow.params import TrainParams
 
-    # Every name params accept builds a network, but the trees, which have no torch module (models/trees.py).
-    assert {*BUILDERS, TREE_MODEL} == set(TrainParams.model_fields["model"].annotation.__args__)
+    # Every name params accept builds a network, but the trees, which have no torch module (models/trees.py), and
+    # segmentation's U-Net, which MONAI builds from its own config (imaging/network.py).
+    assert {*BUILDERS, TREE_MODEL, "unet"} == set(TrainParams.model_fields["model"].annotation.__args__)
     assert build("tabular_mlp", n_in=5, n_classes=2, hidden=[8], dropout=0.0)(torch.randn(4, 5)).shape == (4, 2)
     with pytest.raises(KeyError, match="unknown model"):
         build("vgg", in_shape=[3, 32, 32], n_classes=10)
