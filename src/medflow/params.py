@@ -125,11 +125,21 @@ class CleanParams(_Section):
 class SplitParams(_Section):
     val: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
+    # patient: random by patient (stratified); time: the earliest patients by time_column train, the latest test
+    # (the column is never a feature); site: the sites in test_sites (of site_column) are the test split.
+    by: Literal["patient", "time", "site"] = "patient"
+    time_column: str | None = None
+    site_column: str | None = None
+    test_sites: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> SplitParams:
         if self.val + self.test >= 0.9:
             raise ValueError(f"split.val + split.test = {self.val + self.test:.2f} leaves too little to train on")
+        if self.by == "time" and not self.time_column:
+            raise ValueError("split.by=time needs split.time_column (a date or number column of the table)")
+        if self.by == "site" and not (self.site_column and self.test_sites):
+            raise ValueError("split.by=site needs split.site_column and split.test_sites (the held-out sites)")
         return self
 
 
@@ -272,6 +282,16 @@ class EvaluateParams(_Section):
     subgroup_bins: dict[str, list[float]] = Field(default_factory=dict)  # column -> edges, groups are [a, b)
     # A group with fewer patients than this shows as "<k" only: no metrics, in every report and plot.
     min_group_patients: int = Field(10, ge=1)
+    # Binary tasks: threshold probabilities (from, to, step) of the decision curve (net benefit).
+    dca_thresholds: tuple[float, float, float] = (0.05, 0.95, 0.05)
+
+    @field_validator("dca_thresholds")
+    @classmethod
+    def _dca_range(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        low, high, step = value
+        if not (0 < low <= high < 1 and step > 0):
+            raise ValueError("give [from, to, step] with 0 < from <= to < 1 and step > 0")
+        return value
 
 
 class TreeBaselineParams(_Section):
@@ -318,8 +338,26 @@ class GateParams(_Section):
 Floor = Annotated[float, Field(allow_inf_nan=False)]
 
 
+class CardParams(_Section):
+    """What the model is for, declared by the people responsible for it (TRIPOD+AI items 3, 5, 6): the top of the
+    model card. Free text about the cohort, never a patient's value."""
+
+    intended_use: str | None = None  # the clinical question and the decision the output informs
+    population: str | None = None  # who the model applies to (eligibility), and who it does not
+    setting: str | None = None  # care setting and where the data came from (sites, dates)
+    intended_users: str | None = None  # who acts on the output
+    outcome: str | None = None  # the outcome's definition, as the target column records it
+    horizon: str | None = None  # when the outcome is assessed (at diagnosis, within 30 days, ...)
+    limitations: list[str] = Field(default_factory=list)  # known limitations, added to the ones medflow measures
+
+
+CARD_FIELDS = tuple(CardParams.model_fields)
+
+
 class RegisterParams(_Section):
     model_name: str = "medflow-breast-cancer"
+    # card.* keys a version needs filled before it may become champion; [] (or absent): none.
+    require_card_fields: list[Literal[CARD_FIELDS]] = Field(default_factory=list)  # type: ignore[valid-type]
     # A version becomes champion only when its test primary metric reaches this floor (stays under this ceiling for
     # a lower-is-better metric such as mae): one number for every table,
     # or one per dataset ({breast_cancer: 0.95}, keyed as data.source's file stem or demo name), so that a floor set
@@ -377,6 +415,7 @@ with warnings.catch_warnings():
         train: TrainParams = Field(default_factory=TrainParams)
         evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
         register: RegisterParams = Field(default_factory=RegisterParams)
+        card: CardParams = Field(default_factory=CardParams)
         flow: FlowParams = Field(default_factory=FlowParams)
         tune: TuneParams = Field(default_factory=TuneParams)
         monitor: MonitorParams = Field(default_factory=MonitorParams)

@@ -69,13 +69,16 @@ def card_data(
     split_policy: str,
     environment: dict[str, str],
     tuning: dict | None = None,
+    declared: dict | None = None,
 ) -> dict:
     """model_card.json: names, counts, hashes and aggregate metrics only; model_card renders it as Markdown.
 
     excluded: the columns data.exclude dropped as validate read the table; metrics: evaluate's metrics.json;
     evaluation: its report.json; gate: the gate report (gate.json); tuning: the
-    `medflow tune` study whose best trial this model was trained with (medflow.tuning.tuned.study_of), or None.
+    `medflow tune` study whose best trial this model was trained with (medflow.tuning.tuned.study_of), or None;
+    declared: the params' card section (what the model is for, as the people responsible for it state it).
     """
+    declared = declared or {}
 
     def with_ci(key: str) -> dict[str, float]:
         lo, hi = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
@@ -97,6 +100,7 @@ def card_data(
             f"{'images' if schema.kind == 'image' else 'tabular features'}, as decision support for research and "
             "quality-improvement work. Not a medical device: every prediction needs review by a qualified clinician."
         ),
+        "declared": {k: v for k, v in declared.items() if v and k != "limitations"},
         "data": {
             "dataset": dataset,
             "data_md5": lineage.get("medflow.data_md5"),
@@ -134,6 +138,8 @@ def card_data(
             for k in ("test_ece", "test_brier", "temperature", "test_ece_scaled", "test_brier_scaled")
             if k in metrics
         },
+        "calibration_fit": evaluation.get("calibration_fit"),
+        "decision_curve": evaluation.get("decision_curve"),
         "subgroups": subgroups,
         "gate": {
             "decision": "promoted" if decision.promoted else "not promoted",
@@ -150,6 +156,7 @@ def card_data(
         },
         "tuning": tuning,
         "limitations": [
+            *declared.get("limitations", []),
             "Evaluated on one held-out split of one dataset; performance on other sites, devices or populations is "
             "unknown until measured there.",
             "Measured only on inputs like the training split's; rows that scoring refuses (a missing feature column, "
@@ -186,6 +193,7 @@ def model_card(card: dict) -> str:
         f"# Model card: {card['name']} v{card['version']}",
         "",
         "## Intended use",
+        *_declared(card.get("declared") or {}),
         card["intended_use"],
         "",
         "## Data",
@@ -219,8 +227,21 @@ def model_card(card: dict) -> str:
             "",
         ]
         lines += [*_table({k: _ci(v) for k, v in op.items() if isinstance(v, dict)}, ("at the threshold", "value")), ""]
-    if card["calibration"]:
-        lines += ["## Calibration", *_table(card["calibration"], ("measure", "value")), ""]
+    if card["calibration"] or card.get("calibration_fit"):
+        fit = card.get("calibration_fit") or {}
+        slope = {
+            k: _ci({"value": fit[k], "ci_low": fit[f"{k}_ci_low"], "ci_high": fit[f"{k}_ci_high"]})
+            for k in ("calibration_intercept", "calibration_slope")
+            if k in fit
+        }
+        lines += ["## Calibration", *_table({**slope, **card["calibration"]}, ("measure", "value [95% CI]")), ""]
+        if slope:
+            lines += [
+                "Intercept (0: calibrated in the large) and slope (1: calibrated; below 1, predictions too extreme) "
+                "of a logistic recalibration fit (statsmodels GLM) on test; smoothed curve: "
+                "`evaluation/calibration_curve.png`.",
+                "",
+            ]
     if card["subgroups"]:
         p = card["primary_metric"].removeprefix("test_")
         lines += ["## Subgroups", f"| group | patients | {p} [95% CI] |", "|---|---|---|"]
@@ -242,6 +263,16 @@ def model_card(card: dict) -> str:
         lines += _audit(card["name"], card["version"], card["audit"])
     if card["baselines"]:
         lines += _baselines(card)
+    dca = card.get("decision_curve")
+    if dca:
+        lines += [
+            "## Clinical utility (decision curve)",
+            f"Net benefit on test against treating all and none ({dca['method']}; plot "
+            "`evaluation/decision_curve.png`); the model helps where its net benefit exceeds both.",
+            "",
+            *decision_table(dca),
+            "",
+        ]
     lines += [
         "## Limitations",
         *(f"- {x}" for x in card["limitations"]),
@@ -254,6 +285,38 @@ def model_card(card: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# The card section's keys as the card names them.
+_DECLARED = {
+    "intended_use": "Intended use",
+    "population": "Population",
+    "setting": "Setting",
+    "intended_users": "Intended users",
+    "outcome": "Outcome",
+    "horizon": "Horizon",
+}
+
+
+def _declared(declared: dict) -> list[str]:
+    """The params' card section, as its authors declared it; nothing when they declared nothing."""
+    if not declared:
+        return ["Declared by no one: the params' `card:` section is empty (docs/evidence.md).", ""]
+    rows = {_DECLARED.get(k, k): v for k, v in declared.items()}
+    return ["As declared in params (`card:`):", "", *_table(rows, ("", "declared")), "", "Stated by medflow:"]
+
+
+def decision_table(dca: dict) -> list[str]:
+    """The decision curve as a Markdown table, the operating point marked."""
+    op = dca.get("operating_point")
+    rows = sorted([*dca["table"], *([{**op, "operating": True}] if op else [])], key=lambda r: r["threshold"])
+    lines = ["| threshold | model | treat all | treat none |", "|---|---|---|---|"]
+    for r in rows:
+        mark = " (operating point)" if r.get("operating") else ""
+        lines.append(
+            f"| {r['threshold']:.3f}{mark} | {r['model']:.4f} | {r['treat_all']:.4f} | {r['treat_none']:.4f} |"
+        )
+    return lines
 
 
 def _registry(registry: dict) -> list[str]:

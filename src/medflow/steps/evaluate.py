@@ -13,13 +13,14 @@ import numpy as np
 from medflow import tracking
 from medflow.data.columns import LABEL, ROW_ID, SPLIT, TIME
 from medflow.data.manifest import load_split
-from medflow.evaluation import regression, survival
-from medflow.evaluation.calibration import fit_temperature, scale
+from medflow.evaluation import decision_curve, regression, survival
+from medflow.evaluation.calibration import fit_temperature, logistic_calibration, scale, smoothed_curve
 from medflow.evaluation.heldout import patient_keys, score
 from medflow.evaluation.metrics import bootstrap_ci, point_metrics, weighted_metrics
 from medflow.evaluation.plots import (
     confusion_counts,
     plot_confusion,
+    plot_decision_curve,
     plot_forest,
     plot_learning_curves,
     plot_pr,
@@ -27,6 +28,7 @@ from medflow.evaluation.plots import (
     plot_reliability,
     plot_residuals,
     plot_roc,
+    plot_smoothed_calibration,
     pr_curves,
     prediction_bins,
     reliability_bins,
@@ -38,6 +40,7 @@ from medflow.evaluation.threshold import choose_threshold
 from medflow.models.bundle import Predictor
 from medflow.params import Params
 from medflow.paths import Paths
+from medflow.promotion.card import decision_table
 from medflow.tasks import for_params
 
 LEARNING_CURVE_KEYS = (
@@ -110,9 +113,30 @@ def _report_md(report: dict, metrics: dict) -> str:
         f" model) would take the test ECE to {metrics['test_ece_scaled']:.4f} and the Brier score to"
         f" {metrics['test_brier_scaled']:.4f}.",
     ]
+    lines += _clinical_md(report)
     if report.get("learning_curves") is None:
         lines += ["", "No per-epoch history on the training run: no learning curves."]
     return "\n".join(lines) + "\n"
+
+
+def _clinical_md(report: dict) -> list[str]:
+    fit, dca = report.get("calibration_fit"), report.get("decision_curve")
+    if not fit:
+        return []
+    lines = [
+        "",
+        "## Calibration intercept and slope",
+        "",
+        "Logistic recalibration of the outcome on the logit of the predicted probability (statsmodels binomial GLM): "
+        "intercept with the slope fixed at 1 (0: calibrated in the large), and slope (1: calibrated).",
+        "",
+        "| measure | value | 95% CI |",
+        "|---|---|---|",
+    ]
+    for k in ("calibration_intercept", "calibration_slope"):
+        lines.append(f"| {k} | {fit[k]:.4f} | [{fit[k + '_ci_low']:.4f}, {fit[k + '_ci_high']:.4f}] |")
+    lines += ["", f"## Decision curve (net benefit; {dca['method']})", "", *decision_table(dca)]
+    return lines
 
 
 def _regression_md(report: dict, metrics: dict) -> str:
@@ -347,6 +371,9 @@ def run(params: Params, paths: Paths) -> dict:
         else {"value": threshold, "method": method, "target_sensitivity": ep.target_sensitivity},
         "calibration_bins": ep.calibration_bins,
     }
+    if binary:
+        report |= _clinical(params, y, proba[:, 1], groups, threshold, plots, f"P({schema.classes[1]})")
+        metrics |= _finite({f"test_{k}": v for k, v in report["calibration_fit"].items()})
     if ep.subgroups:
         # Features only: the patient key, row id and label are columns too, and no group may be named after them.
         labels = group_labels(test[schema.features], ep.subgroups, ep.subgroup_bins)
@@ -363,6 +390,29 @@ def run(params: Params, paths: Paths) -> dict:
     if "subgroups" in report:
         plot_forest(report["subgroups"], plots / "subgroups.png", point[ep.primary_metric])
     return _finish(params, paths, metrics, report, _report_md, task.epoch_metric)
+
+
+def _clinical(params: Params, y, p, groups, threshold: float, plots, label: str) -> dict:
+    """Binary: the calibration intercept and slope with patient-bootstrap intervals, the smoothed calibration curve,
+    and the decision curve with the operating point; aggregates only, drawn and returned for the report."""
+    ep = params.evaluate
+    fit = logistic_calibration(y, p, groups, ep.n_boot, params.seed)
+    curve = smoothed_curve(y, p)
+    plot_smoothed_calibration(curve, fit, plots / "calibration_curve.png", label)
+    table = decision_curve.net_benefit(y, p, decision_curve.grid(ep.dca_thresholds))
+    operating = decision_curve.net_benefit(y, p, [round(threshold, 6)])[0] if 0 < threshold < 1 else None
+    plot_decision_curve(table, plots / "decision_curve.png", operating)
+    return {
+        "calibration_fit": fit,
+        "calibration_curve": curve,
+        "decision_curve": {"table": table, "operating_point": operating, "method": "dcurves " + _version("dcurves")},
+    }
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
 
 
 def _finish(params: Params, paths: Paths, metrics: dict, report: dict, markdown, score: str) -> dict:

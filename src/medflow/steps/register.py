@@ -171,6 +171,7 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
             leak=leak_reason(report["leak_check"], params),
             higher_is_better=for_params(params).higher_is_better(params.evaluate.primary_metric),
             required=required,
+            card_missing=tuple(k for k in rp.require_card_fields if not getattr(params.card, k)),
         )
     gate = resume.gate_line(decision)
     tags = {**lineage, **identity, **resume.decision_tags(decision, params, pending)}
@@ -224,6 +225,7 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
         split_policy=split_policy(params, schema),
         environment=_environment(paths),
         tuning=study_of(params, paths),
+        declared=params.card.model_dump(),
     )
     card_md = model_card(card)
     out = paths.step_dir("register")

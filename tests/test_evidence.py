@@ -1,0 +1,92 @@
+"""Evidence a clinical reviewer signs (issue 26): the declared intended use, calibration intercept and slope, the
+decision curve, and the card that shows them."""
+
+import json
+
+import numpy as np
+import pytest
+from test_register import cohort, make_project, params_for, train
+
+from medflow.evaluation import decision_curve
+from medflow.evaluation.calibration import logistic_calibration, smoothed_curve
+from medflow.params import Params
+from medflow.steps import register
+
+
+def distorted(n=2000, power=2.0, shift=0.0, seed=0):
+    """Labels drawn from true risks, and a model's risks with the logit multiplied by `power` (too extreme) and
+    `shift` added (risks overestimated)."""
+    rng = np.random.default_rng(seed)
+    logit = rng.normal(0, 1.2, n)
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return y, 1 / (1 + np.exp(-(power * logit + shift)))
+
+
+def test_the_calibration_slope_finds_predictions_too_extreme_and_the_intercept_risks_overestimated():
+    y, p = distorted()
+    fit = logistic_calibration(y, p, np.arange(len(y)) // 2, n_boot=100, seed=0)
+    assert fit["calibration_slope_ci_low"] < 0.5 < fit["calibration_slope_ci_high"] < 0.6
+    y, p = distorted(power=1.0, shift=1.0)
+    shifted = logistic_calibration(y, p, None, n_boot=100, seed=0)
+    assert shifted["calibration_intercept_ci_low"] < -1 < shifted["calibration_intercept_ci_high"] < -0.8
+    assert shifted["calibration_slope_ci_low"] < 1 < shifted["calibration_slope_ci_high"]
+    curve = smoothed_curve(*distorted())
+    assert len(curve["predicted"]) == 50 and all(0 <= v <= 1 for v in curve["observed"])
+    # Too extreme: the smoothed observed rate lies above the prediction at the low end, below it at the high end.
+    assert curve["observed"][0] > curve["predicted"][0] and curve["observed"][-1] < curve["predicted"][-1]
+
+
+def test_net_benefit_is_dcurves_and_equals_the_formula_on_a_table():
+    rng = np.random.default_rng(1)
+    p = rng.uniform(size=300)
+    y = (rng.uniform(size=300) < p).astype(int)
+    thresholds = decision_curve.grid((0.1, 0.9, 0.2))
+    assert thresholds == [0.1, 0.3, 0.5, 0.7, 0.9]
+    for row in decision_curve.net_benefit(y, p, thresholds):
+        t, called = row["threshold"], p >= row["threshold"]
+        tp, fp = (called & (y == 1)).mean(), (called & (y == 0)).mean()
+        assert row["model"] == pytest.approx(tp - fp * t / (1 - t))
+        assert row["treat_all"] == pytest.approx(y.mean() - (1 - y.mean()) * t / (1 - t))
+        assert row["treat_none"] == 0
+
+
+def test_dca_thresholds_must_be_a_range_of_probabilities():
+    with pytest.raises(ValueError, match="0 < from <= to < 1"):
+        Params.model_validate({"evaluate": {"dca_thresholds": [0.5, 1.2, 0.1]}})
+
+
+DECLARED = {
+    "intended_use": "Research demonstration only.",
+    "population": "Adults in the synthetic cohort.",
+    "outcome": "The label y.",
+}
+
+
+@pytest.fixture(scope="module")
+def proj(tmp_path_factory, migrated_mlflow_db):
+    return make_project(tmp_path_factory.mktemp("evidence"), migrated_mlflow_db, cohort())
+
+
+def with_card(params: Params, card: dict, required: list[str]) -> Params:
+    raw = params.as_dict()
+    raw["card"] = card
+    raw["register"]["require_card_fields"] = required
+    return Params.model_validate(raw)
+
+
+def test_a_card_missing_required_fields_is_refused_in_one_line_naming_them(proj):
+    base = train(proj, "declared", 0.95)
+    params = with_card(base, DECLARED, ["intended_use", "population", "setting", "horizon"])
+    summary = register.run(params, proj)
+    assert not summary["promoted"]
+    assert summary["reason"].startswith("card.setting, card.horizon empty (register.require_card_fields)")
+    assert "\n" not in summary["reason"]
+    card = (proj.step_dir("register") / "model_card.md").read_text()
+    top = card.split("## Data")[0]
+    assert "| Intended use | Research demonstration only. |" in top and "| Outcome | The label y. |" in top
+    assert json.loads((proj.step_dir("register") / "model_card.json").read_text())["declared"] == DECLARED
+
+    # Filled in, the next version may become champion.
+    filled = {**DECLARED, "setting": "Synthetic.", "horizon": "At sampling."}
+    train(proj, "declared", 0.95)
+    assert register.run(with_card(params_for("declared"), filled, list(filled)), proj)["promoted"]
