@@ -90,3 +90,54 @@ def test_a_card_missing_required_fields_is_refused_in_one_line_naming_them(proj)
     filled = {**DECLARED, "setting": "Synthetic.", "horizon": "At sampling."}
     train(proj, "declared", 0.95)
     assert register.run(with_card(params_for("declared"), filled, list(filled)), proj)["promoted"]
+
+
+def split_project(tmp_path, by: dict):
+    """A cleaned table of 200 patients (two rows each) with a year and a site column kept aside by clean."""
+    import pandas as pd
+
+    from medflow.data.columns import LABEL, PATIENT_KEY, ROW_ID, TIME_OR_SITE
+    from medflow.paths import Paths
+    from medflow.steps.clean import build_schema
+
+    paths = Paths(root=tmp_path)
+    rng = np.random.default_rng(0)
+    n = 400
+    patient = np.arange(n) // 2
+    raw = pd.DataFrame({"a": rng.normal(size=n), "year": 2000 + patient % 10, "site": np.where(patient % 4, "A", "B")})
+    params = Params.model_validate({"data": {"target": "y", "patient_id": "pid"}, "split": by})
+    column = params.split.time_column or params.split.site_column
+    kinds = {"a": "numeric", column: "numeric" if column == "year" else "categorical", "pid": "patient_id"}
+    schema = build_schema(kinds, params.data, pd.Series(["no", "yes"] * (n // 2)), split_by=column)
+    assert column not in schema.numeric + schema.categorical and "split.by" in schema.dropped[column]
+    cleaned = pd.DataFrame({ROW_ID: range(n), PATIENT_KEY: [f"k{p}" for p in patient], "a": raw["a"]})
+    cleaned[LABEL] = rng.integers(0, 2, n)
+    cleaned[TIME_OR_SITE] = raw[column].astype(float if column == "year" else str).to_numpy()
+    paths.cleaned.parent.mkdir(parents=True)
+    cleaned.to_parquet(paths.cleaned)
+    schema.save(paths.schema)
+    return params, paths, raw[column]
+
+
+def test_split_by_time_tests_on_the_latest_patients_and_by_site_on_the_held_out_site(tmp_path):
+    import pandas as pd
+
+    from medflow.steps import split
+
+    params, paths, year = split_project(tmp_path / "time", {"by": "time", "time_column": "year", "test": 0.2})
+    assert split.run(params, paths)["by"] == "time"
+    where = pd.read_csv(paths.manifest)["split"]
+    assert year[where == "train"].max() <= year[where == "val"].min()
+    assert year[where == "val"].max() <= year[where == "test"].min() and set(year[where == "test"]) == {2008, 2009}
+
+    by_site = {"by": "site", "site_column": "site", "test_sites": ["B"]}
+    params, paths, site = split_project(tmp_path / "site", by_site)
+    summary = split.run(params, paths)
+    where = pd.read_csv(paths.manifest)["split"]
+    assert ((where == "test") == (site == "B")).all() and summary["rows"]["val"] > 0
+
+    params, paths, _ = split_project(tmp_path / "none", {**by_site, "test_sites": ["B", "Z"]})
+    with pytest.raises(ValueError, match=r"column 'site', rule: every split.test_sites is a site of the table; 1 is"):
+        split.run(params, paths)
+    with pytest.raises(ValueError, match="split.by=time needs split.time_column"):
+        Params.model_validate({"split": {"by": "time"}})

@@ -42,10 +42,22 @@ def model_description(schema: Schema, dataset: str, metric: str) -> str:
 
 def split_policy(params: Params, schema: Schema) -> str:
     """How the card says the rows were split."""
+    sp = params.split
     unit = "patient (all of a patient's rows in one split)" if schema.patient_id else "row (no patient id)"
+    if sp.by == "time":
+        how = (
+            f"temporal, by `{sp.time_column}` (never a feature): the earliest {1 - sp.val - sp.test:.0%} of "
+            f"{unit.split(' (')[0]}s train, the next {sp.val:.0%} validate, the latest {sp.test:.0%} test"
+        )
+    elif sp.by == "site":
+        how = (
+            f"by site, `{sp.site_column}` (never a feature): site(s) {', '.join(sp.test_sites)} held out as test; "
+            f"the others split by {unit}, validation {sp.val / (1 - sp.test):.0%} of them"
+        )
+    else:
+        how = f"random by {unit}, validation {sp.val:.0%}, test {sp.test:.0%}"
     return (
-        f"by {unit}, identical feature rows kept together; validation {params.split.val:.0%}, "
-        f"test {params.split.test:.0%}, seed {params.seed}. "
+        f"{how}; identical feature rows kept together; seed {params.seed}. "
         + ("The threshold is chosen on validation, every metric " if schema.classes else "Every metric ")
         + "is measured on test."
     )
@@ -70,6 +82,7 @@ def card_data(
     environment: dict[str, str],
     tuning: dict | None = None,
     declared: dict | None = None,
+    split_kind: str = "internal: random split by patient",
 ) -> dict:
     """model_card.json: names, counts, hashes and aggregate metrics only; model_card renders it as Markdown.
 
@@ -138,6 +151,16 @@ def card_data(
             for k in ("test_ece", "test_brier", "temperature", "test_ece_scaled", "test_brier_scaled")
             if k in metrics
         },
+        "validation": [
+            {
+                "kind": split_kind,
+                "metric": primary_metric.removeprefix("test_"),
+                **with_ci(primary_metric),
+                "rows": metrics.get("n_test"),
+            }
+        ]
+        if primary_metric in metrics
+        else [],
         "calibration_fit": evaluation.get("calibration_fit"),
         "decision_curve": evaluation.get("decision_curve"),
         "subgroups": subgroups,
@@ -218,6 +241,7 @@ def model_card(card: dict) -> str:
         "",
         *_table({k: _ci(v) for k, v in card["test_metrics"].items()}, ("metric", "value [95% CI]")),
         "",
+        *_validation(card.get("validation") or []),
     ]
     op = card["operating_point"]
     if op:
@@ -285,6 +309,15 @@ def model_card(card: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _validation(rows: list[dict]) -> list[str]:
+    """This version's internal test beside every external evaluation logged on it (medflow evaluate-external)."""
+    if not rows:
+        return []
+    lines = ["## Validation", "| validation | metric | value [95% CI] | rows |", "|---|---|---|---|"]
+    lines += [f"| {r['kind']} | {r['metric']} | {_ci(r)} | {r.get('rows') or '?'} |" for r in rows]
+    return [*lines, ""]
 
 
 # The card section's keys as the card names them.

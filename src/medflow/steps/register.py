@@ -226,6 +226,11 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
         environment=_environment(paths),
         tuning=study_of(params, paths),
         declared=params.card.model_dump(),
+        split_kind={
+            "patient": "internal: random split by patient",
+            "time": f"temporal: latest by `{params.split.time_column}`",
+            "site": f"held-out site(s) {', '.join(params.split.test_sites)}",
+        }[params.split.by],
     )
     card_md = model_card(card)
     out = paths.step_dir("register")
