@@ -84,6 +84,7 @@ def test_a_card_missing_required_fields_is_refused_in_one_line_naming_them(proj)
     card = (proj.step_dir("register") / "model_card.md").read_text()
     top = card.split("## Data")[0]
     assert "| Intended use | Research demonstration only. |" in top and "| Outcome | The label y. |" in top
+    assert "Reporting: TRIPOD+AI" in top and "## TRIPOD+AI checklist" in card
     assert json.loads((proj.step_dir("register") / "model_card.json").read_text())["declared"] == DECLARED
 
     # Filled in, the next version may become champion.
@@ -141,3 +142,53 @@ def test_split_by_time_tests_on_the_latest_patients_and_by_site_on_the_held_out_
         split.run(params, paths)
     with pytest.raises(ValueError, match="split.by=time needs split.time_column"):
         Params.model_validate({"split": {"by": "time"}})
+
+
+def default_run_card() -> dict:
+    """What the card of `make run` holds, as far as the checklist reads it, with params.yaml's own card section."""
+    from pathlib import Path
+
+    from medflow.params import load
+
+    declared = load(Path(__file__).resolve().parents[1] / "params.yaml").card.model_dump()
+    metric = {"value": 0.99, "ci_low": 0.98, "ci_high": 1.0}
+    return {
+        "name": "medflow-breast-cancer",
+        "declared": {k: v for k, v in declared.items() if v and k not in ("limitations", "tripod")},
+        "data": {
+            "dataset": "breast_cancer",
+            "rows": {"test": 86},
+            "validate_rows_in": 569,
+            "validate_rows_quarantined": 0,
+            "data_md5": "0" * 32,
+        },
+        "features": {"numeric": ["mean radius"], "categorical": []},
+        "method": {"model": "mlp", "preprocessing": "p", "missing_data": "m", "class_imbalance": "c"},
+        "split_policy": "random by row",
+        "test_metrics": {"roc_auc": metric},
+        "test_rows": 86,
+        "validation": [{"kind": "internal: random split by patient", "metric": "roc_auc", **metric}],
+        "calibration_fit": {"calibration_slope": 1.0},
+        "decision_curve": {"table": []},
+        "operating_point": {"threshold": 0.5},
+        "subgroups": [],
+        "limitations": declared["limitations"],
+        "lineage": {"medflow.git_commit": "abc"},
+    }, declared["tripod"]
+
+
+def test_the_default_run_covers_most_applicable_tripod_items_and_says_which_are_missing():
+    from medflow.promotion import tripod
+
+    card, declared = default_run_card()
+    checklist = tripod.checklist(card, declared)
+    status = {i["item"]: i["status"] for i in checklist["items"]}
+    assert checklist["coverage"] >= 0.8, [i for i, s in status.items() if s == tripod.MISSING]
+    assert status["1"] == status["12d"] == tripod.NOT_APPLICABLE and status["17"] == tripod.NOT_APPLICABLE
+    assert status["8a"] == tripod.DECLARED and status["12e"] == status["15"] == tripod.REPORTED
+    assert status["20c"] == tripod.MISSING
+    # Without its owners' declarations, the same card is far from covered.
+    assert tripod.checklist(card, {})["coverage"] < 0.7
+    lines = tripod.markdown(checklist)
+    assert f"{checklist['covered']} of {checklist['applicable']} applicable items" in lines[1]
+    assert "| 17 | Ethical approval | not applicable | a public, de-identified data set; no data collected |" in lines

@@ -349,6 +349,9 @@ class CardParams(_Section):
     outcome: str | None = None  # the outcome's definition, as the target column records it
     horizon: str | None = None  # when the outcome is assessed (at diagnosis, within 30 days, ...)
     limitations: list[str] = Field(default_factory=list)  # known limitations, added to the ones medflow measures
+    # TRIPOD+AI items medflow cannot fill (ethics, funding, protocol, ...): item -> where it is reported, or
+    # "n/a: why" when it does not apply; the card's checklist counts them as declared.
+    tripod: dict[str, str] = Field(default_factory=dict)
 
 
 CARD_FIELDS = tuple(CardParams.model_fields)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from medflow.promotion import tripod
 from medflow.promotion.gate import Decision
 
 if TYPE_CHECKING:  # registry commands import this module: not numpy and pandas with it
@@ -83,13 +84,16 @@ def card_data(
     tuning: dict | None = None,
     declared: dict | None = None,
     split_kind: str = "internal: random split by patient",
+    method: dict[str, str] | None = None,
 ) -> dict:
     """model_card.json: names, counts, hashes and aggregate metrics only; model_card renders it as Markdown.
 
     excluded: the columns data.exclude dropped as validate read the table; metrics: evaluate's metrics.json;
     evaluation: its report.json; gate: the gate report (gate.json); tuning: the
     `medflow tune` study whose best trial this model was trained with (medflow.tuning.tuned.study_of), or None;
-    declared: the params' card section (what the model is for, as the people responsible for it state it).
+    declared: the params' card section (what the model is for, as the people responsible for it state it);
+    split_kind: what the test split stands for (random, temporal, held-out site); method: how the model was built
+    (model, preprocessing, missing data, class imbalance), in words.
     """
     declared = declared or {}
 
@@ -101,7 +105,7 @@ def card_data(
     threshold = evaluation.get("threshold") or {}
     at_threshold = ("sensitivity", "specificity", "ppv", "npv")
     subgroups = (evaluation.get("subgroups") or {}).get("groups", [])
-    return {
+    card = {
         "name": name,
         "version": version,
         "task": f"{schema.task} classification of `{schema.target}`"
@@ -113,7 +117,8 @@ def card_data(
             f"{'images' if schema.kind == 'image' else 'tabular features'}, as decision support for research and "
             "quality-improvement work. Not a medical device: every prediction needs review by a qualified clinician."
         ),
-        "declared": {k: v for k, v in declared.items() if v and k != "limitations"},
+        "declared": {k: v for k, v in declared.items() if v and k not in ("limitations", "tripod")},
+        "method": method or {},
         "data": {
             "dataset": dataset,
             "data_md5": lineage.get("medflow.data_md5"),
@@ -197,6 +202,8 @@ def card_data(
         "environment": environment,
         "lineage": lineage,
     }
+    card["tripod"] = tripod.checklist(card, declared.get("tripod") or {})
+    return card
 
 
 def _ci(m: dict) -> str:
@@ -219,6 +226,7 @@ def model_card(card: dict) -> str:
         *_declared(card.get("declared") or {}),
         card["intended_use"],
         "",
+        *_coverage(card.get("tripod")),
         "## Data",
         f"Dataset: `{d['dataset']}`.",
         "",
@@ -235,6 +243,7 @@ def model_card(card: dict) -> str:
         "",
         f"Excluded: {', '.join(excluded) or 'none'}.",
         "",
+        *_method(card.get("method") or {}),
         "## Test metrics",
         f"Primary metric: `{card['primary_metric']}`. Intervals: 95% bootstrap over {card['resampled']} "
         f"({card['test_patients'] or '?'} patients, {card['test_rows'] or '?'} test rows).",
@@ -297,6 +306,8 @@ def model_card(card: dict) -> str:
             *decision_table(dca),
             "",
         ]
+    if card.get("tripod"):
+        lines += tripod.markdown(card["tripod"])
     lines += [
         "## Limitations",
         *(f"- {x}" for x in card["limitations"]),
@@ -309,6 +320,24 @@ def model_card(card: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _coverage(checklist: dict | None) -> list[str]:
+    if not checklist:
+        return []
+    missing = [i["item"] for i in checklist["items"] if i["status"] == tripod.MISSING]
+    return [
+        f"Reporting: {checklist['guideline']}, {checklist['covered']} of {checklist['applicable']} applicable items "
+        f"reported or declared ({checklist['coverage']:.0%}); missing: {', '.join(missing) or 'none'} (checklist "
+        "below).",
+        "",
+    ]
+
+
+def _method(method: dict) -> list[str]:
+    if not method:
+        return []
+    return ["## Method", *_table({k.replace("_", " "): v for k, v in method.items()}, ("", "how")), ""]
 
 
 def _validation(rows: list[dict]) -> list[str]:
