@@ -67,8 +67,9 @@ def proj(tmp_path_factory, migrated_mlflow_db):
     return make_project(tmp_path_factory.mktemp("evidence"), migrated_mlflow_db, cohort())
 
 
-def with_card(params: Params, card: dict, required: list[str]) -> Params:
+def with_card(params: Params, card: dict, required: list[str], n_boot: int = 1000) -> Params:
     raw = params.as_dict()
+    raw["evaluate"]["n_boot"] = n_boot
     raw["card"] = card
     raw["register"]["require_card_fields"] = required
     return Params.model_validate(raw)
@@ -192,3 +193,34 @@ def test_the_default_run_covers_most_applicable_tripod_items_and_says_which_are_
     lines = tripod.markdown(checklist)
     assert f"{checklist['covered']} of {checklist['applicable']} applicable items" in lines[1]
     assert "| 17 | Ethical approval | not applicable | a public, de-identified data set; no data collected |" in lines
+
+
+def test_evaluate_external_reports_on_the_version_and_its_card_without_moving_an_alias(proj):
+    from mlflow import MlflowClient
+
+    from medflow import tracking
+    from medflow.external import evaluate_external
+
+    params = with_card(train(proj, "external", 0.95), {**DECLARED, "tripod": {"17": "n/a: synthetic"}}, [], 200)
+    version = register.run(params, proj)["version"]
+    before = MlflowClient().get_registered_model("external").aliases
+    other = cohort(120)
+    other.loc[:9, "a"] = "1000"  # outside the training range: refused, never scored
+    other.to_csv(proj.root / "site_b.csv", index=False)
+
+    report = evaluate_external(params, proj, "models:/external@champion", proj.root / "site_b.csv", "site B")
+    assert (report["label"], report["refused"], report["evaluated_rows"]) == ("site_B", 10, 110)
+    assert report["refused_reasons"] == {"a: outside the training range": 10}
+    auc = report["metrics"]["roc_auc"]
+    assert auc["ci_low"] <= auc["value"] <= auc["ci_high"] and "calibration_slope" in report["calibration_fit"]
+
+    assert MlflowClient().get_registered_model("external").aliases == before
+    v = tracking.get_version("external", version)
+    assert v.tags["medflow.external.site_B"].startswith(f"roc_auc={auc['value']:.4f}")
+    card = tracking.get_description("external", version)
+    assert f"| external: site_B | roc_auc | {auc['value']:.4f}" in card and "| internal: random split" in card
+    assert any(r["action"] == "version.external" for r in tracking.audit_of_version("external", version))
+    logged = {a.path for a in MlflowClient().list_artifacts(v.run_id, "external/site_B")}
+    assert {"external/site_B/report.md", "external/site_B/report.json"} <= logged
+    written = (proj.root / "artifacts/external" / f"site_B-v{version}" / "report.md").read_text() + card
+    assert not [p for p in other["pid"] if p in written]

@@ -283,6 +283,31 @@ def cmd_predict(args: argparse.Namespace, tracking) -> int:
     return 0
 
 
+def cmd_evaluate_external(args: argparse.Namespace, paths: Paths) -> int:
+    from medflow import tracking
+    from medflow.external import evaluate_external
+
+    params = params_mod.load(paths.params_file)
+    tracking.configure(paths)
+    data = paths.source(args.data)
+    if not data.is_file():
+        raise FileNotFoundError(f"evaluate-external: {args.data} not found in {paths.root}: give a CSV/Parquet file")
+    try:
+        report = evaluate_external(params, paths, args.model, data, args.name)
+    except (ValueError, KeyError) as exc:
+        exc.medflow_step = "evaluate-external"
+        raise
+    m, metric = report["model"], report["primary_metric"]
+    value = report["metrics"].get(metric)
+    shown = f"{metric} {value['value']:.4f} [{value['ci_low']:.4f}, {value['ci_high']:.4f}]" if value else metric
+    print(
+        f"{m['name']} v{m['version']} on {report['label']}: {shown}, {report['evaluated_rows']} rows evaluated, "
+        f"{report['refused']} refused; report: {Path(report['report_dir']).relative_to(paths.root)}/report.md, "
+        "logged on the version (no alias moved)"
+    )
+    return 0
+
+
 @registry_command("audit")
 def cmd_audit(args: argparse.Namespace, tracking) -> int:
     """verify: exit 1 naming the first broken record; show: one model's records; export: JSON lines of every chain."""

@@ -144,6 +144,7 @@ def checklist(card: dict, declared: dict[str, str]) -> dict:
         "applicable": len(applicable),
         "covered": covered,
         "coverage": round(covered / len(applicable), 4) if applicable else 1.0,
+        "declarations": declared,
     }
 
 
