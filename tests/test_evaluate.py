@@ -451,7 +451,8 @@ def test_subgroups_by_the_patient_key_are_refused(project):
 
 
 def test_temperature_scaling_recovers_the_temperature_that_distorted_calibrated_scores():
-    from medflow.evaluation.calibration import fit_temperature, scale
+    from medflow.evaluation.calibration import fit_temperature
+    from medflow.models.recalibration import scale
 
     rng = np.random.default_rng(0)
     p = rng.uniform(0.02, 0.98, 5000)

@@ -224,3 +224,33 @@ def test_evaluate_external_reports_on_the_version_and_its_card_without_moving_an
     assert {"external/site_B/report.md", "external/site_B/report.json"} <= logged
     written = (proj.root / "artifacts/external" / f"site_B-v{version}" / "report.md").read_text() + card
     assert not [p for p in other["pid"] if p in written]
+
+
+def test_a_bundled_recalibration_is_fitted_on_validation_and_applied_to_every_probability(tmp_path):
+    import torch
+    from test_register import SCHEMA
+
+    from medflow.data.features import Preprocessor, coerce_features
+    from medflow.evaluation.calibration import fit_recalibration
+    from medflow.models.bundle import Predictor, save_bundle
+    from medflow.models.tabular import build
+
+    y, p = distorted()
+    fitted = fit_recalibration("logistic", y, np.c_[1 - p, p])
+    assert fitted["method"] == "logistic" and 0.4 < fitted["slope"] < 0.6
+    assert fit_recalibration("temperature", y, np.c_[1 - p, p])["temperature"] > 1.5
+    with pytest.raises(ValueError, match="3 classes; rule: logistic recalibration is binary"):
+        fit_recalibration("logistic", np.array([0, 1, 2]), np.full((3, 3), 1 / 3))
+
+    rows = coerce_features(cohort(40), SCHEMA)
+    pre = Preprocessor(SCHEMA.numeric, SCHEMA.categorical).fit(rows)
+    config = {"name": "tabular_mlp", "n_in": len(pre.feature_names), "n_classes": 2, "hidden": [4], "dropout": 0.0}
+    torch.manual_seed(0)
+    model = build(**config)
+    save_bundle(tmp_path / "raw", model, config, pre, SCHEMA)
+    save_bundle(tmp_path / "recalibrated", model, config | {"recalibration": fitted}, pre, SCHEMA)
+    raw = Predictor(tmp_path / "raw").predict_proba(cohort(40))[:, 1]
+    scored = Predictor(tmp_path / "recalibrated").score(cohort(40))
+    logit = np.log(raw / (1 - raw))
+    expected = 1 / (1 + np.exp(-(fitted["intercept"] + fitted["slope"] * logit)))
+    np.testing.assert_allclose(scored["proba_yes"], expected, rtol=1e-5)

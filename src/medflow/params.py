@@ -162,6 +162,9 @@ class TrainParams(_Section):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # Classifiers: a recalibration of the probabilities fitted on the validation split and bundled with the model
+    # (temperature: any classes; logistic: binary); evaluate, the gate, the card and predict see the recalibrated model.
+    recalibrate: Literal["none", "temperature", "logistic"] = "none"
     loss: Literal["mse", "huber"] = "mse"  # regression only, on the target standardised on the training split
     augment_flip: bool = False  # random horizontal flips, batched on the device (images)
     augment_translate: int = Field(0, ge=0)  # random shifts of up to this many pixels (images)

@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
+from scipy.special import log_softmax
 
-# Log of the smallest probability kept: a predicted 0 would make log p infinite.
-_FLOOR = 1e-12
-
-
-def scale(proba: np.ndarray, temperature: float) -> np.ndarray:
-    return softmax(np.log(np.clip(proba, _FLOOR, 1)) / temperature, axis=1)
+from medflow.models.recalibration import FLOOR as _FLOOR
+from medflow.models.recalibration import logit as _logit
 
 
 def fit_temperature(y: np.ndarray, proba: np.ndarray) -> float:
@@ -27,11 +23,6 @@ def fit_temperature(y: np.ndarray, proba: np.ndarray) -> float:
         return float(-log_softmax(logits / np.exp(log_t), axis=1)[rows, y].mean())
 
     return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20)), method="bounded").x))
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, _FLOOR, 1 - _FLOOR)
-    return np.log(p) - np.log1p(-p)
 
 
 def _fits(y: np.ndarray, lp: np.ndarray, w: np.ndarray | None) -> tuple[float, float]:
@@ -88,3 +79,20 @@ def smoothed_curve(y: np.ndarray, p: np.ndarray, points: int = 50) -> dict[str, 
     grid = np.linspace(*np.quantile(p, [0.01, 0.99]), points)
     observed = np.clip(lowess(y.astype(float), p, frac=2 / 3, it=0, xvals=grid), 0, 1)
     return {"predicted": grid.round(4).tolist(), "observed": observed.round(4).tolist()}
+
+
+def fit_recalibration(method: str, y: np.ndarray, proba: np.ndarray) -> dict:
+    """train.recalibrate, fitted on the validation split: temperature (any number of classes; T as fit_temperature)
+    or logistic (binary: P' = sigmoid(intercept + slope * logit P), Platt's fit by statsmodels' binomial GLM)."""
+    if method == "temperature":
+        return {"method": method, "temperature": fit_temperature(y, proba)}
+    if proba.shape[1] != 2:
+        raise ValueError(
+            f"train.recalibrate=logistic: the target has {proba.shape[1]} classes; rule: logistic recalibration is "
+            "binary, use temperature"
+        )
+    import statsmodels.api as sm
+
+    lp = _logit(proba[:, 1])
+    fit = sm.GLM(y, np.column_stack([np.ones(len(y)), lp]), family=sm.families.Binomial()).fit()
+    return {"method": method, "intercept": float(fit.params[0]), "slope": float(fit.params[1])}

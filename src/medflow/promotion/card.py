@@ -192,6 +192,9 @@ def card_data(
             + ("probability." if schema.classes else "prediction."),
             "Probabilities are not calibrated unless the calibration section says so; the temperature is reported, "
             "not applied."
+            if schema.classes and not (method or {}).get("recalibration")
+            else "Probabilities are recalibrated on the validation split (Method); calibration on other sites is "
+            "unknown until measured there."
             if schema.classes
             else "Calibration-in-the-large and the calibration slope are measured on test; nothing recalibrates."
             if schema.outcome == "regression"

@@ -14,7 +14,7 @@ from medflow import tracking
 from medflow.data.columns import LABEL, ROW_ID, SPLIT, TIME
 from medflow.data.manifest import load_split
 from medflow.evaluation import decision_curve, regression, survival
-from medflow.evaluation.calibration import fit_temperature, logistic_calibration, scale, smoothed_curve
+from medflow.evaluation.calibration import fit_temperature, logistic_calibration, smoothed_curve
 from medflow.evaluation.heldout import patient_keys, score
 from medflow.evaluation.metrics import bootstrap_ci, point_metrics, weighted_metrics
 from medflow.evaluation.plots import (
@@ -38,6 +38,7 @@ from medflow.evaluation.plots import (
 from medflow.evaluation.subgroups import group_labels, subgroup_report
 from medflow.evaluation.threshold import choose_threshold
 from medflow.models.bundle import Predictor
+from medflow.models.recalibration import scale
 from medflow.params import Params
 from medflow.paths import Paths
 from medflow.promotion.card import decision_table

@@ -96,6 +96,11 @@ def _method(params: Params, schema: Schema) -> dict[str, str]:
         )
     if schema.classes:
         out["class_imbalance"] = f"class weights: {t.class_weights}" + (f"; mixup {t.mixup}" if t.mixup else "")
+    if schema.classes and t.recalibrate != "none":
+        out["recalibration"] = (
+            f"{t.recalibrate} recalibration fitted on the validation split and bundled with the model: every metric, "
+            "the gate and predict use the recalibrated probabilities"
+        )
     return out
 
 
