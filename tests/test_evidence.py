@@ -225,6 +225,24 @@ def test_evaluate_external_reports_on_the_version_and_its_card_without_moving_an
     written = (proj.root / "artifacts/external" / f"site_B-v{version}" / "report.md").read_text() + card
     assert not [p for p in other["pid"] if p in written]
 
+    # predict --explain 2 on the same table: two contributions per scored row, refused rows still refused.
+    import pandas as pd
+
+    from medflow.predict import predict_file
+
+    done = predict_file("models:/external@champion", proj.root / "site_b.csv", proj.root / "scored.csv", explain=2)
+    assert (done["ok"], done["refused"]) == (110, 10)
+    out = pd.read_csv(proj.root / "scored.csv")
+    assert list(out.columns[-6:]) == [
+        "explain_1_feature", "explain_1_value", "explain_2_feature", "explain_2_value", "status", "reason"
+    ]  # fmt: skip
+    ok = out["status"] == "ok"
+    assert set(out.loc[ok, "explain_1_feature"]) <= {"a", "b", "c"} and out.loc[~ok, "explain_1_feature"].isna().all()
+    assert (out.loc[~ok, "reason"] == "a: outside the training range").all()
+    # The model's log-odds rest on `a` (weight 1) far more than on the noise `b` (weight 0.5).
+    assert (out.loc[ok, "explain_1_feature"] == "a").mean() > 0.6
+    assert (out.loc[ok, "explain_1_value"].abs() >= out.loc[ok, "explain_2_value"].abs()).all()
+
 
 def test_a_bundled_recalibration_is_fitted_on_validation_and_applied_to_every_probability(tmp_path):
     import torch
@@ -254,3 +272,33 @@ def test_a_bundled_recalibration_is_fitted_on_validation_and_applied_to_every_pr
     logit = np.log(raw / (1 - raw))
     expected = 1 / (1 + np.exp(-(fitted["intercept"] + fitted["slope"] * logit)))
     np.testing.assert_allclose(scored["proba_yes"], expected, rtol=1e-5)
+
+
+def test_integrated_gradients_of_a_linear_model_are_its_weights_times_the_encoded_input(tmp_path):
+    import torch
+    from test_register import SCHEMA
+
+    from medflow.data.features import Preprocessor, coerce_features
+    from medflow.models import explain
+    from medflow.models.bundle import Predictor, save_bundle
+    from medflow.models.tabular import build
+
+    rows = coerce_features(cohort(40), SCHEMA)
+    pre = Preprocessor(SCHEMA.numeric, SCHEMA.categorical).fit(rows)
+    config = {"name": "tabular_mlp", "n_in": len(pre.feature_names), "n_classes": 2, "hidden": [], "dropout": 0.0}
+    model = build(**config)
+    with torch.no_grad():
+        model.net[0].weight.zero_()
+        model.net[0].bias.zero_()
+        model.net[0].weight[1, pre.feature_names.index("a")] = 2.0
+        model.net[0].weight[0, pre.feature_names.index("b")] = 1.0  # the log-odds are logit 1 - logit 0
+    save_bundle(tmp_path, model, config, pre, SCHEMA)
+    predictor = Predictor(tmp_path)
+    columns, contributions = explain.attributions(predictor, rows)
+    x = pre.transform(rows)
+    assert columns == ["a", "b", "c"] and explain.method(predictor).startswith("Captum IntegratedGradients")
+    np.testing.assert_allclose(contributions[:, 0], 2 * x[:, pre.feature_names.index("a")], atol=1e-4)
+    np.testing.assert_allclose(contributions[:, 1], -x[:, pre.feature_names.index("b")], atol=1e-4)
+    np.testing.assert_allclose(contributions[:, 2], 0, atol=1e-6)
+    ranked = explain.global_importance(columns, contributions)
+    assert [r["feature"] for r in ranked] == ["a", "b", "c"]

@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
     predict.add_argument("--input", required=True, help="CSV or Parquet file with the model's feature columns")
     predict.add_argument("--output", required=True, help="CSV or Parquet file to write (nothing when refused)")
+    predict.add_argument(
+        "--explain", type=int, default=0, metavar="K", help="add each row's K largest contributions (feature, value)"
+    )
     external = sub.add_parser(
         "evaluate-external", help="a registered classifier on another site's labelled table; a report on the version"
     )

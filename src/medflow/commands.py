@@ -275,7 +275,9 @@ def cmd_lineage(args: argparse.Namespace, tracking) -> int:
 def cmd_predict(args: argparse.Namespace, tracking) -> int:
     from medflow.predict import predict_file
 
-    done = predict_file(args.model, Path(args.input), Path(args.output))
+    if args.explain < 0:
+        raise ValueError(f"predict: --explain {args.explain}; rule: K >= 0 contributions per row")
+    done = predict_file(args.model, Path(args.input), Path(args.output), args.explain)
     print(
         f"{args.output}: {done['rows']} rows scored by {done['model']} v{done['version']}, {done['ok']} ok, "
         f"{done['refused']} refused (reason in the row's `reason` column)"

@@ -270,3 +270,14 @@ def plot_decision_curve(table: list[dict], out: Path, operating: dict | None) ->
     ax.legend(fontsize=8)
     ax.set_title("Decision curve (test split)")
     _save(fig, out)
+
+
+def plot_importance(importance: list[dict], out: Path, method: str, top: int = 15) -> None:
+    """importance: explain.global_importance(), largest first; the top ones as horizontal bars."""
+    plt = _pyplot()
+    shown = importance[:top][::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(shown) + 1.5))
+    ax.barh([r["feature"] for r in shown], [r["mean_abs"] for r in shown])
+    ax.set(xlabel="mean |contribution| to the log-odds (test split)")
+    ax.set_title(f"Global explanation: {method.split(' (')[0]}", fontsize=9)
+    _save(fig, out)

@@ -168,6 +168,7 @@ def card_data(
         else [],
         "calibration_fit": evaluation.get("calibration_fit"),
         "decision_curve": evaluation.get("decision_curve"),
+        "explanations": evaluation.get("explanations"),
         "subgroups": subgroups,
         "gate": {
             "decision": "promoted" if decision.promoted else "not promoted",
@@ -307,6 +308,18 @@ def model_card(card: dict) -> str:
             "`evaluation/decision_curve.png`); the model helps where its net benefit exceeds both.",
             "",
             *decision_table(dca),
+            "",
+        ]
+    ex = card.get("explanations")
+    if ex:
+        lines += [
+            "## Explanations (global)",
+            f"Mean absolute contribution to the log-odds per input column on {ex['rows']} test rows, by {ex['method']} "
+            "(plot `evaluation/explanations.png`); `medflow predict --explain K` gives each row's K largest.",
+            "",
+            "| feature | mean abs. contribution |",
+            "|---|---|",
+            *(f"| `{r['feature']}` | {r['mean_abs']:.4f} |" for r in ex["features"][:10]),
             "",
         ]
     if card.get("tripod"):

@@ -22,6 +22,7 @@ from medflow.evaluation.plots import (
     plot_confusion,
     plot_decision_curve,
     plot_forest,
+    plot_importance,
     plot_learning_curves,
     plot_pr,
     plot_predicted_observed,
@@ -115,6 +116,11 @@ def _report_md(report: dict, metrics: dict) -> str:
         f" {metrics['test_brier_scaled']:.4f}.",
     ]
     lines += _clinical_md(report)
+    ex = report.get("explanations")
+    if ex:
+        lines += ["", f"## Global explanation ({ex['method']}; {ex['rows']} test rows)", ""]
+        lines += ["| feature | mean abs. contribution (log-odds) |", "|---|---|"]
+        lines += [f"| {r['feature']} | {r['mean_abs']:.4f} |" for r in ex["features"]]
     if report.get("learning_curves") is None:
         lines += ["", "No per-epoch history on the training run: no learning curves."]
     return "\n".join(lines) + "\n"
@@ -372,6 +378,8 @@ def run(params: Params, paths: Paths) -> dict:
         else {"value": threshold, "method": method, "target_sensitivity": ep.target_sensitivity},
         "calibration_bins": ep.calibration_bins,
     }
+    if schema.kind != "image":
+        report["explanations"] = _explanations(predictor, test, plots, params.seed)
     if binary:
         report |= _clinical(params, y, proba[:, 1], groups, threshold, plots, f"P({schema.classes[1]})")
         metrics |= _finite({f"test_{k}": v for k, v in report["calibration_fit"].items()})
@@ -408,6 +416,22 @@ def _clinical(params: Params, y, p, groups, threshold: float, plots, label: str)
         "calibration_curve": curve,
         "decision_curve": {"table": table, "operating_point": operating, "method": "dcurves " + _version("dcurves")},
     }
+
+
+# Integrated gradients cost 32 forward and backward passes per row: a seeded sample of test rows is enough for a mean.
+EXPLAIN_ROWS = 2000
+
+
+def _explanations(predictor: Predictor, test, plots, seed: int) -> dict:
+    """Mean |contribution| per input column on the test split (models/explain.py), drawn and returned."""
+    from medflow.models import explain
+
+    rows = test.sample(EXPLAIN_ROWS, random_state=seed) if len(test) > EXPLAIN_ROWS else test
+    columns, contributions = explain.attributions(predictor, rows)
+    importance = explain.global_importance(columns, contributions)
+    method = explain.method(predictor)
+    plot_importance(importance, plots / "explanations.png", method)
+    return {"method": method, "rows": len(rows), "features": importance}
 
 
 def _version(package: str) -> str:
