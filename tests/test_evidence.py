@@ -26,6 +26,9 @@ def test_the_calibration_slope_finds_predictions_too_extreme_and_the_intercept_r
     y, p = distorted()
     fit = logistic_calibration(y, p, np.arange(len(y)) // 2, n_boot=100, seed=0)
     assert fit["calibration_slope_ci_low"] < 0.5 < fit["calibration_slope_ci_high"] < 0.6
+    # A confident network's float32 probabilities reach exactly 0 and 1: still a finite fit.
+    sure = logistic_calibration(y, np.where(p > 0.99, 1, np.where(p < 0.01, 0, p)).astype("float32"), None, 100, 0)
+    assert np.isfinite(list(sure.values())).all()
     y, p = distorted(power=1.0, shift=1.0)
     shifted = logistic_calibration(y, p, None, n_boot=100, seed=0)
     assert shifted["calibration_intercept_ci_low"] < -1 < shifted["calibration_intercept_ci_high"] < -0.8
@@ -87,6 +90,15 @@ def test_a_card_missing_required_fields_is_refused_in_one_line_naming_them(proj)
     assert "| Intended use | Research demonstration only. |" in top and "| Outcome | The label y. |" in top
     assert "Reporting: TRIPOD+AI" in top and "## TRIPOD+AI checklist" in card
     assert json.loads((proj.step_dir("register") / "model_card.json").read_text())["declared"] == DECLARED
+
+    # Declarations written for another table are neither shown nor counted; a requirement for another is none.
+    elsewhere = with_card(base, {**DECLARED, "dataset": "elsewhere"}, ["intended_use"])
+    train(proj, "declared", 0.95)
+    assert register.run(elsewhere, proj)["reason"].startswith("card.intended_use empty")
+    assert "Declared by no one" in (proj.step_dir("register") / "model_card.md").read_text()
+    raw = elsewhere.as_dict()
+    raw["register"]["require_card_fields"] = {"elsewhere": ["intended_use"]}
+    assert Params.model_validate(raw).register.required_card("cohort") == []
 
     # Filled in, the next version may become champion.
     filled = {**DECLARED, "setting": "Synthetic.", "horizon": "At sampling."}

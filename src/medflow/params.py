@@ -345,6 +345,9 @@ class CardParams(_Section):
     """What the model is for, declared by the people responsible for it (TRIPOD+AI items 3, 5, 6): the top of the
     model card. Free text about the cohort, never a patient's value."""
 
+    # The dataset (data.source's file stem or demo name) these declarations describe: a run on another table shows
+    # none of them, rather than another table's; null: any dataset.
+    dataset: str | None = None
     intended_use: str | None = None  # the clinical question and the decision the output informs
     population: str | None = None  # who the model applies to (eligibility), and who it does not
     setting: str | None = None  # care setting and where the data came from (sites, dates)
@@ -357,13 +360,17 @@ class CardParams(_Section):
     tripod: dict[str, str] = Field(default_factory=dict)
 
 
-CARD_FIELDS = tuple(CardParams.model_fields)
+CARD_FIELDS = tuple(k for k in CardParams.model_fields if k not in ("dataset", "tripod"))
 
 
 class RegisterParams(_Section):
     model_name: str = "medflow-breast-cancer"
-    # card.* keys a version needs filled before it may become champion; [] (or absent): none.
-    require_card_fields: list[Literal[CARD_FIELDS]] = Field(default_factory=list)  # type: ignore[valid-type]
+    # card.* keys a version needs filled before it may become champion: one list for every table, or one per dataset
+    # ({breast_cancer: [intended_use, ...]}, keyed as min_primary), so another table's first run is never refused
+    # for declarations written for this one; [] (or absent): none.
+    require_card_fields: list[Literal[CARD_FIELDS]] | dict[str, list[Literal[CARD_FIELDS]]] = Field(  # type: ignore[valid-type]
+        default_factory=list
+    )
     # A version becomes champion only when its test primary metric reaches this floor (stays under this ceiling for
     # a lower-is-better metric such as mae): one number for every table,
     # or one per dataset ({breast_cancer: 0.95}, keyed as data.source's file stem or demo name), so that a floor set
@@ -374,6 +381,11 @@ class RegisterParams(_Section):
     # never: this run is exploratory and registers as `challenger` at most (as does any `dvc exp run`);
     # `medflow promote NAME VERSION --reason ...` then moves `champion` by hand.
     promote: Literal["auto", "never"] = "auto"
+
+    def required_card(self, dataset: str) -> list[str]:
+        """require_card_fields as it applies to this dataset."""
+        fields = self.require_card_fields
+        return list(fields.get(dataset, []) if isinstance(fields, dict) else fields)
 
     def floor(self, dataset: str) -> float | None:
         """min_primary as it applies to this dataset (medflow.data.sources.dataset_name)."""

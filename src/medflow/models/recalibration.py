@@ -11,7 +11,8 @@ FLOOR = 1e-12
 
 
 def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, FLOOR, 1 - FLOOR)
+    # In float64: a network's float32 probability of exactly 1 stays 1 when clipped at 1 - 1e-12 in float32.
+    p = np.clip(np.asarray(p, dtype="float64"), FLOOR, 1 - FLOOR)
     return np.log(p) - np.log1p(-p)
 
 
@@ -26,6 +27,6 @@ def recalibrate(recalibration: dict | None, proba: np.ndarray) -> np.ndarray:
         return proba
     if recalibration["method"] == "temperature":
         return scale(proba, recalibration["temperature"]).astype(proba.dtype)
-    z = recalibration["intercept"] + recalibration["slope"] * logit(proba[:, 1].astype("float64"))
+    z = recalibration["intercept"] + recalibration["slope"] * logit(proba[:, 1])
     positive = 1 / (1 + np.exp(-z))
     return np.column_stack([1 - positive, positive]).astype(proba.dtype)

@@ -247,7 +247,6 @@ def model_card(card: dict) -> str:
         "",
         f"Excluded: {', '.join(excluded) or 'none'}.",
         "",
-        *_method(card.get("method") or {}),
         "## Test metrics",
         f"Primary metric: `{card['primary_metric']}`. Intervals: 95% bootstrap over {card['resampled']} "
         f"({card['test_patients'] or '?'} patients, {card['test_rows'] or '?'} test rows).",
@@ -300,6 +299,7 @@ def model_card(card: dict) -> str:
         lines += _audit(card["name"], card["version"], card["audit"])
     if card["baselines"]:
         lines += _baselines(card)
+    lines += _method(card.get("method") or {})
     dca = card.get("decision_curve")
     if dca:
         lines += [
@@ -379,7 +379,10 @@ _DECLARED = {
 def _declared(declared: dict) -> list[str]:
     """The params' card section, as its authors declared it; nothing when they declared nothing."""
     if not declared:
-        return ["Declared by no one: the params' `card:` section is empty (docs/evidence.md).", ""]
+        return [
+            "Declared by no one: the params' `card:` section is empty or describes another dataset (docs/evidence.md).",
+            "",
+        ]
     rows = {_DECLARED.get(k, k): v for k, v in declared.items()}
     return ["As declared in params (`card:`):", "", *_table(rows, ("", "declared")), "", "Stated by medflow:"]
 

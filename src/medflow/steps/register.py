@@ -77,6 +77,12 @@ def _environment(paths: Paths) -> dict[str, str]:
     }
 
 
+def _declared(params: Params, dataset: str) -> dict:
+    """The params' card section when it describes this dataset (card.dataset null or this one), else nothing."""
+    card = params.card
+    return card.model_dump(exclude={"dataset"}) if card.dataset in (None, dataset) else {}
+
+
 def _method(params: Params, schema: Schema) -> dict[str, str]:
     """How the model was built, in words, for the card (TRIPOD+AI items 11, 12b, 12c, 13)."""
     t = params.train
@@ -198,7 +204,7 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
             leak=leak_reason(report["leak_check"], params),
             higher_is_better=for_params(params).higher_is_better(params.evaluate.primary_metric),
             required=required,
-            card_missing=tuple(k for k in rp.require_card_fields if not getattr(params.card, k)),
+            card_missing=tuple(k for k in rp.required_card(dataset) if not _declared(params, dataset).get(k)),
         )
     gate = resume.gate_line(decision)
     tags = {**lineage, **identity, **resume.decision_tags(decision, params, pending)}
@@ -252,7 +258,7 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
         split_policy=split_policy(params, schema),
         environment=_environment(paths),
         tuning=study_of(params, paths),
-        declared=params.card.model_dump(),
+        declared=_declared(params, dataset),
         split_kind={
             "patient": "internal: random split by patient",
             "time": f"temporal: latest by `{params.split.time_column}`",
