@@ -29,6 +29,13 @@ def test_the_calibration_slope_finds_predictions_too_extreme_and_the_intercept_r
     # A confident network's float32 probabilities reach exactly 0 and 1: still a finite fit.
     sure = logistic_calibration(y, np.where(p > 0.99, 1, np.where(p < 0.01, 0, p)).astype("float32"), None, 100, 0)
     assert np.isfinite(list(sure.values())).all()
+    # A near-perfect model: resamples without its two overlapping rows are separated, with no finite fit.
+    p = np.linspace(0.01, 0.99, 80)
+    y = (p > 0.5).astype(int)
+    y[[39, 40]] = y[[40, 39]]
+    near = logistic_calibration(y, p, None, 200, 0)
+    assert near["resamples_without_fit"] > 20
+    assert all(abs(v) < 100 for k, v in near.items() if k.startswith("calibration_slope")), near
     y, p = distorted(power=1.0, shift=1.0)
     shifted = logistic_calibration(y, p, None, n_boot=100, seed=0)
     assert shifted["calibration_intercept_ci_low"] < -1 < shifted["calibration_intercept_ci_high"] < -0.8

@@ -151,5 +151,7 @@ def markdown(report: dict) -> str:
         lines += ["", "## Calibration", "", "| measure | value | 95% CI |", "|---|---|---|"]
         for k in ("calibration_intercept", "calibration_slope"):
             lines.append(f"| {k} | {fit[k]:.4f} | [{fit[k + '_ci_low']:.4f}, {fit[k + '_ci_high']:.4f}] |")
+        if fit["resamples_without_fit"]:
+            lines += ["", f"{fit['resamples_without_fit']} resamples without a finite fit left out of the intervals."]
         lines += ["", "## Decision curve (net benefit)", "", *decision_table(report["decision_curve"])]
     return "\n".join(lines) + "\n"

@@ -25,27 +25,43 @@ def fit_temperature(y: np.ndarray, proba: np.ndarray) -> float:
     return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20)), method="bounded").x))
 
 
+def _separated(y: np.ndarray, lp: np.ndarray, w: np.ndarray | None) -> bool:
+    """Whether the logit separates the (weighted-in) outcomes: then no finite slope fits them."""
+    if w is not None:
+        y, lp = y[w > 0], lp[w > 0]
+    pos, neg = lp[y == 1], lp[y == 0]
+    return not len(pos) or not len(neg) or pos.min() > neg.max() or neg.min() > pos.max()
+
+
 def _fits(y: np.ndarray, lp: np.ndarray, w: np.ndarray | None) -> tuple[float, float]:
     """Calibration-in-the-large (the intercept of y on the logit with slope fixed at 1, as an offset) and the
-    calibration slope (of y on the logit), each a statsmodels binomial GLM; NaN where a fit cannot be made."""
+    calibration slope (of y on the logit), each a statsmodels binomial GLM; NaN where a fit has no finite answer: a
+    resample the logit separates (as a near-perfect model's often are) has no slope, one class no intercept either."""
     import warnings
 
     import statsmodels.api as sm
-    from statsmodels.tools.sm_exceptions import PerfectSeparationWarning
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
 
+    present = y if w is None else y[w > 0]
+    if present.min() == present.max():
+        return float("nan"), float("nan")
     family = sm.families.Binomial()
     out = []
-    with warnings.catch_warnings():
-        # A resample the logit separates perfectly has an infinite slope: kept as the large number it fits to.
-        warnings.simplefilter("ignore", PerfectSeparationWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for x, offset, coef in ((np.ones((len(y), 1)), lp, 0), (np.column_stack([np.ones(len(y)), lp]), None, 1)):
+    models = [(np.ones((len(y), 1)), lp, 0)]
+    if not _separated(y, lp, w):
+        models.append((np.column_stack([np.ones(len(y)), lp]), None, 1))
+    for x, offset, coef in models:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PerfectSeparationWarning)
+            warnings.simplefilter("error", ConvergenceWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
             try:
                 fit = sm.GLM(y, x, family=family, offset=offset, freq_weights=w).fit()
-                out.append(float(fit.params[coef]))
-            except (ValueError, np.linalg.LinAlgError):
+                value = float(fit.params[coef])
+                out.append(value if fit.converged and np.isfinite(value) else float("nan"))
+            except (ValueError, np.linalg.LinAlgError, PerfectSeparationWarning, ConvergenceWarning):
                 out.append(float("nan"))
-    return out[0], out[1]
+    return out[0], out[1] if len(out) > 1 else float("nan")
 
 
 def logistic_calibration(
@@ -53,14 +69,16 @@ def logistic_calibration(
 ) -> dict[str, float]:
     """Calibration intercept (0 is calibrated in the large; below 0, risks overestimated) and slope (1 is calibrated;
     below 1, predictions too extreme) of binary labels y on the predicted P(positive) p, with 95% percentile
-    intervals over the same patient resamples as every other metric."""
+    intervals over the same patient resamples as every other metric (those the logit separates left out, counted)."""
     from medflow.evaluation.metrics import interval, resample_weights
 
     lp = _logit(p)
     intercept, slope = _fits(y, lp, None)
-    draws = [_fits(y, lp, w) for chunk in resample_weights(groups, len(y), n_boot, seed) for w in chunk]
-    (i_lo, i_hi), (s_lo, s_hi) = (interval(np.array(d)) for d in zip(*draws, strict=True))
+    draws = np.array([_fits(y, lp, w) for chunk in resample_weights(groups, len(y), n_boot, seed) for w in chunk])
+    (i_lo, i_hi), (s_lo, s_hi) = interval(draws[:, 0]), interval(draws[:, 1])
     return {
+        # Resamples without a finite fit are left out of the intervals, as resamples missing a class are elsewhere.
+        "resamples_without_fit": int(np.isnan(draws).any(axis=1).sum()),
         "calibration_intercept": intercept,
         "calibration_intercept_ci_low": i_lo,
         "calibration_intercept_ci_high": i_hi,

@@ -270,14 +270,9 @@ def model_card(card: dict) -> str:
             for k in ("calibration_intercept", "calibration_slope")
             if k in fit
         }
+        if fit.get("resamples_without_fit"):
+            slope["resamples without a finite fit (left out)"] = fit["resamples_without_fit"]
         lines += ["## Calibration", *_table({**slope, **card["calibration"]}, ("measure", "value [95% CI]")), ""]
-        if slope:
-            lines += [
-                "Intercept (0: calibrated in the large) and slope (1: calibrated; below 1, predictions too extreme) "
-                "of a logistic recalibration fit (statsmodels GLM) on test; smoothed curve: "
-                "`evaluation/calibration_curve.png`.",
-                "",
-            ]
     if card["subgroups"]:
         p = card["primary_metric"].removeprefix("test_")
         lines += ["## Subgroups", f"| group | patients | {p} [95% CI] |", "|---|---|---|"]

@@ -142,6 +142,9 @@ def _clinical_md(report: dict) -> list[str]:
     ]
     for k in ("calibration_intercept", "calibration_slope"):
         lines.append(f"| {k} | {fit[k]:.4f} | [{fit[k + '_ci_low']:.4f}, {fit[k + '_ci_high']:.4f}] |")
+    if fit["resamples_without_fit"]:
+        lines += ["", f"{fit['resamples_without_fit']} resamples the logit separates perfectly have no finite fit: "
+                  "left out of the intervals."]  # fmt: skip
     lines += ["", f"## Decision curve (net benefit; {dca['method']})", "", *decision_table(dca)]
     return lines
 
@@ -382,7 +385,8 @@ def run(params: Params, paths: Paths) -> dict:
         report["explanations"] = _explanations(predictor, test, plots, params.seed)
     if binary:
         report |= _clinical(params, y, proba[:, 1], groups, threshold, plots, f"P({schema.classes[1]})")
-        metrics |= _finite({f"test_{k}": v for k, v in report["calibration_fit"].items()})
+        fit = report["calibration_fit"]
+        metrics |= _finite({f"test_{k}": v for k, v in fit.items() if k.startswith("calibration_")})
     if ep.subgroups:
         # Features only: the patient key, row id and label are columns too, and no group may be named after them.
         labels = group_labels(test[schema.features], ep.subgroups, ep.subgroup_bins)
