@@ -33,35 +33,46 @@ def _separated(y: np.ndarray, lp: np.ndarray, w: np.ndarray | None) -> bool:
     return not len(pos) or not len(neg) or pos.min() > neg.max() or neg.min() > pos.max()
 
 
+def _intercept(y: np.ndarray, lp: np.ndarray, w: np.ndarray) -> float:
+    """Calibration-in-the-large: the a solving sum w (y - sigmoid(a + logit)) = 0, the binomial GLM's score equation
+    with the logit as offset, by scipy's brentq (IRLS diverges on the offsets of probabilities of exactly 0 or 1)."""
+    from scipy.optimize import brentq
+    from scipy.special import expit
+
+    def score(a: float) -> float:
+        return float(np.dot(w, y - expit(a + lp)))
+
+    lo, hi = -50.0, 50.0
+    return brentq(score, lo, hi, xtol=1e-10) if score(lo) > 0 > score(hi) else float("nan")
+
+
 def _fits(y: np.ndarray, lp: np.ndarray, w: np.ndarray | None) -> tuple[float, float]:
-    """Calibration-in-the-large (the intercept of y on the logit with slope fixed at 1, as an offset) and the
-    calibration slope (of y on the logit), each a statsmodels binomial GLM; NaN where a fit has no finite answer: a
-    resample the logit separates (as a near-perfect model's often are) has no slope, one class no intercept either."""
+    """Calibration-in-the-large (the intercept with the slope fixed at 1) and the calibration slope (of y on the
+    logit, a statsmodels binomial GLM); NaN where a fit has no finite answer: a resample the logit separates (as a
+    near-perfect model's often are) has no slope, one with one class neither."""
     import warnings
 
     import statsmodels.api as sm
     from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
 
-    present = y if w is None else y[w > 0]
+    weights = np.ones(len(y)) if w is None else w
+    present = y[weights > 0]
     if present.min() == present.max():
         return float("nan"), float("nan")
-    family = sm.families.Binomial()
-    out = []
-    models = [(np.ones((len(y), 1)), lp, 0)]
-    if not _separated(y, lp, w):
-        models.append((np.column_stack([np.ones(len(y)), lp]), None, 1))
-    for x, offset, coef in models:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PerfectSeparationWarning)
-            warnings.simplefilter("error", ConvergenceWarning)
-            warnings.simplefilter("ignore", RuntimeWarning)
-            try:
-                fit = sm.GLM(y, x, family=family, offset=offset, freq_weights=w).fit()
-                value = float(fit.params[coef])
-                out.append(value if fit.converged and np.isfinite(value) else float("nan"))
-            except (ValueError, np.linalg.LinAlgError, PerfectSeparationWarning, ConvergenceWarning):
-                out.append(float("nan"))
-    return out[0], out[1] if len(out) > 1 else float("nan")
+    intercept = _intercept(y, lp, weights)
+    if _separated(y, lp, w):
+        return intercept, float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PerfectSeparationWarning)
+        warnings.simplefilter("error", ConvergenceWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        x = np.column_stack([np.ones(len(y)), lp])
+        try:
+            fit = sm.GLM(y, x, family=sm.families.Binomial(), freq_weights=w).fit()
+        except (ValueError, np.linalg.LinAlgError, PerfectSeparationWarning, ConvergenceWarning):
+            return intercept, float("nan")
+    slope = float(fit.params[1])
+    return intercept, slope if fit.converged and np.isfinite(slope) else float("nan")
 
 
 def logistic_calibration(
