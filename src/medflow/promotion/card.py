@@ -56,7 +56,7 @@ def split_policy(params: Params, schema: Schema) -> str:
             f"the others split by {unit}, validation {sp.val / (1 - sp.test):.0%} of them"
         )
     else:
-        how = f"random by {unit}, validation {sp.val:.0%}, test {sp.test:.0%}"
+        how = f"by {unit}, at random: validation {sp.val:.0%}, test {sp.test:.0%}"
     return (
         f"{how}; identical feature rows kept together; seed {params.seed}. "
         + ("The threshold is chosen on validation, every metric " if schema.classes else "Every metric ")
