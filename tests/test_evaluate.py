@@ -382,7 +382,17 @@ def test_the_step_writes_flat_metrics_a_report_with_suppressed_groups_and_every_
         "reliability.png",
         "learning_curves.png",
         "subgroups.png",
+        "calibration_curve.png",
+        "decision_curve.png",
+        "explanations.png",
     }
+    for k in ("calibration_intercept", "calibration_slope"):
+        assert metrics[f"test_{k}_ci_low"] <= metrics[f"test_{k}"] <= metrics[f"test_{k}_ci_high"], k
+    assert "## Decision curve" in md and re.search(r"\| 0\.\d+ \(operating point\) \|", md), md
+    assert {r["feature"] for r in report["explanations"]["features"]} == {"age", "bmi", "glucose", "systolic_bp",
+                                                                          "sex", "smoker", "site"}  # fmt: skip
+    dca = report["decision_curve"]
+    assert [r["threshold"] for r in dca["table"]][:2] == [0.05, 0.1] and dca["method"].startswith("dcurves")
     written = "".join(p.read_text() for p in (paths.metrics, out / "report.json", out / "report.md", out / "roc.json"))
     assert not [i for i in identifiers if i in written]
 
@@ -444,7 +454,8 @@ def test_subgroups_by_the_patient_key_are_refused(project):
 
 
 def test_temperature_scaling_recovers_the_temperature_that_distorted_calibrated_scores():
-    from medflow.evaluation.calibration import fit_temperature, scale
+    from medflow.evaluation.calibration import fit_temperature
+    from medflow.models.recalibration import scale
 
     rng = np.random.default_rng(0)
     p = rng.uniform(0.02, 0.98, 5000)

@@ -100,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True, help="CSV or Parquet file with the model's feature columns")
     predict.add_argument("--output", required=True, help="CSV or Parquet file to write (nothing when refused)")
     predict.add_argument("--events", help="event models: the events of the stays --input lists (docs/sequences.md)")
+    predict.add_argument(
+        "--explain", type=int, default=0, metavar="K", help="add each row's K largest contributions (feature, value)"
+    )
+    external = sub.add_parser(
+        "evaluate-external", help="a registered classifier on another site's labelled table; a report on the version"
+    )
+    external.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    external.add_argument("--data", required=True, help="CSV or Parquet file: the model's features and the label")
+    external.add_argument("--name", help="what the table stands for (a site, a period); default: the file's stem")
     monitor = sub.add_parser("monitor", help="drift of a new batch against the champion; a report, data unchanged")
     monitor.add_argument("--batch", default="incoming", help="CSV/Parquet file, or a folder of them (new files)")
     monitor.add_argument(
@@ -142,6 +151,7 @@ COMMANDS = {
     "history": commands.cmd_history,
     "lineage": commands.cmd_lineage,
     "predict": commands.cmd_predict,
+    "evaluate-external": commands.cmd_evaluate_external,
     "tune": commands.cmd_tune,
     "monitor": commands.cmd_monitor,
     "migrate-store": commands.cmd_migrate_store,

@@ -288,10 +288,38 @@ def cmd_lineage(args: argparse.Namespace, tracking) -> int:
 def cmd_predict(args: argparse.Namespace, tracking) -> int:
     from medflow.predict import predict_file
 
-    done = predict_file(args.model, Path(args.input), Path(args.output), args.events and Path(args.events))
+    if args.explain < 0:
+        raise ValueError(f"predict: --explain {args.explain}; rule: K >= 0 contributions per row")
+    events = args.events and Path(args.events)
+    done = predict_file(args.model, Path(args.input), Path(args.output), events, args.explain)
     print(
         f"{args.output}: {done['rows']} rows scored by {done['model']} v{done['version']}, {done['ok']} ok, "
         f"{done['refused']} refused (reason in the row's `reason` column)"
+    )
+    return 0
+
+
+def cmd_evaluate_external(args: argparse.Namespace, paths: Paths) -> int:
+    from medflow import tracking
+    from medflow.external import evaluate_external
+
+    params = params_mod.load(paths.params_file)
+    tracking.configure(paths)
+    data = paths.source(args.data)
+    if not data.is_file():
+        raise FileNotFoundError(f"evaluate-external: {args.data} not found in {paths.root}: give a CSV/Parquet file")
+    try:
+        report = evaluate_external(params, paths, args.model, data, args.name)
+    except (ValueError, KeyError) as exc:
+        exc.medflow_step = "evaluate-external"
+        raise
+    m, metric = report["model"], report["primary_metric"]
+    value = report["metrics"].get(metric)
+    shown = f"{metric} {value['value']:.4f} [{value['ci_low']:.4f}, {value['ci_high']:.4f}]" if value else metric
+    print(
+        f"{m['name']} v{m['version']} on {report['label']}: {shown}, {report['evaluated_rows']} rows evaluated, "
+        f"{report['refused']} refused; report: {Path(report['report_dir']).relative_to(paths.root)}/report.md, "
+        "logged on the version (no alias moved)"
     )
     return 0
 

@@ -170,11 +170,21 @@ class CleanParams(_Section):
 class SplitParams(_Section):
     val: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
+    # patient: random by patient (stratified); time: the earliest patients by time_column train, the latest test
+    # (the column is never a feature); site: the sites in test_sites (of site_column) are the test split.
+    by: Literal["patient", "time", "site"] = "patient"
+    time_column: str | None = None
+    site_column: str | None = None
+    test_sites: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> SplitParams:
         if self.val + self.test >= 0.9:
             raise ValueError(f"split.val + split.test = {self.val + self.test:.2f} leaves too little to train on")
+        if self.by == "time" and not self.time_column:
+            raise ValueError("split.by=time needs split.time_column (a date or number column of the table)")
+        if self.by == "site" and not (self.site_column and self.test_sites):
+            raise ValueError("split.by=site needs split.site_column and split.test_sites (the held-out sites)")
         return self
 
 
@@ -208,6 +218,9 @@ class TrainParams(_Section):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # Classifiers: a recalibration of the probabilities fitted on the validation split and bundled with the model
+    # (temperature: any classes; logistic: binary); evaluate, the gate, the card and predict see the recalibrated model.
+    recalibrate: Literal["none", "temperature", "logistic"] = "none"
     loss: Literal["mse", "huber"] = "mse"  # regression only, on the target standardised on the training split
     augment_flip: bool = False  # random horizontal flips, batched on the device (images)
     augment_translate: int = Field(0, ge=0)  # random shifts of up to this many pixels (images)
@@ -342,6 +355,16 @@ class EvaluateParams(_Section):
     min_group_patients: int = Field(10, ge=1)
     # Segmentation: the normalised surface Dice counts boundary voxels within this distance (mm) as agreeing.
     nsd_tolerance_mm: float = Field(1.0, gt=0)
+    # Binary tasks: threshold probabilities (from, to, step) of the decision curve (net benefit).
+    dca_thresholds: tuple[float, float, float] = (0.05, 0.95, 0.05)
+
+    @field_validator("dca_thresholds")
+    @classmethod
+    def _dca_range(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        low, high, step = value
+        if not (0 < low <= high < 1 and step > 0):
+            raise ValueError("give [from, to, step] with 0 < from <= to < 1 and step > 0")
+        return value
 
 
 class TreeBaselineParams(_Section):
@@ -388,8 +411,36 @@ class GateParams(_Section):
 Floor = Annotated[float, Field(allow_inf_nan=False)]
 
 
+class CardParams(_Section):
+    """What the model is for, declared by the people responsible for it (TRIPOD+AI items 3, 5, 6): the top of the
+    model card. Free text about the cohort, never a patient's value."""
+
+    # The dataset (data.source's file stem or demo name) these declarations describe: a run on another table shows
+    # none of them, rather than another table's; null: any dataset.
+    dataset: str | None = None
+    intended_use: str | None = None  # the clinical question and the decision the output informs
+    population: str | None = None  # who the model applies to (eligibility), and who it does not
+    setting: str | None = None  # care setting and where the data came from (sites, dates)
+    intended_users: str | None = None  # who acts on the output
+    outcome: str | None = None  # the outcome's definition, as the target column records it
+    horizon: str | None = None  # when the outcome is assessed (at diagnosis, within 30 days, ...)
+    limitations: list[str] = Field(default_factory=list)  # known limitations, added to the ones medflow measures
+    # TRIPOD+AI items medflow cannot fill (ethics, funding, protocol, ...): item -> where it is reported, or
+    # "n/a: why" when it does not apply; the card's checklist counts them as declared.
+    tripod: dict[str, str] = Field(default_factory=dict)
+
+
+CARD_FIELDS = tuple(k for k in CardParams.model_fields if k not in ("dataset", "tripod"))
+
+
 class RegisterParams(_Section):
     model_name: str = "medflow-breast-cancer"
+    # card.* keys a version needs filled before it may become champion: one list for every table, or one per dataset
+    # ({breast_cancer: [intended_use, ...]}, keyed as min_primary), so another table's first run is never refused
+    # for declarations written for this one; [] (or absent): none.
+    require_card_fields: list[Literal[CARD_FIELDS]] | dict[str, list[Literal[CARD_FIELDS]]] = Field(  # type: ignore[valid-type]
+        default_factory=list
+    )
     # A version becomes champion only when its test primary metric reaches this floor (stays under this ceiling for
     # a lower-is-better metric such as mae): one number for every table,
     # or one per dataset ({breast_cancer: 0.95}, keyed as data.source's file stem or demo name), so that a floor set
@@ -400,6 +451,11 @@ class RegisterParams(_Section):
     # never: this run is exploratory and registers as `challenger` at most (as does any `dvc exp run`);
     # `medflow promote NAME VERSION --reason ...` then moves `champion` by hand.
     promote: Literal["auto", "never"] = "auto"
+
+    def required_card(self, dataset: str) -> list[str]:
+        """require_card_fields as it applies to this dataset."""
+        fields = self.require_card_fields
+        return list(fields.get(dataset, []) if isinstance(fields, dict) else fields)
 
     def floor(self, dataset: str) -> float | None:
         """min_primary as it applies to this dataset (medflow.data.sources.dataset_name)."""
@@ -447,6 +503,7 @@ with warnings.catch_warnings():
         train: TrainParams = Field(default_factory=TrainParams)
         evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
         register: RegisterParams = Field(default_factory=RegisterParams)
+        card: CardParams = Field(default_factory=CardParams)
         flow: FlowParams = Field(default_factory=FlowParams)
         tune: TuneParams = Field(default_factory=TuneParams)
         monitor: MonitorParams = Field(default_factory=MonitorParams)

@@ -9,3 +9,4 @@ CONTENT_HASH = "_content_hash"  # sha256 of an image's decoded pixels
 LABEL = "_label"  # the target as a class index (data/features.py encode_labels)
 SPLIT = "_split"  # train, val or test, joined from split's manifest (data/manifest.py load_split)
 TIME = "_time"  # a survival table's follow-up time, as a number in the time column's units (data.time)
+TIME_OR_SITE = "_split_by"  # split.by=time: the time column as a number; split.by=site: the site (never a feature)

@@ -92,6 +92,7 @@ DEMOS: dict[str, Callable[[], pd.DataFrame]] = {
     "gbsg2": _sksurv("gbsg2"),  # German Breast Cancer Study Group 2: time (days), cens
     "veterans": _sksurv("veterans_lung_cancer"),  # VA lung cancer trial: Survival_in_days, Status
     "aids": _sksurv("aids"),  # AIDS Clinical Trials Group 320: time (days), censor
+    "flchain": _sksurv("flchain"),  # Olmsted County serum free light chains: futime (days), death; sample.yr
     "rossi": _rossi,  # recidivism after release from prison: week, arrest
 }
 

@@ -232,3 +232,52 @@ def plot_forest(report: dict, out: Path, overall: float | None = None) -> None:
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set(xlabel=f"{primary} (95% patient-bootstrap CI)", title="Subgroups (test split)")
     _save(fig, out)
+
+
+def plot_smoothed_calibration(curve: dict, fit: dict, out: Path, label: str) -> None:
+    """curve: calibration.smoothed_curve(); fit: the calibration intercept and slope with their intervals."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "k:", label="Perfectly calibrated")
+    ax.plot(curve["predicted"], curve["observed"], "-", label="model (LOWESS)")
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel=f"predicted {label}", ylabel="observed rate (smoothed)")
+    ax.text(
+        0.98,
+        0.03,
+        f"intercept {fit['calibration_intercept']:.2f} [{fit['calibration_intercept_ci_low']:.2f}, "
+        f"{fit['calibration_intercept_ci_high']:.2f}]\nslope {fit['calibration_slope']:.2f} "
+        f"[{fit['calibration_slope_ci_low']:.2f}, {fit['calibration_slope_ci_high']:.2f}]",
+        ha="right",
+        va="bottom",
+        fontsize=8,
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Smoothed calibration curve (test split)")
+    _save(fig, out)
+
+
+def plot_decision_curve(table: list[dict], out: Path, operating: dict | None) -> None:
+    """table: decision_curve.net_benefit(); operating: the chosen threshold's row, marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    t = [r["threshold"] for r in table]
+    for key, style, name in (("model", "-", "model"), ("treat_all", "--", "treat all"), ("treat_none", ":", "none")):
+        ax.plot(t, [r[key] for r in table], style, label=f"treat {name}" if key == "treat_none" else name)
+    if operating:
+        ax.plot([operating["threshold"]], [operating["model"]], "o", color="C3", label="operating point")
+    top = max(r["model"] for r in table + ([operating] if operating else []))
+    ax.set(xlabel="threshold probability", ylabel="net benefit", ylim=(min(-0.05, -top / 10), max(top, 0.01) * 1.1))
+    ax.legend(fontsize=8)
+    ax.set_title("Decision curve (test split)")
+    _save(fig, out)
+
+
+def plot_importance(importance: list[dict], out: Path, method: str, top: int = 15) -> None:
+    """importance: explain.global_importance(), largest first; the top ones as horizontal bars."""
+    plt = _pyplot()
+    shown = importance[:top][::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(shown) + 1.5))
+    ax.barh([r["feature"] for r in shown], [r["mean_abs"] for r in shown])
+    ax.set(xlabel="mean |contribution| to the log-odds (test split)")
+    ax.set_title(f"Global explanation: {method.split(' (')[0]}", fontsize=9)
+    _save(fig, out)

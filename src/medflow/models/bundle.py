@@ -15,6 +15,7 @@ import torch
 
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema, coerce_features
 from medflow.data.numbers import NumberFormat, parse, unreadable
+from medflow.models.recalibration import recalibrate
 from medflow.models.tabular import TREE_MODEL, build
 from medflow.sequences.grid import SequenceNormaliser
 
@@ -84,6 +85,8 @@ class Predictor:
         self.target_scale = config.pop("target_scale", None)
         # Survival bundles only: the Breslow baseline (times, cumhaz, shift) and the horizons predict answers at.
         self.survival = config.pop("survival", None)
+        # Classifiers with train.recalibrate: the map fitted on the validation split, applied to every probability.
+        self.recalibration = config.pop("recalibration", None)
         self.trees: TreeModel | None = None
         if config["name"] == TREE_MODEL:
             from medflow.models.trees import TreeModel  # a network's bundle scores without XGBoost
@@ -149,6 +152,9 @@ class Predictor:
         return base.survival(risk, self.horizons if horizons is None else horizons)
 
     def predict_proba(self, raw) -> np.ndarray:
+        return recalibrate(self.recalibration, self._proba(raw))
+
+    def _proba(self, raw) -> np.ndarray:
         if self.target_scale is not None or self.survival is not None:
             raise BatchRejected("a regression or survival model predicts values, not probabilities: use predict")
         if self.schema.kind == "image":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from medflow.promotion import tripod
 from medflow.promotion.gate import Decision
 
 if TYPE_CHECKING:  # registry commands import this module: not numpy and pandas with it
@@ -50,10 +51,22 @@ def model_description(schema: Schema, dataset: str, metric: str) -> str:
 
 def split_policy(params: Params, schema: Schema) -> str:
     """How the card says the rows were split."""
+    sp = params.split
     unit = "patient (all of a patient's rows in one split)" if schema.patient_id else "row (no patient id)"
+    if sp.by == "time":
+        how = (
+            f"temporal, by `{sp.time_column}` (never a feature): the earliest {1 - sp.val - sp.test:.0%} of "
+            f"{unit.split(' (')[0]}s train, the next {sp.val:.0%} validate, the latest {sp.test:.0%} test"
+        )
+    elif sp.by == "site":
+        how = (
+            f"by site, `{sp.site_column}` (never a feature): site(s) {', '.join(sp.test_sites)} held out as test; "
+            f"the others split by {unit}, validation {sp.val / (1 - sp.test):.0%} of them"
+        )
+    else:
+        how = f"by {unit}, at random: validation {sp.val:.0%}, test {sp.test:.0%}"
     return (
-        f"by {unit}, identical feature rows kept together; validation {params.split.val:.0%}, "
-        f"test {params.split.test:.0%}, seed {params.seed}. "
+        f"{how}; identical feature rows kept together; seed {params.seed}. "
         + ("The threshold is chosen on validation, every metric " if schema.classes else "Every metric ")
         + "is measured on test."
     )
@@ -78,6 +91,9 @@ def card_data(
     environment: dict[str, str],
     tuning: dict | None = None,
     sequence: dict | None = None,
+    declared: dict | None = None,
+    split_kind: str = "internal: random split by patient",
+    method: dict[str, str] | None = None,
 ) -> dict:
     """model_card.json: names, counts, hashes and aggregate metrics only; model_card renders it as Markdown.
 
@@ -85,7 +101,11 @@ def card_data(
     evaluation: its report.json; gate: the gate report (gate.json); tuning: the
     `medflow tune` study whose best trial this model was trained with (medflow.tuning.tuned.study_of), or None;
     sequence: an event model's window, horizon, grid and variables (medflow.sequences.steps.card_section).
+    declared: the params' card section (what the model is for, as the people responsible for it state it);
+    split_kind: what the test split stands for (random, temporal, held-out site); method: how the model was built
+    (model, preprocessing, missing data, class imbalance), in words.
     """
+    declared = declared or {}
 
     def with_ci(key: str) -> dict[str, float]:
         lo, hi = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
@@ -95,7 +115,7 @@ def card_data(
     threshold = evaluation.get("threshold") or {}
     at_threshold = ("sensitivity", "specificity", "ppv", "npv")
     subgroups = (evaluation.get("subgroups") or {}).get("groups", [])
-    return {
+    card = {
         "name": name,
         "version": version,
         "task": f"{schema.task} classification of `{schema.target}`"
@@ -107,6 +127,8 @@ def card_data(
             f"{_inputs(schema)}, as decision support for research and "
             "quality-improvement work. Not a medical device: every prediction needs review by a qualified clinician."
         ),
+        "declared": {k: v for k, v in declared.items() if v and k not in ("limitations", "tripod")},
+        "method": method or {},
         "data": {
             "dataset": dataset,
             "data_md5": lineage.get("medflow.data_md5"),
@@ -145,6 +167,19 @@ def card_data(
             for k in ("test_ece", "test_brier", "temperature", "test_ece_scaled", "test_brier_scaled")
             if k in metrics
         },
+        "validation": [
+            {
+                "kind": split_kind,
+                "metric": primary_metric.removeprefix("test_"),
+                **with_ci(primary_metric),
+                "rows": metrics.get("n_test"),
+            }
+        ]
+        if primary_metric in metrics
+        else [],
+        "calibration_fit": evaluation.get("calibration_fit"),
+        "decision_curve": evaluation.get("decision_curve"),
+        "explanations": evaluation.get("explanations"),
         "subgroups": subgroups,
         "gate": {
             "decision": "promoted" if decision.promoted else "not promoted",
@@ -161,6 +196,7 @@ def card_data(
         },
         "tuning": tuning,
         "limitations": [
+            *declared.get("limitations", []),
             "Evaluated on one held-out split of one dataset; performance on other sites, devices or populations is "
             "unknown until measured there.",
             "Measured only on inputs like the training split's; rows that scoring refuses (a missing feature column, "
@@ -168,6 +204,9 @@ def card_data(
             + ("probability." if schema.classes else "prediction."),
             "Probabilities are not calibrated unless the calibration section says so; the temperature is reported, "
             "not applied."
+            if schema.classes and not (method or {}).get("recalibration")
+            else "Probabilities are recalibrated on the validation split (Method); calibration on other sites is "
+            "unknown until measured there."
             if schema.classes
             else "Calibration-in-the-large and the calibration slope are measured on test; nothing recalibrates."
             if schema.outcome == "regression"
@@ -178,6 +217,8 @@ def card_data(
         "environment": environment,
         "lineage": lineage,
     }
+    card["tripod"] = tripod.checklist(card, declared.get("tripod") or {})
+    return card
 
 
 def _sequence(s: dict) -> list[str]:
@@ -211,8 +252,10 @@ def model_card(card: dict) -> str:
         f"# Model card: {card['name']} v{card['version']}",
         "",
         "## Intended use",
+        *_declared(card.get("declared") or {}),
         card["intended_use"],
         "",
+        *_coverage(card.get("tripod")),
         "## Data",
         f"Dataset: `{d['dataset']}`.",
         "",
@@ -236,6 +279,7 @@ def model_card(card: dict) -> str:
         "",
         *_table({k: _ci(v) for k, v in card["test_metrics"].items()}, ("metric", "value [95% CI]")),
         "",
+        *_validation(card.get("validation") or []),
     ]
     op = card["operating_point"]
     if op:
@@ -245,8 +289,16 @@ def model_card(card: dict) -> str:
             "",
         ]
         lines += [*_table({k: _ci(v) for k, v in op.items() if isinstance(v, dict)}, ("at the threshold", "value")), ""]
-    if card["calibration"]:
-        lines += ["## Calibration", *_table(card["calibration"], ("measure", "value")), ""]
+    if card["calibration"] or card.get("calibration_fit"):
+        fit = card.get("calibration_fit") or {}
+        slope = {
+            k: _ci({"value": fit[k], "ci_low": fit[f"{k}_ci_low"], "ci_high": fit[f"{k}_ci_high"]})
+            for k in ("calibration_intercept", "calibration_slope")
+            if k in fit
+        }
+        if fit.get("resamples_without_fit"):
+            slope["resamples without a finite fit (left out)"] = fit["resamples_without_fit"]
+        lines += ["## Calibration", *_table({**slope, **card["calibration"]}, ("measure", "value [95% CI]")), ""]
     if card["subgroups"]:
         p = card["primary_metric"].removeprefix("test_")
         lines += ["## Subgroups", f"| group | patients | {p} [95% CI] |", "|---|---|---|"]
@@ -268,6 +320,31 @@ def model_card(card: dict) -> str:
         lines += _audit(card["name"], card["version"], card["audit"])
     if card["baselines"]:
         lines += _baselines(card)
+    lines += _method(card.get("method") or {})
+    dca = card.get("decision_curve")
+    if dca:
+        lines += [
+            "## Clinical utility (decision curve)",
+            f"Net benefit on test against treating all and none ({dca['method']}; plot "
+            "`evaluation/decision_curve.png`); the model helps where its net benefit exceeds both.",
+            "",
+            *decision_table(dca),
+            "",
+        ]
+    ex = card.get("explanations")
+    if ex:
+        lines += [
+            "## Explanations (global)",
+            f"Mean absolute contribution to the log-odds per input column on {ex['rows']} test rows, by {ex['method']} "
+            "(plot `evaluation/explanations.png`); `medflow predict --explain K` gives each row's K largest.",
+            "",
+            "| feature | mean abs. contribution |",
+            "|---|---|",
+            *(f"| `{r['feature']}` | {r['mean_abs']:.4f} |" for r in ex["features"][:10]),
+            "",
+        ]
+    if card.get("tripod"):
+        lines += tripod.markdown(card["tripod"])
     lines += [
         "## Limitations",
         *(f"- {x}" for x in card["limitations"]),
@@ -280,6 +357,68 @@ def model_card(card: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _coverage(checklist: dict | None) -> list[str]:
+    if not checklist:
+        return []
+    missing = [i["item"] for i in checklist["items"] if i["status"] == tripod.MISSING]
+    return [
+        f"Reporting: {checklist['guideline']}, {checklist['covered']} of {checklist['applicable']} applicable items "
+        f"reported or declared ({checklist['coverage']:.0%}); missing: {', '.join(missing) or 'none'} (checklist "
+        "below).",
+        "",
+    ]
+
+
+def _method(method: dict) -> list[str]:
+    if not method:
+        return []
+    return ["## Method", *_table({k.replace("_", " "): v for k, v in method.items()}, ("", "how")), ""]
+
+
+def _validation(rows: list[dict]) -> list[str]:
+    """This version's internal test beside every external evaluation logged on it (medflow evaluate-external)."""
+    if not rows:
+        return []
+    lines = ["## Validation", "| validation | metric | value [95% CI] | rows |", "|---|---|---|---|"]
+    lines += [f"| {r['kind']} | {r['metric']} | {_ci(r)} | {r.get('rows') or '?'} |" for r in rows]
+    return [*lines, ""]
+
+
+# The card section's keys as the card names them.
+_DECLARED = {
+    "intended_use": "Intended use",
+    "population": "Population",
+    "setting": "Setting",
+    "intended_users": "Intended users",
+    "outcome": "Outcome",
+    "horizon": "Horizon",
+}
+
+
+def _declared(declared: dict) -> list[str]:
+    """The params' card section, as its authors declared it; nothing when they declared nothing."""
+    if not declared:
+        return [
+            "Declared by no one: the params' `card:` section is empty or describes another dataset (docs/evidence.md).",
+            "",
+        ]
+    rows = {_DECLARED.get(k, k): v for k, v in declared.items()}
+    return ["As declared in params (`card:`):", "", *_table(rows, ("", "declared")), "", "Stated by medflow:"]
+
+
+def decision_table(dca: dict) -> list[str]:
+    """The decision curve as a Markdown table, the operating point marked."""
+    op = dca.get("operating_point")
+    rows = sorted([*dca["table"], *([{**op, "operating": True}] if op else [])], key=lambda r: r["threshold"])
+    lines = ["| threshold | model | treat all | treat none |", "|---|---|---|---|"]
+    for r in rows:
+        mark = " (operating point)" if r.get("operating") else ""
+        lines.append(
+            f"| {r['threshold']:.3f}{mark} | {r['model']:.4f} | {r['treat_all']:.4f} | {r['treat_none']:.4f} |"
+        )
+    return lines
 
 
 def _registry(registry: dict) -> list[str]:

@@ -73,12 +73,14 @@ def decide(
     leak: str | None = None,
     higher_is_better: bool = True,
     required: Comparison | str | None = None,
+    card_missing: tuple[str, ...] = (),
 ) -> Decision:
     """comparison: the paired test against the champion, or against the best baseline when there is none;
     regressions: subgroups that lost more than the tolerance; higher_is_better: False makes floor a ceiling;
     mismatch: how the candidate's inputs differ from the champion's; exploratory: why the run is an experiment;
     leak: why its score looks learnt from a leak; required: the superiority test over the baseline the project
-    requires it to beat, or why that cannot be tested."""
+    requires it to beat, or why that cannot be tested; card_missing: the register.require_card_fields the card
+    section leaves empty."""
     decision = _by_evidence(
         metric, value, floor, champion_version, comparison, sensitivity, min_sensitivity, regressions, mismatch,
         higher_is_better,
@@ -88,6 +90,9 @@ def decide(
     elif required is not None:
         verdict = f"{required.describe()}: {'met' if required.passed else 'not met'}"
         decision = Decision(decision.promoted and required.passed, f"{verdict}; {decision.reason}")
+    if card_missing:
+        missing = ", ".join(f"card.{k}" for k in card_missing)
+        decision = Decision(False, f"{missing} empty (register.require_card_fields); {decision.reason}")
     if leak:
         return Decision(False, f"{leak}; {decision.reason}")
     if decision.promoted and exploratory:

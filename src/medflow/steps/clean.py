@@ -12,7 +12,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from medflow.data.columns import CONTENT_HASH, LABEL, PATIENT_KEY, ROW_ID, TIME
+from medflow.data.columns import CONTENT_HASH, LABEL, PATIENT_KEY, ROW_ID, TIME, TIME_OR_SITE
 from medflow.data.features import Schema, coerce_features, encode_labels
 from medflow.data.image_store import copy_rows
 from medflow.params import DataParams, Params
@@ -70,9 +70,11 @@ def build_schema(
     formats: dict[str, dict] | None = None,
     text_why: dict[str, str] | None = None,
     has_classes: bool = True,
+    split_by: str | None = None,
 ) -> Schema:
     """text_why: validate's reason why each text column is one (columns.not_features of its summary); has_classes:
-    whether data.task's target is a class (medflow.tasks)."""
+    whether data.task's target is a class (medflow.tasks); split_by: the column split.by=time or site splits on,
+    which is never a feature (a model must not learn the era or the hospital it is tested on)."""
     dropped: dict[str, str] = {}
     for col, kind in kinds.items():
         if kind == "identifier":
@@ -81,6 +83,8 @@ def build_schema(
             dropped[col] = (text_why or {}).get(col, "free text or dates") + ": not used as a feature"
         elif col == data.time and data.task == "survival":
             dropped[col] = "data.time: the follow-up time, half of the outcome"
+        elif col == split_by:
+            dropped[col] = "split.by: the column the split holds out by, never a feature"
     candidates = [c for c, k in kinds.items() if k in ("numeric", "categorical") and c not in dropped]
     for col in undeclared_identifiers(candidates, data.identifiers, [data.target, data.patient_id or ""]):
         dropped[col] = "named like an identifier: declare it in data.identifiers"
@@ -119,7 +123,27 @@ def split_duplicates(df: pd.DataFrame, cols: list[str] | None = None) -> tuple[p
     return df[~dup], quarantined
 
 
-def clean_table(df: pd.DataFrame, schema: Schema, salt: str | None) -> pd.DataFrame:
+def split_column(params: Params) -> str | None:
+    """The column split.by=time or site reads, or None (split by patient)."""
+    sp = params.split
+    return {"time": sp.time_column, "site": sp.site_column}.get(sp.by)
+
+
+def _split_values(values: pd.Series, by: str) -> np.ndarray:
+    """split.by=time: the column as numbers (a year, a day count) or dates (as nanoseconds), NaN where missing;
+    site: as text."""
+    if by == "site":
+        return values.astype("string").to_numpy(dtype=object, na_value=None)
+    number = pd.to_numeric(values, errors="coerce")
+    if number.notna().sum() >= values.notna().sum():
+        return number.to_numpy(dtype="float64")
+    dates = pd.to_datetime(values, errors="coerce", format="mixed")
+    return np.where(dates.notna(), dates.astype("int64"), np.nan).astype("float64")
+
+
+def clean_table(
+    df: pd.DataFrame, schema: Schema, salt: str | None, split_by: tuple[str, str] | None = None
+) -> pd.DataFrame:
     out = coerce_features(df, schema)
     if schema.kind == "image":
         out[CONTENT_HASH] = df[CONTENT_HASH].to_numpy()
@@ -132,6 +156,8 @@ def clean_table(df: pd.DataFrame, schema: Schema, salt: str | None) -> pd.DataFr
     out[LABEL] = encode_labels(df[schema.target], schema)
     if schema.time:
         out[TIME] = pd.to_numeric(df[schema.time]).to_numpy(dtype="float64")
+    if split_by:
+        out[TIME_OR_SITE] = _split_values(df[split_by[0]], split_by[1])
     return out.reset_index(drop=True)
 
 
@@ -161,12 +187,18 @@ def run(params: Params, paths: Paths) -> dict:
         formats = json.loads(paths.number_formats.read_text()) if paths.number_formats.exists() else {}
         validated = json.loads(paths.summary("validate").read_text()) if paths.summary("validate").exists() else {}
         text_why = validated.get("columns", {}).get("not_features")
-        schema = build_schema(kinds, params.data, df[params.data.target], formats, text_why, task.has_classes)
+        by = split_column(params)
+        if by is not None and by not in df:
+            raise CleanError(
+                f"{paths.valid_rows}: column {by!r} named by split.{params.split.by}_column is not in the table "
+                "(rule: split.by needs it; data.exclude drops a column before it is read)"
+            )
+        schema = build_schema(kinds, params.data, df[params.data.target], formats, text_why, task.has_classes, by)
         kept, duplicates = split_duplicates(df)
         if params.data.kind in ("events", "signals"):  # features: aggregates; the grid goes on row for row
             schema = dataclasses.replace(schema, kind=params.data.kind)
             keep_grid(paths, kept.index.to_numpy())
-    cleaned = clean_table(kept, schema, salt)
+    cleaned = clean_table(kept, schema, salt, (by, params.split.by) if by else None)
     cleaned.to_parquet(paths.cleaned, index=False)
     schema.save(paths.schema)
     # The row it repeats holds its values: the row numbers find both, and no text is copied out of the table.

@@ -14,20 +14,23 @@ import numpy as np
 from medflow import tracking
 from medflow.data.columns import LABEL, ROW_ID, SPLIT, TIME
 from medflow.data.manifest import load_split
-from medflow.evaluation import regression, survival
-from medflow.evaluation.calibration import fit_temperature, scale
+from medflow.evaluation import decision_curve, regression, survival
+from medflow.evaluation.calibration import fit_temperature, logistic_calibration, smoothed_curve
 from medflow.evaluation.heldout import patient_keys, score
 from medflow.evaluation.metrics import bootstrap_ci, interval, point_metrics, weighted_metrics
 from medflow.evaluation.plots import (
     confusion_counts,
     plot_confusion,
+    plot_decision_curve,
     plot_forest,
+    plot_importance,
     plot_learning_curves,
     plot_pr,
     plot_predicted_observed,
     plot_reliability,
     plot_residuals,
     plot_roc,
+    plot_smoothed_calibration,
     pr_curves,
     prediction_bins,
     reliability_bins,
@@ -37,8 +40,10 @@ from medflow.evaluation.plots import (
 from medflow.evaluation.subgroups import group_labels, subgroup_report
 from medflow.evaluation.threshold import choose_threshold
 from medflow.models.bundle import Predictor
+from medflow.models.recalibration import scale
 from medflow.params import Params
 from medflow.paths import Paths
+from medflow.promotion.card import decision_table
 from medflow.tasks import for_params
 
 LEARNING_CURVE_KEYS = (
@@ -143,7 +148,36 @@ def _report_md(report: dict, metrics: dict) -> str:
         f" model) would take the test ECE to {metrics['test_ece_scaled']:.4f} and the Brier score to"
         f" {metrics['test_brier_scaled']:.4f}.",
     ]
+    lines += _clinical_md(report)
+    ex = report.get("explanations")
+    if ex:
+        lines += ["", f"## Global explanation ({ex['method']}; {ex['rows']} test rows)", ""]
+        lines += ["| feature | mean abs. contribution (log-odds) |", "|---|---|"]
+        lines += [f"| {r['feature']} | {r['mean_abs']:.4f} |" for r in ex["features"]]
     return "\n".join(lines + _footer(report)) + "\n"
+
+
+def _clinical_md(report: dict) -> list[str]:
+    fit, dca = report.get("calibration_fit"), report.get("decision_curve")
+    if not fit:
+        return []
+    lines = [
+        "",
+        "## Calibration intercept and slope",
+        "",
+        "Logistic recalibration of the outcome on the logit of the predicted probability (statsmodels binomial GLM): "
+        "intercept with the slope fixed at 1 (0: calibrated in the large), and slope (1: calibrated).",
+        "",
+        "| measure | value | 95% CI |",
+        "|---|---|---|",
+    ]
+    for k in ("calibration_intercept", "calibration_slope"):
+        lines.append(f"| {k} | {fit[k]:.4f} | [{fit[k + '_ci_low']:.4f}, {fit[k + '_ci_high']:.4f}] |")
+    if fit["resamples_without_fit"]:
+        lines += ["", f"{fit['resamples_without_fit']} resamples the logit separates perfectly have no finite fit: "
+                  "left out of the intervals."]  # fmt: skip
+    lines += ["", f"## Decision curve (net benefit; {dca['method']})", "", *decision_table(dca)]
+    return lines
 
 
 def _regression_md(report: dict, metrics: dict) -> str:
@@ -368,6 +402,12 @@ def run(params: Params, paths: Paths) -> dict:
         else {"value": threshold, "method": method, "target_sensitivity": ep.target_sensitivity},
         "calibration_bins": ep.calibration_bins,
     }
+    if schema.kind == "tabular":
+        report["explanations"] = _explanations(predictor, test, plots, params.seed)
+    if binary:
+        report |= _clinical(params, y, proba[:, 1], groups, threshold, plots, f"P({schema.classes[1]})")
+        fit = report["calibration_fit"]
+        metrics |= _finite({f"test_{k}": v for k, v in fit.items() if k.startswith("calibration_")})
     scored = Scored(y, proba, groups, point[ep.primary_metric])
     _subgroups(params, paths, test[schema.features], scored, metrics, report, task, threshold)
     (out / "roc.json").write_text(json.dumps(roc_points(y, proba, schema.classes)) + "\n")
@@ -403,6 +443,45 @@ def _subgroups(params: Params, paths: Paths, features, scored: Scored, metrics, 
     if sub["largest_gap"] is not None:
         metrics[f"test_subgroup_gap_{ep.primary_metric}"] = round(sub["largest_gap"], 6)
     plot_forest(sub, paths.step_dir("evaluate") / "plots" / "subgroups.png", scored.overall)
+
+
+def _clinical(params: Params, y, p, groups, threshold: float, plots, label: str) -> dict:
+    """Binary: the calibration intercept and slope with patient-bootstrap intervals, the smoothed calibration curve,
+    and the decision curve with the operating point; aggregates only, drawn and returned for the report."""
+    ep = params.evaluate
+    fit = logistic_calibration(y, p, groups, ep.n_boot, params.seed)
+    curve = smoothed_curve(y, p)
+    plot_smoothed_calibration(curve, fit, plots / "calibration_curve.png", label)
+    table = decision_curve.net_benefit(y, p, decision_curve.grid(ep.dca_thresholds))
+    operating = decision_curve.net_benefit(y, p, [round(threshold, 6)])[0] if 0 < threshold < 1 else None
+    plot_decision_curve(table, plots / "decision_curve.png", operating)
+    return {
+        "calibration_fit": fit,
+        "calibration_curve": curve,
+        "decision_curve": {"table": table, "operating_point": operating, "method": "dcurves " + _version("dcurves")},
+    }
+
+
+# Integrated gradients cost 32 forward and backward passes per row: a seeded sample of test rows is enough for a mean.
+EXPLAIN_ROWS = 2000
+
+
+def _explanations(predictor: Predictor, test, plots, seed: int) -> dict:
+    """Mean |contribution| per input column on the test split (models/explain.py), drawn and returned."""
+    from medflow.models import explain
+
+    rows = test.sample(EXPLAIN_ROWS, random_state=seed) if len(test) > EXPLAIN_ROWS else test
+    columns, contributions = explain.attributions(predictor, rows)
+    importance = explain.global_importance(columns, contributions)
+    method = explain.method(predictor)
+    plot_importance(importance, plots / "explanations.png", method)
+    return {"method": method, "rows": len(rows), "features": importance}
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
 
 
 def _finish(params: Params, paths: Paths, metrics: dict, report: dict, markdown, score: str) -> dict:

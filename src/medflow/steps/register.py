@@ -81,6 +81,39 @@ def _environment(paths: Paths) -> dict[str, str]:
     }
 
 
+def _declared(params: Params, dataset: str) -> dict:
+    """The params' card section when it describes this dataset (card.dataset null or this one), else nothing."""
+    card = params.card
+    return card.model_dump(exclude={"dataset"}) if card.dataset in (None, dataset) else {}
+
+
+def _method(params: Params, schema: Schema) -> dict[str, str]:
+    """How the model was built, in words, for the card (TRIPOD+AI items 11, 12b, 12c, 13)."""
+    t = params.train
+    if t.model == "xgboost":
+        model = f"xgboost (max_depth {t.max_depth}, learning_rate {t.learning_rate}, up to {t.n_estimators} rounds)"
+    else:
+        model = f"{t.model} (hidden {t.hidden}, dropout {t.dropout}, {t.optimizer} lr {t.lr})"
+    out = {"model": f"{model}, stopped early on the validation loss (patience {t.patience})"}
+    if schema.kind != "image":
+        out["preprocessing"] = (
+            "numeric features: median imputation with a missing-value indicator, standardised on the training split; "
+            "categorical: one-hot, categories unseen in training refused at scoring"
+        )
+        out["missing_data"] = (
+            "rows breaking the expectation suite quarantined with their reason (validate), never imputed; missing "
+            "feature values imputed by the training median (numeric) or kept as a category"
+        )
+    if schema.classes:
+        out["class_imbalance"] = f"class weights: {t.class_weights}" + (f"; mixup {t.mixup}" if t.mixup else "")
+    if schema.classes and t.recalibrate != "none":
+        out["recalibration"] = (
+            f"{t.recalibrate} recalibration fitted on the validation split and bundled with the model: every metric, "
+            "the gate and predict use the recalibrated probabilities"
+        )
+    return out
+
+
 def _write(paths: Paths, card: str, summary: dict) -> dict:
     out = paths.step_dir("register")
     out.mkdir(parents=True, exist_ok=True)
@@ -179,6 +212,7 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
             leak=leak_reason(report["leak_check"], params),
             higher_is_better=for_params(params).higher_is_better(params.evaluate.primary_metric),
             required=required,
+            card_missing=tuple(k for k in rp.required_card(dataset) if not _declared(params, dataset).get(k)),
         )
     gate = resume.gate_line(decision)
     tags = {**lineage, **identity, **resume.decision_tags(decision, params, pending)}
@@ -233,6 +267,13 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
         environment=_environment(paths),
         tuning=study_of(params, paths),
         sequence=card_section(params, paths) if schema.kind == "events" else None,
+        declared=_declared(params, dataset),
+        split_kind={
+            "patient": "internal: random split by patient",
+            "time": f"temporal: latest by `{params.split.time_column}`",
+            "site": f"held-out site(s) {', '.join(params.split.test_sites)}",
+        }[params.split.by],
+        method=_method(params, schema),
     )
     card_md = model_card(card)
     out = paths.step_dir("register")

@@ -150,6 +150,18 @@ def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
     return x, y, pre, config, scale
 
 
+def _recalibration(method: str, paths: Paths, df) -> dict:
+    """train.recalibrate fitted on the validation split's probabilities, scored as evaluate scores them."""
+    from medflow.data.columns import LABEL, SPLIT
+    from medflow.evaluation.calibration import fit_recalibration
+    from medflow.evaluation.heldout import score
+    from medflow.models.bundle import Predictor
+
+    predictor = Predictor(paths.model_bundle)
+    val = df[df[SPLIT] == "val"]
+    return fit_recalibration(method, val[LABEL].to_numpy(), score(predictor, paths, val, predictor.schema.kind))
+
+
 def run(params: Params, paths: Paths) -> dict:
     if for_params(params).name == "segmentation":
         from medflow.segmentation import train as segmentation
@@ -275,6 +287,10 @@ def train(params: Params, paths: Paths, device: torch.device) -> dict:
     if task.name == "survival":
         extra = {"survival": survival_curve(params, task, model, x["train"], y["train"])}
     save_bundle(paths.model_bundle, model, config | extra, pre, schema)
+    if p.recalibrate != "none" and task.has_classes:
+        fitted = _recalibration(p.recalibrate, paths, df)
+        save_bundle(paths.model_bundle, model, config | {"recalibration": fitted}, pre, schema)
+        summary["recalibration"] = fitted
     ckpt.unlink(missing_ok=True)  # the bundle is the result: a finished run leaves nothing to resume
     tracking.log_metrics(
         run_id,

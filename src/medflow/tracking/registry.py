@@ -286,6 +286,27 @@ def refresh_cards(name: str, before: dict[str, str], also: tuple[str, ...] = ())
     return done
 
 
+def add_validation(name: str, version: str, row: dict) -> None:
+    """Adds a validation (medflow evaluate-external) to the version's card beside its internal test, replacing one of
+    the same kind, then rewrites the card (its TRIPOD+AI checklist counted again) and the description."""
+    import json
+    import tempfile
+
+    from medflow.promotion import tripod
+    from medflow.tracking.store import log_artifacts
+
+    run_id = get_version(name, version).run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        card = json.loads(Path(client().download_artifacts(run_id, CARD, tmp)).read_text())
+        card["validation"] = [v for v in card.get("validation") or [] if v["kind"] != row["kind"]] + [row]
+        if "tripod" in card:
+            card["tripod"] = tripod.checklist(card, card["tripod"].get("declarations") or {})
+        (Path(tmp) / "out").mkdir()
+        (Path(tmp) / "out" / CARD).write_text(json.dumps(card, indent=2) + "\n")
+        log_artifacts(run_id, Path(tmp) / "out" / CARD)
+    refresh_cards(name, aliases(name), also=(version,))
+
+
 def set_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
     assert_clean(tags, f"tags of {name} v{version}")
     c = client()

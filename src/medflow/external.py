@@ -1,0 +1,157 @@
+"""`medflow evaluate-external`: a registered classifier on another site's labelled table. The rows go through the
+model's own row checks (refused rows are counted with their reasons, never scored), then the metrics with patient-
+bootstrap intervals, calibration intercept and slope and the decision curve; the report is logged on the version's
+run, tagged on the version, appended to the audit trail and added to the card. No alias moves.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from medflow.params import Params
+from medflow.paths import Paths
+
+TAG = "medflow.external."
+
+
+def _label(label: str) -> str:
+    """A name MLflow takes in a tag key and an artifact path."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "external"
+
+
+def evaluate_external(params: Params, paths: Paths, model_uri: str, data: Path, label: str | None = None) -> dict:
+    from medflow import tracking
+    from medflow.evaluation.calibration import logistic_calibration
+    from medflow.evaluation.decision_curve import grid, net_benefit
+    from medflow.evaluation.metrics import bootstrap_ci, patient_groups, point_metrics, weighted_metrics
+    from medflow.monitoring import batch
+    from medflow.monitoring.report import _observed
+    from medflow.tracking.bundles import registered_predictor
+    from medflow.tracking.registry import resolve
+
+    name, version = resolve(model_uri)
+    label = _label(label or data.stem)
+    rows = batch.read([data], params.data.exclude)
+    with registered_predictor(name, version) as predictor:
+        if len(predictor.classes) < 2 or predictor.schema.time:
+            raise ValueError(
+                f"{name} v{version.version}: evaluate-external measures classifiers only for now (this model is a "
+                f"{predictor.schema.outcome} model); rule: a classification model"
+            )
+        if predictor.schema.target not in rows.columns:
+            raise ValueError(
+                f"{data}: column {predictor.schema.target!r} (the label) is missing; rule: a labelled table"
+            )
+        scored = predictor.score(rows)
+        ok = scored["status"].eq("ok").to_numpy()
+        labelled, y = _observed(rows, ok, predictor)
+        classes = list(predictor.classes)
+    proba = scored.loc[labelled, [f"proba_{c}" for c in classes]].to_numpy(dtype="float64")
+    if len(y) < params.monitor.min_rows or len(np.unique(y)) < len(classes):
+        raise ValueError(
+            f"{data}: {len(y)} scored labelled row(s) holding {len(np.unique(y))} of {len(classes)} classes; rule: at "
+            f"least monitor.min_rows={params.monitor.min_rows} rows and every class"
+        )
+    pid = params.data.patient_id
+    groups = patient_groups(rows.loc[labelled, pid]) if pid and pid in rows.columns else None
+    threshold = tracking.metric_of(version, "threshold") if len(classes) == 2 else None
+    ep = params.evaluate
+    point = point_metrics(y, proba)
+    point |= {
+        k: float(v[0])
+        for k, v in weighted_metrics(y, proba, np.ones((1, len(y))), threshold, ep.calibration_bins).items()
+        if k not in point
+    }
+    ci = bootstrap_ci(y, proba, groups, ep.n_boot, params.seed, threshold, ep.calibration_bins)
+    metrics = {k: {"value": v, "ci_low": ci[k][0], "ci_high": ci[k][1]} for k, v in point.items() if k in ci}
+    reasons = scored.loc[~ok, "reason"].value_counts()
+    report = {
+        "model": {"name": name, "version": version.version, "run_id": version.run_id},
+        "label": label,
+        "file": data.name,
+        "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "rows": len(rows),
+        "refused": int((~ok).sum()),
+        # Reasons name a column and a rule, never a value (models/scoring.py); counts under small_count are pooled.
+        "refused_reasons": {str(r): int(n) for r, n in reasons.items() if n >= params.validate_.small_count},
+        "unlabelled": int((ok & ~labelled).sum()),
+        "evaluated_rows": len(y),
+        "resampled": "patients" if groups is not None else "rows (no patient id)",
+        "n_boot": ep.n_boot,
+        "threshold": threshold,
+        "primary_metric": ep.primary_metric,
+        "metrics": metrics,
+    }
+    if len(classes) == 2:
+        report["calibration_fit"] = logistic_calibration(y, proba[:, 1], groups, ep.n_boot, params.seed)
+        report["decision_curve"] = {
+            "table": net_benefit(y, proba[:, 1], grid(ep.dca_thresholds)),
+            "operating_point": net_benefit(y, proba[:, 1], [round(threshold, 6)])[0] if threshold else None,
+            "method": "dcurves",
+        }
+    out = paths.root / "artifacts" / "external" / f"{label}-v{version.version}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    _record(name, version, report, out)
+    return report | {"report_dir": str(out)}
+
+
+def _record(name: str, version, report: dict, out: Path) -> None:
+    """The report on the version's run, a tag on the version, an audit record and a row in the card."""
+    from medflow import tracking
+    from medflow.tracking import audit
+    from medflow.tracking.registry import add_validation
+
+    label, metric = report["label"], report["primary_metric"]
+    m = report["metrics"].get(metric)
+    summary = (
+        f"{metric}={m['value']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}], {report['evaluated_rows']} rows"
+        if m
+        else f"{metric} undefined, {report['evaluated_rows']} rows"
+    )
+    tracking.log_artifacts(version.run_id, out, f"external/{label}")
+    tracking.set_version_tags(name, version.version, {TAG + label: summary})
+    counts = {k: report[k] for k in ("rows", "refused", "unlabelled", "evaluated_rows")}
+    after = {"label": label, **counts, metric: m["value"] if m else None}
+    audit.append(name, "version.external", f"models:/{name}/{version.version}", None, after, version.run_id)
+    value = m or {"value": float("nan")}
+    add_validation(name, version.version, {"kind": f"external: {label}", "metric": metric, **value,
+                                           "rows": report["evaluated_rows"]})  # fmt: skip
+
+
+def markdown(report: dict) -> str:
+    from medflow.promotion.card import decision_table
+
+    m, th = report["model"], report["threshold"]
+    lines = [
+        f"# External validation: {m['name']} v{m['version']} on `{report['label']}`",
+        "",
+        f"{report['rows']} rows read from `{report['file']}`: {report['refused']} refused by the model's row checks, "
+        f"{report['unlabelled']} without a label, {report['evaluated_rows']} evaluated. Intervals: 95% bootstrap over "
+        f"{report['resampled']} ({report['n_boot']} resamples)."
+        + (f" Threshold {th:.4f}, chosen on the development validation split." if th is not None else ""),
+        "",
+        "| metric | value | 95% CI |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {k} | {v['value']:.4f} | [{v['ci_low']:.4f}, {v['ci_high']:.4f}] |" for k, v in report["metrics"].items()
+    ]
+    if report["refused_reasons"]:
+        lines += ["", "| refused because | rows |", "|---|---|"]
+        lines += [f"| {r} | {n} |" for r, n in report["refused_reasons"].items()]
+    fit = report.get("calibration_fit")
+    if fit:
+        lines += ["", "## Calibration", "", "| measure | value | 95% CI |", "|---|---|---|"]
+        for k in ("calibration_intercept", "calibration_slope"):
+            lines.append(f"| {k} | {fit[k]:.4f} | [{fit[k + '_ci_low']:.4f}, {fit[k + '_ci_high']:.4f}] |")
+        if fit["resamples_without_fit"]:
+            lines += ["", f"{fit['resamples_without_fit']} resamples without a finite fit left out of the intervals."]
+        lines += ["", "## Decision curve (net benefit)", "", *decision_table(report["decision_curve"])]
+    return "\n".join(lines) + "\n"

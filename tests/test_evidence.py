@@ -1,0 +1,323 @@
+"""Evidence a clinical reviewer signs (issue 26): the declared intended use, calibration intercept and slope, the
+decision curve, and the card that shows them."""
+
+import json
+
+import numpy as np
+import pytest
+from test_register import cohort, make_project, params_for, train
+
+from medflow.evaluation import decision_curve
+from medflow.evaluation.calibration import logistic_calibration, smoothed_curve
+from medflow.params import Params
+from medflow.steps import register
+
+
+def distorted(n=2000, power=2.0, shift=0.0, seed=0):
+    """Labels drawn from true risks, and a model's risks with the logit multiplied by `power` (too extreme) and
+    `shift` added (risks overestimated)."""
+    rng = np.random.default_rng(seed)
+    logit = rng.normal(0, 1.2, n)
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return y, 1 / (1 + np.exp(-(power * logit + shift)))
+
+
+def test_the_calibration_slope_finds_predictions_too_extreme_and_the_intercept_risks_overestimated():
+    y, p = distorted()
+    fit = logistic_calibration(y, p, np.arange(len(y)) // 2, n_boot=100, seed=0)
+    assert fit["calibration_slope_ci_low"] < 0.5 < fit["calibration_slope_ci_high"] < 0.6
+    # A confident network's float32 probabilities reach exactly 0 and 1: still a finite fit.
+    sure = logistic_calibration(y, np.where(p > 0.99, 1, np.where(p < 0.01, 0, p)).astype("float32"), None, 100, 0)
+    assert np.isfinite(list(sure.values())).all() and all(abs(v) < 50 for k, v in sure.items() if "intercept" in k)
+    # A near-perfect model: resamples without its two overlapping rows are separated, with no finite fit.
+    p = np.linspace(0.01, 0.99, 80)
+    y = (p > 0.5).astype(int)
+    y[[39, 40]] = y[[40, 39]]
+    near = logistic_calibration(y, p, None, 200, 0)
+    assert near["resamples_without_fit"] > 20
+    assert all(abs(v) < 100 for k, v in near.items() if k.startswith("calibration_slope")), near
+    y, p = distorted(power=1.0, shift=1.0)
+    shifted = logistic_calibration(y, p, None, n_boot=100, seed=0)
+    assert shifted["calibration_intercept_ci_low"] < -1 < shifted["calibration_intercept_ci_high"] < -0.8
+    assert shifted["calibration_slope_ci_low"] < 1 < shifted["calibration_slope_ci_high"]
+    curve = smoothed_curve(*distorted())
+    assert len(curve["predicted"]) == 50 and all(0 <= v <= 1 for v in curve["observed"])
+    # Too extreme: the smoothed observed rate lies above the prediction at the low end, below it at the high end.
+    assert curve["observed"][0] > curve["predicted"][0] and curve["observed"][-1] < curve["predicted"][-1]
+
+
+def test_net_benefit_is_dcurves_and_equals_the_formula_on_a_table():
+    rng = np.random.default_rng(1)
+    p = rng.uniform(size=300)
+    y = (rng.uniform(size=300) < p).astype(int)
+    thresholds = decision_curve.grid((0.1, 0.9, 0.2))
+    assert thresholds == [0.1, 0.3, 0.5, 0.7, 0.9]
+    for row in decision_curve.net_benefit(y, p, thresholds):
+        t, called = row["threshold"], p >= row["threshold"]
+        tp, fp = (called & (y == 1)).mean(), (called & (y == 0)).mean()
+        assert row["model"] == pytest.approx(tp - fp * t / (1 - t))
+        assert row["treat_all"] == pytest.approx(y.mean() - (1 - y.mean()) * t / (1 - t))
+        assert row["treat_none"] == 0
+
+
+def test_dca_thresholds_must_be_a_range_of_probabilities():
+    with pytest.raises(ValueError, match="0 < from <= to < 1"):
+        Params.model_validate({"evaluate": {"dca_thresholds": [0.5, 1.2, 0.1]}})
+
+
+DECLARED = {
+    "intended_use": "Research demonstration only.",
+    "population": "Adults in the synthetic cohort.",
+    "outcome": "The label y.",
+}
+
+
+@pytest.fixture(scope="module")
+def proj(tmp_path_factory, migrated_mlflow_db):
+    return make_project(tmp_path_factory.mktemp("evidence"), migrated_mlflow_db, cohort())
+
+
+def with_card(params: Params, card: dict, required: list[str], n_boot: int = 1000) -> Params:
+    raw = params.as_dict()
+    raw["evaluate"]["n_boot"] = n_boot
+    raw["card"] = card
+    raw["register"]["require_card_fields"] = required
+    return Params.model_validate(raw)
+
+
+def test_a_card_missing_required_fields_is_refused_in_one_line_naming_them(proj):
+    base = train(proj, "declared", 0.95)
+    params = with_card(base, DECLARED, ["intended_use", "population", "setting", "horizon"])
+    summary = register.run(params, proj)
+    assert not summary["promoted"]
+    assert summary["reason"].startswith("card.setting, card.horizon empty (register.require_card_fields)")
+    assert "\n" not in summary["reason"]
+    card = (proj.step_dir("register") / "model_card.md").read_text()
+    top = card.split("## Data")[0]
+    assert "| Intended use | Research demonstration only. |" in top and "| Outcome | The label y. |" in top
+    assert "Reporting: TRIPOD+AI" in top and "## TRIPOD+AI checklist" in card
+    assert json.loads((proj.step_dir("register") / "model_card.json").read_text())["declared"] == DECLARED
+
+    # Declarations written for another table are neither shown nor counted; a requirement for another is none.
+    elsewhere = with_card(base, {**DECLARED, "dataset": "elsewhere"}, ["intended_use"])
+    train(proj, "declared", 0.95)
+    assert register.run(elsewhere, proj)["reason"].startswith("card.intended_use empty")
+    assert "Declared by no one" in (proj.step_dir("register") / "model_card.md").read_text()
+    raw = elsewhere.as_dict()
+    raw["register"]["require_card_fields"] = {"elsewhere": ["intended_use"]}
+    assert Params.model_validate(raw).register.required_card("cohort") == []
+
+    # Filled in, the next version may become champion.
+    filled = {**DECLARED, "setting": "Synthetic.", "horizon": "At sampling."}
+    train(proj, "declared", 0.95)
+    assert register.run(with_card(params_for("declared"), filled, list(filled)), proj)["promoted"]
+
+
+def split_project(tmp_path, by: dict):
+    """A cleaned table of 200 patients (two rows each) with a year and a site column kept aside by clean."""
+    import pandas as pd
+
+    from medflow.data.columns import LABEL, PATIENT_KEY, ROW_ID, TIME_OR_SITE
+    from medflow.paths import Paths
+    from medflow.steps.clean import build_schema
+
+    paths = Paths(root=tmp_path)
+    rng = np.random.default_rng(0)
+    n = 400
+    patient = np.arange(n) // 2
+    raw = pd.DataFrame({"a": rng.normal(size=n), "year": 2000 + patient % 10, "site": np.where(patient % 4, "A", "B")})
+    params = Params.model_validate({"data": {"target": "y", "patient_id": "pid"}, "split": by})
+    column = params.split.time_column or params.split.site_column
+    kinds = {"a": "numeric", column: "numeric" if column == "year" else "categorical", "pid": "patient_id"}
+    schema = build_schema(kinds, params.data, pd.Series(["no", "yes"] * (n // 2)), split_by=column)
+    assert column not in schema.numeric + schema.categorical and "split.by" in schema.dropped[column]
+    cleaned = pd.DataFrame({ROW_ID: range(n), PATIENT_KEY: [f"k{p}" for p in patient], "a": raw["a"]})
+    cleaned[LABEL] = rng.integers(0, 2, n)
+    cleaned[TIME_OR_SITE] = raw[column].astype(float if column == "year" else str).to_numpy()
+    paths.cleaned.parent.mkdir(parents=True)
+    cleaned.to_parquet(paths.cleaned)
+    schema.save(paths.schema)
+    return params, paths, raw[column]
+
+
+def test_split_by_time_tests_on_the_latest_patients_and_by_site_on_the_held_out_site(tmp_path):
+    import pandas as pd
+
+    from medflow.steps import split
+
+    params, paths, year = split_project(tmp_path / "time", {"by": "time", "time_column": "year", "test": 0.2})
+    assert split.run(params, paths)["by"] == "time"
+    where = pd.read_csv(paths.manifest)["split"]
+    assert year[where == "train"].max() <= year[where == "val"].min()
+    assert year[where == "val"].max() <= year[where == "test"].min() and set(year[where == "test"]) == {2008, 2009}
+
+    by_site = {"by": "site", "site_column": "site", "test_sites": ["B"]}
+    params, paths, site = split_project(tmp_path / "site", by_site)
+    summary = split.run(params, paths)
+    where = pd.read_csv(paths.manifest)["split"]
+    assert ((where == "test") == (site == "B")).all() and summary["rows"]["val"] > 0
+
+    params, paths, _ = split_project(tmp_path / "none", {**by_site, "test_sites": ["B", "Z"]})
+    with pytest.raises(ValueError, match=r"column 'site', rule: every split.test_sites is a site of the table; 1 is"):
+        split.run(params, paths)
+    with pytest.raises(ValueError, match="split.by=time needs split.time_column"):
+        Params.model_validate({"split": {"by": "time"}})
+
+
+def default_run_card() -> dict:
+    """What the card of `make run` holds, as far as the checklist reads it, with params.yaml's own card section."""
+    from pathlib import Path
+
+    from medflow.params import load
+
+    declared = load(Path(__file__).resolve().parents[1] / "params.yaml").card.model_dump()
+    metric = {"value": 0.99, "ci_low": 0.98, "ci_high": 1.0}
+    return {
+        "name": "medflow-breast-cancer",
+        "declared": {k: v for k, v in declared.items() if v and k not in ("limitations", "tripod")},
+        "data": {
+            "dataset": "breast_cancer",
+            "rows": {"test": 86},
+            "validate_rows_in": 569,
+            "validate_rows_quarantined": 0,
+            "data_md5": "0" * 32,
+        },
+        "features": {"numeric": ["mean radius"], "categorical": []},
+        "method": {"model": "mlp", "preprocessing": "p", "missing_data": "m", "class_imbalance": "c"},
+        "split_policy": "random by row",
+        "test_metrics": {"roc_auc": metric},
+        "test_rows": 86,
+        "validation": [{"kind": "internal: random split by patient", "metric": "roc_auc", **metric}],
+        "calibration_fit": {"calibration_slope": 1.0},
+        "decision_curve": {"table": []},
+        "operating_point": {"threshold": 0.5},
+        "subgroups": [],
+        "limitations": declared["limitations"],
+        "lineage": {"medflow.git_commit": "abc"},
+    }, declared["tripod"]
+
+
+def test_the_default_run_covers_most_applicable_tripod_items_and_says_which_are_missing():
+    from medflow.promotion import tripod
+
+    card, declared = default_run_card()
+    checklist = tripod.checklist(card, declared)
+    status = {i["item"]: i["status"] for i in checklist["items"]}
+    assert checklist["coverage"] >= 0.8, [i for i, s in status.items() if s == tripod.MISSING]
+    assert status["1"] == status["12d"] == tripod.NOT_APPLICABLE and status["17"] == tripod.NOT_APPLICABLE
+    assert status["8a"] == tripod.DECLARED and status["12e"] == status["15"] == tripod.REPORTED
+    assert status["20c"] == tripod.MISSING
+    # Without its owners' declarations, the same card is far from covered.
+    assert tripod.checklist(card, {})["coverage"] < 0.7
+    lines = tripod.markdown(checklist)
+    assert f"{checklist['covered']} of {checklist['applicable']} applicable items" in lines[1]
+    assert "| 17 | Ethical approval | not applicable | a public, de-identified data set; no data collected |" in lines
+
+
+def test_evaluate_external_reports_on_the_version_and_its_card_without_moving_an_alias(proj):
+    from mlflow import MlflowClient
+
+    from medflow import tracking
+    from medflow.external import evaluate_external
+
+    params = with_card(train(proj, "external", 0.95), {**DECLARED, "tripod": {"17": "n/a: synthetic"}}, [], 200)
+    version = register.run(params, proj)["version"]
+    before = MlflowClient().get_registered_model("external").aliases
+    other = cohort(120)
+    other.loc[:9, "a"] = "1000"  # outside the training range: refused, never scored
+    other.to_csv(proj.root / "site_b.csv", index=False)
+
+    report = evaluate_external(params, proj, "models:/external@champion", proj.root / "site_b.csv", "site B")
+    assert (report["label"], report["refused"], report["evaluated_rows"]) == ("site_B", 10, 110)
+    assert report["refused_reasons"] == {"a: outside the training range": 10}
+    auc = report["metrics"]["roc_auc"]
+    assert auc["ci_low"] <= auc["value"] <= auc["ci_high"] and "calibration_slope" in report["calibration_fit"]
+
+    assert MlflowClient().get_registered_model("external").aliases == before
+    v = tracking.get_version("external", version)
+    assert v.tags["medflow.external.site_B"].startswith(f"roc_auc={auc['value']:.4f}")
+    card = tracking.get_description("external", version)
+    assert f"| external: site_B | roc_auc | {auc['value']:.4f}" in card and "| internal: random split" in card
+    assert any(r["action"] == "version.external" for r in tracking.audit_of_version("external", version))
+    logged = {a.path for a in MlflowClient().list_artifacts(v.run_id, "external/site_B")}
+    assert {"external/site_B/report.md", "external/site_B/report.json"} <= logged
+    written = (proj.root / "artifacts/external" / f"site_B-v{version}" / "report.md").read_text() + card
+    assert not [p for p in other["pid"] if p in written]
+
+    # predict --explain 2 on the same table: two contributions per scored row, refused rows still refused.
+    import pandas as pd
+
+    from medflow.predict import predict_file
+
+    done = predict_file("models:/external@champion", proj.root / "site_b.csv", proj.root / "scored.csv", explain=2)
+    assert (done["ok"], done["refused"]) == (110, 10)
+    out = pd.read_csv(proj.root / "scored.csv")
+    assert list(out.columns[-6:]) == [
+        "explain_1_feature", "explain_1_value", "explain_2_feature", "explain_2_value", "status", "reason"
+    ]  # fmt: skip
+    ok = out["status"] == "ok"
+    assert set(out.loc[ok, "explain_1_feature"]) <= {"a", "b", "c"} and out.loc[~ok, "explain_1_feature"].isna().all()
+    assert (out.loc[~ok, "reason"] == "a: outside the training range").all()
+    # The model's log-odds rest on `a` (weight 1) far more than on the noise `b` (weight 0.5).
+    assert (out.loc[ok, "explain_1_feature"] == "a").mean() > 0.6
+    assert (out.loc[ok, "explain_1_value"].abs() >= out.loc[ok, "explain_2_value"].abs()).all()
+
+
+def test_a_bundled_recalibration_is_fitted_on_validation_and_applied_to_every_probability(tmp_path):
+    import torch
+    from test_register import SCHEMA
+
+    from medflow.data.features import Preprocessor, coerce_features
+    from medflow.evaluation.calibration import fit_recalibration
+    from medflow.models.bundle import Predictor, save_bundle
+    from medflow.models.tabular import build
+
+    y, p = distorted()
+    fitted = fit_recalibration("logistic", y, np.c_[1 - p, p])
+    assert fitted["method"] == "logistic" and 0.4 < fitted["slope"] < 0.6
+    assert fit_recalibration("temperature", y, np.c_[1 - p, p])["temperature"] > 1.5
+    with pytest.raises(ValueError, match="3 classes; rule: logistic recalibration is binary"):
+        fit_recalibration("logistic", np.array([0, 1, 2]), np.full((3, 3), 1 / 3))
+
+    rows = coerce_features(cohort(40), SCHEMA)
+    pre = Preprocessor(SCHEMA.numeric, SCHEMA.categorical).fit(rows)
+    config = {"name": "tabular_mlp", "n_in": len(pre.feature_names), "n_classes": 2, "hidden": [4], "dropout": 0.0}
+    torch.manual_seed(0)
+    model = build(**config)
+    save_bundle(tmp_path / "raw", model, config, pre, SCHEMA)
+    save_bundle(tmp_path / "recalibrated", model, config | {"recalibration": fitted}, pre, SCHEMA)
+    raw = Predictor(tmp_path / "raw").predict_proba(cohort(40))[:, 1]
+    scored = Predictor(tmp_path / "recalibrated").score(cohort(40))
+    logit = np.log(raw / (1 - raw))
+    expected = 1 / (1 + np.exp(-(fitted["intercept"] + fitted["slope"] * logit)))
+    np.testing.assert_allclose(scored["proba_yes"], expected, rtol=1e-5)
+
+
+def test_integrated_gradients_of_a_linear_model_are_its_weights_times_the_encoded_input(tmp_path):
+    import torch
+    from test_register import SCHEMA
+
+    from medflow.data.features import Preprocessor, coerce_features
+    from medflow.models import explain
+    from medflow.models.bundle import Predictor, save_bundle
+    from medflow.models.tabular import build
+
+    rows = coerce_features(cohort(40), SCHEMA)
+    pre = Preprocessor(SCHEMA.numeric, SCHEMA.categorical).fit(rows)
+    config = {"name": "tabular_mlp", "n_in": len(pre.feature_names), "n_classes": 2, "hidden": [], "dropout": 0.0}
+    model = build(**config)
+    with torch.no_grad():
+        model.net[0].weight.zero_()
+        model.net[0].bias.zero_()
+        model.net[0].weight[1, pre.feature_names.index("a")] = 2.0
+        model.net[0].weight[0, pre.feature_names.index("b")] = 1.0  # the log-odds are logit 1 - logit 0
+    save_bundle(tmp_path, model, config, pre, SCHEMA)
+    predictor = Predictor(tmp_path)
+    columns, contributions = explain.attributions(predictor, rows)
+    x = pre.transform(rows)
+    assert columns == ["a", "b", "c"] and explain.method(predictor).startswith("Captum IntegratedGradients")
+    np.testing.assert_allclose(contributions[:, 0], 2 * x[:, pre.feature_names.index("a")], atol=1e-4)
+    np.testing.assert_allclose(contributions[:, 1], -x[:, pre.feature_names.index("b")], atol=1e-4)
+    np.testing.assert_allclose(contributions[:, 2], 0, atol=1e-6)
+    ranked = explain.global_importance(columns, contributions)
+    assert [r["feature"] for r in ranked] == ["a", "b", "c"]
