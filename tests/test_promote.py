@@ -26,6 +26,17 @@ def test_promote_moves_champion_and_records_who_when_why_and_the_previous(tmp_pa
     (root / "mlruns").mkdir(exist_ok=True)
     shutil.copy(work.mlflow_db, root / "mlruns" / "mlflow.db")
 
+    # As the gate does: a project requiring card fields never promotes a version whose card leaves them empty.
+    default = (root / "params.yaml").read_text()
+    required = "breast_cancer: [intended_use, population, setting, intended_users, outcome, horizon]"
+    assert required in default
+    (root / "params.yaml").write_text(default.replace(required, "cohort: [intended_use, horizon]"))
+    undeclared = sh(".venv/bin/medflow promote exp 2 --reason 'reviewed'", root, check=False)
+    assert undeclared.returncode == 2 and "Traceback" not in undeclared.stderr
+    assert len(undeclared.stderr.strip().splitlines()) == 1
+    assert "promote: exp v2: card.intended_use, card.horizon empty (register.require_card_fields)" in undeclared.stderr
+    (root / "params.yaml").write_text(default)
+
     before = datetime.now(UTC).replace(microsecond=0)
     done = sh(".venv/bin/medflow promote exp 2 --reason 'reviewed on site B data, ticket 42'", root)
     assert done.stdout.strip().splitlines()[-1].startswith("exp v2 is now champion (was v1)")

@@ -204,9 +204,10 @@ def cmd_promote(args: argparse.Namespace, paths: Paths) -> int:
     from medflow import tracking
 
     tracking.configure(paths)
+    register = params_mod.load(paths.params_file).register
     try:
         with tracking.model_lock(args.name):
-            previous = tracking.promote(args.name, args.version, args.reason)
+            previous = tracking.promote(args.name, args.version, args.reason, register.required_card)
     except ValueError as exc:
         exc.medflow_step = "promote"  # explain() names the step; there is no pipeline step here
         raise

@@ -15,6 +15,7 @@ import getpass
 import hashlib
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -378,10 +379,13 @@ def audit_of_version(name: str, version: str) -> list[dict]:
     return out
 
 
-def promote(name: str, version: str, reason: str) -> Version | None:
+def promote(
+    name: str, version: str, reason: str, required_card: Callable[[str], list[str]] | None = None
+) -> Version | None:
     """Moves `champion` by hand and records on the version who moved it, when, why and from which version.
 
-    Returns the previous champion. Refuses versions whose registration never completed."""
+    Returns the previous champion. Refuses versions whose registration never completed, and, as the gate does,
+    versions whose card leaves a key of required_card(dataset) (register.require_card_fields) undeclared."""
     if not reason.strip():
         raise ValueError("promote needs --reason: why this version replaces the champion")
     from mlflow.exceptions import MlflowException
@@ -397,6 +401,8 @@ def promote(name: str, version: str, reason: str) -> Version | None:
             f"{name} v{version} is not a complete registration (state {target.tags.get(STATE, 'unknown')}): "
             "rerun `medflow step register` for its training run first"
         )
+    if required_card is not None:
+        _refuse_undeclared(name, version, target.run_id, required_card)
     previous = version_by_alias(name, "champion")
     if previous and previous.version == target.version:
         raise ValueError(f"{name} v{version} is already the champion")
@@ -413,6 +419,24 @@ def promote(name: str, version: str, reason: str) -> Version | None:
     drop_alias(name, "challenger", version)
     refresh_cards(name, before)
     return previous
+
+
+def _refuse_undeclared(name: str, version: str, run_id: str | None, required_card: Callable[[str], list[str]]) -> None:
+    """The version's own card is what a reviewer reads: params filled in since do not declare anything for it."""
+    import json
+    import tempfile
+
+    c = client()
+    card = {}
+    if run_id and CARD in {f.path for f in c.list_artifacts(run_id)}:
+        with tempfile.TemporaryDirectory() as tmp:
+            card = json.loads(Path(c.download_artifacts(run_id, CARD, tmp)).read_text())
+    declared = card.get("declared") or {}
+    missing = [k for k in required_card((card.get("data") or {}).get("dataset", "")) if not declared.get(k)]
+    if missing:
+        raise ValueError(
+            f"{name} v{version}: {', '.join(f'card.{k}' for k in missing)} empty (register.require_card_fields)"
+        )
 
 
 def accept_files(name: str, version: str, reason: str) -> str:
