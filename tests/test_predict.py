@@ -122,6 +122,43 @@ def test_registered_pyfunc_gives_status_per_row_and_names_columns_only(served):
     assert "lacks 1 feature column(s) ['a']" in str(refused.value) and values_in(str(refused.value), batch) == []
 
 
+def test_evaluate_external_and_predict_explain_through_the_executable(served):
+    """Both are tested in process in test_evidence; here as a user types them, on another site's labelled table."""
+    from mlflow import MlflowClient
+
+    root, _ = served
+    other = cohort(120)
+    other.loc[:9, "a"] = "1000"  # outside the training range: refused, never scored nor explained
+    other.to_csv(root / "data/site_b.csv", index=False)
+    tracking.configure(Paths(root=root))
+    before = MlflowClient().get_registered_model("medflow-breast-cancer").aliases
+
+    done = sh(
+        ".venv/bin/medflow evaluate-external --model models:/medflow-breast-cancer@champion "
+        "--data data/site_b.csv --name 'site B'",
+        root,
+    )
+    line = done.stdout.strip().splitlines()[-1]
+    assert line.startswith("medflow-breast-cancer v1 on site_B: roc_auc ") and "110 rows evaluated, 10 refused" in line
+    assert (root / "artifacts/external/site_B-v1/report.md").is_file()
+    version = tracking.get_version("medflow-breast-cancer", "1")
+    assert version.tags["medflow.external.site_B"].startswith("roc_auc=")
+    assert MlflowClient().get_registered_model("medflow-breast-cancer").aliases == before
+
+    sh(
+        ".venv/bin/medflow predict --model models:/medflow-breast-cancer@champion --input data/site_b.csv "
+        "--output explained.csv --explain 3",
+        root,
+    )
+    out = pd.read_csv(root / "explained.csv")
+    pairs = [f"explain_{i}_{part}" for i in (1, 2, 3) for part in ("feature", "value")]
+    assert list(out.columns[-8:]) == [*pairs, "status", "reason"]
+    ok = out["status"] == "ok"
+    assert ok.sum() == 110 and (out.loc[~ok, "reason"] == "a: outside the training range").all()
+    assert out.loc[ok, pairs[::2]].apply(set, axis=1).map(lambda cols: cols == {"a", "b", "c"}).all()
+    assert out.loc[~ok, pairs].isna().all().all()
+
+
 def test_flow_task_scores_with_the_same_code(served, tmp_path):
     from flows.predict import predict
 

@@ -297,6 +297,8 @@ def add_validation(name: str, version: str, row: dict) -> None:
     from medflow.tracking.store import log_artifacts
 
     run_id = get_version(name, version).run_id
+    if not run_id or CARD not in {f.path for f in client().list_artifacts(run_id)}:
+        return  # registered before cards were stored as JSON: the report, its tag and audit record still stand
     with tempfile.TemporaryDirectory() as tmp:
         card = json.loads(Path(client().download_artifacts(run_id, CARD, tmp)).read_text())
         card["validation"] = [v for v in card.get("validation") or [] if v["kind"] != row["kind"]] + [row]
