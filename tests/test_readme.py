@@ -243,12 +243,17 @@ def chrome():
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
 
 
+@pytest.mark.full  # a browser
 def test_make_ui_shows_the_champion_and_its_model_card(made):
+    """The card as a reviewer meets it in the registry: the declared intended use and the TRIPOD+AI coverage."""
+    import yaml
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     summary = json.loads((made / "artifacts/register/summary.json").read_text())
     name, version = summary["model_name"], summary["champion_version"]
+    declared = yaml.safe_load((made / "params.yaml").read_text())["card"]["intended_use"]
+    coverage = "Reporting: TRIPOD+AI (BMJ 2024;385:e078378), "
     port = free_port()
     shots = made / "artifacts/ui"
     shots.mkdir(parents=True, exist_ok=True)
@@ -262,7 +267,16 @@ def test_make_ui_shows_the_champion_and_its_model_card(made):
                 "model": (f"{base}/#/models/{name}", [name, "champion"]),
                 "champion-version": (
                     f"{base}/#/models/{name}/versions/{version}",
-                    [name, "champion", f"Model card: {name} v{version}", "Intended use", "Test metrics"],
+                    [
+                        name,
+                        "champion",
+                        f"Model card: {name} v{version}",
+                        "Intended use",
+                        declared[:60],
+                        coverage,
+                        "applicable items reported or declared",
+                        "Test metrics",
+                    ],  # fmt: skip
                 ),
             }
             for page, (url, expected) in pages.items():
@@ -283,6 +297,7 @@ def test_make_ui_shows_the_champion_and_its_model_card(made):
     for png in shots.glob("*.png"):
         assert png.stat().st_size > 10_000, png
         shutil.copy(png, REPO / "artifacts/ui" / png.name)
+        print(f"screenshot: {REPO / 'artifacts/ui' / png.name}")
 
 
 def test_scoring_with_pyfunc_as_printed(made):
