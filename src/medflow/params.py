@@ -435,12 +435,15 @@ CARD_FIELDS = tuple(k for k in CardParams.model_fields if k not in ("dataset", "
 
 class RegisterParams(_Section):
     model_name: str = "medflow-breast-cancer"
-    # card.* keys a version needs filled before it may become champion: one list for every table, or one per dataset
+    # register.card.* keys a version needs filled before it may become champion: one list for every table, or one per dataset
     # ({breast_cancer: [intended_use, ...]}, keyed as min_primary), so another table's first run is never refused
     # for declarations written for this one; [] (or absent): none.
     require_card_fields: list[Literal[CARD_FIELDS]] | dict[str, list[Literal[CARD_FIELDS]]] = Field(  # type: ignore[valid-type]
         default_factory=list
     )
+    # What the model is for, declared (the top of the card). Under register, whose DVC stage lists this section, so
+    # a params file without it (an example's, a user's older one) still runs: DVC stops on a listed key it lacks.
+    card: CardParams = Field(default_factory=CardParams)
     # A version becomes champion only when its test primary metric reaches this floor (stays under this ceiling for
     # a lower-is-better metric such as mae): one number for every table,
     # or one per dataset ({breast_cancer: 0.95}, keyed as data.source's file stem or demo name), so that a floor set
@@ -503,7 +506,6 @@ with warnings.catch_warnings():
         train: TrainParams = Field(default_factory=TrainParams)
         evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
         register: RegisterParams = Field(default_factory=RegisterParams)
-        card: CardParams = Field(default_factory=CardParams)
         flow: FlowParams = Field(default_factory=FlowParams)
         tune: TuneParams = Field(default_factory=TuneParams)
         monitor: MonitorParams = Field(default_factory=MonitorParams)
