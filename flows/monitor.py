@@ -39,8 +39,9 @@ def _where(path: Path, root: Path) -> str:
 
 # Results hold the report's status and counts, never rows.
 @task(cache_policy=NO_CACHE, persist_result=False)
-def check(root: str, batch: str) -> dict:
-    """The drift report of the batch's new rows (or of scores `medflow predict` wrote) against its model."""
+def check(root: str, batch: str, events: str | None = None) -> dict:
+    """The drift report of the batch's new rows (or of scores `medflow predict` wrote) against its model; events:
+    the events of an event model's label rows."""
     from medflow.models.bundle import Predictor
     from medflow.tracking.bundles import download_bundle
     from medflow.tracking.drift import reference_of
@@ -58,6 +59,7 @@ def check(root: str, batch: str) -> dict:
     if not files:
         return {"status": f"nothing new in {_where(given, paths.root)} since the last check", "files": []}
     rows = batches.read(files, params.data.exclude)
+    events_of = batches.read([paths.source(events)], params.data.exclude) if events else None
     if "version" in rows.columns and set(rows.get("model", ())) == {name} and rows["version"].nunique() == 1:
         # Scores `medflow predict` wrote are judged against the reference of the version that wrote them.
         champion = tracking.get_version(name, str(rows["version"].iloc[0]))
@@ -65,7 +67,7 @@ def check(root: str, batch: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         predictor = Predictor(download_bundle(name, champion.version, Path(tmp)), reference["score"].get("threshold"))
         try:
-            report = reports.check(rows, reference, predictor, params)
+            report = reports.check(rows, reference, predictor, params, events_of)
         except ValueError as exc:
             raise ValueError(f"{', '.join(_where(f, paths.root) for f in files)}: {exc}") from exc
     now = datetime.now(UTC)
@@ -156,16 +158,17 @@ def add_and_retrain(root: str, files: list[str]) -> dict:
 
 
 @flow(name="medflow-monitor", log_prints=True, persist_result=False)
-def monitor(root: str = ".", batch: str = "incoming", update: bool | None = None) -> dict:
+def monitor(root: str = ".", batch: str = "incoming", update: bool | None = None, events: str | None = None) -> dict:
     """batch: a CSV/Parquet file, or a folder whose files not checked before make the batch (relative to root).
-    update: on drift, add a labelled batch to the training data and retrain; None: monitor.update (false: report)."""
+    update: on drift, add a labelled batch to the training data and retrain; None: monitor.update (false: report).
+    events: an event model's events of the batch's label rows (their drift is reported; no update adds them)."""
     import json
 
     from medflow.tracking.drift import record
 
     logger = get_run_logger()
     root = str(Path(root).resolve())
-    found = check(root, batch)
+    found = check(root, batch, events)
     if not found["files"]:
         logger.info("monitor: %s", found["status"])
         return found
@@ -179,6 +182,11 @@ def monitor(root: str = ".", batch: str = "incoming", update: bool | None = None
             report["update"] = {
                 "summary": f"drift found; not retrained: the batch has no labels ({params.data.target}); "
                 "label it and check it again"
+            }
+        elif events:
+            report["update"] = {
+                "summary": "drift found; data/ unchanged, not retrained: add the batch's events and label rows to the "
+                "event and label tables, then run `medflow run`"
             }
         elif not (params.monitor.update if update is None else update):
             report["update"] = {

@@ -80,7 +80,7 @@ def proj(tmp_path_factory, migrated_mlflow_db):
 def with_card(params: Params, card: dict, required: list[str], n_boot: int = 1000) -> Params:
     raw = params.as_dict()
     raw["evaluate"]["n_boot"] = n_boot
-    raw["card"] = card
+    raw["register"]["card"] = card
     raw["register"]["require_card_fields"] = required
     return Params.model_validate(raw)
 
@@ -90,7 +90,9 @@ def test_a_card_missing_required_fields_is_refused_in_one_line_naming_them(proj)
     params = with_card(base, DECLARED, ["intended_use", "population", "setting", "horizon"])
     summary = register.run(params, proj)
     assert not summary["promoted"]
-    assert summary["reason"].startswith("card.setting, card.horizon empty (register.require_card_fields)")
+    assert summary["reason"].startswith(
+        "register.card.setting, register.card.horizon empty (register.require_card_fields)"
+    )
     assert "\n" not in summary["reason"]
     card = (proj.step_dir("register") / "model_card.md").read_text()
     top = card.split("## Data")[0]
@@ -170,7 +172,7 @@ def default_run_card() -> dict:
 
     from medflow.params import load
 
-    declared = load(Path(__file__).resolve().parents[1] / "params.yaml").card.model_dump()
+    declared = load(Path(__file__).resolve().parents[1] / "params.yaml").register.card.model_dump()
     metric = {"value": 0.99, "ci_low": 0.98, "ci_high": 1.0}
     return {
         "name": "medflow-breast-cancer",
@@ -321,3 +323,12 @@ def test_integrated_gradients_of_a_linear_model_are_its_weights_times_the_encode
     np.testing.assert_allclose(contributions[:, 2], 0, atol=1e-6)
     ranked = explain.global_importance(columns, contributions)
     assert [r["feature"] for r in ranked] == ["a", "b", "c"]
+
+
+def test_an_unquoted_tripod_item_number_stops_at_load_not_at_registers_record():
+    # DVC sorts the register section's keys to hash it: an int beside "18a" failed the run only at register's record.
+    with pytest.raises(ValueError, match=r"register\.card\.tripod[\s\S]*quote the item numbers 14"):
+        Params.model_validate({"register": {"card": {"tripod": {14: "n/a: none", "18a": "None"}}}})
+    assert Params.model_validate({"register": {"card": {"tripod": {"14": "n/a"}}}}).register.card.tripod == {
+        "14": "n/a"
+    }

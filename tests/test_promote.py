@@ -34,7 +34,10 @@ def test_promote_moves_champion_and_records_who_when_why_and_the_previous(tmp_pa
     undeclared = sh(".venv/bin/medflow promote exp 2 --reason 'reviewed'", root, check=False)
     assert undeclared.returncode == 2 and "Traceback" not in undeclared.stderr
     assert len(undeclared.stderr.strip().splitlines()) == 1
-    assert "promote: exp v2: card.intended_use, card.horizon empty (register.require_card_fields)" in undeclared.stderr
+    assert (
+        "promote: exp v2: register.card.intended_use, register.card.horizon empty (register.require_card_fields)"
+        in undeclared.stderr
+    )
     (root / "params.yaml").write_text(default)
 
     before = datetime.now(UTC).replace(microsecond=0)

@@ -1,7 +1,7 @@
 """data.kind=events: the synthetic ICU cohort validated (units converted, faults quarantined with their reasons, no
 date kept), leakage after the prediction time stopped naming the variable, the grid and its normalisation, and a
 shrunk cohort from validate to the gate's aggregate baselines, predict on new stays, monitor and tune; the example
-end to end (slow)."""
+end to end on a shrunk cohort."""
 
 import json
 
@@ -12,6 +12,7 @@ from usercmd import scratch_clone, sh
 
 from medflow.data.suite import ValidationFailed
 from medflow.models.bundle import Predictor
+from medflow.monitoring import reference as monitor_reference
 from medflow.monitoring import report as monitor_report
 from medflow.params import from_dict
 from medflow.pipeline import run_step
@@ -21,6 +22,8 @@ from medflow.sequences.grid import SequenceNormaliser, build
 from medflow.sequences.steps import GRID, grid_of
 from medflow.tuning.search import run as tune
 
+STAYS = 1200
+SHRINK = "-P train.max_epochs=20 -P train.patience=6 -P evaluate.n_boot=200 -P register.gate.n_boot=200"
 UNITS = {v: {u: list(c) for u, c in units.items()} for v, units in cohort.UNITS.items()}
 
 
@@ -155,8 +158,22 @@ def test_a_gru_trains_beside_aggregate_baselines_scores_new_stays_and_tunes(proj
     late = predictor.score_stays(labels, events.astype(str))
     assert late["reason"].str.contains(r"event\(s\) after the prediction time \(leakage\)").any()
 
-    with pytest.raises(ValueError, match="an event model is monitored from the rows medflow predict --events scored"):
+    with pytest.raises(ValueError, match=r"an event model's batch is label rows with their events"):
         monitor_report.check(labels, {}, predictor, params)
+    # monitor: new stays whose heart rate reads 40 bpm higher and whose lactate was never charted.
+    reference = monitor_reference.from_pipeline(params, project, None)
+    events, labels = cohort.cohort(80, seed=7)
+    heart = events["code"].eq("heart_rate")
+    events.loc[heart, "numeric_value"] = (
+        pd.to_numeric(events.loc[heart, "numeric_value"], errors="coerce") + 40
+    ).astype(str)
+    events = events[events["code"].ne("lactate")].astype(str)
+    report = monitor_report.check(labels.astype(str), reference, predictor, params, events)
+    features = report["features"]
+    assert features["heart_rate_mean"]["drifted"] and features["heart_rate_mean"]["mean_shift_sd"] > 1
+    assert features["lactate_last"]["null_rate"] == 1 and features["lactate_last"]["null_rate_change"] > 0.5
+    assert not features["temperature_mean"]["drifted"] and not features["map_last"]["drifted"]
+    assert report["performance"]["labelled_rows"] == report["rows"] - report["refused_rows"]
 
     tuning = _params(train__model="transformer", tune__trials=1, tune__pruner="none", train__max_epochs=1)
     (project.root / "params.yaml").write_text("seed: 42\n")
@@ -165,14 +182,17 @@ def test_a_gru_trains_beside_aggregate_baselines_scores_new_stays_and_tunes(proj
 
 
 @pytest.mark.e2e
-@pytest.mark.slow
 def test_the_icu_example_registers_a_gru_champion_over_its_baselines_and_predicts_new_stays(
-    tmp_path, migrated_mlflow_db
+    tmp_path, migrated_mlflow_db, prefect_server
 ):
     from mlflow import MlflowClient
 
     clone = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
-    done = sh(".venv/bin/medflow run --params examples/icu_synthetic.yaml", clone, timeout=900)
+    # The documented command on a smaller cohort (written where the source writes it on first use) and a shorter
+    # training, so that make test runs it.
+    cohort.materialise(clone / "data", n_stays=STAYS)
+    server = {"PREFECT_API_URL": prefect_server}
+    done = sh(f".venv/bin/medflow run --params examples/icu_synthetic.yaml {SHRINK}", clone, timeout=900, **server)
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("registered medflow-icu-synthetic v1 (champion: delta roc_auc vs baseline "), last
     store = f"sqlite:///{clone / 'mlruns/mlflow.db'}"
@@ -189,3 +209,9 @@ def test_the_icu_example_registers_a_gru_champion_over_its_baselines_and_predict
        "--events new/events.csv --output new/scored.csv", clone)  # fmt: skip
     scored = pd.read_csv(clone / "new/scored.csv")
     assert len(scored) == 30 and scored["status"].eq("ok").all()
+    # monitor reads params.yaml: the example's pipeline made the project's own.
+    (clone / "params.yaml").write_text((clone / "examples/icu_synthetic.yaml").read_text())
+    labels.to_csv(clone / "new/labelled.csv", index=False)
+    sh(".venv/bin/medflow monitor --batch new/labelled.csv --events new/events.csv", clone, **server)
+    report = json.loads(next((clone / "artifacts/monitor").glob("*/report.json")).read_text())
+    assert report["rows"] == 30 and {"heart_rate_mean", "lactate_last"} <= set(report["features"])

@@ -165,3 +165,28 @@ def test_memory_of_a_manifest_over_budget_does_not_grow_with_it(tmp_path):
     peak_mb(root, "train")
     trained = json.loads((root / "artifacts" / "train" / "summary.json").read_text())
     assert trained["streamed"] and trained["train_rows"] + trained["val_rows"] > 1600
+
+
+def test_the_gate_baselines_fit_a_seeded_sample_and_score_the_test_images_in_chunks(tmp_path, monkeypatch):
+    """The register gate's image baselines never hold the training split: the probe's sample and each test chunk
+    are read from the store, and the result is the probe fitted in memory on the same sample, rows in test order."""
+    from sklearn.linear_model import LogisticRegression
+
+    from medflow.evaluation.baselines import flat_pixels, image_baselines
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    x = (y[:, None, None, None] * 80 + rng.integers(0, 60, (400, 6, 6, 1))).astype(np.uint8)
+    store = store_of(tmp_path, x)
+    reads, read = [], ImageStore.read
+    monkeypatch.setattr(ImageStore, "read", lambda s, lo, hi, out=None: reads.append(hi - lo) or read(s, lo, hi, out))
+    order = rng.permutation(400)
+    train, test = order[:300], order[300:]  # neither ascending: outputs must come back in the order asked for
+    out, fitted = image_baselines(store, train, y[train], test, 3, seed=0, probe_rows=50, chunk_rows=16)
+
+    assert fitted == 50 and max(reads) <= 16  # at most a chunk of the store held at once
+    assert np.allclose(out["majority_class"], np.bincount(y[train], minlength=3) / 300)
+    keep = train[np.random.default_rng(0).choice(300, 50, replace=False)]
+    probe = LogisticRegression(C=1.0, max_iter=1000).fit(flat_pixels(x[keep]), y[keep])
+    assert np.allclose(out["logistic_regression"], probe.predict_proba(flat_pixels(x[test])), atol=1e-6)
+    assert (out["logistic_regression"].argmax(1) == y[test]).mean() > 0.9

@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     external.add_argument("--name", help="what the table stands for (a site, a period); default: the file's stem")
     monitor = sub.add_parser("monitor", help="drift of a new batch against the champion; a report, data unchanged")
     monitor.add_argument("--batch", default="incoming", help="CSV/Parquet file, or a folder of them (new files)")
+    monitor.add_argument("--events", help="event models: the events of the stays --batch lists (docs/sequences.md)")
     monitor.add_argument(
         "--update",
         action=argparse.BooleanOptionalAction,

@@ -371,6 +371,10 @@ def cmd_monitor(args: argparse.Namespace, paths: Paths) -> int:
         error = FileNotFoundError(f"batch {args.batch} not found in {paths.root}: give a CSV/Parquet file or a folder")
         error.medflow_step = "monitor"
         raise error
+    if args.events and not paths.source(args.events).is_file():
+        error = FileNotFoundError(f"events {args.events} not found in {paths.root}: give a CSV/Parquet file")
+        error.medflow_step = "monitor"
+        raise error
     sys.path.insert(0, str(paths.root))  # flows/ is a package beside src/
     (module,) = imports.import_then_freeze(["flows.monitor"])
     hide_prefect_tracebacks()
@@ -378,7 +382,7 @@ def cmd_monitor(args: argparse.Namespace, paths: Paths) -> int:
     orchestration.connect()
     try:
         with orchestration.flow_settings():
-            result = module.monitor(root=str(paths.root), batch=args.batch, update=args.update)
+            result = module.monitor(root=str(paths.root), batch=args.batch, update=args.update, events=args.events)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         exc.medflow_step = "monitor"
         raise

@@ -429,18 +429,31 @@ class CardParams(_Section):
     # "n/a: why" when it does not apply; the card's checklist counts them as declared.
     tripod: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("tripod", mode="before")
+    @classmethod
+    def _string_items(cls, value: object) -> object:
+        # DVC hashes the register section with its keys sorted: an unquoted item number (YAML's int) beside "18a"
+        # would fail the run at register's record, long after validate, so it stops here in one line.
+        numbers = [k for k in value if not isinstance(k, str)] if isinstance(value, dict) else []
+        if numbers:
+            raise ValueError(f'quote the item numbers {", ".join(map(str, numbers))} ("14": ...): keys must be text')
+        return value
+
 
 CARD_FIELDS = tuple(k for k in CardParams.model_fields if k not in ("dataset", "tripod"))
 
 
 class RegisterParams(_Section):
     model_name: str = "medflow-breast-cancer"
-    # card.* keys a version needs filled before it may become champion: one list for every table, or one per dataset
+    # register.card.* keys a version needs filled before it may become champion: one list for every table, or one per dataset
     # ({breast_cancer: [intended_use, ...]}, keyed as min_primary), so another table's first run is never refused
     # for declarations written for this one; [] (or absent): none.
     require_card_fields: list[Literal[CARD_FIELDS]] | dict[str, list[Literal[CARD_FIELDS]]] = Field(  # type: ignore[valid-type]
         default_factory=list
     )
+    # What the model is for, declared (the top of the card). Under register, whose DVC stage lists this section, so
+    # a params file without it (an example's, a user's older one) still runs: DVC stops on a listed key it lacks.
+    card: CardParams = Field(default_factory=CardParams)
     # A version becomes champion only when its test primary metric reaches this floor (stays under this ceiling for
     # a lower-is-better metric such as mae): one number for every table,
     # or one per dataset ({breast_cancer: 0.95}, keyed as data.source's file stem or demo name), so that a floor set
@@ -503,7 +516,6 @@ with warnings.catch_warnings():
         train: TrainParams = Field(default_factory=TrainParams)
         evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
         register: RegisterParams = Field(default_factory=RegisterParams)
-        card: CardParams = Field(default_factory=CardParams)
         flow: FlowParams = Field(default_factory=FlowParams)
         tune: TuneParams = Field(default_factory=TuneParams)
         monitor: MonitorParams = Field(default_factory=MonitorParams)

@@ -6,7 +6,8 @@ proportional-hazards model.
 All are fitted on the train split only (the trees stop early on the validation split). Tables reach the logistic
 regression and the trees through the model's own fitted preprocessing (imputation, scaling, one-hot), so the
 comparison is about the model, not the features; images reach the logistic regression as flattened pixels scaled
-to [0, 1] (a linear probe).
+to [0, 1] (a linear probe), read from the image store: a seeded sample of training images and the test images a
+chunk at a time, so that the gate of a set larger than memory stays within train.memory_budget_mb.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from medflow.data.image_store import ImageStore
 from medflow.models import trees
 
 # A linear probe on many images costs minutes of CPU; this many training rows already pin it down.
@@ -54,6 +56,48 @@ def _rows(x: np.ndarray, y: np.ndarray, most: int, seed: int) -> tuple[np.ndarra
         return x, y
     keep = np.random.default_rng(seed).choice(len(x), most, replace=False)
     return x[keep], y[keep]
+
+
+def _pixels(store: ImageStore, rows: np.ndarray, chunk_rows: int):
+    """Flattened pixels of store rows `rows` (any order), chunk_rows images at a time, with the positions in `rows`
+    each chunk answers for."""
+    order = np.argsort(rows, kind="stable")
+    done = 0
+    for chunk in store.scan(rows[order], chunk_rows):
+        yield order[done : done + len(chunk)], flat_pixels(chunk)
+        done += len(chunk)
+
+
+def image_baselines(
+    store: ImageStore,
+    train_rows: np.ndarray,
+    y_train: np.ndarray,
+    test_rows: np.ndarray,
+    n_classes: int,
+    seed: int,
+    probe_rows: int,
+    chunk_rows: int,
+) -> tuple[dict[str, np.ndarray], int]:
+    """baseline_proba's majority class and linear probe for images, by store row: the prior from every training
+    label, the probe fitted on at most probe_rows seeded training images, the test images scored chunk_rows at a
+    time. Also returns how many training images the probe was fitted on (0: no probe)."""
+    prior = np.bincount(y_train, minlength=n_classes) / max(len(y_train), 1)
+    out = {"majority_class": np.tile(prior, (len(test_rows), 1))}
+    if len(np.unique(y_train)) < 2:
+        return out, 0
+    keep = np.arange(len(train_rows))
+    if len(keep) > probe_rows:
+        keep = np.random.default_rng(seed).choice(len(keep), probe_rows, replace=False)
+    x_probe = np.empty((len(keep), int(np.prod(store.shape))), dtype=np.float32)
+    for at, x in _pixels(store, train_rows[keep], chunk_rows):
+        x_probe[at] = x
+    model = LogisticRegression(C=1.0, max_iter=1000).fit(x_probe, y_train[keep])
+    del x_probe
+    proba = np.zeros((len(test_rows), n_classes))
+    for at, x in _pixels(store, test_rows, chunk_rows):
+        proba[at] = _full_proba(model, x, n_classes)
+    out["logistic_regression"] = proba
+    return out, len(keep)
 
 
 def baseline_proba(

@@ -242,6 +242,17 @@ class Predictor:
             raise BatchRejected(str(exc)) from None
         return self._scored(raw, reasons)
 
+    def stay_aggregates(self, labels: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+        """An event model's window aggregates of new stays (its monitoring features), one row per label row that
+        passes its checks; BatchRejected as for score_stays."""
+        from medflow.data.suite import ValidationFailed
+        from medflow.sequences.events import stay_aggregates
+
+        try:
+            return stay_aggregates(labels, events, self.preprocessor.settings, self.preprocessor.variables)
+        except ValidationFailed as exc:
+            raise BatchRejected(str(exc)) from None
+
     def score(self, raw: pd.DataFrame) -> pd.DataFrame:
         """row (1-based input row number), prediction, proba_<class>, status (`ok` or `refused`) and reason; a
         regression's prediction is a number in the target's units and it has no probabilities; a survival model's

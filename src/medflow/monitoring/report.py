@@ -97,10 +97,12 @@ def _prediction_drift(ref: dict, prediction: np.ndarray, mp) -> dict:
     return drift.numeric_drift(ref, prediction, mp) | {"counts": bin_counts(prediction, ref["edges"])}
 
 
-def check(batch: pd.DataFrame, reference: dict, predictor: Predictor, params) -> dict:
+def check(
+    batch: pd.DataFrame, reference: dict, predictor: Predictor, params, events: pd.DataFrame | None = None
+) -> dict:
     """Compares a batch with the reference; returns the report with its decision. The batch is new input rows (raw
     text columns, as read): feature, score and, labelled, performance drift; or rows `medflow predict` scored (its
-    output holds no features): score drift only."""
+    output holds no features): score drift only. An event model's new rows are label rows with their events."""
     mp, k = params.monitor, params.validate_.small_count
     schema = predictor.schema
     columns = output_columns(predictor)
@@ -109,12 +111,22 @@ def check(batch: pd.DataFrame, reference: dict, predictor: Predictor, params) ->
         ok = batch["status"].eq("ok").to_numpy()
         proba = batch[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype="float64")
         perf = None
-    else:
-        if schema.kind == "events":
+    elif schema.kind == "events":
+        if events is None:
             raise ValueError(
-                "an event model is monitored from the rows medflow predict --events scored (score drift); drift of "
-                "each variable's raw events is not monitored yet (docs/sequences.md)"
+                "an event model's batch is label rows with their events (medflow monitor --events FILE), or the rows "
+                "medflow predict --events scored"
             )
+        # Each variable's distribution and missingness as the window aggregates the reference holds: the null rate
+        # of <variable>_last is the share of stays that never charted it in their window.
+        aggregates = predictor.stay_aggregates(batch, events)
+        for col in schema.numeric:
+            features[col] = drift.numeric_drift(reference["features"][col], aggregates[col].to_numpy("float64"), mp)
+        scored = predictor.score_stays(batch, events)
+        ok = scored["status"].eq("ok").to_numpy()
+        proba = scored[columns].to_numpy(dtype="float64")
+        perf = performance(batch, proba, ok, predictor, params)
+    else:
         missing = [c for c in schema.features if c not in batch.columns]
         if missing:
             raise ValueError(f"the batch lacks the model's feature column(s) {missing}")

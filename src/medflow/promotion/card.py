@@ -194,6 +194,7 @@ def card_data(
             for k, v in gate.get("models", {}).items()
             if k.startswith("baseline")
         },
+        **({"probe_train_rows": gate["probe_train_rows"]} if gate.get("probe_train_rows") else {}),
         "tuning": tuning,
         "limitations": [
             *declared.get("limitations", []),
@@ -401,11 +402,11 @@ def _declared(declared: dict) -> list[str]:
     """The params' card section, as its authors declared it; nothing when they declared nothing."""
     if not declared:
         return [
-            "Declared by no one: the params' `card:` section is empty or describes another dataset (docs/evidence.md).",
+            "Declared by no one: the params' `register.card` section is empty or describes another dataset (docs/evidence.md).",
             "",
         ]
     rows = {_DECLARED.get(k, k): v for k, v in declared.items()}
-    return ["As declared in params (`card:`):", "", *_table(rows, ("", "declared")), "", "Stated by medflow:"]
+    return ["As declared in params (`register.card`):", "", *_table(rows, ("", "declared")), "", "Stated by medflow:"]
 
 
 def decision_table(dca: dict) -> list[str]:
@@ -484,7 +485,17 @@ def _baselines(card: dict) -> list[str]:
         d = m.get("delta")
         diff = f"{d['delta']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" if d else ""
         lines.append(f"| {b} | {_ci({'value': m[metric], 'ci_low': m['ci_low'], 'ci_high': m['ci_high']})} | {diff} |")
-    return [*lines, ""]
+    return [*lines, *_probe(card.get("probe_train_rows")), ""]
+
+
+def _probe(probe: dict | None) -> list[str]:
+    if not probe or not probe["rows"]:  # 0: one class only, no probe
+        return []
+    return [
+        "",
+        f"The logistic regression was fitted on {probe['rows']} of {probe['of']} training images"
+        + (" (a seeded sample, within train.memory_budget_mb when set)." if probe["rows"] < probe["of"] else "."),
+    ]
 
 
 def _num(v: object, fmt: str = ".4f") -> str:
@@ -540,6 +551,7 @@ def gate_markdown(report: dict) -> str:
             lines.append(
                 f"| {who.removeprefix('baseline ')} | {d['delta']:+.4f} | [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] |"
             )
+        lines += _probe(report.get("probe_train_rows"))
     r = report.get("required")
     if r:
         lines.append("")

@@ -18,9 +18,10 @@ import pandas as pd
 
 from medflow.data.columns import ROW_ID, SPLIT
 from medflow.data.features import Preprocessor, Schema, coerce_features
+from medflow.data.image_store import ImageStore, rows_within
 from medflow.data.manifest import load_split, outcome
 from medflow.data.sources import dataset_name
-from medflow.evaluation.baselines import TreeBaseline, flat_pixels
+from medflow.evaluation.baselines import MAX_PROBE_ROWS, TreeBaseline, image_baselines
 from medflow.evaluation.heldout import patient_keys, score
 from medflow.evaluation.metrics import Delta, interval, paired_delta
 from medflow.evaluation.subgroups import group_labels, subgroup_report
@@ -100,9 +101,17 @@ def test_split(paths: Paths) -> TestSplit:
     return TestSplit(test, outcome(test), patient_keys(paths, test[ROW_ID]), train, val)
 
 
+def _image_baselines(params: Params, paths: Paths, split: TestSplit, n_classes: int) -> tuple[dict, int]:
+    """The image baselines and their training rows: pixels held as float32, a quarter of train.memory_budget_mb
+    for the probe's training images and a quarter for each test chunk (the rest: its copies and sklearn's)."""
+    store, budget = ImageStore(paths.images), params.train.memory_budget_mb
+    within = rows_within(budget or 256, 4 * store.row_bytes, parts=4)
+    probe = MAX_PROBE_ROWS if budget is None else min(MAX_PROBE_ROWS, within)
+    train, test = (s.index.to_numpy() for s in (split.train, split.rows))
+    return image_baselines(store, train, outcome(split.train), test, n_classes, params.seed, probe, within)
+
+
 def _baseline_features(predictor: Predictor, paths: Paths, rows: pd.DataFrame) -> np.ndarray:
-    if predictor.schema.kind == "image":
-        return flat_pixels(np.load(paths.images, mmap_mode="r")[rows.index.to_numpy()])
     if predictor.schema.kind in ("events", "signals"):
         # Baselines read the window aggregates (last, min, max, mean, count per variable; a signal's per-lead
         # summaries), imputed and scaled by a Preprocessor fitted on the training split here: the sequence model's
@@ -150,14 +159,17 @@ def gate_evidence(
     if tp is not None:
         val = (_baseline_features(predictor, paths, split.val), outcome(split.val))
         tree = TreeBaseline(val, TreeSettings(**tp.model_dump(exclude={"max_rows"})), tp.max_rows)
-    baselines = task.baselines(
-        _baseline_features(predictor, paths, split.train),
-        outcome(split.train),
-        _baseline_features(predictor, paths, split.rows),
-        predictor.schema,
-        params.seed,
-        tree,
-    )
+    if kind == "image":
+        baselines, probe_rows = _image_baselines(params, paths, split, len(predictor.schema.classes))
+    else:
+        baselines = task.baselines(
+            _baseline_features(predictor, paths, split.train),
+            outcome(split.train),
+            _baseline_features(predictor, paths, split.rows),
+            predictor.schema,
+            params.seed,
+            tree,
+        )
     probas = {"candidate": cand} | {f"baseline {b}": proba for b, proba in baselines.items()}
 
     comparison, champion_proba, note = None, None, champion.note if champion else None
@@ -250,6 +262,8 @@ def gate_evidence(
             "decision_threshold": threshold,
         },
         "models": models,
+        # Images fit the linear probe on a seeded sample of the training split: the card says how large.
+        **({"probe_train_rows": {"rows": probe_rows, "of": len(split.train)}} if kind == "image" else {}),
         "comparison": None if comparison is None else _comparison_report(comparison, metric),
         "required": _comparison_report(required, metric) if isinstance(required, Comparison) else required,
         "champion_note": note,

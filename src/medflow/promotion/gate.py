@@ -91,7 +91,7 @@ def decide(
         verdict = f"{required.describe()}: {'met' if required.passed else 'not met'}"
         decision = Decision(decision.promoted and required.passed, f"{verdict}; {decision.reason}")
     if card_missing:
-        missing = ", ".join(f"card.{k}" for k in card_missing)
+        missing = ", ".join(f"register.card.{k}" for k in card_missing)
         decision = Decision(False, f"{missing} empty (register.require_card_fields); {decision.reason}")
     if leak:
         return Decision(False, f"{leak}; {decision.reason}")

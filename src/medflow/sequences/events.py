@@ -200,16 +200,8 @@ def check(events: pd.DataFrame, labels: pd.DataFrame, data: DataParams, where: t
     )
 
 
-def score_stays(
-    labels: pd.DataFrame, events: pd.DataFrame, stored: dict, variables: list[str]
-) -> tuple[np.ndarray, np.ndarray]:
-    """New stays as a trained model reads them: (raw grid of every label row [rows, bins, variables], the reason
-    each row cannot be scored, "" when it can). stored: data.events as the model was trained (SequenceNormaliser
-    .settings; the bundle's JSON sorts its keys, so variables gives the grid's order). A label row is refused when it
-    fails a label check, when no event of its stay falls in its window, or, when the model was trained with
-    after_prediction=stop, when its stay has events after its prediction time."""
-    from medflow.sequences import grid
-
+def _checked(labels: pd.DataFrame, events: pd.DataFrame, stored: dict, variables: list[str]):
+    """New stays checked as the model's validate checked them: (event params, label rows, events, Checked)."""
     units = {v: stored["units"][v] for v in variables}
     ep = EventParams(**(stored | {"after_prediction": "drop", "units": units}))
     data = DataParams(kind="events", target="", events=ep)  # new stays have no outcome column
@@ -222,7 +214,20 @@ def score_stays(
             raise ValidationFailed(f"the {what} lack column(s) {missing}")
     labels = labels.reset_index(drop=True).astype("string").fillna("")
     events = events.reset_index(drop=True).astype("string").fillna("")
-    checked = check(events, labels, data, ("events", "label rows"))
+    return ep, labels, events, check(events, labels, data, ("events", "label rows"))
+
+
+def score_stays(
+    labels: pd.DataFrame, events: pd.DataFrame, stored: dict, variables: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """New stays as a trained model reads them: (raw grid of every label row [rows, bins, variables], the reason
+    each row cannot be scored, "" when it can). stored: data.events as the model was trained (SequenceNormaliser
+    .settings; the bundle's JSON sorts its keys, so variables gives the grid's order). A label row is refused when it
+    fails a label check, when no event of its stay falls in its window, or, when the model was trained with
+    after_prediction=stop, when its stay has events after its prediction time."""
+    from medflow.sequences import grid
+
+    ep, labels, events, checked = _checked(labels, events, stored, variables)
     rows = checked.labels[ROW_ID].to_numpy()
     n = len(labels)
     window = grid.build(
@@ -243,3 +248,13 @@ def score_stays(
         for i in np.flatnonzero(pd.Series(stay_of).isin(per.index).to_numpy()):
             reason[i] = f"{per[stay_of[i]]} event(s) after the prediction time (leakage)"
     return raw, reason
+
+
+def stay_aggregates(labels: pd.DataFrame, events: pd.DataFrame, stored: dict, variables: list[str]) -> pd.DataFrame:
+    """The window aggregates (<variable>_last, _min, _max, _mean, _count) of each label row that passes its checks,
+    as validate computes them for the training split: a variable never charted in a stay's window is NaN there."""
+    from medflow.sequences import grid
+
+    _, _, _, checked = _checked(labels, events, stored, variables)
+    args = (checked.stay, checked.hour, checked.variable, checked.value)
+    return grid.aggregates(*args, len(checked.labels), checked.variables)

@@ -172,6 +172,7 @@ def run(params: Params, paths: Paths) -> dict:
     salt = None if PATIENT_KEY in df else resolve_salt(params)
     out = paths.step_dir("clean")
     out.mkdir(parents=True, exist_ok=True)
+    by = split_column(params)
     if params.data.kind == "image":
         images = paths.step_dir("validate") / "images.npy"
         shape = json.loads(paths.summary("validate").read_text())["image_shape"]
@@ -187,7 +188,6 @@ def run(params: Params, paths: Paths) -> dict:
         formats = json.loads(paths.number_formats.read_text()) if paths.number_formats.exists() else {}
         validated = json.loads(paths.summary("validate").read_text()) if paths.summary("validate").exists() else {}
         text_why = validated.get("columns", {}).get("not_features")
-        by = split_column(params)
         if by is not None and by not in df:
             raise CleanError(
                 f"{paths.valid_rows}: column {by!r} named by split.{params.split.by}_column is not in the table "

@@ -83,7 +83,7 @@ def _environment(paths: Paths) -> dict[str, str]:
 
 def _declared(params: Params, dataset: str) -> dict:
     """The params' card section when it describes this dataset (card.dataset null or this one), else nothing."""
-    card = params.card
+    card = params.register.card
     return card.model_dump(exclude={"dataset"}) if card.dataset in (None, dataset) else {}
 
 

@@ -437,7 +437,7 @@ def _refuse_undeclared(name: str, version: str, run_id: str | None, required_car
     missing = [k for k in required_card((card.get("data") or {}).get("dataset", "")) if not declared.get(k)]
     if missing:
         raise ValueError(
-            f"{name} v{version}: {', '.join(f'card.{k}' for k in missing)} empty (register.require_card_fields)"
+            f"{name} v{version}: {', '.join(f'register.card.{k}' for k in missing)} empty (register.require_card_fields)"
         )
 
 
