@@ -445,9 +445,9 @@ CARD_FIELDS = tuple(k for k in CardParams.model_fields if k not in ("dataset", "
 
 class RegisterParams(_Section):
     model_name: str = "medflow-breast-cancer"
-    # register.card.* keys a version needs filled before it may become champion: one list for every table, or one per dataset
-    # ({breast_cancer: [intended_use, ...]}, keyed as min_primary), so another table's first run is never refused
-    # for declarations written for this one; [] (or absent): none.
+    # register.card.* keys a version needs filled before it may become champion: one list for every table, or one per
+    # dataset ({breast_cancer: [intended_use, ...]}, keyed as min_primary), so another table's first run is never
+    # refused for declarations written for this one; [] (or absent): none.
     require_card_fields: list[Literal[CARD_FIELDS]] | dict[str, list[Literal[CARD_FIELDS]]] = Field(  # type: ignore[valid-type]
         default_factory=list
     )

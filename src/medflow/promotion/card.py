@@ -402,7 +402,8 @@ def _declared(declared: dict) -> list[str]:
     """The params' card section, as its authors declared it; nothing when they declared nothing."""
     if not declared:
         return [
-            "Declared by no one: the params' `register.card` section is empty or describes another dataset (docs/evidence.md).",
+            "Declared by no one: the params' `register.card` section is empty or describes another dataset "
+            "(docs/evidence.md).",
             "",
         ]
     rows = {_DECLARED.get(k, k): v for k, v in declared.items()}

@@ -1,5 +1,5 @@
 """TRIPOD+AI (Collins et al., BMJ 2024;385:e078378) as a checklist of the model card: each item reported by
-medflow (and where in the card), declared by the model's owners in params (`register.card:` and `register.card.tripod`), not
+medflow (and where in the card), declared by the model's owners in params (`register.card` and its `tripod`), not
 applicable to a model card (and why), or missing.
 
 Items are the guideline's numbers; those only a journal article has (title, abstract, introduction, discussion) are

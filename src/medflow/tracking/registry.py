@@ -436,9 +436,8 @@ def _refuse_undeclared(name: str, version: str, run_id: str | None, required_car
     declared = card.get("declared") or {}
     missing = [k for k in required_card((card.get("data") or {}).get("dataset", "")) if not declared.get(k)]
     if missing:
-        raise ValueError(
-            f"{name} v{version}: {', '.join(f'register.card.{k}' for k in missing)} empty (register.require_card_fields)"
-        )
+        fields = ", ".join(f"register.card.{k}" for k in missing)
+        raise ValueError(f"{name} v{version}: {fields} empty (register.require_card_fields)")
 
 
 def accept_files(name: str, version: str, reason: str) -> str:
