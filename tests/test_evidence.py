@@ -103,7 +103,7 @@ def test_a_card_missing_required_fields_is_refused_in_one_line_naming_them(proj)
     # Declarations written for another table are neither shown nor counted; a requirement for another is none.
     elsewhere = with_card(base, {**DECLARED, "dataset": "elsewhere"}, ["intended_use"])
     train(proj, "declared", 0.95)
-    assert register.run(elsewhere, proj)["reason"].startswith("card.intended_use empty")
+    assert register.run(elsewhere, proj)["reason"].startswith("register.card.intended_use empty")
     assert "Declared by no one" in (proj.step_dir("register") / "model_card.md").read_text()
     raw = elsewhere.as_dict()
     raw["register"]["require_card_fields"] = {"elsewhere": ["intended_use"]}

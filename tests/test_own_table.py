@@ -183,3 +183,45 @@ def test_a_new_users_path_ends_with_a_card_that_matches_the_aliases(project, pre
     assert str(registry.get_model_version_by_alias("own", "champion").version) == "2"
     assert "Current alias: `champion`." in registry.get_model_version("own", "2").description
     assert "Current alias: none." in registry.get_model_version("own", "1").description
+
+
+# As docs/evidence.md prints them; params.yaml keeps the own table's settings from the fixture's `-P`.
+BY_TIME = ".venv/bin/medflow run -P split.by=time -P split.time_column=admitted"
+BY_SITE = ".venv/bin/medflow run -P split.by=site -P split.site_column=hospital -P 'split.test_sites=[north]'"
+RECALIBRATED = ".venv/bin/medflow run -P train.recalibrate=logistic"
+
+
+def test_the_evidence_pages_runs_split_by_time_and_site_then_recalibrate(project, prefect_server):
+    """Last in the module: it adds an admission date and a hospital to the table the other tests read."""
+    root = project
+    table = pd.read_csv(root / "data/visits.csv", dtype=str, keep_default_na=False)
+    table["admitted"] = table["visit_date"]
+    table["hospital"] = np.array(["north", "south", "east"])[table["mrn"].astype(int) % 3]
+    table.to_csv(root / "data/visits.csv", index=False)
+    # As own-table.md asks: the reviewed suite learns of the two new columns, in its column set and with a kind.
+    suite = json.loads((root / "expectations/visits.json").read_text())
+    (columns,) = [e for e in suite["expectations"] if e["type"] == "expect_table_columns_to_match_set"]
+    columns["kwargs"]["column_set"] += ["admitted", "hospital"]
+    kinds = suite["meta"]["medflow"]["columns"]
+    kinds |= {"admitted": {"kind": "text", "null_rate": 0.0}, "hospital": {"kind": "categorical", "null_rate": 0.0}}
+    (root / "expectations/visits.json").write_text(json.dumps(suite, indent=2))
+    env = SALT | {"PREFECT_API_URL": prefect_server}
+
+    def where(column: str) -> tuple[pd.Series, pd.Series]:
+        manifest = pd.read_csv(root / "artifacts/split/manifest.csv").set_index("row_id")["split"]
+        return manifest, table.loc[manifest.index, column]
+
+    sh(BY_TIME, root, timeout=600, **env)
+    split, mrn = where("mrn")
+    first = mrn.map(table.groupby("mrn")["admitted"].min())  # a patient's split follows their earliest admission
+    assert first[split == "train"].max() <= first[split == "val"].min()
+    assert first[split == "val"].max() <= first[split == "test"].min()
+    schema = json.loads((root / "artifacts/clean/schema.json").read_text())
+    assert "admitted" not in schema["numeric"] + schema["categorical"]
+
+    sh(BY_SITE, root, timeout=600, **env)
+    split, hospital = where("hospital")
+    assert ((split == "test") == (hospital == "north")).all()
+
+    sh(RECALIBRATED, root, timeout=600, **env)
+    assert json.loads((root / "artifacts/train/model/model.json").read_text())["recalibration"]["method"] == "logistic"

@@ -24,6 +24,9 @@ PREDICT = (
     ".venv/bin/medflow predict --model models:/medflow-breast-cancer@champion \\\n"
     "    --input data/breast_cancer.csv --output preds.csv"
 )
+# As docs/evidence.md prints them (one line each).
+EXTERNAL = '.venv/bin/medflow evaluate-external --model models:/medflow-breast-cancer@champion --data data/site_b.csv --name "site B"'  # noqa: E501
+EXPLAIN = ".venv/bin/medflow predict --model models:/medflow-breast-cancer@champion --input data/batch.csv --output scored.csv --explain 3"  # noqa: E501
 THRESHOLD = 0.999  # far from 0.5, so labels show that evaluate's threshold travelled with the model
 
 
@@ -133,11 +136,7 @@ def test_evaluate_external_and_predict_explain_through_the_executable(served):
     tracking.configure(Paths(root=root))
     before = MlflowClient().get_registered_model("medflow-breast-cancer").aliases
 
-    done = sh(
-        ".venv/bin/medflow evaluate-external --model models:/medflow-breast-cancer@champion "
-        "--data data/site_b.csv --name 'site B'",
-        root,
-    )
+    done = sh(EXTERNAL, root)
     line = done.stdout.strip().splitlines()[-1]
     assert line.startswith("medflow-breast-cancer v1 on site_B: roc_auc ") and "110 rows evaluated, 10 refused" in line
     assert (root / "artifacts/external/site_B-v1/report.md").is_file()
@@ -145,12 +144,9 @@ def test_evaluate_external_and_predict_explain_through_the_executable(served):
     assert version.tags["medflow.external.site_B"].startswith("roc_auc=")
     assert MlflowClient().get_registered_model("medflow-breast-cancer").aliases == before
 
-    sh(
-        ".venv/bin/medflow predict --model models:/medflow-breast-cancer@champion --input data/site_b.csv "
-        "--output explained.csv --explain 3",
-        root,
-    )
-    out = pd.read_csv(root / "explained.csv")
+    (root / "data/batch.csv").write_bytes((root / "data/site_b.csv").read_bytes())
+    sh(EXPLAIN, root)
+    out = pd.read_csv(root / "scored.csv")
     pairs = [f"explain_{i}_{part}" for i in (1, 2, 3) for part in ("feature", "value")]
     assert list(out.columns[-8:]) == [*pairs, "status", "reason"]
     ok = out["status"] == "ok"

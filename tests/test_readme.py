@@ -252,7 +252,7 @@ def test_make_ui_shows_the_champion_and_its_model_card(made):
 
     summary = json.loads((made / "artifacts/register/summary.json").read_text())
     name, version = summary["model_name"], summary["champion_version"]
-    declared = yaml.safe_load((made / "params.yaml").read_text())["card"]["intended_use"]
+    declared = yaml.safe_load((made / "params.yaml").read_text())["register"]["card"]["intended_use"]
     coverage = "Reporting: TRIPOD+AI (BMJ 2024;385:e078378), "
     port = free_port()
     shots = made / "artifacts/ui"

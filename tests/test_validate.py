@@ -192,6 +192,22 @@ def test_editing_a_range_in_the_suite_quarantines_more_rows(first_run, cohort, t
     assert held["reason"].str.contains(rf"{rule} \[0, 60\]").sum() == summary["quarantine_reasons"][rule]
 
 
+def test_a_column_admitted_to_the_column_set_without_a_kind_stops_in_one_line(first_run, cohort, tmp_path):
+    """A new export column named in the column set only would be dropped from valid.parquet unannounced."""
+    paths = _project(tmp_path, cohort.assign(ward="A"), suite_from=first_run[0])
+    suite = json.loads(paths.suite("cohort").read_text())
+    (columns,) = [e for e in suite["expectations"] if e["type"] == "expect_table_columns_to_match_set"]
+    columns["kwargs"]["column_set"].append("ward")
+    paths.suite("cohort").write_text(json.dumps(suite))
+    with pytest.raises(ValidationFailed, match=r"^expectations/cohort.json: 1 column\(s\) .* no kind .*: ward\. ") as e:
+        validate.run(cohort_params(), paths)
+    assert "\n" not in str(e.value) and not paths.valid_rows.exists()
+    suite["meta"]["medflow"]["columns"]["ward"] = {"kind": "categorical", "null_rate": 0.0}
+    paths.suite("cohort").write_text(json.dumps(suite))
+    validate.run(cohort_params(), paths)
+    assert pd.read_parquet(paths.valid_rows)["ward"].eq("A").all()
+
+
 def test_profile_holds_aggregates_only_and_suppresses_small_counts(first_run, cohort):
     paths, _ = first_run
     md = (paths.step_dir("validate") / "profile" / "profile.md").read_text()

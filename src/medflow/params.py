@@ -177,6 +177,11 @@ class SplitParams(_Section):
     site_column: str | None = None
     test_sites: list[str] = Field(default_factory=list)
 
+    @property
+    def column(self) -> str | None:
+        """The column split.by=time or site reads, or None (split by patient)."""
+        return {"time": self.time_column, "site": self.site_column}.get(self.by)
+
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> SplitParams:
         if self.val + self.test >= 0.9:

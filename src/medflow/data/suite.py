@@ -237,6 +237,14 @@ def without(suite: dict, excluded: list[str]) -> dict:
     return out
 
 
+def unkinded(suite: dict) -> list[str]:
+    """Columns the suite's column set admits with no kind in meta.medflow.columns: a hand edit that named a new
+    column in one place only. valid.parquet keeps only columns with a kind, so each would vanish unannounced."""
+    kinds = suite_kinds(suite)
+    admitted = [e for e in suite["expectations"] if e["type"] == "expect_table_columns_to_match_set"]
+    return [c for e in admitted for c in e["kwargs"]["column_set"] if c not in kinds]
+
+
 def role_mismatches(suite: dict, data: DataParams) -> list[str]:
     """Params and suite must agree on which columns are labels or identifiers, or PHI may become a feature."""
     kinds, want = suite_kinds(suite), roles(data)

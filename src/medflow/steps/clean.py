@@ -123,12 +123,6 @@ def split_duplicates(df: pd.DataFrame, cols: list[str] | None = None) -> tuple[p
     return df[~dup], quarantined
 
 
-def split_column(params: Params) -> str | None:
-    """The column split.by=time or site reads, or None (split by patient)."""
-    sp = params.split
-    return {"time": sp.time_column, "site": sp.site_column}.get(sp.by)
-
-
 def _split_values(values: pd.Series, by: str) -> np.ndarray:
     """split.by=time: the column as numbers (a year, a day count) or dates (as nanoseconds), NaN where missing;
     site: as text."""
@@ -172,7 +166,7 @@ def run(params: Params, paths: Paths) -> dict:
     salt = None if PATIENT_KEY in df else resolve_salt(params)
     out = paths.step_dir("clean")
     out.mkdir(parents=True, exist_ok=True)
-    by = split_column(params)
+    by = params.split.column
     if params.data.kind == "image":
         images = paths.step_dir("validate") / "images.npy"
         shape = json.loads(paths.summary("validate").read_text())["image_shape"]

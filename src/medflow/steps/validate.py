@@ -67,7 +67,7 @@ def run(params: Params, paths: Paths) -> dict:
     checks = run_suite(df, suite, parsed) + magnitude_checks(df, suite_kinds(suite), vp.max_abs, parsed)
     dataset = sources.dataset_name(params.data.source)
     judge(checks, paths, where, dataset, suite)
-    kinds, keep = kinds_of(suite, df.columns, data)
+    kinds, keep = kinds_of(suite, df.columns, data, params.split.column)
     if data.patient_id:
         df.insert(1, PATIENT_KEY, patient_key(df[data.patient_id], salt))
     valid, held = quarantine(df, checks)

@@ -68,11 +68,17 @@ def held_columns(kinds: dict[str, str], keep: list[str]) -> list[str]:
     return [ROW_ID, "reason", *(c for c in keep[1:] if c == PATIENT_KEY or kinds.get(c) == "numeric")]
 
 
-def kinds_of(suite: dict, columns: pd.Index, data: DataParams) -> tuple[dict[str, str], list[str]]:
-    """The kind of each column (in file order, for people reading the profile) and the columns valid.parquet holds."""
+def kinds_of(
+    suite: dict, columns: pd.Index, data: DataParams, split_by: str | None = None
+) -> tuple[dict[str, str], list[str]]:
+    """The kind of each column (in file order, for people reading the profile) and the columns valid.parquet holds:
+    with split_by (split.by=time or site), that column too, whatever its kind (an admission date is "text"), for
+    clean to turn into the split's number or site and drop."""
     known = suite_kinds(suite)
     kinds = {c: known[c] for c in columns if c in known}
     keep = [ROW_ID, *_written_columns(kinds)]
+    if split_by in kinds and split_by not in keep:
+        keep.append(split_by)
     if data.patient_id:
         keep.insert(1, PATIENT_KEY)
     return kinds, keep

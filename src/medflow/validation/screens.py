@@ -25,6 +25,7 @@ from medflow.data.suite import (
     role_mismatches,
     roles,
     suite_kinds,
+    unkinded,
     without,
 )
 from medflow.params import DataParams, Params, ValidateParams, yaml_list
@@ -180,6 +181,13 @@ def decide_suite(
                 f"{relative(suite_path, paths.root)}: column roles differ from params.data: "
                 f"{'; '.join(mismatches)}. Fix params or the suite's meta.medflow.columns, or delete the suite "
                 "to infer it again."
+            )
+        missing = unkinded(suite)
+        if missing:
+            raise ValidationFailed(
+                f"{relative(suite_path, paths.root)}: {len(missing)} column(s) of the column set have no kind in "
+                f"meta.medflow.columns: {', '.join(missing)}. Give each a kind (numeric, categorical, text) there, "
+                "or delete the suite to infer it again."
             )
     # Privacy and leakage come first: until every column has a role, nothing is written.
     _positive_occurs(df, data, where, totals)

@@ -110,7 +110,7 @@ def validate_streamed(params: Params, paths: Paths, files: list[Path]) -> dict:
             f"validated in chunks (validate.stream_above_mb={vp.stream_above_mb:g}): remove them, or raise "
             "validate.stream_above_mb to validate it in memory"
         )
-    kinds, keep = kinds_of(suite, sample.columns, data)
+    kinds, keep = kinds_of(suite, sample.columns, data, params.split.column)
     sampled = sample[ROW_ID].to_numpy()
     # A regression's target is grouped as a number, as in memory (steps/validate.py).
     numeric_target = data.task == "regression"
