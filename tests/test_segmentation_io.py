@@ -145,15 +145,12 @@ def test_segmentation_params_refused_in_one_line():
             for_params(from_dict(base | change))
 
 
-def test_tune_and_monitor_refuse_segmentation_in_one_line(project):
+def test_monitor_refuses_segmentation_in_one_line(project):
     import argparse
 
     from medflow import commands
 
     shutil.copy("examples/phantom_seg2d.yaml", project.params_file)
-    tune = argparse.Namespace(params=str(project.params_file), override=[], wait=False, log=None)
-    with pytest.raises(ParamsError, match=r"^data.task=segmentation: medflow tune does not search a U-Net yet"):
-        commands.cmd_tune(tune, project)
     with pytest.raises(ParamsError, match=r"^data.task=segmentation: medflow monitor does not watch images yet"):
         commands.cmd_monitor(argparse.Namespace(batch="data", log=None), project)
 

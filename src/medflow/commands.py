@@ -17,14 +17,12 @@ from medflow.interrupts import Interrupted
 from medflow.overrides import write_overrides
 from medflow.paths import Paths
 
-# tune and monitor read tables of rows and a classifier's or regressor's outputs; a segmentation run's cases and masks
-# are neither (docs/segmentation.md).
-NOT_YET_SEGMENTATION = {
-    "tune": "data.task=segmentation: medflow tune does not search a U-Net yet; set train.* with -P and compare the "
-    "runs' val_dice in MLflow",
-    "monitor": "data.task=segmentation: medflow monitor does not watch images yet (intensity, spacing and label-volume "
-    "drift); `medflow predict` checks each image's geometry",
-}
+# monitor reads tables of rows and a classifier's or regressor's outputs; a segmentation run's cases and masks are
+# neither (docs/segmentation.md).
+MONITOR_NOT_YET_SEGMENTATION = (
+    "data.task=segmentation: medflow monitor does not watch images yet (intensity, spacing and label-volume drift); "
+    "`medflow predict` checks each image's geometry"
+)
 
 
 def load_flow(paths: Paths, log: Path | None = None, steps: list[str] = ()):
@@ -366,7 +364,7 @@ def cmd_audit(args: argparse.Namespace, tracking) -> int:
 def cmd_monitor(args: argparse.Namespace, paths: Paths) -> int:
     # Before Prefect starts: a mistyped batch path is a one-line error in a second, not after a server start-up.
     if params_mod.load(paths.params_file).data.task == "segmentation":
-        raise params_mod.ParamsError(NOT_YET_SEGMENTATION["monitor"])
+        raise params_mod.ParamsError(MONITOR_NOT_YET_SEGMENTATION)
     if not paths.source(args.batch).exists():
         error = FileNotFoundError(f"batch {args.batch} not found in {paths.root}: give a CSV/Parquet file or a folder")
         error.medflow_step = "monitor"
@@ -426,9 +424,7 @@ def cmd_tune(args: argparse.Namespace, paths: Paths) -> int:
 
     params_file = Path(args.params) if args.params else paths.params_file
     check_overrides(args.override, params_file)
-    loaded = params_mod.load(params_file, args.override, tuned=False)  # a bad key fails before anything starts
-    if loaded.data.task == "segmentation":
-        raise params_mod.ParamsError(NOT_YET_SEGMENTATION["tune"])
+    params_mod.load(params_file, args.override, tuned=False)  # a bad key fails before anything starts
     with run_lock(paths, args.wait):
         load_flow(paths, args.log, ["validate", "clean", "split"])
         (flows,) = imports.import_then_freeze(["flows.tune"])

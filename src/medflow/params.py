@@ -310,13 +310,24 @@ def _default_tree_space() -> dict[str, Dimension]:
     }
 
 
+def _default_unet_space() -> dict[str, Dimension]:
+    # No patch_size: its sizes are 2 or 3 by the data's dimensions (tune.unet_space may add choices that fit).
+    return {
+        "unet_channels": Dimension(choices=[[16, 32, 64], [32, 64, 128], [16, 32, 64, 128]]),
+        "unet_res_units": Dimension(low=0, high=2),
+        "lr": Dimension(low=1e-4, high=1e-2, log=True),
+        "weight_decay": Dimension(low=1e-6, high=1e-2, log=True),
+        "batch_size": Dimension(choices=[8, 16, 32]),
+    }
+
+
 class TuneParams(_Section):
     """`medflow tune`: an Optuna study over train.* on the train and validation splits only."""
 
     trials: int = Field(20, ge=1)  # finished trials the study should hold (a resumed study runs the rest)
     timeout_s: float | None = Field(None, gt=0)  # start no trial after this many seconds; null: no limit
     # Of the best epoch, reported per epoch for pruning; val_accuracy for classification, val_mae for regression,
-    # val_c_index for survival.
+    # val_c_index for survival, val_dice for segmentation.
     metric: Literal["val_loss", "val_accuracy", "val_mae", "val_c_index", "val_dice"] = "val_loss"
     pruner: Literal["median", "hyperband", "none"] = "median"
     # Study storage URL (sqlite:///..., postgresql+psycopg2://...); null: artifacts/tune/study.db. Never MLflow's.
@@ -324,11 +335,14 @@ class TuneParams(_Section):
     space: dict[str, Dimension] = Field(default_factory=_default_space)  # train.<key> -> its dimension
     # The space searched instead when train.model is xgboost (gradient-boosted trees).
     tree_space: dict[str, Dimension] = Field(default_factory=_default_tree_space)
+    # The space searched instead when train.model is unet (segmentation). A unet_channels of another depth than
+    # train.unet_strides brings strides of 2 between its levels, unless the space searches unet_strides too.
+    unet_space: dict[str, Dimension] = Field(default_factory=_default_unet_space)
 
     @model_validator(mode="after")
     def _train_keys(self) -> TuneParams:
         fixed = {"device", "deterministic", "amp", "channels_last", "compile", "checkpoint_every", "resume"}
-        for key, space in (("space", self.space), ("tree_space", self.tree_space)):
+        for key, space in (("space", self.space), ("tree_space", self.tree_space), ("unet_space", self.unet_space)):
             unknown = sorted(set(space) - (set(TrainParams.model_fields) - fixed))
             if unknown:
                 raise ValueError(
@@ -337,7 +351,7 @@ class TuneParams(_Section):
         return self
 
     def space_for(self, model: str) -> dict[str, Dimension]:
-        return self.tree_space if model == "xgboost" else self.space
+        return {"xgboost": self.tree_space, "unet": self.unet_space}.get(model, self.space)
 
 
 class EvaluateParams(_Section):

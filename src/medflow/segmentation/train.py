@@ -5,7 +5,7 @@ Its own small loop rather than training/loop.fit: fit takes every example as one
 batch at a time, while this loop draws patches from memory-mapped cases each epoch and scores whole cases. It reuses
 the loop's pieces: the device choice, seeding, atomic checkpoints under a fingerprint, the MLflow run and its epoch
 log. Patches: MONAI's RandCropByPosNegLabel, half centred on foreground; random flips of each axis on the device;
-bf16 autocast on CUDA.
+bf16 autocast on CUDA. `medflow tune` trains each trial of a U-Net with the same loop (fit_unet).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -24,7 +26,7 @@ from medflow.console import say
 from medflow.data.columns import CONTENT_HASH, ROW_ID
 from medflow.imaging import network
 from medflow.imaging.geometry import ORIENTATION, fit_window, windowed
-from medflow.params import Params
+from medflow.params import Params, TrainParams
 from medflow.paths import Paths
 from medflow.segmentation.cases import load_case, schema_of
 from medflow.training import checkpoint
@@ -73,8 +75,7 @@ def flip(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.
     return x, y
 
 
-def check(params: Params, dims: int) -> None:
-    t = params.train
+def check(t: TrainParams, dims: int) -> None:
     if len(t.patch_size) != dims:
         raise ValueError(f"train.patch_size has {len(t.patch_size)} sizes for {dims}-D cases; give {dims}")
     if len(t.unet_strides) != len(t.unet_channels) - 1:
@@ -101,16 +102,30 @@ def validate_cases(model, cases, patch, device, loss_fn, labels: int) -> tuple[f
     return float(np.mean(losses)), float(metric.aggregate().item())
 
 
-def run(params: Params, paths: Paths) -> dict:
-    from monai.losses import DiceCELoss
+@dataclass
+class Fitted:
+    model: torch.nn.Module  # the best epoch's weights, on the CPU
+    config: dict  # network.config_of: what the bundle's model.json keeps
+    window: tuple[float, float]
+    history: list[dict[str, float]]  # per epoch: train_loss, val_loss, val_dice
+    best_dice: float
+    best_epoch: int
+    resumed_from: int
+    patches_per_s: float
 
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+
+def run(params: Params, paths: Paths, tuned: str | None = None) -> dict:
+    """The train step. tuned: the step's line on params.tuned.yaml's values (medflow.tuning.tuned.note), if any."""
     p = params.train
     device = pick_device(p.device)
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(p))
-    validated = json.loads(paths.summary("validate").read_text())
-    dims, labels = validated["dims"], list(params.data.labels)
-    check(params, dims)
+    dims = json.loads(paths.summary("validate").read_text())["dims"]
+    check(p, dims)
     train_rows, val_rows = split_rows(paths, "train"), split_rows(paths, "val")
     for name, rows in (("train", train_rows), ("val", val_rows)):
         if not rows:
@@ -120,20 +135,76 @@ def run(params: Params, paths: Paths) -> dict:
     run_id = opened.run_id
     paths.training_run.parent.mkdir(parents=True, exist_ok=True)
     paths.training_run.write_text(run_id)
+    if tuned:
+        say(f"train: {tuned}")
+        tracking.set_tags(run_id, {"medflow.tuned": tuned})
+
+    def on_epoch(epoch: int, row: dict[str, float]) -> None:
+        tracking.log_epoch(run_id, row, step=epoch)
+        say(
+            f"epoch {epoch}/{p.max_epochs}: train_loss {row['train_loss']:.4f}, val_loss {row['val_loss']:.4f}, "
+            f"val_dice {row['val_dice']:.4f}"
+        )
+
     try:
-        summary = _train(params, paths, device, dims, labels, train_rows, val_rows, run_id, DiceCELoss)
+        fitted = fit_unet(params, paths, device, dims, train_rows, val_rows, on_epoch, resumable=True)
+        pre = _preprocessing(params, paths, fitted, dims)
+        network.save(paths.model_bundle, fitted.model, fitted.config, pre, schema_of(params))
+        paths.checkpoint.unlink(missing_ok=True)  # only once the bundle is whole: a kill before resumes the training
+        tracking.log_metrics(
+            run_id,
+            {"best_epoch": fitted.best_epoch, "best_val_dice": fitted.best_dice, "patches_per_s": fitted.patches_per_s},
+        )
     except BaseException as exc:
         tracking.end_run(run_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
         paths.training_run.unlink(missing_ok=True)
         raise
     tracking.end_run(run_id)
     paths.training_run.unlink(missing_ok=True)
+    summary = {
+        "run_id": run_id,
+        "device": str(device),
+        "world_size": 1,
+        "best_epoch": fitted.best_epoch,
+        "epochs_run": fitted.epochs_run,
+        "resumed_from": fitted.resumed_from,
+        "best_val_loss": round(min(h["val_loss"] for h in fitted.history), 6),
+        "best_val_dice": round(fitted.best_dice, 6),
+        "train_rows": len(train_rows),
+        "val_rows": len(val_rows),
+        "patches_per_s": round(fitted.patches_per_s, 1),
+        "window": list(fitted.window),
+    }
     paths.train_run.write_text(json.dumps({"run_id": run_id}) + "\n")
     paths.summary("train").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _train(params, paths, device, dims, labels, train_rows, val_rows, run_id, loss_cls) -> dict:
+def _preprocessing(params: Params, paths: Paths, fitted: Fitted, dims: int) -> dict:
+    return {
+        "window": list(fitted.window),
+        "spacing": json.loads(paths.summary("validate").read_text())["spacing"],
+        "orientation": ORIENTATION[:dims],
+        "image_column": params.data.image_column,
+    }
+
+
+def fit_unet(
+    params: Params,
+    paths: Paths,
+    device: torch.device,
+    dims: int,
+    train_rows: list[int],
+    val_rows: list[int],
+    on_epoch: Callable[[int, dict[str, float]], None],
+    resumable: bool,
+) -> Fitted:
+    """Trains the U-Net of params.train on patches of the train cases, scoring the val cases each epoch; on_epoch
+    gets each epoch's row (the train step logs it, a `medflow tune` trial reports it and may raise TrialPruned).
+    resumable: checkpoints at paths.checkpoint and resumes from it, the train step's alone (a trial is cheap to redo,
+    and must not take over the train step's checkpoint); the caller deletes it once the model is saved."""
+    from monai.losses import DiceCELoss
+
     p = params.train
     seed_everything(params.seed, p.deterministic)
     rng = np.random.default_rng(params.seed)
@@ -146,21 +217,15 @@ def _train(params, paths, device, dims, labels, train_rows, val_rows, run_id, lo
     config = network.config_of(params, dims)
     model = network.build(config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-    loss_fn = loss_cls(to_onehot_y=True, softmax=True)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     gen = torch.Generator().manual_seed(params.seed)
     use_amp = p.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    labels = len(params.data.labels)
 
-    cleaned = pd.read_parquet(paths.cleaned)
-    data = cleaned[[ROW_ID, CONTENT_HASH]].to_numpy().tolist()
-    key = json.dumps(
-        {"train": p.model_dump(mode="json"), "seed": params.seed, "window": window, "data": data},
-        sort_keys=True,
-        default=str,
-    )
-    fingerprint = hashlib.sha256(key.encode()).hexdigest()
     ckpt = paths.checkpoint
-    state = checkpoint.load(ckpt, fingerprint) if p.resume else None
+    fingerprint = _fingerprint(params, paths, window) if resumable else None
+    state = checkpoint.load(ckpt, fingerprint) if resumable and p.resume else None
     start, best, best_epoch, history, best_weights, stale = 0, -1.0, 0, [], None, 0
     if state:
         model.load_state_dict(state["model"])
@@ -196,20 +261,16 @@ def _train(params, paths, device, dims, labels, train_rows, val_rows, run_id, lo
             opt.step()
             losses.append(float(loss.detach()))
         seen += len(order)
-        val_loss, val_dice = validate_cases(model, val_cases, p.patch_size, device, loss_fn, len(labels))
+        val_loss, val_dice = validate_cases(model, val_cases, p.patch_size, device, loss_fn, labels)
         row = {"train_loss": float(np.mean(losses)), "val_loss": val_loss, "val_dice": val_dice}
         history.append(row)
-        tracking.log_epoch(run_id, row, step=epoch)
-        say(
-            f"epoch {epoch}/{p.max_epochs}: train_loss {row['train_loss']:.4f}, val_loss {val_loss:.4f}, "
-            f"val_dice {val_dice:.4f}"
-        )
         if val_dice > best:
             best, best_epoch, stale = val_dice, epoch, 0
             best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
-        if epoch % p.checkpoint_every == 0:
+        on_epoch(epoch, row)
+        if resumable and epoch % p.checkpoint_every == 0:
             state = {
                 "fingerprint": fingerprint,
                 "model": model.state_dict(),
@@ -230,26 +291,16 @@ def _train(params, paths, device, dims, labels, train_rows, val_rows, run_id, lo
     elapsed = time.perf_counter() - started
     model.load_state_dict(best_weights)
     model.cpu()
-    pre = {
-        "window": list(window),
-        "spacing": json.loads(paths.summary("validate").read_text())["spacing"],
-        "orientation": ORIENTATION[:dims],
-        "image_column": params.data.image_column,
-    }
-    network.save(paths.model_bundle, model, config, pre, schema_of(params))
-    ckpt.unlink(missing_ok=True)
-    tracking.log_metrics(run_id, {"best_epoch": best_epoch, "best_val_dice": best, "patches_per_s": seen / elapsed})
-    return {
-        "run_id": run_id,
-        "device": str(device),
-        "world_size": 1,
-        "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        "resumed_from": resumed_from,
-        "best_val_loss": round(min(h["val_loss"] for h in history), 6),
-        "best_val_dice": round(best, 6),
-        "train_rows": len(train_rows),
-        "val_rows": len(val_rows),
-        "patches_per_s": round(seen / elapsed, 1),
-        "window": list(window),
-    }
+    return Fitted(model, config, window, history, best, best_epoch, resumed_from, seen / elapsed)
+
+
+def _fingerprint(params: Params, paths: Paths, window: tuple[float, float]) -> str:
+    """What a checkpoint was trained on: the train settings, seed, window and every case's content hash."""
+    cleaned = pd.read_parquet(paths.cleaned)
+    data = cleaned[[ROW_ID, CONTENT_HASH]].to_numpy().tolist()
+    key = json.dumps(
+        {"train": params.train.model_dump(mode="json"), "seed": params.seed, "window": window, "data": data},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(key.encode()).hexdigest()

@@ -166,7 +166,7 @@ def run(params: Params, paths: Paths) -> dict:
     if for_params(params).name == "segmentation":
         from medflow.segmentation import train as segmentation
 
-        return segmentation.run(params, paths)
+        return segmentation.run(params, paths, tuning_note(params, paths))
     p = params.train
     # Before anything is read or written: under torchrun every rank must join the group first.
     device = distributed.setup(pick_device(p.device))

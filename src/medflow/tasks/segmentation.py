@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 class Segmentation:
     name = "segmentation"
-    direction = {"mean_dice": True}
+    direction = {"mean_dice": True, "dice": True}  # dice: val_dice, which `medflow tune` may maximise
     primaries = ("mean_dice",)
     has_classes = True  # the schema lists the label values, background first
     epoch_metric = "dice"  # val_dice: the validation cases' foreground Dice by sliding windows

@@ -2,11 +2,13 @@
 
 The manifest says which row ids are train or val; the cleaned table is read with those ids as a Parquet filter and
 images.npy (memory-mapped) at those rows' positions only, so no test row ever reaches a DataFrame or a tensor of a
-trial. The preprocessing is fitted on the training split, as the train step fits it.
+trial. The preprocessing is fitted on the training split, as the train step fits it. Segmentation's cases stay on
+disk: a trial memory-maps the train and val cases by row id, as the train step does, and never opens a test case.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +20,7 @@ from medflow.data import manifest
 from medflow.data.columns import ROW_ID, SPLIT
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema
 from medflow.paths import Paths
+from medflow.segmentation.train import split_rows
 from medflow.sequences.steps import grid_of, normaliser
 from medflow.tasks import of
 
@@ -35,6 +38,17 @@ class TrialData:
     @property
     def rows(self) -> dict[str, int]:
         return {s: len(v) for s, v in self.y.items()}
+
+
+@dataclass
+class CaseData:
+    paths: Paths  # where the cached cases are (segmentation.cases.load_case)
+    dims: int  # 2 or 3, as validate found the cases
+    ids: dict[str, list[int]]  # split -> row ids of its cases
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return {s: len(v) for s, v in self.ids.items()}
 
 
 def _require(path, step: str) -> None:
@@ -82,3 +96,13 @@ def trial_data(paths: Paths, small_count: int) -> TrialData:
         pre = Preprocessor(schema.numeric, schema.categorical, small_count=small_count).fit(df[masks["train"]])
         x = {s: torch.from_numpy(pre.transform(df[m])) for s, m in masks.items()}
     return TrialData(x, y, pre, schema, scale)
+
+
+def case_data(paths: Paths) -> CaseData:
+    for path, step in ((paths.summary("validate"), "validate"), (paths.manifest, "split")):
+        _require(path, step)
+    ids = {s: split_rows(paths, s) for s in SPLITS}
+    for s, rows in ids.items():
+        if not rows:
+            raise ValueError(f"{paths.manifest}: the {s} split is empty; enlarge the data or split.{s}")
+    return CaseData(paths, json.loads(paths.summary("validate").read_text())["dims"], ids)

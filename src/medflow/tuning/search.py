@@ -9,6 +9,7 @@ and runs only the trials still missing; changed data or a changed space starts a
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import time
@@ -25,11 +26,13 @@ from medflow.models import sequence, vision
 from medflow.models.tabular import TREE_MODEL, build, check_kind
 from medflow.params import Dimension, Params, ParamsError, TrainParams, study_record, tuned_file
 from medflow.paths import Paths
+from medflow.segmentation.train import check, fit_unet
+from medflow.segmentation.train import cpu_threads as unet_threads
 from medflow.tasks import for_params, of
 from medflow.tracking import study as runs
 from medflow.training.loop import FitConfig, fit, pick_device, seed_everything
 from medflow.training.settings import LOOP_SETTINGS, balanced_weights, cpu_threads
-from medflow.tuning.data import TrialData, trial_data
+from medflow.tuning.data import CaseData, TrialData, case_data, trial_data
 from medflow.tuning.tuned import short, tune_dir
 
 # Sections whose values change what a trial sees or does; the rest (evaluate, register, flow, ...) do not.
@@ -48,7 +51,9 @@ def _md5(path: Path) -> str:
 def study_name(params: Params, paths: Paths) -> str:
     raw = params.as_dict()
     shaping = {k: raw[k] for k in STUDY_SECTIONS}
-    shaping["tune"] = {k: raw["tune"][k] for k in ("metric", "pruner", "space", "tree_space")}
+    # unet_space only for a U-Net: the studies of the other models keep the names they had before it existed.
+    spaces = ("space", "tree_space", "unet_space") if params.train.model == "unet" else ("space", "tree_space")
+    shaping["tune"] = {k: raw["tune"][k] for k in ("metric", "pruner", *spaces)}
     # The manifest holds row ids and splits only: which rows a trial trains and validates on.
     shaping["split_manifest"] = _md5(paths.manifest)
     shaping["schema"] = _md5(paths.schema)
@@ -69,6 +74,32 @@ def suggest(trial, space: dict[str, Dimension]) -> dict[str, Any]:
         else:
             values[key] = trial.suggest_float(key, dim.low, dim.high, log=dim.log)
     return values
+
+
+def with_strides(values: dict[str, Any], train: TrainParams) -> dict[str, Any]:
+    """MONAI's U-Net takes one stride fewer than levels: a sampled unet_channels of another depth than
+    train.unet_strides brings strides of 2 between its levels, unless unet_strides is sampled too."""
+    if "unet_channels" not in values or "unet_strides" in values:
+        return values
+    depth = len(values["unet_channels"]) - 1
+    return values | {"unet_strides": list(train.unet_strides) if len(train.unet_strides) == depth else [2] * depth}
+
+
+def trial_values(trial, space: dict[str, Dimension], train: TrainParams) -> dict[str, Any]:
+    """The train values a trial trains with and params.tuned.yaml holds: the sampled ones, and what they imply."""
+    return with_strides(suggest(trial, space), train)
+
+
+def check_unet_space(params: Params, space: dict[str, Dimension], dims: int) -> None:
+    """Every U-Net shape the space may sample, checked against the cases before any trial trains."""
+    keys = [k for k in ("unet_channels", "unet_strides", "patch_size") if k in space and space[k].choices]
+    for combo in itertools.product(*(space[k].choices for k in keys)):
+        values = with_strides(dict(zip(keys, combo, strict=True)), params.train)
+        try:
+            check(params.train.model_copy(update=values), dims)
+        except ValueError as exc:
+            shown = ", ".join(f"{k}={v}" for k, v in values.items())
+            raise ParamsError(f"tune.unet_space may sample {shown}: {exc}") from None
 
 
 def model_config(train: TrainParams, data: TrialData) -> dict:
@@ -109,14 +140,14 @@ def _pruner(params: Params):
 class Objective:
     """One trial: train on the train split with the sampled values, report the validation metric each epoch."""
 
-    def __init__(self, params: Params, data: TrialData, parent_run: str, device: torch.device):
+    def __init__(self, params: Params, data: TrialData | CaseData, parent_run: str, device: torch.device):
         self.params, self.data, self.parent, self.device = params, data, parent_run, device
 
     def __call__(self, trial) -> float:
         import optuna
 
         p, metric = self.params, self.params.tune.metric
-        values = suggest(trial, p.tune.space_for(p.train.model))
+        values = trial_values(trial, p.tune.space_for(p.train.model), p.train)
         try:
             train = TrainParams.model_validate({**p.train.model_dump(), **values})
         except Exception as exc:
@@ -124,50 +155,32 @@ class Objective:
         run_id = runs.start_trial_run(self.parent, trial.number, values)
         trial.set_user_attr("mlflow_run_id", run_id)
         seed_everything(p.seed, train.deterministic)
-        x, y, pre = self.data.x, self.data.y, self.data.preprocessor
-        images = self.data.schema.kind == "image"
-        task, scale = of(self.data.schema), self.data.scale
-        cfg = FitConfig(
-            **train.model_dump(include=LOOP_SETTINGS),
-            seed=p.seed,
-            device=str(self.device),
-            class_weights=balanced_weights(y["train"].numpy(), len(self.data.schema.classes))
-            if train.class_weights == "balanced" and task.has_classes
-            else None,
-            task=task.name,
-            loss=train.loss,
-            metric_scale=scale["std"] if scale else 1.0,
-            mean=tuple(pre.mean) if images else None,
-            std=tuple(pre.std) if images else None,
-            checkpoint=None,  # a trial is cheap to redo; a killed study reruns the trial it was in
-        )
-        best_loss, value = math.inf, math.nan
+        unet = isinstance(self.data, CaseData)
+        best, value = math.inf, math.nan
         # Each report is a write to the study's storage and each pruning check a read: at most ~50 per trial, at the
         # same epochs in every trial, so that the pruner compares like with like.
         every = max(1, _steps(train) // REPORTS)
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
-            nonlocal best_loss, value
+            nonlocal best, value
             tracking.log_epoch(run_id, row, step=epoch)
-            # The value of the epoch training would keep (lowest validation loss), as the train step keeps it.
-            if row["val_loss"] < best_loss - 1e-6:
-                best_loss, value = row["val_loss"], row[metric]
+            # The value of the epoch training would keep, as the train step keeps it: the lowest validation loss, a
+            # U-Net's highest validation Dice.
+            score = -row["val_dice"] if unet else row["val_loss"]
+            if score < best - 1e-6:
+                best, value = score, row[metric]
             if epoch % every == 0:
                 trial.report(value, epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
         try:
-            if train.model == TREE_MODEL:
-                from medflow.training.trees import fit_trees  # XGBoost is imported only to train trees
-
-                arrays = ({s: v.numpy() for s, v in x.items()}, {s: v.numpy() for s, v in y.items()})
-                objective = task.tree_objective(train, self.data.schema)
-                n_classes = len(self.data.schema.classes)
-                _, result = fit_trees(*arrays, objective, n_classes, train, p.seed, on_epoch, scale=scale)
+            if unet:
+                result = self._fit_unet(train, on_epoch)
+            elif train.model == TREE_MODEL:
+                result = self._fit_trees(train, on_epoch)
             else:
-                model = build(**model_config(train, self.data))
-                result = fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch)
+                result = self._fit_net(train, on_epoch)
         except optuna.TrialPruned:
             tracking.set_tags(run_id, {"medflow.trial_state": "pruned"})
             tracking.end_run(run_id)
@@ -179,6 +192,43 @@ class Objective:
         tracking.set_tags(run_id, {"medflow.trial_state": "complete"})
         tracking.end_run(run_id)
         return value
+
+    def _fit_unet(self, train: TrainParams, on_epoch):
+        ids = self.data.ids
+        params = self.params.model_copy(update={"train": train})
+        paths, dims = self.data.paths, self.data.dims
+        return fit_unet(params, paths, self.device, dims, ids["train"], ids["val"], on_epoch, resumable=False)
+
+    def _fit_trees(self, train: TrainParams, on_epoch):
+        from medflow.training.trees import fit_trees  # XGBoost is imported only to train trees
+
+        data, task = self.data, of(self.data.schema)
+        arrays = ({s: v.numpy() for s, v in data.x.items()}, {s: v.numpy() for s, v in data.y.items()})
+        objective = task.tree_objective(train, data.schema)
+        n_classes = len(data.schema.classes)
+        _, result = fit_trees(*arrays, objective, n_classes, train, self.params.seed, on_epoch, scale=data.scale)
+        return result
+
+    def _fit_net(self, train: TrainParams, on_epoch):
+        x, y, pre = self.data.x, self.data.y, self.data.preprocessor
+        images = self.data.schema.kind == "image"
+        task, scale = of(self.data.schema), self.data.scale
+        cfg = FitConfig(
+            **train.model_dump(include=LOOP_SETTINGS),
+            seed=self.params.seed,
+            device=str(self.device),
+            class_weights=balanced_weights(y["train"].numpy(), len(self.data.schema.classes))
+            if train.class_weights == "balanced" and task.has_classes
+            else None,
+            task=task.name,
+            loss=train.loss,
+            metric_scale=scale["std"] if scale else 1.0,
+            mean=tuple(pre.mean) if images else None,
+            std=tuple(pre.std) if images else None,
+            checkpoint=None,  # a trial is cheap to redo; a killed study reruns the trial it was in
+        )
+        model = build(**model_config(train, self.data))
+        return fit(model, x["train"], y["train"], x["val"], y["val"], cfg, on_epoch)
 
 
 def _finished(study) -> int:
@@ -200,17 +250,17 @@ def _fail_orphans(study) -> int:
     return len(orphans)
 
 
-def values_of(trial, space: dict[str, Dimension]) -> dict[str, Any]:
+def values_of(trial, space: dict[str, Dimension], train: TrainParams) -> dict[str, Any]:
     """A finished trial's train values as params hold them (choices decoded from the JSON text Optuna stores)."""
     import optuna
 
-    return suggest(optuna.trial.FixedTrial(trial.params), {k: space[k] for k in trial.params})
+    return trial_values(optuna.trial.FixedTrial(trial.params), {k: space[k] for k in trial.params}, train)
 
 
-def _report(trial, metric: str, space: dict[str, Dimension]) -> str:
+def _report(trial, metric: str, space: dict[str, Dimension], train: TrainParams) -> str:
     from optuna.trial import TrialState
 
-    shown = ", ".join(f"{k}={short(v)}" for k, v in values_of(trial, space).items())
+    shown = ", ".join(f"{k}={short(v)}" for k, v in values_of(trial, space, train).items())
     if trial.state == TrialState.PRUNED:
         return f"trial {trial.number}: pruned after epoch {trial.last_step} ({shown})"
     if trial.state == TrialState.COMPLETE:
@@ -278,9 +328,13 @@ def run(
     space = t.space_for(params.train.model)
     trials = trials or t.trials
     timeout_s = timeout_s or t.timeout_s
-    data = trial_data(paths, params.validate_.small_count)
-    for model in space["model"].choices if "model" in space else [params.train.model]:
-        model_config(params.train.model_copy(update={"model": model}), data)  # a model unfit for the data fails now
+    if task.name == "segmentation":
+        data = case_data(paths)
+        check_unet_space(params, space, data.dims)
+    else:
+        data = trial_data(paths, params.validate_.small_count)
+        for model in space["model"].choices if "model" in space else [params.train.model]:
+            model_config(params.train.model_copy(update={"model": model}), data)  # a model unfit for the data fails now
     out = tune_dir(paths)
     out.mkdir(parents=True, exist_ok=True)
     name = study_name(params, paths)
@@ -306,7 +360,10 @@ def run(
     )
     device = pick_device(params.train.device)
     if device.type == "cpu":
-        torch.set_num_threads(cpu_threads(params.train, 1))  # as the train step: 1 thread for the small MLPs
+        # As the train step: 1 thread for the small MLPs, the cores for conv nets and the U-Net.
+        torch.set_num_threads(
+            unet_threads(params.train) if isinstance(data, CaseData) else cpu_threads(params.train, 1)
+        )
     remaining = max(trials - done_before, 0)
     t0 = time.monotonic()
     try:
@@ -315,7 +372,7 @@ def run(
                 Objective(params, data, parent, device),
                 n_trials=remaining,
                 timeout=timeout_s,
-                callbacks=[lambda s, tr: say(_report(tr, t.metric, space))],
+                callbacks=[lambda s, tr: say(_report(tr, t.metric, space, params.train))],
             )
     except BaseException as exc:
         tracking.end_run(parent, "FAILED" if isinstance(exc, Exception) else "KILLED")
@@ -327,7 +384,7 @@ def run(
         tracking.end_run(parent, "FAILED")
         raise ValueError(f"tune: study {name} has no complete trial; raise --trials or tune.timeout_s")
     best = study.best_trial
-    best_values = values_of(best, space)
+    best_values = values_of(best, space, params.train)
     header = [
         f"Written by `medflow tune` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: study {name}, best of "
         f"{counts['complete']} complete trial(s) ({counts['pruned']} pruned): trial {best.number}, "
