@@ -13,8 +13,8 @@ from nibabel.testing import data_path
 from pydicom.data import get_testdata_file
 
 from medflow.data.suite import ValidationFailed
-from medflow.imaging.geometry import canonical, mismatch
-from medflow.imaging.volumes import SeriesGap, read_volume
+from medflow.imaging.geometry import canonical, mismatch, onto
+from medflow.imaging.volumes import SeriesGap, Volume, VolumeError, read_volume
 from medflow.params import ParamsError, from_dict
 from medflow.steps import validate
 from medflow.tasks import for_params
@@ -83,6 +83,49 @@ def test_ct_slice_and_dicom_seg():
     assert np.allclose(seg.spacing, [0.810547, 0.810547, 1.0], atol=1e-4)
 
 
+def _sparse_seg(folder, planes: list[float]):
+    """pydicom's liver DICOM-SEG with one frame per plane (mm along its normal, from the file's own), each frame
+    the file's liver outline: a SEG stores frames only where a segment is set."""
+    from pydicom.pixels import pack_bits
+
+    ds = pydicom.dcmread(_dicom("liver_1frame.dcm"))
+    frame = ds.pixel_array
+    groups = ds.PerFrameFunctionalGroupsSequence
+    origin = np.array([float(v) for v in groups[0].PlanePositionSequence[0].ImagePositionPatient])
+    for group, z in zip(groups, planes, strict=True):
+        group.PlanePositionSequence[0].ImagePositionPatient = [f"{v:.3f}" for v in origin + [0, 0, z]]
+    ds.NumberOfFrames = len(planes)
+    ds.PixelData = pack_bits(np.stack([frame] * len(planes)))
+    path = folder / f"seg{len(list(folder.iterdir()))}.dcm"
+    ds.save_as(path)
+    return path, frame
+
+
+def test_a_dicom_seg_without_its_empty_slices_reads_them_as_background_on_the_images_grid(tmp_path):
+    path, frame = _sparse_seg(tmp_path, [0, 2, 3])  # nothing segmented on the plane at 1 mm
+    seg = read_volume(path)
+    assert seg.array.shape == (512, 512, 4) and np.allclose(seg.spacing, [0.810547, 0.810547, 1.0], atol=1e-4)
+    assert [int(seg.array[:, :, k].sum()) for k in range(4)] == [
+        int(frame.sum()),
+        0,
+        int(frame.sum()),
+        int(frame.sum()),
+    ]
+    with pytest.raises(VolumeError, match="no common slice grid"):
+        read_volume(_sparse_seg(tmp_path, [0, 1.5, 2.2])[0])
+    # The CT it labels has slices from 2 mm below the first frame to 3 mm above the last: placed at slice 2.
+    image = Volume(np.zeros((512, 512, 10), np.float32), seg.affine @ np.array(
+        [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, -2], [0, 0, 0, 1]]))  # fmt: skip
+    placed = onto(image, seg)
+    assert mismatch(image, placed, [0, 1]) is None and np.array_equal(placed.affine, image.affine)
+    assert np.array_equal(placed.array[:, :, 2:6], seg.array) and placed.array.sum() == seg.array.sum()
+    # Half a slice off, or reaching past the image: left as it is, for mismatch to name.
+    half = Volume(image.array, image.affine @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0.5], [0, 0, 0, 1]]))
+    assert mismatch(half, onto(half, seg), [0, 1])[0] == "shape_mismatch"
+    short = Volume(image.array[:, :, :5], image.affine)
+    assert mismatch(short, onto(short, seg), [0, 1])[0] == "shape_mismatch"
+
+
 def test_mismatched_pairs_are_named():
     image = read_volume(NIFTI)
     mask = read_volume(NIFTI)
@@ -113,6 +156,13 @@ def test_validate_quarantines_each_unusable_pair_with_its_rule(project, salted):
     rows.append(("gone.nii.gz", rows[0][1], "P10"))
     image, _ = _pair(folder, "shape", shape=(12, 12, 10))
     rows.append((image, rows[0][1], "P11"))
+    # A mask stored for the slices it labels only (3-7 of 12, its affine 3 mm up): placed on the image's grid.
+    image, mask = _pair(folder, "partial")
+    cut = nib.load(folder / mask)
+    up = cut.affine.copy()
+    up[2, 3] += 3
+    nib.save(nib.Nifti1Image(np.asarray(cut.dataobj)[:, :, 3:8], up), folder / mask)
+    rows.append((image, mask, "P12"))
     pd.DataFrame(rows, columns=["img", "seg", "pid"]).to_csv(folder / "manifest.csv", index=False)
     data = {"kind": "image", "task": "segmentation", "source": "data/ct/manifest.csv", "image_column": "img",
             "mask_column": "seg", "target": "seg", "patient_id": "pid", "spacing": [1.0, 1.0, 1.5]}  # fmt: skip
@@ -123,11 +173,11 @@ def test_validate_quarantines_each_unusable_pair_with_its_rule(project, salted):
     assert dict(zip(q["_row_id"], q["rule"], strict=True)) == {
         6: "spacing_mismatch", 7: "labels_outside", 8: "path_outside_data", 9: "file_missing", 10: "shape_mismatch"
     }  # fmt: skip
-    assert summary["rows_valid"] == 6 and summary["spacing"] == [1.0, 1.0, 1.5] and summary["orientation"] == "RAS"
+    assert summary["rows_valid"] == 7 and summary["spacing"] == [1.0, 1.0, 1.5] and summary["orientation"] == "RAS"
     cached = np.load(project.step_dir("validate") / "cases" / "0_image.npy", mmap_mode="r")
     assert cached.shape == (12, 12, 8)  # 12 slices of 1 mm resampled to 1.5 mm
     assert "P0" not in (project.step_dir("validate") / "valid.parquet").read_bytes().decode("latin-1")
-    with pytest.raises(ValidationFailed, match=r"5 of 11 pairs quarantined .*max_quarantine=0\.2"):
+    with pytest.raises(ValidationFailed, match=r"5 of 12 pairs quarantined .*max_quarantine=0\.2"):
         validate.run(params.model_copy(update={"validate_": params.validate_.model_copy(
             update={"max_quarantine": 0.2})}), project)  # fmt: skip
 

@@ -13,6 +13,25 @@ SPACING_RTOL = 1e-3
 AXES = (("L", "R"), ("P", "A"), ("I", "S"))  # what RAS means, named so MONAI reads no other convention
 
 
+def onto(image: Volume, mask: Volume) -> Volume:
+    """mask on image's grid when it covers only some of image's slices, as a DICOM-SEG does (frames only where a
+    segment is set): the same in-plane grid, orientation and slice spacing, shifted by a whole number of slices,
+    background elsewhere. Any other mask as it is, for mismatch to name."""
+    shape, covered = image.array.shape, mask.array.shape
+    if image.ndim != 3 or mask.ndim != 3 or covered == shape or covered[:2] != shape[:2]:
+        return mask
+    shift = np.linalg.inv(image.affine) @ mask.affine  # mask index -> image index
+    first = int(np.rint(shift[2, 3]))
+    aligned = np.allclose(shift[:3, :3], np.eye(3), atol=SPACING_RTOL) and np.allclose(
+        shift[:3, 3], [0, 0, first], atol=0.01
+    )
+    if not aligned or first < 0 or first + covered[2] > shape[2]:
+        return mask
+    placed = np.zeros(shape, dtype=mask.array.dtype)
+    placed[:, :, first : first + covered[2]] = mask.array
+    return Volume(placed, image.affine.copy())
+
+
 def mismatch(image: Volume, mask: Volume, labels: list[int]) -> tuple[str, str] | None:
     """(rule, detail) of why mask cannot label image, or None. The detail holds shapes, spacings, codes and counts of
     the geometry, never an intensity."""

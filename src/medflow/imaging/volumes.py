@@ -204,9 +204,23 @@ def read_dicom_series(folder: Path, where: str | None = None) -> Volume:
     return Volume(array, _plane_affine(orientation, spacing, positions[order[0]], normal * step))
 
 
+def _seg_step(planes: np.ndarray, declared: float) -> float:
+    """The spacing of a DICOM-SEG's slice grid. Its frames cover only the planes where a segment is set, so the
+    gaps between them are whole numbers of slices: the declared spacing when every gap is a multiple of it, else
+    the smallest gap when it is."""
+    gaps = np.diff(planes)
+    for step in (declared, float(gaps.min())):
+        if step > 0 and np.allclose(gaps / step, np.rint(gaps / step), atol=0.01):
+            return step
+    raise VolumeError(
+        f"DICOM-SEG: {len(planes)} frame planes lie on no common slice grid (rule: every gap between planes is a "
+        "whole number of SpacingBetweenSlices)"
+    )
+
+
 def read_dicom_seg(ds) -> Volume:
     """A DICOM-SEG object as a label volume: each frame's segment number where the frame is set, its slice placed
-    by its ImagePositionPatient along the normal (one plane per position)."""
+    by its ImagePositionPatient along the normal. Planes between frames hold no segment: background."""
     try:
         frames = ds.pixel_array
         shared = ds.SharedFunctionalGroupsSequence[0]
@@ -223,9 +237,10 @@ def read_dicom_seg(ds) -> Volume:
     along = np.array([p @ normal for p in positions])
     planes = np.unique(along.round(3))
     thickness = float(measures.get("SpacingBetweenSlices", measures.get("SliceThickness", 1)) or 1)
-    step = _even_slices(planes, "DICOM-SEG") if len(planes) > 1 else thickness
-    labels = np.zeros((*frames.shape[-2:][::-1], len(planes)), dtype=np.uint8)
-    for frame, segment, at in zip(frames, segments, along.round(3), strict=True):
-        labels[:, :, int(np.searchsorted(planes, at))][frame.T > 0] = segment
+    step = _seg_step(planes, thickness) if len(planes) > 1 else thickness
+    index = np.rint((along.round(3) - planes[0]) / step).astype(int)
+    labels = np.zeros((*frames.shape[-2:][::-1], int(index.max()) + 1), dtype=np.uint8)
+    for frame, segment, k in zip(frames, segments, index, strict=True):
+        labels[:, :, k][frame.T > 0] = segment
     first = positions[int(np.argmin(along))]
     return Volume(labels, _plane_affine(orientation, measures.PixelSpacing, first, normal * step))

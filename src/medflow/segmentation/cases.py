@@ -20,7 +20,7 @@ from medflow.data.images import _outside
 from medflow.data.sources import SourceError, inside, read_table
 from medflow.data.suite import ValidationFailed
 from medflow.imaging import phantoms
-from medflow.imaging.geometry import ORIENTATION, canonical, mismatch
+from medflow.imaging.geometry import ORIENTATION, canonical, mismatch, onto
 from medflow.imaging.volumes import SeriesGap, VolumeError, read_volume
 from medflow.params import Params
 from medflow.paths import Paths
@@ -102,6 +102,7 @@ def validate(params: Params, paths: Paths) -> dict:
     ):
         image, mask, problem = _read_pair(source.parent, image_cell, mask_cell, roots)
         if problem is None:
+            mask = onto(image, mask)
             problem = mismatch(image, mask, data.labels)
         if problem is None and rows and image.ndim != rows[0]["dims"]:
             problem = ("dims_mismatch", f"a {image.ndim}-D case among {rows[0]['dims']}-D ones")
