@@ -385,12 +385,18 @@ def test_the_step_writes_flat_metrics_a_report_with_suppressed_groups_and_every_
         "calibration_curve.png",
         "decision_curve.png",
         "explanations.png",
+        "permutation_importance.png",
     }
     for k in ("calibration_intercept", "calibration_slope"):
         assert metrics[f"test_{k}_ci_low"] <= metrics[f"test_{k}"] <= metrics[f"test_{k}_ci_high"], k
     assert "## Decision curve" in md and re.search(r"\| 0\.\d+ \(operating point\) \|", md), md
     assert {r["feature"] for r in report["explanations"]["features"]} == {"age", "bmi", "glucose", "systolic_bp",
                                                                           "sex", "smoker", "site"}  # fmt: skip
+    perm = report["permutation_importance"]
+    assert perm["metric"] == "roc_auc" and {r["feature"] for r in perm["features"]} == {"age", "bmi", "glucose",
+                                                                                        "systolic_bp", "sex", "smoker",
+                                                                                        "site"}  # fmt: skip
+    assert "## Permutation importance (fall of roc_auc" in md
     dca = report["decision_curve"]
     assert [r["threshold"] for r in dca["table"]][:2] == [0.05, 0.1] and dca["method"].startswith("dcurves")
     written = "".join(p.read_text() for p in (paths.metrics, out / "report.json", out / "report.md", out / "roc.json"))

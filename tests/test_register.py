@@ -359,6 +359,44 @@ def test_model_card_has_names_and_counts_but_no_patient_values(proj):
     assert scan_text(card, forbidden=raw["pid"]) == []
 
 
+def test_the_card_ranks_columns_by_permutation_importance_and_holds_no_row_value(proj, tmp_path):
+    import re
+
+    from medflow.evaluation import permutation
+    from medflow.steps.evaluate import _explanations
+    from medflow.tasks import named
+
+    save_model(proj, 0.95)
+    cleaned = pd.read_parquet(proj.cleaned)
+    test = cleaned.iloc[int(0.8 * len(cleaned)) :]
+    predictor = Predictor(proj.model_bundle)
+    report = {
+        "explanations": _explanations(predictor, test, tmp_path, 0),
+        "permutation_importance": permutation.importance(
+            named("classification"), "roc_auc", test[LABEL].to_numpy(), test, SCHEMA.features, predictor.outputs,
+            test[PATIENT_KEY].to_numpy(), 2000, 200, 0,
+        ),
+    }  # fmt: skip
+    written = proj.step_dir("evaluate") / "report.json"
+    written.parent.mkdir(parents=True, exist_ok=True)
+    written.write_text(json.dumps(report))
+    try:
+        train_and_register(proj, "permutation", 0.95)
+    finally:
+        written.unlink()  # the module's other registrations read no evaluation report
+    card = (proj.step_dir("register") / "model_card.md").read_text()
+    head = "| feature | permutation drop [95% CI] | mean abs. contribution |"
+    assert head in card, card
+    table = card.split(head)[1].split("\n\n")[0].strip().splitlines()[1:]
+    # `a` decides the label: it leads, its interval above 0, beside its mean |contribution|.
+    assert len(table) == 3 and re.fullmatch(r"\| `a` \| 0\.\d{4} \[0\.\d{4}, 0\.\d{4}\] \| \d+\.\d{4} \|", table[0])
+    assert float(table[0].split("[")[1].split(",")[0]) > 0
+    raw = cohort()
+    numbers = set(re.findall(r"-?\d+\.\d+", card + (proj.step_dir("register") / "model_card.json").read_text()))
+    assert not numbers & {*raw["a"], *raw["b"]}
+    assert scan_text(card, forbidden=raw["pid"]) == []
+
+
 def test_registry_model_scores_raw_rows_in_a_fresh_process(proj, tmp_path):
     """models:/NAME@champion loads with medflow's shipped code only (the installed package is hidden)."""
     train_and_register(proj, "roundtrip", 0.95)

@@ -158,6 +158,10 @@ def test_the_steps_predict_in_the_target_units_and_the_gate_counts_improvement(d
     assert stored["test_subgroup_worst_mae"] == pytest.approx(max(r["mae"] for r in shown), abs=1e-6)
     assert "Worst group (highest mae)" in (project.step_dir("evaluate") / "report.md").read_text()
     assert (project.step_dir("evaluate") / "plots" / "subgroups.png").exists()
+    # Permutation importance counts the rise of MAE as the loss: the columns the model needs lose most.
+    perm = json.loads((project.step_dir("evaluate") / "report.json").read_text())["permutation_importance"]
+    assert perm["metric"] == "mae" and perm["lower_is_better"] and perm["features"][0]["ci_low"] > 0
+    assert (project.step_dir("evaluate") / "plots" / "permutation_importance.png").exists()
 
     predictor = Predictor(project.model_bundle)
     batch = diabetes.drop(columns="progression").astype(str)

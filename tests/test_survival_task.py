@@ -186,6 +186,8 @@ def test_the_steps_score_c_index_against_both_baselines_and_predict_survival(wha
     assert (project.step_dir("evaluate") / "plots" / "km_by_risk_group.png").exists()
     assert (project.step_dir("evaluate") / "roc.json").read_text() == "[]\n"  # dvc.yaml's plot, empty
     assert "| 1825 | 5 |" in (project.step_dir("evaluate") / "report.md").read_text()
+    perm = json.loads((project.step_dir("evaluate") / "report.json").read_text())["permutation_importance"]
+    assert perm["metric"] == "c_index" and not perm["lower_is_better"] and perm["features"][0]["drop"] > 0
     # Subgroups: Harrell's C per group with its CI, each group's C the one of its own rows.
     sub = json.loads((project.step_dir("evaluate") / "report.json").read_text())["subgroups"]
     shown = {r["group"]: r for r in sub["groups"] if "c_index" in r}

@@ -376,6 +376,9 @@ class EvaluateParams(_Section):
     nsd_tolerance_mm: float = Field(1.0, gt=0)
     # Binary tasks: threshold probabilities (from, to, step) of the decision curve (net benefit).
     dca_thresholds: tuple[float, float, float] = (0.05, 0.95, 0.05)
+    # Tabular models: permutation importance rescores this many test rows (a seeded sample) once per input column,
+    # so its cost is columns x rows predictions plus one paired bootstrap of columns + 1 models; 0 turns it off.
+    importance_rows: int = Field(2000, ge=0)
 
     @field_validator("dca_thresholds")
     @classmethod

@@ -281,3 +281,20 @@ def plot_importance(importance: list[dict], out: Path, method: str, top: int = 1
     ax.set(xlabel="mean |contribution| to the log-odds (test split)")
     ax.set_title(f"Global explanation: {method.split(' (')[0]}", fontsize=9)
     _save(fig, out)
+
+
+def plot_permutation(found: dict, out: Path, top: int = 15) -> None:
+    """found: permutation.importance(), largest loss first; the top ones as horizontal bars with their 95% CIs."""
+    plt = _pyplot()
+    shown = found["features"][:top][::-1]
+    drop = np.array([r["drop"] for r in shown])
+    low, high = np.array([r["ci_low"] for r in shown]), np.array([r["ci_high"] for r in shown])
+    # A percentile interval need not hold its point estimate: a whisker never crosses the bar's end.
+    whiskers = np.clip([drop - low, high - drop], 0, None)
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(shown) + 1.5))
+    ax.barh([r["feature"] for r in shown], drop, xerr=whiskers, capsize=2)
+    ax.axvline(0, color="black", linewidth=0.8)
+    worse = "rise" if found["lower_is_better"] else "fall"
+    ax.set(xlabel=f"{worse} of test {found['metric']} when the column is shuffled (95% CI)")
+    ax.set_title(f"Permutation importance ({found['rows']} test rows)", fontsize=9)
+    _save(fig, out)

@@ -180,6 +180,7 @@ def card_data(
         "calibration_fit": evaluation.get("calibration_fit"),
         "decision_curve": evaluation.get("decision_curve"),
         "explanations": evaluation.get("explanations"),
+        "permutation_importance": evaluation.get("permutation_importance"),
         "subgroups": subgroups,
         "gate": {
             "decision": "promoted" if decision.promoted else "not promoted",
@@ -332,18 +333,7 @@ def model_card(card: dict) -> str:
             *decision_table(dca),
             "",
         ]
-    ex = card.get("explanations")
-    if ex:
-        lines += [
-            "## Explanations (global)",
-            f"Mean absolute contribution to the log-odds per input column on {ex['rows']} test rows, by {ex['method']} "
-            "(plot `evaluation/explanations.png`); `medflow predict --explain K` gives each row's K largest.",
-            "",
-            "| feature | mean abs. contribution |",
-            "|---|---|",
-            *(f"| `{r['feature']}` | {r['mean_abs']:.4f} |" for r in ex["features"][:10]),
-            "",
-        ]
+    lines += _explanations(card.get("explanations"), card.get("permutation_importance"))
     if card.get("tripod"):
         lines += tripod.markdown(card["tripod"])
     lines += [
@@ -408,6 +398,50 @@ def _declared(declared: dict) -> list[str]:
         ]
     rows = {_DECLARED.get(k, k): v for k, v in declared.items()}
     return ["As declared in params (`register.card`):", "", *_table(rows, ("", "declared")), "", "Stated by medflow:"]
+
+
+def four(x: float) -> str:
+    """x to 4 decimals, a value that rounds to zero shown as 0.0000, not -0.0000."""
+    return f"{round(x, 4) + 0.0:.4f}"
+
+
+def _explanations(ex: dict | None, perm: dict | None) -> list[str]:
+    """The card's global explanations: with permutation importance, its top 10 columns beside their mean
+    |contribution|; without it, the top 10 by mean |contribution|. Column names and aggregates only."""
+    if not ex and not perm:
+        return []
+    lines = ["## Explanations (global)"]
+    if ex:
+        lines.append(
+            f"Mean absolute contribution to the log-odds per input column on {ex['rows']} test rows, by {ex['method']} "
+            "(plot `evaluation/explanations.png`); `medflow predict --explain K` gives each row's K largest."
+        )
+    if not perm:
+        return [
+            *lines,
+            "",
+            "| feature | mean abs. contribution |",
+            "|---|---|",
+            *(f"| `{r['feature']}` | {r['mean_abs']:.4f} |" for r in ex["features"][:10]),
+            "",
+        ]
+    worse = "rise" if perm["lower_is_better"] else "fall"
+    mean_abs = {r["feature"]: r["mean_abs"] for r in ex["features"]} if ex else {}
+    lines += [
+        f"Permutation importance: the {worse} of test {perm['metric']} when one column is shuffled on {perm['rows']} "
+        f"test rows, with its 95% paired patient-bootstrap interval ({perm['n_boot']} resamples; plot "
+        "`evaluation/permutation_importance.png`); an interval covering 0 is a column the model does not need.",
+        "",
+        "| feature | permutation drop [95% CI] | mean abs. contribution |",
+        "|---|---|---|",
+    ]
+    for r in perm["features"][:10]:
+        m = mean_abs.get(r["feature"])
+        lines.append(
+            f"| `{r['feature']}` | {four(r['drop'])} [{four(r['ci_low'])}, {four(r['ci_high'])}] | "
+            f"{'' if m is None else f'{m:.4f}'} |"
+        )
+    return [*lines, ""]
 
 
 def decision_table(dca: dict) -> list[str]:

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from medflow.evaluation.metrics import weighted_metric
+from medflow.evaluation.permutation import shuffle_plan, shuffled
 from medflow.models.bundle import Predictor
 from medflow.params import Params, yaml_list
 
@@ -23,15 +24,12 @@ def leak_check(
     vp, gp = params.validate_, params.register.gate
     if predictor.schema.kind != "tabular" or roc_auc is None or roc_auc < vp.leakage_auc:
         return None
-    rng = np.random.default_rng(params.seed)
-    take = np.sort(rng.permutation(len(y))[:LEAK_ROWS])
+    take, order = shuffle_plan(len(y), LEAK_ROWS, params.seed)
     rows, y, one = test_rows.iloc[take], y[take], np.ones((1, len(take)))
     base = float(weighted_metric("roc_auc", y, predictor.predict_proba(rows), one)[0])
-    shuffle = rng.permutation(len(take))
     drops = {}
-    for feature in predictor.schema.features:
-        shuffled = rows.assign(**{feature: rows[feature].to_numpy()[shuffle]})
-        lost = base - float(weighted_metric("roc_auc", y, predictor.predict_proba(shuffled), one)[0])
+    for feature, shuffled_rows in shuffled(rows, predictor.schema.features, order):
+        lost = base - float(weighted_metric("roc_auc", y, predictor.predict_proba(shuffled_rows), one)[0])
         drops[feature] = round(lost, 4)
     ranked = sorted(drops, key=drops.get, reverse=True)
     carried = [f for f in ranked if drops[f] >= gp.leak_drop]

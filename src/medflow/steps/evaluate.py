@@ -14,7 +14,7 @@ import numpy as np
 from medflow import tracking
 from medflow.data.columns import LABEL, ROW_ID, SPLIT, TIME
 from medflow.data.manifest import load_split
-from medflow.evaluation import decision_curve, regression, survival
+from medflow.evaluation import decision_curve, permutation, regression, survival
 from medflow.evaluation.calibration import fit_temperature, logistic_calibration, smoothed_curve
 from medflow.evaluation.heldout import patient_keys, score
 from medflow.evaluation.metrics import bootstrap_ci, interval, point_metrics, weighted_metrics
@@ -25,6 +25,7 @@ from medflow.evaluation.plots import (
     plot_forest,
     plot_importance,
     plot_learning_curves,
+    plot_permutation,
     plot_pr,
     plot_predicted_observed,
     plot_reliability,
@@ -43,7 +44,7 @@ from medflow.models.bundle import Predictor
 from medflow.models.recalibration import scale
 from medflow.params import Params
 from medflow.paths import Paths
-from medflow.promotion.card import decision_table
+from medflow.promotion.card import decision_table, four
 from medflow.tasks import for_params
 
 LEARNING_CURVE_KEYS = (
@@ -100,8 +101,9 @@ def _tested(metrics: dict) -> list[str]:
 
 
 def _footer(report: dict) -> list[str]:
-    """The subgroup table, when evaluate.subgroups named columns, and a note when there are no learning curves."""
-    lines = []
+    """The permutation importance table, the subgroup table when evaluate.subgroups named columns, and a note when
+    there are no learning curves."""
+    lines = _permutation_md(report.get("permutation_importance"))
     sub = report.get("subgroups")
     if sub:
         p = sub["primary_metric"]
@@ -130,6 +132,23 @@ def _footer(report: dict) -> list[str]:
     if report.get("learning_curves") is None:
         lines += ["", "No per-epoch history on the training run: no learning curves."]
     return lines
+
+
+def _permutation_md(found: dict | None) -> list[str]:
+    if not found:
+        return []
+    worse = "rise" if found["lower_is_better"] else "fall"
+    return [
+        "",
+        f"## Permutation importance ({worse} of {found['metric']} with the column shuffled; {found['rows']} test rows)",
+        "",
+        "| feature | loss | 95% CI |",
+        "|---|---|---|",
+        *(
+            f"| {r['feature']} | {four(r['drop'])} | [{four(r['ci_low'])}, {four(r['ci_high'])}] |"
+            for r in found["features"]
+        ),
+    ]
 
 
 def _report_md(report: dict, metrics: dict) -> str:
@@ -215,6 +234,7 @@ def _regression(params: Params, paths: Paths, test, predictor: Predictor, task) 
         "resampled": "rows (no patient id)" if groups is None else "patients",
         "n_boot": ep.n_boot,
         "bins": {k: bins[k] for k in ("predicted", "observed", "residual", "counts")},
+        "permutation_importance": _permutation(params, predictor, test, y, groups, task, plots),
     }
     scored = Scored(y, pred[:, None], groups, metrics.get(f"test_{params.evaluate.primary_metric}"))
     _subgroups(params, paths, test[predictor.schema.features], scored, metrics, report, task)
@@ -271,6 +291,8 @@ def _survival(params: Params, paths: Paths, df, test, predictor: Predictor, task
             {f"test_{name}": c.value, f"test_{name}_ci_low": c.ci_low, f"test_{name}_ci_high": c.ci_high}
         )
     calibration, km = [], []
+    plots = paths.step_dir("evaluate") / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
     if horizons:
         at = predictor.survival_at(risk, horizons)
         auc, mean_auc = survival.time_auc(t0, e0, t_w, e_w, risk, horizons)
@@ -296,8 +318,6 @@ def _survival(params: Params, paths: Paths, df, test, predictor: Predictor, task
         metrics |= _finite({"test_mean_auc": mean_auc})
         calibration = survival.calibration(time, event, risk, at, horizons)
         km = survival.km_by_group(time, event, risk, on_grid, grid)
-        plots = paths.step_dir("evaluate") / "plots"
-        plots.mkdir(parents=True, exist_ok=True)
         survival.plot_km_by_group(km, plots / "km_by_risk_group.png", f"{params.data.time} (time column's units)")
     # dvc.yaml's ROC plot tracks this file for every task; a survival model's curves are the KM plot's.
     (paths.step_dir("evaluate") / "roc.json").write_text("[]\n")
@@ -314,7 +334,9 @@ def _survival(params: Params, paths: Paths, df, test, predictor: Predictor, task
         "horizons_note": f"{len(left)} horizon(s) outside the test follow-up left out" if left else None,
         "calibration": calibration,
     }
-    scored = Scored(np.column_stack([time, event]), risk[:, None], groups, metrics.get("test_c_index"))
+    y = np.column_stack([time, event])
+    report["permutation_importance"] = _permutation(params, predictor, test, y, groups, task, plots)
+    scored = Scored(y, risk[:, None], groups, metrics.get("test_c_index"))
     _subgroups(params, paths, test[predictor.schema.features], scored, metrics, report, task)
     return metrics, report
 
@@ -404,6 +426,7 @@ def run(params: Params, paths: Paths) -> dict:
     }
     if schema.kind == "tabular":
         report["explanations"] = _explanations(predictor, test, plots, params.seed)
+        report["permutation_importance"] = _permutation(params, predictor, test, y, groups, task, plots)
     if binary:
         report |= _clinical(params, y, proba[:, 1], groups, threshold, plots, f"P({schema.classes[1]})")
         fit = report["calibration_fit"]
@@ -476,6 +499,21 @@ def _explanations(predictor: Predictor, test, plots, seed: int) -> dict:
     method = explain.method(predictor)
     plot_importance(importance, plots / "explanations.png", method)
     return {"method": method, "rows": len(rows), "features": importance}
+
+
+def _permutation(params: Params, predictor: Predictor, test, y, groups, task, plots) -> dict | None:
+    """The primary metric's loss when each input column is shuffled (evaluation/permutation.py), drawn and returned;
+    None for a model of images or sequences, with evaluate.importance_rows 0, or with the metric undefined there."""
+    ep = params.evaluate
+    if predictor.schema.kind != "tabular" or not ep.importance_rows:
+        return None
+    found = permutation.importance(
+        task, ep.primary_metric, y, test, list(predictor.schema.features), predictor.outputs, groups,
+        ep.importance_rows, ep.n_boot, params.seed,
+    )  # fmt: skip
+    if found:
+        plot_permutation(found, plots / "permutation_importance.png")
+    return found
 
 
 def _version(package: str) -> str:
