@@ -376,6 +376,9 @@ class EvaluateParams(_Section):
     nsd_tolerance_mm: float = Field(1.0, gt=0)
     # Binary tasks: threshold probabilities (from, to, step) of the decision curve (net benefit).
     dca_thresholds: tuple[float, float, float] = (0.05, 0.95, 0.05)
+    # Image classifiers: test images drawn with their IntegratedGradients saliency map for the card, picked by rank
+    # (most confident correct, most confident wrong, least confident, in turn); 0: none.
+    saliency_cases: int = Field(3, ge=0)
 
     @field_validator("dca_thresholds")
     @classmethod

@@ -180,6 +180,7 @@ def card_data(
         "calibration_fit": evaluation.get("calibration_fit"),
         "decision_curve": evaluation.get("decision_curve"),
         "explanations": evaluation.get("explanations"),
+        "saliency": evaluation.get("saliency"),
         "subgroups": subgroups,
         "gate": {
             "decision": "promoted" if decision.promoted else "not promoted",
@@ -344,6 +345,7 @@ def model_card(card: dict) -> str:
             *(f"| `{r['feature']}` | {r['mean_abs']:.4f} |" for r in ex["features"][:10]),
             "",
         ]
+    lines += _saliency(card.get("saliency"))
     if card.get("tripod"):
         lines += tripod.markdown(card["tripod"])
     lines += [
@@ -358,6 +360,26 @@ def model_card(card: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _saliency(saliency: dict | None) -> list[str]:
+    """A few test images with their saliency maps, named by rank and classes (evaluation/saliency.py)."""
+    if not saliency:
+        return []
+    lines = [
+        "## Explanations (saliency maps)",
+        f"{len(saliency['cases'])} test images picked by the rank of the model's confidence, never by patient or "
+        f"file, each beside its attribution map laid over it: {saliency['method']}.",
+        "",
+        "| # | case | true | predicted | confidence | plot |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in saliency["cases"]:
+        lines.append(
+            f"| {c['rank']} | {c['kind']} | {c['true']} | {c['predicted']} | {c['confidence']:.4f} | "
+            f"`evaluation/{c['file']}` |"
+        )
+    return [*lines, ""]
 
 
 def _coverage(checklist: dict | None) -> list[str]:
