@@ -332,3 +332,28 @@ def test_an_unquoted_tripod_item_number_stops_at_load_not_at_registers_record():
     assert Params.model_validate({"register": {"card": {"tripod": {"14": "n/a"}}}}).register.card.tripod == {
         "14": "n/a"
     }
+
+
+def test_the_change_control_plan_states_the_gate_params_the_register_step_applied(proj):
+    def plan() -> str:
+        card = (proj.step_dir("register") / "model_card.md").read_text()
+        return card.split("## Change-control plan")[1].split("\n## ")[0]
+
+    base = train(proj, "change-control", 0.95, floor=0.99)
+    version = register.run(base, proj)["version"]
+    before = plan()
+    assert "Test `roc_auc` at least 0.99 (register.min_primary)." in before
+    assert "lower bound must lie above 0 (superiority, register.gate.test)" in before
+    assert "Leak check: at test ROC-AUC 0.995 or more" in before and "`medflow promote NAME VERSION" in before
+    assert "PSI reaches 0.2 (monitor.psi_threshold)" in before
+
+    raw = base.as_dict()
+    raw["register"]["min_primary"] = 0.85
+    raw["register"]["gate"] |= {"test": "non_inferiority", "margin": 0.02}
+    # register.* changed on a version that is not champion: the gate decides again and writes the card anew.
+    assert register.run(Params.model_validate(raw), proj)["version"] == version
+    after = plan()
+    assert "lower bound must lie above −0.02 (register.gate.margin) (non-inferiority, register.gate.test)" in after
+    assert "at least 0.85 (register.min_primary)" in after and "0.99 (register.min_primary)" not in after
+    criteria = json.loads((proj.step_dir("register") / "model_card.json").read_text())["change_control"]["criteria"]
+    assert criteria | {"test": "non_inferiority", "margin": 0.02, "min_primary": 0.85} == criteria

@@ -73,3 +73,64 @@ def test_split_keeps_patients_and_identical_images_in_one_split(image_project):
     assert where.groupby(CONTENT_HASH)["split"].nunique().max() == 1
     summary = json.loads(paths.summary("split").read_text())
     assert all(summary["rows"][s] > 0 for s in ("train", "val", "test"))
+
+
+def test_saliency_cases_are_picked_by_rank_in_turn_and_each_row_once():
+    from medflow.evaluation.saliency import pick
+
+    y = np.array([0, 1, 1, 0, 1])
+    pred = np.array([0, 0, 1, 1, 1])
+    confidence = np.array([0.9, 0.8, 0.55, 0.95, 0.6])
+    assert pick(y, pred, confidence, 3) == [
+        (0, "most confident correct"), (3, "most confident wrong"), (2, "least confident")
+    ]  # fmt: skip
+    # The next round: the next correct and wrong rows, and the least confident row not yet drawn.
+    assert [i for i, _ in pick(y, pred, confidence, 6)] == [0, 3, 2, 4, 1]
+    assert pick(y, y, confidence, 2) == [(3, "most confident correct"), (2, "least confident")]
+    assert pick(y, pred, confidence, 0) == []
+
+
+def test_evaluate_draws_saliency_maps_of_ranked_test_images_into_the_card_without_ids(image_project):
+    import re
+
+    from mlflow import MlflowClient
+
+    from medflow.pipeline import run_step
+
+    paths, params = image_project
+    raw = params.as_dict()
+    raw["train"] |= {"model": "mnist_mlp", "hidden": [16], "max_epochs": 3}
+    raw["evaluate"] |= {"n_boot": 100, "primary_metric": "accuracy"}
+    raw["register"] |= {"model_name": "scans-saliency", "min_primary": None}
+    raw["register"]["gate"] |= {"n_boot": 100}
+    params = from_dict(raw)
+    for step in ("clean", "split", "train", "evaluate", "register"):
+        run_step(step, params, paths)
+
+    cases = json.loads((paths.step_dir("evaluate") / "report.json").read_text())["saliency"]["cases"]
+    assert [(c["rank"], c["kind"]) for c in cases] == [
+        (1, "most confident correct"), (2, "most confident wrong"), (3, "least confident")
+    ]  # fmt: skip
+    assert cases[0]["true"] == cases[0]["predicted"] and cases[1]["true"] != cases[1]["predicted"]
+    plots = paths.step_dir("evaluate") / "plots"
+    for c in cases:
+        assert re.fullmatch(r"saliency_\d_[a-z_]+_true-(clear|lesion)_pred-(clear|lesion)\.png", c["file"]), c
+        assert (plots / c["file"]).stat().st_size > 0
+    card = (paths.step_dir("register") / "model_card.md").read_text()
+    section = card.split("## Explanations (saliency maps)")[1].split("\n## ")[0]
+    assert "Captum IntegratedGradients" in section and "32 steps" in section and "baseline" in section
+    assert all(f"`evaluation/{c['file']}`" in section for c in cases)
+    assert json.loads((paths.step_dir("register") / "model_card.json").read_text())["saliency"]["cases"] == cases
+    run_id = json.loads(paths.train_run.read_text())["run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{paths.mlflow_db}")
+    logged = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    assert {f"evaluation/{c['file']}" for c in cases} <= logged
+    # No patient id, manifest file name or folder in what names or describes the cases.
+    texts = [card, (paths.step_dir("evaluate") / "report.json").read_text(), *(c["file"] for c in cases)]
+    for text in texts:
+        assert not re.search(r"PT\d{4}|p\d+_\d\.png|copy\.png|shared\.png|scans/", text), text[:200]
+
+    off = params.as_dict()
+    off["evaluate"]["saliency_cases"] = 0
+    run_step("evaluate", from_dict(off), paths)
+    assert not list(plots.glob("saliency_*")) and "saliency" not in (plots.parent / "report.json").read_text()

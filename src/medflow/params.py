@@ -379,6 +379,9 @@ class EvaluateParams(_Section):
     # Tabular models: permutation importance rescores this many test rows (a seeded sample) once per input column,
     # so its cost is columns x rows predictions plus one paired bootstrap of columns + 1 models; 0 turns it off.
     importance_rows: int = Field(2000, ge=0)
+    # Image classifiers: test images drawn with their IntegratedGradients saliency map for the card, picked by rank
+    # (most confident correct, most confident wrong, least confident, in turn); 0: none.
+    saliency_cases: int = Field(3, ge=0)
 
     @field_validator("dca_thresholds")
     @classmethod

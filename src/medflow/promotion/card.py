@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from medflow.promotion import tripod
+from medflow.promotion import change_control, tripod
 from medflow.promotion.gate import Decision
 
 if TYPE_CHECKING:  # registry commands import this module: not numpy and pandas with it
@@ -94,6 +94,7 @@ def card_data(
     declared: dict | None = None,
     split_kind: str = "internal: random split by patient",
     method: dict[str, str] | None = None,
+    change_plan: dict | None = None,
 ) -> dict:
     """model_card.json: names, counts, hashes and aggregate metrics only; model_card renders it as Markdown.
 
@@ -103,7 +104,7 @@ def card_data(
     sequence: an event model's window, horizon, grid and variables (medflow.sequences.steps.card_section).
     declared: the params' card section (what the model is for, as the people responsible for it state it);
     split_kind: what the test split stands for (random, temporal, held-out site); method: how the model was built
-    (model, preprocessing, missing data, class imbalance), in words.
+    (model, preprocessing, missing data, class imbalance), in words; change_plan: change_control.plan of the params.
     """
     declared = declared or {}
 
@@ -181,6 +182,7 @@ def card_data(
         "decision_curve": evaluation.get("decision_curve"),
         "explanations": evaluation.get("explanations"),
         "permutation_importance": evaluation.get("permutation_importance"),
+        "saliency": evaluation.get("saliency"),
         "subgroups": subgroups,
         "gate": {
             "decision": "promoted" if decision.promoted else "not promoted",
@@ -197,6 +199,7 @@ def card_data(
         },
         **({"probe_train_rows": gate["probe_train_rows"]} if gate.get("probe_train_rows") else {}),
         "tuning": tuning,
+        "change_control": change_plan,
         "limitations": [
             *declared.get("limitations", []),
             "Evaluated on one held-out split of one dataset; performance on other sites, devices or populations is "
@@ -334,6 +337,9 @@ def model_card(card: dict) -> str:
             "",
         ]
     lines += _explanations(card.get("explanations"), card.get("permutation_importance"))
+    lines += _saliency(card.get("saliency"))
+    if card.get("change_control"):
+        lines += change_control.markdown(card["change_control"])
     if card.get("tripod"):
         lines += tripod.markdown(card["tripod"])
     lines += [
@@ -348,6 +354,26 @@ def model_card(card: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _saliency(saliency: dict | None) -> list[str]:
+    """A few test images with their saliency maps, named by rank and classes (evaluation/saliency.py)."""
+    if not saliency:
+        return []
+    lines = [
+        "## Explanations (saliency maps)",
+        f"{len(saliency['cases'])} test images picked by the rank of the model's confidence, never by patient or "
+        f"file, each beside its attribution map laid over it: {saliency['method']}.",
+        "",
+        "| # | case | true | predicted | confidence | plot |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in saliency["cases"]:
+        lines.append(
+            f"| {c['rank']} | {c['kind']} | {c['true']} | {c['predicted']} | {c['confidence']:.4f} | "
+            f"`evaluation/{c['file']}` |"
+        )
+    return [*lines, ""]
 
 
 def _coverage(checklist: dict | None) -> list[str]:

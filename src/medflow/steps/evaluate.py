@@ -427,6 +427,8 @@ def run(params: Params, paths: Paths) -> dict:
     if schema.kind == "tabular":
         report["explanations"] = _explanations(predictor, test, plots, params.seed)
         report["permutation_importance"] = _permutation(params, predictor, test, y, groups, task, plots)
+    if schema.kind == "image" and ep.saliency_cases:
+        report["saliency"] = _saliency(predictor, paths, test, y, proba, pred, ep.saliency_cases)
     if binary:
         report |= _clinical(params, y, proba[:, 1], groups, threshold, plots, f"P({schema.classes[1]})")
         fit = report["calibration_fit"]
@@ -514,6 +516,20 @@ def _permutation(params: Params, predictor: Predictor, test, y, groups, task, pl
     if found:
         plot_permutation(found, plots / "permutation_importance.png")
     return found
+
+
+def _saliency(predictor: Predictor, paths: Paths, test, y, proba, pred, k: int) -> dict:
+    """evaluate.saliency_cases test images, picked by the rank of the confidence in the predicted class (pred, as
+    the confusion matrix labels them), drawn with their attributions (evaluation/saliency.py)."""
+    from medflow.data.image_store import ImageStore
+    from medflow.evaluation import saliency
+
+    confidence = proba[np.arange(len(pred)), pred]
+    cases = saliency.pick(y, pred, confidence, k)
+    store, rows = ImageStore(paths.images), test.index.to_numpy()
+    images = np.stack([store.read(r, r + 1)[0] for r in rows[[i for i, _ in cases]]])
+    plots = paths.step_dir("evaluate") / "plots"
+    return saliency.draw(predictor, images, y, pred, confidence, cases, plots)
 
 
 def _version(package: str) -> str:

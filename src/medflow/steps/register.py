@@ -21,7 +21,7 @@ from medflow.models.bundle import Predictor
 from medflow.monitoring import reference
 from medflow.params import Params
 from medflow.paths import Paths
-from medflow.promotion import resume
+from medflow.promotion import change_control, resume
 from medflow.promotion.card import card_data, gate_markdown, model_card, model_description, split_policy
 from medflow.promotion.evidence import (
     Champion,
@@ -274,6 +274,9 @@ def _register(params: Params, paths: Paths, run_id: str, metrics: dict, schema: 
             "site": f"held-out site(s) {', '.join(params.split.test_sites)}",
         }[params.split.by],
         method=_method(params, schema),
+        change_plan=change_control.plan(
+            params, dataset, schema.kind, not for_params(params).higher_is_better(params.evaluate.primary_metric)
+        ),
     )
     card_md = model_card(card)
     out = paths.step_dir("register")
