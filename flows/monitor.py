@@ -27,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from medflow import params as params_mod
 from medflow import tracking
 from medflow.monitoring import batch as batches
+from medflow.monitoring import images
 from medflow.monitoring import report as reports
 from medflow.paths import Paths
 
@@ -42,6 +43,7 @@ def _where(path: Path, root: Path) -> str:
 def check(root: str, batch: str, events: str | None = None) -> dict:
     """The drift report of the batch's new rows (or of scores `medflow predict` wrote) against its model; events:
     the events of an event model's label rows."""
+    from medflow.imaging.network import Segmenter
     from medflow.models.bundle import Predictor
     from medflow.tracking.bundles import download_bundle
     from medflow.tracking.drift import reference_of
@@ -65,9 +67,14 @@ def check(root: str, batch: str, events: str | None = None) -> dict:
         champion = tracking.get_version(name, str(rows["version"].iloc[0]))
         reference = reference_of(name, champion)
     with tempfile.TemporaryDirectory() as tmp:
-        predictor = Predictor(download_bundle(name, champion.version, Path(tmp)), reference["score"].get("threshold"))
+        bundle = download_bundle(name, champion.version, Path(tmp))
         try:
-            report = reports.check(rows, reference, predictor, params, events_of)
+            if params.data.task == "segmentation":
+                # A manifest's image paths are relative to its own folder, as for `medflow predict`.
+                report = images.check(rows, files[0].parent, reference, Segmenter(bundle), params)
+            else:
+                predictor = Predictor(bundle, reference["score"].get("threshold"))
+                report = reports.check(rows, reference, predictor, params, events_of)
         except ValueError as exc:
             raise ValueError(f"{', '.join(_where(f, paths.root) for f in files)}: {exc}") from exc
     now = datetime.now(UTC)

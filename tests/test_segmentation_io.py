@@ -195,14 +195,14 @@ def test_segmentation_params_refused_in_one_line():
             for_params(from_dict(base | change))
 
 
-def test_monitor_refuses_segmentation_in_one_line(project):
+def test_monitor_takes_a_segmentation_project_and_names_a_missing_batch_in_one_line(project):
     import argparse
 
     from medflow import commands
 
     shutil.copy("examples/phantom_seg2d.yaml", project.params_file)
-    with pytest.raises(ParamsError, match=r"^data.task=segmentation: medflow monitor does not watch images yet"):
-        commands.cmd_monitor(argparse.Namespace(batch="data", log=None), project)
+    with pytest.raises(FileNotFoundError, match=r"^batch incoming/cases.csv not found in .*: give a CSV/Parquet"):
+        commands.cmd_monitor(argparse.Namespace(batch="incoming/cases.csv", log=None), project)
 
 
 def test_a_series_with_a_missing_slice_stops_validate_naming_it(project, salted):

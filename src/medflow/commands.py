@@ -17,13 +17,6 @@ from medflow.interrupts import Interrupted
 from medflow.overrides import write_overrides
 from medflow.paths import Paths
 
-# monitor reads tables of rows and a classifier's or regressor's outputs; a segmentation run's cases and masks are
-# neither (docs/segmentation.md).
-MONITOR_NOT_YET_SEGMENTATION = (
-    "data.task=segmentation: medflow monitor does not watch images yet (intensity, spacing and label-volume drift); "
-    "`medflow predict` checks each image's geometry"
-)
-
 
 def load_flow(paths: Paths, log: Path | None = None, steps: list[str] = ()):
     """flows/ is a package beside src/, imported as a real module: Prefect can serve and deploy only those. The
@@ -363,8 +356,6 @@ def cmd_audit(args: argparse.Namespace, tracking) -> int:
 
 def cmd_monitor(args: argparse.Namespace, paths: Paths) -> int:
     # Before Prefect starts: a mistyped batch path is a one-line error in a second, not after a server start-up.
-    if params_mod.load(paths.params_file).data.task == "segmentation":
-        raise params_mod.ParamsError(MONITOR_NOT_YET_SEGMENTATION)
     if not paths.source(args.batch).exists():
         error = FileNotFoundError(f"batch {args.batch} not found in {paths.root}: give a CSV/Parquet file or a folder")
         error.medflow_step = "monitor"

@@ -22,15 +22,20 @@ from medflow.models.bundle import BatchRejected
 MAX_RESAMPLING = 2.0
 
 
-def geometry_problem(volume: Volume, spacing: list[float]) -> str | None:
-    if volume.ndim != len(spacing):
-        return f"dims: a {volume.ndim}-D image for a {len(spacing)}-D model"
-    # The spacing per axis once reoriented to RAS, as the model's is.
+def ras_geometry(volume: Volume) -> tuple[list[float], list[int]]:
+    """The spacing and shape per axis once reoriented to RAS, as the model's spacing is."""
     import nibabel as nib
 
     order = nib.orientations.io_orientation(volume.affine)[: volume.ndim, 0].astype(int)
-    ras = np.empty(volume.ndim)
-    ras[order] = volume.spacing
+    spacing, shape = np.empty(volume.ndim), np.empty(volume.ndim, dtype=int)
+    spacing[order], shape[order] = volume.spacing, volume.array.shape
+    return spacing.tolist(), shape.tolist()
+
+
+def geometry_problem(volume: Volume, spacing: list[float]) -> str | None:
+    if volume.ndim != len(spacing):
+        return f"dims: a {volume.ndim}-D image for a {len(spacing)}-D model"
+    ras = np.asarray(ras_geometry(volume)[0])
     ratio = np.asarray(spacing) / ras
     if (ratio > MAX_RESAMPLING).any() or (ratio < 1 / MAX_RESAMPLING).any():
         return (

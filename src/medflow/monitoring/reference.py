@@ -20,13 +20,20 @@ from medflow.data.features import MISSING, OTHER, Schema, coerce_features, pool_
 VERSION = 1
 
 
-def merge_small(edges: list[float], counts: list[int], k: int) -> tuple[list[float], list[int]]:
-    """Merges the smallest bin into its smaller neighbour until every bin holds at least k rows (or one is left).
+def merge_small(
+    edges: list[float], counts: list[int], k: int, keep_empty: bool = False
+) -> tuple[list[float], list[int]]:
+    """Merges the smallest bin into its smaller neighbour until every bin holds at least k rows (or one is left);
+    keep_empty: empty bins stay, as they single out no one.
 
     edges are the inner edges: bin i is (edges[i-1], edges[i]], the outer bins open-ended."""
     edges, counts = list(edges), list(counts)
-    while len(counts) > 1 and min(counts) < k:
-        i = int(np.argmin(counts))
+
+    def small(c: int) -> bool:
+        return c < k and (c > 0 or not keep_empty)
+
+    while len(counts) > 1 and any(small(c) for c in counts):
+        i = min((j for j, c in enumerate(counts) if small(c)), key=lambda j: counts[j])
         j = i - 1 if i == len(counts) - 1 or (i > 0 and counts[i - 1] <= counts[i + 1]) else i + 1
         lo = min(i, j)
         counts[lo : lo + 2] = [counts[lo] + counts[lo + 1]]

@@ -165,6 +165,10 @@ def _num(x, fmt: str = ".3f") -> str:
 
 
 def markdown(report: dict) -> str:
+    if report.get("task") == "segmentation":
+        from medflow.monitoring import images  # torch: only for a segmentation model
+
+        return images.markdown(report)
     m = report["model"]
     lines = [
         f"# Drift report: {m['name']} v{m['version']}",
@@ -241,6 +245,8 @@ def plots(report: dict, reference: dict, out: Path) -> list[Path]:
         ax.legend(fontsize=8)
         _save(fig, out / "feature_psi.png")
         made.append(out / "feature_psi.png")
+    if "score" not in reference:  # a segmentation model's: its features are the whole report
+        return made
     ref, cur = np.asarray(reference["score"]["counts"], float), np.asarray(report["score"]["counts"], float)
     if cur.sum() and ref.sum():
         fig, ax = plt.subplots(figsize=(6, 3.5))

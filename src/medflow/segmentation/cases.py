@@ -21,12 +21,14 @@ from medflow.data.sources import SourceError, inside, read_table
 from medflow.data.suite import ValidationFailed
 from medflow.imaging import phantoms
 from medflow.imaging.geometry import ORIENTATION, canonical, mismatch, onto
+from medflow.imaging.inference import ras_geometry
 from medflow.imaging.volumes import SeriesGap, VolumeError, read_volume
 from medflow.params import Params
 from medflow.paths import Paths
 from medflow.privacy.keys import DEMO_SALT, pseudonymise, resolve_salt
 
-CASE_COLUMNS = ("dims", "shape", "spacing", "foreground")
+# source_*: the geometry as read (per RAS axis), which the monitoring reference keeps aggregated.
+CASE_COLUMNS = ("dims", "shape", "spacing", "foreground", "source_spacing", "source_shape")
 SPLITS = ("train", "val", "test")
 
 
@@ -124,6 +126,7 @@ def validate(params: Params, paths: Paths) -> dict:
                 "shape": list(pixels.shape),
                 "spacing": spacing,
                 "foreground": int((labels > 0).sum()),
+                **dict(zip(("source_spacing", "source_shape"), ras_geometry(image), strict=True)),
             }
         )
     valid = pd.DataFrame(rows, columns=[ROW_ID, CONTENT_HASH, *CASE_COLUMNS])

@@ -13,14 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from medflow import tracking
+from medflow.data.columns import ROW_ID
 from medflow.data.features import Schema
 from medflow.data.sources import dataset_name
 from medflow.evaluation.metrics import paired_delta, resample_weights
 from medflow.imaging.network import Segmenter
+from medflow.monitoring import images
+from medflow.monitoring.reference import write
 from medflow.params import Params
 from medflow.paths import Paths
 from medflow.promotion.evidence import mismatch, schema_hash
 from medflow.promotion.gate import Comparison, Decision, decide
+from medflow.segmentation.cases import load_case
 from medflow.segmentation.evaluate import _weighted, score_cases
 from medflow.segmentation.train import split_rows
 from medflow.tracking.bundles import download_bundle
@@ -43,6 +47,25 @@ def _champion_dice(params: Params, paths: Paths, name: str, version: str, rows: 
     with tempfile.TemporaryDirectory() as tmp:
         table, _ = score_cases(Segmenter(download_bundle(name, version, Path(tmp))), paths, rows, params)
     return table["mean_dice"].to_numpy(dtype=float)
+
+
+def monitoring_reference(params: Params, paths: Paths, window: list[float], out: Path) -> Path:
+    """`medflow monitor`'s reference (monitoring/images.py) from the training split's cached cases."""
+    import pandas as pd
+
+    cases = pd.read_parquet(paths.cleaned).set_index(ROW_ID)
+    if "source_spacing" not in cases.columns:
+        raise ValueError("the cached cases predate monitoring's geometry columns: rerun validate (medflow run --force)")
+    labels = [int(v) for v in params.data.labels]
+    histograms, numbers = [], []
+    for r in split_rows(paths, "train"):
+        image, mask = load_case(paths, r)
+        case = cases.loc[r]
+        volumes = images.label_volumes(np.asarray(mask), list(case["spacing"]), labels)
+        histograms.append(images.histogram(image, window))
+        numbers.append(images.case_numbers(list(case["source_spacing"]), list(case["source_shape"]), volumes))
+    reference = images.build(histograms, numbers, labels, params.monitor.bins, params.validate_.small_count)
+    return write(reference, out)
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -106,6 +129,7 @@ def run(params: Params, paths: Paths) -> dict:
         gate_tag = "promoted" if decision.promoted else "not promoted"
         tags = {**lineage, **identity, "medflow.task": "segmentation", "medflow.gate": gate_tag}
         version = tracking.register_version(name, uri, tags)
+        pre = json.loads((paths.model_bundle / "preprocessor.json").read_text())
         card = model_card(
             name,
             version,
@@ -113,7 +137,7 @@ def run(params: Params, paths: Paths) -> dict:
             metrics,
             report,
             decision,
-            json.loads((paths.model_bundle / "preprocessor.json").read_text()),
+            pre,
         )
         out = paths.step_dir("register")
         out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +155,8 @@ def run(params: Params, paths: Paths) -> dict:
             gate["delta"] = {"vs": comparison.reference, "delta": d.delta, "ci_low": d.ci_low, "ci_high": d.ci_high}
         (out / "gate.json").write_text(json.dumps(gate, indent=2) + "\n")
         (out / "model_card.md").write_text(card)
-        for file in ("gate.json", "model_card.md"):
+        monitoring_reference(params, paths, pre["window"], out / "reference.json")
+        for file in ("gate.json", "model_card.md", "reference.json"):
             tracking.log_artifacts(run_id, out / file)
         tracking.describe_version(name, version, card)
         verdict = {"promoted": decision.promoted, "reason": decision.reason, key: primary}
