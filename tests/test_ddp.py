@@ -22,6 +22,17 @@ from medflow.steps import train
 TRAIN = {"max_epochs": 12, "patience": 12, "hidden": [16], "dropout": 0.0, "class_weights": "none", "batch_size": 32}
 
 
+def two_gloo_ranks(root: Paths, timeout: float) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node 2 -m medflow.steps.train --root ROOT`, checked to succeed; the
+    project's own store, not the test session's MLFLOW_TRACKING_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "medflow.steps.train", "--root", str(root.root)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
 @pytest.mark.full  # two torchrun ranks and one process, each training: `make test`, not `make test-fast`
 def test_two_gloo_ranks_match_one_process_and_only_rank_0_writes(tmp_path, project):
     root = Paths(root=tmp_path / "ddp")
@@ -32,21 +43,7 @@ def test_two_gloo_ranks_match_one_process_and_only_rank_0_writes(tmp_path, proje
     single = train.run(step_params(**TRAIN), project)
 
     (root.root / "params.yaml").write_text(yaml.safe_dump(step_params(**TRAIN).as_dict()))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "medflow.steps.train",
-        "--root",
-        str(root.root),
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = two_gloo_ranks(root, timeout=120)
 
     ddp = json.loads(root.summary("train").read_text())
     assert ddp["world_size"] == 2 and ddp["train_rows"] == single["train_rows"]

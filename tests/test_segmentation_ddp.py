@@ -7,16 +7,14 @@ default seed); TOLERANCE is about three times that gap, well short of a broken r
 """
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
 from PIL import Image
+from test_ddp import two_gloo_ranks
 
 from medflow.imaging.inference import case_row
 from medflow.imaging.network import Segmenter
@@ -56,21 +54,7 @@ def test_two_gloo_ranks_train_the_unet_as_one_process_does_and_only_rank_0_write
     root.mlruns.mkdir(parents=True)
     shutil.copy(migrated_mlflow_db, root.mlflow_db)
     _ready(root)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "medflow.steps.train",
-        "--root",
-        str(root.root),
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = two_gloo_ranks(root, timeout=180)
 
     ddp = json.loads(root.summary("train").read_text())
     assert ddp["world_size"] == 2 and single["world_size"] == 1 and ddp["train_rows"] == single["train_rows"]

@@ -142,3 +142,8 @@ def decide(report: dict, mp) -> list[str]:
             f"{perf['metric']} {perf['value']:.3f} (95% CI upper bound {perf['ci_high']:.3f}) below the floor {floor}"
         )
     return why
+
+
+def cell(x, fmt: str = ".3f") -> str:
+    """A statistic as a report's table cell: blank where it is undefined (None, NaN)."""
+    return "" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)

@@ -21,6 +21,7 @@ from medflow.imaging.inference import case_row, image_path, ras_geometry
 from medflow.imaging.network import Segmenter
 from medflow.imaging.volumes import VolumeError, read_volume
 from medflow.monitoring import drift
+from medflow.monitoring.drift import cell
 from medflow.monitoring.reference import bin_counts, merge_small
 
 VERSION = 1
@@ -139,8 +140,8 @@ def check(batch: pd.DataFrame, folder, reference: dict, segmenter: Segmenter, pa
         raise ValueError(f"no {column!r} column (the image paths); columns: {list(batch.columns)}")
     masks = batch[params.data.mask_column] if params.data.mask_column in batch.columns else None
     pooled, numbers, refused, dices, unlabelled = np.zeros(len(INTENSITY_EDGES) + 1, int), [], [], [], 0
-    for i, cell in enumerate(batch[column]):
-        found, mask, volume = case_row(segmenter, image_path(folder, cell))
+    for i, path in enumerate(batch[column]):
+        found, mask, volume = case_row(segmenter, image_path(folder, path))
         if mask is None:
             refused.append({"row": i, "reason": found["reason"]})
             continue
@@ -188,10 +189,6 @@ def check(batch: pd.DataFrame, folder, reference: dict, segmenter: Segmenter, pa
     return report
 
 
-def _num(x, fmt: str = ".3f") -> str:
-    return "" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
-
-
 def markdown(report: dict) -> str:
     m = report["model"]
     lines = [
@@ -207,7 +204,7 @@ def markdown(report: dict) -> str:
     ]
     for name, f in report["features"].items():
         lines.append(
-            f"| {name} | {_num(f['psi'])} | {_num(f['ks'])} | {_num(f['ks_pvalue'], '.2g')} | "
+            f"| {name} | {cell(f['psi'])} | {cell(f['ks'])} | {cell(f['ks_pvalue'], '.2g')} | "
             f"{'yes' if f['drifted'] else ''} |"
         )
     if report["refused"]:
@@ -218,7 +215,7 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             f"Cases with a mask: {perf['labelled_rows']}; mean Dice {perf['value']:.3f} (95% CI "
-            f"{_num(perf['ci_low'])}-{_num(perf['ci_high'])}, resampling cases).",
+            f"{cell(perf['ci_low'])}-{cell(perf['ci_high'])}, resampling cases).",
         ]
     if report.get("update"):
         lines += ["", f"Update: {report['update']['summary']}"]

@@ -19,6 +19,7 @@ from medflow.evaluation import regression, survival
 from medflow.evaluation.metrics import bootstrap_ci, patient_groups, weighted_metric
 from medflow.models.bundle import Predictor
 from medflow.monitoring import drift
+from medflow.monitoring.drift import cell
 from medflow.monitoring.reference import bin_counts, positive_score
 from medflow.tasks import of
 
@@ -160,10 +161,6 @@ def check(
     return report
 
 
-def _num(x, fmt: str = ".3f") -> str:
-    return "" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
-
-
 def markdown(report: dict) -> str:
     if report.get("task") == "segmentation":
         from medflow.monitoring import images  # torch: only for a segmentation model
@@ -184,7 +181,7 @@ def markdown(report: dict) -> str:
     for col, f in report["features"].items():
         p = f.get("ks_pvalue", f.get("chi2_pvalue"))
         lines.append(
-            f"| {col} | {f['kind']} | {_num(f['psi'])} | {_num(f.get('ks'))} | {_num(p, '.2g')} | "
+            f"| {col} | {f['kind']} | {cell(f['psi'])} | {cell(f.get('ks'))} | {cell(p, '.2g')} | "
             f"{f['null_rate']:.3f} ({f['null_rate_change']:+.3f}) | {'yes' if f['drifted'] else ''} |"
         )
     if not report["features"]:
@@ -196,14 +193,14 @@ def markdown(report: dict) -> str:
     if "predicted_prevalence" in s:
         lines += [
             "",
-            f"Scores: PSI {_num(s['psi'])}; predicted prevalence {_num(s['predicted_prevalence'])} "
-            f"(reference {_num(s['reference_predicted_prevalence'])}).",
+            f"Scores: PSI {cell(s['psi'])}; predicted prevalence {cell(s['predicted_prevalence'])} "
+            f"(reference {cell(s['reference_predicted_prevalence'])}).",
         ]
     else:
         lines += [
             "",
-            f"Predictions: PSI {_num(s['psi'])}, KS D {_num(s['ks'])} (p {_num(s['ks_pvalue'], '.2g')}); mean "
-            f"{_num(s.get('mean'))} ({_num(s.get('mean_shift_sd'))} reference standard deviations from the reference's"
+            f"Predictions: PSI {cell(s['psi'])}, KS D {cell(s['ks'])} (p {cell(s['ks_pvalue'], '.2g')}); mean "
+            f"{cell(s.get('mean'))} ({cell(s.get('mean_shift_sd'))} reference standard deviations from the reference's"
             " mean).",
         ]
     perf = report.get("performance")
@@ -211,7 +208,7 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             f"Labelled rows: {perf['labelled_rows']}; {perf['metric']} {perf['value']:.3f} "
-            f"(95% CI {_num(perf['ci_low'])}-{_num(perf['ci_high'])}, resampling {perf['resampled']}).",
+            f"(95% CI {cell(perf['ci_low'])}-{cell(perf['ci_high'])}, resampling {perf['resampled']}).",
         ]
     elif perf:
         lines += ["", f"Labelled rows: {perf['labelled_rows']} ({perf['note']})."]
