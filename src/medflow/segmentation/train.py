@@ -297,7 +297,8 @@ def fit_unet(
             ys.append(y)
         x_all, y_all = torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys).astype(np.int64))
         order = torch.randperm(len(x_all), generator=gen)
-        losses = []
+        # Summed on the device: a float() per step would wait for the GPU at every step.
+        loss_total = torch.zeros((), dtype=torch.float64, device=device)
         for i in range(0, len(order), batch):
             idx = order[i : i + batch]
             xb, yb = flip(x_all[idx].to(device), y_all[idx].to(device), gen)
@@ -306,11 +307,12 @@ def fit_unet(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss.detach()))
+            loss_total += loss.detach()
         seen += len(order) * world
         sums = validate_cases(model, val_cases, p.patch_size, device, loss_fn, labels)
+        steps = -(-len(order) // batch)
         # On the device: NCCL reduces CUDA tensors only.
-        sums = torch.cat([sums, torch.tensor([np.mean(losses)], dtype=torch.float64)]).to(device)
+        sums = torch.cat([sums.to(device), (loss_total / steps)[None]])
         loss_sum, dice_sum, n_val, train_loss = distributed.all_reduce(sums).tolist()
         row = {"train_loss": train_loss / world, "val_loss": loss_sum / n_val, "val_dice": dice_sum / n_val}
         history.append(row)
