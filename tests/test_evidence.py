@@ -357,3 +357,89 @@ def test_the_change_control_plan_states_the_gate_params_the_register_step_applie
     assert "at least 0.85 (register.min_primary)" in after and "0.99 (register.min_primary)" not in after
     criteria = json.loads((proj.step_dir("register") / "model_card.json").read_text())["change_control"]["criteria"]
     assert criteria | {"test": "non_inferiority", "margin": 0.02, "min_primary": 0.85} == criteria
+
+
+@pytest.mark.parametrize("task", ["survival", "regression"])
+def test_evaluate_external_measures_a_survival_or_regression_model_with_evaluates_own_metrics(
+    task, tmp_path, monkeypatch
+):
+    """The classifier's flow (row checks, refused rows counted, patient-bootstrap intervals, the record) for the two
+    other tabular tasks, each metric the evaluate step's function of the same rows: Harrell's C and the AUC at the
+    model's horizons, or MAE; no calibration fit or decision curve, and the task's own primary metric although the
+    params name a classifier's."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    import pandas as pd
+    import torch
+
+    from medflow import external
+    from medflow.data.features import Preprocessor, Schema, coerce_features
+    from medflow.evaluation import regression, survival
+    from medflow.models.bundle import Predictor, save_bundle
+    from medflow.models.tabular import build
+    from medflow.paths import Paths
+
+    rng = np.random.default_rng(1)
+    n = 160
+    a = rng.normal(0, 1, n)
+    time = np.ceil(rng.exponential(300 * np.exp(-a))) + 1
+    rows = pd.DataFrame({"pid": [f"P{i // 2}" for i in range(n)], "a": a.round(3).astype(str)})
+    rows["time"], rows["dead"], rows["y"] = time, (rng.uniform(size=n) < 0.7).astype(int), (2 * a + 1).round(3)
+    target = {"survival": "dead", "regression": "y"}[task]
+    schema = Schema(target=target, classes=[], numeric=["a"], categorical=[], patient_id="pid", outcome=task,
+                    time="time" if task == "survival" else None)  # fmt: skip
+    pre = Preprocessor(["a"], []).fit(coerce_features(rows, schema))
+    config = {"name": "tabular_mlp", "n_in": len(pre.feature_names), "n_classes": 1, "hidden": [], "dropout": 0.0}
+    model = build(**config)
+    with torch.no_grad():
+        model.net[0].weight.fill_(1.0)
+        model.net[0].bias.zero_()
+    if task == "survival":
+        config["survival"] = {"times": [50.0, 200.0, 400.0], "cumhaz": [0.1, 0.4, 0.9], "shift": 0.0,
+                              "horizons": [100, 300]}  # fmt: skip
+    else:
+        config["target_scale"] = {"mean": 1.0, "std": 2.0}
+    save_bundle(tmp_path / "bundle", model, config, pre, schema)
+    rows.loc[:4, "a"] = "1e9"  # outside the training range: refused, never scored
+    rows.to_csv(tmp_path / "site_c.csv", index=False)
+
+    @contextmanager
+    def registered(name, version):
+        yield Predictor(tmp_path / "bundle")
+
+    recorded = []
+    monkeypatch.setattr("medflow.tracking.bundles.registered_predictor", registered)
+    version = SimpleNamespace(version="3", run_id="r")
+    monkeypatch.setattr("medflow.tracking.registry.resolve", lambda uri: ("m", version))
+    monkeypatch.setattr(external, "_record", lambda *args: recorded.append(args))
+    params = Params.model_validate({"evaluate": {"n_boot": 200}, "data": {"patient_id": "pid"}})
+    assert params.evaluate.primary_metric == "roc_auc"
+    report = external.evaluate_external(params, Paths(root=tmp_path), "models:/m/3", tmp_path / "site_c.csv", "site C")
+
+    assert (report["task"], report["refused"], report["evaluated_rows"]) == (task, 5, n - 5)
+    assert report["refused_reasons"] == {"a: outside the training range": 5} and report["resampled"] == "patients"
+    assert "calibration_fit" not in report and "decision_curve" not in report and report["threshold"] is None
+    kept = rows.iloc[5:]
+    groups = kept["pid"].to_numpy()
+    x = kept["a"].astype(float).to_numpy()
+    if task == "survival":
+        assert report["primary_metric"] == "c_index" and report["horizons"] == [100, 300]
+        c = report["metrics"]["c_index"]
+        # The model's risk is `a` itself (weight 1, no scaling but the training standardisation, which keeps order).
+        assert c["value"] == pytest.approx(survival.harrell_c(kept["time"], kept["dead"], x))
+        boot = survival.concordance(kept["time"], kept["dead"], x, groups, None, 200, params.seed)
+        assert (c["ci_low"], c["ci_high"]) == pytest.approx((boot.ci_low, boot.ci_high))
+        assert {"uno_c", "auc_at_100", "auc_at_300", "brier_at_300", "integrated_brier"} <= set(report["metrics"])
+        assert "| c_index |" in (tmp_path / "artifacts/external/site_C-v3/report.md").read_text()
+    else:
+        pred = Predictor(tmp_path / "bundle").outputs(kept)[:, 0]
+        mae = report["metrics"]["mae"]
+        assert report["primary_metric"] == "mae"
+        assert mae["value"] == pytest.approx(regression.point_metrics(kept["y"].to_numpy(), pred)["mae"])
+        ci = regression.bootstrap_ci(kept["y"].to_numpy(), pred, groups, 200, params.seed)["mae"]
+        assert (mae["ci_low"], mae["ci_high"]) == pytest.approx(ci)
+    md = (tmp_path / "artifacts/external/site_C-v3/report.md").read_text()
+    assert "## Calibration" not in md and "Decision curve" not in md
+    assert len(recorded) == 1 and recorded[0][2]["primary_metric"] == report["primary_metric"]
+    assert not [p for p in rows["pid"] if p in md]

@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--explain", type=int, default=0, metavar="K", help="add each row's K largest contributions (feature, value)"
     )
     external = sub.add_parser(
-        "evaluate-external", help="a registered classifier on another site's labelled table; a report on the version"
+        "evaluate-external", help="a registered model on another site's labelled table; a report on the version"
     )
+    with_params(external)
     external.add_argument("--model", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION")
     external.add_argument("--data", required=True, help="CSV or Parquet file: the model's features and the label")
     external.add_argument("--name", help="what the table stands for (a site, a period); default: the file's stem")

@@ -295,7 +295,9 @@ def cmd_evaluate_external(args: argparse.Namespace, paths: Paths) -> int:
     from medflow import tracking
     from medflow.external import evaluate_external
 
-    params = params_mod.load(paths.params_file)
+    # --params: the file the model was trained with, whose evaluate, monitor and data settings (n_boot, min_rows,
+    # patient_id) then apply; the model's own task picks the metric whatever the file says.
+    params = params_mod.load(Path(args.params) if args.params else paths.params_file, args.override)
     tracking.configure(paths)
     data = paths.source(args.data)
     if not data.is_file():

@@ -80,6 +80,18 @@ def _rossi() -> pd.DataFrame:
     return load_rossi()
 
 
+def _lung() -> pd.DataFrame:
+    """The North Central Cancer Treatment Group's advanced lung cancer trial (228 patients, lifelines' copy of R's
+    survival::lung): days to death (status 1) or censoring (0), the institution each patient was enrolled at (inst,
+    18 of them; one row without) and performance scores, calories and weight loss. Institutions are whole-number
+    codes, written as such ("3", not "3.0"): the site column of split.by=site."""
+    from lifelines.datasets import load_lung
+
+    df = load_lung()
+    df["inst"] = df["inst"].astype("Int64")
+    return df
+
+
 # The table data.dvc records in a fresh clone (written on first use, as the clone has no DVC remote).
 RECORDED_DEMO = "breast_cancer"
 
@@ -94,6 +106,7 @@ DEMOS: dict[str, Callable[[], pd.DataFrame]] = {
     "aids": _sksurv("aids"),  # AIDS Clinical Trials Group 320: time (days), censor
     "flchain": _sksurv("flchain"),  # Olmsted County serum free light chains: futime (days), death; sample.yr
     "rossi": _rossi,  # recidivism after release from prison: week, arrest
+    "lung": _lung,  # NCCTG advanced lung cancer, 18 institutions (inst): time (days), status
 }
 
 

@@ -411,3 +411,62 @@ def brier_intervals(terms: np.ndarray, groups: np.ndarray | None, n_boot: int, s
             draws.append((w @ terms) / w.sum(axis=1, keepdims=True))
     d = np.concatenate(draws) if draws else np.empty((0, terms.shape[1]))
     return np.array([interval(d[:, j]) for j in range(terms.shape[1])])
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A survival model's metrics on (time, event) rows with their 95% patient-bootstrap intervals: name -> (value,
+    ci_low, ci_high), mean_auc with none (NaN); the horizons they were measured at, and what evaluate's calibration
+    and Kaplan-Meier plot read (the predicted survival at the horizons and on the grid, with the censored times)."""
+
+    metrics: dict[str, tuple[float, float, float]]
+    horizons: list[float]
+    left: list[float]  # the model's horizons outside the rows' follow-up
+    at: np.ndarray | None
+    grid: np.ndarray | None
+    on_grid: np.ndarray | None
+
+
+def measure(t0, e0, time, event, risk, survival_at, model_horizons, groups, n_boot: int, seed: int) -> Measured:
+    """Harrell's and Uno's C, the Brier score at each horizon the follow-up spans, its integral and the AUC at each
+    horizon, with their patient-bootstrap intervals. (t0, e0): the rows the censoring weights are fitted on (the
+    training split, or the evaluated rows themselves when no training split is at hand); survival_at(risk, times):
+    the model's (rows, times) survival probabilities."""
+    t0, e0 = np.asarray(t0, float), np.asarray(e0, bool)
+    time, event = np.asarray(time, float), np.asarray(event, bool)
+    metrics: dict[str, tuple[float, float, float]] = {}
+    # The censoring weights (Uno's C, AUC, Brier) are undefined from the censoring rows' last time on, where its
+    # censoring estimate may reach 0 (scikit-survival refuses): each horizon lies before it and inside the
+    # follow-up, and a row followed to it or past is censored there for those metrics, its status at every horizon
+    # unchanged.
+    end = t0.max()
+    past = time >= end
+    t_w, e_w = np.where(past, end, time), event & ~past
+    horizons = [h for h in model_horizons if t_w.min() <= h < t_w.max()]
+    tau = max(horizons) if horizons else end
+    for name, weights in (("c_index", None), ("uno_c", uno_weights(t0, e0, time, event, tau))):
+        c = concordance(time, event, risk, groups, weights, n_boot, seed)
+        metrics[name] = (c.value, c.ci_low, c.ci_high)
+    at = grid = on_grid = None
+    if horizons:
+        at = survival_at(risk, horizons)
+        grid = np.linspace(*np.quantile(t_w, [0.05, 0.95]), 50)
+        grid = grid[grid < t_w.max()]
+        on_grid = survival_at(risk, grid)
+        # Per row, so that the patient bootstrap weighs them: the Brier score at each horizon, and its integral
+        # over the grid (trapezoids, scikit-survival's integrated_brier_score) divided by the grid's span.
+        terms = brier_terms(t0, e0, t_w, e_w, at, horizons)
+        over = brier_terms(t0, e0, t_w, e_w, on_grid, grid)
+        terms = np.column_stack([terms, np.trapezoid(over, grid, axis=1) / (grid[-1] - grid[0])])
+        names = [f"brier_at_{h:g}" for h in horizons] + ["integrated_brier"]
+        for name, value, (lo, hi) in zip(
+            names, terms.mean(axis=0), brier_intervals(terms, groups, n_boot, seed), strict=True
+        ):
+            metrics[name] = (value, lo, hi)
+        auc, mean_auc = time_auc(t0, e0, t_w, e_w, risk, horizons)
+        draws = time_auc_draws(t0, e0, t_w, e_w, risk, horizons, groups, n_boot, seed)
+        for h, a, d in zip(horizons, auc, draws.T, strict=True):
+            metrics[f"auc_at_{h:g}"] = (a, *interval(d))
+        metrics["mean_auc"] = (mean_auc, float("nan"), float("nan"))
+    left = [h for h in model_horizons if h not in horizons]
+    return Measured(metrics, horizons, left, at, grid, on_grid)

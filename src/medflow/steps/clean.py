@@ -123,10 +123,32 @@ def split_duplicates(df: pd.DataFrame, cols: list[str] | None = None) -> tuple[p
     return df[~dup], quarantined
 
 
+def without_split_value(kept: pd.DataFrame, held: pd.DataFrame, params: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """split.by=time or site: a row with no value in its column can be neither held out nor trained on as another
+    site's or era's (it may be the held-out one's): it joins the quarantine with its reason, counted in the summary.
+    More than validate.max_quarantine of the rows without one stops clean instead, in one line."""
+    sp = params.split
+    if sp.column is None or sp.column not in kept:
+        return kept, held
+    missing = pd.isna(_split_values(kept[sp.column], sp.by))
+    share = missing.sum() / max(len(kept), 1)
+    if share > params.validate_.max_quarantine:
+        raise CleanError(
+            f"column {sp.column!r}, rule: split.by={sp.by} needs a value on every row; {int(missing.sum())} of "
+            f"{len(kept)} rows have none, more than validate.max_quarantine={params.validate_.max_quarantine:g}"
+        )
+    unsplit = kept[missing].copy()
+    unsplit.insert(1, "reason", f"{sp.column}: missing (split.by={sp.by} needs a value on every row)")
+    return kept[~missing], pd.concat([held, unsplit])
+
+
 def _split_values(values: pd.Series, by: str) -> np.ndarray:
     """split.by=time: the column as numbers (a year, a day count) or dates (as nanoseconds), NaN where missing;
-    site: as text."""
+    site: as text, a site coded as a whole number (an institution's code, parsed by validate as a float) without
+    a decimal point: "3", not "3.0"."""
     if by == "site":
+        if pd.api.types.is_float_dtype(values) and np.array_equal(values.dropna(), values.dropna().round()):
+            values = values.astype("Int64")
         return values.astype("string").to_numpy(dtype=object, na_value=None)
     number = pd.to_numeric(values, errors="coerce")
     if number.notna().sum() >= values.notna().sum():
@@ -172,7 +194,7 @@ def run(params: Params, paths: Paths) -> dict:
         shape = json.loads(paths.summary("validate").read_text())["image_shape"]
         schema = build_image_schema(kinds, params.data, df[params.data.target], shape)
         # The same picture with the same label is one example, whoever it was filed under.
-        kept, duplicates = split_duplicates(df, [CONTENT_HASH, params.data.target])
+        kept, duplicates = without_split_value(*split_duplicates(df, [CONTENT_HASH, params.data.target]), params)
         rows, budget = kept.index.to_numpy(), params.train.memory_budget_mb
         if budget is None:
             np.save(paths.images, np.ascontiguousarray(np.load(images, mmap_mode="r")[rows]))
@@ -188,7 +210,7 @@ def run(params: Params, paths: Paths) -> dict:
                 "(rule: split.by needs it; data.exclude drops a column before it is read)"
             )
         schema = build_schema(kinds, params.data, df[params.data.target], formats, text_why, task.has_classes, by)
-        kept, duplicates = split_duplicates(df)
+        kept, duplicates = without_split_value(*split_duplicates(df), params)
         if params.data.kind in ("events", "signals"):  # features: aggregates; the grid goes on row for row
             schema = dataclasses.replace(schema, kind=params.data.kind)
             keep_grid(paths, kept.index.to_numpy())

@@ -17,7 +17,7 @@ from medflow.data.manifest import load_split
 from medflow.evaluation import decision_curve, permutation, regression, survival
 from medflow.evaluation.calibration import fit_temperature, logistic_calibration, smoothed_curve
 from medflow.evaluation.heldout import patient_keys, score
-from medflow.evaluation.metrics import bootstrap_ci, interval, point_metrics, weighted_metrics
+from medflow.evaluation.metrics import bootstrap_ci, point_metrics, weighted_metrics
 from medflow.evaluation.plots import (
     confusion_counts,
     plot_confusion,
@@ -275,55 +275,23 @@ def _survival(params: Params, paths: Paths, df, test, predictor: Predictor, task
     time, event = test[TIME].to_numpy(dtype="float64"), test[LABEL].to_numpy() > 0
     risk = score(predictor, paths, test, "tabular")[:, 0]
     groups = patient_keys(paths, test[ROW_ID])
+    found = survival.measure(
+        t0, e0, time, event, risk, predictor.survival_at, predictor.horizons, groups, ep.n_boot, seed
+    )
     metrics = {}
-    # The censoring weights (Uno's C, AUC, Brier) are undefined from the training split's last time on, where its
-    # censoring estimate may reach 0 (scikit-survival refuses): each horizon lies before it and inside the test
-    # follow-up, and a test row followed to it or past is censored there for those metrics, its status at every
-    # horizon unchanged.
-    end = t0.max()
-    past = time >= end
-    t_w, e_w = np.where(past, end, time), event & ~past
-    horizons = [h for h in predictor.horizons if t_w.min() <= h < t_w.max()]
-    tau = max(horizons) if horizons else end
-    for name, weights in (("c_index", None), ("uno_c", survival.uno_weights(t0, e0, time, event, tau))):
-        c = survival.concordance(time, event, risk, groups, weights, ep.n_boot, seed)
-        metrics |= _finite(
-            {f"test_{name}": c.value, f"test_{name}_ci_low": c.ci_low, f"test_{name}_ci_high": c.ci_high}
-        )
-    calibration, km = [], []
+    for name, (value, lo, hi) in found.metrics.items():
+        metrics |= _finite({f"test_{name}": value, f"test_{name}_ci_low": lo, f"test_{name}_ci_high": hi})
+    horizons, calibration, km = found.horizons, [], []
     plots = paths.step_dir("evaluate") / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     if horizons:
-        at = predictor.survival_at(risk, horizons)
-        auc, mean_auc = survival.time_auc(t0, e0, t_w, e_w, risk, horizons)
-        grid = np.linspace(*np.quantile(t_w, [0.05, 0.95]), 50)
-        grid = grid[grid < t_w.max()]
-        on_grid = predictor.survival_at(risk, grid)
-        # Per row, so that the patient bootstrap weighs them: the Brier score at each horizon, and its integral
-        # over the grid (trapezoids, scikit-survival's integrated_brier_score) divided by the grid's span.
-        terms = survival.brier_terms(t0, e0, t_w, e_w, at, horizons)
-        over = survival.brier_terms(t0, e0, t_w, e_w, on_grid, grid)
-        terms = np.column_stack([terms, np.trapezoid(over, grid, axis=1) / (grid[-1] - grid[0])])
-        names = [f"test_brier_at_{h:g}" for h in horizons] + ["test_integrated_brier"]
-        for name, value, (lo, hi) in zip(
-            names, terms.mean(axis=0), survival.brier_intervals(terms, groups, ep.n_boot, seed), strict=True
-        ):
-            metrics |= _finite({name: value, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
-        draws = survival.time_auc_draws(t0, e0, t_w, e_w, risk, horizons, groups, ep.n_boot, seed)
-        for h, a, d in zip(horizons, auc, draws.T, strict=True):
-            lo, hi = interval(d)
-            metrics |= _finite(
-                {f"test_auc_at_{h:g}": a, f"test_auc_at_{h:g}_ci_low": lo, f"test_auc_at_{h:g}_ci_high": hi}
-            )
-        metrics |= _finite({"test_mean_auc": mean_auc})
-        calibration = survival.calibration(time, event, risk, at, horizons)
-        km = survival.km_by_group(time, event, risk, on_grid, grid)
+        calibration = survival.calibration(time, event, risk, found.at, horizons)
+        km = survival.km_by_group(time, event, risk, found.on_grid, found.grid)
         survival.plot_km_by_group(km, plots / "km_by_risk_group.png", f"{params.data.time} (time column's units)")
     # dvc.yaml's ROC plot tracks this file for every task; a survival model's curves are the KM plot's.
     (paths.step_dir("evaluate") / "roc.json").write_text("[]\n")
     n_patients = len(np.unique(groups)) if groups is not None else len(test)
     metrics |= {"n_test": len(test), "n_test_patients": n_patients, "n_test_events": int(event.sum())}
-    left = [h for h in predictor.horizons if h not in horizons]
     report = {
         "test_rows": len(test),
         "test_patients": n_patients,
@@ -331,7 +299,7 @@ def _survival(params: Params, paths: Paths, df, test, predictor: Predictor, task
         "resampled": "rows (no patient id)" if groups is None else "patients",
         "n_boot": ep.n_boot,
         "horizons": horizons,
-        "horizons_note": f"{len(left)} horizon(s) outside the test follow-up left out" if left else None,
+        "horizons_note": f"{len(found.left)} horizon(s) outside the test follow-up left out" if found.left else None,
         "calibration": calibration,
     }
     y = np.column_stack([time, event])
