@@ -28,12 +28,17 @@ def write_table(paths: Paths, df: pd.DataFrame, name: str) -> None:
     df.to_csv(paths.data_dir / f"{name}.csv", index=False)
 
 
-def trees_registered(clone, example: str, store: str, scored: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+def trees_registered(
+    clone, example: str, store: str, scored: pd.DataFrame, env: dict[str, str]
+) -> tuple[str, pd.DataFrame]:
     """`medflow run --params examples/<example>.yaml -P train.model=xgboost` after the example's v1, then `medflow
-    predict` with that v2: its card, and its predictions, checked to have v1's columns (scored) and every row ok."""
+    predict` with that v2: its card, and its predictions, checked to have v1's columns (scored) and every row ok.
+    env: the session's Prefect server, as for v1."""
     from mlflow import MlflowClient
 
-    done = sh(f".venv/bin/medflow run --params examples/{example}.yaml -P train.model=xgboost", clone, timeout=900)
+    done = sh(
+        f".venv/bin/medflow run --params examples/{example}.yaml -P train.model=xgboost", clone, timeout=900, **env
+    )
     assert done.stdout.strip().splitlines()[-1].startswith(f"registered medflow-{example} v2 ("), done.stdout
     card = MlflowClient(store, registry_uri=store).get_model_version(f"medflow-{example}", "2").description
     sh(f".venv/bin/medflow predict --model models:/medflow-{example}/2 --input data/{example}.csv "

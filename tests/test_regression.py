@@ -201,11 +201,14 @@ def test_the_steps_predict_in_the_target_units_and_the_gate_counts_improvement(d
 
 
 @pytest.mark.e2e
-def test_the_diabetes_example_registers_a_champion_and_predicts_every_row(tmp_path, migrated_mlflow_db):
+def test_the_diabetes_example_registers_a_champion_and_predicts_every_row(tmp_path, migrated_mlflow_db, prefect_server):
     from mlflow import MlflowClient
 
     clone = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
-    done = sh(".venv/bin/medflow run --params examples/diabetes.yaml -P train.max_epochs=80", clone, timeout=900)
+    server = {"PREFECT_API_URL": prefect_server}
+    done = sh(
+        ".venv/bin/medflow run --params examples/diabetes.yaml -P train.max_epochs=80", clone, timeout=900, **server
+    )
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("registered medflow-diabetes v1 (champion: delta improvement in mae"), last
     store = f"sqlite:///{clone / 'mlruns/mlflow.db'}"
@@ -222,7 +225,7 @@ def test_the_diabetes_example_registers_a_champion_and_predicts_every_row(tmp_pa
     assert list(scored.columns) == ["row", "model", "version", "prediction", "status", "reason"]
     assert scored["status"].eq("ok").all() and scored["prediction"].between(0, 400).all()
     # The trees as the registered model: the same steps from train on, the same predict columns.
-    card, trees = trees_registered(clone, "diabetes", store, scored)
+    card, trees = trees_registered(clone, "diabetes", store, scored, server)
     assert "Primary metric: `test_mae`" in card and "| gradient_boosted_trees |" in card
     assert trees["prediction"].between(0, 400).all()
 

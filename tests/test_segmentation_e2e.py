@@ -15,9 +15,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.full]  # ~60 CPU-s of training: `make
 PREDICT = ".venv/bin/medflow predict --model models:/medflow-phantom-seg2d@champion --input batch/in.csv --output batch/out.csv"  # noqa: E501
 
 
-def test_phantom_seg2d_reaches_dice_09_and_predicts_the_held_back_case(tmp_path, migrated_mlflow_db):
+def test_phantom_seg2d_reaches_dice_09_and_predicts_the_held_back_case(tmp_path, migrated_mlflow_db, prefect_server):
     root = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
-    sh(".venv/bin/medflow run --params examples/phantom_seg2d.yaml -P train.max_epochs=8", root)
+    sh(
+        ".venv/bin/medflow run --params examples/phantom_seg2d.yaml -P train.max_epochs=8",
+        root,
+        PREFECT_API_URL=prefect_server,
+    )
     metrics = json.loads((root / "artifacts/phantom_seg2d/evaluate/metrics.json").read_text())
     assert metrics["test_mean_dice"] >= 0.9 and metrics["test_mean_dice_ci_low"] > 0.8
     card = (root / "artifacts/phantom_seg2d/register/model_card.md").read_text()

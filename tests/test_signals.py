@@ -82,12 +82,17 @@ def test_a_cnn_trains_on_synthetic_ecgs_beside_summary_baselines_and_scores_a_ma
 
 
 @pytest.mark.e2e
-def test_the_ecg_example_registers_a_cnn_read_through_the_dicom_reader(tmp_path, migrated_mlflow_db):
+def test_the_ecg_example_registers_a_cnn_read_through_the_dicom_reader(tmp_path, migrated_mlflow_db, prefect_server):
     clone = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
     # The documented command on fewer records (written where the source writes them on first use), so that make
     # test runs it.
     synthetic.materialise(clone / "data", n=RECORDS)
-    done = sh(f".venv/bin/medflow run --params examples/ecg_synthetic.yaml {SHRINK}", clone, timeout=900)
+    done = sh(
+        f".venv/bin/medflow run --params examples/ecg_synthetic.yaml {SHRINK}",
+        clone,
+        timeout=900,
+        PREFECT_API_URL=prefect_server,
+    )
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("registered medflow-ecg-synthetic v1 (champion: "), last
     gate = json.loads((clone / "artifacts/ecg_synthetic/register/gate.json").read_text())

@@ -238,11 +238,14 @@ def test_the_steps_score_c_index_against_both_baselines_and_predict_survival(wha
 
 
 @pytest.mark.e2e
-def test_the_whas500_example_registers_a_champion_and_predicts_every_row(tmp_path, migrated_mlflow_db):
+def test_the_whas500_example_registers_a_champion_and_predicts_every_row(tmp_path, migrated_mlflow_db, prefect_server):
     from mlflow import MlflowClient
 
     clone = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
-    done = sh(".venv/bin/medflow run --params examples/whas500.yaml -P train.max_epochs=60", clone, timeout=900)
+    server = {"PREFECT_API_URL": prefect_server}
+    done = sh(
+        ".venv/bin/medflow run --params examples/whas500.yaml -P train.max_epochs=60", clone, timeout=900, **server
+    )
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("registered medflow-whas500 v1 (champion: delta c_index vs baseline "), last
     store = f"sqlite:///{clone / 'mlruns/mlflow.db'}"
@@ -261,7 +264,7 @@ def test_the_whas500_example_registers_a_champion_and_predicts_every_row(tmp_pat
     ]  # fmt: skip
     assert scored["status"].eq("ok").all() and scored["survival_at_730"].between(0, 1).all()
     # The trees as the registered model: risk from XGBoost's Cox objective, survival from its Breslow baseline.
-    card, trees = trees_registered(clone, "whas500", store, scored)
+    card, trees = trees_registered(clone, "whas500", store, scored, server)
     assert "Primary metric: `test_c_index`" in card and "| cox |" in card
     assert trees["survival_at_730"].between(0, 1).all()
 

@@ -92,7 +92,7 @@ def test_trees_are_for_tables():
 
 
 @pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
-def test_xgboost_trains_registers_and_predicts_through_the_pipeline(tmp_path, migrated_mlflow_db):
+def test_xgboost_trains_registers_and_predicts_through_the_pipeline(tmp_path, migrated_mlflow_db, prefect_server):
     import mlflow
     import pandas as pd
     from usercmd import free_port, scratch_clone, sh, stop, user_env, wait_http
@@ -102,7 +102,9 @@ def test_xgboost_trains_registers_and_predicts_through_the_pipeline(tmp_path, mi
 
     root = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
     n_boot = "-P evaluate.n_boot=200 -P register.gate.n_boot=200"
-    done = sh(f".venv/bin/medflow run -P train.model=xgboost {n_boot}", root, timeout=600)
+    done = sh(
+        f".venv/bin/medflow run -P train.model=xgboost {n_boot}", root, timeout=600, PREFECT_API_URL=prefect_server
+    )
     assert "stopped early after epoch" in done.stdout + done.stderr
     assert "registered medflow-breast-cancer v1 (champion: " in done.stdout, done.stdout[-2000:]
     bundle = root / "artifacts/train/model"
