@@ -11,7 +11,7 @@ from usercmd import documented, scratch_clone, sh
 
 pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
 
-FILES = """.venv/bin/python -c "import pandas as pd; from medflow.data.sources import resolve; from medflow.paths import Paths; t = pd.read_csv(resolve('lung', Paths('.')), dtype=str); x = t['inst'] == '13'; t[~x].to_csv('data/lung_dev.csv', index=False); t[x].to_csv('data/lung_inst13.csv', index=False)\""""  # noqa: E501
+FILES = '''.venv/bin/python -c "import pandas as pd; from medflow.data.sources import resolve; from medflow.paths import Paths; t = pd.read_csv(resolve('lung', Paths('.')), dtype=str); x = t['inst'] == '13'; t[~x].to_csv('data/lung_dev.csv', index=False); t[x].to_csv('data/lung_inst13.csv', index=False)"'''  # noqa: E501
 RUN = ".venv/bin/medflow run --params examples/lung_sites.yaml"
 EXTERNAL = '.venv/bin/medflow evaluate-external --params examples/lung_sites.yaml --model models:/medflow-lung@champion --data data/lung_inst13.csv --name "institution 13"'  # noqa: E501
 

@@ -333,6 +333,7 @@ def test_dvc_experiment_is_listed_with_its_metrics_and_leaves_the_champion(made)
     experiments = [rev for e in head.get("experiments") or [] for rev in e["revs"]]
     assert experiments, rows
     for rev in [head, *experiments]:
+        assert rev.get("data"), (rev["rev"], rev.get("error"))  # DVC could not read this revision: say why
         metrics = rev["data"]["metrics"]["artifacts/evaluate/metrics.json"]["data"]
         assert metrics["test_roc_auc"] > 0.9, (rev["rev"], rev["data"]["metrics"])
     assert "train.lr" in sh(DVC_PARAMS_DIFF, made).stdout
