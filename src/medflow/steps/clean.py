@@ -14,7 +14,7 @@ import pandas as pd
 
 from medflow.data.columns import CONTENT_HASH, LABEL, PATIENT_KEY, ROW_ID, TIME, TIME_OR_SITE
 from medflow.data.features import Schema, coerce_features, encode_labels
-from medflow.data.image_store import copy_rows
+from medflow.data.image_store import copy_rows, return_freed_memory
 from medflow.params import DataParams, Params
 from medflow.paths import Paths
 from medflow.privacy.keys import pseudonymise, resolve_salt
@@ -196,6 +196,8 @@ def run(params: Params, paths: Paths) -> dict:
         # The same picture with the same label is one example, whoever it was filed under.
         kept, duplicates = without_split_value(*split_duplicates(df, [CONTENT_HASH, params.data.target]), params)
         rows, budget = kept.index.to_numpy(), params.train.memory_budget_mb
+        if budget is not None:
+            return_freed_memory()
         if budget is None:
             np.save(paths.images, np.ascontiguousarray(np.load(images, mmap_mode="r")[rows]))
         else:

@@ -31,7 +31,7 @@ from medflow import tracking
 from medflow.console import say
 from medflow.data.columns import SPLIT
 from medflow.data.features import ImageNormaliser, Preprocessor, Schema
-from medflow.data.image_store import ImageStore, StoreRows
+from medflow.data.image_store import ImageStore, StoreRows, return_freed_memory
 from medflow.data.manifest import load_split, outcome
 from medflow.models import sequence, vision
 from medflow.models.bundle import save_bundle
@@ -122,6 +122,8 @@ def features(params: Params, paths: Paths, df: pd.DataFrame, schema: Schema):
             )
         x = {s: StoreRows(store, pos) for s, pos in positions.items()}
         budget = params.train.memory_budget_mb
+        if budget is not None:
+            return_freed_memory()
         if budget is None or sum(r.nbytes for r in x.values()) <= budget * 2**20:
             images = np.load(paths.images, mmap_mode="r")
             x = {s: torch.from_numpy(np.ascontiguousarray(images[r.rows])) for s, r in x.items()}

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from medflow.data import image_validation, images
 from medflow.data.columns import CONTENT_HASH, PATIENT_KEY, ROW_ID
-from medflow.data.image_store import StoreWriter, rows_within
+from medflow.data.image_store import StoreWriter, return_freed_memory, rows_within
 from medflow.data.suite import ValidationFailed, role_mismatches, suite_kinds
 from medflow.params import Params
 from medflow.paths import Paths
@@ -41,6 +41,8 @@ def validate_images(params: Params, paths: Paths) -> dict:
             )
     required = suite["required_columns"] if suite else ()
     budget = params.train.memory_budget_mb
+    if budget is not None:
+        return_freed_memory()  # before the manifest is read: what Arrow allocates for it comes from the system pool
     try:
         manifest = images.open_manifest(data, paths, required) if budget is not None else None
         src = None if manifest else images.load_image_source(data, paths, required)
