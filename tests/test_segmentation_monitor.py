@@ -116,14 +116,17 @@ def test_unreadable_and_missing_files_are_refused_with_their_reason_and_the_rest
     folder = champion.root / "broken"
     write_phantoms(folder, 2, 6, 48, seed=13)
     (folder / "cases/bad.png").write_bytes(b"not a picture")
+    (folder / "MRN4417302").mkdir()  # a DICOM series folder named as hospitals name them, by the patient
     manifest = pd.read_csv(folder / "manifest.csv")[["image"]]
-    extra = pd.DataFrame({"image": ["cases/bad.png", "cases/gone.png"]})
+    extra = pd.DataFrame({"image": ["cases/bad.png", "cases/gone.png", "MRN4417302"]})
     pd.concat([manifest, extra]).to_csv(folder / "in.csv", index=False)
     report, texts = _check(champion, "broken/in.csv")
-    assert report["rows"] == 8 and report["refused_rows"] == 2
+    assert report["rows"] == 9 and report["refused_rows"] == 3
     assert report["refused"] == [
         {"row": 6, "reason": "not a readable image (UnidentifiedImageError)"},
         {"row": 7, "reason": "file_missing"},
+        {"row": 8, "reason": "DICOM series: an empty folder (rule: a series folder holds its slices)"},
     ]
     assert report["features"]["intensity"]["psi"] is not None and report["performance"] is None
     _private(texts)
+    assert "MRN4417302" not in texts

@@ -38,6 +38,10 @@ def evaluate_external(params: Params, paths: Paths, model_uri: str, data: Path, 
     rows = batch.read([data], params.data.exclude)
     with registered_predictor(name, version) as predictor:
         schema, task = predictor.schema, of(predictor.schema)
+        if task.name not in ("classification", "regression", "survival"):
+            raise ValueError(
+                f"{name} v{version.version}: a {task.name} model; rule: evaluate-external measures models of tables"
+            )
         needed = [c for c in (schema.target, schema.time) if c and c not in rows.columns]
         if needed:
             what = "the follow-up time and the event" if schema.time else "the label"
@@ -50,26 +54,23 @@ def evaluate_external(params: Params, paths: Paths, model_uri: str, data: Path, 
     # The model's task decides the metric: params.yaml may be another project's (a classifier's roc_auc).
     ep = params.evaluate
     primary = ep.primary_metric if ep.primary_metric in task.primaries else task.primaries[0]
-    if schema.time:
-        kind = "survival"
-    elif classes:
-        kind = "classification"
-    else:
-        kind = "regression"
-    enough = len(y) >= params.monitor.min_rows
-    if kind == "classification" and (not enough or len(np.unique(y)) < len(classes)):
+    kind, enough = task.name, len(y) >= params.monitor.min_rows
+    if kind == "classification" and len(np.unique(y)) < len(classes):
         raise ValueError(
             f"{data}: {len(y)} scored labelled row(s) holding {len(np.unique(y))} of {len(classes)} classes; rule: at "
             f"least monitor.min_rows={params.monitor.min_rows} rows and every class"
         )
     if not enough or (kind == "survival" and not y[:, 1].any()):
         events = f" ({int(y[:, 1].sum())} events)" if kind == "survival" else ""
+        # A survival row counts when its follow-up time is a positive number and its event reads as 1 or 0.
+        observed = f" (a positive {schema.time!r} and a 1/0 {schema.target!r})" if kind == "survival" else ""
         raise ValueError(
-            f"{data}: {len(y)} scored labelled row(s){events}; rule: at least monitor.min_rows="
+            f"{data}: {len(y)} scored labelled row(s){observed}{events}; rule: at least monitor.min_rows="
             f"{params.monitor.min_rows} rows" + (" and one event" if kind == "survival" else "")
         )
     pid = params.data.patient_id or schema.patient_id
     groups = patient_groups(rows.loc[labelled, pid]) if pid and pid in rows.columns else None
+    reasons = scored.loc[~ok, "reason"].value_counts()
     report = {
         "model": {"name": name, "version": version.version, "run_id": version.run_id},
         "task": kind,
@@ -79,17 +80,14 @@ def evaluate_external(params: Params, paths: Paths, model_uri: str, data: Path, 
         "rows": len(rows),
         "refused": int((~ok).sum()),
         # Reasons name a column and a rule, never a value (models/scoring.py); counts under small_count are pooled.
-        "refused_reasons": {
-            str(r): int(n) for r, n in scored.loc[~ok, "reason"].value_counts().items()
-            if n >= params.validate_.small_count
-        },
+        "refused_reasons": {str(r): int(n) for r, n in reasons.items() if n >= params.validate_.small_count},
         "unlabelled": int((ok & ~labelled).sum()),
         "evaluated_rows": len(y),
         "resampled": "patients" if groups is not None else "rows (no patient id)",
         "n_boot": ep.n_boot,
         "threshold": None,
         "primary_metric": primary,
-    }  # fmt: skip
+    }
     if kind == "classification":
         proba = scored.loc[labelled, [f"proba_{c}" for c in classes]].to_numpy(dtype="float64")
         report |= _classification(params, version, y, proba, groups)
@@ -155,17 +153,16 @@ def _survival(params: Params, y, risk, groups, survival_at, horizons) -> dict:
     from medflow.evaluation import survival
 
     time, event = y[:, 0], y[:, 1] > 0
-    found = survival.measure(time, event, time, event, risk, survival_at, horizons, groups, params.evaluate.n_boot,
-                             params.seed)  # fmt: skip
-    metrics = {
-        k: {"value": float(v), "ci_low": float(lo), "ci_high": float(hi)}
-        for k, (v, lo, hi) in found.metrics.items()
-        if not (np.isnan(v) or np.isnan(lo))
-    }
+    ep = params.evaluate
+    found = survival.measure(time, event, time, event, risk, survival_at, horizons, groups, ep.n_boot, params.seed)
+    # mean_auc has no interval (NaN), nor a metric undefined on these rows: the report lists those with one.
+    finite = {k: m for k, m in found.metrics.items() if not np.isnan(m).any()}
     return {
         "events": int(event.sum()),
         "horizons": found.horizons,
-        "metrics": metrics,
+        "metrics": _with_ci(
+            {k: v for k, (v, _, _) in finite.items()}, {k: (lo, hi) for k, (_, lo, hi) in finite.items()}
+        ),
         "censoring_weights": "Kaplan-Meier of the evaluated rows' own censoring",
     }
 

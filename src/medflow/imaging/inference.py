@@ -77,13 +77,15 @@ def segment(segmenter: Segmenter, volume: Volume) -> tuple[np.ndarray, dict[str,
     return mask, {f"volume_{c}": float((mask == c).sum()) * voxel for c in segmenter.labels[1:]}
 
 
-def case_row(segmenter: Segmenter, source: Path | None) -> tuple[dict, np.ndarray | None, Volume | None]:
+def case_row(
+    segmenter: Segmenter, source: Path | None, where: str | None = None
+) -> tuple[dict, np.ndarray | None, Volume | None]:
     """One input's row (label volumes, status, reason), its mask on its own grid and its Volume; no mask when
-    refused."""
+    refused. where: how a DICOM series is named in the reason (default: by its folder's name)."""
     try:
         if source is None:
             raise VolumeError("no image path given")
-        volume = read_volume(source)
+        volume = read_volume(source, where)
         if why := geometry_problem(volume, segmenter.pre["spacing"]):
             raise VolumeError(why)
     except FileNotFoundError:

@@ -49,13 +49,14 @@ def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI)
 
 
-def read_volume(path: Path) -> Volume:
-    """The file or DICOM series folder at path. FileNotFoundError when it is not there."""
+def read_volume(path: Path, where: str | None = None) -> Volume:
+    """The file or DICOM series folder at path. FileNotFoundError when it is not there. where: how a series'
+    errors name it (default: by its folder's name)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(path)
     if path.is_dir():
-        return read_dicom_series(path)
+        return read_dicom_series(path, where)
     name = path.name.lower()
     if name.endswith(NIFTI):
         return _nifti(path)

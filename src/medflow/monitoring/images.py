@@ -141,7 +141,9 @@ def check(batch: pd.DataFrame, folder, reference: dict, segmenter: Segmenter, pa
     masks = batch[params.data.mask_column] if params.data.mask_column in batch.columns else None
     pooled, numbers, refused, dices, unlabelled = np.zeros(len(INTENSITY_EDGES) + 1, int), [], [], [], 0
     for i, path in enumerate(batch[column]):
-        found, mask, volume = case_row(segmenter, image_path(folder, path))
+        # The reasons reach the Prefect artifact and the MLflow run: a series is not named by its folder, often a
+        # patient's or a study's id (the row number says which case).
+        found, mask, volume = case_row(segmenter, image_path(folder, path), "DICOM series")
         if mask is None:
             refused.append({"row": i, "reason": found["reason"]})
             continue
@@ -160,8 +162,6 @@ def check(batch: pd.DataFrame, folder, reference: dict, segmenter: Segmenter, pa
         features[name] = drift.numeric_drift(ref, table[name].to_numpy(dtype="float64"), mp)
     drifted = [c for c, f in features.items() if f["drifted"]]
     perf = performance(dices, params)
-    if perf is not None and unlabelled:
-        perf["unscored_masks"] = unlabelled  # missing, unreadable or off the image's grid
     report = {
         "task": "segmentation",
         "rows": int(len(batch)),
@@ -169,6 +169,7 @@ def check(batch: pd.DataFrame, folder, reference: dict, segmenter: Segmenter, pa
         "refused": refused,
         "features": features,
         "performance": perf,
+        "unscored_masks": unlabelled,  # missing, unreadable or off the image's grid
         "thresholds": mp.model_dump(),
         "drifted_features": drifted,
         # Retraining adds a labelled batch to data.source (monitoring/batch.py), a table of rows; an image batch

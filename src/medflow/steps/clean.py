@@ -196,11 +196,10 @@ def run(params: Params, paths: Paths) -> dict:
         # The same picture with the same label is one example, whoever it was filed under.
         kept, duplicates = without_split_value(*split_duplicates(df, [CONTENT_HASH, params.data.target]), params)
         rows, budget = kept.index.to_numpy(), params.train.memory_budget_mb
-        if budget is not None:
-            return_freed_memory()
         if budget is None:
             np.save(paths.images, np.ascontiguousarray(np.load(images, mmap_mode="r")[rows]))
         else:
+            return_freed_memory()
             copy_rows(images, rows, paths.images, budget)
     else:
         formats = json.loads(paths.number_formats.read_text()) if paths.number_formats.exists() else {}
