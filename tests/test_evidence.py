@@ -46,6 +46,51 @@ def test_the_calibration_slope_finds_predictions_too_extreme_and_the_intercept_r
     assert curve["observed"][0] > curve["predicted"][0] and curve["observed"][-1] < curve["predicted"][-1]
 
 
+def test_the_resamples_vectorised_fits_are_statsmodels_fits():
+    """The bootstrap fits all resamples at once (calibration._draw_fits); each must be the statsmodels GLM and brentq
+    answer of _fits on that resample: the same resamples without a fit, the same intercept and slope. Where float32
+    risks of exactly 0 and 1 leave the log-likelihood flat along a ridge, any point on it is a maximum: there the
+    fit is held to statsmodels' log-likelihood instead of its slope."""
+    import statsmodels.api as sm
+
+    from medflow.evaluation import calibration
+    from medflow.evaluation.metrics import resample_weights
+    from medflow.models.recalibration import logit
+
+    def loglik(y, lp, w, beta):
+        eta = beta[0] + beta[1] * lp
+        return float((w * (y * eta - np.logaddexp(0, eta))).sum())
+
+    rng = np.random.default_rng(7)
+    slopes = 0
+    for case in range(36):
+        n = int(rng.integers(8, 250))
+        z = rng.normal(0, rng.uniform(0.3, 4), n)
+        y = (rng.uniform(size=n) < 1 / (1 + np.exp(-z))).astype(float)
+        p = 1 / (1 + np.exp(-(rng.uniform(0.05, 3) * z + rng.normal(0, 2))))
+        saturated = case % 4 == 0
+        if saturated:
+            p = np.where(p > 0.99, 1, np.where(p < 0.01, 0, p)).astype("float32")
+        lp = logit(p)
+        w = next(resample_weights(None, n, 60, case))
+        ours = calibration._draw_fits(y, lp, w)
+        theirs = np.array([calibration._fits(y, lp, row) for row in w])
+        assert (np.isnan(ours) == np.isnan(theirs)).all(), case
+        ok = ~np.isnan(theirs)
+        assert ours[ok[:, 0], 0] == pytest.approx(theirs[ok[:, 0], 0], abs=1e-8), case
+        slopes += ok[:, 1].sum()
+        if not saturated:
+            assert ours[ok[:, 1], 1] == pytest.approx(theirs[ok[:, 1], 1], rel=1e-4, abs=1e-6), case
+            continue
+        rows = np.flatnonzero(ok[:, 1])
+        glms = calibration._draw_glms(y, lp, w[rows], ours[rows, 0])
+        for row, glm in zip(rows, glms, strict=True):
+            x = np.column_stack([np.ones(n), lp])
+            fit = sm.GLM(y, x, family=sm.families.Binomial(), freq_weights=w[row]).fit()
+            assert loglik(y, lp, w[row], glm) >= loglik(y, lp, w[row], fit.params) - 1e-7, (case, row)
+    assert slopes > 1000
+
+
 def test_net_benefit_is_dcurves_and_equals_the_formula_on_a_table():
     rng = np.random.default_rng(1)
     p = rng.uniform(size=300)
