@@ -219,3 +219,29 @@ def test_a_series_with_a_missing_slice_stops_validate_naming_it(project, salted)
     assert str(err.value).startswith("image DICOM series study7: 1 of 3 slice gaps differ") and "\n" not in str(
         err.value
     )
+
+
+def test_evaluate_the_gate_and_monitor_score_a_case_by_one_dice_rule():
+    """A label neither mask holds scores 1, one only the prediction holds 0, whichever step scores the case: evaluate
+    used to leave it out (and score a case with no label at all 0), monitor to score it 1."""
+    import warnings
+
+    from medflow.imaging.overlap import case_dice
+    from medflow.segmentation.evaluate import case_metrics
+
+    empty = np.zeros((12, 12), dtype=np.int64)
+    first, both = empty.copy(), empty.copy()
+    first[2:6, 2:6] = 1
+    both[2:6, 2:6], both[8:11, 8:11] = 1, 2
+    shifted = np.roll(both, 1, axis=0)
+    cases = {"nothing in either": (empty, empty, 1.0), "only predicted": (first, empty, 0.5),
+             "label 2 in neither": (first, first, 1.0), "label 2 missed": (first, both, 0.5)}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI warns that the distances of an empty mask are undefined
+        for name, (pred, truth, expected) in cases.items():
+            metrics = case_metrics(pred, truth, [0, 1, 2], [1.0, 1.0], 1.0)
+            assert np.mean([metrics["dice_1"], metrics["dice_2"]]) == pytest.approx(expected), name
+            assert case_dice(pred, truth, [0, 1, 2]) == pytest.approx(expected), name
+        metrics = case_metrics(shifted, both, [0, 1, 2], [1.0, 1.0], 1.0)
+    assert case_dice(shifted, both, [0, 1, 2]) == pytest.approx((metrics["dice_1"] + metrics["dice_2"]) / 2)
+    assert 0 < metrics["dice_1"] < 1 and metrics["hd95_2"] == pytest.approx(1.0)

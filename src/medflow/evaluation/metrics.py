@@ -286,6 +286,18 @@ def resample_weights(groups: np.ndarray | None, n_rows: int, n_boot: int, seed: 
         yield counts if inverse is None else counts[:, inverse]
 
 
+def resampled_means(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The mean of values (NaN left out) on each resample, a row of weights."""
+    ok = ~np.isnan(values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (weights @ np.where(ok, values, 0.0)) / (weights @ ok)
+
+
+def mean_draws(values: np.ndarray, groups: np.ndarray | None, n_boot: int, seed: int) -> np.ndarray:
+    """The mean of per-case values on each patient-bootstrap resample of resample_weights."""
+    return np.concatenate([resampled_means(w, values) for w in resample_weights(groups, len(values), n_boot, seed)])
+
+
 def bootstrap_draws(
     y: np.ndarray,
     probas: list[np.ndarray],

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from medflow.imaging import overlap
 from medflow.imaging.geometry import canonical, windowed
 from medflow.imaging.inference import case_row, image_path, ras_geometry
 from medflow.imaging.network import Segmenter
@@ -91,27 +92,15 @@ def intensity_drift(ref: dict, counts: list[int], cases: int, mp) -> dict:
     return {"kind": "histogram", "psi": value, "ks": d, "ks_pvalue": p, "drifted": drifted, "counts": counts}
 
 
-def dice(pred: np.ndarray, truth: np.ndarray, labels: list[int]) -> float:
-    """Mean Dice over the foreground labels either mask holds (1.0 when neither holds any)."""
-    scores = []
-    for c in labels[1:]:
-        p, t = pred == c, truth == c
-        if p.any() or t.any():
-            scores.append(2 * float((p & t).sum()) / float(p.sum() + t.sum()))
-    return float(np.mean(scores)) if scores else 1.0
-
-
 def performance(dices: list[float], params) -> dict | None:
-    """Mean Dice with its 95% bootstrap interval over cases (a batch manifest names no patients)."""
-    from medflow.evaluation.metrics import resample_weights
+    """Mean Dice (imaging.overlap's rule, as evaluate's) with its 95% bootstrap interval over cases (a batch
+    manifest names no patients)."""
+    from medflow.evaluation.metrics import interval, mean_draws
 
     if not dices:
         return None
     d = np.asarray(dices)
-    means = np.concatenate(
-        [w @ d / w.sum(axis=1) for w in resample_weights(None, len(d), params.evaluate.n_boot, params.seed)]
-    )
-    lo, hi = np.percentile(means, [2.5, 97.5]).tolist()
+    lo, hi = interval(mean_draws(d, None, params.evaluate.n_boot, params.seed))
     return {
         "metric": "mean_dice",
         "value": float(d.mean()),
@@ -153,7 +142,7 @@ def check(batch: pd.DataFrame, folder, reference: dict, segmenter: Segmenter, pa
         numbers.append(case_numbers(spacing, shape, {k: v for k, v in found.items() if k.startswith("volume_")}))
         truth = None if masks is None else _truth(folder, masks.iloc[i], volume)
         if truth is not None:
-            dices.append(dice(mask, truth, labels))
+            dices.append(overlap.case_dice(mask, truth, labels))
         elif masks is not None:
             unlabelled += 1
     table = pd.DataFrame(numbers, columns=list(reference["features"]))

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from medflow import tracking
-from medflow.evaluation.metrics import interval, resample_weights
+from medflow.evaluation.metrics import interval, mean_draws
+from medflow.imaging import overlap
 from medflow.imaging.network import Segmenter
 from medflow.params import Params
 from medflow.paths import Paths
@@ -30,22 +30,20 @@ IMPLEMENTATION = (
 
 
 def case_metrics(pred: np.ndarray, truth: np.ndarray, labels: list[int], spacing: list[float], tol: float) -> dict:
-    """Dice, HD95 (mm) and NSD of each foreground label of one case; NaN where a label is absent from the truth
-    and the prediction alike (Dice) or from either (the distances are undefined)."""
-    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
-    from monai.networks.utils import one_hot
+    """Dice (imaging.overlap's rule), HD95 (mm) and NSD of each foreground label of one case; the distances NaN
+    where a label is absent from either mask (they are undefined)."""
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
-    index = np.searchsorted(labels, pred), np.searchsorted(labels, truth)
-    p, t = (one_hot(torch.from_numpy(i.astype(np.int64))[None, None], len(labels)) for i in index)
-    dice = compute_dice(p, t, include_background=False, ignore_empty=False)[0]
+    p, t = overlap.one_hot(pred, truth, labels)
+    dice = overlap.label_dice(p, t)
     hd = compute_hausdorff_distance(p, t, include_background=False, percentile=95, spacing=spacing)[0]
     nsd = compute_surface_dice(p, t, [tol] * (len(labels) - 1), include_background=False, spacing=spacing)[0]
     out = {}
     for i, label in enumerate(labels[1:]):
-        present = bool(t[0, i + 1].any()), bool(p[0, i + 1].any())
-        out[f"dice_{label}"] = float(dice[i]) if any(present) else math.nan
-        out[f"hd95_{label}"] = float(hd[i]) if all(present) else math.nan
-        out[f"nsd_{label}"] = float(nsd[i]) if all(present) else math.nan
+        present = bool(t[0, i + 1].any()) and bool(p[0, i + 1].any())
+        out[f"dice_{label}"] = dice[i]
+        out[f"hd95_{label}"] = float(hd[i]) if present else math.nan
+        out[f"nsd_{label}"] = float(nsd[i]) if present else math.nan
     return out
 
 
@@ -69,20 +67,8 @@ def score_cases(segmenter: Segmenter, paths: Paths, rows: list[int], params: Par
         pred = segmenter.predict(image)
         preds[r] = pred
         m = case_metrics(pred, np.asarray(truth), labels, spacing, params.evaluate.nsd_tolerance_mm)
-        dices = [m[f"dice_{c}"] for c in labels[1:]]
-        table.append({"row_id": r, **m, "mean_dice": float(np.nanmean(dices)) if not np.isnan(dices).all() else 0.0})
+        table.append({"row_id": r, **m, "mean_dice": float(np.mean([m[f"dice_{c}"] for c in labels[1:]]))})
     return pd.DataFrame(table), preds
-
-
-def _weighted(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
-    ok = ~np.isnan(values)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (weights @ np.where(ok, values, 0.0)) / (weights @ ok)
-
-
-def draws(values: np.ndarray, groups: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """The mean of values on each patient-bootstrap resample (evaluation.metrics.resample_weights)."""
-    return np.concatenate([_weighted(w, values) for w in resample_weights(groups, len(values), n_boot, seed)])
 
 
 def _slice(image: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +120,7 @@ def run(params: Params, paths: Paths) -> dict:
         values = table[name].to_numpy(dtype=float)
         if np.isnan(values).all():
             continue
-        lo, hi = interval(draws(values, groups, ep.n_boot, params.seed))
+        lo, hi = interval(mean_draws(values, groups, ep.n_boot, params.seed))
         metrics |= {f"test_{name}": float(np.nanmean(values)), f"test_{name}_ci_low": lo, f"test_{name}_ci_high": hi}
     metrics = {k: round(v, 6) for k, v in metrics.items() if math.isfinite(v)}
     metrics |= {"n_test": len(rows), "n_test_patients": len(set(groups)) if groups is not None else len(rows)}

@@ -16,7 +16,7 @@ from medflow import tracking
 from medflow.data.columns import ROW_ID
 from medflow.data.features import Schema
 from medflow.data.sources import dataset_name
-from medflow.evaluation.metrics import paired_delta, resample_weights
+from medflow.evaluation.metrics import paired_delta, resample_weights, resampled_means
 from medflow.imaging.network import Segmenter
 from medflow.monitoring import images
 from medflow.monitoring.reference import write
@@ -25,7 +25,7 @@ from medflow.paths import Paths
 from medflow.promotion.evidence import mismatch, schema_hash
 from medflow.promotion.gate import Comparison, Decision, decide
 from medflow.segmentation.cases import load_case
-from medflow.segmentation.evaluate import _weighted, score_cases
+from medflow.segmentation.evaluate import score_cases
 from medflow.segmentation.train import split_rows
 from medflow.tracking.bundles import download_bundle
 
@@ -34,7 +34,7 @@ def paired(params: Params, paths: Paths, candidate: np.ndarray, reference: np.nd
     """Mean Dice of both models on each of the same patient resamples; the interval of their difference."""
     rp, both = params.register.gate, np.vstack([candidate, reference])
     parts = [
-        np.vstack([_weighted(w, v) for v in both])
+        np.vstack([resampled_means(w, v) for v in both])
         for w in resample_weights(groups, len(candidate), rp.n_boot, params.seed)
     ]
     delta = paired_delta(
