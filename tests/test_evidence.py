@@ -447,6 +447,15 @@ def test_evaluate_external_measures_a_survival_or_regression_model_with_evaluate
         config["target_scale"] = {"mean": 1.0, "std": 2.0}
     save_bundle(tmp_path / "bundle", model, config, pre, schema)
     rows.loc[:4, "a"] = "1e9"  # outside the training range: refused, never scored
+    # Scored, but no label to judge them by: each rule counted (rows 5-14), a row breaking two in each.
+    if task == "survival":
+        rows = rows.astype({"time": object, "dead": object})
+        rows.loc[5:9, "time"], rows.loc[9:14, "dead"] = [np.nan, -3, 0, "soon", -1], "unknown"
+        unlabelled = {"time: missing, not a number or not above 0": 5, "dead: missing or not an event flag": 6}
+    else:
+        rows = rows.astype({"y": object})
+        rows.loc[5:14, "y"] = ["n/a", "", "high", *["?"] * 7]
+        unlabelled = {"y: missing or not a number": 10}
     rows.to_csv(tmp_path / "site_c.csv", index=False)
 
     @contextmanager
@@ -462,10 +471,11 @@ def test_evaluate_external_measures_a_survival_or_regression_model_with_evaluate
     assert params.evaluate.primary_metric == "roc_auc"
     report = external.evaluate_external(params, Paths(root=tmp_path), "models:/m/3", tmp_path / "site_c.csv", "site C")
 
-    assert (report["task"], report["refused"], report["evaluated_rows"]) == (task, 5, n - 5)
+    assert (report["task"], report["refused"], report["unlabelled"], report["evaluated_rows"]) == (task, 5, 10, n - 15)
     assert report["refused_reasons"] == {"a: outside the training range": 5} and report["resampled"] == "patients"
+    assert report["unlabelled_reasons"] == unlabelled
     assert "calibration_fit" not in report and "decision_curve" not in report and report["threshold"] is None
-    kept = rows.iloc[5:]
+    kept = rows.iloc[15:].astype({"time": float, "dead": int, "y": float})
     groups = kept["pid"].to_numpy()
     x = kept["a"].astype(float).to_numpy()
     if task == "survival":
@@ -477,6 +487,13 @@ def test_evaluate_external_measures_a_survival_or_regression_model_with_evaluate
         assert (c["ci_low"], c["ci_high"]) == pytest.approx((boot.ci_low, boot.ci_high))
         assert {"uno_c", "auc_at_100", "auc_at_300", "brier_at_300", "integrated_brier"} <= set(report["metrics"])
         assert "| c_index |" in (tmp_path / "artifacts/external/site_C-v3/report.md").read_text()
+        # Labelled rows, none with an event: no C-index to compute, one line naming both columns and the rule.
+        rows.iloc[15:].assign(dead=0).to_csv(tmp_path / "censored.csv", index=False)
+        rule = r"0 events\); rule: at least monitor.min_rows=\d+ rows and one event"
+        with pytest.raises(
+            ValueError, match=rf"censored.csv: {n - 15} .*\(a positive 'time' and a 1/0 'dead'\) \({rule}"
+        ):
+            external.evaluate_external(params, Paths(root=tmp_path), "models:/m/3", tmp_path / "censored.csv")
     else:
         pred = Predictor(tmp_path / "bundle").outputs(kept)[:, 0]
         mae = report["metrics"]["mae"]
@@ -486,5 +503,6 @@ def test_evaluate_external_measures_a_survival_or_regression_model_with_evaluate
         assert (mae["ci_low"], mae["ci_high"]) == pytest.approx(ci)
     md = (tmp_path / "artifacts/external/site_C-v3/report.md").read_text()
     assert "## Calibration" not in md and "Decision curve" not in md
+    assert all(f"| {rule} | {count} |" in md for rule, count in unlabelled.items())
     assert len(recorded) == 1 and recorded[0][2]["primary_metric"] == report["primary_metric"]
     assert not [p for p in rows["pid"] if p in md]

@@ -28,7 +28,7 @@ def _label(label: str) -> str:
 
 def evaluate_external(params: Params, paths: Paths, model_uri: str, data: Path, label: str | None = None) -> dict:
     from medflow.monitoring import batch
-    from medflow.monitoring.report import _observed
+    from medflow.monitoring.report import observed
     from medflow.tasks import of
     from medflow.tracking.bundles import registered_predictor
     from medflow.tracking.registry import resolve
@@ -48,7 +48,7 @@ def evaluate_external(params: Params, paths: Paths, model_uri: str, data: Path, 
             raise ValueError(f"{data}: column(s) {needed} ({what}) missing; rule: a labelled table")
         scored = predictor.score(rows)
         ok = scored["status"].eq("ok").to_numpy()
-        labelled, y = _observed(rows, ok, predictor)
+        labelled, y, unlabelled = observed(rows, ok, predictor)
         classes = list(predictor.classes)
         survival_at, horizons = predictor.survival_at, predictor.horizons
     # The model's task decides the metric: params.yaml may be another project's (a classifier's roc_auc).
@@ -82,6 +82,8 @@ def evaluate_external(params: Params, paths: Paths, model_uri: str, data: Path, 
         # Reasons name a column and a rule, never a value (models/scoring.py); counts under small_count are pooled.
         "refused_reasons": {str(r): int(n) for r, n in reasons.items() if n >= params.validate_.small_count},
         "unlabelled": int((ok & ~labelled).sum()),
+        # A row may break both survival rules: the counts are per rule, pooled under small_count as refused ones are.
+        "unlabelled_reasons": {r: n for r, n in unlabelled.items() if n >= params.validate_.small_count},
         "evaluated_rows": len(y),
         "resampled": "patients" if groups is not None else "rows (no patient id)",
         "n_boot": ep.n_boot,
@@ -222,6 +224,9 @@ def markdown(report: dict) -> str:
     if report["refused_reasons"]:
         lines += ["", "| refused because | rows |", "|---|---|"]
         lines += [f"| {r} | {n} |" for r, n in report["refused_reasons"].items()]
+    if report["unlabelled_reasons"]:
+        lines += ["", "| without a label because | rows |", "|---|---|"]
+        lines += [f"| {r} | {n} |" for r, n in report["unlabelled_reasons"].items()]
     fit = report.get("calibration_fit")
     if fit:
         lines += ["", "## Calibration", "", "| measure | value | 95% CI |", "|---|---|---|"]

@@ -24,22 +24,32 @@ from medflow.monitoring.reference import bin_counts, positive_score
 from medflow.tasks import of
 
 
-def _observed(batch: pd.DataFrame, ok: np.ndarray, predictor: Predictor) -> tuple[np.ndarray, np.ndarray]:
-    """Which rows carry a label the model can be judged on, and those labels (class indices, or numbers read as
-    validate reads a regression target: a row whose target is no number is unlabelled)."""
+def observed(batch: pd.DataFrame, ok: np.ndarray, predictor: Predictor) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Which rows carry a label the model can be judged on, those labels (class indices, or numbers read as
+    validate reads a regression target), and how many of the scored (ok) rows each label rule left out, by rule."""
     schema = predictor.schema
     if schema.time:
         # Survival: a row is labelled when its follow-up time is a positive number and its event reads as one.
         time = parse(batch[schema.time], NumberFormat()).to_numpy(dtype="float64")
         event = event_flags(batch[schema.target], schema.event_value)
-        labelled = ok & (time > 0) & np.isfinite(time) & event.notna().to_numpy()
-        return labelled, np.column_stack([time[labelled], event[labelled].to_numpy(dtype="float64")])
-    if of(schema).has_classes:
-        labelled = ok & batch[schema.target].notna().to_numpy()
-        return labelled, encode_labels(batch.loc[labelled, schema.target], schema)
-    number = parse(batch[schema.target], NumberFormat()).to_numpy(dtype="float64")
-    labelled = ok & np.isfinite(number)
-    return labelled, number[labelled]
+        failed = {
+            f"{schema.time}: missing, not a number or not above 0": ~((time > 0) & np.isfinite(time)),
+            f"{schema.target}: missing or not an event flag": event.isna().to_numpy(),
+        }
+    elif of(schema).has_classes:
+        failed = {f"{schema.target}: missing": batch[schema.target].isna().to_numpy()}
+    else:
+        number = parse(batch[schema.target], NumberFormat()).to_numpy(dtype="float64")
+        failed = {f"{schema.target}: missing or not a number": ~np.isfinite(number)}
+    labelled = ok & ~np.logical_or.reduce(list(failed.values()))
+    reasons = {rule: int((ok & rows).sum()) for rule, rows in failed.items() if (ok & rows).any()}
+    if schema.time:
+        y = np.column_stack([time[labelled], event[labelled].to_numpy(dtype="float64")])
+    elif of(schema).has_classes:
+        y = encode_labels(batch.loc[labelled, schema.target], schema)
+    else:
+        y = number[labelled]
+    return labelled, y, reasons
 
 
 def performance(batch: pd.DataFrame, proba: np.ndarray, ok: np.ndarray, predictor: Predictor, params) -> dict | None:
@@ -47,7 +57,7 @@ def performance(batch: pd.DataFrame, proba: np.ndarray, ok: np.ndarray, predicto
     schema, target = predictor.schema, predictor.schema.target
     if target not in batch.columns or (schema.time and schema.time not in batch.columns):
         return None
-    labelled, y = _observed(batch, ok, predictor)
+    labelled, y, _ = observed(batch, ok, predictor)
     if labelled.sum() < params.monitor.min_rows:
         return {"labelled_rows": int(labelled.sum()), "note": f"fewer than monitor.min_rows={params.monitor.min_rows}"}
     task = of(schema)
