@@ -69,7 +69,7 @@ def test_two_gloo_ranks_train_the_unet_as_one_process_does_and_only_rank_0_write
     assert len(client.get_metric_history(ddp["run_id"], "val_dice")) == ddp["epochs_run"]
     assert not root.checkpoint.exists()
 
-    row, mask, _ = case_row(Segmenter(root.model_bundle), root.data_dir / "ph/cases/case012_image.png")
+    row, mask, _, _ = case_row(Segmenter(root.model_bundle), root.data_dir / "ph/cases/case012_image.png")
     truth = np.asarray(Image.open(root.data_dir / "ph/cases/case012_mask.png")) > 0
     assert row["status"] == "ok" and mask.shape == truth.shape
     assert 2 * ((mask > 0) & truth).sum() / ((mask > 0).sum() + truth.sum()) > 0.5

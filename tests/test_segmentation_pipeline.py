@@ -88,7 +88,7 @@ def test_3d_volumes_resampled_and_masks_back_on_the_input_grid(project, salted):
 
     held = project.data_dir / "vol/cases/case008_image.nii.gz"
     segmenter = Segmenter(project.model_bundle)
-    row, mask, volume = case_row(segmenter, held)
+    row, mask, volume, _ = case_row(segmenter, held)
     assert row["status"] == "ok" and mask.shape == (24, 24, 24)
     written = nib.load(write_mask(mask, volume, held, project.root, 0))
     assert np.allclose(written.affine, nib.load(held).affine)

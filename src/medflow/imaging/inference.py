@@ -68,20 +68,26 @@ def write_mask(mask: np.ndarray, volume: Volume, source: Path, folder: Path, row
     return out
 
 
-def segment(segmenter: Segmenter, volume: Volume) -> tuple[np.ndarray, dict[str, float]]:
-    """The mask on the input's grid and the volume of each foreground label (mm^3; mm^2 for a 2-D image)."""
-    spacing = segmenter.pre["spacing"]
-    image, affine = canonical(volume, spacing, is_mask=False)
+def label_volumes(mask: np.ndarray, spacing: list[float], labels: list[int]) -> dict[str, float]:
+    """The volume of each foreground label of a mask with this voxel spacing (mm^3; mm^2 for a 2-D mask)."""
+    voxel = float(np.prod(spacing))
+    return {f"volume_{c}": float((mask == c).sum()) * voxel for c in labels[1:]}
+
+
+def segment(segmenter: Segmenter, volume: Volume) -> tuple[np.ndarray, dict[str, float], np.ndarray]:
+    """The mask on the input's grid, the volume of each foreground label, and the image as the model saw it (RAS, at
+    the bundle's spacing), which monitoring summarises without resampling the case again."""
+    image, affine = canonical(volume, segmenter.pre["spacing"], is_mask=False)
     mask = on_input_grid(segmenter.predict(image), affine, volume)
-    voxel = float(np.prod(volume.spacing))
-    return mask, {f"volume_{c}": float((mask == c).sum()) * voxel for c in segmenter.labels[1:]}
+    return mask, label_volumes(mask, volume.spacing, segmenter.labels), image
 
 
 def case_row(
     segmenter: Segmenter, source: Path | None, where: str | None = None
-) -> tuple[dict, np.ndarray | None, Volume | None]:
-    """One input's row (label volumes, status, reason), its mask on its own grid and its Volume; no mask when
-    refused. where: how a DICOM series is named in the reason (default: by its folder's name)."""
+) -> tuple[dict, np.ndarray | None, Volume | None, np.ndarray | None]:
+    """One input's row (label volumes, status, reason), its mask on its own grid, its Volume and the image as the
+    model saw it; no mask, Volume or image when refused. where: how a DICOM series is named in the reason (default:
+    by its folder's name)."""
     try:
         if source is None:
             raise VolumeError("no image path given")
@@ -89,11 +95,11 @@ def case_row(
         if why := geometry_problem(volume, segmenter.pre["spacing"]):
             raise VolumeError(why)
     except FileNotFoundError:
-        return {"status": "refused", "reason": "file_missing"}, None, None
+        return {"status": "refused", "reason": "file_missing"}, None, None, None
     except VolumeError as exc:
-        return {"status": "refused", "reason": str(exc)}, None, None
-    mask, volumes = segment(segmenter, volume)
-    return {**volumes, "status": "ok", "reason": ""}, mask, volume
+        return {"status": "refused", "reason": str(exc)}, None, None, None
+    mask, volumes, image = segment(segmenter, volume)
+    return {**volumes, "status": "ok", "reason": ""}, mask, volume, image
 
 
 class CaseTable:

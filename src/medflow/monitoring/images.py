@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from medflow.imaging import overlap
-from medflow.imaging.geometry import canonical, windowed
+from medflow.imaging.geometry import windowed
 from medflow.imaging.inference import case_row, image_path, ras_geometry
 from medflow.imaging.network import Segmenter
 from medflow.imaging.volumes import VolumeError, read_volume
@@ -38,11 +38,6 @@ def case_numbers(spacing: list[float], shape: list[int], volumes: dict[str, floa
 
 def histogram(image: np.ndarray, window: list[float]) -> list[int]:
     return bin_counts(windowed(np.asarray(image), window).ravel().astype(np.float64), INTENSITY_EDGES)
-
-
-def label_volumes(mask: np.ndarray, spacing: list[float], labels: list[int]) -> dict[str, float]:
-    voxel = float(np.prod(spacing))
-    return {f"volume_{c}": float((mask == c).sum()) * voxel for c in labels[1:]}
 
 
 def case_reference(values: np.ndarray, bins: int, k: int) -> dict:
@@ -132,12 +127,12 @@ def check(batch: pd.DataFrame, folder, reference: dict, segmenter: Segmenter, pa
     for i, path in enumerate(batch[column]):
         # The reasons reach the Prefect artifact and the MLflow run: a series is not named by its folder, often a
         # patient's or a study's id (the row number says which case).
-        found, mask, volume = case_row(segmenter, image_path(folder, path), "DICOM series")
+        found, mask, volume, seen = case_row(segmenter, image_path(folder, path), "DICOM series")
         if mask is None:
             refused.append({"row": i, "reason": found["reason"]})
             continue
         # On the model's grid, as the reference's cases were cached.
-        pooled += histogram(canonical(volume, segmenter.pre["spacing"], is_mask=False)[0], segmenter.pre["window"])
+        pooled += histogram(seen, segmenter.pre["window"])
         spacing, shape = ras_geometry(volume)
         numbers.append(case_numbers(spacing, shape, {k: v for k, v in found.items() if k.startswith("volume_")}))
         truth = None if masks is None else _truth(folder, masks.iloc[i], volume)

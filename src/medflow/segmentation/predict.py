@@ -32,7 +32,7 @@ def predict_file(name: str, version, input_path: Path, output_path: Path) -> dic
     rows = []
     for i, cell in enumerate(batch[column]):
         source = image_path(Path(input_path).parent, cell)
-        found, mask, volume = case_row(segmenter, source)
+        found, mask, volume, _ = case_row(segmenter, source)
         out = None if mask is None else str(write_mask(mask, volume, source, folder, i))
         rows.append({"row": i, "model": name, "version": version.version, "mask": out, **found})
     table = ordered(pd.DataFrame(rows))

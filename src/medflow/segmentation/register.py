@@ -17,6 +17,7 @@ from medflow.data.columns import ROW_ID
 from medflow.data.features import Schema
 from medflow.data.sources import dataset_name
 from medflow.evaluation.metrics import paired_delta, resample_weights, resampled_means
+from medflow.imaging.inference import label_volumes
 from medflow.imaging.network import Segmenter
 from medflow.monitoring import images
 from medflow.monitoring.reference import write
@@ -61,7 +62,7 @@ def monitoring_reference(params: Params, paths: Paths, window: list[float], out:
     for r in split_rows(paths, "train"):
         image, mask = load_case(paths, r)
         case = cases.loc[r]
-        volumes = images.label_volumes(np.asarray(mask), list(case["spacing"]), labels)
+        volumes = label_volumes(np.asarray(mask), list(case["spacing"]), labels)
         histograms.append(images.histogram(image, window))
         numbers.append(images.case_numbers(list(case["source_spacing"]), list(case["source_shape"]), volumes))
     reference = images.build(histograms, numbers, labels, params.monitor.bins, params.validate_.small_count)
