@@ -23,7 +23,7 @@ from medflow.imaging.network import Segmenter
 from medflow.imaging.volumes import VolumeError, read_volume
 from medflow.monitoring import drift
 from medflow.monitoring.drift import cell
-from medflow.monitoring.reference import bin_counts, merge_small
+from medflow.monitoring.reference import bin_counts, numeric_reference
 
 VERSION = 1
 # Inner edges: bin 0 holds what the window clipped to 0, the last what it clipped to 1, ten equal bins between.
@@ -40,26 +40,6 @@ def histogram(image: np.ndarray, window: list[float]) -> list[int]:
     return bin_counts(windowed(np.asarray(image), window).ravel().astype(np.float64), INTENSITY_EDGES)
 
 
-def case_reference(values: np.ndarray, bins: int, k: int) -> dict:
-    """A per-case number as drift.numeric_drift reads it. Unlike a table's, empty bins are kept and the outer edges
-    sit at the extremes when at least k cases share them (merge_small removes them otherwise): a spacing or shape
-    that every training case shares (1 mm pixels) is one value, and a batch off it on either side must land in a
-    bin of its own to show."""
-    x = values[~np.isnan(values)]
-    ref = {"kind": "numeric", "n": int(len(values)), "null_rate": float(np.isnan(values).mean())}
-    if len(x) < k:
-        return ref | {"edges": [], "counts": [], "suppressed": True}
-    quantiles = np.quantile(x, np.arange(0, bins + 1) / bins)
-    edges = np.unique([np.nextafter(quantiles[0], -np.inf), *quantiles]).tolist()
-    edges, counts = merge_small(edges, bin_counts(x, edges), k, keep_empty=True)
-    return ref | {
-        "edges": edges,
-        "counts": counts,
-        "mean": float(x.mean()),
-        "sd": float(x.std(ddof=1)) if len(x) > 1 else 0.0,
-    }
-
-
 def build(histograms: list[list[int]], numbers: list[dict[str, float]], labels: list[int], bins: int, k: int):
     """The reference of the training cases' summaries (one histogram and one dict of numbers per case)."""
     table = pd.DataFrame(numbers)
@@ -71,7 +51,7 @@ def build(histograms: list[list[int]], numbers: list[dict[str, float]], labels: 
         "train_cases": len(numbers),
         "labels": labels,
         "intensity": {"edges": INTENSITY_EDGES, "counts": np.sum(histograms, axis=0).tolist(), "cases": len(numbers)},
-        "features": {c: case_reference(table[c].to_numpy(dtype="float64"), bins, k) for c in table.columns},
+        "features": {c: numeric_reference(table[c].to_numpy(dtype="float64"), bins, k, outer=True) for c in table},
     }
 
 

@@ -49,7 +49,10 @@ def bin_counts(values: np.ndarray, edges: list[float]) -> list[int]:
     ).tolist()
 
 
-def numeric_reference(values: np.ndarray, bins: int, k: int) -> dict:
+def numeric_reference(values: np.ndarray, bins: int, k: int, outer: bool = False) -> dict:
+    """Quantile bins merged until each holds k values, as drift.numeric_drift reads them. outer (an image's per-case
+    numbers): the outer edges sit at the extremes and empty bins are kept, so that a spacing or shape every training
+    case shares (1 mm pixels) is one bin, and a batch off it on either side lands in a bin of its own."""
     x = values[~np.isnan(values)]
     ref = {
         "kind": "numeric",
@@ -58,8 +61,12 @@ def numeric_reference(values: np.ndarray, bins: int, k: int) -> dict:
     }
     if len(x) < k:  # too few values to describe without singling one out
         return ref | {"edges": [], "counts": [], "suppressed": True}
-    edges = np.unique(np.quantile(x, np.arange(1, bins) / bins)).tolist()
-    edges, counts = merge_small(edges, bin_counts(x, edges), k)
+    if outer:
+        quantiles = np.quantile(x, np.arange(0, bins + 1) / bins)
+        edges = np.unique([np.nextafter(quantiles[0], -np.inf), *quantiles]).tolist()
+    else:
+        edges = np.unique(np.quantile(x, np.arange(1, bins) / bins)).tolist()
+    edges, counts = merge_small(edges, bin_counts(x, edges), k, keep_empty=outer)
     q1, q2, q3 = np.quantile(x, [0.25, 0.5, 0.75]).tolist()
     return ref | {
         "edges": edges,
