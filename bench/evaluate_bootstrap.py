@@ -3,6 +3,10 @@ plain vectorised numpy bootstrap of ROC-AUC, accuracy and Brier score on the sam
 PR-AUC, balanced accuracy, F1, ECE and the four threshold metrics in the same pass. Target: ratio <= 3 and seconds,
 not minutes. Writes bench/results/evaluate_bootstrap.json.
 
+calibration_bootstrap: the calibration intercept and slope with their intervals on the same rows and resamples,
+all resamples fitted together, against one statsmodels GLM and one brentq root per resample (what evaluate did
+before). Target: ratio <= 0.8. Writes bench/results/calibration_bootstrap.json.
+
     .venv/bin/python bench/evaluate_bootstrap.py [--rows 10000 --resamples 1000 --pairs 5]
 """
 
@@ -13,7 +17,9 @@ import argparse
 import numpy as np
 from common import paired, timed
 
-from medflow.evaluation.metrics import bootstrap_ci
+from medflow.evaluation import calibration
+from medflow.evaluation.metrics import bootstrap_ci, resample_weights
+from medflow.models.recalibration import logit
 
 
 def numpy_bootstrap(y: np.ndarray, p: np.ndarray, resamples: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -32,6 +38,13 @@ def numpy_bootstrap(y: np.ndarray, p: np.ndarray, resamples: int, seed: int = 0)
         out["accuracy"].append(((ps >= 0.5) == ys).mean(axis=1))
         out["brier"].append(((ps - ys) ** 2).mean(axis=1))
     return {k: np.nanpercentile(np.concatenate(v), [2.5, 97.5]) for k, v in out.items()}
+
+
+def per_resample_fits(y: np.ndarray, p: np.ndarray, resamples: int) -> list[tuple[float, float]]:
+    """The point fit, then one resample at a time: each a statsmodels GLM and a brentq root."""
+    lp = logit(p)
+    fits = [calibration._fits(y, lp, None)]
+    return fits + [calibration._fits(y, lp, w) for chunk in resample_weights(None, len(y), resamples, 0) for w in chunk]
 
 
 def main() -> None:
@@ -58,6 +71,16 @@ def main() -> None:
         resamples=args.resamples,
     )
     print(f"bootstrap: {args.rows:,} rows x {args.resamples:,} resamples in {result['ours']:.2f} s")
+    paired(
+        "calibration_bootstrap",
+        lambda: timed(calibration.logistic_calibration, y, p1, None, args.resamples, 0),
+        lambda: timed(per_resample_fits, y, p1, args.resamples),
+        args.pairs,
+        target=0.8,
+        warmup=not args.quick,
+        rows=args.rows,
+        resamples=args.resamples,
+    )
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def result(clone, name: str) -> dict:
     ("command", "names"),
     [
         (COLD, ["cold_start"]),
-        (BOOTSTRAP, ["evaluate_bootstrap"]),
+        (BOOTSTRAP, ["evaluate_bootstrap", "calibration_bootstrap"]),
         (SURVIVAL, ["survival_cindex", "survival_cindex_ci"]),
         (LOGGING, ["logging_overhead"]),
         (TRAIN_BARE, ["train_vs_bare"]),
