@@ -316,9 +316,8 @@ def fit_unet(
         loss_sum, dice_sum, n_val, train_loss = distributed.all_reduce(sums).tolist()
         row = {"train_loss": train_loss / world, "val_loss": loss_sum / n_val, "val_dice": dice_sum / n_val}
         history.append(row)
-        # Rank 0's decision on every rank: all of them keep the same epoch and stop together.
-        improved = distributed.broadcast(row["val_dice"] > best)
-        if improved:
+        # Every rank holds the same all-reduced sums, so each decides alike: they keep the same epoch, stop together.
+        if row["val_dice"] > best:
             best, best_epoch, stale = row["val_dice"], epoch, 0
             best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
