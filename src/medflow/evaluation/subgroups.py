@@ -42,7 +42,8 @@ def group_labels(table: pd.DataFrame, columns: list[str], bins: dict[str, list[f
         elif pd.api.types.is_numeric_dtype(values) and values.nunique() > 20:
             raise ValueError(f"evaluate.subgroups: {col!r} is numeric; give its bin edges in evaluate.subgroup_bins")
         else:
-            named = [MISSING if pd.isna(v) else f"{col}={v}" for v in values]
+            # A code read as a number (sex 1 or 2) is named as written, "sex=1", not "sex=1.0".
+            named = [MISSING if pd.isna(v) else f"{col}={_edge(v) if isinstance(v, float) else v}" for v in values]
             labels = pd.Categorical(named, [*sorted(set(named) - {MISSING}), MISSING])
         out[col] = labels
     return out
