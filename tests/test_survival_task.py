@@ -191,11 +191,11 @@ def test_the_steps_score_c_index_against_both_baselines_and_predict_survival(wha
     # Subgroups: Harrell's C per group with its CI, each group's C the one of its own rows.
     sub = json.loads((project.step_dir("evaluate") / "report.json").read_text())["subgroups"]
     shown = {r["group"]: r for r in sub["groups"] if "c_index" in r}
-    assert set(shown) == {"gender=0.0", "gender=1.0"} and "lower_is_better" not in sub
+    assert set(shown) == {"gender=0", "gender=1"} and "lower_is_better" not in sub
     df, _ = load_split(project)
     women = df[(df[SPLIT] == "test") & (df["gender"] == 1)]
     risk = Predictor(project.model_bundle).outputs(women)[:, 0]
-    assert shown["gender=1.0"]["c_index"] == pytest.approx(survival.harrell_c(women[TIME], women[LABEL], risk))
+    assert shown["gender=1"]["c_index"] == pytest.approx(survival.harrell_c(women[TIME], women[LABEL], risk))
     assert all(r["c_index_ci_low"] < r["c_index"] < r["c_index_ci_high"] for r in shown.values())
     assert stored["test_subgroup_worst_c_index"] == pytest.approx(min(r["c_index"] for r in shown.values()), abs=1e-6)
 
