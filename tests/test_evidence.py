@@ -506,3 +506,29 @@ def test_evaluate_external_measures_a_survival_or_regression_model_with_evaluate
     assert all(f"| {rule} | {count} |" in md for rule, count in unlabelled.items())
     assert len(recorded) == 1 and recorded[0][2]["primary_metric"] == report["primary_metric"]
     assert not [p for p in rows["pid"] if p in md]
+
+
+def test_a_label_that_is_none_of_the_models_classes_is_counted_not_scored_as_another():
+    """evaluate-external and monitor judge a model of class indices on the rows whose label is one of its classes,
+    read as training read them (stripped); another word is counted by its rule, where it used to stop the command.
+    A one-against-the-rest model (data.positive_class) reads every other word as the negative class, as training
+    did: only a missing label is left out."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from medflow.data.features import Schema
+    from medflow.monitoring.report import observed
+
+    batch = pd.DataFrame({"diagnosis": ["malignant", "benign", " malignant ", "Malignant", None, "unknown", "benign"]})
+    ok = np.array([True, True, True, True, True, True, False])
+    multiclass = Schema(target="diagnosis", classes=["benign", "malignant"], numeric=[], categorical=[])
+    labelled, y, reasons = observed(batch, ok, SimpleNamespace(schema=multiclass))
+    assert labelled.tolist() == [True, True, True, False, False, False, False]
+    assert y.tolist() == [1, 0, 1]
+    assert reasons == {"diagnosis: missing or not one of the model's classes": 3}
+    binary = Schema(target="diagnosis", classes=["not_malignant", "malignant"], numeric=[], categorical=[],
+                    positive_class="malignant")  # fmt: skip
+    labelled, y, reasons = observed(batch, ok, SimpleNamespace(schema=binary))
+    assert labelled.tolist() == [True, True, True, True, False, True, False]
+    assert y.tolist() == [1, 0, 1, 0, 0] and reasons == {"diagnosis: missing": 1}

@@ -63,9 +63,9 @@ def evaluate_external(params: Params, paths: Paths, model_uri: str, data: Path, 
     if not enough or (kind == "survival" and not y[:, 1].any()):
         events = f" ({int(y[:, 1].sum())} events)" if kind == "survival" else ""
         # A survival row counts when its follow-up time is a positive number and its event reads as 1 or 0.
-        observed = f" (a positive {schema.time!r} and a 1/0 {schema.target!r})" if kind == "survival" else ""
+        usable = f" (a positive {schema.time!r} and a 1/0 {schema.target!r})" if kind == "survival" else ""
         raise ValueError(
-            f"{data}: {len(y)} scored labelled row(s){observed}{events}; rule: at least monitor.min_rows="
+            f"{data}: {len(y)} scored labelled row(s){usable}{events}; rule: at least monitor.min_rows="
             f"{params.monitor.min_rows} rows" + (" and one event" if kind == "survival" else "")
         )
     pid = params.data.patient_id or schema.patient_id

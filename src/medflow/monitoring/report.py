@@ -36,20 +36,32 @@ def observed(batch: pd.DataFrame, ok: np.ndarray, predictor: Predictor) -> tuple
             f"{schema.time}: missing, not a number or not above 0": ~((time > 0) & np.isfinite(time)),
             f"{schema.target}: missing or not an event flag": event.isna().to_numpy(),
         }
-    elif of(schema).has_classes:
+
+        def labels(rows: np.ndarray) -> np.ndarray:
+            return np.column_stack([time[rows], event[rows].to_numpy(dtype="float64")])
+    elif of(schema).has_classes and schema.positive_class is not None:
+        # One against the rest, as training read it: any word but the positive class is the negative class.
         failed = {f"{schema.target}: missing": batch[schema.target].isna().to_numpy()}
+
+        def labels(rows: np.ndarray) -> np.ndarray:
+            return encode_labels(batch.loc[rows, schema.target], schema)
+    elif of(schema).has_classes:
+        # As encode_labels reads them: another word ("Malignant" for "malignant") is no class of the model's.
+        known = batch[schema.target].astype("string").str.strip().isin(schema.classes).fillna(False)
+        failed = {f"{schema.target}: missing or not one of the model's classes": ~known.to_numpy(dtype=bool)}
+
+        def labels(rows: np.ndarray) -> np.ndarray:
+            return encode_labels(batch.loc[rows, schema.target], schema)
     else:
         number = parse(batch[schema.target], NumberFormat()).to_numpy(dtype="float64")
         failed = {f"{schema.target}: missing or not a number": ~np.isfinite(number)}
+
+        def labels(rows: np.ndarray) -> np.ndarray:
+            return number[rows]
+
     labelled = ok & ~np.logical_or.reduce(list(failed.values()))
     reasons = {rule: int((ok & rows).sum()) for rule, rows in failed.items() if (ok & rows).any()}
-    if schema.time:
-        y = np.column_stack([time[labelled], event[labelled].to_numpy(dtype="float64")])
-    elif of(schema).has_classes:
-        y = encode_labels(batch.loc[labelled, schema.target], schema)
-    else:
-        y = number[labelled]
-    return labelled, y, reasons
+    return labelled, labels(labelled), reasons
 
 
 def performance(batch: pd.DataFrame, proba: np.ndarray, ok: np.ndarray, predictor: Predictor, params) -> dict | None:
