@@ -70,3 +70,21 @@ def test_flows_send_no_heartbeats_to_the_temporary_server_only(no_server):
         assert get_current_settings().flows.heartbeat_frequency is None
     with temporary_settings(updates={"api.url": "http://127.0.0.1:4200/api"}), orchestration.flow_settings():
         assert get_current_settings().flows.heartbeat_frequency is not None
+
+
+def test_ctrl_c_that_prefect_meets_as_a_task_starts_is_still_an_interrupt():
+    """Ctrl-C landing in Prefect's task engine before the task run exists: Prefect, handling it, raises its own
+    "Task run is not set", which the step wraps. The user pressed Ctrl-C: the line says so, and the exit is 130."""
+    from medflow.errors import explain
+    from medflow.interrupts import Interrupted
+    from medflow.pipeline import StepFailed
+
+    try:
+        try:
+            raise Interrupted("SIGINT")
+        except Interrupted:
+            raise ValueError("Task run is not set")  # noqa: B904 (as Prefect raises it: its context is the interrupt)
+    except ValueError as exc:
+        failed = StepFailed("register", exc)
+    what, _, code = explain(failed)
+    assert (what, code) == ("register interrupted (SIGINT)", 130)

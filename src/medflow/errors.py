@@ -33,12 +33,22 @@ def failed_step(exc: BaseException, step: str) -> str:
     return getattr(seen, "medflow_step", step)
 
 
+def interrupt_behind(exc: BaseException) -> BaseException:
+    """The interrupt an exception was raised while handling, else the exception: Ctrl-C landing inside Prefect's
+    task engine, before the task run exists, surfaces as Prefect's own error in handling it."""
+    seen = exc
+    while seen is not None and not isinstance(seen, KeyboardInterrupt):
+        seen = seen.__context__
+    return exc if seen is None else seen
+
+
 def explain(exc: BaseException) -> tuple[str, str, int]:
     """(what failed, what to do, exit code): 2 for bad input or params, 130 for an interrupt, 1 otherwise."""
     step = "setup"
     if isinstance(exc, StepFailed):
         step, exc = exc.step, exc.cause
     step = failed_step(exc, step)
+    exc = interrupt_behind(exc)
     cause = " ".join(str(exc).split()) or type(exc).__name__
     # medflow's own messages end with their fix, however many columns they name; another library's may run long.
     cause = cause if len(cause) <= 400 or type(exc).__module__.startswith("medflow.") else cause[:400] + "..."
