@@ -31,8 +31,10 @@ def test_held_out_institutions_then_an_external_one_stand_side_by_side_in_the_ca
     assert done.stdout.strip().splitlines()[-1].startswith("registered medflow-lung v1 (champion"), done.stdout
     out = clone / "artifacts/lung_sites"
     # The row without an institution: quarantined with its reason, never silently dropped or trained on.
-    held = pd.read_csv(out / "clean/quarantine.csv")
-    assert held["reason"].tolist() == ["inst: missing (split.by=site needs a value on every row)"]
+    held = pd.read_csv(out / "validate/quarantine.csv")
+    undated = held.loc[held["reason"].str.contains("inst: split_value_present"), "reason"].tolist()
+    assert undated == ["inst: split_value_present (split.by=site needs a value on every row)"], held["reason"]
+    assert pd.read_csv(out / "clean/quarantine.csv").empty  # counted once, at validate
     manifest = pd.read_csv(out / "split/manifest.csv").set_index("row_id")["split"]
     dev = pd.read_csv(clone / "data/lung_dev.csv", dtype=str)
     assert set(dev.loc[manifest.index[manifest == "test"], "inst"]) == {"1", "12"}

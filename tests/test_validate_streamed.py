@@ -328,3 +328,39 @@ def test_a_gzipped_csv_gets_the_plain_files_delimiter_encoding_and_exclude_check
         summary = validate.run(_params(streamed, source="data/cohort.csv.gz", exclude=["site"], encoding="latin-1"),
                                paths)  # fmt: skip
         assert summary["rows_in"] == len(cohort) and "site" not in pd.read_parquet(paths.valid_rows)
+
+
+def _by_time(streamed: bool):
+    raw = _params(streamed).as_dict()
+    raw["split"] = {"by": "time", "time_column": "visit_date"}
+    return from_dict(raw)
+
+
+def test_rows_the_split_cannot_place_are_validates_quarantine_and_its_screens_judge_them(cohort, tmp_path):
+    """split.by=time: a row without a visit date (or with one that reads as no date) may belong to the held-out era.
+    validate quarantines it with its reason, in memory and streamed alike, so that it counts toward
+    validate.max_quarantine with the other quarantined rows, and the screen for a quarantine concentrated on the
+    sickest patients sees it: rows without a date that are all the highest glucose stop the run."""
+    df = cohort.copy()
+    df.loc[df.index[::50], "visit_date"] = None
+    df.loc[df.index[1::50], "visit_date"] = "unknown"
+    outputs = []
+    for streamed in (False, True):
+        paths = _project(tmp_path / f"spread-{streamed}", df)
+        summary = validate.run(_by_time(streamed), paths)
+        held = pd.read_csv(paths.step_dir("validate") / "quarantine.csv")
+        undated = held[held["reason"].str.contains("visit_date: split_value_present", regex=False)]
+        assert set(undated["_row_id"]) == set(df.index[::50]) | set(df.index[1::50])
+        assert "(split.by=time needs a value on every row)" in undated["reason"].iloc[0]
+        assert summary["rows_quarantined"] == len(held) and summary["rows_valid"] + len(held) == len(df)
+        outputs.append(paths)
+    _same_outputs(*outputs)
+
+    sickest = df.copy()
+    glucose = pd.to_numeric(sickest["glucose"], errors="coerce")
+    sickest.loc[glucose >= glucose.quantile(0.95), "visit_date"] = None  # fewer than validate.max_quarantine's tenth
+    for streamed in (False, True):
+        paths = _project(tmp_path / f"sickest-{streamed}", sickest)
+        with pytest.raises(ValidationFailed, match=r"quarantine takes \d+ of 1052 rows .*concentrated where 'glucose'"):
+            validate.run(_by_time(streamed), paths)
+        assert not paths.valid_rows.exists()

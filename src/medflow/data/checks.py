@@ -1,6 +1,6 @@
 """A suite run on a frame: each expectation's outcome as a Check, with counts and row ids only, whoever evaluates it
-(the native evaluator for the types medflow infers, Great Expectations for the rest); the magnitude checks medflow
-adds; and the checks of a table validated chunk by chunk, combined as the whole table's.
+(the native evaluator for the types medflow infers, Great Expectations for the rest); the magnitude and split-value
+checks medflow adds; and the checks of a table validated chunk by chunk, combined as the whole table's.
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ from medflow.data import gx_checks, native_checks
 from medflow.data.columns import ROW_ID
 from medflow.data.native_checks import NATIVE, TABLE, batchable, passes, table_result
 from medflow.data.numbers import NUMBER_REGEXES, Parsed, typed
+from medflow.data.split_values import without_value
 from medflow.data.suite import suite_kinds
+
+MAGNITUDE = "magnitude_below_max_abs"
+SPLIT_VALUE = "split_value_present"
 
 # GX checks these on the text as read; other checks on a numeric column see the parsed numbers.
 _TEXT_CHECKS = {"expect_column_values_to_match_regex", "expect_column_values_to_not_be_null"}
@@ -113,8 +117,29 @@ def magnitude_checks(df: pd.DataFrame, kinds: dict[str, str], max_abs: float, pa
 
 def _magnitude(col: str, ids: tuple[int, ...], rows: int, missing: int, max_abs: float) -> Check:
     detail = f"{len(ids)} of {rows - missing} values reach |x| >= {max_abs:g}"
-    return Check("magnitude_below_max_abs", col, "row", not ids, False, len(ids), ids, f"[{max_abs:g}]", detail,
+    return Check(MAGNITUDE, col, "row", not ids, False, len(ids), ids, f"[{max_abs:g}]", detail,
                  rows, missing)  # fmt: skip
+
+
+def split_value_checks(
+    df: pd.DataFrame, column: str | None, by: str, kinds: dict[str, str], parsed: Parsed
+) -> list[Check]:
+    """split.by=time or site (column: its column): a row check that every row has a value the split can place. A row
+    without one may belong to the held-out era or site, so it can be neither held out nor trained on. As a row check
+    its rows join validate's quarantine with the others, within validate.max_quarantine and the screen for a
+    quarantine concentrated on the sickest patients (rows without an admission time may all be the ICU's)."""
+    if column is None or column not in df:
+        return []
+    # The column as clean hands it to split: a numeric one as parsed here.
+    values = typed(df[[column]], kinds, parsed)[column]
+    bad = without_value(values, by)
+    ids = tuple(int(i) for i in df[ROW_ID].to_numpy()[bad])
+    return [_split_value(column, f"(split.by={by} needs a value on every row)", ids, len(df), int(values.isna().sum()))]
+
+
+def _split_value(col: str, bound: str, ids: tuple[int, ...], rows: int, missing: int) -> Check:
+    detail = f"{len(ids)} of {rows} rows have no value the split can place"
+    return Check(SPLIT_VALUE, col, "row", not ids, False, len(ids), ids, bound, detail, rows, missing)
 
 
 def run_suite(df: pd.DataFrame, suite: dict, parsed: Parsed | None = None, gx_only: bool = False) -> list[Check]:
@@ -166,9 +191,9 @@ def gx_expectations(suite: dict) -> list[str]:
 
 
 def combine(parts: list[list[Check]], suite: dict, rows: int, max_abs: float) -> list[Check]:
-    """The checks of a table validated chunk by chunk (run_suite + magnitude_checks of each chunk) as they come out
-    of the whole table: counts and row ids added up, every `mostly` judged on the totals, the row count on all rows.
-    Only expectations medflow evaluates itself can be combined (see gx_expectations)."""
+    """The checks of a table validated chunk by chunk (run_suite, magnitude and split-value checks of each chunk) as
+    they come out of the whole table: counts and row ids added up, every `mostly` judged on the totals, the row count
+    on all rows. Only expectations medflow evaluates itself can be combined (see gx_expectations)."""
     out = []
     for group in zip(*parts, strict=True):
         first = group[0]
@@ -181,8 +206,11 @@ def combine(parts: list[list[Check]], suite: dict, rows: int, max_abs: float) ->
             continue
         ids = tuple(i for c in group for i in c.row_ids)
         elements, missing = sum(c.element_count or 0 for c in group), sum(c.missing_count or 0 for c in group)
-        if first.type == "magnitude_below_max_abs":
+        if first.type == MAGNITUDE:
             out.append(_magnitude(first.column, ids, elements, missing, max_abs))
+            continue
+        if first.type == SPLIT_VALUE:
+            out.append(_split_value(first.column, first.bound, ids, elements, missing))
             continue
         exp = suite["expectations"][first.at]
         kw, meta = exp.get("kwargs", {}), exp.get("meta", {})

@@ -20,7 +20,7 @@ import datetime as dt
 import logging
 from pathlib import Path
 
-from medflow.data.checks import Check
+from medflow.data.checks import MAGNITUDE, SPLIT_VALUE, Check
 
 log = logging.getLogger(__name__)
 VIEWS = Path(__file__).with_name("data_docs_views")
@@ -28,8 +28,6 @@ VIEWS = Path(__file__).with_name("data_docs_views")
 SITE = "medflow"
 # The counts a result may carry: what GX's renderers read to say how many values failed, and nothing that names one.
 COUNTS = ("element_count", "missing_count", "unexpected_count")
-# medflow's own row check, written as the GX expectation it is: |x| < max_abs.
-MAGNITUDE = "magnitude_below_max_abs"
 # GX renders ~300 expectations a second and stores a result by serialising it whole: 8,000 checks (2,000 columns)
 # took 25 s and 13 MB, against 1 s to evaluate them. Past SHOWN the pages show the table's checks, the failed ones,
 # then those that found the most unexpected values; the statistics count every check, report.json lists each.
@@ -51,14 +49,17 @@ def _result(check: Check) -> dict:
     if n and bad is not None:
         res["unexpected_percent_total"] = 100 * bad / n
         res["missing_percent"] = 100 * missing / n
-        considered = n if check.type == "expect_column_values_to_not_be_null" else n - missing
+        considered = n if check.type in ("expect_column_values_to_not_be_null", SPLIT_VALUE) else n - missing
         res["unexpected_percent"] = res["unexpected_percent_nonmissing"] = 100 * bad / considered if considered else 0.0
     return res
 
 
 def _expectation(check: Check, suite: dict) -> dict:
-    """The suite's own expectation behind a check (its type, kwargs and meta); for the magnitude check, the
-    bound it applies."""
+    """The suite's own expectation behind a check (its type, kwargs and meta); medflow's own row checks written as
+    the GX expectations they are: the magnitude check as |x| < max_abs, the split-value check as not null."""
+    if check.type == SPLIT_VALUE:
+        meta = {"level": "row", "medflow": f"{check.bound.strip('()')}: a time must read as a number or a date"}
+        return {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": check.column}, "meta": meta}
     if check.type == MAGNITUDE:
         bound = float(check.bound.strip("[]"))
         kwargs = {"column": check.column, "min_value": -bound, "max_value": bound, "strict_min": True,
@@ -93,7 +94,7 @@ def __getattr__(name: str) -> type:
 
 
 def write(folder: Path, suite: dict, checks: list[Check], dataset: str) -> Path:
-    """Builds the Data Docs of checks (run_suite's and magnitude_checks', or their combine over a table's chunks)
+    """Builds the Data Docs of checks (run_suite's and medflow's own row checks, or their combine over a table's chunks)
     against suite into folder; returns its index.html."""
     import great_expectations as gx
     from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult

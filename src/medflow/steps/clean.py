@@ -15,6 +15,7 @@ import pandas as pd
 from medflow.data.columns import CONTENT_HASH, LABEL, PATIENT_KEY, ROW_ID, TIME, TIME_OR_SITE
 from medflow.data.features import Schema, coerce_features, encode_labels
 from medflow.data.image_store import copy_rows, return_freed_memory
+from medflow.data.split_values import split_values, without_value
 from medflow.params import DataParams, Params
 from medflow.paths import Paths
 from medflow.privacy.keys import pseudonymise, resolve_salt
@@ -125,12 +126,13 @@ def split_duplicates(df: pd.DataFrame, cols: list[str] | None = None) -> tuple[p
 
 def without_split_value(kept: pd.DataFrame, held: pd.DataFrame, params: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
     """split.by=time or site: a row with no value in its column can be neither held out nor trained on as another
-    site's or era's (it may be the held-out one's): it joins the quarantine with its reason, counted in the summary.
-    More than validate.max_quarantine of the rows without one stops clean instead, in one line."""
+    site's or era's (it may be the held-out one's). validate quarantines such rows of a table with its own
+    (data.checks.split_value_checks); image sets, event and signal tables are validated without a suite, so here
+    such a row joins clean's quarantine with its reason, and more than validate.max_quarantine of them stops clean."""
     sp = params.split
     if sp.column is None or sp.column not in kept:
         return kept, held
-    missing = pd.isna(_split_values(kept[sp.column], sp.by))
+    missing = without_value(kept[sp.column], sp.by)
     share = missing.sum() / max(len(kept), 1)
     if share > params.validate_.max_quarantine:
         raise CleanError(
@@ -140,21 +142,6 @@ def without_split_value(kept: pd.DataFrame, held: pd.DataFrame, params: Params) 
     unsplit = kept[missing].copy()
     unsplit.insert(1, "reason", f"{sp.column}: missing (split.by={sp.by} needs a value on every row)")
     return kept[~missing], pd.concat([held, unsplit])
-
-
-def _split_values(values: pd.Series, by: str) -> np.ndarray:
-    """split.by=time: the column as numbers (a year, a day count) or dates (as nanoseconds), NaN where missing;
-    site: as text, a site coded as a whole number (an institution's code, parsed by validate as a float) without
-    a decimal point: "3", not "3.0"."""
-    if by == "site":
-        if pd.api.types.is_float_dtype(values) and np.array_equal(values.dropna(), values.dropna().round()):
-            values = values.astype("Int64")
-        return values.astype("string").to_numpy(dtype=object, na_value=None)
-    number = pd.to_numeric(values, errors="coerce")
-    if number.notna().sum() >= values.notna().sum():
-        return number.to_numpy(dtype="float64")
-    dates = pd.to_datetime(values, errors="coerce", format="mixed")
-    return np.where(dates.notna(), dates.astype("int64"), np.nan).astype("float64")
 
 
 def clean_table(
@@ -173,7 +160,7 @@ def clean_table(
     if schema.time:
         out[TIME] = pd.to_numeric(df[schema.time]).to_numpy(dtype="float64")
     if split_by:
-        out[TIME_OR_SITE] = _split_values(df[split_by[0]], split_by[1])
+        out[TIME_OR_SITE] = split_values(df[split_by[0]], split_by[1])
     return out.reset_index(drop=True)
 
 

@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 
 from medflow.data import sources
-from medflow.data.checks import magnitude_checks, run_suite
+from medflow.data.checks import magnitude_checks, run_suite, split_value_checks
 from medflow.data.columns import PATIENT_KEY, ROW_ID
 from medflow.data.normalise import normalise_numbers
 from medflow.data.numbers import Parsed, typed
@@ -64,10 +64,11 @@ def run(params: Params, paths: Paths) -> dict:
     salt = resolve_salt(params)  # before any output: a missing salt must stop the run with nothing written
     suite, created, leaks = decide_suite(df, parsed, params, paths, where)
 
+    kinds, keep = kinds_of(suite, df.columns, data, params.split.column)
     checks = run_suite(df, suite, parsed) + magnitude_checks(df, suite_kinds(suite), vp.max_abs, parsed)
+    checks += split_value_checks(df, params.split.column, params.split.by, kinds, parsed)
     dataset = sources.dataset_name(params.data.source)
     judge(checks, paths, where, dataset, suite)
-    kinds, keep = kinds_of(suite, df.columns, data, params.split.column)
     if data.patient_id:
         df.insert(1, PATIENT_KEY, patient_key(df[data.patient_id], salt))
     valid, held = quarantine(df, checks)

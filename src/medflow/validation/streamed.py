@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from medflow.data import sources
-from medflow.data.checks import combine, gx_expectations, magnitude_checks, run_suite
+from medflow.data.checks import combine, gx_expectations, magnitude_checks, run_suite, split_value_checks
 from medflow.data.columns import PATIENT_KEY, ROW_ID
 from medflow.data.normalise import convert, normalise_numbers
 from medflow.data.numbers import Parsed, typed
@@ -131,6 +131,7 @@ def validate_streamed(params: Params, paths: Paths, files: list[Path]) -> dict:
                     converted[col] += c
                 checks = run_suite(chunk, suite, parsed) + magnitude_checks(chunk, suite_kinds(suite), vp.max_abs,
                                                                            parsed)  # fmt: skip
+                checks += split_value_checks(chunk, params.split.column, params.split.by, kinds, parsed)
                 if data.patient_id:
                     chunk.insert(1, PATIENT_KEY, patient_key(chunk[data.patient_id], salt))
                 valid, held = quarantine(chunk, checks)
