@@ -105,6 +105,30 @@ def test_net_benefit_is_dcurves_and_equals_the_formula_on_a_table():
         assert row["treat_none"] == 0
 
 
+def test_a_survival_net_benefit_reads_the_events_by_the_horizon_from_kaplan_meier():
+    """Vickers et al. 2008: above threshold t, the events by the horizon are the Kaplan-Meier estimate of that group
+    (scikit-survival's here), not the events seen: a patient censored before the horizon is neither."""
+    from sksurv.nonparametric import kaplan_meier_estimator
+
+    rng = np.random.default_rng(2)
+    hazard = rng.uniform(0.05, 0.9, 400)
+    onset, censored = rng.exponential(1 / hazard), rng.uniform(0, 4, 400)
+    time, event = np.minimum(onset, censored), onset <= censored
+    horizon = 1.5
+    p = 1 - np.exp(-hazard * horizon)
+
+    def km(rows) -> float:
+        at, s = kaplan_meier_estimator(event[rows], time[rows])
+        return float(s[np.searchsorted(at, horizon, side="right") - 1])
+
+    for row in decision_curve.net_benefit(event, p, [0.2, 0.4, 0.6], time, horizon):
+        t, above = row["threshold"], p >= row["threshold"]
+        share, alive = above.mean(), km(above)
+        assert row["model"] == pytest.approx(share * (1 - alive) - share * alive * t / (1 - t), abs=1e-9)
+        everyone = km(np.ones(len(p), bool))
+        assert row["treat_all"] == pytest.approx((1 - everyone) - everyone * t / (1 - t), abs=1e-9)
+
+
 def test_dca_thresholds_must_be_a_range_of_probabilities():
     with pytest.raises(ValueError, match="0 < from <= to < 1"):
         Params.model_validate({"evaluate": {"dca_thresholds": [0.5, 1.2, 0.1]}})

@@ -3,7 +3,9 @@ threshold probability, against treating everyone and no one, computed by `dcurve
 method's authors' group, Memorial Sloan Kettering).
 
 Net benefit at threshold t = TP/n - FP/n * t / (1 - t): true positives found per patient, less false positives
-weighted by the harm-to-benefit odds that choosing t implies.
+weighted by the harm-to-benefit odds that choosing t implies. For a survival model at a horizon (Vickers et al. 2008),
+the events by then among the patients above t are the Kaplan-Meier estimate in that group, as censoring leaves some
+outcomes unknown.
 """
 
 from __future__ import annotations
@@ -19,21 +21,24 @@ def grid(spec: tuple[float, float, float]) -> list[float]:
     return np.round(np.arange(low, high + step / 2, step), 6).tolist()
 
 
-def net_benefit(y: np.ndarray, p: np.ndarray, thresholds: list[float]) -> list[dict[str, float]]:
-    """Per threshold: the net benefit of the model, of treating all and of treating none (0)."""
+def net_benefit(
+    y: np.ndarray, p: np.ndarray, thresholds: list[float], time: np.ndarray | None = None, horizon: float | None = None
+) -> list[dict[str, float]]:
+    """Per threshold: the net benefit of the model, of treating all and of treating none (0). A survival model's:
+    y the event indicator, time the follow-up and p the predicted probability of the event by horizon."""
     import logging
 
     import pandas as pd
 
-    logging.getLogger("lifelines").setLevel(logging.WARNING)  # dcurves imports it for survival curves alone
+    logging.getLogger("lifelines").setLevel(logging.WARNING)  # dcurves imports it for survival curves
     import dcurves
 
-    table = dcurves.dca(
-        data=pd.DataFrame({"outcome": y.astype(int), MODEL: p}),
-        outcome="outcome",
-        modelnames=[MODEL],
-        thresholds=thresholds,
-    )
+    data = pd.DataFrame({"outcome": y.astype(int), MODEL: p})
+    survival = {}
+    if time is not None:
+        data["time"] = time
+        survival = {"time": horizon, "time_to_outcome_col": "time"}
+    table = dcurves.dca(data=data, outcome="outcome", modelnames=[MODEL], thresholds=thresholds, **survival)
     wide = table.pivot(index="threshold", columns="model", values="net_benefit")
     return [
         {"threshold": float(t), "model": float(r[MODEL]), "treat_all": float(r["all"]), "treat_none": float(r["none"])}

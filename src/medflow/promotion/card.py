@@ -179,6 +179,8 @@ def card_data(
         if primary_metric in metrics
         else [],
         "calibration_fit": evaluation.get("calibration_fit"),
+        # A survival model's: predicted survival against Kaplan-Meier by risk group at each horizon.
+        "survival_calibration": calibrated if isinstance(calibrated := evaluation.get("calibration"), list) else None,
         "decision_curve": evaluation.get("decision_curve"),
         "explanations": evaluation.get("explanations"),
         "permutation_importance": evaluation.get("permutation_importance"),
@@ -304,6 +306,9 @@ def model_card(card: dict) -> str:
         if fit.get("resamples_without_fit"):
             slope["resamples without a finite fit (left out)"] = fit["resamples_without_fit"]
         lines += ["## Calibration", *_table({**slope, **card["calibration"]}, ("measure", "value [95% CI]")), ""]
+    if card.get("survival_calibration"):
+        said = "Mean predicted survival against the Kaplan-Meier estimate of each risk group (1: lowest risk), on test."
+        lines += ["## Calibration", said, "", *survival_calibration_table(card["survival_calibration"]), ""]
     if card["subgroups"]:
         p = card["primary_metric"].removeprefix("test_")
         lines += ["## Subgroups", f"| group | patients | {p} [95% CI] |", "|---|---|---|"]
@@ -328,9 +333,10 @@ def model_card(card: dict) -> str:
     lines += _method(card.get("method") or {})
     dca = card.get("decision_curve")
     if dca:
+        at = f" at {dca['horizon']:g}" if dca.get("horizon") is not None else ""
         lines += [
             "## Clinical utility (decision curve)",
-            f"Net benefit on test against treating all and none ({dca['method']}; plot "
+            f"Net benefit on test{at} against treating all and none ({dca['method']}; plot "
             "`evaluation/decision_curve.png`); the model helps where its net benefit exceeds both.",
             "",
             *decision_table(dca),
@@ -468,6 +474,16 @@ def _explanations(ex: dict | None, perm: dict | None) -> list[str]:
             f"{'' if m is None else f'{m:.4f}'} |"
         )
     return [*lines, ""]
+
+
+def survival_calibration_table(rows: list[dict]) -> list[str]:
+    """evaluation.survival.calibration's rows as a Markdown table."""
+    lines = ["| horizon | risk group | rows | predicted | observed (KM) |", "|---|---|---|---|---|"]
+    for c in rows:
+        lines.append(
+            f"| {c['horizon']:g} | {c['group'] + 1} | {c['rows']} | {c['predicted']:.3f} | {c['observed']:.3f} |"
+        )
+    return lines
 
 
 def decision_table(dca: dict) -> list[str]:

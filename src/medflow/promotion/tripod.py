@@ -81,7 +81,12 @@ ITEMS: list[tuple[str, str, list[Callable[[dict], tuple[str, str] | None]]]] = [
     (
         "12f",
         "Calibration and model updating",
-        [_has(lambda c: c.get("calibration_fit") or c.get("calibration"), "Calibration")],
+        [
+            _has(
+                lambda c: c.get("calibration_fit") or c.get("calibration") or c.get("survival_calibration"),
+                "Calibration",
+            )
+        ],
     ),
     ("12g", "Fairness: subgroups evaluated", [_has(lambda c: c.get("subgroups"), "Subgroups")]),
     ("13", "Class imbalance handling", [_has(lambda c: c.get("method", {}).get("class_imbalance"), "Method")]),

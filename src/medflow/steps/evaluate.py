@@ -44,7 +44,7 @@ from medflow.models.bundle import Predictor
 from medflow.models.recalibration import scale
 from medflow.params import Params
 from medflow.paths import Paths
-from medflow.promotion.card import decision_table, four
+from medflow.promotion.card import decision_table, four, survival_calibration_table
 from medflow.tasks import for_params
 
 LEARNING_CURVE_KEYS = (
@@ -255,13 +255,12 @@ def _survival_md(report: dict, metrics: dict) -> str:
         "",
         "Calibration: mean predicted survival against the Kaplan-Meier estimate of each risk group (1 lowest risk).",
         "",
-        "| horizon | risk group | rows | predicted | observed (KM) |",
-        "|---|---|---|---|---|",
+        *survival_calibration_table(report["calibration"]),
     ]
-    for c in report["calibration"]:
-        lines.append(
-            f"| {c['horizon']:g} | {c['group'] + 1} | {c['rows']} | {c['predicted']:.3f} | {c['observed']:.3f} |"
-        )
+    dca = report.get("decision_curve")
+    if dca:
+        lines += ["", f"## Decision curve at {dca['horizon']:g} (net benefit; {dca['method']})", ""]
+        lines += decision_table(dca)
     return "\n".join(lines + _footer(report)) + "\n"
 
 
@@ -284,10 +283,18 @@ def _survival(params: Params, paths: Paths, df, test, predictor: Predictor, task
     horizons, calibration, km = found.horizons, [], []
     plots = paths.step_dir("evaluate") / "plots"
     plots.mkdir(parents=True, exist_ok=True)
+    dca = None
     if horizons:
         calibration = survival.calibration(time, event, risk, found.at, horizons)
         km = survival.km_by_group(time, event, risk, found.on_grid, found.grid)
         survival.plot_km_by_group(km, plots / "km_by_risk_group.png", f"{params.data.time} (time column's units)")
+        # At the last horizon, where Uno's C is truncated: the predicted probability of the event by then.
+        last = horizons[-1]
+        table = decision_curve.net_benefit(event, 1 - found.at[:, -1], decision_curve.grid(ep.dca_thresholds), time,
+                                           last)  # fmt: skip
+        plot_decision_curve(table, plots / "decision_curve.png", None)
+        method = f"dcurves {_version('dcurves')}, events by {last:g} from Kaplan-Meier above each threshold"
+        dca = {"table": table, "operating_point": None, "method": method, "horizon": last}
     # dvc.yaml's ROC plot tracks this file for every task; a survival model's curves are the KM plot's.
     (paths.step_dir("evaluate") / "roc.json").write_text("[]\n")
     n_patients = len(np.unique(groups)) if groups is not None else len(test)
@@ -301,6 +308,7 @@ def _survival(params: Params, paths: Paths, df, test, predictor: Predictor, task
         "horizons": horizons,
         "horizons_note": f"{len(found.left)} horizon(s) outside the test follow-up left out" if found.left else None,
         "calibration": calibration,
+        "decision_curve": dca,
     }
     y = np.column_stack([time, event])
     report["permutation_importance"] = _permutation(params, predictor, test, y, groups, task, plots)
