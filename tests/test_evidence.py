@@ -129,6 +129,39 @@ def test_a_survival_net_benefit_reads_the_events_by_the_horizon_from_kaplan_meie
         assert row["treat_all"] == pytest.approx((1 - everyone) - everyone * t / (1 - t), abs=1e-9)
 
 
+def test_development_and_evaluation_rows_are_summarised_apart_with_rare_categories_suppressed():
+    """TRIPOD+AI 20c: each feature and the outcome in development (train and validation) and evaluation (test) rows,
+    by tableone; a category of fewer than small_count rows in a group is not counted out."""
+    import pandas as pd
+
+    from medflow.data.columns import LABEL, SPLIT
+    from medflow.data.features import Schema
+    from medflow.evaluation import characteristics
+
+    rng = np.random.default_rng(3)
+    n = 300
+    split = np.where(np.arange(n) < 240, "train", "test")
+    split[200:240] = "val"
+    age = np.where(split == "test", rng.normal(70, 5, n), rng.normal(60, 8, n))
+    site = np.where(np.isin(np.arange(n), [0, 100, 250]), "rural", np.where(np.arange(n) % 2, "north", "south"))
+    df = pd.DataFrame({"age": age, "site": site, LABEL: rng.integers(0, 2, n), SPLIT: split})
+    schema = Schema(kind="tabular", numeric=["age"], categorical=["site"], classes=["no", "yes"], target="y")
+    found = characteristics.development_vs_evaluation(df, schema, small_count=5)
+    assert found["groups"] == {"development": 240, "evaluation": 60}
+    rows = {(r["variable"], r["level"]): r for r in found["rows"]}
+    dev, test = age[split != "test"], age[split == "test"]
+    assert rows["age", None]["development"] == f"{dev.mean():.2f} ({dev.std(ddof=1):.2f})"
+    assert rows["age", None]["evaluation"] == f"{test.mean():.2f} ({test.std(ddof=1):.2f})"
+    pooled = np.sqrt((dev.var(ddof=1) + test.var(ddof=1)) / 2)
+    assert float(rows["age", None]["smd"]) == pytest.approx((test.mean() - dev.mean()) / pooled, abs=1e-3)
+    # 3 rural rows: 2 in development, 1 in evaluation, each below small_count.
+    assert rows["site", "rural"]["development"] == rows["site", "rural"]["evaluation"] == "<5"
+    assert rows["site", "north"]["development"] == "120 (50.0)"
+    assert {r["level"] for r in found["rows"] if r["variable"] == "outcome"} == {"no", "yes"}
+    assert "| age | mean (SD) |" in "\n".join(characteristics.markdown(found))
+    assert characteristics.development_vs_evaluation(df[split != "test"].iloc[:-1], schema, 5) is None
+
+
 def test_dca_thresholds_must_be_a_range_of_probabilities():
     with pytest.raises(ValueError, match="0 < from <= to < 1"):
         Params.model_validate({"evaluate": {"dca_thresholds": [0.5, 1.2, 0.1]}})

@@ -55,7 +55,7 @@ def test_held_out_institutions_then_an_external_one_stand_side_by_side_in_the_ca
     # The declared card and the subgroups by sex (a code, named as written) and age fill the card's TRIPOD+AI items.
     md = (out / "register/model_card.md").read_text()
     assert "| sex=1 |" in md and "| sex=2 |" in md and "| age<65 |" in md and "Not for clinical use." in md
-    assert "42 of 43 applicable items reported or declared" in md
+    assert "43 of 43 applicable items reported or declared" in md and "| age | mean (SD) |" in md
     # A survival card's calibration by risk group and its decision curve at the last horizon (TRIPOD+AI 12f, 12e).
     assert "## Calibration" in md and "| horizon | risk group | rows | predicted | observed (KM) |" in md
     assert "## Clinical utility (decision curve)" in md and "Net benefit on test at 365 against" in md

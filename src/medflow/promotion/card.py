@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from medflow.evaluation import characteristics
 from medflow.promotion import change_control, tripod
 from medflow.promotion.gate import Decision
 
@@ -182,6 +183,7 @@ def card_data(
         # A survival model's: predicted survival against Kaplan-Meier by risk group at each horizon.
         "survival_calibration": calibrated if isinstance(calibrated := evaluation.get("calibration"), list) else None,
         "decision_curve": evaluation.get("decision_curve"),
+        "characteristics": evaluation.get("characteristics"),
         "explanations": evaluation.get("explanations"),
         "permutation_importance": evaluation.get("permutation_importance"),
         "saliency": evaluation.get("saliency"),
@@ -344,6 +346,9 @@ def model_card(card: dict) -> str:
         ]
     lines += _explanations(card.get("explanations"), card.get("permutation_importance"))
     lines += _saliency(card.get("saliency"))
+    # Long (a row per feature and category), so after what the registry's 5,000 characters must show.
+    if card.get("characteristics"):
+        lines += ["## Development and evaluation data", *characteristics.markdown(card["characteristics"]), ""]
     if card.get("change_control"):
         lines += change_control.markdown(card["change_control"])
     if card.get("tripod"):

@@ -107,7 +107,11 @@ ITEMS: list[tuple[str, str, list[Callable[[dict], tuple[str, str] | None]]]] = [
         [_has(lambda c: "validate_rows_quarantined" in c["data"], "Data")],
     ),
     ("20b", "Characteristics of participants", []),
-    ("20c", "Development vs evaluation data characteristics", []),
+    (
+        "20c",
+        "Development vs evaluation data characteristics",
+        [_has(lambda c: c.get("characteristics"), "Development and evaluation data")],
+    ),
     ("21", "Participants and events in each analysis", [_has(lambda c: c.get("test_rows"), "Test metrics, Data")]),
     ("22", "Full model specification (access)", [_has(lambda c: c.get("name"), "Lineage (registered model)")]),
     ("23a", "Performance with confidence intervals", [_has(lambda c: c.get("test_metrics"), "Test metrics")]),

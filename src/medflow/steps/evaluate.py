@@ -14,7 +14,7 @@ import numpy as np
 from medflow import tracking
 from medflow.data.columns import LABEL, ROW_ID, SPLIT, TIME
 from medflow.data.manifest import load_split
-from medflow.evaluation import decision_curve, permutation, regression, survival
+from medflow.evaluation import characteristics, decision_curve, permutation, regression, survival
 from medflow.evaluation.calibration import fit_temperature, logistic_calibration, smoothed_curve
 from medflow.evaluation.heldout import patient_keys, score
 from medflow.evaluation.metrics import bootstrap_ci, point_metrics, weighted_metrics
@@ -101,9 +101,11 @@ def _tested(metrics: dict) -> list[str]:
 
 
 def _footer(report: dict) -> list[str]:
-    """The permutation importance table, the subgroup table when evaluate.subgroups named columns, and a note when
-    there are no learning curves."""
+    """The permutation importance table, the development and evaluation data, the subgroup table when
+    evaluate.subgroups named columns, and a note when there are no learning curves."""
     lines = _permutation_md(report.get("permutation_importance"))
+    if report.get("characteristics"):
+        lines += ["", "## Development and evaluation data", "", *characteristics.markdown(report["characteristics"])]
     sub = report.get("subgroups")
     if sub:
         p = sub["primary_metric"]
@@ -328,13 +330,18 @@ def run(params: Params, paths: Paths) -> dict:
     test = df[df[SPLIT] == "test"]
     if test.empty:
         raise ValueError(f"{paths.manifest}: the test split is empty; enlarge the data or split.test")
+    # TRIPOD+AI 20c: the development rows against the evaluation rows, feature by feature.
+    small = params.validate_.small_count
+    data = characteristics.development_vs_evaluation(df, schema, small) if schema.kind == "tabular" else None
     # Scoring goes through the same Predictor the registered model uses.
     predictor = Predictor(paths.model_bundle)
     if task.name == "survival":
         metrics, report = _survival(params, paths, df, test, predictor, task)
+        report["characteristics"] = data
         return _finish(params, paths, metrics, report, _survival_md, task.epoch_metric)
     if not task.has_classes:
         metrics, report = _regression(params, paths, test, predictor, task)
+        report["characteristics"] = data
         return _finish(params, paths, metrics, report, _regression_md, task.epoch_metric)
     proba = score(predictor, paths, test, schema.kind)
     y = test[LABEL].to_numpy()
@@ -399,6 +406,7 @@ def run(params: Params, paths: Paths) -> dict:
         if threshold is None
         else {"value": threshold, "method": method, "target_sensitivity": ep.target_sensitivity},
         "calibration_bins": ep.calibration_bins,
+        "characteristics": data,
     }
     if schema.kind == "tabular":
         report["explanations"] = _explanations(predictor, test, plots, params.seed)
