@@ -364,3 +364,29 @@ def test_rows_the_split_cannot_place_are_validates_quarantine_and_its_screens_ju
         with pytest.raises(ValidationFailed, match=r"quarantine takes \d+ of 1052 rows .*concentrated where 'glucose'"):
             validate.run(_by_time(streamed), paths)
         assert not paths.valid_rows.exists()
+
+
+def test_a_site_split_quarantines_rows_without_a_site_and_reads_every_chunk_as_the_whole(cohort, tmp_path):
+    """split.by=site on a categorical column: its rows without a site are quarantined by rule, so they form no
+    group of the concentration screen (a few of them must not stop the run). A time column is read value by value:
+    offsets either side of a clock change are one column, and a chunk of numbers reads as the whole table does."""
+    from medflow.data.split_values import split_values, without_value
+
+    df = cohort.copy()
+    df.loc[df.index[3:400:50], "site"] = None  # 8 rows, under validate.max_quarantine
+    for streamed in (False, True):
+        raw = _params(streamed).as_dict()
+        raw["split"] = {"by": "site", "site_column": "site", "test_sites": ["north"]}
+        paths = _project(tmp_path / f"site-{streamed}", df)
+        validate.run(from_dict(raw), paths)
+        held = pd.read_csv(paths.step_dir("validate") / "quarantine.csv")
+        assert set(held.loc[held["reason"].str.contains("site: split_value_present"), "_row_id"]) == set(
+            df.index[3:400:50]
+        )
+    clock = pd.Series(["2024-03-30T10:00:00+01:00", "2024-04-01T10:00:00+02:00", None, "unknown"], name="admitted")
+    assert without_value(clock, "time").tolist() == [False, False, True, True]
+    assert np.diff(split_values(clock, "time")[:2])[0] > 0
+    mixed = pd.Series(["43831", "43832", "2020-01-01", "2020-01-02"], name="admitted")
+    assert without_value(mixed[:2], "time").tolist() == without_value(mixed, "time")[:2].tolist() == [False, False]
+    with pytest.raises(ValueError, match=r"column 'admitted', rule: split.by=time reads one kind of time; 2 values"):
+        split_values(mixed, "time")

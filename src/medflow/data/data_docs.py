@@ -58,7 +58,9 @@ def _expectation(check: Check, suite: dict) -> dict:
     """The suite's own expectation behind a check (its type, kwargs and meta); medflow's own row checks written as
     the GX expectations they are: the magnitude check as |x| < max_abs, the split-value check as not null."""
     if check.type == SPLIT_VALUE:
-        meta = {"level": "row", "medflow": f"{check.bound.strip('()')}: a time must read as a number or a date"}
+        timed = "split.by=time" in check.bound
+        must = "a time must read as a number or a date" if timed else "every row names its site"
+        meta = {"level": "row", "medflow": f"{check.bound.strip('()')}: {must}"}
         return {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": check.column}, "meta": meta}
     if check.type == MAGNITUDE:
         bound = float(check.bound.strip("[]"))

@@ -30,16 +30,19 @@ class Groups:
     edges: dict[str, np.ndarray]
     categorical: list[str]
     counts: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    # split.by's column: its rows without a value are all quarantined by rule (split_value_checks), so they form no
+    # group of their own; the other columns' groups still see them.
+    unplaced: str | None = None
 
     @classmethod
-    def of(cls, numbers: dict[str, np.ndarray], categorical: list[str]) -> Groups:
+    def of(cls, numbers: dict[str, np.ndarray], categorical: list[str], unplaced: str | None = None) -> Groups:
         """numbers: each numeric column's values (NaN where missing or unreadable) to take the tenths of."""
         edges = {}
         for col, x in numbers.items():
             finite = x[np.isfinite(x)]
             if finite.size:
                 edges[col] = np.unique(np.quantile(finite, np.linspace(0, 1, TENTHS + 1)[1:-1]))
-        return cls(edges, categorical)
+        return cls(edges, categorical, unplaced=unplaced)
 
     def add(self, numbers: dict[str, np.ndarray], categories: pd.DataFrame, held: np.ndarray) -> None:
         """One frame: numbers and categories of its rows (categories: the categorical columns as text), held: which
@@ -51,8 +54,10 @@ class Groups:
             bins = len(inner) + 1
             self._count(col, rank, held[known], lambda k, bins=bins: _rank_name(k, bins))
         for col in self.categorical:
-            values = categories[col].astype("string").fillna("<missing>").str.strip().to_numpy(dtype=object)
-            self._count(col, values, held, lambda v: repr(v))
+            text = categories[col].astype("string")
+            grouped = text.notna().to_numpy() if col == self.unplaced else np.ones(len(text), dtype=bool)
+            values = text.fillna("<missing>").str.strip().to_numpy(dtype=object)
+            self._count(col, values[grouped], held[grouped], lambda v: repr(v))
 
     def _count(self, col: str, keys: np.ndarray, held: np.ndarray, name) -> None:
         frame = pd.DataFrame({"k": keys, "h": held.astype("int64")})
