@@ -127,25 +127,43 @@ def test_a_survival_net_benefit_reads_the_events_by_the_horizon_from_kaplan_meie
         assert row["model"] == pytest.approx(share * (1 - alive) - share * alive * t / (1 - t), abs=1e-9)
         everyone = km(np.ones(len(p), bool))
         assert row["treat_all"] == pytest.approx((1 - everyone) - everyone * t / (1 - t), abs=1e-9)
+    # Five patients above 0.6, every one with the event before the horizon: dcurves has no value there; Kaplan-Meier
+    # says none of them survives it, so the net benefit is their share. Followed no further than a censoring, unknown.
+    t5, e5 = np.r_[time, [0.5, 1.0, 1.2, 1.3, 1.4]], np.r_[event, [True] * 5]
+    high = decision_curve.net_benefit(e5, np.r_[p * 0.5, [0.95] * 5], [0.6, 0.9], t5, horizon)
+    assert [r["model"] for r in high] == pytest.approx([5 / 405, 5 / 405])
+    e5[-1] = False
+    assert decision_curve.net_benefit(e5, np.r_[p * 0.5, [0.95] * 5], [0.9], t5, horizon)[0]["model"] is None
 
 
-def test_development_and_evaluation_rows_are_summarised_apart_with_rare_categories_suppressed():
+def test_development_and_evaluation_rows_are_summarised_apart_and_no_rare_value_is_named_or_counted():
     """TRIPOD+AI 20c: each feature and the outcome in development (train and validation) and evaluation (test) rows,
-    by tableone; a category of fewer than small_count rows in a group is not counted out."""
+    by tableone. A level of fewer than small_count rows in a group joins OTHER; where one is still that rare, the
+    variable is suppressed in that group, as the other levels' counts would give it away; a number with that few
+    values in a group is suppressed, and a feature named like the outcome is a feature."""
     import pandas as pd
 
     from medflow.data.columns import LABEL, SPLIT
-    from medflow.data.features import Schema
+    from medflow.data.features import OTHER, Schema
     from medflow.evaluation import characteristics
 
     rng = np.random.default_rng(3)
     n = 300
-    split = np.where(np.arange(n) < 240, "train", "test")
+    i = np.arange(n)
+    split = np.where(i < 240, "train", "test")
     split[200:240] = "val"
     age = np.where(split == "test", rng.normal(70, 5, n), rng.normal(60, 8, n))
-    site = np.where(np.isin(np.arange(n), [0, 100, 250]), "rural", np.where(np.arange(n) % 2, "north", "south"))
-    df = pd.DataFrame({"age": age, "site": site, LABEL: rng.integers(0, 2, n), SPLIT: split})
-    schema = Schema(kind="tabular", numeric=["age"], categorical=["site"], classes=["no", "yes"], target="y")
+    df = pd.DataFrame({
+        "age": age,
+        "lab": np.where((split != "test") | (i == 250), rng.normal(1, 0.2, n), np.nan),  # one value in test
+        "outcome": rng.normal(size=n),  # a feature, not the label
+        "site": np.where(np.isin(i, [0, 100, 250]), "rural", np.where(i % 2, "north", "south")),
+        "ward": [f"w{k}" for k in i],  # every level one row
+        "sex": np.where((split == "test") & (i != 252), "M", np.where(i % 3 == 0, "F", "M")),
+        LABEL: rng.integers(0, 2, n), SPLIT: split,
+    })  # fmt: skip
+    schema = Schema(target="y", classes=["no", "yes"], numeric=["age", "lab", "outcome"],
+                    categorical=["site", "ward", "sex"])  # fmt: skip
     found = characteristics.development_vs_evaluation(df, schema, small_count=5)
     assert found["groups"] == {"development": 240, "evaluation": 60}
     rows = {(r["variable"], r["level"]): r for r in found["rows"]}
@@ -154,11 +172,17 @@ def test_development_and_evaluation_rows_are_summarised_apart_with_rare_categori
     assert rows["age", None]["evaluation"] == f"{test.mean():.2f} ({test.std(ddof=1):.2f})"
     pooled = np.sqrt((dev.var(ddof=1) + test.var(ddof=1)) / 2)
     assert float(rows["age", None]["smd"]) == pytest.approx((test.mean() - dev.mean()) / pooled, abs=1e-3)
-    # 3 rural rows: 2 in development, 1 in evaluation, each below small_count.
-    assert rows["site", "rural"]["development"] == rows["site", "rural"]["evaluation"] == "<5"
-    assert rows["site", "north"]["development"] == "120 (50.0)"
-    assert {r["level"] for r in found["rows"] if r["variable"] == "outcome"} == {"no", "yes"}
-    assert "| age | mean (SD) |" in "\n".join(characteristics.markdown(found))
+    assert rows["lab", None]["development"] == rows["lab", None]["evaluation"] == "suppressed"
+    assert ("outcome", None) in rows and {lvl for v, lvl in rows if v == "outcome"} == {None, "no", "yes"}
+    levels = {v: {lvl for w, lvl in rows if w == v} for v in ("site", "ward", "sex")}
+    assert levels == {"site": {"north", "south", OTHER}, "ward": {OTHER}, "sex": {"M", OTHER}}
+    # rural (2 development rows, 1 test row) is OTHER, still rare in both: site is suppressed in both.
+    assert all(rows["site", lvl][g] == "suppressed" for lvl in levels["site"] for g in ("development", "evaluation"))
+    assert rows["ward", OTHER]["development"] == "240 (100.0)"
+    # One woman among the test rows: sex is suppressed there, shown for development.
+    assert rows["sex", "M"]["evaluation"] == "suppressed" and rows["sex", "M"]["development"] != "suppressed"
+    text = "\n".join(characteristics.markdown(found))
+    assert "| age | mean (SD) |" in text and "rural" not in text and "w17" not in text
     assert characteristics.development_vs_evaluation(df[split != "test"].iloc[:-1], schema, 5) is None
 
 

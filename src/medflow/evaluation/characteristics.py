@@ -2,8 +2,9 @@
 development rows (train and validation) and in the evaluation rows (test) by `tableone` (Pollard et al., JAMIA Open
 2018): mean (SD) or n (%), the missing count and the standardised mean difference between the two.
 
-Aggregates only: a category held by fewer than small_count rows of either group shows "<small_count" there, and a
-group smaller than small_count gets no table.
+Aggregates only: a category's levels held by fewer than small_count rows of a group are merged into OTHER; where a
+level is still that rare in a group, the variable is suppressed in that group (its counts would follow from the
+others'); a number with fewer than small_count values in a group is suppressed; a group that small gets no table.
 """
 
 from __future__ import annotations
@@ -12,23 +13,24 @@ import numpy as np
 import pandas as pd
 
 from medflow.data.columns import LABEL, SPLIT, TIME
-from medflow.data.features import Schema
+from medflow.data.features import OTHER, Schema
 
 DEVELOPMENT, EVALUATION = "development", "evaluation"
-GROUP = "_data"
-# A table of 2,000 features is no card: the first ones in the table's order, the count of the rest said.
+# A table of 2,000 features is no card: the first ones (numeric, then categorical, as the schema lists them), the
+# count of the rest said; a category's most frequent levels, the rest as OTHER.
 SHOWN = 60
+LEVELS = 10
 
 
-def _outcome(df: pd.DataFrame, schema: Schema) -> tuple[dict[str, pd.Series], list[str]]:
-    """The outcome as columns of the table, and which of them are categories."""
+def _outcome(df: pd.DataFrame, schema: Schema) -> list[tuple[str, pd.Series, bool]]:
+    """The outcome as (name, values, categorical) variables."""
     if TIME in df:
         event = pd.Series(np.where(df[LABEL].to_numpy() > 0, "event", "censored"), index=df.index)
-        return {"outcome (event)": event, "follow-up": df[TIME]}, ["outcome (event)"]
+        return [("outcome (event)", event, True), ("follow-up", df[TIME], False)]
     if schema.classes:
-        names = np.asarray(schema.classes, dtype=object)[df[LABEL].to_numpy()]
-        return {"outcome": pd.Series(names, index=df.index)}, ["outcome"]
-    return {"outcome": df[LABEL]}, []
+        return [("outcome", pd.Series(np.asarray(schema.classes, dtype=object)[df[LABEL].to_numpy()], index=df.index),
+                 True)]  # fmt: skip
+    return [("outcome", df[LABEL], False)]
 
 
 def _decimals(values: pd.Series) -> int:
@@ -37,6 +39,19 @@ def _decimals(values: pd.Series) -> int:
     if not np.isfinite(spread) or spread <= 0:
         return 1
     return int(np.clip(2 - np.floor(np.log10(spread)), 1, 6))
+
+
+def _levels(values: pd.Series, group: pd.Series, small: int) -> tuple[pd.Series, set[str]]:
+    """A category as text, its levels held by fewer than `small` rows of a group (and past the LEVELS most frequent)
+    merged into OTHER, so that no rare value is named; and the groups where a level (OTHER too) is still that rare,
+    whose counts the others would give away by subtraction."""
+    text = values.astype("string").fillna("<missing>").astype(object)
+    counts = pd.crosstab(text, group)
+    rare = ((counts > 0) & (counts < small)).any(axis=1)
+    common = counts[~rare].sum(axis=1).sort_values(ascending=False).index[: LEVELS - 1]
+    text = text.where(text.isin(common), OTHER)
+    merged = pd.crosstab(text, group)
+    return text, {g for g in merged.columns if ((merged[g] > 0) & (merged[g] < small)).any()}
 
 
 def development_vs_evaluation(df: pd.DataFrame, schema: Schema, small_count: int) -> dict | None:
@@ -49,35 +64,43 @@ def development_vs_evaluation(df: pd.DataFrame, schema: Schema, small_count: int
         return None
     features = [c for c in schema.features if c in schema.numeric or c in schema.categorical]
     shown = features[:SHOWN]
-    outcome, outcome_categories = _outcome(df, schema)
-    frame = pd.DataFrame({**{c: df[c] for c in shown}, **outcome, GROUP: group})
-    categorical = [c for c in shown if c in schema.categorical] + outcome_categories
-    for col in categorical:  # tableone names a level by its text; a missing one stays missing
-        frame[col] = frame[col].astype("string").astype(object).where(frame[col].notna(), None)
-    columns = [*outcome, *shown]
+    variables = _outcome(df, schema) + [(c, df[c], c in schema.categorical) for c in shown]
+    # tableone's columns by position: a feature may be named like the outcome or hold tableone's own words.
+    frame, names, categorical, hidden, few = pd.DataFrame({"group": group}), {}, [], {}, []
+    for i, (name, values, is_category) in enumerate(variables):
+        key = f"v{i}"
+        names[key] = name
+        if is_category:
+            frame[key], hidden[key] = _levels(values, group, small_count)
+            categorical.append(key)
+            continue
+        number = pd.to_numeric(values, errors="coerce")
+        if number.notna().groupby(group).sum().reindex(sizes.index, fill_value=0).min() < small_count:
+            few.append(key)  # a mean of a few values gives them away, and has no SMD
+        else:
+            frame[key] = number
+    columns = [k for k in names if k in frame]
     table = TableOne(
-        frame, columns=columns, categorical=categorical, groupby=GROUP, missing=True, overall=False, smd=True,
-        pval=False, order={GROUP: [DEVELOPMENT, EVALUATION]}, label_suffix=False,
-        decimals={c: _decimals(frame[c]) for c in columns if c not in categorical},
+        frame, columns=columns, categorical=categorical, groupby="group", missing=True, overall=False, smd=True,
+        pval=False, order={"group": [DEVELOPMENT, EVALUATION]}, label_suffix=False,
+        decimals={k: _decimals(frame[k]) for k in columns if k not in categorical},
     ).tableone  # fmt: skip
     table.columns = [c[-1] for c in table.columns]
     smd = next(c for c in table.columns if c.startswith("SMD"))
-    counts = {col: frame.groupby(GROUP)[col].value_counts() for col in categorical}
     rows = []
-    for (name, level), cells in table.iterrows():
-        if name == "n":
+    for (key, level), cells in table.iterrows():
+        if key == "n":
             continue
-        variable = name
-        row = {"variable": variable, "level": level or None, "summary": "n (%)" if variable in counts else "mean (SD)"}
+        summary = "n (%)" if key in categorical else "mean (SD)"
+        row = {"variable": names[key], "level": level or None, "summary": summary}
         for side in (DEVELOPMENT, EVALUATION):
-            value = str(cells[side]).strip()
-            if variable in counts and level:
-                n = int(counts[variable].get((side, level), 0))
-                value = value if n >= small_count or n == 0 else f"<{small_count}"
-            row[side] = value
+            row[side] = "suppressed" if side in hidden.get(key, ()) else str(cells[side]).strip()
         row["missing"] = str(cells["Missing"]).strip() or None
-        row["smd"] = str(cells[smd]).strip() or None
+        row["smd"] = None if hidden.get(key) else str(cells[smd]).strip() or None
         rows.append(row)
+    for key in few:
+        row = {"variable": names[key], "level": None, "summary": f"fewer than {small_count} values in a group"}
+        rows.append(row | {DEVELOPMENT: "suppressed", EVALUATION: "suppressed", "missing": None, "smd": None})
     return {
         "method": "tableone: mean (SD) or n (%) per group, standardised mean difference (SMD) between them",
         "groups": {DEVELOPMENT: int(sizes[DEVELOPMENT]), EVALUATION: int(sizes[EVALUATION])},
@@ -92,7 +115,7 @@ def markdown(found: dict) -> list[str]:
     g = found["groups"]
     lines = [
         f"Development (train and validation, {g[DEVELOPMENT]} rows) against evaluation (test, {g[EVALUATION]} rows); "
-        f"{found['method']}. A category of fewer than the small count of rows shows as <n.",
+        f"{found['method']}. Categories of few rows are merged into {OTHER}, or suppressed with their variable.",
         "",
         "| variable | | development | evaluation | missing | SMD |",
         "|---|---|---|---|---|---|",

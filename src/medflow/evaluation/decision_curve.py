@@ -39,8 +39,32 @@ def net_benefit(
         data["time"] = time
         survival = {"time": horizon, "time_to_outcome_col": "time"}
     table = dcurves.dca(data=data, outcome="outcome", modelnames=[MODEL], thresholds=thresholds, **survival)
-    wide = table.pivot(index="threshold", columns="model", values="net_benefit")
-    return [
+    wide = table.pivot(index="threshold", columns="model", values="net_benefit").astype("float64")
+    rows = [
         {"threshold": float(t), "model": float(r[MODEL]), "treat_all": float(r["all"]), "treat_none": float(r["none"])}
         for t, r in wide.iterrows()
     ]
+    if time is not None:
+        for row in rows:
+            called = p >= row["threshold"]
+            for key, above in (("model", called), ("treat_all", np.ones(len(p), dtype=bool))):
+                if not np.isfinite(row[key]):
+                    row[key] = _km_net_benefit(np.asarray(y, bool), np.asarray(time, float), above, horizon,
+                                               row["threshold"])  # fmt: skip
+    return rows
+
+
+def _km_net_benefit(event: np.ndarray, time: np.ndarray, above: np.ndarray, horizon: float, t: float) -> float | None:
+    """Where dcurves gives no value (no one above the threshold is followed to the horizon, e.g. every one of them
+    had the event before it): the same formula from scikit-survival's Kaplan-Meier estimate. None where the group's
+    follow-up ends censored before the horizon, so its survival there is unknown."""
+    from medflow.evaluation.survival import km_at
+
+    if not above.any():
+        return 0.0
+    tt, ee = time[above], event[above]
+    last = tt == tt.max()
+    if tt.max() < horizon and not ee[last].any():
+        return None
+    alive, share = km_at(tt, ee, horizon), float(above.mean())
+    return share * (1 - alive) - share * alive * t / (1 - t)

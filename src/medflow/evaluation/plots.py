@@ -261,11 +261,14 @@ def plot_decision_curve(table: list[dict], out: Path, operating: dict | None) ->
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     t = [r["threshold"] for r in table]
+    # A survival curve's net benefit is unknown (None) where follow-up ends before the horizon: a gap in the line.
+    values = {k: np.array([np.nan if r[k] is None else r[k] for r in table], float) for k in ("model", "treat_all")}
+    values["treat_none"] = np.array([r["treat_none"] for r in table], float)
     for key, style, name in (("model", "-", "model"), ("treat_all", "--", "treat all"), ("treat_none", ":", "none")):
-        ax.plot(t, [r[key] for r in table], style, label=f"treat {name}" if key == "treat_none" else name)
+        ax.plot(t, values[key], style, label=f"treat {name}" if key == "treat_none" else name)
     if operating:
         ax.plot([operating["threshold"]], [operating["model"]], "o", color="C3", label="operating point")
-    top = max(r["model"] for r in table + ([operating] if operating else []))
+    top = np.nanmax([*values["model"], *([operating["model"]] if operating else []), 0.0])
     ax.set(xlabel="threshold probability", ylabel="net benefit", ylim=(min(-0.05, -top / 10), max(top, 0.01) * 1.1))
     ax.legend(fontsize=8)
     ax.set_title("Decision curve (test split)")

@@ -314,17 +314,19 @@ def km_at(time: np.ndarray, event: np.ndarray, horizon: float) -> float:
     return float(s[i]) if i >= 0 else 1.0
 
 
-def calibration(time, event, risk, survival: np.ndarray, horizons, n_groups: int = 5) -> list[dict]:
+def calibration(time, event, risk, survival: np.ndarray, horizons, n_groups: int = 5, small: int = 1) -> list[dict]:
     """Per horizon and risk group: rows, mean predicted survival and Kaplan-Meier observed survival at the horizon.
-    survival: (rows, horizons). Aggregates only: no row's value leaves."""
+    survival: (rows, horizons). Aggregates only: a group of fewer than small rows (tied risks can make one of a
+    single patient) shows its count alone."""
     time, event, groups = np.asarray(time, float), np.asarray(event, bool), risk_groups(np.asarray(risk), n_groups)
     out = []
     for h, horizon in enumerate(horizons):
         for g in np.unique(groups):
             rows = groups == g
+            shown = rows.sum() >= small
             out.append({"horizon": float(horizon), "group": int(g), "rows": int(rows.sum()),
-                        "predicted": float(survival[rows, h].mean()),
-                        "observed": km_at(time[rows], event[rows], horizon)})  # fmt: skip
+                        "predicted": float(survival[rows, h].mean()) if shown else None,
+                        "observed": km_at(time[rows], event[rows], horizon) if shown else None})  # fmt: skip
     return out
 
 

@@ -485,9 +485,12 @@ def survival_calibration_table(rows: list[dict]) -> list[str]:
     """evaluation.survival.calibration's rows as a Markdown table."""
     lines = ["| horizon | risk group | rows | predicted | observed (KM) |", "|---|---|---|---|---|"]
     for c in rows:
-        lines.append(
-            f"| {c['horizon']:g} | {c['group'] + 1} | {c['rows']} | {c['predicted']:.3f} | {c['observed']:.3f} |"
-        )
+        if c["predicted"] is None:
+            lines.append(f"| {c['horizon']:g} | {c['group'] + 1} | {c['rows']} | suppressed | suppressed |")
+        else:
+            lines.append(
+                f"| {c['horizon']:g} | {c['group'] + 1} | {c['rows']} | {c['predicted']:.3f} | {c['observed']:.3f} |"
+            )
     return lines
 
 
@@ -498,9 +501,8 @@ def decision_table(dca: dict) -> list[str]:
     lines = ["| threshold | model | treat all | treat none |", "|---|---|---|---|"]
     for r in rows:
         mark = " (operating point)" if r.get("operating") else ""
-        lines.append(
-            f"| {r['threshold']:.3f}{mark} | {r['model']:.4f} | {r['treat_all']:.4f} | {r['treat_none']:.4f} |"
-        )
+        model, everyone = (f"{r[k]:.4f}" if r[k] is not None else "unknown" for k in ("model", "treat_all"))
+        lines.append(f"| {r['threshold']:.3f}{mark} | {model} | {everyone} | {r['treat_none']:.4f} |")
     return lines
 
 
