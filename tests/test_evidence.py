@@ -134,6 +134,8 @@ def test_a_survival_net_benefit_reads_the_events_by_the_horizon_from_kaplan_meie
     assert [r["model"] for r in high] == pytest.approx([5 / 405, 5 / 405])
     e5[-1] = False
     assert decision_curve.net_benefit(e5, np.r_[p * 0.5, [0.95] * 5], [0.9], t5, horizon)[0]["model"] is None
+    t5[-1] = t5[-2]  # an event and a censoring at the group's last time: some of it is still event-free, unknown
+    assert decision_curve.net_benefit(e5, np.r_[p * 0.5, [0.95] * 5], [0.9], t5, horizon)[0]["model"] is None
 
 
 def test_development_and_evaluation_rows_are_summarised_apart_and_no_rare_value_is_named_or_counted():
@@ -160,22 +162,26 @@ def test_development_and_evaluation_rows_are_summarised_apart_and_no_rare_value_
         "site": np.where(np.isin(i, [0, 100, 250]), "rural", np.where(i % 2, "north", "south")),
         "ward": [f"w{k}" for k in i],  # every level one row
         "sex": np.where((split == "test") & (i != 252), "M", np.where(i % 3 == 0, "F", "M")),
+        "hiv": np.isin(i, [7, 260]).astype(float),  # one patient in each group: a mean would count them
         LABEL: rng.integers(0, 2, n), SPLIT: split,
     })  # fmt: skip
-    schema = Schema(target="y", classes=["no", "yes"], numeric=["age", "lab", "outcome"],
+    df.loc[[1, 2, 3], "age"] = np.nan
+    schema = Schema(target="y", classes=["no", "yes"], numeric=["age", "lab", "outcome", "hiv"],
                     categorical=["site", "ward", "sex"])  # fmt: skip
     found = characteristics.development_vs_evaluation(df, schema, small_count=5)
     assert found["groups"] == {"development": 240, "evaluation": 60}
     rows = {(r["variable"], r["level"]): r for r in found["rows"]}
-    dev, test = age[split != "test"], age[split == "test"]
+    dev, test = df["age"][split != "test"].dropna().to_numpy(), age[split == "test"]
+    assert rows["age", None]["missing"] == "<5"  # 3 rows without an age
     assert rows["age", None]["development"] == f"{dev.mean():.2f} ({dev.std(ddof=1):.2f})"
     assert rows["age", None]["evaluation"] == f"{test.mean():.2f} ({test.std(ddof=1):.2f})"
     pooled = np.sqrt((dev.var(ddof=1) + test.var(ddof=1)) / 2)
     assert float(rows["age", None]["smd"]) == pytest.approx((test.mean() - dev.mean()) / pooled, abs=1e-3)
     assert rows["lab", None]["development"] == rows["lab", None]["evaluation"] == "suppressed"
     assert ("outcome", None) in rows and {lvl for v, lvl in rows if v == "outcome"} == {None, "no", "yes"}
-    levels = {v: {lvl for w, lvl in rows if w == v} for v in ("site", "ward", "sex")}
-    assert levels == {"site": {"north", "south", OTHER}, "ward": {OTHER}, "sex": {"M", OTHER}}
+    levels = {v: {lvl for w, lvl in rows if w == v} for v in ("site", "ward", "sex", "hiv")}
+    assert levels == {"site": {"north", "south", OTHER}, "ward": {OTHER}, "sex": {"M", OTHER}, "hiv": {"0.0", OTHER}}
+    assert {rows["hiv", lvl][g] for lvl in levels["hiv"] for g in ("development", "evaluation")} == {"suppressed"}
     # rural (2 development rows, 1 test row) is OTHER, still rare in both: site is suppressed in both.
     assert all(rows["site", lvl][g] == "suppressed" for lvl in levels["site"] for g in ("development", "evaluation"))
     assert rows["ward", OTHER]["development"] == "240 (100.0)"

@@ -383,6 +383,14 @@ def test_a_site_split_quarantines_rows_without_a_site_and_reads_every_chunk_as_t
         assert set(held.loc[held["reason"].str.contains("site: split_value_present"), "_row_id"]) == set(
             df.index[3:400:50]
         )
+    # A month column (a category, not a date, to validate) with values no reading places: those rows too.
+    months = cohort.assign(admitted=cohort["visit_date"].str[:7])
+    months.loc[months.index[5:400:50], "admitted"] = "unknown"
+    for streamed in (False, True):
+        raw = _params(streamed).as_dict()
+        raw["split"] = {"by": "time", "time_column": "admitted"}
+        paths = _project(tmp_path / f"month-{streamed}", months)
+        assert validate.run(from_dict(raw), paths)["rows_quarantined"] >= 8
     clock = pd.Series(["2024-03-30T10:00:00+01:00", "2024-04-01T10:00:00+02:00", None, "unknown"], name="admitted")
     assert without_value(clock, "time").tolist() == [False, False, True, True]
     assert np.diff(split_values(clock, "time")[:2])[0] > 0

@@ -182,6 +182,11 @@ class SplitParams(_Section):
         """The column split.by=time or site reads, or None (split by patient)."""
         return {"time": self.time_column, "site": self.site_column}.get(self.by)
 
+    @property
+    def unplaced(self) -> tuple[str, str] | None:
+        """(column, by) for split.by=time or site: whose rows the split cannot place, by its own reading."""
+        return None if self.column is None else (self.column, self.by)
+
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> SplitParams:
         if self.val + self.test >= 0.9:

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binom
 
+from medflow.data.split_values import without_value
+
 TENTHS = 10
 # A group's excess must be this improbable under the table's own quarantine rate, across every group tested, before
 # it counts as concentrated: scattered bad rows never stop a run.
@@ -30,12 +32,14 @@ class Groups:
     edges: dict[str, np.ndarray]
     categorical: list[str]
     counts: dict[tuple[str, str], list[int]] = field(default_factory=dict)
-    # split.by's column: its rows without a value are all quarantined by rule (split_value_checks), so they form no
-    # group of their own; the other columns' groups still see them.
-    unplaced: str | None = None
+    # split.by's (column, by): its rows the split cannot place are all quarantined by rule (split_value_checks), so
+    # they form no group of their own; the other columns' groups still see them.
+    unplaced: tuple[str, str] | None = None
 
     @classmethod
-    def of(cls, numbers: dict[str, np.ndarray], categorical: list[str], unplaced: str | None = None) -> Groups:
+    def of(
+        cls, numbers: dict[str, np.ndarray], categorical: list[str], unplaced: tuple[str, str] | None = None
+    ) -> Groups:
         """numbers: each numeric column's values (NaN where missing or unreadable) to take the tenths of."""
         edges = {}
         for col, x in numbers.items():
@@ -55,7 +59,10 @@ class Groups:
             self._count(col, rank, held[known], lambda k, bins=bins: _rank_name(k, bins))
         for col in self.categorical:
             text = categories[col].astype("string")
-            grouped = text.notna().to_numpy() if col == self.unplaced else np.ones(len(text), dtype=bool)
+            if self.unplaced is not None and col == self.unplaced[0]:
+                grouped = ~without_value(categories[col], self.unplaced[1])
+            else:
+                grouped = np.ones(len(text), dtype=bool)
             values = text.fillna("<missing>").str.strip().to_numpy(dtype=object)
             self._count(col, values[grouped], held[grouped], lambda v: repr(v))
 

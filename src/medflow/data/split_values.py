@@ -10,6 +10,8 @@ import pandas as pd
 def _numbers_and_dates(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Each value read as a number (a year, a day count), else as a date-time (UTC: offsets either side of a clock
     change are one column)."""
+    if pd.api.types.is_datetime64_any_dtype(values):  # already dates: to_numeric would read NaT as a number
+        return pd.Series(np.nan, index=values.index), pd.to_datetime(values, utc=True)
     number = pd.to_numeric(values, errors="coerce")
     dates = pd.to_datetime(values.where(number.isna()), errors="coerce", format="mixed", utc=True)
     return number, dates

@@ -70,7 +70,8 @@ def development_vs_evaluation(df: pd.DataFrame, schema: Schema, small_count: int
     for i, (name, values, is_category) in enumerate(variables):
         key = f"v{i}"
         names[key] = name
-        if is_category:
+        # A 0/1 flag's mean is a count (0.0042 of 240 rows is one patient): two values are counted as a category.
+        if is_category or pd.to_numeric(values, errors="coerce").nunique() <= 2:
             frame[key], hidden[key] = _levels(values, group, small_count)
             categorical.append(key)
             continue
@@ -95,8 +96,10 @@ def development_vs_evaluation(df: pd.DataFrame, schema: Schema, small_count: int
         row = {"variable": names[key], "level": level or None, "summary": summary}
         for side in (DEVELOPMENT, EVALUATION):
             row[side] = "suppressed" if side in hidden.get(key, ()) else str(cells[side]).strip()
-        row["missing"] = str(cells["Missing"]).strip() or None
-        row["smd"] = None if hidden.get(key) else str(cells[smd]).strip() or None
+        missing = str(cells["Missing"]).strip()
+        row["missing"] = missing if missing in ("", "0") or int(missing) >= small_count else f"<{small_count}"
+        row["missing"] = row["missing"] or None
+        row["smd"] = None if hidden.get(key) or str(cells[smd]).strip() in ("", "nan") else str(cells[smd]).strip()
         rows.append(row)
     for key in few:
         row = {"variable": names[key], "level": None, "summary": f"fewer than {small_count} values in a group"}

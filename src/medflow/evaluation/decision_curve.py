@@ -57,14 +57,13 @@ def net_benefit(
 def _km_net_benefit(event: np.ndarray, time: np.ndarray, above: np.ndarray, horizon: float, t: float) -> float | None:
     """Where dcurves gives no value (no one above the threshold is followed to the horizon, e.g. every one of them
     had the event before it): the same formula from scikit-survival's Kaplan-Meier estimate. None where the group's
-    follow-up ends censored before the horizon, so its survival there is unknown."""
+    follow-up ends before the horizon with some of it still event-free, so its survival there is unknown."""
     from medflow.evaluation.survival import km_at
 
     if not above.any():
         return 0.0
     tt, ee = time[above], event[above]
-    last = tt == tt.max()
-    if tt.max() < horizon and not ee[last].any():
-        return None
     alive, share = km_at(tt, ee, horizon), float(above.mean())
+    if tt.max() < horizon and alive > 0:
+        return None
     return share * (1 - alive) - share * alive * t / (1 - t)

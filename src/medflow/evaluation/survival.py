@@ -330,15 +330,18 @@ def calibration(time, event, risk, survival: np.ndarray, horizons, n_groups: int
     return out
 
 
-def km_by_group(time, event, risk, survival: np.ndarray, grid, n_groups: int = 3) -> list[dict]:
-    """The aggregates plot_km_by_group draws: per risk group, its Kaplan-Meier curve and its mean predicted
-    survival on grid (survival: (rows, grid))."""
+def km_by_group(time, event, risk, survival: np.ndarray, grid, n_groups: int = 3, small: int = 1) -> list[dict]:
+    """The aggregates plot_km_by_group draws: per risk group of at least `small` rows (a group of one, from tied
+    risks, would draw that patient's time and outcome), its Kaplan-Meier curve and its mean predicted survival on
+    grid (survival: (rows, grid))."""
     from sksurv.nonparametric import kaplan_meier_estimator
 
     time, event, groups = np.asarray(time, float), np.asarray(event, bool), risk_groups(np.asarray(risk), n_groups)
     out = []
     for g in np.unique(groups):
         rows = groups == g
+        if rows.sum() < small:
+            continue
         t, s = kaplan_meier_estimator(event[rows], time[rows])
         out.append({"group": int(g), "rows": int(rows.sum()), "km_time": t, "km": s,
                     "grid": np.asarray(grid, float), "predicted": survival[rows].mean(axis=0)})  # fmt: skip

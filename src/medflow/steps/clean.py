@@ -132,6 +132,8 @@ def without_split_value(kept: pd.DataFrame, held: pd.DataFrame, params: Params) 
     sp = params.split
     if sp.column is None or sp.column not in kept:
         return kept, held
+    # Before anything is written: a time column of both numbers and dates stops here, in one line.
+    split_values(kept[sp.column], sp.by)
     missing = without_value(kept[sp.column], sp.by)
     share = missing.sum() / max(len(kept), 1)
     if share > params.validate_.max_quarantine:

@@ -288,7 +288,7 @@ def _survival(params: Params, paths: Paths, df, test, predictor: Predictor, task
     dca = None
     if horizons:
         calibration = survival.calibration(time, event, risk, found.at, horizons, small=params.validate_.small_count)
-        km = survival.km_by_group(time, event, risk, found.on_grid, found.grid)
+        km = survival.km_by_group(time, event, risk, found.on_grid, found.grid, small=params.validate_.small_count)
         survival.plot_km_by_group(km, plots / "km_by_risk_group.png", f"{params.data.time} (time column's units)")
         # At the last horizon, where Uno's C is truncated: the predicted probability of the event by then.
         last = horizons[-1]

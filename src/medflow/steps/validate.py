@@ -73,7 +73,7 @@ def run(params: Params, paths: Paths) -> dict:
         df.insert(1, PATIENT_KEY, patient_key(df[data.patient_id], salt))
     valid, held = quarantine(df, checks)
     numbers, categorical = groupable(df, kinds, parsed, numeric_target=data.task == "regression")
-    groups = Groups.of(numbers, categorical, params.split.column)
+    groups = Groups.of(numbers, categorical, params.split.unplaced)
     groups.add(numbers, df[categorical], df[ROW_ID].isin(held[ROW_ID]).to_numpy())
     held[held_columns(kinds, keep)].to_csv(out / "quarantine.csv", index=False, lineterminator="\n")
     refuse_selection(groups, checks, len(df), len(held), vp, where)

@@ -114,7 +114,7 @@ def validate_streamed(params: Params, paths: Paths, files: list[Path]) -> dict:
     sampled = sample[ROW_ID].to_numpy()
     # A regression's target is grouped as a number, as in memory (steps/validate.py).
     numeric_target = data.task == "regression"
-    groups = Groups.of(*groupable(sample, kinds, parsed, numeric_target), params.split.column)
+    groups = Groups.of(*groupable(sample, kinds, parsed, numeric_target), params.split.unplaced)
     text_why = not_features(kinds, parsed, vp)
     del sample, parsed
     parts, profiled, converted = [], [], dict.fromkeys(formats, 0)
