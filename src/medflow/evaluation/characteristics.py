@@ -70,12 +70,12 @@ def development_vs_evaluation(df: pd.DataFrame, schema: Schema, small_count: int
     for i, (name, values, is_category) in enumerate(variables):
         key = f"v{i}"
         names[key] = name
+        number = None if is_category else pd.to_numeric(values, errors="coerce")
         # A 0/1 flag's mean is a count (0.0042 of 240 rows is one patient): two values are counted as a category.
-        if is_category or pd.to_numeric(values, errors="coerce").nunique() <= 2:
+        if number is None or number.nunique() <= 2:
             frame[key], hidden[key] = _levels(values, group, small_count)
             categorical.append(key)
             continue
-        number = pd.to_numeric(values, errors="coerce")
         if number.notna().groupby(group).sum().reindex(sizes.index, fill_value=0).min() < small_count:
             few.append(key)  # a mean of a few values gives them away, and has no SMD
         else:
@@ -96,10 +96,11 @@ def development_vs_evaluation(df: pd.DataFrame, schema: Schema, small_count: int
         row = {"variable": names[key], "level": level or None, "summary": summary}
         for side in (DEVELOPMENT, EVALUATION):
             row[side] = "suppressed" if side in hidden.get(key, ()) else str(cells[side]).strip()
-        missing = str(cells["Missing"]).strip()
-        row["missing"] = missing if missing in ("", "0") or int(missing) >= small_count else f"<{small_count}"
-        row["missing"] = row["missing"] or None
-        row["smd"] = None if hidden.get(key) or str(cells[smd]).strip() in ("", "nan") else str(cells[smd]).strip()
+        missing, difference = str(cells["Missing"]).strip(), str(cells[smd]).strip()
+        if missing not in ("", "0") and int(missing) < small_count:
+            missing = f"<{small_count}"
+        row["missing"] = missing or None
+        row["smd"] = None if hidden.get(key) or difference in ("", "nan") else difference
         rows.append(row)
     for key in few:
         row = {"variable": names[key], "level": None, "summary": f"fewer than {small_count} values in a group"}
