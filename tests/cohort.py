@@ -24,7 +24,8 @@ KINDS = {
 }
 
 
-def cohort_params(**data):
+def cohort_params(data_docs: bool = False, **data):
+    """data_docs: validate's HTML pages, which only tests/test_data_docs.py reads (rendering them takes ~0.5 s)."""
     raw = {
         "data": {
             "source": "data/cohort.csv",
@@ -34,6 +35,7 @@ def cohort_params(**data):
             "positive_class": "disease",
             **data,
         },
+        "validate": {"data_docs": data_docs},
         "train": {"max_epochs": 30, "patience": 5, "hidden": [16]},
         "register": {"model_name": "test-cohort", "min_primary": 0.5},
     }

@@ -31,12 +31,12 @@ def validated(tmp_path_factory) -> Paths:
     paths.data_dir.mkdir(parents=True)
     df = synthetic_cohort()
     df.to_csv(paths.data_dir / "cohort.csv", index=False)
-    validate.run(cohort_params(), paths)  # infers the suite from the clean table
+    validate.run(cohort_params(data_docs=True), paths)  # infers the suite from the clean table
     df = df.astype(object)
     for row, (col, value) in zip(SEEDED_ROWS, SEEDS.items(), strict=True):
         df.loc[row, col] = value
     df.to_csv(paths.data_dir / "cohort.csv", index=False)
-    validate.run(cohort_params(), paths)
+    validate.run(cohort_params(data_docs=True), paths)
     return paths
 
 
@@ -124,7 +124,21 @@ def test_a_streamed_table_gets_the_pages_of_the_whole_table(validated, tmp_path)
     paths.expectations_dir.mkdir()
     shutil.copy(validated.data_dir / "cohort.csv", paths.data_dir / "cohort.csv")
     shutil.copy(validated.suite("cohort"), paths.suite("cohort"))
-    raw = cohort_params().as_dict()
+    raw = cohort_params(data_docs=True).as_dict()
     raw["validate"] |= {"stream_above_mb": 0, "chunk_rows": 97}
     validate.run(from_dict(raw), paths)
     assert _page_text(paths) == _page_text(validated)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_without_data_docs_validate_writes_the_same_report_and_no_pages(validated, tmp_path, streamed):
+    paths = Paths(root=tmp_path)
+    paths.data_dir.mkdir(parents=True)
+    paths.expectations_dir.mkdir()
+    shutil.copy(validated.data_dir / "cohort.csv", paths.data_dir / "cohort.csv")
+    shutil.copy(validated.suite("cohort"), paths.suite("cohort"))
+    raw = cohort_params(data_docs=False).as_dict()
+    raw["validate"] |= {"stream_above_mb": 0, "chunk_rows": 97} if streamed else {}
+    validate.run(from_dict(raw), paths)
+    assert not paths.data_docs.exists()
+    assert _failed(paths) == _failed(validated)

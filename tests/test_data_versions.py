@@ -14,6 +14,7 @@ pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make te
 
 SALT = {"MEDFLOW_SALT": "data-versions-salt", "OMP_NUM_THREADS": "1"}
 TINY = "-P train.max_epochs=3 -P train.patience=2 -P evaluate.n_boot=100 -P register.gate.n_boot=100"
+TINY += " -P validate.data_docs=false"
 MODEL = "medflow-breast-cancer"
 NOTHING = "nothing to do: every step is up to date"
 

@@ -31,6 +31,7 @@ COHORT = (
 # A small net, few epochs; the first champion's floors are opened (this is about the loop, not the model).
 TINY = "-P train.max_epochs=4 -P train.patience=2 -P 'train.hidden=[8]' -P evaluate.n_boot=200"
 TINY += " -P register.gate.n_boot=200 -P register.min_primary=0.0 -P register.gate.baseline_margin=1"
+TINY += " -P validate.data_docs=false"
 # No training deployment on the session's Prefect server: the monitor trains in its own process, as it says.
 NOT_DEPLOYED = "-P monitor.deployment=medflow-pipeline/not-deployed"
 SALT = {"MEDFLOW_SALT": "monitor-test-salt"}

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make te
 SALT = {"MEDFLOW_SALT": "own-table-salt"}
 OWN = (
     "-P data.source=data/visits.csv -P data.target=outcome -P data.patient_id=mrn -P 'data.identifiers=[name]' "
-    "-P data.positive_class=icu -P register.model_name=own -P register.min_primary=0.5 -P train.max_epochs=15"
+    "-P data.positive_class=icu -P register.model_name=own -P register.min_primary=0.5 -P train.max_epochs=15 "
+    "-P validate.data_docs=false"
 )
 
 

@@ -75,7 +75,9 @@ def artifacts(url: str, flow_run: str) -> dict[str, dict]:
 def clone(tmp_path_factory, migrated_mlflow_db):
     root = scratch_clone(tmp_path_factory.mktemp("scheduled") / "medflow", migrated_mlflow_db)
     params = root / "params.yaml"
-    params.write_text(params.read_text().replace("max_epochs: 200", "max_epochs: 3"))
+    params.write_text(
+        params.read_text().replace("max_epochs: 200", "max_epochs: 3").replace("data_docs: true ", "data_docs: false")
+    )
     return root
 
 

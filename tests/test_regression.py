@@ -207,7 +207,10 @@ def test_the_diabetes_example_registers_a_champion_and_predicts_every_row(tmp_pa
     clone = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
     server = {"PREFECT_API_URL": prefect_server}
     done = sh(
-        ".venv/bin/medflow run --params examples/diabetes.yaml -P train.max_epochs=80", clone, timeout=900, **server
+        ".venv/bin/medflow run --params examples/diabetes.yaml -P train.max_epochs=80 -P validate.data_docs=false",
+        clone,
+        timeout=900,
+        **server,
     )
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("registered medflow-diabetes v1 (champion: delta improvement in mae"), last

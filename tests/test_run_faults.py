@@ -19,7 +19,7 @@ from medflow.tracking.audit import PREFIX as AUDIT
 
 pytestmark = pytest.mark.e2e  # the real executable on a scratch clone: `make test`, not `make test-fast`
 
-RUN_TINY = ".venv/bin/medflow run --force -P train.max_epochs=3 -P train.lr=3e-4"
+RUN_TINY = ".venv/bin/medflow run --force -P train.max_epochs=3 -P train.lr=3e-4 -P validate.data_docs=false"
 
 
 def start(command: str, root, **env: str) -> subprocess.Popen:
@@ -141,11 +141,11 @@ def test_a_run_killed_during_evaluate_resumes_at_evaluate_without_retraining(clo
     assert "up to date" in sh(".venv/bin/dvc status", clone).stdout
 
 
-def test_a_step_that_fails_mid_run_leaves_its_one_line_last_with_nothing_after_it(clone):
+def test_a_step_that_fails_mid_run_leaves_its_one_line_last_with_nothing_after_it(clone, server):
     """A failed step ends the run: its one-line error is the last thing printed, with no traceback after it."""
     params = (clone / "params.yaml").read_text()
     (clone / "convnet.yaml").write_text(params.replace("model: tabular_mlp", "model: cifar_convnet"))
-    bad = sh(".venv/bin/medflow run --params convnet.yaml", clone, check=False)
+    bad = sh(".venv/bin/medflow run --params convnet.yaml", clone, check=False, **server)
     assert bad.returncode == 2
     assert "train: train.model='cifar_convnet' is for images" in one_error_line(bad.stderr)
 

@@ -244,7 +244,10 @@ def test_the_whas500_example_registers_a_champion_and_predicts_every_row(tmp_pat
     clone = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
     server = {"PREFECT_API_URL": prefect_server}
     done = sh(
-        ".venv/bin/medflow run --params examples/whas500.yaml -P train.max_epochs=60", clone, timeout=900, **server
+        ".venv/bin/medflow run --params examples/whas500.yaml -P train.max_epochs=60 -P validate.data_docs=false",
+        clone,
+        timeout=900,
+        **server,
     )
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("registered medflow-whas500 v1 (champion: delta c_index vs baseline "), last

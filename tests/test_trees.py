@@ -101,7 +101,7 @@ def test_xgboost_trains_registers_and_predicts_through_the_pipeline(tmp_path, mi
     from medflow.paths import Paths
 
     root = scratch_clone(tmp_path / "medflow", migrated_mlflow_db)
-    n_boot = "-P evaluate.n_boot=200 -P register.gate.n_boot=200"
+    n_boot = "-P evaluate.n_boot=200 -P register.gate.n_boot=200 -P validate.data_docs=false"
     done = sh(
         f".venv/bin/medflow run -P train.model=xgboost {n_boot}", root, timeout=600, PREFECT_API_URL=prefect_server
     )
@@ -183,7 +183,7 @@ def test_tune_searches_the_tree_space_and_the_next_run_trains_trees_with_its_val
     assert len(re.findall(r"^.*trial \d+: (val_loss \d|pruned after)", out, flags=re.M)) == 20, out[-3000:]
     written = yaml.safe_load((root / "params.tuned.yaml").read_text())
     assert set(written["train"]) == set(TuneParams().tree_space) and written["study"]["train.model"] == "xgboost"
-    n_boot = "-P evaluate.n_boot=200 -P register.gate.n_boot=200"
+    n_boot = "-P evaluate.n_boot=200 -P register.gate.n_boot=200 -P validate.data_docs=false"
     done = sh(f".venv/bin/medflow run -P train.model=xgboost -P train.n_estimators=60 {n_boot}", root, **env)
     assert "train: tuned values in effect (params.tuned.yaml): " in done.stdout + done.stderr
     config = json.loads((root / "artifacts/train/model/model.json").read_text())

@@ -26,6 +26,7 @@ FAST = {
     "max_epochs: 200": "max_epochs: 6",
     "patience: 20 ": "patience: 3  ",
     "n_boot: 1000 ": "n_boot: 200  ",
+    "data_docs: true ": "data_docs: false",
 }
 
 

@@ -160,6 +160,8 @@ class ValidateParams(_Section):
     stream_above_mb: float = Field(512, ge=0)
     chunk_rows: int = Field(200_000, ge=1)
     sample_rows: int = Field(500_000, ge=1)
+    # Great Expectations' Data Docs (HTML) of each validation; importing GX to build them costs seconds a process.
+    data_docs: bool = True
 
 
 class CleanParams(_Section):

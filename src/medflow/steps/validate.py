@@ -68,7 +68,7 @@ def run(params: Params, paths: Paths) -> dict:
     checks = run_suite(df, suite, parsed) + magnitude_checks(df, suite_kinds(suite), vp.max_abs, parsed)
     checks += split_value_checks(df, params.split.column, params.split.by, kinds, parsed)
     dataset = sources.dataset_name(params.data.source)
-    judge(checks, paths, where, dataset, suite)
+    judge(checks, paths, where, dataset, suite, vp.data_docs)
     if data.patient_id:
         df.insert(1, PATIENT_KEY, patient_key(df[data.patient_id], salt))
     valid, held = quarantine(df, checks)

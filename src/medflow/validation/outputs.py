@@ -36,9 +36,10 @@ def where_read(files: list[Path], root: Path) -> str:
     return relative(files[0], root) + more
 
 
-def judge(checks: list[Check], paths: Paths, where: str, dataset: str, suite: dict) -> None:
-    """Writes report.json and the Data Docs; fails when a batch-level expectation failed."""
-    data_docs.write(paths.data_docs, suite, checks, dataset)
+def judge(checks: list[Check], paths: Paths, where: str, dataset: str, suite: dict, docs: bool = True) -> None:
+    """Writes report.json and the Data Docs (docs: validate.data_docs); fails when a batch-level expectation failed."""
+    if docs:
+        data_docs.write(paths.data_docs, suite, checks, dataset)
     failures = batch_failures(checks)
     write_json(paths.step_dir("validate") / "report.json",
                 {"dataset": dataset, "source": where, **report(checks, failures)})  # fmt: skip

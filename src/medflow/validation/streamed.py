@@ -154,7 +154,7 @@ def validate_streamed(params: Params, paths: Paths, files: list[Path]) -> dict:
                                    "changed while it was validated; run again once it is written")  # fmt: skip
         writer.close()
         checks = combine(parts, suite, rows, vp.max_abs)
-        judge(checks, paths, where, dataset, suite)
+        judge(checks, paths, where, dataset, suite, vp.data_docs)
     except BaseException:
         if writer is not None:
             writer.close()
