@@ -117,28 +117,27 @@ def _page_text(paths: Paths) -> str:
     return re.sub(r"\d{4}-\d\d-\d\d[T ][\d:.]+(Z| UTC)", "<time>", text)
 
 
-def test_a_streamed_table_gets_the_pages_of_the_whole_table(validated, tmp_path):
-    """Chunk by chunk, the counts on the pages are those of the table validated in one piece."""
-    paths = Paths(root=tmp_path)
+def _again(validated: Paths, root, streamed: bool, data_docs: bool) -> Paths:
+    """validated's table and suite validated once more in a new project at root, in chunks of 97 rows if streamed."""
+    paths = Paths(root=root)
     paths.data_dir.mkdir(parents=True)
     paths.expectations_dir.mkdir()
     shutil.copy(validated.data_dir / "cohort.csv", paths.data_dir / "cohort.csv")
     shutil.copy(validated.suite("cohort"), paths.suite("cohort"))
-    raw = cohort_params(data_docs=True).as_dict()
-    raw["validate"] |= {"stream_above_mb": 0, "chunk_rows": 97}
+    raw = cohort_params(data_docs=data_docs).as_dict()
+    raw["validate"] |= {"stream_above_mb": 0, "chunk_rows": 97} if streamed else {}
     validate.run(from_dict(raw), paths)
+    return paths
+
+
+def test_a_streamed_table_gets_the_pages_of_the_whole_table(validated, tmp_path):
+    """Chunk by chunk, the counts on the pages are those of the table validated in one piece."""
+    paths = _again(validated, tmp_path, streamed=True, data_docs=True)
     assert _page_text(paths) == _page_text(validated)
 
 
 @pytest.mark.parametrize("streamed", [False, True])
 def test_without_data_docs_validate_writes_the_same_report_and_no_pages(validated, tmp_path, streamed):
-    paths = Paths(root=tmp_path)
-    paths.data_dir.mkdir(parents=True)
-    paths.expectations_dir.mkdir()
-    shutil.copy(validated.data_dir / "cohort.csv", paths.data_dir / "cohort.csv")
-    shutil.copy(validated.suite("cohort"), paths.suite("cohort"))
-    raw = cohort_params(data_docs=False).as_dict()
-    raw["validate"] |= {"stream_above_mb": 0, "chunk_rows": 97} if streamed else {}
-    validate.run(from_dict(raw), paths)
+    paths = _again(validated, tmp_path, streamed=streamed, data_docs=False)
     assert not paths.data_docs.exists()
     assert _failed(paths) == _failed(validated)
